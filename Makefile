@@ -1,0 +1,53 @@
+# tollhouse: `make demo` runs the demo, `make test` runs every test (installing what they need).
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-stamp
+ARGS   ?=
+
+.PHONY: venv sysdeps proto test lint typecheck unit demo bench bench-smoke clean
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e '.[dev]'
+	@touch $(STAMP)
+
+venv: $(STAMP)
+
+# Debian packages the tests need (CI runs as root on a fresh machine).
+sysdeps:
+	@if ! command -v redis-server >/dev/null || ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then \
+	  echo "installing redis-server and postgresql"; \
+	  apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q redis-server postgresql >/dev/null; \
+	fi
+
+# Regenerate src/tollhouse/_pb from proto/ (checked in; tests verify it is fresh).
+proto: venv
+	$(BIN)/python -m grpc_tools.protoc -Iproto --python_out=src/tollhouse/_pb \
+	  --pyi_out=src/tollhouse/_pb proto/tollhouse/v1/usage.proto
+
+lint: venv
+	$(BIN)/ruff check src tests bench
+
+typecheck: venv
+	$(BIN)/mypy
+
+test: venv sysdeps lint typecheck
+	$(BIN)/pytest -q -p no:cacheprovider
+
+unit: venv
+	$(BIN)/pytest -q tests/unit
+
+demo: venv
+	$(BIN)/tollhouse demo $(ARGS)
+
+bench-deps:
+	@command -v wrk >/dev/null && command -v h2load >/dev/null || \
+	  (apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q wrk nghttp2-client >/dev/null)
+
+bench: venv sysdeps bench-deps
+	$(BIN)/python -m bench.run $(ARGS)
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache build src/*.egg-info

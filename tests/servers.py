@@ -1,0 +1,165 @@
+"""Real servers for tests: free ports, temp dirs, Debian's redis-server and PostgreSQL binaries.
+
+Ports are checked free before use (Envoy and grpcio set SO_REUSEPORT, so two servers on one port
+would silently share traffic).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import glob
+import os
+import shutil
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+__all__ = ["PostgresServer", "RedisServer", "free_port", "port_is_free", "wait_port"]
+
+
+def port_is_free(port: int, host: str = "127.0.0.1") -> bool:
+    """True when nothing accepts connections on ``host:port`` and it can be bound."""
+    with socket.socket() as s:
+        s.settimeout(0.2)
+        if s.connect_ex((host, port)) == 0:
+            return False
+    with socket.socket() as s:
+        try:
+            s.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+def free_port() -> int:
+    """A port the kernel says is free and that nothing listens on."""
+    for _ in range(50):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = int(s.getsockname()[1])
+        if port_is_free(port):
+            return port
+    raise RuntimeError("no free port")
+
+
+def wait_port(port: int, timeout_s: float = 10.0, host: str = "127.0.0.1") -> None:
+    """Wait until something accepts on ``host:port``."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        with socket.socket() as s:
+            s.settimeout(0.2)
+            if s.connect_ex((host, port)) == 0:
+                return
+        time.sleep(0.05)
+    raise TimeoutError(f"nothing listens on {host}:{port} after {timeout_s}s")
+
+
+@dataclass
+class RedisServer:
+    """A redis-server on a free port in its own directory."""
+
+    dir: Path
+    port: int = 0
+    proc: subprocess.Popen[bytes] | None = None
+    appendonly: bool = False
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> RedisServer:
+        binary = shutil.which("redis-server")
+        if binary is None:
+            raise RuntimeError("redis-server is not installed (make test installs it)")
+        if not self.port:
+            self.port = free_port()
+        args = [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+                "--dir", str(self.dir), "--daemonize", "no", "--loglevel", "warning"]
+        args += (["--appendonly", "yes", "--appendfsync", "always"] if self.appendonly
+                 else ["--appendonly", "no"])
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_port(self.port)
+        return self
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.proc = None
+
+    def kill(self) -> None:
+        if self.proc is not None:
+            self.proc.kill()
+            self.proc.wait()
+        self.proc = None
+
+    def pause(self) -> None:
+        """SIGSTOP: the server holds connections but answers nothing (a 'slow Redis')."""
+        assert self.proc is not None
+        self.proc.send_signal(19)
+
+    def resume(self) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(18)
+
+
+def _pg_bin(name: str) -> str:
+    found = sorted(glob.glob(f"/usr/lib/postgresql/*/bin/{name}"))
+    if not found:
+        raise RuntimeError("PostgreSQL is not installed (make test installs it)")
+    return found[-1]
+
+
+@dataclass
+class PostgresServer:
+    """A PostgreSQL cluster on a free port, run as the ``postgres`` user (it refuses root)."""
+
+    dir: Path
+    port: int = 0
+
+    @property
+    def url(self) -> str:
+        return f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
+
+    def _run(self, *args: str) -> None:
+        cmd = list(args)
+        if os.geteuid() == 0:
+            cmd = ["runuser", "-u", "postgres", "--", *cmd]
+        subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+    def start(self) -> PostgresServer:
+        if not self.port:
+            self.port = free_port()
+        self.dir.mkdir(parents=True, exist_ok=True)
+        if os.geteuid() == 0:
+            shutil.chown(self.dir, "postgres")
+        data = self.dir / "data"
+        if not data.exists():
+            self._run(_pg_bin("initdb"), "-D", str(data), "-A", "trust", "-U", "postgres")
+        opts = f"-p {self.port} -k {self.dir} -c listen_addresses=127.0.0.1 -c fsync=off"
+        self._run(_pg_bin("pg_ctl"), "-D", str(data), "-o", opts, "-l",
+                  str(self.dir / "log"), "-w", "start")
+        wait_port(self.port)
+        return self
+
+    def stop(self) -> None:
+        with contextlib.suppress(subprocess.CalledProcessError):
+            self._run(_pg_bin("pg_ctl"), "-D", str(self.dir / "data"), "-m", "fast", "-w", "stop")
+
+
+@contextlib.contextmanager
+def running(server: RedisServer | PostgresServer) -> Iterator[RedisServer | PostgresServer]:
+    """Start a server, yield it, stop it."""
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()

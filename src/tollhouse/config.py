@@ -24,6 +24,7 @@ from pydantic import (
 )
 
 __all__ = [
+    "AdminConfig",
     "ApiKeyEntry",
     "ApiKeysConfig",
     "AuthConfig",
@@ -40,6 +41,7 @@ __all__ = [
     "PriceConfig",
     "RateLimits",
     "Rule",
+    "StoreConfig",
     "Tier",
     "load_config",
     "parse_config",
@@ -294,6 +296,33 @@ class BillingConfig(_Model):
         return v
 
 
+# --- entitlement store + admin API (issue 4) -------------------------------------------------
+
+
+class StoreConfig(_Model):
+    """The entitlement store: customers, subscriptions, API key hashes, overrides, top-ups."""
+
+    url: str
+    poll_interval_ms: int = Field(default=500, gt=0)
+    past_due_grace_s: int = Field(default=7 * 86400, ge=0)
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, v: str) -> str:
+        if not re.match(r"^(sqlite:///.+|postgres(ql)?://.+)$", v):
+            raise ValueError("must be sqlite:///path or postgresql://...")
+        return v
+
+
+class AdminConfig(_Model):
+    """The admin API: ``token_file`` holds the bearer token (no file: the admin API is off)."""
+
+    token_file: Path | None = None
+
+
+# --- end entitlement store + admin API -------------------------------------------------------
+
+
 def _feature(v: Any) -> Any:
     """Accept the short form: a bare list of rules means ``{rules: [...], meters: [requests]}``."""
     return {"rules": v} if isinstance(v, list) else v
@@ -304,6 +333,7 @@ class Config(_Model):
 
     listen: str = Field(default="127.0.0.1:9001", pattern=r"^[^\s:]+:\d{1,5}$")
     admin_listen: str | None = Field(default="127.0.0.1:9002", pattern=r"^[^\s:]+:\d{1,5}$")
+    usage_listen: str | None = Field(default=None, pattern=r"^[^\s:]+:\d{1,5}$")
     instance: str | None = None
     shutdown_grace_s: float = Field(default=10.0, ge=0)
     check_deadline_ms: int = Field(default=150, gt=0)
@@ -316,6 +346,8 @@ class Config(_Model):
     counters: str = "memory"
     metering: MeteringConfig = MeteringConfig()
     billing: BillingConfig = BillingConfig()
+    store: StoreConfig | None = None  # issue 4
+    admin: AdminConfig = AdminConfig()  # issue 4
 
     @field_validator("features", mode="before")
     @classmethod
@@ -425,6 +457,11 @@ def _resolve_paths(cfg: Config, base: Path) -> Config:
             "auth": cfg.auth.model_copy(update={"jwt": issuers}),
             "metering": metering,
             "billing": billing,
+            # issue 4: entitlement store URL and admin token file
+            "store": None if cfg.store is None else cfg.store.model_copy(
+                update={"url": _fix_url(cfg.store.url, base)}
+            ),
+            "admin": cfg.admin.model_copy(update={"token_file": fix(cfg.admin.token_file)}),
         }
     )
 

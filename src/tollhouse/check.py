@@ -1,0 +1,201 @@
+"""The Check: named phases that produce one :data:`Decision`, failing closed.
+
+credentials+authenticate -> identify -> entitle -> admit -> record -> answer.
+Every phase returns a value; an exception anywhere becomes a 503 ``internal_error`` (never an OK).
+Nothing here does network or disk I/O except the awaited spool write and, rarely, a quota lease.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import time
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, Protocol
+
+from tollhouse.authn import AuthnFailure, Principal
+from tollhouse.decision import Allow, Decision, Deny, RequestInfo, unavailable
+from tollhouse.entitlements import Catalog, Customer
+from tollhouse.logs import get_logger
+
+__all__ = ["Checker", "CustomerSource", "State"]
+
+log = get_logger(__name__)
+
+H_CUSTOMER = "x-tollhouse-customer"
+H_PLAN = "x-tollhouse-plan"
+H_FEATURE = "x-tollhouse-feature"
+H_USAGE_ID = "x-tollhouse-usage-id"
+IDENTITY_HEADERS = (H_CUSTOMER, H_PLAN, H_FEATURE, H_USAGE_ID)
+
+
+class CustomerSource(Protocol):
+    """The live entitlement store's in-memory view (``store.Directory``)."""
+
+    def customer(self, customer_id: str) -> Any: ...
+
+
+class AuthnLike(Protocol):
+    def authenticate(self, headers: Mapping[str, str]) -> Principal | AuthnFailure: ...
+    def www_authenticate(self, failure: AuthnFailure) -> str: ...
+
+
+class State:
+    """The current snapshot, swapped atomically by the reloader (a single attribute store)."""
+
+    __slots__ = ("catalog",)
+
+    def __init__(self, catalog: Catalog) -> None:
+        self.catalog = catalog
+
+
+class Checker:
+    """Turns a :class:`RequestInfo` into a :data:`Decision`."""
+
+    def __init__(
+        self,
+        state: State,
+        authenticator: AuthnLike,
+        *,
+        limiter: Any = None,
+        metering: Any = None,
+        directory: CustomerSource | None = None,
+        limits_for: Callable[[Customer | Any, Any], Any] | None = None,
+        clock: Callable[[], float] = time.time,
+        past_due_grace_s: float = 7 * 86400,
+    ) -> None:
+        self.state = state
+        self.authn = authenticator
+        self.limiter = limiter
+        self.metering = metering
+        self.directory = directory
+        self.limits_for = limits_for
+        self.clock = clock
+        self.past_due_grace_s = past_due_grace_s
+        self._ids = itertools.count(1)
+        self._prefix = f"{os.getpid():x}{int(time.time()) & 0xFFFFF:x}"
+
+    async def check(self, req: RequestInfo) -> Decision:
+        """Decide; never raises."""
+        try:
+            return await self._check(req)
+        except Exception:
+            log.error("check.internal_error", exc=True, method=req.method, path=req.path)
+            return unavailable("internal_error", "tollhouse could not decide")
+
+    async def _check(self, req: RequestInfo) -> Decision:
+        snap = self.state.catalog
+        principal = self.authn.authenticate(req.headers)
+        if isinstance(principal, AuthnFailure):
+            return self._authn_deny(principal)
+        customer = self._identify(snap, principal.customer)
+        if isinstance(customer, Deny):
+            return customer
+        plan = snap.plan(customer.plan)
+        if plan is None:
+            return unavailable("unknown_plan", f"plan {customer.plan!r} is not in the catalog")
+        feature = self._entitle(snap, customer, req)
+        if isinstance(feature, Deny):
+            return feature
+        admission = None
+        if self.limiter is not None and self.limits_for is not None:
+            meters = snap.config.features[feature].meters
+            admission = await self._admit(customer, plan, meters)
+            if isinstance(admission, Deny):
+                return admission
+        return await self._record_and_answer(snap, customer, feature, req, admission)
+
+    def _authn_deny(self, f: AuthnFailure) -> Deny:
+        headers: tuple[tuple[str, str], ...] = ()
+        if f.status == 401:
+            headers = (("www-authenticate", self.authn.www_authenticate(f)),)
+        elif f.status == 503:
+            return unavailable(f.code, f.detail)
+        title = "Unauthorized" if f.status == 401 else "Bad request"
+        return Deny(f.status, f.code, title, f.detail, headers=headers)
+
+    def _identify(self, snap: Catalog, cid: str) -> Customer | Any | Deny:
+        cust: Any = self.directory.customer(cid) if self.directory is not None else None
+        if cust is None:
+            cust = snap.customers.get(cid)
+        if cust is None:
+            default = snap.config.default_plan
+            if default is None:
+                return Deny(403, "unknown_customer", "Forbidden", "no subscription for caller")
+            return Customer(id=cid, plan=default, source="default_plan")
+        status = cust.status
+        if status == "active":
+            return cust
+        if status == "suspended":
+            return Deny(402, "payment_required", "Payment required",
+                        "the subscription is suspended", customer=cid)
+        if status == "cancelled":
+            return Deny(403, "subscription_cancelled", "Forbidden",
+                        "the subscription is cancelled", customer=cid)
+        if status == "past_due" and self.clock() - cust.status_since <= self.past_due_grace_s:
+            return cust
+        return Deny(402, "payment_required", "Payment required",
+                    "the subscription is past due", customer=cid)
+
+    def _entitle(self, snap: Catalog, cust: Any, req: RequestInfo) -> str | Deny:
+        candidates = snap.matcher.features_for(req.method, req.path)
+        if not candidates:
+            return Deny(403, "unknown_route", "Forbidden",
+                        f"no feature covers {req.method} {req.path}", customer=cust.id)
+        entitled = snap.plan_features.get(cust.plan, frozenset())
+        feature = snap.matcher.first_entitled(candidates, entitled)
+        if feature is None:
+            return Deny(403, "not_entitled", "Forbidden",
+                        f"plan {cust.plan!r} does not include {candidates[0]!r}",
+                        customer=cust.id, extra={"feature": candidates[0]})
+        return feature
+
+    async def _admit(self, cust: Any, plan: Any, meters: Sequence[str]) -> Any:
+        assert self.limits_for is not None
+        limits = self.limits_for(cust, plan)
+        adm = await self.limiter.admit(cust.id, meters, limits, self.clock())
+        if adm.allowed:
+            return adm
+        extra = {"limit": adm.limit}
+        retry = (("retry-after", str(max(1, adm.retry_after_s))),)
+        if adm.code == "counters_unavailable":
+            return Deny(503, adm.code, "Service unavailable", "usage counters are unreachable",
+                        headers=retry + adm.headers, customer=cust.id, extra=extra)
+        detail = f"limit {adm.limit} reached"
+        return Deny(429, adm.code or "quota_exceeded", "Too many requests", detail,
+                    headers=retry + adm.headers, customer=cust.id, extra=extra)
+
+    async def _record_and_answer(
+        self, snap: Catalog, cust: Any, feature: str, req: RequestInfo, adm: Any
+    ) -> Decision:
+        decision_id = f"{self._prefix}-{next(self._ids):x}"
+        usage_id = ""
+        if self.metering is not None:
+            rec = self.metering.build_reservation(
+                customer=cust.id, plan=cust.plan, feature=feature, method=req.method,
+                path=req.path, request_id=req.request_id, decision_id=decision_id,
+                degraded=bool(adm is not None and adm.degraded),
+            )
+            try:
+                await self.metering.reserve(rec)
+            except Exception as e:  # SpoolError or anything below it: never admit unbillable
+                if adm is not None:
+                    self.limiter.release(adm)
+                log.error("check.spool_failed", error=type(e).__name__, customer=cust.id)
+                return unavailable("spool_unavailable", "usage cannot be recorded")
+            usage_id = rec.usage_id
+        upstream = (
+            (H_CUSTOMER, cust.id), (H_PLAN, cust.plan), (H_FEATURE, feature),
+            (H_USAGE_ID, usage_id),
+        )
+        meta: dict[str, str | int | bool] = {
+            "customer": cust.id, "plan": cust.plan, "feature": feature,
+            "decision_id": decision_id, "usage_id": usage_id,
+        }
+        if adm is not None and adm.degraded:
+            meta["degraded"] = True
+        return Allow(
+            customer=cust.id, plan=cust.plan, feature=feature, decision_id=decision_id,
+            usage_id=usage_id, upstream_headers=upstream,
+            response_headers=adm.headers if adm is not None else (), metadata=meta,
+        )

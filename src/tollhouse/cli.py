@@ -1,0 +1,95 @@
+"""The ``tollhouse`` command line."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from pathlib import Path
+
+from tollhouse.config import ConfigError, load_config
+from tollhouse.logs import configure_logging
+
+__all__ = ["build_parser", "main"]
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    from tollhouse.app import serve  # noqa: PLC0415 - keeps `tollhouse bill` free of grpc
+
+    configure_logging(args.log_level)
+    try:
+        try:
+            import uvloop  # noqa: PLC0415
+
+            if args.uvloop:
+                uvloop.install()
+        except ImportError:
+            pass
+        return asyncio.run(serve(Path(args.config)))
+    except ConfigError as e:
+        _print_config_error(e)
+        return 2
+    except OSError as e:
+        print(f"tollhouse: cannot start: {e}", file=sys.stderr)
+        return 1
+
+
+def _print_config_error(e: ConfigError) -> None:
+    print(f"{e.source}: invalid config", file=sys.stderr)
+    for path, msg in e.problems:
+        print(f"  {path}: {msg}", file=sys.stderr)
+
+
+def _cmd_check_config(args: argparse.Namespace) -> int:
+    bad = 0
+    for f in args.files:
+        try:
+            cfg = load_config(f)
+        except ConfigError as e:
+            _print_config_error(e)
+            bad += 1
+            continue
+        print(f"{f}: ok ({len(cfg.plans)} plans, {len(cfg.features)} features, "
+              f"{len(cfg.customers)} customers, {len(cfg.auth.jwt)} issuers)")
+    return 1 if bad else 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """All subcommands."""
+    parser = argparse.ArgumentParser(prog="tollhouse", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("serve", help="run the ext_authz + access-log sidecar")
+    p.add_argument("--config", required=True, help="YAML config file")
+    p.add_argument("--log-level", default="info")
+    p.add_argument("--uvloop", action=argparse.BooleanOptionalAction, default=False,
+                   help="use uvloop's event loop")
+    p.set_defaults(func=_cmd_serve)
+
+    p = sub.add_parser("check-config", help="validate config files; non-zero on any error")
+    p.add_argument("files", nargs="+")
+    p.set_defaults(func=_cmd_check_config)
+
+    _add_optional(sub)
+    return parser
+
+
+def _add_optional(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Subcommands whose code lives in their own packages."""
+    try:
+        from tollhouse.demo import add_demo_arguments, main_demo  # noqa: PLC0415
+    except ImportError:
+        return
+    p = sub.add_parser("demo", help="run the demo stack: tollhouse + Envoy + an upstream API")
+    add_demo_arguments(p)
+    p.set_defaults(func=lambda a: main_demo(a))
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the console script."""
+    args = build_parser().parse_args(argv)
+    return int(args.func(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,92 @@
+"""CheckRequest -> RequestInfo and Decision -> CheckResponse. The only place these protos are built.
+
+Identity headers go upstream with ``OVERWRITE_IF_EXISTS_OR_ADD`` so a client can never spoof them;
+an identity header tollhouse has no value for is removed. Denies carry problem+json bodies.
+"""
+
+from __future__ import annotations
+
+import json
+from functools import lru_cache
+
+from envoy.config.core.v3 import base_pb2
+from envoy.service.auth.v3 import external_auth_pb2 as ea
+from envoy.type.v3 import http_status_pb2
+from google.protobuf import struct_pb2
+from google.rpc import code_pb2, status_pb2
+
+from tollhouse.decision import Allow, Decision, Deny, RequestInfo
+
+__all__ = ["METADATA_NAMESPACE", "decode_check", "encode_decision"]
+
+METADATA_NAMESPACE = "envoy.filters.http.ext_authz"
+_OVERWRITE = base_pb2.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD
+_OK_STATUS = status_pb2.Status(code=code_pb2.OK)
+_VALID_STATUS = frozenset(http_status_pb2.StatusCode.values())
+
+
+def decode_check(req: ea.CheckRequest) -> RequestInfo:
+    """The plain view of an ext_authz CheckRequest (path without its query string)."""
+    http = req.attributes.request.http
+    path, _, query = http.path.partition("?")
+    headers = http.headers
+    return RequestInfo(
+        method=http.method.upper(),
+        path=path or "/",
+        headers=headers,
+        request_id=http.id or headers.get("x-request-id", ""),
+        host=http.host,
+        query=query,
+    )
+
+
+@lru_cache(maxsize=4096)
+def _header(name: str, value: str) -> base_pb2.HeaderValueOption:
+    return base_pb2.HeaderValueOption(
+        header=base_pb2.HeaderValue(key=name, value=value), append_action=_OVERWRITE
+    )
+
+
+def _struct(values: dict[str, str | int | bool]) -> struct_pb2.Struct:
+    outer = struct_pb2.Struct()
+    outer.fields[METADATA_NAMESPACE].struct_value.update(values)
+    return outer
+
+
+def _allow(d: Allow) -> ea.CheckResponse:
+    ok = ea.OkHttpResponse()
+    remove = []
+    for name, value in d.upstream_headers:
+        if value:
+            ok.headers.append(_header(name, value))
+        else:
+            remove.append(name)
+    if remove:
+        ok.headers_to_remove.extend(remove)
+    if d.response_headers:
+        ok.response_headers_to_add.extend(_header(n, v) for n, v in d.response_headers)
+    resp = ea.CheckResponse(status=_OK_STATUS, ok_response=ok)
+    if d.metadata:
+        resp.dynamic_metadata.CopyFrom(_struct(dict(d.metadata)))
+    return resp
+
+
+def _deny(d: Deny) -> ea.CheckResponse:
+    status = d.status if d.status in _VALID_STATUS and d.status >= 400 else 503
+    denied = ea.DeniedHttpResponse(
+        status=http_status_pb2.HttpStatus(code=status),  # type: ignore[arg-type]
+        body=json.dumps(d.problem(), separators=(",", ":")),
+    )
+    denied.headers.append(_header("content-type", "application/problem+json"))
+    denied.headers.extend(_header(n, v) for n, v in d.headers)
+    grpc_code = code_pb2.UNAUTHENTICATED if status == 401 else code_pb2.PERMISSION_DENIED
+    if status == 503:
+        grpc_code = code_pb2.UNAVAILABLE
+    return ea.CheckResponse(
+        status=status_pb2.Status(code=grpc_code, message=d.code), denied_response=denied
+    )
+
+
+def encode_decision(d: Decision) -> ea.CheckResponse:
+    """The CheckResponse Envoy acts on."""
+    return _allow(d) if isinstance(d, Allow) else _deny(d)

@@ -1,0 +1,19 @@
+"""Process-wide metrics of the serving core (other packages define their own, same registry)."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+__all__ = ["CHECKS", "CHECK_LATENCY", "CONFIG_RELOADS", "CONFIG_VERSION_INFO", "READY"]
+
+CHECKS = Counter(
+    "tollhouse_checks_total", "ext_authz Checks by result and reason code", ["result", "code"]
+)
+CHECK_LATENCY = Histogram(
+    "tollhouse_check_duration_seconds",
+    "Time to decide one Check, inside tollhouse",
+    buckets=(0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25),
+)
+CONFIG_RELOADS = Counter("tollhouse_config_reloads_total", "Config reloads by result", ["result"])
+CONFIG_VERSION_INFO = Gauge("tollhouse_config_info", "The loaded config version", ["version"])
+READY = Gauge("tollhouse_ready", "1 when config, keys and entitlements are loaded")

@@ -1,0 +1,106 @@
+"""Config validation: every bad field is reported with its dotted path."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tollhouse.cli import main
+from tollhouse.config import ConfigError, load_config, parse_config
+
+GOOD = """
+listen: 127.0.0.1:9001
+auth:
+  jwt:
+    - issuer: https://issuer.example
+      audiences: [api]
+      jwks_file: keys/jwks.json
+  api_keys:
+    keys:
+      - {sha256: "%s", customer: acme}
+meters:
+  egress_bytes: {from: response_bytes}
+  tokens: {from_response_header: x-usage-tokens}
+features:
+  search: [{methods: [GET], path: "/v1/search*"}]
+  export: {rules: [{methods: [GET, POST], path: "/v1/export/**"}], meters: [requests, egress_bytes]}
+plans:
+  free: {features: [search], quotas: {requests: 1000}, rate_limits: {per_second: 5}}
+  pro:
+    features: [search, export]
+    price:
+      currency: USD
+      base_fee: "49.00"
+      meters:
+        requests: {included: 100, model: graduated, tiers: [{up_to: 1000, unit_price: "0.01"}, {unit_price: "0.005"}]}
+customers:
+  acme: {plan: pro}
+metering:
+  spool: spool
+  meter: sqlite:///./meter.db
+""" % ("ab" * 32)
+
+
+def _problems(data: dict) -> list[str]:  # type: ignore[type-arg]
+    with pytest.raises(ConfigError) as exc:
+        parse_config(data)
+    return [p for p, _ in exc.value.problems]
+
+
+def test_good_config_loads_and_resolves_paths(tmp_path: Path) -> None:
+    """Relative files and sqlite:///./ URLs resolve against the config file's folder."""
+    f = tmp_path / "c.yaml"
+    f.write_text(GOOD)
+    cfg = load_config(f)
+    assert cfg.auth.jwt[0].jwks_file == tmp_path / "keys/jwks.json"
+    assert cfg.metering.spool == tmp_path / "spool"
+    assert cfg.metering.meter == f"sqlite://{tmp_path}/meter.db"
+    assert cfg.features["search"].meters == ("requests",)
+    assert cfg.meters["tokens"].source == "header:x-usage-tokens"
+    assert str(cfg.plans["pro"].price.base_fee) == "49.00"  # type: ignore[union-attr]
+
+
+def test_unknown_key_has_dotted_path() -> None:
+    """A typo is an error naming the exact field."""
+    assert _problems({"plans": {"free": {"featurez": []}}}) == ["plans.free.featurez"]
+
+
+def test_dangling_references_are_reported() -> None:
+    """Plans naming unknown features and customers naming unknown plans are rejected."""
+    probs = _problems({
+        "features": {"s": [{"path": "/s"}]},
+        "plans": {"free": {"features": ["s", "nope"]}},
+        "customers": {"acme": {"plan": "gold"}},
+    })
+    assert probs == ["plans.free.features.1", "customers.acme.plan"]
+
+
+def test_alg_none_and_hs_without_secret_rejected() -> None:
+    """`none` is never allowed; HS256 needs a shared secret file."""
+    base = {"issuer": "i", "audiences": ["a"], "jwks_file": "k.json"}
+    assert _problems({"auth": {"jwt": [{**base, "algorithms": ["none"]}]}}) == [
+        "auth.jwt.0.algorithms"]
+    assert _problems({"auth": {"jwt": [{**base, "algorithms": ["HS256"]}]}}) == ["auth.jwt.0"]
+
+
+def test_check_config_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`tollhouse check-config` exits 0 on a good file and 1 with dotted paths on a bad one."""
+    good = tmp_path / "good.yaml"
+    good.write_text(GOOD)
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("plans:\n  free: {features: [x]}\nlisten: nowhere\n")
+    assert main(["check-config", str(good)]) == 0
+    assert main(["check-config", str(good), str(bad)]) == 1
+    err = capsys.readouterr().err
+    assert "listen" in err
+    assert "bad.yaml" in err
+
+
+def test_invalid_yaml_names_line(tmp_path: Path) -> None:
+    """Broken YAML names the line instead of a traceback."""
+    f = tmp_path / "c.yaml"
+    f.write_text("plans:\n  free: [\n")
+    with pytest.raises(ConfigError) as exc:
+        load_config(f)
+    assert exc.value.problems[0][0].startswith("line ")

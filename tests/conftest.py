@@ -25,7 +25,7 @@ def redis_server() -> Iterator[RedisServer]:
 def postgres_server() -> Iterator[PostgresServer]:
     """One PostgreSQL cluster for the session (run as the postgres user when root)."""
     d = Path(tempfile.mkdtemp(prefix="th-pg-"))
-    os.chmod(d, 0o755)
+    os.chmod(d, 0o755)  # noqa: S103 - the postgres user must reach its data dir
     server = PostgresServer(d).start()
     yield server
     server.stop()

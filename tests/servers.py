@@ -27,6 +27,8 @@ def port_is_free(port: int, host: str = "127.0.0.1") -> bool:
         if s.connect_ex((host, port)) == 0:
             return False
     with socket.socket() as s:
+        # SO_REUSEADDR: a just-stopped server's TIME_WAIT connections do not make its port busy.
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind((host, port))
         except OSError:

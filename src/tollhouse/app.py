@@ -1,5 +1,7 @@
-"""The composition root: the one place that wires config, authn, entitlements, quotas, metering,
-the entitlement store and the servers together. Everything else receives what it needs.
+"""The composition root: the one place that wires everything together.
+
+Config, authn, entitlements, quotas, metering, the entitlement store and the servers meet here;
+everything else receives what it needs.
 """
 
 from __future__ import annotations
@@ -50,12 +52,12 @@ class App:
         self.limits = LimitsBuilder(self.state)
         self.limiter: Any = None
         if needs_limiter(cfg):
-            from tollhouse.quota import open_limiter  # noqa: PLC0415 - optional component
+            from tollhouse.quota import open_limiter
 
             self.limiter = open_limiter(cfg.counters, clock=clock, instance=self.instance)
         self.metering: Any = None
-        if cfg.metering.spool is not None:
-            from tollhouse.metering import Metering  # noqa: PLC0415 - optional component
+        if cfg.metering.enabled:
+            from tollhouse.metering import Metering
 
             self.metering = Metering(cfg, clock=clock, instance=self.instance)
             if self.limiter is not None:
@@ -106,7 +108,7 @@ class App:
         authz.add_to_server(self.authz, self.server)
         names = [AUTHZ_SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME]
         if self.metering is not None:
-            from tollhouse.envoy.als import add_to_server as add_als  # noqa: PLC0415
+            from tollhouse.envoy.als import add_to_server as add_als
 
             add_als(self.metering.als_servicer(), self.server)
             names.append(ALS_SERVICE)
@@ -193,8 +195,8 @@ class App:
         READY.set(0)
         if self.server is not None:
             stopper = asyncio.create_task(self.server.stop(grace))
-            while self.authz.in_flight and time.monotonic() < deadline:
-                await asyncio.sleep(0.01)
+            while self.authz.in_flight and time.monotonic() < deadline:  # noqa: ASYNC110
+                await asyncio.sleep(0.01)  # polling a counter the servicer owns; cheap
             # Give Envoy's access logger one flush interval to deliver what it buffered.
             await asyncio.sleep(min(0.3, max(0.0, deadline - time.monotonic())))
             await self.server.stop(0)
@@ -216,7 +218,7 @@ def _open_directory(cfg: Config) -> Any:
     store = getattr(cfg, "store", None)
     if store is None:
         return None
-    from tollhouse.store import Directory  # noqa: PLC0415 - optional component
+    from tollhouse.store import Directory
 
     return Directory(store)
 

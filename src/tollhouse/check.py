@@ -32,10 +32,13 @@ IDENTITY_HEADERS = (H_CUSTOMER, H_PLAN, H_FEATURE, H_USAGE_ID)
 class CustomerSource(Protocol):
     """The live entitlement store's in-memory view (``store.Directory``)."""
 
-    def customer(self, customer_id: str) -> Any: ...
+    def customer(self, customer_id: str) -> Any:
+        """The customer entry, or None if the store does not know it."""
 
 
 class AuthnLike(Protocol):
+    """What the Checker needs of :class:`tollhouse.authn.Authenticator`."""
+
     def authenticate(self, headers: Mapping[str, str]) -> Principal | AuthnFailure: ...
     def www_authenticate(self, failure: AuthnFailure) -> str: ...
 
@@ -97,13 +100,15 @@ class Checker:
         feature = self._entitle(snap, customer, req)
         if isinstance(feature, Deny):
             return feature
+        meters = snap.config.features[feature].meters
+        if not meters:  # a free feature (e.g. /v1/usage): no quota, nothing to bill
+            return self._answer(customer, feature, "", None)
         admission = None
         if self.limiter is not None and self.limits_for is not None:
-            meters = snap.config.features[feature].meters
             admission = await self._admit(customer, plan, meters)
             if isinstance(admission, Deny):
                 return admission
-        return await self._record_and_answer(snap, customer, feature, req, admission)
+        return await self._record_and_answer(customer, feature, req, admission)
 
     def _authn_deny(self, f: AuthnFailure) -> Deny:
         headers: tuple[tuple[str, str], ...] = ()
@@ -166,7 +171,7 @@ class Checker:
                     headers=retry + adm.headers, customer=cust.id, extra=extra)
 
     async def _record_and_answer(
-        self, snap: Catalog, cust: Any, feature: str, req: RequestInfo, adm: Any
+        self, cust: Any, feature: str, req: RequestInfo, adm: Any
     ) -> Decision:
         decision_id = f"{self._prefix}-{next(self._ids):x}"
         usage_id = ""
@@ -184,6 +189,12 @@ class Checker:
                 log.error("check.spool_failed", error=type(e).__name__, customer=cust.id)
                 return unavailable("spool_unavailable", "usage cannot be recorded")
             usage_id = rec.usage_id
+        return self._answer(cust, feature, usage_id, adm, decision_id)
+
+    def _answer(
+        self, cust: Any, feature: str, usage_id: str, adm: Any, decision_id: str = ""
+    ) -> Allow:
+        decision_id = decision_id or f"{self._prefix}-{next(self._ids):x}"
         upstream = (
             (H_CUSTOMER, cust.id), (H_PLAN, cust.plan), (H_FEATURE, feature),
             (H_USAGE_ID, usage_id),

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sys
+from datetime import UTC, datetime
 from pathlib import Path
 
 from tollhouse.config import ConfigError, load_config
@@ -14,12 +15,12 @@ __all__ = ["build_parser", "main"]
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
-    from tollhouse.app import serve  # noqa: PLC0415 - keeps `tollhouse bill` free of grpc
+    from tollhouse.app import serve
 
     configure_logging(args.log_level)
     try:
         try:
-            import uvloop  # noqa: PLC0415
+            import uvloop
 
             if args.uvloop:
                 uvloop.install()
@@ -74,15 +75,61 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _add_optional(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    """Subcommands whose code lives in their own packages."""
+def _parse_time_ms(value: str) -> int:
+    """``2026-11-01`` or ``2026-11-01T12:00:00`` (UTC) -> epoch milliseconds."""
+    dt = datetime.fromisoformat(value)
+    if dt.tzinfo is None:
+        dt = dt.replace(tzinfo=UTC)
+    return int(dt.timestamp() * 1000)
+
+
+def _cmd_usage(args: argparse.Namespace) -> int:
+    from tollhouse.metering.report import (
+        format_reconcile,
+        format_usage,
+        reconcile,
+        usage_report,
+    )
+
     try:
-        from tollhouse.demo import add_demo_arguments, main_demo  # noqa: PLC0415
-    except ImportError:
-        return
+        cfg = load_config(args.config)
+    except ConfigError as e:
+        _print_config_error(e)
+        return 2
+    now = datetime.now(UTC)
+    since = _parse_time_ms(args.since) if args.since else int(
+        datetime(now.year, now.month, 1, tzinfo=UTC).timestamp() * 1000)
+    until = _parse_time_ms(args.until) if args.until else int(now.timestamp() * 1000) + 1
+    rows = asyncio.run(usage_report(cfg.metering.meter, since, until, args.customer))
+    print(format_usage(rows))
+    if args.reconcile:
+        rep = asyncio.run(reconcile(cfg.metering.spool, cfg.metering.meter, since, until))
+        print()
+        print(format_reconcile(rep))
+    return 0
+
+
+def _add_optional(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Subcommands whose code lives in their own packages (imported when run)."""
+    from tollhouse.billing.job import add_bill_arguments, main_bill
+    from tollhouse.demo import add_demo_arguments, main_demo
+
     p = sub.add_parser("demo", help="run the demo stack: tollhouse + Envoy + an upstream API")
     add_demo_arguments(p)
-    p.set_defaults(func=lambda a: main_demo(a))
+    p.set_defaults(func=main_demo)
+
+    p = sub.add_parser("bill", help="the billing job: meter -> ledger -> invoices")
+    add_bill_arguments(p)
+    p.set_defaults(func=main_bill)
+
+    p = sub.add_parser("usage", help="usage per customer and meter, read from the meter")
+    p.add_argument("--config", required=True)
+    p.add_argument("--since", help="UTC date or datetime (default: start of this month)")
+    p.add_argument("--until", help="UTC date or datetime, exclusive (default: now)")
+    p.add_argument("--customer")
+    p.add_argument("--reconcile", action="store_true",
+                   help="also show reserved / confirmed / voided / unconfirmed counts")
+    p.set_defaults(func=_cmd_usage)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -133,11 +133,15 @@ class ApiKeyEntry(_Model):
 
 
 class ApiKeysConfig(_Model):
+    """API keys: the header they arrive in and the known key hashes."""
+
     header: str = Field(default="x-api-key", pattern=r"^[a-z0-9\-]+$")
     keys: tuple[ApiKeyEntry, ...] = ()
 
 
 class AuthConfig(_Model):
+    """How callers authenticate: JWT issuers, API keys, the verified-token cache."""
+
     jwt: tuple[JwtIssuerConfig, ...] = ()
     api_keys: ApiKeysConfig = ApiKeysConfig()
     realm: str = "tollhouse"
@@ -168,6 +172,8 @@ class Rule(_Model):
 
 
 class FeatureConfig(_Model):
+    """A feature: the routes it covers and the meters that count its use."""
+
     rules: tuple[Rule, ...] = Field(min_length=1)
     meters: tuple[Name, ...] = ("requests",)
 
@@ -198,17 +204,23 @@ class MeterConfig(_Model):
 
 
 class RateLimits(_Model):
+    """Requests per second and per minute, per customer."""
+
     per_second: int | None = Field(default=None, gt=0)
     per_minute: int | None = Field(default=None, gt=0)
 
 
 class Tier(_Model):
+    """One price tier: units up to ``up_to`` (the last tier has none) at ``unit_price``."""
+
     up_to: int | None = Field(default=None, gt=0)
     unit_price: Money
     flat_fee: Money = Decimal(0)
 
 
 class MeterPrice(_Model):
+    """How one meter is priced: per unit, graduated or volume tiers, or packages."""
+
     model: Literal["per_unit", "graduated", "volume", "package"] = "per_unit"
     included: int = Field(default=0, ge=0)
     unit_price: Money | None = None
@@ -235,6 +247,8 @@ class MeterPrice(_Model):
 
 
 class PriceConfig(_Model):
+    """A plan's price: currency, base fee per period, meter prices, minimum charge."""
+
     currency: str = Field(default="USD", pattern=r"^[A-Z]{3}$")
     base_fee: Money = Decimal(0)
     meters: Mapping[Name, MeterPrice] = Field(default_factory=dict)
@@ -242,6 +256,8 @@ class PriceConfig(_Model):
 
 
 class PlanConfig(_Model):
+    """A plan: its features, quotas, rate limits, overage policy and price."""
+
     features: tuple[Name, ...] = ()
     quotas: Mapping[Name, int] = Field(default_factory=dict)
     rate_limits: RateLimits = RateLimits()
@@ -259,13 +275,18 @@ class PlanConfig(_Model):
 
 
 class CustomerConfig(_Model):
+    """A static customer of the config file (the entitlement store wins)."""
+
     plan: Name
     period_anchor: str | None = Field(default=None, pattern=r"^\d{4}-\d{2}-\d{2}$")
     quota_overrides: Mapping[Name, int] = Field(default_factory=dict)
 
 
 class MeteringConfig(_Model):
-    spool: Path | None = None
+    """The usage path: the local spool, the meter and the billing policy."""
+
+    enabled: bool = True
+    spool: Path = Path("tollhouse-spool")
     meter: str = "sqlite:///./tollhouse-meter.db"
     unconfirmed_after_s: float = Field(default=300.0, gt=0)
     bill_unconfirmed: bool = True
@@ -283,6 +304,8 @@ class MeteringConfig(_Model):
 
 
 class BillingConfig(_Model):
+    """The billing job: the ledger, where invoices go, the Redis consumer group."""
+
     ledger: str = "sqlite:///./tollhouse-ledger.db"
     invoices_dir: Path = Path("invoices")
     consumer_group: str = "tollhouse-billing"
@@ -440,11 +463,14 @@ def _resolve_paths(cfg: Config, base: Path) -> Config:
         return p if p is None or p.is_absolute() else (base / p)
 
     issuers = tuple(
-        i.model_copy(update={"jwks_file": fix(i.jwks_file), "hs_secret_file": fix(i.hs_secret_file)})
+        i.model_copy(
+            update={"jwks_file": fix(i.jwks_file), "hs_secret_file": fix(i.hs_secret_file)}
+        )
         for i in cfg.auth.jwt
     )
     metering = cfg.metering.model_copy(
-        update={"spool": fix(cfg.metering.spool), "meter": _fix_url(cfg.metering.meter, base)}
+        update={"spool": fix(cfg.metering.spool) or cfg.metering.spool,
+                "meter": _fix_url(cfg.metering.meter, base)}
     )
     billing = cfg.billing.model_copy(
         update={

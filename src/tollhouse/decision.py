@@ -70,5 +70,5 @@ Decision = Allow | Deny
 
 
 def unavailable(code: str, detail: str) -> Deny:
-    """tollhouse cannot decide: 503, never 200."""
+    """Tollhouse cannot decide: 503, never 200."""
     return Deny(503, code, "Service unavailable", detail, headers=(("retry-after", "1"),))

@@ -1,5 +1,6 @@
-"""The admin HTTP listener (/metrics, /healthz, /readyz, the admin API under /admin) and the
-customer-facing usage listener (/v1/usage, meant to be routed through Envoy and ext_authz).
+"""The HTTP listeners: admin (/metrics, /healthz, /readyz, /admin) and customer usage.
+
+The usage listener serves ``/v1/usage`` and is meant to be routed through Envoy and ext_authz.
 """
 
 from __future__ import annotations
@@ -53,7 +54,7 @@ class AdminHttp:
         admin_cfg = getattr(self.app.cfg, "admin", None)
         if directory is None or admin_cfg is None or admin_cfg.token_file is None:
             return None
-        from tollhouse.admin import build_admin_app  # noqa: PLC0415 - optional component
+        from tollhouse.admin import build_admin_app
 
         return build_admin_app(self.app.cfg)  # type: ignore[no-any-return]
 
@@ -84,7 +85,7 @@ class AdminHttp:
         if cfg.admin_listen:
             await self._listen(self._admin_app(), cfg.admin_listen)
         if cfg.usage_listen:
-            from tollhouse.usage_http import build_usage_app  # noqa: PLC0415
+            from tollhouse.usage_http import build_usage_app
 
             await self._listen(build_usage_app(self.app), cfg.usage_listen)
 

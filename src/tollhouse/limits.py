@@ -51,7 +51,7 @@ class LimitsBuilder:
         hit = self._cache.get(id(cust))
         if hit is not None and hit[0] is cust and hit[1] == version:
             return hit[2]
-        from tollhouse.quota import Limits  # noqa: PLC0415 - quota is optional at import time
+        from tollhouse.quota import Limits
 
         limits = Limits(
             plan=cust.plan,

@@ -56,15 +56,19 @@ class EventLogger:
             self._log.log(level, event, extra={"fields": fields}, exc_info=exc)
 
     def debug(self, event: str, **fields: Any) -> None:
+        """Log ``event`` at debug level with ``fields``."""
         self._emit(logging.DEBUG, event, fields)
 
     def info(self, event: str, **fields: Any) -> None:
+        """Log ``event`` at info level with ``fields``."""
         self._emit(logging.INFO, event, fields)
 
     def warning(self, event: str, **fields: Any) -> None:
+        """Log ``event`` at warning level with ``fields``."""
         self._emit(logging.WARNING, event, fields)
 
     def error(self, event: str, *, exc: bool = False, **fields: Any) -> None:
+        """Log ``event`` at error level; ``exc`` adds the exception's type (no traceback)."""
         self._emit(logging.ERROR, event, fields, exc)
 
 

@@ -42,7 +42,8 @@ def test_allow_overwrites_identity_headers_and_sets_metadata() -> None:
     resp = encode_decision(allow)
     assert resp.status.code == code_pb2.OK
     ok = resp.ok_response
-    assert [(h.header.key, h.header.value) for h in ok.headers] == [("x-tollhouse-customer", "acme")]
+    pairs = [(h.header.key, h.header.value) for h in ok.headers]
+    assert pairs == [("x-tollhouse-customer", "acme")]
     assert all(h.append_action == base_pb2.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD
                for h in ok.headers)
     assert list(ok.headers_to_remove) == ["x-tollhouse-usage-id"]

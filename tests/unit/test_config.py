@@ -33,7 +33,10 @@ plans:
       currency: USD
       base_fee: "49.00"
       meters:
-        requests: {included: 100, model: graduated, tiers: [{up_to: 1000, unit_price: "0.01"}, {unit_price: "0.005"}]}
+        requests:
+          included: 100
+          model: graduated
+          tiers: [{up_to: 1000, unit_price: "0.01"}, {unit_price: "0.005"}]
 customers:
   acme: {plan: pro}
 metering:

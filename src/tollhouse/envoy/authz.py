@@ -33,7 +33,7 @@ class AuthorizationServicer(ea_grpc.AuthorizationServicer):  # type: ignore[misc
         self.deadline_s = deadline_s
         self.in_flight = 0
 
-    async def Check(self, request: ea.CheckRequest, context: Any) -> ea.CheckResponse:  # noqa: N802
+    async def Check(self, request: ea.CheckRequest, context: Any) -> ea.CheckResponse:
         """Answer one CheckRequest."""
         start = time.perf_counter()
         self.in_flight += 1

@@ -74,7 +74,7 @@ def _allow(d: Allow) -> ea.CheckResponse:
 def _deny(d: Deny) -> ea.CheckResponse:
     status = d.status if d.status in _VALID_STATUS and d.status >= 400 else 503
     denied = ea.DeniedHttpResponse(
-        status=http_status_pb2.HttpStatus(code=status),  # type: ignore[arg-type]
+        status=http_status_pb2.HttpStatus(code=status),  # type: ignore[arg-type,unused-ignore]
         body=json.dumps(d.problem(), separators=(",", ":")),
     )
     denied.headers.append(_header("content-type", "application/problem+json"))

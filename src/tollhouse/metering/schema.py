@@ -1,4 +1,4 @@
-"""The meter's storage contract, shared by the metering sinks (writers) and the billing job (reader).
+"""The meter's storage contract, shared by the metering sinks (writers) and the billing job.
 
 Both sides import these names; neither hard-codes a table, stream or field of its own.
 
@@ -55,4 +55,4 @@ CREATE TABLE IF NOT EXISTS usage_units (
 
 def state_name(state: int) -> str:
     """``UsageRecord.State`` number -> its name (``CONFIRMED``)."""
-    return str(UsageRecord.State.Name(state))  # type: ignore[arg-type]
+    return str(UsageRecord.State.Name(state))  # type: ignore[arg-type,unused-ignore]

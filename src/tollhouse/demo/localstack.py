@@ -1,0 +1,146 @@
+"""The whole local stack on free ports: JWKS server, echo upstream, ``tollhouse serve``, Envoy.
+
+Used by ``tollhouse demo`` and by the Envoy integration tests (one copy of the wiring). Keys and the
+API key are generated per run; nothing secret is written outside ``workdir``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from tollhouse.config import parse_config
+from tollhouse.demo.httpd import EchoUpstream, HttpResponse, JwksServer, http_request
+from tollhouse.demo.stack import (
+    EnvoyPorts,
+    EnvoyProcess,
+    TollhouseProcess,
+    pick_port,
+    render_tollhouse_config,
+)
+from tollhouse.devkeys import DevKey, generate_rsa, jwks, make_token
+
+__all__ = ["AUDIENCE", "ISSUER", "LocalStack", "StackPorts", "demo_config_template"]
+
+ISSUER = "https://issuer.demo.tollhouse.test"
+AUDIENCE = "demo-api"
+
+
+def demo_config_template() -> str:
+    """Return the packaged tollhouse config template (``${name}`` placeholders)."""
+    return resources.files("tollhouse.demo").joinpath("tollhouse.yaml").read_text("utf-8")
+
+
+@dataclass(frozen=True)
+class StackPorts:
+    """One free port per listener of the stack."""
+
+    envoy: int
+    envoy_admin: int
+    tollhouse: int
+    tollhouse_admin: int
+    upstream: int
+    usage: int
+    jwks: int
+
+    @classmethod
+    def pick(cls, picker: Callable[[], int] = pick_port) -> StackPorts:
+        """Distinct free ports from ``picker``."""
+        chosen: list[int] = []
+        while len(chosen) < 7:
+            port = picker()
+            if port not in chosen:
+                chosen.append(port)
+        return cls(*chosen)
+
+
+class LocalStack:
+    """Start and stop the four parts in dependency order; build tokens; send requests via Envoy.
+
+    ``overrides`` replaces whole top-level sections of the demo config (validated again), so a
+    test can point ``metering`` at Redis or change ``plans`` before tollhouse starts.
+    """
+
+    def __init__(self, workdir: Path, ports: StackPorts, *, jwks_refresh_s: float = 300.0,
+                 jwks_cooldown_s: float = 10.0, key: DevKey | None = None,
+                 overrides: Mapping[str, Any] | None = None) -> None:
+        self.workdir = workdir
+        self.ports = ports
+        self.key = key or generate_rsa("demo-" + secrets.token_hex(4))
+        self.api_key = "th_demo_" + secrets.token_urlsafe(24)
+        self.jwks = JwksServer(ports.jwks, jwks(self.key))
+        self.upstream = EchoUpstream(ports.upstream)
+        values = {
+            "grpc_port": ports.tollhouse,
+            "admin_port": ports.tollhouse_admin,
+            "jwks_port": ports.jwks,
+            "usage_port": ports.usage,  # for the customer usage listener (issue 6)
+            "jwks_refresh_s": jwks_refresh_s,
+            "jwks_cooldown_s": jwks_cooldown_s,
+            "api_key_sha256": hashlib.sha256(self.api_key.encode()).hexdigest(),
+            "workdir": workdir / "tollhouse",
+        }
+        config = render_tollhouse_config(demo_config_template(), values)
+        if overrides:  # top-level sections replaced whole, e.g. {"metering": {...}}
+            config = {**config, **overrides}
+            parse_config(config, source="demo config with overrides")
+        self.tollhouse = TollhouseProcess(workdir / "tollhouse", config)
+        envoy_ports = EnvoyPorts(listen=ports.envoy, admin=ports.envoy_admin,
+                                 tollhouse=ports.tollhouse, upstream=ports.upstream,
+                                 usage=ports.usage)
+        self.envoy = EnvoyProcess(workdir / "envoy", envoy_ports)
+
+    def start(self) -> LocalStack:
+        """JWKS and upstream first, then tollhouse (ready = keys loaded), then Envoy."""
+        try:
+            self.jwks.start()
+            self.upstream.start()
+            self.tollhouse.start()
+            self.envoy.start()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def stop(self) -> int | None:
+        """Stop everything started; returns tollhouse's exit code (0 after a clean drain)."""
+        self.envoy.stop()
+        rc = self.tollhouse.stop()
+        self.upstream.stop()
+        self.jwks.stop()
+        return rc
+
+    @property
+    def config(self) -> dict[str, Any]:
+        """The tollhouse config as last written (a copy: edit it and pass it to ``reconfigure``)."""
+        return dict(self.tollhouse.config)
+
+    def reconfigure(self, config: Mapping[str, Any]) -> None:
+        """Rewrite tollhouse's config file; the running server hot-reloads it."""
+        self.tollhouse.rewrite_config(config)
+
+    def token(self, subject: str, *, key: DevKey | None = None, **kwargs: Any) -> str:
+        """Sign a JWT from the demo issuer for ``subject`` (extra ``make_token`` kwargs pass on)."""
+        kwargs.setdefault("issuer", ISSUER)
+        kwargs.setdefault("audience", AUDIENCE)
+        return make_token(key or self.key, subject=subject, **kwargs)
+
+    def request(self, path: str, *, method: str = "GET", headers: dict[str, str] | None = None,
+                token: str | None = None, api_key: str | None = None) -> HttpResponse:
+        """One HTTP request through Envoy's listener."""
+        hdrs = dict(headers or {})
+        if token is not None:
+            hdrs["authorization"] = f"Bearer {token}"
+        if api_key is not None:
+            hdrs["x-api-key"] = api_key
+        return http_request(self.ports.envoy, path, method=method, headers=hdrs)
+
+    @property
+    def base_url(self) -> str:
+        """Envoy's listener as an http:// URL."""
+        return f"http://127.0.0.1:{self.ports.envoy}"

@@ -1,0 +1,71 @@
+"""Prometheus metrics of the usage path (default registry, names prefixed ``tollhouse_``)."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge
+
+__all__ = [
+    "ALS_ENTRIES",
+    "ALS_MESSAGES",
+    "ENTRIES_IGNORED",
+    "HEADER_UNIT_ERRORS",
+    "HOOK_ERRORS",
+    "SINK_ERRORS",
+    "SINK_SENT",
+    "SPOOL_COMMITS",
+    "SPOOL_PENDING",
+    "SPOOL_UNSENT",
+    "SPOOL_WRITE_ERRORS",
+    "USAGE_FINALIZED",
+    "USAGE_RESERVED",
+]
+
+USAGE_RESERVED = Counter(
+    "tollhouse_usage_reserved_total", "Admission records written durably to the spool."
+)
+USAGE_FINALIZED = Counter(
+    "tollhouse_usage_finalized_total",
+    "Usage records finalised, by final state and whether they are billable.",
+    ["state", "billable"],
+)
+ENTRIES_IGNORED = Counter(
+    "tollhouse_usage_entries_ignored_total",
+    "Access-log entries that changed nothing: duplicate (record already final) or unknown id.",
+    ["reason"],
+)
+HEADER_UNIT_ERRORS = Counter(
+    "tollhouse_usage_header_unit_errors_total",
+    "Header meters whose response header was missing or not a non-negative integer (0 units).",
+    ["meter"],
+)
+HOOK_ERRORS = Counter(
+    "tollhouse_usage_hook_errors_total", "Exceptions raised by the on_confirmed hook."
+)
+ALS_MESSAGES = Counter(
+    "tollhouse_als_messages_total",
+    "StreamAccessLogs messages received, by outcome (ok, garbage).",
+    ["outcome"],
+)
+ALS_ENTRIES = Counter(
+    "tollhouse_als_entries_total",
+    "Access-log entries received, by outcome (ingested, no_metadata, non_http, error).",
+    ["outcome"],
+)
+SPOOL_COMMITS = Counter(
+    "tollhouse_spool_commits_total", "Spool transactions committed (group commit batches)."
+)
+SPOOL_WRITE_ERRORS = Counter(
+    "tollhouse_spool_write_errors_total", "Spool transactions that failed (disk full, I/O error)."
+)
+SPOOL_PENDING = Gauge(
+    "tollhouse_spool_reserved", "Records in the spool still RESERVED (waiting for the access log)."
+)
+SPOOL_UNSENT = Gauge(
+    "tollhouse_spool_unsent", "Final records in the spool not yet acknowledged by the meter."
+)
+SINK_SENT = Counter(
+    "tollhouse_meter_records_sent_total", "Final usage records acknowledged by the meter sink."
+)
+SINK_ERRORS = Counter(
+    "tollhouse_meter_send_errors_total", "Failed batch sends to the meter sink (retried)."
+)

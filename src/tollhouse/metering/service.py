@@ -1,0 +1,258 @@
+"""The one object the app wires: spool + finaliser + forwarder + access-log ingest."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections import Counter as Tally
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from tollhouse.config import Config
+from tollhouse.logs import get_logger
+from tollhouse.metering.metrics import (
+    ENTRIES_IGNORED,
+    HOOK_ERRORS,
+    SINK_ERRORS,
+    SINK_SENT,
+    SPOOL_PENDING,
+    SPOOL_UNSENT,
+    USAGE_FINALIZED,
+)
+from tollhouse.metering.policy import Finalizer, LogEntry
+from tollhouse.metering.schema import UsageRecord, state_name
+from tollhouse.metering.sinks import MeterSink, SinkError, open_sink
+from tollhouse.metering.spool import ApplyResult, Spool, SpoolError, new_usage_id
+
+if TYPE_CHECKING:
+    from tollhouse.envoy.als import AccessLogServicer
+
+__all__ = ["DEFAULT_SPOOL_DIR", "Metering"]
+
+log = get_logger(__name__)
+
+DEFAULT_SPOOL_DIR = Path("tollhouse-spool")
+SENT_RETENTION_S = 3600.0  # acknowledged records stay this long, so late duplicates are ignored
+_MAX_INFLIGHT_ENTRIES = 50_000  # above this, ingest waits for the writer (backpressure)
+_HOUSEKEEPING_S = 5.0
+
+
+def _count_final(records: Sequence[UsageRecord]) -> None:
+    tally = Tally((state_name(r.state), str(r.billable).lower()) for r in records)
+    for (state, billable), n in tally.items():
+        USAGE_FINALIZED.labels(state=state, billable=billable).inc(n)
+
+
+class Metering:
+    """Usage metering: reserve at Check time, finalise from the access log, forward to the meter."""
+
+    def __init__(
+        self,
+        cfg: Config,
+        *,
+        clock: Callable[[], float] = time.time,
+        instance: str,
+        sink: MeterSink | None = None,
+        max_backoff_s: float = 5.0,
+        send_timeout_s: float = 10.0,
+    ) -> None:
+        self._cfg = cfg
+        self._clock = clock
+        self._instance = instance
+        self._finalizer = Finalizer(cfg)
+        self.spool = Spool(
+            cfg.metering.spool or DEFAULT_SPOOL_DIR,
+            group_commit_ms=cfg.metering.group_commit_ms,
+            clock=clock,
+        )
+        self._sink = sink
+        self._max_backoff_s = max_backoff_s
+        self._send_timeout_s = send_timeout_s
+        self._task: asyncio.Task[None] | None = None
+        self._inflight = 0
+        self._last_housekeeping = float("-inf")
+        self.on_confirmed: Callable[[UsageRecord], None] | None = None
+
+    # ---- lifecycle -------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Open the spool (resuming whatever it holds) and start forwarding to the meter."""
+        await self.spool.open()
+        if self._sink is None:
+            self._sink = open_sink(self._cfg.metering.meter)
+        self._task = asyncio.create_task(self._run(), name="tollhouse-metering")
+        log.info("metering.started", spool=str(self.spool.path), meter=self._meter_name())
+
+    async def stop(self, deadline_s: float | None = None) -> bool:
+        """Stop forwarding, send what can be sent within the deadline, close; True if all sent."""
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+            self._task = None
+        budget = min(self._cfg.shutdown_grace_s, 5.0) if deadline_s is None else deadline_s
+        drained = False
+        if not self.spool.closed:
+            drained = await self._drain(budget)
+            await self.spool.close()
+        if self._sink is not None:
+            await self._sink.close()
+        log.info("metering.stopped", drained=drained)
+        return drained
+
+    def reconfigure(self, cfg: Config) -> None:
+        """Apply a new config's billing policy to records finalised from now on."""
+        if (cfg.metering.spool, cfg.metering.meter) != (
+            self._cfg.metering.spool, self._cfg.metering.meter
+        ):
+            log.warning("metering.restart_needed", reason="spool or meter changed")
+        self._cfg = cfg
+        self._finalizer = Finalizer(cfg)
+
+    # ---- the Check path --------------------------------------------------------------------
+
+    def build_reservation(
+        self,
+        *,
+        customer: str,
+        plan: str,
+        feature: str,
+        method: str,
+        path: str,
+        request_id: str,
+        decision_id: str,
+        degraded: bool = False,
+    ) -> UsageRecord:
+        """Build a RESERVED record with a fresh usage_id, the admission time and this instance."""
+        now = self._clock()
+        return UsageRecord(
+            usage_id=new_usage_id(now), customer=customer, plan=plan, feature=feature,
+            units=self._finalizer.request_units(feature), method=method, path=path,
+            request_id=request_id, decision_id=decision_id,
+            admitted_at_ms=int(now * 1000), state=UsageRecord.RESERVED,
+            instance=self._instance, degraded=degraded,
+        )
+
+    async def reserve(self, record: UsageRecord) -> None:
+        """Write the reservation durably; raise :class:`SpoolError` if it cannot be written."""
+        await self.spool.reserve(record)
+
+    # ---- the access log --------------------------------------------------------------------
+
+    def als_servicer(self) -> AccessLogServicer:
+        """Return the ``envoy.service.accesslog.v3.AccessLogService`` servicer feeding this."""
+        from tollhouse.envoy.als import AccessLogServicer  # here: import cycle
+
+        return AccessLogServicer(self)
+
+    async def ingest(self, entries: Sequence[LogEntry]) -> None:
+        """Queue entries (with usage ids) for finalisation; waits only under heavy backlog."""
+        if not entries:
+            return
+        now_ms = int(self._clock() * 1000)
+        fut = self.spool.submit_entries(entries, now_ms, self._finalizer)
+        self._inflight += len(entries)
+        n = len(entries)
+        fut.add_done_callback(lambda f: self._applied(f, n))
+        if self._inflight > _MAX_INFLIGHT_ENTRIES:
+            await asyncio.wait([fut])
+
+    def _applied(self, fut: asyncio.Future[ApplyResult], n: int) -> None:
+        self._inflight -= n
+        if fut.cancelled():
+            return
+        err = fut.exception()
+        if err is not None:
+            log.error("metering.ingest_failed", error=type(err).__name__, entries=n)
+            return
+        res = fut.result()
+        if res.duplicate:
+            ENTRIES_IGNORED.labels(reason="duplicate").inc(res.duplicate)
+        if res.unknown:
+            ENTRIES_IGNORED.labels(reason="unknown").inc(res.unknown)
+        if res.errors:
+            ENTRIES_IGNORED.labels(reason="error").inc(res.errors)
+        _count_final(res.finalized)
+        hook = self.on_confirmed
+        if hook is None:
+            return
+        for rec in res.finalized:
+            if rec.state == UsageRecord.CONFIRMED:
+                try:
+                    hook(rec)
+                except Exception:
+                    HOOK_ERRORS.inc()
+                    log.error("metering.hook_failed", exc=True, usage_id=rec.usage_id)
+
+    # ---- forwarding ------------------------------------------------------------------------
+
+    def _meter_name(self) -> str:
+        url = self._cfg.metering.meter
+        return url.split("@")[-1] if url.startswith("redis") else url  # never log a password
+
+    async def _run(self) -> None:
+        backoff = 0.0
+        interval = self._cfg.metering.flush_interval_ms / 1000.0
+        while True:
+            try:
+                await self.tick()
+                backoff = 0.0
+                delay = self._cfg.metering.flush_interval_ms / 1000.0
+            except (SinkError, SpoolError) as e:
+                SINK_ERRORS.inc()
+                backoff = min(max(backoff * 2, interval), self._max_backoff_s)
+                delay = backoff * random.uniform(0.8, 1.2)  # noqa: S311 (jitter, not crypto)
+                log.warning("metering.forward_failed", error=str(e), retry_in_s=round(delay, 3))
+            except Exception:
+                log.error("metering.loop_error", exc=True)
+                delay = interval
+            await asyncio.sleep(delay)
+
+    async def tick(self) -> int:
+        """One round: expire overdue reservations, forward full batches, housekeeping."""
+        now = self._clock()
+        now_ms = int(now * 1000)
+        cutoff = now_ms - int(self._cfg.metering.unconfirmed_after_s * 1000)
+        expired = await self.spool.expire(cutoff, now_ms, self._finalizer)
+        _count_final(expired)
+        sent = 0
+        batch = self._cfg.metering.batch_size
+        for _ in range(20):  # bounded, so expiry and housekeeping keep running under load
+            n = await self.forward_once()
+            sent += n
+            if n < batch:
+                break
+        if now - self._last_housekeeping >= _HOUSEKEEPING_S:
+            self._last_housekeeping = now
+            await self.spool.prune(now_ms - int(SENT_RETENTION_S * 1000))
+            counts = await self.spool.counts()
+            SPOOL_PENDING.set(counts["RESERVED"])
+            SPOOL_UNSENT.set(counts["unsent"])
+        return sent
+
+    async def forward_once(self) -> int:
+        """Send one batch of final records to the meter; mark them sent only after the ack."""
+        if self._sink is None:
+            raise SinkError("metering is not started")
+        records = await self.spool.unsent(self._cfg.metering.batch_size)
+        if not records:
+            return 0
+        try:
+            await asyncio.wait_for(self._sink.send(records), self._send_timeout_s)
+        except TimeoutError as e:
+            raise SinkError("the meter did not acknowledge in time") from e
+        await self.spool.mark_sent([r.usage_id for r in records], int(self._clock() * 1000))
+        SINK_SENT.inc(len(records))
+        return len(records)
+
+    async def _drain(self, budget_s: float) -> bool:
+        deadline = time.monotonic() + budget_s
+        try:
+            while (left := deadline - time.monotonic()) > 0:
+                n = await asyncio.wait_for(self.forward_once(), left)
+                if n == 0:
+                    return True
+        except (SinkError, SpoolError, TimeoutError) as e:
+            log.warning("metering.drain_incomplete", error=str(e))
+        return False

@@ -44,6 +44,15 @@ class LimitsBuilder:
         self.state = state
         self.max_entries = max_entries
         self._cache: dict[int, tuple[Any, str, Any]] = {}
+        self._req_meters: tuple[str, frozenset[str]] = ("", frozenset())
+
+    def _request_meters(self) -> frozenset[str]:
+        """Meters that count one unit per admitted request (the rest grow from the access log)."""
+        cat = self.state.catalog
+        if self._req_meters[0] != cat.version:
+            names = frozenset(n for n, m in cat.config.meters.items() if m.source == "requests")
+            self._req_meters = (cat.version, names)
+        return self._req_meters[1]
 
     def for_customer(self, cust: Any, plan: PlanConfig) -> Any:
         """The Limits object the limiter takes."""
@@ -62,6 +71,7 @@ class LimitsBuilder:
             overage=plan.overage,
             on_counter_error=plan.on_counter_error,
             anchor=getattr(cust, "anchor", None),
+            request_meters=self._request_meters(),
         )
         if getattr(cust, "source", "") != "default_plan":
             if len(self._cache) >= self.max_entries:

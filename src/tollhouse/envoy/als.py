@@ -16,7 +16,7 @@ from typing import Any, Protocol
 import grpc
 from envoy.data.accesslog.v3 import accesslog_pb2 as al
 from envoy.service.accesslog.v3 import als_pb2, als_pb2_grpc
-from google.protobuf.message import DecodeError  # type: ignore[import-untyped]
+from google.protobuf.message import DecodeError
 
 from tollhouse.logs import get_logger
 from tollhouse.metering.metrics import ALS_ENTRIES, ALS_MESSAGES

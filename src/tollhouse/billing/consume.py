@@ -1,0 +1,94 @@
+"""SQLite meter -> ledger, batched, exactly once (cursor and inserts share a transaction).
+
+Also the meter-side aggregate used by the live usage endpoint, so it prices exactly what the
+invoice would, from the same meter tables (schema in :mod:`tollhouse.metering.schema`).
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import urllib.parse
+from pathlib import Path
+
+from tollhouse.billing.ledger import FailureHook, Ledger, LedgerRow
+from tollhouse.billing.metrics import RECORDS_CONSUMED
+from tollhouse.config import sqlite_path
+from tollhouse.logs import get_logger
+
+__all__ = ["SqliteMeterTotals", "consume_sqlite_meter"]
+
+log = get_logger(__name__)
+
+
+def _noop(_: str) -> None:
+    return None
+
+
+def _open_ro(path: Path) -> sqlite3.Connection:
+    uri = "file:" + urllib.parse.quote(str(path.resolve())) + "?mode=ro"
+    return sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False,
+                           timeout=10.0)
+
+
+def consume_sqlite_meter(ledger: Ledger, meter_url: str, *, batch: int = 50_000,
+                         hook: FailureHook = _noop) -> int:
+    """Copy new rows of the SQLite meter into ``ledger``; return how many meter rows were read."""
+    path = sqlite_path(meter_url).resolve()
+    if not path.exists():
+        log.warning("billing.meter_missing", meter=str(path))
+        return 0
+    source = f"sqlite:{path}"
+    if ledger.dialect == "sqlite":
+        n = ledger.copy_sqlite_meter(str(path), source, batch=batch, hook=hook)
+    else:
+        n = _copy_generic(ledger, path, source, batch, hook)
+    RECORDS_CONSUMED.labels("sqlite").inc(n)
+    log.info("billing.consumed", source="sqlite", records=n, cursor=ledger.get_cursor(source))
+    return n
+
+
+def _copy_generic(ledger: Ledger, path: Path, source: str, batch: int, hook: FailureHook) -> int:
+    meter = _open_ro(path)
+    total = 0
+    try:
+        while True:
+            last = ledger.get_cursor(source)
+            rows = meter.execute(
+                "SELECT id, usage_id, customer, admitted_at_ms, billable FROM usage"
+                " WHERE id > ? ORDER BY id LIMIT ?", (last, batch)).fetchall()
+            if not rows:
+                return total
+            top = int(rows[-1][0])
+            units: dict[str, list[tuple[str, int]]] = {}
+            for uid, m, u in meter.execute(
+                    "SELECT uu.usage_id, uu.meter, uu.units FROM usage u JOIN usage_units uu"
+                    " ON uu.usage_id = u.usage_id WHERE u.id > ? AND u.id <= ?", (last, top)):
+                units.setdefault(str(uid), []).append((str(m), int(u)))
+            out = [LedgerRow(str(uid), str(c), int(at), bool(b), tuple(sorted(units.get(uid, []))))
+                   for _, uid, c, at, b in rows]
+            ledger.insert_rows(out, cursor=(source, top), hook=hook)
+            total += len(rows)
+    finally:
+        meter.close()
+
+
+class SqliteMeterTotals:
+    """Billable units per meter straight from a SQLite meter (for ``GET /v1/usage``)."""
+
+    def __init__(self, meter_url: str) -> None:
+        self._path = sqlite_path(meter_url)
+
+    def __call__(self, customer: str, start_ms: int, end_ms: int) -> dict[str, int]:
+        """Return ``{meter: units}`` admitted in ``[start_ms, end_ms)`` (blocking: use a thread)."""
+        if not self._path.exists():
+            return {}
+        conn = _open_ro(self._path)
+        try:
+            rows = conn.execute(
+                "SELECT uu.meter, SUM(uu.units) FROM usage u JOIN usage_units uu"
+                " ON uu.usage_id = u.usage_id WHERE u.customer = ? AND u.billable = 1"
+                " AND u.admitted_at_ms >= ? AND u.admitted_at_ms < ?"
+                " GROUP BY uu.meter ORDER BY uu.meter", (customer, start_ms, end_ms)).fetchall()
+        finally:
+            conn.close()
+        return {str(m): int(u) for m, u in rows}

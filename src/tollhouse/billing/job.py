@@ -1,0 +1,246 @@
+"""``tollhouse bill``: consume the meter into the ledger, price each customer's period, issue.
+
+A separate process (a Kubernetes CronJob). It must not import grpc or ``tollhouse.envoy``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import socket
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from decimal import Decimal
+from pathlib import Path
+from typing import Literal
+
+from tollhouse.billing.consume import consume_sqlite_meter
+from tollhouse.billing.invoice import BuildInput, InvoiceProblem, build_invoice
+from tollhouse.billing.ledger import FailureHook, Ledger, open_ledger
+from tollhouse.billing.metrics import INVOICES_ISSUED, LATE_RECORDS
+from tollhouse.billing.periods import Period, period_containing, period_for_label
+from tollhouse.billing.render import render_json, write_invoice_files
+from tollhouse.billing.subscriptions import ConfigSubscriptions, Subscription, SubscriptionSource
+from tollhouse.config import Config, ConfigError, load_config
+from tollhouse.logs import configure_logging, get_logger
+from tollhouse.metering.schema import DEAD_LETTER_KEY, STREAM_KEY
+
+__all__ = ["BillingResult", "InvoiceSummary", "JobOptions", "add_bill_arguments", "main_bill",
+           "run_billing"]
+
+log = get_logger(__name__)
+
+
+def _noop(_: str) -> None:
+    return None
+
+
+@dataclass(frozen=True, slots=True)
+class JobOptions:
+    """Knobs that tests and operators may turn; defaults suit production."""
+
+    hook: FailureHook = field(default=_noop)
+    stream_key: str = STREAM_KEY
+    dead_key: str = DEAD_LETTER_KEY
+    consumer: str | None = None  # default: config ``instance`` or the host name
+    claim_idle_ms: int = 60_000
+    batch: int = 50_000
+    redis_timeout_s: float = 10.0
+
+
+@dataclass(frozen=True, slots=True)
+class InvoiceSummary:
+    """One customer's outcome: issued now, issued before (re-rendered), or a preview."""
+
+    number: str
+    customer: str
+    period: str
+    currency: str
+    total: Decimal
+    status: Literal["issued", "already_issued", "preview"]
+    files: tuple[Path, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class BillingResult:
+    """What a run did. ``problems`` are per-customer failures (the others were still billed)."""
+
+    consumed: int
+    dead_lettered: int
+    invoices: tuple[InvoiceSummary, ...]
+    problems: tuple[InvoiceProblem, ...]
+
+    @property
+    def ok(self) -> bool:
+        """True when every customer was billed."""
+        return not self.problems
+
+
+def _consume(cfg: Config, ledger: Ledger, opts: JobOptions) -> tuple[int, int]:
+    url = cfg.metering.meter
+    if url.startswith("sqlite:///"):
+        return consume_sqlite_meter(ledger, url, batch=opts.batch, hook=opts.hook), 0
+    return asyncio.run(_consume_redis(cfg, ledger, opts))
+
+
+async def _consume_redis(cfg: Config, ledger: Ledger, opts: JobOptions) -> tuple[int, int]:
+    import redis.asyncio as aioredis
+
+    from tollhouse.billing.consume_redis import RedisConsumer
+
+    client = aioredis.from_url(cfg.metering.meter, socket_timeout=opts.redis_timeout_s,
+                               socket_connect_timeout=opts.redis_timeout_s)
+    try:
+        consumer = RedisConsumer(
+            client, ledger, cfg.billing.consumer_group,
+            opts.consumer or cfg.instance or socket.gethostname(),
+            max_deliveries=cfg.billing.max_deliveries, stream_key=opts.stream_key,
+            dead_key=opts.dead_key, batch=min(opts.batch, 5000),
+            claim_idle_ms=opts.claim_idle_ms, timeout_s=opts.redis_timeout_s, hook=opts.hook)
+        stats = await consumer.run()
+    finally:
+        await client.aclose()
+    return stats.read, stats.dead_lettered
+
+
+@dataclass(frozen=True, slots=True)
+class _Run:
+    cfg: Config
+    ledger: Ledger
+    label: str | None
+    now: float
+    preview: bool
+    upto: int
+    out_dir: Path | None
+
+
+def _order_problem(ledger: Ledger, sub: Subscription, p: Period) -> str | None:
+    last = ledger.last_invoice(sub.customer)
+    if last is None:
+        return None
+    if last[0] >= p.label:
+        return f"{p.label} precedes the last issued invoice ({last[0]}); issued invoices are final"
+    expected = period_for_label(last[0], sub.anchor).next(sub.anchor).label
+    if expected != p.label:
+        return f"bill {expected} first (periods are invoiced in order)"
+    return None
+
+
+def _bill_customer(run: _Run, sub: Subscription) -> InvoiceSummary | InvoiceProblem:
+    cust = sub.customer
+    p = (period_for_label(run.label, sub.anchor) if run.label is not None
+         else period_containing(run.now, sub.anchor))
+    stored = run.ledger.get_invoice(cust, p.label)
+    if stored is not None:
+        return _summary(json.loads(stored), "already_issued", run.out_dir)
+    if not run.preview and p.end_s > run.now:
+        return InvoiceProblem(cust, f"{p.label} is still open until {p.end_s}; use --preview")
+    problem = _order_problem(run.ledger, sub, p)
+    if problem is not None and not run.preview:
+        return InvoiceProblem(cust, problem)
+    last = run.ledger.last_invoice(cust)
+    inp = BuildInput(run.cfg.plans, sub, p, run.upto, 0 if last is None else last[1],
+                     "preview" if run.preview else "issued")
+    inv = build_invoice(run.ledger, inp)
+    if isinstance(inv, InvoiceProblem) or run.preview:
+        return inv if isinstance(inv, InvoiceProblem) else _summary(inv.document, "preview",
+                                                                     run.out_dir)
+    if not run.ledger.issue(inv.number, cust, p.label, run.upto, render_json(inv.document),
+                            inv.billed):
+        stored = run.ledger.get_invoice(cust, p.label)  # a concurrent run issued it first
+        if stored is None:
+            return InvoiceProblem(cust, f"invoice number {inv.number} is taken")
+        return _summary(json.loads(stored), "already_issued", run.out_dir)
+    INVOICES_ISSUED.inc()
+    LATE_RECORDS.inc(inv.late_records)
+    log.info("billing.issued", invoice=inv.number, customer=cust, total=str(inv.total),
+             late_records=inv.late_records)
+    return _summary(inv.document, "issued", run.out_dir)
+
+
+def _summary(doc: dict[str, object], status: Literal["issued", "already_issued", "preview"],
+             out_dir: Path | None) -> InvoiceSummary:
+    files = tuple(write_invoice_files(doc, out_dir)) if out_dir is not None else ()
+    return InvoiceSummary(str(doc["number"]), str(doc["customer"]), str(doc["period"]),
+                          str(doc["currency"]), Decimal(str(doc["total"])), status, files)
+
+
+def _unknown_customers(run: _Run, subs: SubscriptionSource, known: set[str]) -> list[str]:
+    p = (period_for_label(run.label, None) if run.label is not None
+         else period_containing(run.now, None))
+    seen = run.ledger.customers_with_usage(p.start_ms, p.end_ms)
+    return [c for c in seen if c not in known and subs.subscription(c) is None]
+
+
+def run_billing(cfg: Config, *, period: str | None, out_dir: Path | None, preview: bool,
+                clock: Callable[[], float], subscriptions: SubscriptionSource | None = None,
+                options: JobOptions | None = None) -> BillingResult:
+    """Consume the meter, then issue (or preview) every customer's invoice for ``period``.
+
+    ``period`` is ``YYYY-MM``; ``None`` (preview only) means each customer's open period.
+    Files go to ``out_dir``, else ``cfg.billing.invoices_dir`` (previews: only with ``out_dir``).
+    """
+    opts = options or JobOptions()
+    if period is None and not preview:
+        raise ValueError("a period is required unless previewing")
+    if period is not None:
+        period_for_label(period, None)  # validates the label
+    subs = subscriptions if subscriptions is not None else ConfigSubscriptions(cfg)
+    ledger = open_ledger(cfg.billing.ledger)
+    try:
+        consumed, dead = _consume(cfg, ledger, opts)
+        target = out_dir if out_dir is not None or preview else cfg.billing.invoices_dir
+        run = _Run(cfg, ledger, period, clock(), preview, ledger.max_seq(), target)
+        invoices: list[InvoiceSummary] = []
+        problems: list[InvoiceProblem] = []
+        customers = sorted(subs.customers())
+        for cust in customers:
+            sub = subs.subscription(cust)
+            res = (InvoiceProblem(cust, "no subscription") if sub is None
+                   else _bill_customer(run, sub))
+            if isinstance(res, InvoiceProblem):
+                problems.append(res)
+            else:
+                invoices.append(res)
+        for cust in _unknown_customers(run, subs, set(customers)):
+            problems.append(InvoiceProblem(cust, "usage from a customer with no subscription"))
+    finally:
+        ledger.close()
+    for pr in problems:
+        log.error("billing.problem", customer=pr.customer, problem=pr.message)
+    return BillingResult(consumed, dead, tuple(invoices), tuple(problems))
+
+
+def add_bill_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add ``--config FILE --period YYYY-MM [--out DIR] [--preview]`` to ``parser``."""
+    parser.add_argument("--config", required=True, type=Path, help="tollhouse YAML config")
+    parser.add_argument("--period", help="billing period YYYY-MM (default with --preview: open)")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="invoice directory (default: billing.invoices_dir)")
+    parser.add_argument("--preview", action="store_true",
+                        help="price without issuing anything (the open period by default)")
+
+
+def main_bill(args: argparse.Namespace) -> int:
+    """Run ``tollhouse bill``; 0 when every customer was billed, 1 on problems, 2 on bad input."""
+    configure_logging()
+    try:
+        cfg = load_config(args.config)
+        result = run_billing(cfg, period=args.period, out_dir=args.out, preview=args.preview,
+                             clock=time.time)
+    except ConfigError as e:
+        print(f"config error: {e}", file=sys.stderr)
+        return 2
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(f"consumed {result.consumed} meter records, dead-lettered {result.dead_lettered}")
+    for inv in result.invoices:
+        html = next((str(f) for f in inv.files if f.suffix == ".html"), "-")
+        print(f"{inv.number}  {inv.customer}  {inv.currency} {inv.total}  {inv.status}  {html}")
+    for pr in result.problems:
+        print(f"PROBLEM {pr.customer}: {pr.message}", file=sys.stderr)
+    return 0 if result.ok else 1

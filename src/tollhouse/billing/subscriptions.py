@@ -1,0 +1,90 @@
+"""Who is subscribed to which plan, since when: the input to proration.
+
+:class:`SubscriptionSource` is what the billing job reads. :class:`ConfigSubscriptions` serves it
+from ``Config.customers`` (one plan from the beginning of time); the entitlement store will provide
+another implementation with real plan changes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import date
+from typing import Protocol
+
+from tollhouse.billing.periods import Period, parse_anchor
+from tollhouse.config import Config
+
+__all__ = ["ConfigSubscriptions", "PlanChange", "Subscription", "SubscriptionSource", "segments"]
+
+
+@dataclass(frozen=True, slots=True)
+class PlanChange:
+    """From ``effective_from_s`` (Unix seconds, UTC) on, the customer is on ``plan``."""
+
+    plan: str
+    effective_from_s: int
+
+
+@dataclass(frozen=True, slots=True)
+class Subscription:
+    """A customer's plan history (sorted by time) and period anchor (``None``: calendar months)."""
+
+    customer: str
+    changes: tuple[PlanChange, ...]
+    anchor: date | None = None
+
+    def plan_at(self, ts_s: int) -> str | None:
+        """Return the plan in effect at ``ts_s``, or ``None`` before the first change."""
+        current = None
+        for c in self.changes:
+            if c.effective_from_s <= ts_s:
+                current = c.plan
+        return current
+
+
+class SubscriptionSource(Protocol):
+    """Where subscriptions come from (config today, the entitlement store later)."""
+
+    def customers(self) -> Iterable[str]:
+        """Every customer that may be billed."""
+        ...
+
+    def subscription(self, customer: str) -> Subscription | None:
+        """Return the customer's subscription, or ``None`` when unknown."""
+        ...
+
+
+class ConfigSubscriptions:
+    """Subscriptions from ``Config.customers``: one plan, effective since the epoch."""
+
+    def __init__(self, cfg: Config) -> None:
+        self._cfg = cfg
+
+    def customers(self) -> Iterable[str]:
+        """Return the configured customers, sorted."""
+        return sorted(self._cfg.customers)
+
+    def subscription(self, customer: str) -> Subscription | None:
+        """Return a single-plan subscription (``default_plan`` for unknown customers, if set)."""
+        c = self._cfg.customers.get(customer)
+        if c is not None:
+            return Subscription(customer, (PlanChange(c.plan, 0),), parse_anchor(c.period_anchor))
+        if self._cfg.default_plan is not None:
+            return Subscription(customer, (PlanChange(self._cfg.default_plan, 0),), None)
+        return None
+
+
+def segments(changes: Sequence[PlanChange], period: Period) -> list[tuple[str, int, int]]:
+    """``(plan, start_s, end_s)`` pieces of ``period``, one per plan in effect, in time order."""
+    out: list[tuple[str, int, int]] = []
+    ordered = sorted(changes, key=lambda c: c.effective_from_s)
+    for i, c in enumerate(ordered):
+        nxt = ordered[i + 1].effective_from_s if i + 1 < len(ordered) else period.end_s
+        start, end = max(c.effective_from_s, period.start_s), min(nxt, period.end_s)
+        if start < end:
+            if out and out[-1][0] == c.plan:
+                out[-1] = (c.plan, out[-1][1], end)
+            else:
+                out.append((c.plan, start, end))
+    return out

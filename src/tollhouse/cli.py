@@ -15,7 +15,8 @@ __all__ = ["build_parser", "main"]
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
-    from tollhouse.app import serve
+    from tollhouse.app import serve  # imported here: `tollhouse bill` never loads grpc
+    from tollhouse.store import SchemaError
 
     configure_logging(args.log_level)
     try:
@@ -29,6 +30,10 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         return asyncio.run(serve(Path(args.config)))
     except ConfigError as e:
         _print_config_error(e)
+        return 2
+    except SchemaError as e:
+        print(f"tollhouse: entitlement store: {e} (run `tollhouse store migrate`)",
+              file=sys.stderr)
         return 2
     except OSError as e:
         print(f"tollhouse: cannot start: {e}", file=sys.stderr)
@@ -130,6 +135,10 @@ def _add_optional(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     p.add_argument("--reconcile", action="store_true",
                    help="also show reserved / confirmed / voided / unconfirmed counts")
     p.set_defaults(func=_cmd_usage)
+
+    from tollhouse.store.cli import add_cli
+
+    add_cli(sub)
 
 
 def main(argv: list[str] | None = None) -> int:

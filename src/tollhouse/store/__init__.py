@@ -1,0 +1,39 @@
+"""The entitlement store: customers, subscriptions, API key hashes, overrides, top-ups, audit."""
+
+from tollhouse.store.backend import StoreUnavailable, connect_backend
+from tollhouse.store.directory import Directory, Entitlement
+from tollhouse.store.models import (
+    STATUSES,
+    ApiKeyInfo,
+    AuditEntry,
+    Customer,
+    IssuedKey,
+    PlanChange,
+    ServiceError,
+    TopUp,
+    period_start,
+)
+from tollhouse.store.schema import SCHEMA_VERSION, SchemaError, migrate, open_store
+from tollhouse.store.service import StoreService, hash_key
+
+__all__ = [
+    "SCHEMA_VERSION",
+    "STATUSES",
+    "ApiKeyInfo",
+    "AuditEntry",
+    "Customer",
+    "Directory",
+    "Entitlement",
+    "IssuedKey",
+    "PlanChange",
+    "SchemaError",
+    "ServiceError",
+    "StoreService",
+    "StoreUnavailable",
+    "TopUp",
+    "connect_backend",
+    "hash_key",
+    "migrate",
+    "open_store",
+    "period_start",
+]

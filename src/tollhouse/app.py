@@ -71,7 +71,7 @@ class App:
         self.health = health.aio.HealthServicer()
         self.server: grpc.aio.Server | None = None
         self.http = AdminHttp(self)
-        self._mtime = _mtime(config_path)
+        self._mtime = self._watched_mtime()
         self._tasks: list[asyncio.Task[None]] = []
         self._stopping = asyncio.Event()
 
@@ -143,11 +143,16 @@ class App:
         while not self._stopping.is_set():
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stopping.wait(), 0.5)
-            mtime = _mtime(self.config_path)
+            mtime = self._watched_mtime()
             if mtime == self._mtime:
                 continue
             self._mtime = mtime
             await self.reload()
+
+    def _watched_mtime(self) -> tuple[float, float]:
+        """The config file's mtime and that of the API keys file it names, if any."""
+        keys_file = self.cfg.auth.api_keys.keys_file
+        return _mtime(self.config_path), _mtime(keys_file) if keys_file else 0.0
 
     async def reload(self) -> bool:
         """Load the config file again and swap the snapshot atomically if it is valid."""

@@ -107,3 +107,22 @@ def test_invalid_yaml_names_line(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as exc:
         load_config(f)
     assert exc.value.problems[0][0].startswith("line ")
+
+
+def test_api_keys_file_is_merged(tmp_path: Path) -> None:
+    """auth.api_keys.keys_file (e.g. a mounted Secret) adds its key hashes to the inline ones."""
+    (tmp_path / "keys.yaml").write_text(f'- {{sha256: "{"cd" * 32}", customer: acme}}\n')
+    f = tmp_path / "c.yaml"
+    f.write_text(GOOD.replace("  api_keys:\n", "  api_keys:\n    keys_file: keys.yaml\n"))
+    cfg = load_config(f)
+    assert [k.sha256 for k in cfg.auth.api_keys.keys] == ["ab" * 32, "cd" * 32]
+
+
+def test_bad_api_keys_file_names_the_field(tmp_path: Path) -> None:
+    """A keys file with a bad hash is rejected with the field's path and the entry's index."""
+    (tmp_path / "keys.yaml").write_text("- {sha256: nothex, customer: acme}\n")
+    f = tmp_path / "c.yaml"
+    f.write_text(GOOD.replace("  api_keys:\n", "  api_keys:\n    keys_file: keys.yaml\n"))
+    with pytest.raises(ConfigError) as exc:
+        load_config(f)
+    assert exc.value.problems[0][0] == "auth.api_keys.keys_file[0.sha256]"

@@ -1,0 +1,266 @@
+"""YAML config -> validated, frozen models. The only module that reads the config file.
+
+Every model is frozen and rejects unknown keys, so a typo is an error with its dotted path
+(``plans.pro.quotas.requets``) instead of a silently ignored setting. Durations carry their unit in
+their name (``leeway_s``, ``flush_interval_ms``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import Field, ValidationError, field_validator, model_validator
+
+from tollhouse.config._base import ConfigError, Name, _Model
+from tollhouse.config.auth import ApiKeyEntry, ApiKeysConfig, AuthConfig, JwtIssuerConfig
+from tollhouse.config.catalog import (
+    CustomerConfig,
+    FeatureConfig,
+    MeterConfig,
+    MeterPrice,
+    PlanConfig,
+    PriceConfig,
+    RateLimits,
+    Rule,
+    Tier,
+)
+from tollhouse.config.runtime import AdminConfig, BillingConfig, MeteringConfig, StoreConfig
+
+__all__ = [
+    "AdminConfig",
+    "ApiKeyEntry",
+    "ApiKeysConfig",
+    "AuthConfig",
+    "BillingConfig",
+    "Config",
+    "ConfigError",
+    "CustomerConfig",
+    "FeatureConfig",
+    "JwtIssuerConfig",
+    "MeterConfig",
+    "MeterPrice",
+    "MeteringConfig",
+    "PlanConfig",
+    "PriceConfig",
+    "RateLimits",
+    "Rule",
+    "StoreConfig",
+    "Tier",
+    "load_config",
+    "parse_config",
+    "sqlite_path",
+]
+
+
+
+def _feature(v: Any) -> Any:
+    """Accept the short form: a bare list of rules means ``{rules: [...], meters: [requests]}``."""
+    return {"rules": v} if isinstance(v, list) else v
+
+
+class Config(_Model):
+    """The whole catalog and runtime settings; one frozen snapshot per request."""
+
+    listen: str = Field(default="127.0.0.1:9001", pattern=r"^[^\s:]+:\d{1,5}$")
+    admin_listen: str | None = Field(default="127.0.0.1:9002", pattern=r"^[^\s:]+:\d{1,5}$")
+    usage_listen: str | None = Field(default=None, pattern=r"^[^\s:]+:\d{1,5}$")
+    instance: str | None = None
+    shutdown_grace_s: float = Field(default=10.0, ge=0)
+    check_deadline_ms: int = Field(default=150, gt=0)
+    auth: AuthConfig = AuthConfig()
+    meters: Mapping[Name, MeterConfig] = Field(default_factory=lambda: {"requests": MeterConfig()})
+    features: Mapping[Name, FeatureConfig] = Field(default_factory=dict)
+    plans: Mapping[Name, PlanConfig] = Field(default_factory=dict)
+    customers: Mapping[Name, CustomerConfig] = Field(default_factory=dict)
+    default_plan: Name | None = None
+    counters: str = "memory"
+    metering: MeteringConfig = MeteringConfig()
+    billing: BillingConfig = BillingConfig()
+    store: StoreConfig | None = None  # issue 4
+    admin: AdminConfig = AdminConfig()  # issue 4
+
+    @field_validator("features", mode="before")
+    @classmethod
+    def _short_features(cls, v: Any) -> Any:
+        return {k: _feature(x) for k, x in v.items()} if isinstance(v, dict) else v
+
+    @field_validator("meters", mode="before")
+    @classmethod
+    def _meters(cls, v: Any) -> Any:
+        if isinstance(v, dict):
+            v = {k: ({} if x is None else x) for k, x in v.items()}
+            v.setdefault("requests", {})
+        return v
+
+    @field_validator("counters")
+    @classmethod
+    def _counters(cls, v: str) -> str:
+        if v != "memory" and not v.startswith("redis://"):
+            raise ValueError("must be 'memory' or redis://host:port/db")
+        return v
+
+    @model_validator(mode="after")
+    def _references(self) -> Config:
+        problems: list[tuple[str, str]] = []
+        for fname, feat in self.features.items():
+            for i, m in enumerate(feat.meters):
+                if m not in self.meters:
+                    problems.append((f"features.{fname}.meters.{i}", f"unknown meter {m!r}"))
+        for pname, plan in self.plans.items():
+            for i, f in enumerate(plan.features):
+                if f not in self.features:
+                    problems.append((f"plans.{pname}.features.{i}", f"unknown feature {f!r}"))
+            for m in plan.quotas:
+                if m not in self.meters:
+                    problems.append((f"plans.{pname}.quotas.{m}", f"unknown meter {m!r}"))
+            if plan.price is not None:
+                for m in plan.price.meters:
+                    if m not in self.meters:
+                        problems.append(
+                            (f"plans.{pname}.price.meters.{m}", f"unknown meter {m!r}")
+                        )
+        for cname, cust in self.customers.items():
+            if cust.plan not in self.plans:
+                problems.append((f"customers.{cname}.plan", f"unknown plan {cust.plan!r}"))
+            for m in cust.quota_overrides:
+                if m not in self.meters:
+                    problems.append(
+                        (f"customers.{cname}.quota_overrides.{m}", f"unknown meter {m!r}")
+                    )
+        for i, key in enumerate(self.auth.api_keys.keys):
+            if key.customer not in self.customers and self.default_plan is None:
+                problems.append(
+                    (f"auth.api_keys.keys.{i}.customer", f"unknown customer {key.customer!r}")
+                )
+        if self.default_plan is not None and self.default_plan not in self.plans:
+            problems.append(("default_plan", f"unknown plan {self.default_plan!r}"))
+        if problems:
+            raise ConfigError(problems)
+        return self
+
+
+def _dotted(loc: tuple[int | str, ...]) -> str:
+    return ".".join(str(p) for p in loc if p not in ("function-after", "function-before"))
+
+
+def parse_config(data: Any, *, base_dir: Path | None = None, source: str = "config") -> Config:
+    """Validate a parsed YAML document; relative file paths are resolved against ``base_dir``."""
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError([("(root)", "the config must be a mapping")], source)
+    try:
+        cfg = Config.model_validate(data)
+    except ConfigError as e:
+        raise ConfigError(e.problems, source) from None
+    except ValidationError as e:
+        problems = []
+        for err in e.errors():
+            ctx_err = (err.get("ctx") or {}).get("error")
+            if isinstance(ctx_err, ConfigError):
+                problems.extend(ctx_err.problems)
+                continue
+            problems.append((_dotted(err["loc"]) or "(root)", err["msg"]))
+        raise ConfigError(problems, source) from None
+    return _resolve_paths(cfg, base_dir) if base_dir is not None else cfg
+
+
+def _resolve_paths(cfg: Config, base: Path) -> Config:
+    def fix(p: Path | None) -> Path | None:
+        return p if p is None or p.is_absolute() else (base / p)
+
+    api_keys = cfg.auth.api_keys
+    if api_keys.keys_file is not None:
+        api_keys = api_keys.model_copy(update={"keys_file": fix(api_keys.keys_file)})
+    issuers = tuple(
+        i.model_copy(
+            update={"jwks_file": fix(i.jwks_file), "hs_secret_file": fix(i.hs_secret_file)}
+        )
+        for i in cfg.auth.jwt
+    )
+    metering = cfg.metering.model_copy(
+        update={"spool": fix(cfg.metering.spool) or cfg.metering.spool,
+                "meter": _fix_url(cfg.metering.meter, base)}
+    )
+    billing = cfg.billing.model_copy(
+        update={
+            "invoices_dir": fix(cfg.billing.invoices_dir),
+            "ledger": _fix_url(cfg.billing.ledger, base),
+        }
+    )
+    return cfg.model_copy(
+        update={
+            "auth": cfg.auth.model_copy(update={"jwt": issuers, "api_keys": api_keys}),
+            "metering": metering,
+            "billing": billing,
+            # issue 4: entitlement store URL and admin token file
+            "store": None if cfg.store is None else cfg.store.model_copy(
+                update={"url": _fix_url(cfg.store.url, base)}
+            ),
+            "admin": cfg.admin.model_copy(update={"token_file": fix(cfg.admin.token_file)}),
+        }
+    )
+
+
+def _fix_url(url: str, base: Path) -> str:
+    """``sqlite:///./x.db`` and ``sqlite:///../x.db`` are relative to the config file's folder."""
+    prefix = "sqlite:///"
+    rest = url[len(prefix):]
+    if url.startswith(prefix) and rest.startswith(("./", "../")):
+        return "sqlite://" + str((base / rest).resolve())
+    return url
+
+
+def sqlite_path(url: str) -> Path:
+    """The file of a ``sqlite:///...`` URL: ``sqlite:///var/x.db`` is ``/var/x.db``."""
+    if not url.startswith("sqlite:///"):
+        raise ValueError(f"not a sqlite:/// URL: {url}")
+    return Path(url[len("sqlite://"):])
+
+
+def load_config(path: str | Path) -> Config:
+    """Read and validate a YAML config file; raise :class:`ConfigError` with dotted paths."""
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except OSError as e:
+        raise ConfigError([("(file)", f"cannot read {p}: {e.strerror}")], str(p)) from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f"line {mark.line + 1}" if mark is not None else "(file)"
+        raise ConfigError([(where, f"invalid YAML: {getattr(e, 'problem', e)}")], str(p)) from None
+    cfg = parse_config(data, base_dir=p.parent.resolve(), source=str(p))
+    return _with_keys_file(cfg, str(p))
+
+
+def _with_keys_file(cfg: Config, source: str) -> Config:
+    """Merge ``auth.api_keys.keys_file`` (a YAML list of {sha256, customer}) into the keys."""
+    api_keys = cfg.auth.api_keys
+    if api_keys.keys_file is None:
+        return cfg
+    where = "auth.api_keys.keys_file"
+    try:
+        data = yaml.safe_load(api_keys.keys_file.read_text(encoding="utf-8")) or []
+    except OSError as e:
+        raise ConfigError([(where, f"cannot read {api_keys.keys_file}: {e.strerror}")],
+                          source) from None
+    except yaml.YAMLError:
+        raise ConfigError([(where, "invalid YAML")], source) from None
+    if not isinstance(data, list):
+        raise ConfigError([(where, "must hold a YAML list of {sha256, customer}")], source)
+    entries, problems = [], []
+    for i, item in enumerate(data):
+        try:
+            entries.append(ApiKeyEntry.model_validate(item))
+        except ValidationError as e:
+            problems += [(f"{where}[{i}.{_dotted(err['loc'])}]", err["msg"]) for err in e.errors()]
+    if problems:
+        raise ConfigError(problems, source)
+    extra = tuple(entries)
+    merged = api_keys.model_copy(update={"keys": api_keys.keys + extra})
+    return cfg.model_copy(update={"auth": cfg.auth.model_copy(update={"api_keys": merged})})

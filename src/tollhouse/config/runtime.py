@@ -1,0 +1,76 @@
+"""Config models of the usage path, the billing job, the entitlement store and the admin API."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from pydantic import Field, field_validator
+
+from tollhouse.config._base import _Model
+
+__all__ = ["AdminConfig", "BillingConfig", "MeteringConfig", "StoreConfig"]
+
+
+class MeteringConfig(_Model):
+    """The usage path: the local spool, the meter and the billing policy."""
+
+    enabled: bool = True
+    spool: Path = Path("tollhouse-spool")
+    meter: str = "sqlite:///./tollhouse-meter.db"
+    unconfirmed_after_s: float = Field(default=300.0, gt=0)
+    bill_unconfirmed: bool = True
+    bill_upstream_5xx: bool = False
+    flush_interval_ms: int = Field(default=200, gt=0)
+    batch_size: int = Field(default=500, gt=0, le=10_000)
+    group_commit_ms: float = Field(default=2.0, ge=0)
+
+    @field_validator("meter")
+    @classmethod
+    def _url(cls, v: str) -> str:
+        if not re.match(r"^(sqlite:///.+|redis://.+)$", v):
+            raise ValueError("must be sqlite:///path or redis://host:port/db")
+        return v
+
+
+class BillingConfig(_Model):
+    """The billing job: the ledger, where invoices go, the Redis consumer group."""
+
+    ledger: str = "sqlite:///./tollhouse-ledger.db"
+    invoices_dir: Path = Path("invoices")
+    consumer_group: str = "tollhouse-billing"
+    max_deliveries: int = Field(default=5, gt=0)
+
+    @field_validator("ledger")
+    @classmethod
+    def _url(cls, v: str) -> str:
+        if not re.match(r"^(sqlite:///.+|postgres(ql)?://.+)$", v):
+            raise ValueError("must be sqlite:///path or postgresql://...")
+        return v
+
+
+# --- entitlement store + admin API (issue 4) -------------------------------------------------
+
+
+class StoreConfig(_Model):
+    """The entitlement store: customers, subscriptions, API key hashes, overrides, top-ups."""
+
+    url: str
+    poll_interval_ms: int = Field(default=500, gt=0)
+    past_due_grace_s: int = Field(default=7 * 86400, ge=0)
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, v: str) -> str:
+        if not re.match(r"^(sqlite:///.+|postgres(ql)?://.+)$", v):
+            raise ValueError("must be sqlite:///path or postgresql://...")
+        return v
+
+
+class AdminConfig(_Model):
+    """The admin API: ``token_file`` holds the bearer token (no file: the admin API is off)."""
+
+    token_file: Path | None = None
+
+
+# --- end entitlement store + admin API -------------------------------------------------------

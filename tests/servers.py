@@ -10,53 +10,19 @@ import contextlib
 import glob
 import os
 import shutil
-import socket
 import subprocess
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from tollhouse.demo.stack import pick_port, port_is_free, wait_port
+
 __all__ = ["PostgresServer", "RedisServer", "free_port", "port_is_free", "wait_port"]
-
-
-def port_is_free(port: int, host: str = "127.0.0.1") -> bool:
-    """True when nothing accepts connections on ``host:port`` and it can be bound."""
-    with socket.socket() as s:
-        s.settimeout(0.2)
-        if s.connect_ex((host, port)) == 0:
-            return False
-    with socket.socket() as s:
-        # SO_REUSEADDR: a just-stopped server's TIME_WAIT connections do not make its port busy.
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            s.bind((host, port))
-        except OSError:
-            return False
-    return True
 
 
 def free_port() -> int:
     """A port the kernel says is free and that nothing listens on."""
-    for _ in range(50):
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = int(s.getsockname()[1])
-        if port_is_free(port):
-            return port
-    raise RuntimeError("no free port")
-
-
-def wait_port(port: int, timeout_s: float = 10.0, host: str = "127.0.0.1") -> None:
-    """Wait until something accepts on ``host:port``."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        with socket.socket() as s:
-            s.settimeout(0.2)
-            if s.connect_ex((host, port)) == 0:
-                return
-        time.sleep(0.05)
-    raise TimeoutError(f"nothing listens on {host}:{port} after {timeout_s}s")
+    return pick_port()
 
 
 @dataclass

@@ -8,6 +8,10 @@ usage. Each is priced at the margin of its own period's plan:
 
 Plan changes: the base fee is prorated over the plans' segments by seconds; usage of the period is
 priced with the plan in effect at the period's end. All plans within a period must share a currency.
+
+Top-ups (from the entitlement store) are extra included units of one meter in one period: they add
+to the plan's ``included`` for that period (regular lines and late-usage adjustments alike), and a
+line with a top-up shows it as ``topup``.
 """
 
 from __future__ import annotations
@@ -102,10 +106,12 @@ def _charge_doc(c: MeterCharge) -> dict[str, Any]:
     }
 
 
-def _charge(meter: str, price: PriceConfig, qty: int) -> MeterCharge:
+def _charge(meter: str, price: PriceConfig, qty: int, topup: int = 0) -> MeterCharge:
     mp = price.meters.get(meter)
     if mp is None:  # metered but not priced by this plan: shown, free
         mp = MeterPrice(model="per_unit", unit_price=Decimal(0))
+    elif topup:
+        mp = mp.model_copy(update={"included": mp.included + topup})
     return price_meter(meter, mp, qty, price.currency)
 
 
@@ -139,11 +145,15 @@ def _usage_lines(ledger: Ledger, inp: BuildInput, price: PriceConfig
                  ) -> tuple[list[dict[str, Any]], Decimal]:
     p, cust = inp.period, inp.sub.customer
     totals = ledger.meter_totals(cust, p.start_ms, p.end_ms, max_seq=inp.upto_seq)
+    topups = inp.sub.topups_for(p)
     lines, subtotal = [], Decimal(0)
     for meter in sorted(set(totals) | set(price.meters)):
         qty, records = totals.get(meter, (0, 0))
-        c = _charge(meter, price, qty)
+        topup = topups.get(meter, 0) if meter in price.meters else 0
+        c = _charge(meter, price, qty, topup)
         doc = _charge_doc(c)
+        if topup:
+            doc["topup"] = topup
         doc["records"] = records
         mp = price.meters.get(meter)
         doc["package_size"] = mp.package_size if mp is not None and mp.model == "package" else None
@@ -171,9 +181,12 @@ def _adjustments(ledger: Ledger, inp: BuildInput, currency: str
             return f"late usage of {px.label} is priced in {price.currency}, not {currency}"
         totals = ledger.meter_totals(cust, px.start_ms, px.end_ms, min_seq=inp.prev_upto_seq,
                                      max_seq=inp.upto_seq)
+        topups = inp.sub.topups_for(px)
         for meter, (qty, records) in sorted(totals.items()):
             before = ledger.billed_quantity(cust, px.label, meter)
-            delta = _charge(meter, price, before + qty).exact - _charge(meter, price, before).exact
+            extra = topups.get(meter, 0)
+            delta = (_charge(meter, price, before + qty, extra).exact
+                     - _charge(meter, price, before, extra).exact)
             ids = ledger.usage_ids(cust, meter, px.start_ms, px.end_ms,
                                    min_seq=inp.prev_upto_seq, max_seq=inp.upto_seq)
             out.append({"period": px.label, "plan": plan, "meter": meter, "quantity": qty,

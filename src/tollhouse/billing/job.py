@@ -23,10 +23,18 @@ from tollhouse.billing.ledger import FailureHook, Ledger, open_ledger
 from tollhouse.billing.metrics import INVOICES_ISSUED, LATE_RECORDS
 from tollhouse.billing.periods import Period, period_containing, period_for_label
 from tollhouse.billing.render import render_json, write_invoice_files
-from tollhouse.billing.subscriptions import ConfigSubscriptions, Subscription, SubscriptionSource
+from tollhouse.billing.store_subscriptions import StoreSubscriptions
+from tollhouse.billing.subscriptions import (
+    ConfigSubscriptions,
+    Subscription,
+    SubscriptionSource,
+    segments,
+)
 from tollhouse.config import Config, ConfigError, load_config
 from tollhouse.logs import configure_logging, get_logger
 from tollhouse.metering.schema import DEAD_LETTER_KEY, STREAM_KEY
+from tollhouse.store.backend import StoreUnavailable
+from tollhouse.store.schema import SchemaError
 
 __all__ = ["BillingResult", "InvoiceSummary", "JobOptions", "add_bill_arguments", "main_bill",
            "run_billing"]
@@ -129,13 +137,33 @@ def _order_problem(ledger: Ledger, sub: Subscription, p: Period) -> str | None:
     return None
 
 
-def _bill_customer(run: _Run, sub: Subscription) -> InvoiceSummary | InvoiceProblem:
+def _gate(run: _Run, sub: Subscription, p: Period) -> InvoiceProblem | Literal[True] | None:
+    """``True``: bill ``p``; ``None``: nothing to bill (cancelled before ``p``); or a problem."""
+    unknown = sorted({plan for plan, _, _ in segments(sub.changes, p)} - set(run.cfg.plans))
+    if unknown:
+        return InvoiceProblem(sub.customer, f"plan {unknown[0]!r} is not in the config's catalog")
+    if not sub.cancelled_before(p):
+        return True
+    last = run.ledger.last_invoice(sub.customer)
+    pending = run.ledger.first_admitted_ms(sub.customer, p.end_ms,
+                                           min_seq=0 if last is None else last[1],
+                                           max_seq=run.upto)
+    if pending is None:
+        return None
+    return InvoiceProblem(sub.customer, f"cancelled before {p.label} but has unbilled usage "
+                          f"(admitted at {pending} ms); reactivate to bill it")
+
+
+def _bill_customer(run: _Run, sub: Subscription) -> InvoiceSummary | InvoiceProblem | None:
     cust = sub.customer
     p = (period_for_label(run.label, sub.anchor) if run.label is not None
          else period_containing(run.now, sub.anchor))
     stored = run.ledger.get_invoice(cust, p.label)
     if stored is not None:
         return _summary(json.loads(stored), "already_issued", run.out_dir)
+    gate = _gate(run, sub, p)
+    if gate is not True:
+        return gate
     if not run.preview and p.end_s > run.now:
         return InvoiceProblem(cust, f"{p.label} is still open until {p.end_s}; use --preview")
     problem = _order_problem(run.ledger, sub, p)
@@ -175,12 +203,20 @@ def _unknown_customers(run: _Run, subs: SubscriptionSource, known: set[str]) -> 
     return [c for c in seen if c not in known and subs.subscription(c) is None]
 
 
+def _subscriptions(cfg: Config, clock: Callable[[], float]) -> SubscriptionSource:
+    if cfg.store is None:
+        return ConfigSubscriptions(cfg)
+    return StoreSubscriptions(cfg.store.url, cfg, clock=clock)
+
+
 def run_billing(cfg: Config, *, period: str | None, out_dir: Path | None, preview: bool,
                 clock: Callable[[], float], subscriptions: SubscriptionSource | None = None,
                 options: JobOptions | None = None) -> BillingResult:
     """Consume the meter, then issue (or preview) every customer's invoice for ``period``.
 
     ``period`` is ``YYYY-MM``; ``None`` (preview only) means each customer's open period.
+    Subscriptions: ``subscriptions``, else the entitlement store when ``cfg.store`` is set (read
+    once, up front), else the config's customers.
     Files go to ``out_dir``, else ``cfg.billing.invoices_dir`` (previews: only with ``out_dir``).
     """
     opts = options or JobOptions()
@@ -188,7 +224,7 @@ def run_billing(cfg: Config, *, period: str | None, out_dir: Path | None, previe
         raise ValueError("a period is required unless previewing")
     if period is not None:
         period_for_label(period, None)  # validates the label
-    subs = subscriptions if subscriptions is not None else ConfigSubscriptions(cfg)
+    subs = subscriptions if subscriptions is not None else _subscriptions(cfg, clock)
     ledger = open_ledger(cfg.billing.ledger)
     try:
         consumed, dead = _consume(cfg, ledger, opts)
@@ -203,7 +239,7 @@ def run_billing(cfg: Config, *, period: str | None, out_dir: Path | None, previe
                    else _bill_customer(run, sub))
             if isinstance(res, InvoiceProblem):
                 problems.append(res)
-            else:
+            elif res is not None:
                 invoices.append(res)
         for cust in _unknown_customers(run, subs, set(customers)):
             problems.append(InvoiceProblem(cust, "usage from a customer with no subscription"))
@@ -234,6 +270,12 @@ def main_bill(args: argparse.Namespace) -> int:
     except ConfigError as e:
         print(f"config error: {e}", file=sys.stderr)
         return 2
+    except SchemaError as e:
+        print(f"store error: {e}", file=sys.stderr)
+        return 2
+    except StoreUnavailable as e:
+        print(f"store unavailable: {e}", file=sys.stderr)
+        return 1
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -2,15 +2,18 @@
 
 A period is labelled by the month it starts in (``2026-11``). With an anchor date the period starts
 on the anchor's day of that month, clamped to the month's last day (anchor ``2026-01-31`` gives
-``2026-02-28 .. 2026-03-31``). Pure functions; the lead will unify them with ``quota.windows``.
+``2026-02-28 .. 2026-03-31``). The boundaries come from :mod:`tollhouse.quota.windows` (one
+implementation for quotas and invoices); only the label differs: quota keys an anchored period by
+its start date (``2026-11-15``), billing by its start month (``2026-11``).
 """
 
 from __future__ import annotations
 
-import calendar
 import re
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
+
+from tollhouse.quota import windows
 
 __all__ = ["Period", "parse_anchor", "period_containing", "period_for_label"]
 
@@ -54,21 +57,8 @@ def parse_anchor(text: str | None) -> date | None:
     return None if text is None else date.fromisoformat(text)
 
 
-def _start(year: int, month: int, anchor: date | None) -> int:
-    day = 1
-    if anchor is not None:
-        day = min(anchor.day, calendar.monthrange(year, month)[1])
-    return int(datetime(year, month, day, tzinfo=UTC).timestamp())
-
-
-def _shift(year: int, month: int, by: int) -> tuple[int, int]:
-    idx = year * 12 + (month - 1) + by
-    return idx // 12, idx % 12 + 1
-
-
-def _make(year: int, month: int, anchor: date | None) -> Period:
-    ny, nm = _shift(year, month, 1)
-    return Period(f"{year:04d}-{month:02d}", _start(year, month, anchor), _start(ny, nm, anchor))
+def _billing(w: windows.Period) -> Period:
+    return Period(f"{w.start.year:04d}-{w.start.month:02d}", w.start_s, w.end_s)
 
 
 def period_for_label(label: str, anchor: date | None) -> Period:
@@ -76,14 +66,15 @@ def period_for_label(label: str, anchor: date | None) -> Period:
     m = _LABEL.match(label)
     if m is None or not 1 <= int(m.group(2)) <= 12 or int(m.group(1)) < 1970:
         raise ValueError(f"period must be YYYY-MM, got {label!r}")
-    return _make(int(m.group(1)), int(m.group(2)), anchor)
+    year, month = int(m.group(1)), int(m.group(2))
+    w = windows.period_for(datetime(year, month, 1, tzinfo=UTC).timestamp(), anchor)
+    if (w.start.year, w.start.month) != (year, month):  # the 1st lies in the previous period
+        w = windows.period_for(w.end_s, anchor)
+    return _billing(w)
 
 
 def period_containing(ts_s: float, anchor: date | None) -> Period:
     """Return the period that contains the instant ``ts_s`` (Unix seconds)."""
-    dt = datetime.fromtimestamp(int(ts_s // 1), tz=UTC)
-    p = _make(dt.year, dt.month, anchor)
-    if ts_s < p.start_s:
-        y, m = _shift(dt.year, dt.month, -1)
-        p = _make(y, m, anchor)
-    return p
+    # Whole seconds first: boundaries are whole seconds, and a float a hair below midnight must
+    # not be rounded into the next period by datetime's microsecond rounding.
+    return _billing(windows.period_for(int(ts_s // 1), anchor))

@@ -1,21 +1,23 @@
 """Who is subscribed to which plan, since when: the input to proration.
 
 :class:`SubscriptionSource` is what the billing job reads. :class:`ConfigSubscriptions` serves it
-from ``Config.customers`` (one plan from the beginning of time); the entitlement store will provide
-another implementation with real plan changes.
+from ``Config.customers`` (one plan from the beginning of time);
+:class:`tollhouse.billing.store_subscriptions.StoreSubscriptions` serves it from the entitlement
+store (plan changes with their effective times, status, top-ups), falling back to the config.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from datetime import date
+from datetime import UTC, date, datetime
 from typing import Protocol
 
 from tollhouse.billing.periods import Period, parse_anchor
 from tollhouse.config import Config
 
-__all__ = ["ConfigSubscriptions", "PlanChange", "Subscription", "SubscriptionSource", "segments"]
+__all__ = ["ConfigSubscriptions", "PlanChange", "Subscription", "SubscriptionSource", "TopUp",
+           "segments"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -27,12 +29,42 @@ class PlanChange:
 
 
 @dataclass(frozen=True, slots=True)
+class TopUp:
+    """``units`` extra included units of ``meter`` in the period that starts on ``period_start``."""
+
+    period_start: date
+    meter: str
+    units: int
+
+
+@dataclass(frozen=True, slots=True)
 class Subscription:
-    """A customer's plan history (sorted by time) and period anchor (``None``: calendar months)."""
+    """A customer's plan history (sorted by time) and period anchor (``None``: calendar months).
+
+    ``status`` / ``status_since_s`` as in the entitlement store (config customers: always active);
+    ``topups`` add included units to one period each.
+    """
 
     customer: str
     changes: tuple[PlanChange, ...]
     anchor: date | None = None
+    status: str = "active"
+    status_since_s: int | None = None
+    topups: tuple[TopUp, ...] = ()
+
+    def topups_for(self, period: Period) -> dict[str, int]:
+        """Return ``meter -> extra included units`` for ``period`` (keyed by its start date)."""
+        start = datetime.fromtimestamp(period.start_s, UTC).date()
+        out: dict[str, int] = {}
+        for t in self.topups:
+            if t.period_start == start:
+                out[t.meter] = out.get(t.meter, 0) + t.units
+        return out
+
+    def cancelled_before(self, period: Period) -> bool:
+        """Tell whether the subscription was cancelled at or before ``period`` started."""
+        return (self.status == "cancelled" and self.status_since_s is not None
+                and self.status_since_s <= period.start_s)
 
     def plan_at(self, ts_s: int) -> str | None:
         """Return the plan in effect at ``ts_s``, or ``None`` before the first change."""

@@ -1,0 +1,127 @@
+"""Subscriptions from the entitlement store, plus the config file's static customers.
+
+The billing job is synchronous: :class:`StoreSubscriptions` reads the whole store once (one
+``asyncio.run``) into plain :class:`~tollhouse.billing.subscriptions.Subscription` values, then
+answers from memory. The store wins where it and the config file name the same customer.
+
+Rules (``docs/billing.md``):
+
+* plan changes keep their effective times, truncated to the whole second (proration is by seconds);
+* the subscription starts on its anchor date (the store's "start date"): the first plan is in
+  effect from the anchor's midnight UTC when that precedes the first change (the customer's
+  creation time), so the first period is not prorated for the hours before the record was made;
+* top-ups belong to the period that starts on their ``period`` date and add included units.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from datetime import UTC, date, datetime
+
+from tollhouse.billing.subscriptions import (
+    ConfigSubscriptions,
+    PlanChange,
+    Subscription,
+    TopUp,
+)
+from tollhouse.config import Config
+from tollhouse.store.backend import Backend
+from tollhouse.store.models import Customer
+from tollhouse.store.schema import open_store
+from tollhouse.store.service import StoreService
+
+__all__ = ["StoreSubscriptions", "load_store_subscriptions", "to_subscription"]
+
+PAGE = 1000  # the service's largest page
+_TOPUPS_SQL = "SELECT customer, period, meter, units FROM topups ORDER BY customer, id"
+
+
+def _midnight_s(d: date) -> int:
+    return int(datetime(d.year, d.month, d.day, tzinfo=UTC).timestamp())
+
+
+def to_subscription(c: Customer, topups: Sequence[TopUp] = ()) -> Subscription:
+    """Turn a store customer (and its top-ups) into the billing job's plain value."""
+    changes = [PlanChange(pc.plan, math.floor(pc.effective_from)) for pc in
+               sorted(c.plan_changes, key=lambda pc: pc.effective_from)]
+    if changes and c.anchor is not None:
+        start = _midnight_s(c.anchor)
+        if start < changes[0].effective_from_s:
+            changes[0] = PlanChange(changes[0].plan, start)
+    return Subscription(c.id, tuple(changes), c.anchor, c.status, math.floor(c.status_since),
+                        tuple(topups))
+
+
+async def _load_topups(backend: Backend) -> dict[str, list[TopUp]]:
+    out: dict[str, list[TopUp]] = {}
+    async with backend.transaction(readonly=True) as tx:
+        async for rows in tx.chunks(_TOPUPS_SQL):
+            for customer, period, meter, units in rows:
+                out.setdefault(customer, []).append(
+                    TopUp(date.fromisoformat(period), meter, int(units)))
+    return out
+
+
+async def load_store_subscriptions(backend: Backend, *, clock: Callable[[], float],
+                                   timeout_s: float = 30.0) -> dict[str, Subscription]:
+    """Read every customer of the store (pages of 1000, by id) with its top-ups.
+
+    ``timeout_s`` bounds each read (all top-ups; each page of customers).
+    """
+    service = StoreService(backend, clock=clock)
+    topups = await asyncio.wait_for(_load_topups(backend), timeout_s)
+    out: dict[str, Subscription] = {}
+    after: str | None = None
+    while True:
+        page = await asyncio.wait_for(service.list_customers(after=after, limit=PAGE), timeout_s)
+        for c in page:
+            out[c.id] = to_subscription(c, topups.get(c.id, ()))
+        if len(page) < PAGE:
+            return out
+        after = page[-1].id
+
+
+async def _load(url: str, clock: Callable[[], float], timeout_s: float
+                ) -> dict[str, Subscription]:
+    backend = await asyncio.wait_for(open_store(url), timeout_s)
+    try:
+        return await load_store_subscriptions(backend, clock=clock, timeout_s=timeout_s)
+    finally:
+        await backend.close()
+
+
+class StoreSubscriptions:
+    """A :class:`~tollhouse.billing.subscriptions.SubscriptionSource` over the entitlement store.
+
+    Everything is read in the constructor (``SchemaError`` / ``StoreUnavailable`` propagate);
+    customers only in the config file are served as :class:`ConfigSubscriptions` serves them.
+    Not for use inside a running event loop: call :func:`load_store_subscriptions` there and
+    :meth:`from_loaded`.
+    """
+
+    def __init__(self, store_url: str, cfg: Config, *, clock: Callable[[], float] = time.time,
+                 timeout_s: float = 30.0) -> None:
+        self._config = ConfigSubscriptions(cfg)
+        self._cfg_customers = set(cfg.customers)
+        self._store: Mapping[str, Subscription] = asyncio.run(_load(store_url, clock, timeout_s))
+
+    @classmethod
+    def from_loaded(cls, loaded: Mapping[str, Subscription], cfg: Config) -> StoreSubscriptions:
+        """Build from subscriptions already read by :func:`load_store_subscriptions`."""
+        self = cls.__new__(cls)
+        self._config = ConfigSubscriptions(cfg)
+        self._cfg_customers = set(cfg.customers)
+        self._store = dict(loaded)
+        return self
+
+    def customers(self) -> Iterable[str]:
+        """Return store and config customers, sorted, each once."""
+        return sorted(set(self._store) | self._cfg_customers)
+
+    def subscription(self, customer: str) -> Subscription | None:
+        """Return the store's subscription, else the config's (``default_plan`` included)."""
+        sub = self._store.get(customer)
+        return sub if sub is not None else self._config.subscription(customer)

@@ -1,26 +1,76 @@
 """The customer-facing usage listener: ``GET /v1/usage``, routed through Envoy and ext_authz.
 
 Envoy's ext_authz has authenticated the caller and overwritten ``x-tollhouse-customer``; the
-handler (billing's code, the same pricing as the invoice) shows that customer's data only.
+handler (billing's code, the same pricing as the invoice) shows that customer's data only. The
+subscription comes from what this replica serves: the entitlement store's in-memory directory
+(plan changes, anchor, overrides, top-ups of the current period) or the config file.
 """
 
 from __future__ import annotations
 
+import math
+from collections.abc import Iterable
+from datetime import UTC, datetime
 from typing import Any
 
 from aiohttp import web
 
-from tollhouse.billing.usage import UsageReport
-from tollhouse.billing.usage_api import add_usage_route, meter_usage_lookup
+from tollhouse.billing.periods import period_containing
+from tollhouse.billing.store_subscriptions import midnight_s
+from tollhouse.billing.subscriptions import (
+    ConfigSubscriptions,
+    PlanChange,
+    Subscription,
+    TopUp,
+)
+from tollhouse.billing.usage import UsageReport, current_usage
+from tollhouse.billing.usage_api import add_usage_route, meter_totals
 
-__all__ = ["build_usage_app"]
+__all__ = ["LiveSubscriptions", "build_usage_app"]
+
+
+class LiveSubscriptions:
+    """A billing ``SubscriptionSource`` over the serving process's view of customers."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    def customers(self) -> Iterable[str]:
+        """Return the config's customers (the store's are looked up one by one)."""
+        return sorted(self.app.cfg.customers)
+
+    def entry(self, customer: str) -> Any:
+        """The store's in-memory entry for ``customer``, if a store is configured."""
+        directory = self.app.directory
+        return directory.customer(customer) if directory is not None else None
+
+    def subscription(self, customer: str) -> Subscription | None:
+        """The store's subscription (with this period's top-ups), else the config's."""
+        ent = self.entry(customer)
+        if ent is None:
+            return ConfigSubscriptions(self.app.cfg).subscription(customer)
+        changes = [PlanChange(p, math.floor(t)) for p, t in sorted(ent.plan_changes,
+                                                                    key=lambda c: c[1])]
+        if not changes:
+            changes = [PlanChange(ent.plan, 0)]
+        if ent.anchor is not None and midnight_s(ent.anchor) < changes[0].effective_from_s:
+            changes[0] = PlanChange(changes[0].plan, midnight_s(ent.anchor))
+        period = period_containing(self.app.clock(), ent.anchor)
+        start = datetime.fromtimestamp(period.start_s, UTC).date()
+        topups = tuple(TopUp(start, m, int(u)) for m, u in ent.topups.items())
+        return Subscription(customer, tuple(changes), ent.anchor, ent.status,
+                            math.floor(ent.status_since), topups)
 
 
 def build_usage_app(app: Any) -> web.Application:
-    """An aiohttp app serving ``/v1/usage`` from the configured meter, on the current config."""
+    """Return an aiohttp app serving ``/v1/usage`` from the meter, on the current config."""
+    subs = LiveSubscriptions(app)
 
     def lookup(customer: str) -> UsageReport | None:
-        return meter_usage_lookup(app.cfg, app.clock)(customer)
+        ent = subs.entry(customer)
+        overrides = dict(ent.quota_overrides) if ent is not None else None
+        return current_usage(app.cfg, customer, totals=meter_totals(app.cfg), clock=app.clock,
+                             subscriptions=subs, quota_overrides=overrides)
 
     web_app = web.Application()
     add_usage_route(web_app, lookup)

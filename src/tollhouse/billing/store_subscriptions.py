@@ -33,13 +33,14 @@ from tollhouse.store.models import Customer
 from tollhouse.store.schema import open_store
 from tollhouse.store.service import StoreService
 
-__all__ = ["StoreSubscriptions", "load_store_subscriptions", "to_subscription"]
+__all__ = ["StoreSubscriptions", "load_store_subscriptions", "midnight_s", "to_subscription"]
 
 PAGE = 1000  # the service's largest page
 _TOPUPS_SQL = "SELECT customer, period, meter, units FROM topups ORDER BY customer, id"
 
 
-def _midnight_s(d: date) -> int:
+def midnight_s(d: date) -> int:
+    """Return 00:00 UTC of ``d`` in Unix seconds."""
     return int(datetime(d.year, d.month, d.day, tzinfo=UTC).timestamp())
 
 
@@ -48,7 +49,7 @@ def to_subscription(c: Customer, topups: Sequence[TopUp] = ()) -> Subscription:
     changes = [PlanChange(pc.plan, math.floor(pc.effective_from)) for pc in
                sorted(c.plan_changes, key=lambda pc: pc.effective_from)]
     if changes and c.anchor is not None:
-        start = _midnight_s(c.anchor)
+        start = midnight_s(c.anchor)
         if start < changes[0].effective_from_s:
             changes[0] = PlanChange(changes[0].plan, start)
     return Subscription(c.id, tuple(changes), c.anchor, c.status, math.floor(c.status_since),

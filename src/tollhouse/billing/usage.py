@@ -69,8 +69,13 @@ class UsageReport:
 
 
 def current_usage(cfg: Config, customer: str, *, totals: MeterTotals, clock: Callable[[], float],
-                  subscriptions: SubscriptionSource | None = None) -> UsageReport | None:
-    """Price ``customer``'s open period so far; ``None`` for an unknown customer. Blocking."""
+                  subscriptions: SubscriptionSource | None = None,
+                  quota_overrides: Mapping[str, int] | None = None) -> UsageReport | None:
+    """Price ``customer``'s open period so far; ``None`` for an unknown customer. Blocking.
+
+    Top-ups of the period add to both the quota and the included units, as on the invoice;
+    ``quota_overrides`` (from the entitlement store) replace the config customer's overrides.
+    """
     subs = subscriptions if subscriptions is not None else ConfigSubscriptions(cfg)
     sub = subs.subscription(customer)
     now = clock()
@@ -86,15 +91,24 @@ def current_usage(cfg: Config, customer: str, *, totals: MeterTotals, clock: Cal
     fees = prorate_segments(
         [BaseFeeSegment(pl, _fee(cfg, pl), s, e, p.seconds) for pl, s, e in segs], price.currency)
     used = totals(customer, p.start_ms, min(p.end_ms, int(now * 1000) + 1))
-    overrides = cfg.customers[customer].quota_overrides if customer in cfg.customers else {}
-    quotas = {**(plan.quotas if plan is not None else {}), **overrides}
+    if quota_overrides is None:
+        quota_overrides = (cfg.customers[customer].quota_overrides
+                           if customer in cfg.customers else {})
+    topups = sub.topups_for(p)
+    quotas = {**(plan.quotas if plan is not None else {}), **quota_overrides}
+    for meter, units in topups.items():
+        if meter in quotas:
+            quotas[meter] += units
     meters = []
     for meter in sorted(set(used) | set(price.meters) | set(quotas)):
         mp = price.meters.get(meter) or MeterPrice(unit_price=Decimal(0))
         q, n = quotas.get(meter), used.get(meter, 0)
+        included = mp.included + topups.get(meter, 0)
+        if topups.get(meter):
+            mp = mp.model_copy(update={"included": included})
         charge = price_meter(meter, mp, n, price.currency)
-        meters.append(MeterUsage(meter, n, q, None if q is None else max(0, q - n), mp.included,
-                                 max(0, mp.included - n), charge.amount))
+        meters.append(MeterUsage(meter, n, q, None if q is None else max(0, q - n), included,
+                                 max(0, included - n), charge.amount))
     return UsageReport(customer, plan_name, p.label, p.start_s, p.end_s, int(now),
                        price.currency, sum(fees, Decimal(0)), tuple(meters), price.minimum)
 

@@ -17,8 +17,8 @@ from tollhouse.billing.usage import MeterTotals, UsageReport, current_usage
 from tollhouse.config import Config
 from tollhouse.logs import get_logger
 
-__all__ = ["CUSTOMER_HEADER", "UsageLookup", "add_usage_route", "meter_usage_lookup",
-           "usage_handler"]
+__all__ = ["CUSTOMER_HEADER", "UsageLookup", "add_usage_route", "meter_totals",
+           "meter_usage_lookup", "usage_handler"]
 
 CUSTOMER_HEADER = "x-tollhouse-customer"
 UsageLookup = Callable[[str], UsageReport | None]
@@ -66,7 +66,7 @@ def meter_usage_lookup(cfg: Config, clock: Callable[[], float],
     With a Redis meter the ledger is the source: as fresh as the last billing consume.
     """
     if totals is None:
-        totals = _default_totals(cfg)
+        totals = meter_totals(cfg)
     source = totals
 
     def lookup(customer: str) -> UsageReport | None:
@@ -75,7 +75,8 @@ def meter_usage_lookup(cfg: Config, clock: Callable[[], float],
     return lookup
 
 
-def _default_totals(cfg: Config) -> MeterTotals:
+def meter_totals(cfg: Config) -> MeterTotals:
+    """Usage totals per meter from the SQLite meter, or (Redis meter) from the ledger."""
     from tollhouse.billing.consume import SqliteMeterTotals
     from tollhouse.billing.ledger import open_ledger
 

@@ -112,6 +112,8 @@ class App:
 
             add_als(self.metering.als_servicer(), self.server)
             names.append(ALS_SERVICE)
+        for name in ["", *names]:  # NOT_SERVING until _watch_ready has seen everything loaded
+            await self.health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         reflection.enable_server_reflection(names, self.server)
         if self.server.add_insecure_port(self.cfg.listen) == 0:

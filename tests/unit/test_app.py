@@ -1,0 +1,155 @@
+"""The composition root, in process: health, readiness, reflection, hot reload, drain."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import aiohttp
+import grpc
+import pytest
+import yaml
+from envoy.service.auth.v3 import external_auth_pb2 as ea
+from envoy.service.auth.v3 import external_auth_pb2_grpc as ea_grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+from tollhouse import devkeys
+from tollhouse.app import App
+from tollhouse.config import load_config
+from tests.servers import free_port
+
+ISS = "https://issuer.example"
+
+
+def _write(path: Path, doc: dict) -> None:  # type: ignore[type-arg]
+    path.write_text(yaml.safe_dump(doc))
+
+
+def _config(tmp_path: Path, jwt: dict, plan: str = "free") -> dict:  # type: ignore[type-arg]
+    return {
+        "listen": f"127.0.0.1:{free_port()}", "admin_listen": f"127.0.0.1:{free_port()}",
+        "auth": {"jwt": [{"issuer": ISS, "audiences": ["api"], **jwt}]},
+        "features": {"search": [{"methods": ["GET"], "path": "/v1/search"}],
+                     "export": [{"methods": ["GET"], "path": "/v1/export"}]},
+        "plans": {"free": {"features": ["search"]}, "pro": {"features": ["search", "export"]}},
+        "customers": {"acme": {"plan": plan}},
+        "metering": {"spool": str(tmp_path / "spool"),
+                     "meter": f"sqlite:///{tmp_path}/meter.db"},
+        "shutdown_grace_s": 2,
+    }
+
+
+@pytest.fixture
+async def running(tmp_path: Path) -> AsyncIterator[tuple[App, devkeys.DevKey, Path]]:
+    key = devkeys.generate_ec("k1")
+    (tmp_path / "jwks.json").write_text(json.dumps(devkeys.jwks(key)))
+    path = tmp_path / "tollhouse.yaml"
+    _write(path, _config(tmp_path, {"jwks_file": str(tmp_path / "jwks.json")}))
+    app = App(path, load_config(path))
+    await app.start()
+    yield app, key, path
+    await app.stop()
+
+
+async def _health(app: App, service: str = "") -> int:
+    async with grpc.aio.insecure_channel(app.cfg.listen) as ch:
+        resp = await health_pb2_grpc.HealthStub(ch).Check(
+            health_pb2.HealthCheckRequest(service=service), timeout=2)
+        return int(resp.status)
+
+
+async def _check(app: App, token: str, path: str) -> ea.CheckResponse:
+    req = ea.CheckRequest()
+    req.attributes.request.http.method = "GET"
+    req.attributes.request.http.path = path
+    req.attributes.request.http.headers["authorization"] = f"Bearer {token}"
+    async with grpc.aio.insecure_channel(app.cfg.listen) as ch:
+        return await ea_grpc.AuthorizationStub(ch).Check(req, timeout=2)
+
+
+async def _wait(predicate, timeout_s: float = 5.0) -> bool:  # type: ignore[no-untyped-def]
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    while asyncio.get_running_loop().time() < deadline:
+        if await predicate():
+            return True
+        await asyncio.sleep(0.05)
+    return False
+
+
+async def test_health_serving_and_readyz(running: tuple[App, devkeys.DevKey, Path]) -> None:
+    """Once keys are loaded gRPC health says SERVING and /readyz answers 200 with detail."""
+    app, _, _ = running
+
+    async def serving() -> bool:
+        return await _health(app) == health_pb2.HealthCheckResponse.SERVING
+
+    assert await _wait(serving)
+    assert await _health(app, "envoy.service.auth.v3.Authorization") == 1
+    async with aiohttp.ClientSession() as s:
+        async with s.get(f"http://{app.cfg.admin_listen}/readyz") as r:
+            assert r.status == 200
+            assert (await r.json())["keys_loaded"] is True
+        async with s.get(f"http://{app.cfg.admin_listen}/metrics") as r:
+            assert "tollhouse_checks_total" in await r.text()
+
+
+async def test_reflection_lists_services(running: tuple[App, devkeys.DevKey, Path]) -> None:
+    """Server reflection names ext_authz, the access-log service and health."""
+    app, _, _ = running
+    async with grpc.aio.insecure_channel(app.cfg.listen) as ch:
+        stub = reflection_pb2_grpc.ServerReflectionStub(ch)
+        req = reflection_pb2.ServerReflectionRequest(list_services="")
+        async for resp in stub.ServerReflectionInfo(iter([req]), timeout=2):
+            names = {s.name for s in resp.list_services_response.service}
+            break
+    assert "envoy.service.auth.v3.Authorization" in names
+    assert "envoy.service.accesslog.v3.AccessLogService" in names
+    assert "grpc.health.v1.Health" in names
+
+
+async def test_hot_reload_swaps_and_bad_file_keeps_old(
+    running: tuple[App, devkeys.DevKey, Path], tmp_path: Path
+) -> None:
+    """A valid new file moves acme to pro at once; a broken file is refused and pro stays."""
+    app, key, path = running
+    tok = devkeys.make_token(key, issuer=ISS, audience="api", subject="acme")
+    assert (await _check(app, tok, "/v1/export")).denied_response.status.code == 403
+    doc = yaml.safe_load(path.read_text())
+    doc["customers"]["acme"]["plan"] = "pro"
+    _write(path, doc)
+
+    async def allowed() -> bool:
+        return (await _check(app, tok, "/v1/export")).HasField("ok_response")
+
+    assert await _wait(allowed)
+    version = app.state.catalog.version
+    path.write_text("plans: [this is not a mapping\n")
+    assert not await app.reload()
+    assert app.state.catalog.version == version
+    assert (await _check(app, tok, "/v1/export")).HasField("ok_response")
+
+
+async def test_unloaded_keys_mean_not_serving_and_503(tmp_path: Path) -> None:
+    """A JWKS URL that never answers: health NOT_SERVING, /readyz 503, Check 503 not 401/200."""
+    key = devkeys.generate_ec("k1")
+    path = tmp_path / "tollhouse.yaml"
+    dead = f"http://127.0.0.1:{free_port()}/jwks.json"
+    _write(path, _config(tmp_path, {"jwks_uri": dead, "jwks_timeout_s": 0.2}))
+    app = App(path, load_config(path))
+    await app.start()
+    try:
+        await asyncio.sleep(0.5)
+        assert await _health(app) == health_pb2.HealthCheckResponse.NOT_SERVING
+        async with aiohttp.ClientSession() as s, s.get(
+            f"http://{app.cfg.admin_listen}/readyz"
+        ) as r:
+            assert r.status == 503
+        tok = devkeys.make_token(key, issuer=ISS, audience="api", subject="acme")
+        resp = await _check(app, tok, "/v1/search")
+        assert resp.denied_response.status.code == 503
+        assert json.loads(resp.denied_response.body)["code"] == "keys_unavailable"
+    finally:
+        await app.stop()

@@ -16,10 +16,10 @@ from envoy.service.auth.v3 import external_auth_pb2_grpc as ea_grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
+from tests.servers import free_port
 from tollhouse import devkeys
 from tollhouse.app import App
 from tollhouse.config import load_config
-from tests.servers import free_port
 
 ISS = "https://issuer.example"
 

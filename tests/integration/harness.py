@@ -14,15 +14,22 @@ The process management is ``tollhouse.demo`` (one copy, shared with ``make demo`
 
 from __future__ import annotations
 
+import copy
+import sqlite3
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
+import redis
+import yaml
+
 from tests.servers import free_port
+from tollhouse.config import parse_config, sqlite_path
 from tollhouse.demo.httpd import EchoUpstream, HttpResponse, JwksServer, http_request
 from tollhouse.demo.localstack import AUDIENCE, ISSUER, LocalStack, StackPorts
 from tollhouse.demo.stack import EnvoyPorts, EnvoyProcess, StackError, TollhouseProcess
+from tollhouse.metering.schema import FIELD_RECORD, STREAM_KEY, UsageRecord
 
 __all__ = [
     "AUDIENCE",
@@ -31,14 +38,23 @@ __all__ = [
     "EnvoyPorts",
     "HttpResponse",
     "JwksServer",
+    "LimitedTollhouse",
     "LocalStack",
+    "MultiEnvoy",
     "StackError",
     "Tollhouse",
     "Upstream",
+    "UsageRecord",
+    "add_replica",
+    "build_stack",
     "http_request",
+    "meter_file",
     "pick_ports",
+    "redis_stream_records",
+    "sqlite_meter_records",
     "start_stack",
     "upstream_saw",
+    "usage_ids_seen",
     "wait_until",
 ]
 
@@ -81,3 +97,109 @@ def wait_until(probe: Callable[[], T], accept: Callable[[T], bool], *, timeout_s
 def upstream_saw(upstream: EchoUpstream, marker: str) -> list[dict[str, object]]:
     """Return the requests the upstream received whose path contains ``marker``."""
     return [r for r in list(upstream.seen) if marker in str(r["path"])]
+
+
+# --- helpers for the end-to-end metering / quota / billing / store tests ----------------------
+
+ConfigEdit = Callable[[dict[str, Any]], dict[str, Any]]
+
+
+class LimitedTollhouse(TollhouseProcess):
+    """``tollhouse serve`` that can run under a file-size limit (RLIMIT_FSIZE via ``prlimit``).
+
+    With ``file_size_limit`` set, a write that would grow any file past it fails with EFBIG, as
+    on a full disk (Python ignores SIGXFSZ), even for root. ``None``: no limit.
+    """
+
+    file_size_limit: int | None = None
+
+    def _spawn(self, args: list[str]) -> None:
+        if self.file_size_limit is not None:
+            args = ["prlimit", f"--fsize={self.file_size_limit}", "--", *args]
+        super()._spawn(args)
+
+
+def build_stack(workdir: Path, edit: ConfigEdit | None = None, *,
+                usage_listener: bool = False) -> LocalStack:
+    """An unstarted stack whose tollhouse config is ``edit(demo config)`` (validated again).
+
+    ``usage_listener`` serves ``GET /v1/usage`` on the port Envoy's ``tollhouse_usage`` cluster
+    points at.
+    """
+    stack = LocalStack(workdir, pick_ports(), jwks_refresh_s=1.0, jwks_cooldown_s=0.5)
+    config = stack.config if edit is None else edit(stack.config)
+    if usage_listener:
+        config["usage_listen"] = f"127.0.0.1:{stack.ports.usage}"
+    parse_config(config, source="edited demo config")
+    stack.tollhouse = LimitedTollhouse(stack.tollhouse.workdir, config)
+    return stack
+
+
+def meter_file(stack: LocalStack) -> Path:
+    """The SQLite meter file of the stack's tollhouse config."""
+    return sqlite_path(str(stack.config["metering"]["meter"]))
+
+
+def sqlite_meter_records(path: Path) -> list[UsageRecord]:
+    """Every record in a SQLite meter (empty when the file does not exist yet)."""
+    if not path.exists():
+        return []
+    conn = sqlite3.connect(path, timeout=5)
+    try:
+        rows = conn.execute("SELECT record FROM usage ORDER BY id").fetchall()
+    except sqlite3.OperationalError:  # the sink has not created its table yet
+        return []
+    finally:
+        conn.close()
+    return [UsageRecord.FromString(r[0]) for r in rows]
+
+
+def redis_stream_records(url: str) -> list[UsageRecord]:
+    """Every record appended to the Redis meter stream (duplicates included)."""
+    client = redis.Redis.from_url(url, socket_timeout=5, socket_connect_timeout=5)
+    try:
+        entries: list[Any] = list(client.xrange(STREAM_KEY) or [])
+    finally:
+        client.close()
+    return [UsageRecord.FromString(bytes(fields[FIELD_RECORD.encode()])) for _, fields in entries]
+
+
+def usage_ids_seen(upstream: EchoUpstream, marker: str) -> list[str]:
+    """The ``x-tollhouse-usage-id`` of each request the upstream received for ``marker``."""
+    return [str(dict(r["headers"])["x-tollhouse-usage-id"])  # type: ignore[call-overload]
+            for r in upstream_saw(upstream, marker)]
+
+
+class MultiEnvoy(EnvoyProcess):
+    """Envoy whose ``tollhouse`` cluster has one endpoint per replica port (round robin)."""
+
+    def __init__(self, workdir: Path, ports: EnvoyPorts, replica_ports: list[int]) -> None:
+        super().__init__(workdir, ports)
+        doc = yaml.safe_load(self._config_text)
+        for cluster in doc["static_resources"]["clusters"]:
+            if cluster["name"] == "tollhouse":
+                eps = cluster["load_assignment"]["endpoints"][0]["lb_endpoints"]
+                for port in replica_ports:
+                    ep = copy.deepcopy(eps[0])
+                    ep["endpoint"]["address"]["socket_address"]["port_value"] = port
+                    eps.append(ep)
+        self._config_text = yaml.safe_dump(doc, sort_keys=False)
+
+
+def add_replica(stack: LocalStack, name: str) -> TollhouseProcess:
+    """A second ``tollhouse serve`` with the stack's config on its own ports, spool and instance.
+
+    Also swaps the stack's (unstarted) Envoy for one that balances Checks over both replicas.
+    """
+    grpc_port, admin_port = free_port(), free_port()
+    config = dict(stack.config)
+    config["listen"] = f"127.0.0.1:{grpc_port}"
+    config["admin_listen"] = f"127.0.0.1:{admin_port}"
+    config["instance"] = name
+    config.pop("usage_listen", None)
+    metering = dict(config.get("metering") or {})
+    metering["spool"] = str(stack.workdir / name / "spool")
+    config["metering"] = metering
+    replica = TollhouseProcess(stack.workdir / name, config)
+    stack.envoy = MultiEnvoy(stack.workdir / "envoy", stack.envoy.ports, [grpc_port])
+    return replica

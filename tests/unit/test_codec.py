@@ -48,8 +48,10 @@ def test_allow_overwrites_identity_headers_and_sets_metadata() -> None:
                for h in ok.headers)
     assert list(ok.headers_to_remove) == ["x-tollhouse-usage-id"]
     assert ok.response_headers_to_add[0].header.key == "ratelimit"
-    meta = resp.dynamic_metadata.fields[METADATA_NAMESPACE].struct_value.fields
+    # Flat: Envoy itself files it under the ext_authz namespace for the access log.
+    meta = resp.dynamic_metadata.fields
     assert meta["usage_id"].string_value == "u1"
+    assert METADATA_NAMESPACE not in meta
 
 
 def test_deny_has_status_problem_body_and_headers() -> None:

@@ -81,3 +81,13 @@ async def test_reconcile_joins_spool_and_meter(tmp_path: Path) -> None:
     assert got == ReconcileReport(reserved=1, confirmed=3, voided=1, unconfirmed=1, unsent=1,
                                   billed_units={"egress": 1200, "requests": 3})
     assert "reserved (pending)" in format_reconcile(got)
+
+
+async def test_report_on_a_meter_file_without_tables(tmp_path: Path) -> None:
+    """A meter file the sink has not written to yet reads as empty, not as an error."""
+    import sqlite3
+
+    path = tmp_path / "meter.db"
+    sqlite3.connect(path).close()
+    rows = await usage_report(f"sqlite://{path}", 0, 2**62, None)
+    assert rows == []

@@ -1,21 +1,38 @@
-"""Hooks for what the demo prints after its scripted requests (usage, invoices: later issues).
+"""What the demo prints after its scripted requests: usage per customer, invoices, /v1/usage.
 
 A report is a function ``(DemoContext) -> None`` that writes to ``ctx.out``. It runs while the stack
-is still up, so it may query tollhouse, read ``ctx.config_path`` or run ``tollhouse bill`` on it.
-To add one, append it to :data:`REPORTS`, e.g. ``REPORTS = (print_usage, print_invoices)``.
+is still up, so it may query tollhouse, read ``ctx.config_path`` or run the billing job on it.
+:data:`REPORTS` lists them in order. Blocking code: the demo runs them from plain sync code.
 """
 
 from __future__ import annotations
 
+import asyncio
+import sqlite3
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import TextIO
+from typing import Any, TextIO
 
+from tollhouse.config import Config, load_config
 from tollhouse.demo.localstack import LocalStack
 from tollhouse.demo.script import Outcome
 
-__all__ = ["REPORTS", "DemoContext", "DemoReport", "run_reports"]
+__all__ = [
+    "REPORTS",
+    "DemoContext",
+    "DemoReport",
+    "format_invoices",
+    "print_customer_view",
+    "print_invoices",
+    "print_usage",
+    "run_reports",
+    "wait_for_meter",
+]
+
+Clock = Callable[[], float]
 
 
 @dataclass(frozen=True)
@@ -39,8 +56,109 @@ class DemoContext:
 
 DemoReport = Callable[[DemoContext], None]
 
-# Issue 3 adds the usage per customer, issue 6 the invoice summaries.
-REPORTS: tuple[DemoReport, ...] = ()
+
+def _month_start_ms(now_s: float) -> int:
+    now = datetime.fromtimestamp(now_s, UTC)
+    return int(datetime(now.year, now.month, 1, tzinfo=UTC).timestamp() * 1000)
+
+
+def wait_for_meter(cfg: Config, *, clock: Clock = time.time, sleep: Callable[[float], None]
+                   = time.sleep) -> bool:
+    """Wait until the spool holds no pending or unsent record of this month; True if it settled.
+
+    A record is final once its access-log entry arrives (or, at the latest, after
+    ``metering.unconfirmed_after_s``); the forwarder then moves it to the meter.
+    """
+    from tollhouse.metering.report import reconcile
+
+    deadline = clock() + cfg.metering.unconfirmed_after_s + 10.0
+    while True:
+        now = clock()
+        try:
+            rep = asyncio.run(reconcile(cfg.metering.spool, cfg.metering.meter,
+                                        _month_start_ms(now), int(now * 1000) + 1))
+            settled = rep.reserved == 0 and rep.unsent == 0
+        except sqlite3.OperationalError:  # the meter file exists, its table not yet: in flight
+            settled = False
+        if settled:
+            return True
+        if now > deadline:
+            return False
+        sleep(0.2)
+
+
+def print_usage(ctx: DemoContext, *, clock: Clock = time.time) -> None:
+    """Usage per customer and meter this month, read from the meter (``tollhouse usage``)."""
+    from tollhouse.metering.report import format_usage, usage_report
+
+    cfg = load_config(ctx.config_path)
+    settled = wait_for_meter(cfg, clock=clock)
+    now = clock()
+    rows = asyncio.run(usage_report(cfg.metering.meter, _month_start_ms(now),
+                                    int(now * 1000) + 1, None))
+    ctx.out.write("\nUsage this month per customer, from the meter (denied requests are not "
+                  "billed):\n")
+    ctx.out.write(format_usage(rows) + "\n")
+    if not settled:
+        ctx.out.write("(some records were still in flight: see `tollhouse usage --reconcile`)\n")
+    ctx.out.flush()
+
+
+def format_invoices(invoices: Any) -> str:
+    """One line per invoice summary: customer, number, total, status and the HTML file."""
+    rows = [("customer", "invoice", "total", "status", "HTML invoice")]
+    for inv in invoices:
+        html = next((str(f) for f in inv.files if f.suffix == ".html"), "-")
+        rows.append((inv.customer, inv.number, f"{inv.currency} {inv.total}", inv.status, html))
+    widths = [max(len(r[i]) for r in rows) for i in range(4)]
+    lines = []
+    for n, row in enumerate(rows):
+        cells = [c.rjust(w) if i == 2 and n else c.ljust(w)
+                 for i, (c, w) in enumerate(zip(row[:4], widths, strict=True))]
+        lines.append("  ".join([*cells, row[4]]))
+        if n == 0:
+            lines.append("  ".join(["-" * w for w in widths] + ["-" * 12]))
+    return "\n".join(lines)
+
+
+def print_invoices(ctx: DemoContext, *, clock: Clock = time.time) -> None:
+    """Run the billing job on the meter and print each customer's invoice for this month.
+
+    The month is still open, so the invoices are previews (nothing is issued); their JSON, CSV
+    and HTML files go to ``<workdir>/invoices``.
+    """
+    from tollhouse.billing.job import run_billing
+
+    cfg = load_config(ctx.config_path)
+    out_dir = ctx.workdir / "invoices"
+    result = run_billing(cfg, period=None, out_dir=out_dir, preview=True, clock=clock)
+    ctx.out.write(f"\nBilling job: {result.consumed} meter records into the ledger; this "
+                  "month's invoices so far (previews: the month is still open):\n")
+    ctx.out.write(format_invoices(result.invoices) + "\n")
+    ctx.out.write(f"(JSON, CSV and HTML in {out_dir}; a temp workdir is removed at exit, "
+                  "keep it with --workdir DIR)\n")
+    for problem in result.problems:
+        ctx.out.write(f"billing problem for {problem.customer}: {problem.message}\n")
+    ctx.out.flush()
+
+
+def print_customer_view(ctx: DemoContext) -> None:
+    """What a customer sees: ``GET /v1/usage`` through Envoy with alice's own token."""
+    resp = ctx.stack.request("/v1/usage", token=ctx.stack.token("alice"))
+    if resp.status != 200:
+        ctx.out.write(f"\nGET /v1/usage as alice: {resp.status} {resp.problem_code()}\n")
+        return
+    doc = resp.json()
+    req = doc.get("meters", {}).get("requests", {})
+    ctx.out.write(
+        f"\nGET /v1/usage as alice (through Envoy): plan {doc.get('plan')}, "
+        f"{req.get('used')} requests used of {req.get('quota')}, "
+        f"{req.get('remaining')} left, charges so far {doc.get('currency')} "
+        f"{doc.get('charges_so_far')}\n")
+    ctx.out.flush()
+
+
+REPORTS: tuple[DemoReport, ...] = (print_usage, print_invoices, print_customer_view)
 
 
 def run_reports(ctx: DemoContext, reports: tuple[DemoReport, ...] | None = None) -> None:

@@ -41,8 +41,9 @@ def _bearer(token: str) -> dict[str, str]:
 
 
 def scripted_steps(stack: LocalStack) -> list[Step]:
-    """Three customers (free alice, pro bob, enterprise globex) and a few attackers."""
+    """Four customers (free alice and dana, pro bob, enterprise globex) and a few attackers."""
     alice, bob = _bearer(stack.token("alice")), _bearer(stack.token("bob"))
+    dana = _bearer(stack.token("dana"))
     key = {"x-api-key": stack.api_key}
     expired = _bearer(stack.token("alice", lifetime_s=60, now=1_700_000_000))
     forged = stack.token("bob")
@@ -52,6 +53,12 @@ def scripted_steps(stack: LocalStack) -> list[Step]:
         Step("alice (free)", "pro-only feature", "/v1/export/report.csv", 403, headers=alice),
         Step("alice (free)", "dot-segments to a pro feature", "/v1/search/../export", 403,
              headers=alice),
+        Step("dana (free, 2/month)", "1st request this month", "/v1/search?q=a", 200,
+             headers=dana),
+        Step("dana (free, 2/month)", "2nd request this month", "/v1/search?q=b", 200,
+             headers=dana),
+        Step("dana (free, 2/month)", "3rd request: over the quota", "/v1/search?q=c", 429,
+             headers=dana),
         Step("bob (pro)", "pro feature", "/v1/export/report.csv", 200, headers=bob),
         Step("bob (pro)", "spoofs x-tollhouse-customer: globex", "/v1/search", 200,
              headers={**bob, "x-tollhouse-customer": "globex"}),

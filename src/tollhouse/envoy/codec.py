@@ -48,9 +48,10 @@ def _header(name: str, value: str) -> base_pb2.HeaderValueOption:
 
 
 def _struct(values: dict[str, str | int | bool]) -> struct_pb2.Struct:
-    outer = struct_pb2.Struct()
-    outer.fields[METADATA_NAMESPACE].struct_value.update(values)
-    return outer
+    """Flat: Envoy files the CheckResponse's dynamic metadata under METADATA_NAMESPACE itself."""
+    out = struct_pb2.Struct()
+    out.update(values)
+    return out
 
 
 def _allow(d: Allow) -> ea.CheckResponse:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+import urllib.parse
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -55,12 +56,26 @@ class ReconcileReport:
     billed_units: Mapping[str, int] = field(default_factory=dict)
 
 
+def _connect_ro(path: Path) -> sqlite3.Connection:
+    """Open read-only: a report never creates or changes a file."""
+    uri = "file:" + urllib.parse.quote("/" + str(path.absolute()).lstrip("/")) + "?mode=ro"
+    conn = sqlite3.connect(uri, uri=True)
+    conn.execute("PRAGMA busy_timeout=5000")
+    return conn
+
+
+def _has_table(conn: sqlite3.Connection, name: str) -> bool:
+    row = conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (name,))
+    return row.fetchone() is not None
+
+
 def _read_sqlite(path: Path, since_ms: int, until_ms: int) -> list[bytes]:
     if not path.exists():
         return []
-    conn = sqlite3.connect(path)
+    conn = _connect_ro(path)
     try:
-        conn.execute("PRAGMA busy_timeout=5000")
+        if not _has_table(conn, "usage"):  # the sink has not written its first batch yet
+            return []
         rows = conn.execute(
             "SELECT record FROM usage WHERE admitted_at_ms >= ? AND admitted_at_ms < ?",
             (since_ms, until_ms),
@@ -133,9 +148,10 @@ async def usage_report(
 def _read_spool(path: Path, since_ms: int, until_ms: int) -> list[tuple[bool, bytes]]:
     if not path.exists():
         return []
-    conn = sqlite3.connect(path)
+    conn = _connect_ro(path)
     try:
-        conn.execute("PRAGMA busy_timeout=5000")
+        if not _has_table(conn, "spool"):
+            return []
         rows = conn.execute(
             "SELECT sent_at_ms IS NULL, record FROM spool"
             " WHERE admitted_at_ms >= ? AND admitted_at_ms < ?",

@@ -78,9 +78,9 @@ async def rig(tmp_path: Path) -> AsyncIterator[tuple[Metering, grpc.aio.Channel]
     await m.stop(deadline_s=1)
 
 
-async def _reserve(m: Metering) -> str:
+async def _reserve(m: Metering, request_id: str = "r") -> str:
     rec = m.build_reservation(customer="acme", plan="pro", feature="export", method="GET",
-                              path="/v1/export/a", request_id="r", decision_id="d")
+                              path="/v1/export/a", request_id=request_id, decision_id="d")
     await m.reserve(rec)
     return rec.usage_id
 
@@ -133,6 +133,30 @@ async def test_no_metadata_is_counted_never_billed(rig: tuple[Metering, grpc.aio
     rec = await m.spool.get(uid)
     assert rec is not None
     assert rec.state == UsageRecord.RESERVED
+
+
+async def test_late_answer_is_voided_by_request_id(
+    rig: tuple[Metering, grpc.aio.Channel],
+) -> None:
+    """An entry without metadata voids the pending reservation of the same Envoy request id.
+
+    That is a request Envoy refused (its ext_authz timeout passed before tollhouse's OK came):
+    it must never be billed as unconfirmed later. Other reservations are untouched.
+    """
+    m, ch = rig
+    late, other = await _reserve(m, "rid-late"), await _reserve(m, "rid-other")
+    entry = _entry(None, code=503, upstream=False)
+    entry.request.request_id = "rid-late"
+    entry.common_properties.response_flags.unauthorized_details.reason = 1
+    await _stream(ch, _msg(entry))
+    await m.spool.counts()
+    voided = await m.spool.get(late)
+    assert voided is not None
+    assert voided.state == UsageRecord.VOIDED
+    assert not voided.billable
+    pending = await m.spool.get(other)
+    assert pending is not None
+    assert pending.state == UsageRecord.RESERVED
 
 
 async def test_garbage_bytes_do_not_kill_the_stream(rig: tuple[Metering, grpc.aio.Channel]) -> None:

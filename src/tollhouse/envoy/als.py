@@ -99,6 +99,7 @@ def to_log_entry(entry: al.HTTPAccessLogEntry) -> LogEntry:
         duration_us=_duration_us(common),
         upstream_served=served,
         response_flags=",".join(flags),
+        request_id=str(req.request_id),
         response_headers={k.lower(): v for k, v in resp.response_headers.items()},
     )
 
@@ -139,9 +140,11 @@ class AccessLogServicer(als_pb2_grpc.AccessLogServiceServicer):  # type: ignore[
                 errors += 1
                 continue
             if e.usage_id is None:
-                no_meta += 1
-            else:
-                entries.append(e)
+                no_meta += 1  # never billed; a pending reservation of its request is voided
+                if not e.request_id:
+                    continue
+            entries.append(e)
+        with_meta = sum(1 for e in entries if e.usage_id is not None)
         if entries:
             try:
                 await self._ingest.ingest(entries)
@@ -149,8 +152,9 @@ class AccessLogServicer(als_pb2_grpc.AccessLogServiceServicer):  # type: ignore[
                 log.error("als.ingest_failed", error=type(e).__name__, entries=len(entries))
                 errors += len(entries)
                 entries = []
-        _count(len(entries), no_meta, errors)
-        return len(entries)
+        ingested = with_meta if entries else 0
+        _count(ingested, no_meta, errors)
+        return ingested
 
 
 def _count(ingested: int, no_meta: int, errors: int) -> None:

@@ -22,12 +22,14 @@ _DEFAULT_METER = MeterConfig()
 class LogEntry:
     """One HTTP access-log entry, as the metering code needs it (no protobuf).
 
-    ``usage_id`` is None when the entry carries no tollhouse metadata. ``response_headers`` has
-    lower-case names and holds only the headers Envoy was told to log.
+    ``usage_id`` is None when the entry carries no tollhouse metadata (Envoy never used an OK
+    for it); ``request_id`` then finds a reservation whose answer came too late, to void it.
+    ``response_headers`` has lower-case names and holds only the headers Envoy was told to log.
     """
 
     usage_id: str | None
     response_code: int = 0
+    request_id: str = ""  # Envoy's x-request-id: joins an entry whose Check answer Envoy dropped
     request_bytes: int = 0
     response_bytes: int = 0
     duration_us: int = 0

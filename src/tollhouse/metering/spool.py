@@ -145,7 +145,8 @@ class Spool:
         blob = record.SerializeToString()
         try:
             await self._submit(
-                "reserve", (record.usage_id, record.admitted_at_ms, blob), durable=True
+                "reserve", (record.usage_id, record.admitted_at_ms, blob, record.request_id),
+                durable=True,
             )
         except asyncio.CancelledError:
             # The caller gave up (Check deadline): it will not answer OK, so the record, if it

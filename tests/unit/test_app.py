@@ -153,3 +153,41 @@ async def test_unloaded_keys_mean_not_serving_and_503(tmp_path: Path) -> None:
         assert json.loads(resp.denied_response.body)["code"] == "keys_unavailable"
     finally:
         await app.stop()
+
+
+async def test_logs_never_contain_credentials(
+    running: tuple[App, devkeys.DevKey, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """At debug level, allowed, refused and malformed credentials never reach a log line."""
+    import logging
+
+    from tollhouse.logs import configure_logging
+
+    app, key, _ = running
+    configure_logging("debug")
+    handler = logging.getLogger("tollhouse").handlers[-1]
+    records: list[str] = []
+    original = handler.emit
+    handler.emit = lambda r: records.append(handler.format(r))  # type: ignore[method-assign]
+    try:
+        good = devkeys.make_token(key, issuer=ISS, audience="api", subject="acme")
+        forged = good[:-8] + "AAAAAAAA"
+        secrets = [good, forged, "th_supersecretapikey", "Basic dXNlcjpwYXNz"]
+        for token in secrets:
+            await _check(app, token, "/v1/search")
+        req = ea.CheckRequest()
+        req.attributes.request.http.method = "GET"
+        req.attributes.request.http.path = "/v1/search"
+        req.attributes.request.http.headers["x-api-key"] = "th_supersecretapikey"
+        req.attributes.request.http.headers["authorization"] = "Bearer " + good
+        async with grpc.aio.insecure_channel(app.cfg.listen) as ch:
+            await ea_grpc.AuthorizationStub(ch).Check(req, timeout=2)
+        await app.reload()
+    finally:
+        handler.emit = original  # type: ignore[method-assign]
+        configure_logging("info")
+    text = "\n".join(records) + capsys.readouterr().err
+    assert any("config.reloaded" in r for r in records)  # the capture did see log lines
+    for secret in secrets:
+        assert secret not in text
+        assert secret.split(".")[-1] not in text  # not even the signature part

@@ -39,8 +39,10 @@ test: venv sysdeps lint typecheck
 unit: venv
 	$(BIN)/pytest -q tests/unit
 
+# Keys, configs, logs, meter, ledger and invoices of the last demo run stay in demo-out/.
 demo: venv
-	$(BIN)/tollhouse demo $(ARGS)
+	rm -rf demo-out
+	$(BIN)/tollhouse demo --workdir demo-out $(ARGS)
 
 bench-deps:
 	@command -v wrk >/dev/null && command -v h2load >/dev/null || \

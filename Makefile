@@ -16,10 +16,13 @@ $(STAMP): pyproject.toml
 venv: $(STAMP)
 
 # Debian packages the tests need (CI runs as root on a fresh machine).
+# wrk and h2load (nghttp2-client) are for the benchmark, whose smoke run is part of the tests.
 sysdeps:
-	@if ! command -v redis-server >/dev/null || ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then \
-	  echo "installing redis-server and postgresql"; \
-	  apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q redis-server postgresql >/dev/null; \
+	@if ! command -v redis-server >/dev/null || ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 \
+	    || ! command -v wrk >/dev/null || ! command -v h2load >/dev/null; then \
+	  echo "installing redis-server, postgresql, wrk and nghttp2-client"; \
+	  apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q \
+	    redis-server postgresql wrk nghttp2-client >/dev/null; \
 	fi
 
 # Regenerate src/tollhouse/_pb from proto/ (checked in; tests verify it is fresh).
@@ -44,11 +47,7 @@ demo: venv
 	rm -rf demo-out
 	$(BIN)/tollhouse demo --workdir demo-out $(ARGS)
 
-bench-deps:
-	@command -v wrk >/dev/null && command -v h2load >/dev/null || \
-	  (apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q wrk nghttp2-client >/dev/null)
-
-bench: venv sysdeps bench-deps
+bench: venv sysdeps
 	$(BIN)/python -m bench.run $(ARGS)
 
 clean:

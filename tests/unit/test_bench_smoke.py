@@ -20,10 +20,6 @@ from bench.render import apply_override
 from bench.report import bars, format_tables, ratios
 
 REPO = Path(__file__).resolve().parents[2]
-needs_load_tools = pytest.mark.skipif(
-    shutil.which("wrk") is None or shutil.which("h2load") is None,
-    reason="wrk/h2load missing: `make bench-deps` installs them",
-)
 
 
 def _peak(rps: float, **extra: object) -> dict[str, object]:
@@ -96,9 +92,10 @@ def _run(args: list[str], timeout_s: float) -> subprocess.CompletedProcess[str]:
 
 
 @pytest.mark.integration
-@needs_load_tools
 def test_bench_run_smoke_produces_a_report(tmp_path: Path) -> None:
     """`bench.run --smoke` on A, C0, C writes a report with requests, stats, ratios and bars."""
+    assert shutil.which("wrk"), "wrk is missing: `make test` installs it (Debian wrk)"
+    assert shutil.which("h2load"), "h2load is missing: `make test` installs nghttp2-client"
     out = tmp_path / "report.json"
     proc = _run(["-m", "bench.run", "--smoke", "--only", "A,C0,C", "--latency", "C",
                  "--out", str(out)], 180)

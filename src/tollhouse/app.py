@@ -65,9 +65,9 @@ class App:
         self.checker = Checker(
             self.state, self.authn, limiter=self.limiter, metering=self.metering,
             directory=self.directory, limits_for=self.limits.for_customer, clock=clock,
-            past_due_grace_s=_past_due_grace(cfg),
+            past_due_grace_s=_past_due_grace(cfg), deadline_s=cfg.check_deadline_ms / 1000,
         )
-        self.authz = authz.AuthorizationServicer(self.checker, cfg.check_deadline_ms / 1000)
+        self.authz = authz.AuthorizationServicer(self.checker)
         self.health = health.aio.HealthServicer()
         self.server: grpc.aio.Server | None = None
         self.http = AdminHttp(self)

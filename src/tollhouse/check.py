@@ -7,6 +7,7 @@ Nothing here does network or disk I/O except the awaited spool write and, rarely
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import os
 import time
@@ -66,6 +67,7 @@ class Checker:
         limits_for: Callable[[Customer | Any, Any], Any] | None = None,
         clock: Callable[[], float] = time.time,
         past_due_grace_s: float = 7 * 86400,
+        deadline_s: float = 0.15,
     ) -> None:
         self.state = state
         self.authn = authenticator
@@ -75,6 +77,7 @@ class Checker:
         self.limits_for = limits_for
         self.clock = clock
         self.past_due_grace_s = past_due_grace_s
+        self.deadline_s = deadline_s
         self._ids = itertools.count(1)
         self._prefix = f"{os.getpid():x}{int(time.time()) & 0xFFFFF:x}"
 
@@ -182,7 +185,13 @@ class Checker:
                 degraded=bool(adm is not None and adm.degraded),
             )
             try:
-                await self.metering.reserve(rec)
+                async with asyncio.timeout(self.deadline_s):  # a hung disk must not hang Envoy
+                    await self.metering.reserve(rec)
+            except TimeoutError:
+                if adm is not None:
+                    self.limiter.release(adm)
+                log.error("check.spool_timeout", customer=cust.id)
+                return unavailable("deadline_exceeded", "usage could not be recorded in time")
             except Exception as e:  # SpoolError or anything below it: never admit unbillable
                 if adm is not None:
                     self.limiter.release(adm)

@@ -151,3 +151,23 @@ async def test_internal_error_is_503(tmp_path: Path, key: devkeys.DevKey) -> Non
     d = await c.check(_req("/v1/search", _tok(key, "acme")))
     assert isinstance(d, Deny)
     assert (d.status, d.code) == (503, "internal_error")
+
+
+class _HungSpool:
+    """Reserving never completes, as on a disk that stopped answering."""
+
+    def build_reservation(self, **kw: Any) -> Any:
+        return type("R", (), {"usage_id": "u1"})()
+
+    async def reserve(self, record: Any) -> None:
+        import asyncio
+
+        await asyncio.Event().wait()
+
+
+async def test_hung_spool_is_503_within_the_deadline(tmp_path: Path, key: devkeys.DevKey) -> None:
+    """A reservation that does not complete within check_deadline becomes 503, never an OK."""
+    c = await _checker(tmp_path, key, metering=_HungSpool(), deadline_s=0.05)
+    d = await c.check(_req("/v1/search", _tok(key, "acme")))
+    assert isinstance(d, Deny)
+    assert (d.status, d.code) == (503, "deadline_exceeded")

@@ -23,7 +23,7 @@ class MeteringConfig(_Model):
     bill_upstream_5xx: bool = False
     flush_interval_ms: int = Field(default=200, gt=0)
     batch_size: int = Field(default=500, gt=0, le=10_000)
-    group_commit_ms: float = Field(default=2.0, ge=0)
+    group_commit_ms: float = Field(default=0.0, ge=0)
 
     @field_validator("meter")
     @classmethod

@@ -94,7 +94,7 @@ class Spool:
         self,
         directory: Path | str,
         *,
-        group_commit_ms: float = 2.0,
+        group_commit_ms: float = 0.0,
         max_pages: int | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:

@@ -14,6 +14,7 @@ customer, not per plan, so a plan change keeps what was used in the period.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -109,8 +110,16 @@ class Limiter(Protocol):
         """Meter -> (used, limit) in the current period, for the customer-facing usage endpoint."""
 
 
+@functools.lru_cache(maxsize=1024)
 def _sf_string(s: str) -> str:
     return '"' + s.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+@functools.lru_cache(maxsize=4096)
+def _policy_part(name: str, quota: int, window_s: int, unit: str) -> str:
+    """One list member of RateLimit-Policy: it only changes with the limits, so it is cached."""
+    unit_param = f";qu={_sf_string(unit)}" if unit else ""
+    return f"{_sf_string(name)};q={quota};w={window_s}{unit_param}"
 
 
 def format_headers(items: Iterable[PolicyItem]) -> Headers:
@@ -122,10 +131,8 @@ def format_headers(items: Iterable[PolicyItem]) -> Headers:
     policy: list[str] = []
     state: list[str] = []
     for name, quota, window_s, remaining, reset_s, unit in items:
-        sf = _sf_string(name)
-        unit_param = f";qu={_sf_string(unit)}" if unit else ""
-        policy.append(f"{sf};q={quota};w={window_s}{unit_param}")
-        state.append(f"{sf};r={max(0, remaining)};t={max(0, reset_s)}")
+        policy.append(_policy_part(name, quota, window_s, unit))
+        state.append(f"{_sf_string(name)};r={max(0, remaining)};t={max(0, reset_s)}")
     if not policy:
         return ()
     return (("ratelimit-policy", ", ".join(policy)), ("ratelimit", ", ".join(state)))

@@ -21,7 +21,7 @@ from tollhouse.quota.limiter import (
     denied,
     format_headers,
 )
-from tollhouse.quota.windows import Period, period_for
+from tollhouse.quota.windows import Period, period_for, roll
 
 __all__ = ["MemoryLimiter", "quota_items"]
 
@@ -72,11 +72,10 @@ class MemoryLimiter:
         if c is None:
             c = _Customer(period_for(now_s, limits.anchor), limits.anchor)
             self._customers[customer] = c
-        elif c.anchor != limits.anchor or not c.period.contains(now_s):
-            period = period_for(now_s, limits.anchor)
-            if period.key != c.period.key:
+        elif (moved := roll(c.period, c.anchor, limits.anchor, now_s)) is not None:
+            c.period, c.anchor = moved[0], limits.anchor
+            if moved[1]:
                 c.used = {}
-            c.period, c.anchor = period, limits.anchor
         c.plan, c.quotas = limits.plan, limits.quotas
         return c
 

@@ -32,7 +32,7 @@ from tollhouse.quota.limiter import (
 from tollhouse.quota.memory import quota_items
 from tollhouse.quota.redis_io import RETAIN_S, RedisIO, counter_key
 from tollhouse.quota.redis_state import Counter, CustomerState, share
-from tollhouse.quota.windows import period_for
+from tollhouse.quota.windows import period_for, roll
 
 __all__ = ["RedisLeaseLimiter"]
 
@@ -143,11 +143,10 @@ class RedisLeaseLimiter:
         if c is None:
             c = CustomerState(period_for(now, limits.anchor), limits.anchor)
             self._customers[customer] = c
-        elif c.anchor != limits.anchor or not c.period.contains(now):
-            period = period_for(now, limits.anchor)
-            if period.key != c.period.key:
+        elif (moved := roll(c.period, c.anchor, limits.anchor, now)) is not None:
+            c.period, c.anchor = moved[0], limits.anchor
+            if moved[1]:
                 c.counters = {}
-            c.period, c.anchor = period, limits.anchor
         c.plan, c.quotas = limits.plan, limits.quotas
         return c
 

@@ -15,7 +15,7 @@ import calendar
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 
-__all__ = ["Period", "period_for", "period_for_key"]
+__all__ = ["Period", "period_for", "period_for_key", "roll"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,3 +83,16 @@ def period_for_key(key: str, anchor: date | None) -> Period:
     if period.key != key:
         raise ValueError(f"{key!r} is not a period for anchor {anchor}")
     return period
+
+
+def roll(period: Period, anchor: date | None, new_anchor: date | None,
+         now_s: float) -> tuple[Period, bool] | None:
+    """Move a customer's period on if it must.
+
+    ``None`` while ``period`` still holds at ``now_s`` with the same anchor; else ``(the period
+    now, whether usage starts again from zero)``.
+    """
+    if anchor == new_anchor and period.contains(now_s):
+        return None
+    current = period_for(now_s, new_anchor)
+    return current, current.key != period.key

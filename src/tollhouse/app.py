@@ -173,6 +173,7 @@ class App:
         self.authn.reconfigure(cfg.auth)
         if self.metering is not None:
             self.metering.reconfigure(cfg)
+        await self._reconfigure_limiter(cfg)
         old = self.state.catalog.version
         self.cfg = cfg
         self.state.catalog = catalog
@@ -180,6 +181,20 @@ class App:
         CONFIG_VERSION_INFO.labels(catalog.version).set(1)
         log.info("config.reloaded", old_version=old, version=catalog.version)
         return True
+
+    async def _reconfigure_limiter(self, cfg: Config) -> None:
+        """A reload that starts selling quotas or rate limits gets a limiter at once."""
+        if cfg.counters != self.cfg.counters:
+            log.warning("config.restart_needed", field="counters")
+        if self.limiter is not None or not needs_limiter(cfg):
+            return
+        from tollhouse.quota import open_limiter
+
+        limiter = open_limiter(self.cfg.counters, clock=self.clock, instance=self.instance)
+        await limiter.start()
+        self.limiter = self.checker.limiter = limiter
+        if self.metering is not None:
+            self.metering.on_confirmed = self._post_hoc_usage
 
     def _post_hoc_usage(self, record: Any) -> None:
         """Bytes/tokens meters known only from the access log count against quotas."""

@@ -191,3 +191,18 @@ async def test_logs_never_contain_credentials(
     for secret in secrets:
         assert secret not in text
         assert secret.split(".")[-1] not in text  # not even the signature part
+
+
+async def test_reload_that_adds_a_quota_enforces_it(
+    running: tuple[App, devkeys.DevKey, Path],
+) -> None:
+    """A config that starts selling a quota applies it on reload, without a restart."""
+    app, key, path = running
+    assert app.limiter is None
+    doc = yaml.safe_load(path.read_text())
+    doc["plans"]["free"]["quotas"] = {"requests": 2}
+    _write(path, doc)
+    assert await app.reload()
+    tok = devkeys.make_token(key, issuer=ISS, audience="api", subject="acme")
+    codes = [(await _check(app, tok, "/v1/search")).denied_response.status.code for _ in range(3)]
+    assert codes == [0, 0, 429]

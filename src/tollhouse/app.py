@@ -199,7 +199,7 @@ class App:
     def _post_hoc_usage(self, record: Any) -> None:
         """Bytes/tokens meters known only from the access log count against quotas."""
         snap = self.state.catalog
-        cust = self.checker._identify(snap, record.customer)
+        cust = self.checker.identify(snap, record.customer)
         plan = snap.plan(getattr(cust, "plan", ""))
         if plan is None or not hasattr(cust, "plan"):
             return

@@ -94,7 +94,7 @@ class Checker:
         principal = self.authn.authenticate(req.headers)
         if isinstance(principal, AuthnFailure):
             return self._authn_deny(principal)
-        customer = self._identify(snap, principal.customer)
+        customer = self.identify(snap, principal.customer)
         if isinstance(customer, Deny):
             return customer
         plan = snap.plan(customer.plan)
@@ -122,7 +122,8 @@ class Checker:
         title = "Unauthorized" if f.status == 401 else "Bad request"
         return Deny(f.status, f.code, title, f.detail, headers=headers)
 
-    def _identify(self, snap: Catalog, cid: str) -> Customer | Any | Deny:
+    def identify(self, snap: Catalog, cid: str) -> Customer | Any | Deny:
+        """The customer entry (store, then config, then default plan), or why it is refused."""
         cust: Any = self.directory.customer(cid) if self.directory is not None else None
         if cust is None:
             cust = snap.customers.get(cid)

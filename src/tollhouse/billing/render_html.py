@@ -135,7 +135,7 @@ def render_html(doc: dict[str, Any]) -> str:
     title = "Invoice" if doc["status"] == "issued" else "Preview (not an invoice)"
     meta = "".join(f"<dt>{k}</dt><dd>{escape(str(v))}</dd>" for k, v in (
         ("Number", doc["number"]), ("Issue date", doc["issue_date"]),
-        ("Period", f"{doc['period_start'][:10]} to {doc['period_end'][:10]}"),
+        ("Period", f"{doc['period_start'][:10]} to {_last_day(doc['period_end'])}"),
         ("Customer", doc["customer"]), ("Plan", doc["plan"])))
     return "\n".join([
         "<!doctype html>", '<html lang="en"><head><meta charset="utf-8">',
@@ -155,3 +155,9 @@ def render_html(doc: dict[str, Any]) -> str:
         "SHA-256 of the sorted request ids behind it, so any charge can be traced to the requests "
         "that made it.</p></footer>",
         "</main></body></html>", ""])
+
+
+def _last_day(period_end_iso: str) -> str:
+    """The period's last day, for people: the end is exclusive (00:00 UTC of the next period)."""
+    end = datetime.strptime(period_end_iso, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
+    return (end - timedelta(seconds=1)).strftime("%Y-%m-%d")

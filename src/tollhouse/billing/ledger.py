@@ -253,8 +253,9 @@ class Ledger:
                 for (uid,) in cur:
                     yield str(uid)
             return
-        for (uid,) in self.conn.execute(sql, params):
-            yield str(uid)
+        cur = self.conn.execute(sql, params)
+        while rows := cur.fetchmany(8192):
+            yield from [uid for (uid,) in rows]
 
     def first_admitted_ms(self, customer: str, before_ms: int, *, min_seq: int, max_seq: int,
                           after_ms: int = -(2**62)) -> int | None:

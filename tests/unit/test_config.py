@@ -126,3 +126,14 @@ def test_bad_api_keys_file_names_the_field(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as exc:
         load_config(f)
     assert exc.value.problems[0][0] == "auth.api_keys.keys_file[0.sha256]"
+
+
+def test_serve_refuses_a_bad_config_before_listening(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`tollhouse serve` with a bad config exits 2 naming the field, and never listens."""
+    f = tmp_path / "bad.yaml"
+    f.write_text("listen: 127.0.0.1:1\nplans:\n  free: {quotas: {requests: -1}}\n")
+    assert main(["serve", "--config", str(f)]) == 2
+    err = capsys.readouterr().err
+    assert "plans.free.quotas" in err

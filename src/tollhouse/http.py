@@ -56,7 +56,7 @@ class AdminHttp:
             return None
         from tollhouse.admin import build_admin_app
 
-        return build_admin_app(self.app.cfg)
+        return build_admin_app(self.app.cfg, current=lambda: self.app.cfg)
 
     async def metrics(self, _: web.Request) -> web.Response:
         """Prometheus exposition."""

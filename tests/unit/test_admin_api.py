@@ -179,3 +179,32 @@ async def test_build_admin_app_from_config(tmp_path: Path) -> None:
             assert (await a.call("GET", "/customers", token="nope"))[0] == 401
     finally:
         await runner.cleanup()
+
+
+async def test_admin_catalog_follows_config_reloads(tmp_path: Path) -> None:
+    """A plan added by a hot reload is accepted by the admin API without a restart."""
+    from tollhouse.admin import build_admin_app
+    from tollhouse.config import parse_config
+
+    (tmp_path / "tok").write_text(TOKEN)
+    base = {"store": {"url": "sqlite:///./s.db"}, "admin": {"token_file": "tok"}}
+    live = {"cfg": parse_config({"plans": {"free": {}}, **base}, base_dir=tmp_path)}
+    cfg = live["cfg"]
+    assert cfg.store is not None
+    await migrate(cfg.store.url)
+    root = web.Application()
+    root.add_subapp("/admin", build_admin_app(cfg, current=lambda: live["cfg"]))
+    runner = web.AppRunner(root)
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    try:
+        async with aiohttp.ClientSession() as s:
+            a = Admin(f"http://127.0.0.1:{port}/admin", s, cfg.store.url)
+            status, _, body = await a.call("POST", "/customers", {"name": "B", "plan": "pro"})
+            assert (status, body["code"]) == (422, "unknown_plan")  # type: ignore[index]
+            live["cfg"] = parse_config({"plans": {"free": {}, "pro": {}}, **base},
+                                       base_dir=tmp_path)
+            assert (await a.call("POST", "/customers", {"name": "B", "plan": "pro"}))[0] == 201
+    finally:
+        await runner.cleanup()

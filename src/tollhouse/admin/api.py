@@ -12,7 +12,7 @@ import hashlib
 import hmac
 import json
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Collection, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -287,17 +287,36 @@ def admin_routes(service: StoreService, token_sha256: str) -> web.Application:
     return app
 
 
-def build_admin_app(cfg: Config, clock: Callable[[], float] = time.time) -> web.Application:
+class _LiveNames:
+    """The plan or meter names of the config in force now (follows hot reloads)."""
+
+    def __init__(self, names: Callable[[], Collection[str]]) -> None:
+        self._names = names
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._names()
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._names())
+
+    def __len__(self) -> int:
+        return len(self._names())
+
+
+def build_admin_app(cfg: Config, clock: Callable[[], float] = time.time,
+                    current: Callable[[], Config] | None = None) -> web.Application:
     """Return the admin sub-app for ``cfg`` (needs ``store`` and ``admin.token_file``).
 
     The store connection is opened lazily and closed on the app's cleanup; the schema check is
-    the Directory's (it refuses an unknown schema at start). Plans and meters of ``cfg`` are the
-    catalog that changes are checked against.
+    the Directory's (it refuses an unknown schema at start). Changes are checked against the
+    plans and meters of ``current()`` (the config in force after hot reloads), else of ``cfg``.
     """
     if cfg.store is None or cfg.admin.token_file is None:
         raise ValueError("the admin API needs store.url and admin.token_file")
     backend = connect_backend(cfg.store.url)
-    service = StoreService(backend, clock=clock, plans=set(cfg.plans), meters=set(cfg.meters))
+    now = current or (lambda: cfg)
+    service = StoreService(backend, clock=clock, plans=_LiveNames(lambda: now().plans.keys()),
+                           meters=_LiveNames(lambda: now().meters.keys()))
     app = admin_routes(service, read_token_sha256(cfg.admin.token_file))
 
     async def _close(_: web.Application) -> None:

@@ -19,7 +19,7 @@ import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date
-from typing import Literal, Protocol
+from typing import Any, Literal, Protocol
 
 from tollhouse.quota import metrics
 
@@ -32,6 +32,7 @@ __all__ = [
     "RateBuckets",
     "Ticket",
     "allowed",
+    "claim_release",
     "denied",
     "format_headers",
     "open_limiter",
@@ -68,6 +69,23 @@ class Ticket:
     per_second: bool
     per_minute: bool
     released: bool = False
+
+
+def claim_release(admission: Admission, customers: Mapping[str, Any]) -> tuple[Ticket, Any] | None:
+    """The part of ``release`` both limiters share.
+
+    Marks the admission's ticket released (once) and gives back its rate tokens; returns the
+    ticket and the customer's state when units of the still-current period are to be returned.
+    """
+    t = admission.ticket
+    if not isinstance(t, Ticket) or t.released:
+        return None
+    t.released = True
+    c = customers.get(t.customer)
+    if c is None:
+        return None
+    c.rate.give_back(t.per_second, t.per_minute)
+    return (t, c) if c.period.key == t.period_key else None
 
 
 @dataclass(frozen=True, slots=True)

@@ -18,6 +18,7 @@ from tollhouse.quota.limiter import (
     RateBuckets,
     Ticket,
     allowed,
+    claim_release,
     denied,
     format_headers,
 )
@@ -127,15 +128,9 @@ class MemoryLimiter:
 
     def release(self, admission: Admission) -> None:
         """Give back the units and rate tokens of ``admission`` (once; same period only)."""
-        t = admission.ticket
-        if not isinstance(t, Ticket) or t.released:
-            return
-        t.released = True
-        c = self._customers.get(t.customer)
-        if c is None:
-            return
-        c.rate.give_back(t.per_second, t.per_minute)
-        if c.period.key == t.period_key:
+        claimed = claim_release(admission, self._customers)
+        if claimed is not None:
+            t, c = claimed
             for m, _kind in t.units:
                 c.used[m] = max(0, c.used.get(m, 0) - 1)
 

@@ -26,6 +26,7 @@ from tollhouse.quota.limiter import (
     Limits,
     Ticket,
     allowed,
+    claim_release,
     denied,
     format_headers,
 )
@@ -341,16 +342,10 @@ class RedisLeaseLimiter:
 
     def release(self, admission: Admission) -> None:
         """Give back the units and rate tokens of ``admission`` (once; same period only)."""
-        t = admission.ticket
-        if not isinstance(t, Ticket) or t.released:
+        claimed = claim_release(admission, self._customers)
+        if claimed is None:
             return
-        t.released = True
-        c = self._customers.get(t.customer)
-        if c is None:
-            return
-        c.rate.give_back(t.per_second, t.per_minute)
-        if c.period.key != t.period_key:
-            return
+        t, c = claimed
         for meter, kind in t.units:
             ctr = c.counters.get(meter)
             if ctr is None:

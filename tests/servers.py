@@ -118,6 +118,17 @@ class PostgresServer:
         wait_port(self.port)
         return self
 
+    def fresh_database_url(self, prefix: str = "t_") -> str:
+        """Create an empty database on this server; return its URL."""
+        import secrets
+
+        import psycopg
+
+        name = prefix + secrets.token_hex(6)
+        with psycopg.connect(self.url, autocommit=True) as conn:
+            conn.execute(f"CREATE DATABASE {name}")
+        return f"postgresql://postgres@127.0.0.1:{self.port}/{name}"
+
     def stop(self) -> None:
         with contextlib.suppress(subprocess.CalledProcessError):
             self._run(_pg_bin("pg_ctl"), "-D", str(self.dir / "data"), "-m", "fast", "-w", "stop")

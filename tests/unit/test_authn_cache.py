@@ -10,23 +10,14 @@ from pathlib import Path
 import pytest
 from prometheus_client import REGISTRY
 
+from tests.support import T0, Clock
 from tollhouse.authn import Authenticator, AuthnFailure, Principal
 from tollhouse.authn.cache import TokenCache
 from tollhouse.config import AuthConfig, JwtIssuerConfig
 from tollhouse.devkeys import DevKey, generate_ec, jwks, make_token
 
-T0 = 1_800_000_000.0
 ISS = "https://cache.test"
 
-
-class Clock:
-    """A settable clock returning Unix seconds."""
-
-    def __init__(self, now: float = T0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def _p(customer: str, exp: float | None) -> Principal:

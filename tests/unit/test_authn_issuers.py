@@ -13,23 +13,14 @@ import jwt as pyjwt
 import pytest
 from prometheus_client import REGISTRY
 
+from tests.support import T0, Clock
 from tollhouse.authn import Authenticator, AuthnFailure, Principal
 from tollhouse.config import AuthConfig, JwtIssuerConfig
 from tollhouse.devkeys import DevKey, generate_ec, generate_rsa, jwks, make_token
 
-T0 = 1_800_000_000.0
 A = "https://a.test"
 B = "https://b.test"
 
-
-class Clock:
-    """A settable clock returning Unix seconds."""
-
-    def __init__(self, now: float = T0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
 
 
 @pytest.fixture(scope="module")

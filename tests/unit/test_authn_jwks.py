@@ -12,22 +12,11 @@ from aiohttp import web
 from prometheus_client import REGISTRY
 
 from tests.servers import free_port
+from tests.support import Clock
 from tollhouse.authn import Authenticator, AuthnFailure, Principal
 from tollhouse.authn.jwks import JwksKeySet
 from tollhouse.config import AuthConfig, JwtIssuerConfig
 from tollhouse.devkeys import DevKey, generate_ec, jwks, make_token
-
-T0 = 1_800_000_000.0
-
-
-class Clock:
-    """A settable clock returning Unix seconds."""
-
-    def __init__(self, now: float = T0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
 
 
 class JwksServer:

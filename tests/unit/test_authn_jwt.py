@@ -10,6 +10,7 @@ from typing import Any
 import jwt as pyjwt
 import pytest
 
+from tests.support import T0, Clock
 from tollhouse.authn import Authenticator, AuthnFailure, Principal
 from tollhouse.authn.jwks import parse_jwks
 from tollhouse.authn.jwt import key_fits_alg
@@ -26,17 +27,7 @@ from tollhouse.devkeys import (
 
 ISS = "https://issuer.test/"
 AUD = "api://tollhouse"
-T0 = 1_800_000_000.0
 
-
-class Clock:
-    """A settable clock returning Unix seconds."""
-
-    def __init__(self, now: float = T0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
 
 
 @pytest.fixture(scope="module")

@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import secrets
 import subprocess
 import sys
 from collections.abc import Awaitable, Callable
@@ -14,13 +13,13 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-import psycopg
 import pytest
 import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tests.servers import PostgresServer, free_port
+from tests.support import Clock
 from tests.unit.test_billing_support import (
     DEC_2026,
     JAN_2027,
@@ -44,21 +43,10 @@ MY_PLANS: dict[str, Any] = {**PLANS, "team": {"price": {
 OCT_2020 = int(datetime(2020, 10, 1, tzinfo=UTC).timestamp())
 
 
-class Clock:
-    """A settable clock for the store service."""
-
-    def __init__(self, t: float) -> None:
-        self.t = t
-
-    def __call__(self) -> float:
-        return self.t
-
 
 def _fresh_pg_url(server: PostgresServer) -> str:
-    name = "bs_" + secrets.token_hex(6)
-    with psycopg.connect(server.url, autocommit=True) as conn:
-        conn.execute(f"CREATE DATABASE {name}")
-    return f"postgresql://postgres@127.0.0.1:{server.port}/{name}"
+    """Create an empty database on ``server``; return its URL."""
+    return server.fresh_database_url("bs_")
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import secrets
 from collections.abc import AsyncIterator
 from datetime import date
 from pathlib import Path
 
-import psycopg
 import pytest
 
 from tests.servers import PostgresServer
+from tests.support import Clock as _Clock
 from tollhouse.store import (
     SCHEMA_VERSION,
     SchemaError,
@@ -26,22 +25,17 @@ from tollhouse.store.backend import connect_backend
 T0 = 1_764_000_000.0  # 2025-11-24T16:00:00Z
 
 
-class Clock:
-    """A settable clock."""
+class Clock(_Clock):
+    """The shared settable clock, starting at this module's T0 (the store tests' epoch)."""
 
-    def __init__(self, t: float = T0) -> None:
-        self.t = t
+    def __init__(self, now: float = T0) -> None:
+        super().__init__(now)
 
-    def __call__(self) -> float:
-        return self.t
 
 
 def fresh_pg_url(server: PostgresServer) -> str:
     """Create an empty database on ``server``; return its URL."""
-    name = "t_" + secrets.token_hex(6)
-    with psycopg.connect(server.url, autocommit=True) as conn:
-        conn.execute(f"CREATE DATABASE {name}")
-    return f"postgresql://postgres@127.0.0.1:{server.port}/{name}"
+    return server.fresh_database_url("t_")
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

@@ -25,6 +25,7 @@ from tollhouse.check import Checker, State
 from tollhouse.config import Config, ConfigError, load_config
 from tollhouse.entitlements import build_catalog
 from tollhouse.envoy import authz
+from tollhouse.envoy.http_server import HttpAuthzServer
 from tollhouse.http import AdminHttp
 from tollhouse.limits import LimitsBuilder, needs_limiter
 from tollhouse.logs import get_logger
@@ -68,6 +69,9 @@ class App:
             past_due_grace_s=_past_due_grace(cfg), deadline_s=cfg.check_deadline_ms / 1000,
         )
         self.authz = authz.AuthorizationServicer(self.checker)
+        self.authz_http: HttpAuthzServer | None = None
+        if cfg.authz_http_listen is not None:
+            self.authz_http = HttpAuthzServer(self.checker, cfg.authz_http, cfg.authz_http_listen)
         self.health = health.aio.HealthServicer()
         self.server: grpc.aio.Server | None = None
         self.http = AdminHttp(self)
@@ -119,11 +123,14 @@ class App:
         if self.server.add_insecure_port(self.cfg.listen) == 0:
             raise OSError(f"cannot listen on {self.cfg.listen}")
         await self.server.start()
+        if self.authz_http is not None:
+            await self.authz_http.start()
         await self.http.start()
         self._tasks.append(asyncio.create_task(self._watch_config()))
         self._tasks.append(asyncio.create_task(self._watch_ready(names)))
         log.info("serve.started", listen=self.cfg.listen, admin=self.cfg.admin_listen,
-                 instance=self.instance, config_version=self.state.catalog.version)
+                 authz_http=self.cfg.authz_http_listen, instance=self.instance,
+                 config_version=self.state.catalog.version)
 
     async def _watch_ready(self, names: list[str]) -> None:
         """Health says SERVING only while ready (keys loaded, store synced)."""
@@ -186,6 +193,9 @@ class App:
         """A reload that starts selling quotas or rate limits gets a limiter at once."""
         if cfg.counters != self.cfg.counters:
             log.warning("config.restart_needed", field="counters")
+        if (cfg.authz_http_listen, cfg.authz_http) != (self.cfg.authz_http_listen,
+                                                        self.cfg.authz_http):
+            log.warning("config.restart_needed", field="authz_http")
         if self.limiter is not None or not needs_limiter(cfg):
             return
         from tollhouse.quota import open_limiter
@@ -217,6 +227,8 @@ class App:
         READY.set(0)
         if self.server is not None:
             stopper = asyncio.create_task(self.server.stop(grace))
+            if self.authz_http is not None:
+                await self.authz_http.stop(max(0.0, deadline - time.monotonic()))
             while self.authz.in_flight and time.monotonic() < deadline:  # noqa: ASYNC110
                 await asyncio.sleep(0.01)  # polling a counter the servicer owns; cheap
             # Give Envoy's access logger one flush interval to deliver what it buffered.

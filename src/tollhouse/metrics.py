@@ -4,7 +4,15 @@ from __future__ import annotations
 
 from prometheus_client import Counter, Gauge, Histogram
 
-__all__ = ["CHECKS", "CHECK_LATENCY", "CONFIG_RELOADS", "CONFIG_VERSION_INFO", "READY"]
+__all__ = [
+    "AUTHZ_HTTP_CONNECTIONS",
+    "AUTHZ_HTTP_REFUSED",
+    "CHECKS",
+    "CHECK_LATENCY",
+    "CONFIG_RELOADS",
+    "CONFIG_VERSION_INFO",
+    "READY",
+]
 
 CHECKS = Counter(
     "tollhouse_checks_total", "ext_authz Checks by result and reason code", ["result", "code"]
@@ -17,3 +25,11 @@ CHECK_LATENCY = Histogram(
 CONFIG_RELOADS = Counter("tollhouse_config_reloads_total", "Config reloads by result", ["result"])
 CONFIG_VERSION_INFO = Gauge("tollhouse_config_info", "The loaded config version", ["version"])
 READY = Gauge("tollhouse_ready", "1 when config, keys and entitlements are loaded")
+AUTHZ_HTTP_CONNECTIONS = Gauge(
+    "tollhouse_authz_http_connections", "Open connections of the HTTP ext_authz listener"
+)
+AUTHZ_HTTP_REFUSED = Counter(
+    "tollhouse_authz_http_refused_total",
+    "HTTP ext_authz requests or connections refused before a Check, by reason",
+    ["reason"],
+)

@@ -27,13 +27,20 @@ from tollhouse.config.catalog import (
     Rule,
     Tier,
 )
-from tollhouse.config.runtime import AdminConfig, BillingConfig, MeteringConfig, StoreConfig
+from tollhouse.config.runtime import (
+    AdminConfig,
+    AuthzHttpConfig,
+    BillingConfig,
+    MeteringConfig,
+    StoreConfig,
+)
 
 __all__ = [
     "AdminConfig",
     "ApiKeyEntry",
     "ApiKeysConfig",
     "AuthConfig",
+    "AuthzHttpConfig",
     "BillingConfig",
     "Config",
     "ConfigError",
@@ -67,6 +74,8 @@ class Config(_Model):
     listen: str = Field(default="127.0.0.1:9001", pattern=r"^[^\s:]+:\d{1,5}$")
     admin_listen: str | None = Field(default="127.0.0.1:9002", pattern=r"^[^\s:]+:\d{1,5}$")
     usage_listen: str | None = Field(default=None, pattern=r"^[^\s:]+:\d{1,5}$")
+    authz_http_listen: str | None = Field(default=None, pattern=r"^[^\s:]+:\d{1,5}$")
+    authz_http: AuthzHttpConfig = AuthzHttpConfig()
     instance: str | None = None
     shutdown_grace_s: float = Field(default=10.0, ge=0)
     check_deadline_ms: int = Field(default=150, gt=0)
@@ -137,9 +146,23 @@ class Config(_Model):
                 )
         if self.default_plan is not None and self.default_plan not in self.plans:
             problems.append(("default_plan", f"unknown plan {self.default_plan!r}"))
+        problems.extend(self._listener_clashes())
         if problems:
             raise ConfigError(problems)
         return self
+
+
+    def _listener_clashes(self) -> list[tuple[str, str]]:
+        seen: dict[str, str] = {}
+        problems: list[tuple[str, str]] = []
+        for name in ("listen", "admin_listen", "usage_listen", "authz_http_listen"):
+            addr = getattr(self, name)
+            if addr is None:
+                continue
+            if addr in seen:
+                problems.append((name, f"{addr} is already {seen[addr]}"))
+            seen.setdefault(addr, name)
+        return problems
 
 
 def _dotted(loc: tuple[int | str, ...]) -> str:

@@ -9,7 +9,24 @@ from pydantic import Field, field_validator
 
 from tollhouse.config._base import _Model
 
-__all__ = ["AdminConfig", "BillingConfig", "MeteringConfig", "StoreConfig"]
+__all__ = ["AdminConfig", "AuthzHttpConfig", "BillingConfig", "MeteringConfig", "StoreConfig"]
+
+
+class AuthzHttpConfig(_Model):
+    """The HTTP ext_authz listener (``authz_http_listen``): Envoy's ``http_service`` transport.
+
+    Limits protect the listener from anything that is not Envoy behaving well; Envoy itself sends
+    small requests (the allowed headers, no body) on a few pooled keep-alive connections.
+    """
+
+    path_prefix: str = Field(default="", pattern=r"^(/[^\s?#]*)?$")
+    max_connections: int = Field(default=1024, gt=0)
+    idle_timeout_s: float = Field(default=60.0, gt=0)
+    header_timeout_s: float = Field(default=10.0, gt=0)
+    max_header_bytes: int = Field(default=16384, ge=1024)
+    max_headers: int = Field(default=100, gt=0)
+    max_body_bytes: int = Field(default=65536, ge=0)
+    max_pipelined: int = Field(default=64, gt=0)
 
 
 class MeteringConfig(_Model):

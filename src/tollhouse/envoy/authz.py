@@ -7,7 +7,6 @@ wait on something else (the spool write, a quota lease), so an in-memory decisio
 
 from __future__ import annotations
 
-import functools
 import time
 from typing import Any
 
@@ -16,24 +15,14 @@ from envoy.service.auth.v3 import external_auth_pb2 as ea
 from envoy.service.auth.v3 import external_auth_pb2_grpc as ea_grpc
 
 from tollhouse.check import Checker
-from tollhouse.decision import Allow, unavailable
+from tollhouse.decision import unavailable
+from tollhouse.envoy.answer import observe
 from tollhouse.envoy.codec import decode_check, encode_decision
 from tollhouse.logs import get_logger
-from tollhouse.metrics import CHECK_LATENCY, CHECKS
 
 __all__ = ["AuthorizationServicer", "add_to_server"]
 
 log = get_logger(__name__)
-
-
-_ALLOWED = CHECKS.labels("allowed", "ok")
-_observe = CHECK_LATENCY.observe
-
-
-@functools.lru_cache(maxsize=256)
-def _denied(status: int, code: str) -> Any:
-    """The counter child of one deny reason (bound once, not looked up per Check)."""
-    return CHECKS.labels("denied" if status < 500 else "error", code)
 
 
 class AuthorizationServicer(ea_grpc.AuthorizationServicer):  # type: ignore[misc]
@@ -61,11 +50,7 @@ class AuthorizationServicer(ea_grpc.AuthorizationServicer):  # type: ignore[misc
                 decision = unavailable("internal_error", "encoding failed")
         finally:
             self.in_flight -= 1
-        if isinstance(decision, Allow):
-            _ALLOWED.inc()
-        else:
-            _denied(decision.status, decision.code).inc()
-        _observe(time.perf_counter() - start)
+        observe(decision, start)
         return response
 
 

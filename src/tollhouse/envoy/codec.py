@@ -6,7 +6,6 @@ an identity header tollhouse has no value for is removed. Denies carry problem+j
 
 from __future__ import annotations
 
-import json
 from functools import lru_cache
 
 from envoy.config.core.v3 import base_pb2
@@ -15,12 +14,12 @@ from envoy.type.v3 import http_status_pb2
 from google.rpc import code_pb2, status_pb2
 
 from tollhouse.decision import Allow, Decision, Deny, RequestInfo
+from tollhouse.envoy.answer import deny_answer, upstream_split
 
 __all__ = ["METADATA_NAMESPACE", "decode_check", "encode_decision"]
 
 METADATA_NAMESPACE = "envoy.filters.http.ext_authz"
 _OVERWRITE = base_pb2.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD
-_VALID_STATUS = frozenset(http_status_pb2.StatusCode.values())
 
 
 def decode_check(req: ea.CheckRequest) -> RequestInfo:
@@ -52,13 +51,12 @@ def _allow(d: Allow) -> ea.CheckResponse:
     ok = resp.ok_response
     ok.SetInParent()
     add = ok.headers.add
-    for name, value in d.upstream_headers:
-        if value:
-            h = add(append_action=_OVERWRITE)
-            h.header.key = name
-            h.header.value = value
-        else:
-            ok.headers_to_remove.append(name)
+    to_set, to_remove = upstream_split(d)
+    for name, value in to_set:
+        h = add(append_action=_OVERWRITE)
+        h.header.key = name
+        h.header.value = value
+    ok.headers_to_remove.extend(to_remove)
     add = ok.response_headers_to_add.add
     for name, value in d.response_headers:
         h = add(append_action=_OVERWRITE)
@@ -77,13 +75,13 @@ def _allow(d: Allow) -> ea.CheckResponse:
 
 
 def _deny(d: Deny) -> ea.CheckResponse:
-    status = d.status if d.status in _VALID_STATUS and d.status >= 400 else 503
+    answer = deny_answer(d)
+    status = answer.status
     denied = ea.DeniedHttpResponse(
         status=http_status_pb2.HttpStatus(code=status),  # type: ignore[arg-type,unused-ignore]
-        body=json.dumps(d.problem(), separators=(",", ":")),
+        body=answer.body.decode(),
     )
-    denied.headers.append(_header("content-type", "application/problem+json"))
-    denied.headers.extend(_header(n, v) for n, v in d.headers)
+    denied.headers.extend(_header(n, v) for n, v in answer.headers)
     grpc_code = code_pb2.UNAUTHENTICATED if status == 401 else code_pb2.PERMISSION_DENIED
     if status == 503:
         grpc_code = code_pb2.UNAVAILABLE

@@ -27,13 +27,20 @@ import yaml
 from tests.servers import free_port
 from tollhouse.config import parse_config, sqlite_path
 from tollhouse.demo.httpd import EchoUpstream, HttpResponse, JwksServer, http_request
-from tollhouse.demo.localstack import AUDIENCE, ISSUER, LocalStack, StackPorts
-from tollhouse.demo.stack import EnvoyPorts, EnvoyProcess, StackError, TollhouseProcess
+from tollhouse.demo.localstack import AUDIENCE, ISSUER, TRANSPORTS, LocalStack, StackPorts
+from tollhouse.demo.stack import (
+    EnvoyPorts,
+    EnvoyProcess,
+    StackError,
+    TollhouseProcess,
+    sidecar_http_config_path,
+)
 from tollhouse.metering.schema import FIELD_RECORD, STREAM_KEY, UsageRecord
 
 __all__ = [
     "AUDIENCE",
     "ISSUER",
+    "TRANSPORTS",
     "Envoy",
     "EnvoyPorts",
     "HttpResponse",
@@ -46,6 +53,7 @@ __all__ = [
     "Upstream",
     "UsageRecord",
     "add_replica",
+    "authz_failures",
     "build_stack",
     "http_request",
     "meter_file",
@@ -53,6 +61,8 @@ __all__ = [
     "redis_stream_records",
     "sqlite_meter_records",
     "start_stack",
+    "tollhouse_checks",
+    "unavailable_code",
     "upstream_saw",
     "usage_ids_seen",
     "wait_until",
@@ -66,18 +76,20 @@ T = TypeVar("T")
 
 
 def pick_ports() -> StackPorts:
-    """Seven distinct free ports for one stack."""
+    """Eight distinct free ports for one stack."""
     return StackPorts.pick(free_port)
 
 
 def start_stack(workdir: Path, *, jwks_refresh_s: float = 1.0, jwks_cooldown_s: float = 0.5,
-                overrides: Mapping[str, Any] | None = None) -> LocalStack:
+                overrides: Mapping[str, Any] | None = None,
+                transport: str = "grpc") -> LocalStack:
     """JWKS + upstream + tollhouse + Envoy on free ports; fast JWKS refresh for rotation tests.
 
-    ``overrides`` replaces top-level sections of the demo config (e.g. ``{"metering": ...}``).
+    ``overrides`` replaces top-level sections of the demo config (e.g. ``{"metering": ...}``);
+    ``transport`` is how Envoy asks for the Check (``grpc`` or ``http``).
     """
     stack = LocalStack(workdir, pick_ports(), jwks_refresh_s=jwks_refresh_s,
-                       jwks_cooldown_s=jwks_cooldown_s, overrides=overrides)
+                       jwks_cooldown_s=jwks_cooldown_s, overrides=overrides, transport=transport)
     return stack.start()
 
 
@@ -97,6 +109,34 @@ def wait_until(probe: Callable[[], T], accept: Callable[[T], bool], *, timeout_s
 def upstream_saw(upstream: EchoUpstream, marker: str) -> list[dict[str, object]]:
     """Return the requests the upstream received whose path contains ``marker``."""
     return [r for r in list(upstream.seen) if marker in str(r["path"])]
+
+
+def unavailable_code(stack: LocalStack, code: str) -> str:
+    """The problem code a client sees when tollhouse answers 503 ``code``.
+
+    Over gRPC it is tollhouse's own. Over HTTP, Envoy turns any 5xx of the authorization server
+    into its ``status_on_error`` reply, which sidecar-http.yaml spells ``authz_unavailable``.
+    """
+    return code if stack.transport == "grpc" else "authz_unavailable"
+
+
+def authz_failures(stack: LocalStack) -> int:
+    """Checks Envoy could not get an answer for (timeouts, resets), whatever the transport."""
+    stats = stack.envoy.stats()
+    if stack.transport == "grpc":
+        return stats.get("http.ingress_http.ext_authz.error", 0)
+    return sum(stats.get(f"cluster.tollhouse_authz.{name}", 0)
+               for name in ("upstream_rq_timeout", "upstream_cx_connect_fail",
+                            "upstream_rq_pending_failure_eject"))
+
+
+def tollhouse_checks(stack: LocalStack, result: str, code: str) -> float:
+    """The count of tollhouse's own ``tollhouse_checks_total{result, code}``."""
+    want = f'tollhouse_checks_total{{code="{code}",result="{result}"}} '
+    for line in stack.tollhouse.metrics().splitlines():
+        if line.startswith(want):
+            return float(line.split()[-1])
+    return 0.0
 
 
 # --- helpers for the end-to-end metering / quota / billing / store tests ----------------------
@@ -120,13 +160,14 @@ class LimitedTollhouse(TollhouseProcess):
 
 
 def build_stack(workdir: Path, edit: ConfigEdit | None = None, *,
-                usage_listener: bool = False) -> LocalStack:
+                usage_listener: bool = False, transport: str = "grpc") -> LocalStack:
     """An unstarted stack whose tollhouse config is ``edit(demo config)`` (validated again).
 
     ``usage_listener`` serves ``GET /v1/usage`` on the port Envoy's ``tollhouse_usage`` cluster
-    points at.
+    points at; ``transport`` is how Envoy asks for the Check (``grpc`` or ``http``).
     """
-    stack = LocalStack(workdir, pick_ports(), jwks_refresh_s=1.0, jwks_cooldown_s=0.5)
+    stack = LocalStack(workdir, pick_ports(), jwks_refresh_s=1.0, jwks_cooldown_s=0.5,
+                       transport=transport)
     config = stack.config if edit is None else edit(stack.config)
     if usage_listener:
         config["usage_listen"] = f"127.0.0.1:{stack.ports.usage}"
@@ -171,15 +212,20 @@ def usage_ids_seen(upstream: EchoUpstream, marker: str) -> list[str]:
 
 
 class MultiEnvoy(EnvoyProcess):
-    """Envoy whose ``tollhouse`` cluster has one endpoint per replica port (round robin)."""
+    """Envoy whose tollhouse clusters have one endpoint per replica (round robin).
 
-    def __init__(self, workdir: Path, ports: EnvoyPorts, replica_ports: list[int]) -> None:
-        super().__init__(workdir, ports)
+    ``replicas`` maps a cluster name (``tollhouse``, and ``tollhouse_authz`` for the HTTP
+    transport) to the replicas' ports for it.
+    """
+
+    def __init__(self, workdir: Path, ports: EnvoyPorts, replicas: Mapping[str, list[int]],
+                 template: str | None = None) -> None:
+        super().__init__(workdir, ports, template)
         doc = yaml.safe_load(self._config_text)
         for cluster in doc["static_resources"]["clusters"]:
-            if cluster["name"] == "tollhouse":
+            if cluster["name"] in replicas:
                 eps = cluster["load_assignment"]["endpoints"][0]["lb_endpoints"]
-                for port in replica_ports:
+                for port in replicas[cluster["name"]]:
                     ep = copy.deepcopy(eps[0])
                     ep["endpoint"]["address"]["socket_address"]["port_value"] = port
                     eps.append(ep)
@@ -195,11 +241,18 @@ def add_replica(stack: LocalStack, name: str) -> TollhouseProcess:
     config = dict(stack.config)
     config["listen"] = f"127.0.0.1:{grpc_port}"
     config["admin_listen"] = f"127.0.0.1:{admin_port}"
+    replicas = {"tollhouse": [grpc_port]}
+    template = None
+    if stack.transport == "http":
+        http_port = free_port()
+        config["authz_http_listen"] = f"127.0.0.1:{http_port}"
+        replicas["tollhouse_authz"] = [http_port]
+        template = sidecar_http_config_path().read_text()
     config["instance"] = name
     config.pop("usage_listen", None)
     metering = dict(config.get("metering") or {})
     metering["spool"] = str(stack.workdir / name / "spool")
     config["metering"] = metering
     replica = TollhouseProcess(stack.workdir / name, config)
-    stack.envoy = MultiEnvoy(stack.workdir / "envoy", stack.envoy.ports, [grpc_port])
+    stack.envoy = MultiEnvoy(stack.workdir / "envoy", stack.envoy.ports, replicas, template)
     return replica

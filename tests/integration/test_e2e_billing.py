@@ -58,9 +58,10 @@ class Traffic:
 
 
 @pytest.fixture(scope="module")
-def traffic(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Traffic]:
+def traffic(tmp_path_factory: pytest.TempPathFactory, transport: str) -> Iterator[Traffic]:
     """Start the stack, send allowed and denied requests, wait until the meter has them all."""
-    stack = build_stack(tmp_path_factory.mktemp("billing"), _catalog, usage_listener=True).start()
+    stack = build_stack(tmp_path_factory.mktemp(f"billing-{transport}"), _catalog,
+                        usage_listener=True, transport=transport).start()
     try:
         admitted: dict[str, set[str]] = {c: set() for c in SENT}
         for customer, n in SENT.items():

@@ -23,6 +23,8 @@ from tests.integration.harness import (
     meter_file,
     redis_stream_records,
     sqlite_meter_records,
+    tollhouse_checks,
+    unavailable_code,
     upstream_saw,
     usage_ids_seen,
     wait_until,
@@ -46,9 +48,10 @@ def _fast_metering(config: dict[str, Any], **extra: Any) -> dict[str, Any]:
 
 
 @pytest.fixture(scope="module")
-def mstack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
+def mstack(tmp_path_factory: pytest.TempPathFactory, transport: str) -> Iterator[LocalStack]:
     """The demo stack with a SQLite meter and a 1 s grace for unconfirmed records."""
-    s = build_stack(tmp_path_factory.mktemp("metering"), _fast_metering).start()
+    s = build_stack(tmp_path_factory.mktemp(f"metering-{transport}"), _fast_metering,
+                    transport=transport).start()
     try:
         yield s
     finally:
@@ -235,9 +238,9 @@ def test_redis_meter_survives_a_redis_kill(tmp_path: Path) -> None:
         redis_srv.stop()
 
 
-def test_spool_write_failure_is_503_and_loses_nothing(tmp_path: Path) -> None:
+def test_spool_write_failure_is_503_and_loses_nothing(tmp_path: Path, transport: str) -> None:
     """A spool that cannot grow (file size limit = a full disk) -> 503; restart meters the 200s."""
-    stack = build_stack(tmp_path, _fast_metering)
+    stack = build_stack(tmp_path, _fast_metering, transport=transport)
     tollhouse = stack.tollhouse
     assert isinstance(tollhouse, LimitedTollhouse)
     tollhouse.file_size_limit = 160 * 1024
@@ -250,7 +253,8 @@ def test_spool_write_failure_is_503_and_loses_nothing(tmp_path: Path) -> None:
             resp = stack.request(f"/v1/search?case={case}&i={i}&pad={'p' * 600}", token=token)
             statuses.append(resp.status)
             if resp.status == 503:
-                assert resp.json()["code"] == "spool_unavailable"
+                assert resp.json()["code"] == unavailable_code(stack, "spool_unavailable")
+                assert tollhouse_checks(stack, "error", "spool_unavailable") == 1
                 break
         assert statuses[-1] == 503, "the spool never filled up"
         assert set(statuses[:-1]) == {200}

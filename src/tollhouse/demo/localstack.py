@@ -22,13 +22,15 @@ from tollhouse.demo.stack import (
     TollhouseProcess,
     pick_port,
     render_tollhouse_config,
+    sidecar_http_config_path,
 )
 from tollhouse.devkeys import DevKey, generate_rsa, jwks, make_token
 
-__all__ = ["AUDIENCE", "ISSUER", "LocalStack", "StackPorts", "demo_config_template"]
+__all__ = ["AUDIENCE", "ISSUER", "TRANSPORTS", "LocalStack", "StackPorts", "demo_config_template"]
 
 ISSUER = "https://issuer.demo.tollhouse.test"
 AUDIENCE = "demo-api"
+TRANSPORTS = ("grpc", "http")
 
 
 def demo_config_template() -> str:
@@ -47,12 +49,13 @@ class StackPorts:
     upstream: int
     usage: int
     jwks: int
+    authz_http: int
 
     @classmethod
     def pick(cls, picker: Callable[[], int] = pick_port) -> StackPorts:
         """Distinct free ports from ``picker``."""
         chosen: list[int] = []
-        while len(chosen) < 7:
+        while len(chosen) < 8:
             port = picker()
             if port not in chosen:
                 chosen.append(port)
@@ -64,13 +67,18 @@ class LocalStack:
 
     ``overrides`` replaces whole top-level sections of the demo config (validated again), so a
     test can point ``metering`` at Redis or change ``plans`` before tollhouse starts.
+    ``transport`` is how Envoy asks for the Check: ``grpc`` (``envoy/sidecar.yaml``) or ``http``
+    (``envoy/sidecar-http.yaml`` and tollhouse's ``authz_http_listen``); the access log is gRPC.
     """
 
     def __init__(self, workdir: Path, ports: StackPorts, *, jwks_refresh_s: float = 300.0,
                  jwks_cooldown_s: float = 10.0, key: DevKey | None = None,
-                 overrides: Mapping[str, Any] | None = None) -> None:
+                 overrides: Mapping[str, Any] | None = None, transport: str = "grpc") -> None:
+        if transport not in TRANSPORTS:
+            raise ValueError(f"transport must be one of {TRANSPORTS}, not {transport!r}")
         self.workdir = workdir
         self.ports = ports
+        self.transport = transport
         self.key = key or generate_rsa("demo-" + secrets.token_hex(4))
         self.api_key = "th_demo_" + secrets.token_urlsafe(24)
         self.jwks = JwksServer(ports.jwks, jwks(self.key))
@@ -86,14 +94,17 @@ class LocalStack:
             "workdir": workdir / "tollhouse",
         }
         config = render_tollhouse_config(demo_config_template(), values)
+        if transport == "http":
+            config["authz_http_listen"] = f"127.0.0.1:{ports.authz_http}"
         if overrides:  # top-level sections replaced whole, e.g. {"metering": {...}}
             config = {**config, **overrides}
             parse_config(config, source="demo config with overrides")
         self.tollhouse = TollhouseProcess(workdir / "tollhouse", config)
         envoy_ports = EnvoyPorts(listen=ports.envoy, admin=ports.envoy_admin,
                                  tollhouse=ports.tollhouse, upstream=ports.upstream,
-                                 usage=ports.usage)
-        self.envoy = EnvoyProcess(workdir / "envoy", envoy_ports)
+                                 usage=ports.usage, authz_http=ports.authz_http)
+        template = sidecar_http_config_path().read_text() if transport == "http" else None
+        self.envoy = EnvoyProcess(workdir / "envoy", envoy_ports, template)
 
     def start(self) -> LocalStack:
         """JWKS and upstream first, then tollhouse (ready = keys loaded), then Envoy."""

@@ -40,6 +40,7 @@ __all__ = [
     "render_envoy_config",
     "render_tollhouse_config",
     "sidecar_config_path",
+    "sidecar_http_config_path",
     "wait_port",
     "write_config",
 ]
@@ -138,17 +139,24 @@ class EnvoyPorts:
     tollhouse: int
     upstream: int
     usage: int
+    authz_http: int = 0  # tollhouse's HTTP ext_authz port (sidecar-http.yaml only)
+
+
+def sidecar_http_config_path() -> Path:
+    """Return the shipped ``envoy/sidecar-http.yaml`` (the HTTP ext_authz transport)."""
+    return sidecar_config_path().with_name("sidecar-http.yaml")
 
 
 def render_envoy_config(template: str, ports: EnvoyPorts) -> str:
-    """Replace the listener, admin and cluster ports of the sidecar config (loopback only)."""
+    """Replace the listener, admin and cluster ports of a sidecar config (loopback only)."""
     doc = yaml.safe_load(template)
     doc["admin"]["address"]["socket_address"]["port_value"] = ports.admin
     listener = doc["static_resources"]["listeners"][0]["address"]["socket_address"]
     listener["address"] = "127.0.0.1"
     listener["port_value"] = ports.listen
     by_cluster = {"tollhouse": ports.tollhouse, "app": ports.upstream,
-                  "tollhouse_usage": ports.usage}
+                  "tollhouse_usage": ports.usage, "tollhouse_authz": ports.authz_http}
+    _set_http_authz_uri(doc, ports.authz_http)
     for cluster in doc["static_resources"]["clusters"]:
         if cluster["name"] not in by_cluster:
             continue
@@ -158,6 +166,17 @@ def render_envoy_config(template: str, ports: EnvoyPorts) -> str:
                     by_cluster[cluster["name"]]
                 )
     return str(yaml.safe_dump(doc, sort_keys=False))
+
+
+def _set_http_authz_uri(doc: dict[str, Any], port: int) -> None:
+    """Point an ext_authz ``http_service`` server_uri at ``port`` (its cluster is set apart)."""
+    for listener in doc["static_resources"]["listeners"]:
+        for chain in listener["filter_chains"]:
+            for net_filter in chain["filters"]:
+                for http_filter in net_filter["typed_config"].get("http_filters", []):
+                    service = http_filter.get("typed_config", {}).get("http_service")
+                    if service is not None:
+                        service["server_uri"]["uri"] = f"http://127.0.0.1:{port}"
 
 
 def render_tollhouse_config(template: str, values: Mapping[str, object]) -> dict[str, Any]:
@@ -309,10 +328,15 @@ class TollhouseProcess(_Process):
         self.config_path = workdir / "tollhouse.yaml"
         self.grpc_port = int(str(config["listen"]).rsplit(":", 1)[1])
         self.admin_port = int(str(config["admin_listen"]).rsplit(":", 1)[1])
+        http = config.get("authz_http_listen")
+        self.authz_http_port = int(str(http).rsplit(":", 1)[1]) if http else None
 
     def start(self, timeout_s: float = 20.0) -> TollhouseProcess:
         """Write the config, start the server and wait for ``/readyz``."""
-        _require_free(self.grpc_port, self.admin_port)
+        ports = [self.grpc_port, self.admin_port]
+        if self.authz_http_port is not None:
+            ports.append(self.authz_http_port)
+        _require_free(*ports)
         self.workdir.mkdir(parents=True, exist_ok=True)
         write_config(self.config_path, self.config)
         self._spawn([str(find_binary("tollhouse")), "serve", "--config", str(self.config_path)])

@@ -71,7 +71,10 @@ def _usage_id(common: Any) -> str | None:
     meta = common.metadata.filter_metadata
     if METADATA_NAMESPACE not in meta:
         return None
-    value = meta[METADATA_NAMESPACE].fields.get("usage_id")
+    fields = meta[METADATA_NAMESPACE].fields
+    # gRPC ext_authz sets ``usage_id``; HTTP ext_authz's dynamic_metadata_from_headers files the
+    # ``x-tollhouse-usage-id`` answer header under its own name.
+    value = fields.get("usage_id") or fields.get("x-tollhouse-usage-id")
     if value is None or value.WhichOneof("kind") != "string_value" or not value.string_value:
         return None
     return str(value.string_value)

@@ -25,6 +25,8 @@ _STAT_PREFIXES = (
     "access_logs.",
     "cluster.authz.upstream_rq_total",
     "cluster.authz.upstream_cx_total",
+    "cluster.authz_http.upstream_rq_total",
+    "cluster.authz_http.upstream_cx_total",
 )
 # The meter's stream writes and connection set-up are not counter operations of the Check path.
 _NOT_COUNTER_OPS = frozenset({"xadd", "hello", "client|setinfo", "script|load", "ping"})

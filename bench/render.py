@@ -40,30 +40,58 @@ STAT_PREFIX = "bench"
 
 @dataclass(frozen=True, slots=True)
 class EnvoyPorts:
-    """The listener and admin ports of one Envoy, and the ext_authz server's port (0: none)."""
+    """The listener and admin ports of one Envoy, and the ext_authz server's ports (0: none).
+
+    ``authz`` is the gRPC port (the Check over gRPC, and the access log); ``authz_http`` the
+    HTTP ext_authz port of the ``-http`` configurations.
+    """
 
     listen: int
     admin: int
     authz: int = 0
+    authz_http: int = 0
 
 
-def _ext_authz_filter() -> dict[str, Any]:
-    """The same filter for C0 and every C variant (settings of the shipped sidecar.yaml)."""
+def _patterns(*names: str, prefix: str | None = None) -> dict[str, Any]:
+    pats: list[dict[str, str]] = [{"exact": n} for n in names]
+    if prefix is not None:
+        pats.append({"prefix": prefix})
+    return {"patterns": pats}
+
+
+def _http_service(port: int) -> dict[str, Any]:
+    """Envoy's HTTP ext_authz client, with the patterns of the shipped sidecar-http.yaml."""
     return {
-        "name": "envoy.filters.http.ext_authz",
-        "typed_config": {
-            "@type": _EXT_AUTHZ,
-            "transport_api_version": "V3",
-            "grpc_service": {"envoy_grpc": {"cluster_name": "authz"}, "timeout": "0.25s"},
-            "failure_mode_allow": False,
-            "status_on_error": {"code": "ServiceUnavailable"},
-            "include_peer_certificate": False,
-            "allowed_headers": {"patterns": [
-                {"exact": "authorization"}, {"exact": "x-api-key"},
-                {"exact": "x-request-id"}, {"exact": "host"},
-            ]},
+        "server_uri": {"uri": f"http://127.0.0.1:{port}", "cluster": "authz_http",
+                       "timeout": "0.25s"},
+        "authorization_response": {
+            "allowed_upstream_headers": _patterns(
+                "x-tollhouse-customer", "x-tollhouse-plan", "x-tollhouse-feature",
+                "x-tollhouse-usage-id"),
+            "allowed_client_headers": _patterns(
+                "content-type", "www-authenticate", "retry-after", "ratelimit",
+                "ratelimit-policy"),
+            "allowed_client_headers_on_success": _patterns("ratelimit", "ratelimit-policy"),
+            "dynamic_metadata_from_headers": _patterns(prefix="x-tollhouse-"),
         },
     }
+
+
+def _ext_authz_filter(transport: str, http_port: int) -> dict[str, Any]:
+    """The same filter for C0 and every C variant of a transport (the shipped sidecar configs)."""
+    config: dict[str, Any] = {
+        "@type": _EXT_AUTHZ,
+        "transport_api_version": "V3",
+        "failure_mode_allow": False,
+        "status_on_error": {"code": "ServiceUnavailable"},
+        "include_peer_certificate": False,
+        "allowed_headers": _patterns("authorization", "x-api-key", "x-request-id", "host"),
+    }
+    if transport == "http":
+        config["http_service"] = _http_service(http_port)
+    else:
+        config["grpc_service"] = {"envoy_grpc": {"cluster_name": "authz"}, "timeout": "0.25s"}
+    return {"name": "envoy.filters.http.ext_authz", "typed_config": config}
 
 
 def _jwt_filter(jwks: dict[str, Any]) -> dict[str, Any]:
@@ -100,25 +128,28 @@ def _access_log() -> list[dict[str, Any]]:
     }]
 
 
-def _authz_cluster(port: int) -> dict[str, Any]:
-    return {
-        "name": "authz",
+def _authz_cluster(port: int, name: str = "authz", http2: bool = True) -> dict[str, Any]:
+    cluster: dict[str, Any] = {
+        "name": name,
         "type": "STATIC",
         "connect_timeout": "0.25s",
-        "typed_extension_protocol_options": {
-            "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
-                "@type": _H2, "explicit_http_config": {"http2_protocol_options": {}},
-            },
-        },
-        "load_assignment": {"cluster_name": "authz", "endpoints": [{"lb_endpoints": [
+        "load_assignment": {"cluster_name": name, "endpoints": [{"lb_endpoints": [
             {"endpoint": {"address": {"socket_address": {
                 "address": "127.0.0.1", "port_value": port}}}},
         ]}]},
     }
+    if http2:
+        cluster["typed_extension_protocol_options"] = {
+            "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+                "@type": _H2, "explicit_http_config": {"http2_protocol_options": {}},
+            },
+        }
+    return cluster
 
 
 def envoy_config(
-    ports: EnvoyPorts, *, auth: str, jwks: dict[str, Any] | None = None, access_log: bool = False
+    ports: EnvoyPorts, *, auth: str, jwks: dict[str, Any] | None = None, access_log: bool = False,
+    transport: str = "grpc",
 ) -> str:
     """Envoy YAML; ``auth`` is ``none`` (A), ``jwt_authn`` (B) or ``ext_authz`` (C0, C...)."""
     filters: list[dict[str, Any]] = []
@@ -127,7 +158,7 @@ def envoy_config(
             raise ValueError("jwt_authn needs the JWKS")
         filters.append(_jwt_filter(jwks))
     elif auth == "ext_authz":
-        filters.append(_ext_authz_filter())
+        filters.append(_ext_authz_filter(transport, ports.authz_http))
     elif auth != "none":
         raise ValueError(f"unknown auth {auth!r}")
     filters.append({"name": "envoy.filters.http.router", "typed_config": {"@type": _ROUTER}})
@@ -160,15 +191,23 @@ def envoy_config(
                     "typed_config": hcm,
                 }]}],
             }],
-            "clusters": [_authz_cluster(ports.authz)] if ports.authz else [],
+            "clusters": _clusters(ports),
         },
     }
     return yaml.safe_dump(config, sort_keys=False)
 
 
+def _clusters(ports: EnvoyPorts) -> list[dict[str, Any]]:
+    clusters = [_authz_cluster(ports.authz)] if ports.authz else []
+    if ports.authz_http:
+        clusters.append(_authz_cluster(ports.authz_http, "authz_http", http2=False))
+    return clusters
+
+
 def tollhouse_config(
     *,
     grpc_port: int,
+    http_port: int | None = None,
     admin_port: int,
     workdir: str,
     api_key_sha256: str,
@@ -189,6 +228,7 @@ def tollhouse_config(
     cfg: dict[str, Any] = {
         "listen": f"127.0.0.1:{grpc_port}",
         "admin_listen": f"127.0.0.1:{admin_port}",
+        "authz_http_listen": f"127.0.0.1:{http_port}" if http_port else None,
         "instance": "bench",
         "shutdown_grace_s": 3,
         "auth": {

@@ -1,4 +1,4 @@
-"""Ratios, the bars of issue 7, and the printed tables of a ``bench.run`` report."""
+"""Ratios, the bars (issues 7, 11 and 12), and the printed tables of a ``bench.run`` report."""
 
 from __future__ import annotations
 
@@ -33,21 +33,47 @@ def _bar(value: float | None, op: str, limit: float) -> dict[str, Any]:
     return {"value": value, "bar": f"{op} {limit:g}", "met": met}
 
 
-def bars(configs: dict[str, Any], latency: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    """Issue 7's bars, each with its value, the bar, and met (``None``: not measured)."""
+def _cpu(configs: dict[str, Any], name: str) -> float | None:
+    value = configs.get(name, {}).get("server_cpu_us_per_req")
+    return float(value) if value else None
+
+
+def _ratio(a: float | None, b: float | None, digits: int = 3) -> float | None:
+    return round(a / b, digits) if a is not None and b else None
+
+
+def _p99(latency: dict[str, Any], name: str) -> float | None:
+    value = latency.get(name, {}).get("load", {}).get("p99_ms")
+    return float(value) if value else None
+
+
+def _metering_cpu(configs: dict[str, Any], with_meter: str, without: str) -> float | None:
+    a, b = _cpu(configs, with_meter), _cpu(configs, without)
+    return round(a - b, 1) if a is not None and b is not None else None
+
+
+def bars(configs: dict[str, Any], latency: dict[str, Any],
+         latency_http: dict[str, Any] | None = None) -> dict[str, dict[str, Any]]:
+    """The bars, each with its value, the bar, and met (``None``: not measured)."""
+    latency_http = latency_http or {}
     c, c0, b = _rps(configs, "C"), _rps(configs, "C0"), _rps(configs, "B")
     redis = (configs.get("C-redis", {}).get("redis") or {}).get("ops_per_check")
-    p99_c = latency.get("C", {}).get("load", {}).get("p99_ms")
-    p99_b = latency.get("B", {}).get("load", {}).get("p99_ms")
     als = configs.get("C", {}).get("access_log") or {}
     dropped = als.get("logs_dropped")
+    metering = _metering_cpu(configs, "C", "C-nometer")
     return {
-        "rps_C_over_C0": _bar(round(c / c0, 3) if c and c0 else None, ">=", 0.9),
-        "rps_C_over_B": _bar(round(c / b, 3) if c and b else None, ">=", 0.30),
+        "rps_C_over_C0": _bar(_ratio(c, c0), ">=", 0.75),
+        "rps_C_over_B": _bar(_ratio(c, b), ">=", 0.30),
+        "metering_cpu_over_C0_cpu": _bar(_ratio(metering, _cpu(configs, "C0")), "<=", 0.15),
         "redis_ops_per_check_C_redis": _bar(redis, "<=", 0.01),
         "p99_at_half_load_C_over_B": _bar(
-            round(p99_c / p99_b, 2) if p99_c and p99_b else None, "<=", 2.0),
+            _ratio(_p99(latency, "C"), _p99(latency, "B"), 2), "<=", 2.0),
         "logs_dropped_at_C_peak": _bar(dropped if als else None, "<=", 0),
+        "rps_C_http_over_B": _bar(_ratio(_rps(configs, "C-http"), b), ">=", 0.4),
+        "cpu_C_http_over_C0_http": _bar(
+            _ratio(_cpu(configs, "C-http"), _cpu(configs, "C0-http"), 2), "<=", 4.0),
+        "p99_at_half_load_C_http_over_B": _bar(
+            _ratio(_p99(latency_http, "C-http"), _p99(latency_http, "B"), 2), "<=", 2.0),
     }
 
 
@@ -100,25 +126,33 @@ def format_tables(report: dict[str, Any]) -> str:
     configs, rat = report["configs"], report["ratios"]
     parts = [f"peak: {report['load']['peak']}, {report['duration_s']:g} s per configuration",
              _table(_PEAK_HEAD, [_peak_row(n, r, rat.get(n, {})) for n, r in configs.items()])]
-    lat = report["latency_at_half_c_peak"]
-    if "rate_rps" in lat:
-        head = ("config", "target req/s", "achieved req/s", "p50 ms", "p90 ms", "p99 ms",
-                "max ms", "non-2xx", "srv CPU us/req")
-        rows: list[tuple[str, ...]] = []
-        for name, r in lat.items():
-            if name == "rate_rps":
-                continue
-            if "error" in r:
-                rows.append((name, "error", *("-" for _ in head[2:])))
-                continue
-            ld = r["load"]
-            rows.append((name, _fmt(ld["target_rps"], 0), _fmt(ld["rps"], 0),
-                         _fmt(ld["p50_ms"], 2), _fmt(ld["p90_ms"], 2), _fmt(ld["p99_ms"], 2),
-                         _fmt(ld["max_ms"], 2), str(ld["non_2xx"] + ld["socket_errors"]),
-                         _fmt(r["server_cpu_us_per_req"])))
-        parts += [f"\nlatency: {report['load']['latency']}", _table(head, rows)]
+    for key, ref in (("latency_at_half_c_peak", "C"), ("latency_at_half_c_http_peak", "C-http")):
+        lat = report.get(key) or {}
+        if "rate_rps" in lat:
+            parts += [f"\nlatency at 50% of {ref}'s peak: {report['load']['latency']}",
+                      _latency_table(lat)]
     brow = [(k, _fmt(v["value"], 3), v["bar"],
              {True: "met", False: "NOT met", None: "not measured"}[v["met"]])
             for k, v in report["bars"].items()]
-    parts += ["\nbars (issue 7)", _table(("bar", "value", "needs", "result"), brow)]
+    parts += ["\nbars (issues 7, 11, 12)", _table(("bar", "value", "needs", "result"), brow)]
     return "\n".join(parts)
+
+
+_LATENCY_HEAD = ("config", "target req/s", "achieved req/s", "p50 ms", "p90 ms", "p99 ms",
+                 "max ms", "non-2xx", "srv CPU us/req")
+
+
+def _latency_table(lat: dict[str, Any]) -> str:
+    rows: list[tuple[str, ...]] = []
+    for name, r in lat.items():
+        if name == "rate_rps":
+            continue
+        if "error" in r:
+            rows.append((name, "error", *("-" for _ in _LATENCY_HEAD[2:])))
+            continue
+        ld = r["load"]
+        rows.append((name, _fmt(ld["target_rps"], 0), _fmt(ld["rps"], 0),
+                     _fmt(ld["p50_ms"], 2), _fmt(ld["p90_ms"], 2), _fmt(ld["p99_ms"], 2),
+                     _fmt(ld["max_ms"], 2), str(ld["non_2xx"] + ld["socket_errors"]),
+                     _fmt(r["server_cpu_us_per_req"])))
+    return _table(_LATENCY_HEAD, rows)

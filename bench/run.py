@@ -41,8 +41,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--only", default=",".join(DEFAULT),
                    help=f"comma-separated configurations (default {','.join(DEFAULT)};"
                         f" also: {','.join(k for k in SCENARIOS if k not in DEFAULT)})")
-    p.add_argument("--latency", default="B,C0,C",
-                   help="configurations given a fixed-rate run at 50%% of C's peak ('' for none)")
+    p.add_argument("--latency", default="B,C0,C,C0-http,C-http",
+                   help="configurations given a fixed-rate run at 50%% of C's peak (the -http"
+                        " ones and B again at 50%% of C-http's) ('' for none)"),
     p.add_argument("--smoke", action="store_true",
                    help="1 s runs, no warm-up: checks the harness, measures nothing")
     p.add_argument("--uvloop", action="store_true", help="run tollhouse and C0 on uvloop")
@@ -102,19 +103,25 @@ def _peak_phase(args: argparse.Namespace, creds: Credentials, root: Path) -> dic
     return results
 
 
+# Fixed-rate groups: each at half the peak of its reference, B measured at both rates.
+LATENCY_GROUPS = {"C": ("B", "C0", "C"), "C-http": ("B", "C0-http", "C-http")}
+
+
 def _latency_phase(
-    args: argparse.Namespace, creds: Credentials, root: Path, peaks: dict[str, Any]
+    args: argparse.Namespace, creds: Credentials, root: Path, peaks: dict[str, Any],
+    ref: str = "C",
 ) -> dict[str, Any]:
-    c_rps = peaks.get("C", {}).get("load", {}).get("rps")
-    if not c_rps or not args.latency:
-        return {"skipped": "needs a successful C peak run" if args.latency else "not requested"}
-    rate = c_rps / 2
+    members = [n for n in LATENCY_GROUPS[ref] if n in args.latency]
+    ref_rps = peaks.get(ref, {}).get("load", {}).get("rps")
+    if not ref_rps or not members:
+        return {"skipped": f"needs a successful {ref} peak run" if members else "not requested"}
+    rate = ref_rps / 2
     out: dict[str, Any] = {"rate_rps": round(rate, 1)}
-    for name in args.latency:
+    for name in members:
         sc = SCENARIOS[name]
         print(f"[bench] {name}: fixed rate {rate:.0f} req/s ...", file=sys.stderr, flush=True)
         try:
-            with running(sc, creds, root / "rate", uvloop=args.uvloop,
+            with running(sc, creds, root / f"rate-{ref}", uvloop=args.uvloop,
                          keep=args.workdir is not None, overrides=tuple(args.set)) as st:
                 out[name] = measure_rate(st, creds, rate, args.duration_s, args.warmup_s)
         except (BenchError, RuntimeError, OSError, subprocess.SubprocessError) as e:
@@ -137,7 +144,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         root.mkdir(parents=True, exist_ok=True)
         env = _environment()
         peaks = _peak_phase(args, creds, root)
-        latency = _latency_phase(args, creds, root, peaks)
+        latency = _latency_phase(args, creds, root, peaks, "C")
+        latency_http = _latency_phase(args, creds, root, peaks, "C-http")
     report: dict[str, Any] = {
         "started_utc": started.isoformat(timespec="seconds"),
         "command": "python -m bench.run " + shlex.join(sys.argv[1:]),
@@ -151,9 +159,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "environment": env,
         "configs": peaks,
         "latency_at_half_c_peak": latency,
+        "latency_at_half_c_http_peak": latency_http,
     }
     report["ratios"] = ratios(peaks)
-    report["bars"] = bars(peaks, latency)
+    report["bars"] = bars(peaks, latency, latency_http)
     return report
 
 

@@ -39,26 +39,33 @@ class Scenario:
     redis: bool = False
     quotas: bool = True
     spool: bool = True
+    transport: str = "grpc"  # how Envoy asks for the Check: grpc | http
 
     @property
     def access_log(self) -> bool:
-        """tollhouse with metering receives Envoy's gRPC access log."""
-        return self.server == "tollhouse" and self.spool
+        """tollhouse with metering, and the bare floors, receive Envoy's gRPC access log."""
+        return self.server is not None and self.spool
 
 
 SCENARIOS: dict[str, Scenario] = {s.name: s for s in (
     Scenario("A", "Envoy alone (direct response)", "none"),
     Scenario("B", "Envoy jwt_authn (RS256, local JWKS)", "jwt_authn"),
-    Scenario("C0", "ext_authz -> bare grpc.aio OK", "ext_authz", "bare"),
+    Scenario("C0", "ext_authz -> bare grpc.aio OK + counting ALS", "ext_authz", "bare"),
     Scenario("C", "ext_authz -> tollhouse, all features", "ext_authz", "tollhouse"),
+    Scenario("C0-http", "HTTP ext_authz -> bare asyncio 200 + counting ALS", "ext_authz",
+             "bare", transport="http"),
+    Scenario("C-http", "HTTP ext_authz -> tollhouse, all features (ALS over gRPC)",
+             "ext_authz", "tollhouse", transport="http"),
     Scenario("C-miss", "C with the token cache off", "ext_authz", "tollhouse",
              token_cache_size=0),
     Scenario("C-redis", "C with Redis counters + meter", "ext_authz", "tollhouse", redis=True),
     # Diagnostic, not in the default run: what metering (spool + access log) costs.
     Scenario("C-nometer", "C without metering (no spool, no access log)", "ext_authz",
              "tollhouse", spool=False),
+    Scenario("C-http-nometer", "C-http without metering (no spool, no access log)",
+             "ext_authz", "tollhouse", spool=False, transport="http"),
 )}
-DEFAULT = ("A", "B", "C0", "C", "C-miss", "C-redis")
+DEFAULT = ("A", "B", "C0", "C", "C0-http", "C-http", "C-miss", "C-redis", "C-nometer")
 
 
 @dataclass(frozen=True)
@@ -107,16 +114,20 @@ def _start_server(
 ) -> None:
     sc, wd = stack.scenario, stack.workdir
     port = stack.envoy_ports.authz
+    http_port = stack.envoy_ports.authz_http or None
+    listening = (port,) if http_port is None else (port, http_port)
     if sc.server == "bare":
         args = [sys.executable, "-m", "bench.bare_authz", "--port", str(port)]
+        if http_port is not None:
+            args += ["--http-port", str(http_port)]
         stack.server = start_process("bare_authz", args + ["--uvloop"] * uvloop,
-                                     _repo_dir(), (port,))
+                                     _repo_dir(), listening)
         return
     if sc.redis:
         stack.redis = RedisServer(wd / "redis").start()
     (wd / "jwks.json").write_text(json.dumps(creds.jwks()))
     cfg = tollhouse_config(
-        grpc_port=port, admin_port=stack.tollhouse_admin, workdir=str(wd),
+        grpc_port=port, http_port=http_port, admin_port=stack.tollhouse_admin, workdir=str(wd),
         api_key_sha256=hashlib.sha256(creds.api_key.encode()).hexdigest(),
         token_cache_size=sc.token_cache_size, quotas=sc.quotas, spool=sc.spool,
         redis_url=stack.redis.url if stack.redis is not None else None, overrides=overrides,
@@ -124,13 +135,14 @@ def _start_server(
     (wd / "tollhouse.yaml").write_text(cfg)
     args = [str(BIN / "tollhouse"), "serve", "--config", str(wd / "tollhouse.yaml"),
             "--log-level", "warning"] + ["--uvloop"] * uvloop
-    stack.server = start_process("tollhouse", args, wd, (port, stack.tollhouse_admin))
+    stack.server = start_process("tollhouse", args, wd, (*listening, stack.tollhouse_admin))
     wait_http(f"http://127.0.0.1:{stack.tollhouse_admin}/readyz", stack.server)
 
 
 def _start_envoy(stack: Stack, creds: Credentials) -> None:
     sc, wd, ports = stack.scenario, stack.workdir, stack.envoy_ports
-    text = envoy_config(ports, auth=sc.auth, jwks=creds.jwks(), access_log=sc.access_log)
+    text = envoy_config(ports, auth=sc.auth, jwks=creds.jwks(), access_log=sc.access_log,
+                        transport=sc.transport)
     path = wd / "envoy.yaml"
     path.write_text(text)
     # A port nothing listens on is a base id no other Envoy of this machine uses right now.
@@ -164,8 +176,10 @@ def running(
     wd = root / sc.name
     shutil.rmtree(wd, ignore_errors=True)
     wd.mkdir(parents=True)
-    picked = _distinct_ports(4)
-    ports = EnvoyPorts(listen=picked[0], admin=picked[1], authz=picked[2] if sc.server else 0)
+    picked = _distinct_ports(5)
+    http = sc.server is not None and sc.transport == "http"
+    ports = EnvoyPorts(listen=picked[0], admin=picked[1], authz=picked[2] if sc.server else 0,
+                       authz_http=picked[4] if http else 0)
     stack = Stack(sc, wd, ports, tollhouse_admin=picked[3])
     try:
         if sc.server:

@@ -46,12 +46,30 @@ def test_bars_report_value_and_whether_met() -> None:
     latency = {"rate_rps": 2000.0, "B": {"load": {"p99_ms": 2.0}},
                "C": {"load": {"p99_ms": 5.0}}}
     b = bars(configs, latency)
-    assert b["rps_C_over_C0"] == {"value": 0.8, "bar": ">= 0.9", "met": False}
+    assert b["rps_C_over_C0"] == {"value": 0.8, "bar": ">= 0.75", "met": True}
     assert b["rps_C_over_B"]["met"] is False
     assert b["redis_ops_per_check_C_redis"]["met"] is True
     assert b["p99_at_half_load_C_over_B"] == {"value": 2.5, "bar": "<= 2", "met": False}
     assert b["logs_dropped_at_C_peak"]["met"] is True
     assert bars({}, {})["rps_C_over_C0"]["met"] is None
+
+
+def test_http_and_metering_bars_come_from_the_same_run() -> None:
+    """C-http/B, C-http CPU over C0-http's, its p99 over B's, and metering CPU over C0's."""
+    configs = {
+        "B": _peak(20000.0), "C0": _peak(5000.0, server_cpu_us_per_req=200.0),
+        "C": _peak(2000.0, server_cpu_us_per_req=400.0),
+        "C-nometer": _peak(3000.0, server_cpu_us_per_req=250.0),
+        "C0-http": _peak(14000.0, server_cpu_us_per_req=14.0),
+        "C-http": _peak(9000.0, server_cpu_us_per_req=70.0),
+    }
+    latency_http = {"rate_rps": 4500.0, "B": {"load": {"p99_ms": 2.0}},
+                    "C-http": {"load": {"p99_ms": 3.0}}}
+    b = bars(configs, {}, latency_http)
+    assert b["rps_C_http_over_B"] == {"value": 0.45, "bar": ">= 0.4", "met": True}
+    assert b["cpu_C_http_over_C0_http"] == {"value": 5.0, "bar": "<= 4", "met": False}
+    assert b["p99_at_half_load_C_http_over_B"] == {"value": 1.5, "bar": "<= 2", "met": True}
+    assert b["metering_cpu_over_C0_cpu"] == {"value": 0.75, "bar": "<= 0.15", "met": False}
 
 
 def test_percentile_is_nearest_rank() -> None:
@@ -93,28 +111,31 @@ def _run(args: list[str], timeout_s: float) -> subprocess.CompletedProcess[str]:
 
 @pytest.mark.integration
 def test_bench_run_smoke_produces_a_report(tmp_path: Path) -> None:
-    """`bench.run --smoke` on A, C0, C writes a report with requests, stats, ratios and bars."""
+    """`bench.run --smoke` on A, C0, C and the -http pair writes requests, stats, ratios, bars."""
     assert shutil.which("wrk"), "wrk is missing: `make test` installs it (Debian wrk)"
     assert shutil.which("h2load"), "h2load is missing: `make test` installs nghttp2-client"
     out = tmp_path / "report.json"
-    proc = _run(["-m", "bench.run", "--smoke", "--only", "A,C0,C", "--latency", "C",
-                 "--out", str(out)], 180)
+    proc = _run(["-m", "bench.run", "--smoke", "--only", "A,C0,C,C0-http,C-http",
+                 "--latency", "C,C-http", "--out", str(out)], 240)
     assert proc.returncode == 0, proc.stderr[-3000:] + proc.stdout[-2000:]
     report = json.loads(out.read_text())
     assert set(report) >= {"configs", "ratios", "bars", "latency_at_half_c_peak", "environment"}
-    for name in ("A", "C0", "C"):
+    for name in ("A", "C0", "C", "C0-http", "C-http"):
         cfg = report["configs"][name]
         assert cfg["load"]["requests"] > 0, name
         assert cfg["sanity"]["with_token"] == 200, name
-    assert report["configs"]["C"]["sanity"]["without_token"] == 401
-    for name in ("C0", "C"):
+    for name in ("C", "C-http"):
+        assert report["configs"][name]["sanity"]["without_token"] == 401
+    for name in ("C0", "C", "C0-http", "C-http"):
         assert report["configs"][name]["ext_authz"]["ok"] > 0, name
         assert report["configs"][name]["server_cpu_us_per_req"] > 0, name
-    assert report["configs"]["C"]["access_log"]["logs_written"] > 0
+        assert report["configs"][name]["access_log"]["logs_written"] > 0, name
     assert report["ratios"]["C"]["vs_C0"] is not None
     assert report["latency_at_half_c_peak"]["C"]["load"]["requests"] > 0
-    assert "rps_C_over_C0" in report["bars"]
-    assert "| C0 " in format_tables(report)
+    assert report["latency_at_half_c_http_peak"]["C-http"]["load"]["requests"] > 0
+    assert {"rps_C_over_C0", "rps_C_http_over_B", "cpu_C_http_over_C0_http"} <= set(
+        report["bars"])
+    assert "| C0-http " in format_tables(report)
 
 
 @pytest.mark.integration

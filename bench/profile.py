@@ -8,6 +8,7 @@ function (self and inclusive) and per package.
 
 from __future__ import annotations
 
+import os
 import subprocess
 from collections import Counter
 from pathlib import Path
@@ -20,6 +21,8 @@ from bench.scenarios import Credentials, Stack
 __all__ = ["RATE_HZ", "profile_peak", "summarize"]
 
 RATE_HZ = 250
+# ``--gil`` by default; ``TH_PROFILE_NATIVE=1`` samples every busy thread with native frames.
+PY_SPY_MODE = ("--native",) if os.environ.get("TH_PROFILE_NATIVE") else ("--gil",)
 
 
 def _package(frame: str) -> str:
@@ -73,7 +76,7 @@ def profile_peak(stack: Stack, creds: Credentials, duration_s: float, out: Path)
     out.parent.mkdir(parents=True, exist_ok=True)
     spy = subprocess.Popen(
         [str(BIN / "py-spy"), "record", "--pid", str(stack.server.pid), "-f", "raw", "-F",
-         "--gil", "-r", str(RATE_HZ), "-d", str(max(1, round(duration_s))), "-o", str(out)],
+         *PY_SPY_MODE, "-r", str(RATE_HZ), "-d", str(max(1, round(duration_s))), "-o", str(out)],
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
     )
     load = run_wrk(stack.url, creds.headers, duration_s, stack.workdir)

@@ -17,7 +17,7 @@ Header values come from tokens and the store: a value with a control character i
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Sequence
 from http import HTTPStatus
 
 from tollhouse.decision import Allow, Decision, Deny, RequestInfo
@@ -26,7 +26,7 @@ from tollhouse.envoy.answer import deny_answer, metadata_header, upstream_split
 __all__ = ["BadRequest", "UnsafeHeader", "decode_request", "encode_decision"]
 
 HEADERS_TO_REMOVE = "x-envoy-auth-headers-to-remove"
-_REASONS = {s.value: s.phrase for s in HTTPStatus}
+_STATUS_LINES = {s.value: f"HTTP/1.1 {s.value} {s.phrase}\r\n" for s in HTTPStatus}
 
 
 class BadRequest(ValueError):
@@ -38,7 +38,7 @@ class UnsafeHeader(ValueError):
 
 
 def decode_request(
-    method: bytes, url: bytes, raw_headers: Iterable[tuple[bytes, bytes]], path_prefix: str = ""
+    method: bytes, url: bytes, raw_headers: Sequence[tuple[bytes, bytes]], path_prefix: str = ""
 ) -> RequestInfo:
     """The plain view of one authorization request (header names lower-case, repeats joined).
 
@@ -58,11 +58,7 @@ def decode_request(
         if not target.startswith("/"):
             target = "/" + target
     path, _, query = target.partition("?")
-    headers: dict[str, str] = {}
-    for name, value in raw_headers:
-        key = name.decode("latin-1").lower()
-        text = value.decode("latin-1")
-        headers[key] = f"{headers[key]},{text}" if key in headers else text
+    headers = _headers(raw_headers)
     return RequestInfo(
         method=method.decode("ascii").upper(),
         path=path or "/",
@@ -73,14 +69,30 @@ def decode_request(
     )
 
 
+def _headers(raw: Sequence[tuple[bytes, bytes]]) -> dict[str, str]:
+    headers: dict[str, str] = {}
+    for name, value in raw:
+        key = name.decode("latin-1").lower()
+        if key in headers:  # a repeated header, joined as Envoy's gRPC CheckRequest joins it
+            headers[key] += "," + value.decode("latin-1")
+        else:
+            headers[key] = value.decode("latin-1")
+    return headers
+
+
 def _head(status: int, headers: list[tuple[str, str]], close: bool) -> bytes:
     if close:
         headers.append(("connection", "close"))
-    lines = "".join(f"{n}: {v}\r\n" for n, v in headers)
-    # One CR and one LF per header line, and nothing else below 0x20: no injected line.
-    if lines.count("\n") != len(headers) or lines.count("\r") != len(headers) or "\0" in lines:
+    parts = [_STATUS_LINES.get(status) or f"HTTP/1.1 {status} Unknown\r\n"]
+    for name, value in headers:
+        parts += (name, ": ", value, "\r\n")
+    parts.append("\r\n")
+    text = "".join(parts)
+    # One CR and one LF per line, and nothing else below 0x20: no injected line.
+    lines = len(headers) + 2
+    if text.count("\n") != lines or text.count("\r") != lines or "\0" in text:
         raise UnsafeHeader("a header value holds a control character")
-    return f"HTTP/1.1 {status} {_REASONS.get(status, 'Unknown')}\r\n{lines}\r\n".encode()
+    return text.encode()
 
 
 def _allow(d: Allow, close: bool) -> bytes:
@@ -88,7 +100,7 @@ def _allow(d: Allow, close: bool) -> bytes:
     headers = list(to_set)
     if to_remove:
         headers.append((HEADERS_TO_REMOVE, ", ".join(to_remove)))
-    headers.extend(d.response_headers)
+    headers += d.response_headers
     names = {n for n, _ in to_set}
     for key, value in d.metadata.items():
         name = metadata_header(key)

@@ -21,7 +21,7 @@ K8S = ROOT / "k8s"
 ENVOY = Path(sys.executable).parent / "envoy"
 TOLLHOUSE = Path(sys.executable).parent / "tollhouse"
 BUILDS = {"base": K8S / "base", "distributed": K8S / "overlays" / "distributed",
-          "istio": K8S / "overlays" / "istio"}
+          "istio": K8S / "overlays" / "istio", "istio-http": K8S / "overlays" / "istio-http"}
 
 
 @pytest.fixture(scope="module")

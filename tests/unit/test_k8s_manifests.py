@@ -17,7 +17,7 @@ from tests.k8s_render import Doc, container, find, pod_spec, render, render_kube
 ROOT = Path(__file__).resolve().parents[2]
 K8S = ROOT / "k8s"
 OVERLAYS = {"base": K8S / "base", "distributed": K8S / "overlays" / "distributed",
-            "istio": K8S / "overlays" / "istio"}
+            "istio": K8S / "overlays" / "istio", "istio-http": K8S / "overlays" / "istio-http"}
 ISTIO_GROUPS = ("networking.istio.io/", "security.istio.io/", "telemetry.istio.io/")
 K8S_VERSION = kubernetes_validate.latest_version()
 
@@ -207,17 +207,17 @@ def test_pdb_and_service_select_the_pods(rendered: dict[str, list[Doc]], overlay
     assert svc["spec"]["selector"].items() <= labels.items()
     named = {p["name"]: c["name"] for c in pod_spec(dep)["containers"] for p in c.get("ports", [])}
     front = next(p for p in svc["spec"]["ports"] if p["name"] == "http")
-    assert named[front["targetPort"]] == ("api" if overlay == "istio" else "envoy")
+    assert named[front["targetPort"]] == ("api" if overlay.startswith("istio") else "envoy")
 
 
 @pytest.mark.parametrize("overlay", list(OVERLAYS))
 def test_network_policy_keeps_tollhouse_grpc_private(
     rendered: dict[str, list[Doc]], overlay: str
 ) -> None:
-    """Other pods may reach the API front and /metrics, never tollhouse's gRPC port 9001."""
+    """Other pods may reach the API front and /metrics, never tollhouse's Check ports."""
     np = find(rendered[overlay], "NetworkPolicy", "demo-api")
     ports = {p["port"] for rule in np["spec"]["ingress"] for p in rule["ports"]}
-    assert 9001 not in ports
+    assert not ports & {9001, 9004}
     assert 9002 in ports
     assert ports & {8080, 5678}
 

@@ -57,6 +57,7 @@ class App:
 
             self.limiter = open_limiter(cfg.counters, clock=clock, instance=self.instance)
         self.metering: Any = None
+        self.als: Any = None  # the access-log servicer, once started with metering on
         if cfg.metering.enabled:
             from tollhouse.metering import Metering
 
@@ -112,9 +113,14 @@ class App:
         authz.add_to_server(self.authz, self.server)
         names = [AUTHZ_SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME]
         if self.metering is not None:
+            from tollhouse.envoy.als import AccessLogServicer
             from tollhouse.envoy.als import add_to_server as add_als
 
-            add_als(self.metering.als_servicer(), self.server)
+            self.als = AccessLogServicer(
+                self.metering,
+                usage_id_from_request_header=self.cfg.metering.usage_id_from_request_header,
+            )
+            add_als(self.als, self.server)
             names.append(ALS_SERVICE)
         for name in ["", *names]:  # NOT_SERVING until _watch_ready has seen everything loaded
             await self.health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
@@ -180,6 +186,9 @@ class App:
         self.authn.reconfigure(cfg.auth)
         if self.metering is not None:
             self.metering.reconfigure(cfg)
+        if self.als is not None:
+            self.als.reconfigure(
+                usage_id_from_request_header=cfg.metering.usage_id_from_request_header)
         await self._reconfigure_limiter(cfg)
         old = self.state.catalog.version
         self.cfg = cfg

@@ -11,6 +11,7 @@ import aiohttp
 import grpc
 import pytest
 import yaml
+from envoy.service.accesslog.v3 import als_pb2, als_pb2_grpc
 from envoy.service.auth.v3 import external_auth_pb2 as ea
 from envoy.service.auth.v3 import external_auth_pb2_grpc as ea_grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -20,6 +21,7 @@ from tests.servers import free_port
 from tollhouse import devkeys
 from tollhouse.app import App
 from tollhouse.config import load_config
+from tollhouse.metering.schema import UsageRecord
 
 ISS = "https://issuer.example"
 
@@ -206,3 +208,36 @@ async def test_reload_that_adds_a_quota_enforces_it(
     tok = devkeys.make_token(key, issuer=ISS, audience="api", subject="acme")
     codes = [(await _check(app, tok, "/v1/search")).denied_response.status.code for _ in range(3)]
     assert codes == [0, 0, 429]
+
+
+def _header_shaped_entry(usage_id: str) -> als_pb2.StreamAccessLogsMessage:
+    """Istio's shape: no ext_authz metadata, the usage id in a logged request header."""
+    msg = als_pb2.StreamAccessLogsMessage()
+    e = msg.http_logs.log_entry.add()
+    e.common_properties.upstream_remote_address.socket_address.address = "127.0.0.1"
+    e.request.request_headers["x-tollhouse-usage-id"] = usage_id
+    e.response.response_code.value = 200
+    e.response.response_code_details = "via_upstream"
+    return msg
+
+
+async def test_usage_id_from_request_header_follows_the_config(
+    running: tuple[App, devkeys.DevKey, Path],
+) -> None:
+    """usage_id_from_request_header off ignores the logged header; turned on by a reload, used."""
+    app, key, path = running
+    tok = devkeys.make_token(key, issuer=ISS, audience="api", subject="acme")
+    ok = (await _check(app, tok, "/v1/search")).ok_response
+    usage_id = {h.header.key: h.header.value for h in ok.headers}["x-tollhouse-usage-id"]
+    async with grpc.aio.insecure_channel(app.cfg.listen) as ch:
+        stub = als_pb2_grpc.AccessLogServiceStub(ch)
+        await stub.StreamAccessLogs(iter([_header_shaped_entry(usage_id)]), timeout=2)
+        await app.metering.spool.counts()
+        assert (await app.metering.spool.get(usage_id)).state == UsageRecord.RESERVED
+        doc = yaml.safe_load(path.read_text())
+        doc["metering"]["usage_id_from_request_header"] = True
+        _write(path, doc)
+        assert await app.reload()
+        await stub.StreamAccessLogs(iter([_header_shaped_entry(usage_id)]), timeout=2)
+    await app.metering.spool.counts()
+    assert (await app.metering.spool.get(usage_id)).state == UsageRecord.CONFIRMED

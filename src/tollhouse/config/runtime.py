@@ -41,6 +41,9 @@ class MeteringConfig(_Model):
     flush_interval_ms: int = Field(default=200, gt=0)
     batch_size: int = Field(default=500, gt=0, le=10_000)
     group_commit_ms: float = Field(default=0.0, ge=0)
+    # Istio's envoyExtAuthzHttp has no dynamic metadata: take the usage id from the logged request
+    # header x-tollhouse-usage-id (docs/metering.md says when that header can be trusted).
+    usage_id_from_request_header: bool = False
 
     @field_validator("meter")
     @classmethod

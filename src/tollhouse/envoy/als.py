@@ -6,25 +6,41 @@ the ingest object (:class:`~tollhouse.metering.Metering`) once per message, so s
 batched into the spool's writer. Nothing here raises: a garbage message (even bytes that do not
 parse: the method is registered with a tolerant deserializer), an entry without tollhouse metadata
 or a failing entry is counted and the stream goes on.
+
+One bad entry costs nothing else: a message protobuf refuses (a string field that is not valid
+UTF-8, which any client can cause through its ``x-request-id``) is read entry by entry by
+:mod:`tollhouse.envoy.als_wire`, each malformed part counted by reason.
+
+The usage id of an entry comes from the ext_authz dynamic metadata (namespace
+``envoy.filters.http.ext_authz``): ``usage_id`` (the gRPC transport's CheckResponse metadata),
+else ``x-tollhouse-usage-id`` (the HTTP transport, through Envoy's
+``dynamic_metadata_from_headers``). Only when an entry has no ext_authz metadata at all, the
+upstream was reached, and ``metering.usage_id_from_request_header`` is on, the logged request
+header ``x-tollhouse-usage-id`` is used (Istio's ``envoyExtAuthzHttp``; see docs/metering.md
+for why that header can be trusted there). A usage id that is not 32 lowercase hex digits is
+counted (``bad_usage_id``) and ignored.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import AsyncIterator, Sequence
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeAlias
 
 import grpc
 from envoy.data.accesslog.v3 import accesslog_pb2 as al
 from envoy.service.accesslog.v3 import als_pb2, als_pb2_grpc
 from google.protobuf.message import DecodeError
 
+from tollhouse.envoy.als_wire import Recovered, recover
 from tollhouse.logs import get_logger
-from tollhouse.metering.metrics import ALS_ENTRIES, ALS_MESSAGES
+from tollhouse.metering.metrics import ALS_ENTRIES, ALS_MALFORMED, ALS_MESSAGES
 from tollhouse.metering.policy import LogEntry
 
 __all__ = [
     "METADATA_NAMESPACE",
     "SERVICE_NAME",
+    "USAGE_ID_HEADER",
     "AccessLogServicer",
     "Ingest",
     "add_to_server",
@@ -35,6 +51,11 @@ log = get_logger(__name__)
 
 SERVICE_NAME = "envoy.service.accesslog.v3.AccessLogService"
 METADATA_NAMESPACE = "envoy.filters.http.ext_authz"
+USAGE_ID_HEADER = "x-tollhouse-usage-id"
+# Where the usage id sits in the ext_authz metadata, in order: gRPC CheckResponse metadata, then
+# an HTTP authz response header turned into metadata (keyed by the header's name).
+_METADATA_KEYS = ("usage_id", USAGE_ID_HEADER)
+_USAGE_ID = re.compile(r"[0-9a-f]{32}")  # tollhouse.metering.spool.new_usage_id
 
 # Response flags meaning Envoy answered itself (or no upstream was reached): the entry voids.
 _LOCAL_REPLY_FLAGS = frozenset({
@@ -55,10 +76,19 @@ class Ingest(Protocol):
         """Take a batch of entries that carry a usage id."""
 
 
-def _decode(data: bytes) -> als_pb2.StreamAccessLogsMessage | None:
+Decoded: TypeAlias = "als_pb2.StreamAccessLogsMessage | Recovered | None"
+
+
+def _decode(data: bytes) -> Decoded:
+    """The method's deserializer: the whole message in C, else entry by entry; never raises."""
     try:
         return als_pb2.StreamAccessLogsMessage.FromString(data)
     except (DecodeError, ValueError):
+        pass
+    try:
+        return recover(data)
+    except Exception as e:  # a bug in the walker must not kill the stream: count it as garbage
+        log.error("als.recover_failed", error=type(e).__name__, size=len(data))
         return None
 
 
@@ -67,35 +97,54 @@ def _duration_us(common: Any) -> int:
     return max(0, int(d.seconds) * 1_000_000 + int(d.nanos) // 1000)
 
 
-def _usage_id(common: Any) -> str | None:
-    meta = common.metadata.filter_metadata
-    if METADATA_NAMESPACE not in meta:
-        return None
-    fields = meta[METADATA_NAMESPACE].fields
-    # gRPC ext_authz sets ``usage_id``; HTTP ext_authz's dynamic_metadata_from_headers files the
-    # ``x-tollhouse-usage-id`` answer header under its own name.
-    value = fields.get("usage_id") or fields.get("x-tollhouse-usage-id")
-    if value is None or value.WhichOneof("kind") != "string_value" or not value.string_value:
-        return None
-    return str(value.string_value)
+def _checked(value: str) -> str | None:
+    """The usage id if it looks like one (32 lowercase hex digits), else counted and None."""
+    if _USAGE_ID.fullmatch(value):
+        return value
+    ALS_MALFORMED.labels(reason="bad_usage_id").inc()
+    return None
 
 
-def to_log_entry(entry: al.HTTPAccessLogEntry) -> LogEntry:
-    """Convert one HTTP access-log entry (protobuf) into a plain :class:`LogEntry`."""
-    common = entry.common_properties
-    req = entry.request
-    resp = entry.response
-    flags = [fd.name for fd, _ in common.response_flags.ListFields()]
-    code = int(resp.response_code.value) if resp.HasField("response_code") else 0
-    details = resp.response_code_details
-    served = (
+def _usage_id(entry: al.HTTPAccessLogEntry, *, served: bool, from_header: bool) -> str | None:
+    """The entry's usage id: ext_authz metadata first; the request header only if allowed."""
+    meta = entry.common_properties.metadata.filter_metadata
+    if METADATA_NAMESPACE in meta:
+        fields = meta[METADATA_NAMESPACE].fields
+        for key in _METADATA_KEYS:
+            value = fields.get(key)
+            if value is not None and value.WhichOneof("kind") == "string_value":
+                return _checked(str(value.string_value)) if value.string_value else None
+        return None
+    if not (from_header and served):
+        return None  # a request that never passed ext_authz logs the client's own headers
+    header = entry.request.request_headers.get(USAGE_ID_HEADER)
+    return _checked(str(header)) if header else None
+
+
+def _served(common: Any, code: int, details: str, flags: list[str]) -> bool:
+    """Whether the upstream answered: a host was picked, and no local reply or denial."""
+    return (
         common.HasField("upstream_remote_address")
         and code != 0
         and not _LOCAL_REPLY_FLAGS.intersection(flags)
         and details in ("", "via_upstream")
     )
+
+
+def to_log_entry(entry: al.HTTPAccessLogEntry, *, usage_id_from_header: bool = False) -> LogEntry:
+    """Convert one HTTP access-log entry (protobuf) into a plain :class:`LogEntry`.
+
+    ``usage_id_from_header``: take the usage id from the logged request header
+    ``x-tollhouse-usage-id`` when the entry has no ext_authz metadata and reached the upstream.
+    """
+    common = entry.common_properties
+    req = entry.request
+    resp = entry.response
+    flags = [fd.name for fd, _ in common.response_flags.ListFields()]
+    code = int(resp.response_code.value) if resp.HasField("response_code") else 0
+    served = _served(common, code, resp.response_code_details, flags)
     return LogEntry(
-        usage_id=_usage_id(common),
+        usage_id=_usage_id(entry, served=served, from_header=usage_id_from_header),
         response_code=code,
         request_bytes=int(req.request_headers_bytes) + int(req.request_body_bytes),
         response_bytes=int(resp.response_headers_bytes) + int(resp.response_body_bytes),
@@ -107,11 +156,46 @@ def to_log_entry(entry: al.HTTPAccessLogEntry) -> LogEntry:
     )
 
 
-class AccessLogServicer(als_pb2_grpc.AccessLogServiceServicer):  # type: ignore[misc]
-    """StreamAccessLogs: a client stream, answered once when Envoy closes it."""
+def _unpack(msg: Decoded) -> Sequence[al.HTTPAccessLogEntry] | None:
+    """Count the message (and what was malformed in it); return its HTTP entries (None: garbage)."""
+    if isinstance(msg, als_pb2.StreamAccessLogsMessage):
+        ALS_MESSAGES.labels(outcome="ok").inc()
+        if msg.HasField("tcp_logs"):
+            ALS_ENTRIES.labels(outcome="non_http").inc(len(msg.tcp_logs.log_entry))
+        return msg.http_logs.log_entry if msg.HasField("http_logs") else ()
+    if not isinstance(msg, Recovered):
+        ALS_MESSAGES.labels(outcome="garbage").inc()
+        return None
+    ALS_MESSAGES.labels(outcome="recovered").inc()
+    for counter, label, n in (
+        (ALS_ENTRIES, "non_http", msg.tcp_entries),
+        (ALS_ENTRIES, "unreadable", msg.unreadable),
+        (ALS_MALFORMED, "unreadable_entry", msg.unreadable),
+        (ALS_MALFORMED, "invalid_utf8", msg.invalid_utf8),
+        (ALS_MALFORMED, "truncated_message", int(msg.truncated)),
+    ):
+        if n:
+            counter.labels(label).inc(n)
+    if msg.unreadable or msg.truncated:
+        log.warning("als.entries_lost", unreadable=msg.unreadable, truncated=msg.truncated,
+                    recovered=len(msg.entries))
+    return msg.entries
 
-    def __init__(self, ingest: Ingest) -> None:
+
+class AccessLogServicer(als_pb2_grpc.AccessLogServiceServicer):  # type: ignore[misc]
+    """StreamAccessLogs: a client stream, answered once when Envoy closes it.
+
+    ``usage_id_from_request_header`` is ``metering.usage_id_from_request_header``; a hot reload
+    changes it through :meth:`reconfigure`.
+    """
+
+    def __init__(self, ingest: Ingest, *, usage_id_from_request_header: bool = False) -> None:
         self._ingest = ingest
+        self._from_header = usage_id_from_request_header
+
+    def reconfigure(self, *, usage_id_from_request_header: bool) -> None:
+        """Apply a reloaded ``metering.usage_id_from_request_header``."""
+        self._from_header = usage_id_from_request_header
 
     async def StreamAccessLogs(
         self, request_iterator: AsyncIterator[Any], context: Any
@@ -124,21 +208,16 @@ class AccessLogServicer(als_pb2_grpc.AccessLogServiceServicer):  # type: ignore[
             log.error("als.stream_failed", exc=True)
         return als_pb2.StreamAccessLogsResponse()
 
-    async def handle(self, msg: als_pb2.StreamAccessLogsMessage | None) -> int:
+    async def handle(self, msg: Decoded) -> int:
         """Convert one message and hand its entries to the ingest; return how many were taken."""
-        if msg is None or not isinstance(msg, als_pb2.StreamAccessLogsMessage):
-            ALS_MESSAGES.labels(outcome="garbage").inc()
-            return 0
-        ALS_MESSAGES.labels(outcome="ok").inc()
-        if msg.HasField("tcp_logs"):
-            ALS_ENTRIES.labels(outcome="non_http").inc(len(msg.tcp_logs.log_entry))
-        if not msg.HasField("http_logs"):
+        raws = _unpack(msg)
+        if not raws:
             return 0
         entries: list[LogEntry] = []
         no_meta = errors = 0
-        for raw in msg.http_logs.log_entry:
+        for raw in raws:
             try:
-                e = to_log_entry(raw)
+                e = to_log_entry(raw, usage_id_from_header=self._from_header)
             except Exception:
                 errors += 1
                 continue
@@ -167,7 +246,7 @@ def _count(ingested: int, no_meta: int, errors: int) -> None:
 
 
 def add_to_server(servicer: AccessLogServicer, server: grpc.aio.Server) -> None:
-    """Register the servicer with a deserializer that turns unparsable bytes into a count."""
+    """Register the servicer with a deserializer that reads what it can and counts the rest."""
     handler = grpc.stream_unary_rpc_method_handler(
         servicer.StreamAccessLogs,
         request_deserializer=_decode,

@@ -6,6 +6,7 @@ from prometheus_client import Counter, Gauge
 
 __all__ = [
     "ALS_ENTRIES",
+    "ALS_MALFORMED",
     "ALS_MESSAGES",
     "ENTRIES_IGNORED",
     "HEADER_UNIT_ERRORS",
@@ -43,13 +44,22 @@ HOOK_ERRORS = Counter(
 )
 ALS_MESSAGES = Counter(
     "tollhouse_als_messages_total",
-    "StreamAccessLogs messages received, by outcome (ok, garbage).",
+    "StreamAccessLogs messages received, by outcome: ok, recovered (refused by protobuf, read"
+    " entry by entry), garbage (not one entry readable).",
     ["outcome"],
 )
 ALS_ENTRIES = Counter(
     "tollhouse_als_entries_total",
-    "Access-log entries received, by outcome (ingested, no_metadata, non_http, error).",
+    "Access-log entries received, by outcome (ingested, no_metadata, non_http, error,"
+    " unreadable: its own bytes do not parse, lost).",
     ["outcome"],
+)
+ALS_MALFORMED = Counter(
+    "tollhouse_als_malformed_total",
+    "Malformed parts of access-log messages, by reason: invalid_utf8 (a string field, replaced;"
+    " the entry is used), bad_usage_id (not 32 lowercase hex digits; ignored), unreadable_entry"
+    " (an entry that does not parse; lost), truncated_message (the message's framing broke).",
+    ["reason"],
 )
 SPOOL_COMMITS = Counter(
     "tollhouse_spool_commits_total", "Spool transactions committed (group commit batches)."

@@ -31,6 +31,12 @@ def test_decode_strips_query_and_uppercases_method() -> None:
     assert info.request_id == "rid-1"
 
 
+def test_request_id_is_the_x_request_id_header_the_access_log_carries() -> None:
+    """Envoy's ``http.id`` is its stream id; the access log carries x-request-id: prefer it."""
+    info = decode_check(_request("/v1/search", {"x-request-id": "5f1f6c8e-2a7b"}))
+    assert info.request_id == "5f1f6c8e-2a7b"
+
+
 def test_allow_overwrites_identity_headers_and_sets_metadata() -> None:
     """OK carries identity headers with OVERWRITE_IF_EXISTS_OR_ADD and removes empty ones."""
     allow = Allow(

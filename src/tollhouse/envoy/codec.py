@@ -31,7 +31,8 @@ def decode_check(req: ea.CheckRequest) -> RequestInfo:
         method=http.method.upper(),
         path=path or "/",
         headers=headers,
-        request_id=http.id or headers.get("x-request-id", ""),
+        # x-request-id, as the access-log entry carries it (``http.id`` is Envoy's stream id).
+        request_id=headers.get("x-request-id") or http.id,
         host=http.host,
         query=query,
     )

@@ -58,7 +58,7 @@ def _config(docs: list[Doc]) -> dict[str, Any]:
 
 
 def test_http_provider_matches_the_istio_schema(providers: dict[str, Any]) -> None:
-    """envoyExtAuthzHttp uses only fields Istio defines, and a misspelt one would fail."""
+    """The HTTP provider uses only fields Istio defines, and a misspelt one would fail."""
     jsonschema.validate(providers["tollhouse-ext-authz"]["envoyExtAuthzHttp"], HTTP_PROVIDER)
     with pytest.raises(jsonschema.ValidationError):
         jsonschema.validate({"service": "s", "port": 1, "headersToUpstream": []}, HTTP_PROVIDER)
@@ -113,6 +113,6 @@ def test_config_is_the_base_config_plus_the_http_transport(docs: list[Doc]) -> N
 
 
 def test_no_envoyfilter_is_left(docs: list[Doc]) -> None:
-    """includeRequestHeadersInCheck trims the Check: the gRPC overlay's EnvoyFilter is gone."""
+    """The provider trims the Check itself: the gRPC overlay's EnvoyFilter is gone."""
     assert not [d for d in docs if d["kind"] == "EnvoyFilter"]
     assert find(docs, "AuthorizationPolicy")["spec"]["provider"]["name"] == "tollhouse-ext-authz"

@@ -2,9 +2,10 @@
 
     .venv/bin/python bench/bench_billing.py --records 1000000 [--customers 100] [--keep DIR]
 
-Generates the meter (not timed), then runs ``tollhouse bill --period 2026-11`` in a fresh child
-process and prints records/s and that process's peak RSS (resource.getrusage), so memory reflects
-the job alone. Default: 10 million records.
+Generates the meter (not timed), then runs the billing job for 2026-11 in a fresh child process:
+the consume step (meter -> ledger) and then ``run_billing`` (which finds nothing new to consume and
+prices, issues and renders the invoices), each timed. Prints both times, records/s and that
+process's peak RSS (resource.getrusage), so memory reflects the job alone. Default: 10 million.
 """
 
 from __future__ import annotations
@@ -69,18 +70,29 @@ def generate(d: Path, n: int, customers: int) -> None:
 
 
 def run_job(d: Path) -> None:
+    from tollhouse.billing.consume import consume_sqlite_meter
     from tollhouse.billing.job import run_billing
+    from tollhouse.billing.ledger import open_ledger
     from tollhouse.config import load_config
 
     cfg = load_config(d / "tollhouse.yaml")
     t0 = time.perf_counter()
+    ledger = open_ledger(cfg.billing.ledger)  # the job's own first step, timed on its own
+    try:
+        consumed = consume_sqlite_meter(ledger, cfg.metering.meter)
+    finally:
+        ledger.close()
+    t1 = time.perf_counter()
     res = run_billing(cfg, period="2026-11", out_dir=d / "invoices", preview=False,
                       clock=lambda: JAN)
-    elapsed = time.perf_counter() - t0
+    t2 = time.perf_counter()
     rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     assert res.ok, res.problems
-    print(f"records={res.consumed} invoices={len(res.invoices)} elapsed_s={elapsed:.1f} "
-          f"records_per_s={res.consumed / elapsed:,.0f} peak_rss_mb={rss_mb:.0f}")
+    assert res.consumed == 0, res.consumed  # everything was consumed above
+    elapsed = t2 - t0
+    print(f"records={consumed} invoices={len(res.invoices)} elapsed_s={elapsed:.1f} "
+          f"consume_s={t1 - t0:.1f} invoice_s={t2 - t1:.1f} "
+          f"records_per_s={consumed / elapsed:,.0f} peak_rss_mb={rss_mb:.0f}")
 
 
 def main() -> int:

@@ -16,15 +16,14 @@ line with a top-up shows it as ``topup``.
 
 from __future__ import annotations
 
-import hashlib
-import itertools
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any, Literal
 
-from tollhouse.billing.ledger import Ledger
+from tollhouse.billing.digest import digest
+from tollhouse.billing.ledger import Ledger, LineTotal
 from tollhouse.billing.periods import Period, period_containing
 from tollhouse.billing.pricing import (
     BaseFeeSegment,
@@ -40,6 +39,7 @@ from tollhouse.config import MeterPrice, PlanConfig, PriceConfig
 __all__ = ["Invoice", "InvoiceProblem", "build_invoice", "digest", "invoice_number"]
 
 _FREE = PriceConfig()
+_EMPTY = LineTotal(0, 0, digest(()))
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,15 +67,6 @@ class Invoice:
 def invoice_number(period: str, customer: str) -> str:
     """Return the deterministic invoice number ``TH-2026-11-<customer>``."""
     return f"TH-{period}-{customer}"
-
-
-def digest(usage_ids: Iterable[str]) -> str:
-    """Return SHA-256 (hex) over each usage_id plus a newline, in the (byte) order given."""
-    h = hashlib.sha256()
-    it = iter(usage_ids)
-    while chunk := list(itertools.islice(it, 8192)):  # the same bytes, hashed in chunks
-        h.update(("\n".join(chunk) + "\n").encode())
-    return h.hexdigest()
 
 
 def _iso(ts_s: int) -> str:
@@ -145,11 +136,12 @@ def _base_fees(inp: BuildInput, currency: str) -> tuple[list[dict[str, Any]], De
 def _usage_lines(ledger: Ledger, inp: BuildInput, price: PriceConfig
                  ) -> tuple[list[dict[str, Any]], Decimal]:
     p, cust = inp.period, inp.sub.customer
-    totals = ledger.meter_totals(cust, p.start_ms, p.end_ms, max_seq=inp.upto_seq)
+    totals = ledger.meter_lines(cust, p.start_ms, p.end_ms, max_seq=inp.upto_seq)
     topups = inp.sub.topups_for(p)
     lines, subtotal = [], Decimal(0)
     for meter in sorted(set(totals) | set(price.meters)):
-        qty, records = totals.get(meter, (0, 0))
+        line = totals.get(meter, _EMPTY)
+        qty, records = line.units, line.records
         topup = topups.get(meter, 0) if meter in price.meters else 0
         c = _charge(meter, price, qty, topup)
         doc = _charge_doc(c)
@@ -158,8 +150,7 @@ def _usage_lines(ledger: Ledger, inp: BuildInput, price: PriceConfig
         doc["records"] = records
         mp = price.meters.get(meter)
         doc["package_size"] = mp.package_size if mp is not None and mp.model == "package" else None
-        doc["digest"] = digest(ledger.usage_ids(cust, meter, p.start_ms, p.end_ms,
-                                                min_seq=0, max_seq=inp.upto_seq))
+        doc["digest"] = line.digest
         lines.append(doc)
         subtotal += c.amount
     return lines, subtotal
@@ -180,19 +171,18 @@ def _adjustments(ledger: Ledger, inp: BuildInput, currency: str
         price = _price(inp.plans, plan)
         if price.currency != currency:
             return f"late usage of {px.label} is priced in {price.currency}, not {currency}"
-        totals = ledger.meter_totals(cust, px.start_ms, px.end_ms, min_seq=inp.prev_upto_seq,
-                                     max_seq=inp.upto_seq)
+        totals = ledger.meter_lines(cust, px.start_ms, px.end_ms, min_seq=inp.prev_upto_seq,
+                                    max_seq=inp.upto_seq)
         topups = inp.sub.topups_for(px)
-        for meter, (qty, records) in sorted(totals.items()):
+        for meter, line in sorted(totals.items()):
+            qty, records = line.units, line.records
             before = ledger.billed_quantity(cust, px.label, meter)
             extra = topups.get(meter, 0)
             delta = (_charge(meter, price, before + qty, extra).exact
                      - _charge(meter, price, before, extra).exact)
-            ids = ledger.usage_ids(cust, meter, px.start_ms, px.end_ms,
-                                   min_seq=inp.prev_upto_seq, max_seq=inp.upto_seq)
             out.append({"period": px.label, "plan": plan, "meter": meter, "quantity": qty,
                         "previously_billed": before, "records": records,
-                        "amount": _m(round_money(delta, currency)), "digest": digest(ids)})
+                        "amount": _m(round_money(delta, currency)), "digest": line.digest})
         after = px.end_ms
 
 

@@ -229,7 +229,8 @@ def run_billing(cfg: Config, *, period: str | None, out_dir: Path | None, previe
     try:
         consumed, dead = _consume(cfg, ledger, opts)
         target = out_dir if out_dir is not None or preview else cfg.billing.invoices_dir
-        run = _Run(cfg, ledger, period, clock(), preview, ledger.max_seq(), target)
+        upto = ledger.max_seq() if preview else ledger.seal()  # later records: next gen
+        run = _Run(cfg, ledger, period, clock(), preview, upto, target)
         invoices: list[InvoiceSummary] = []
         problems: list[InvoiceProblem] = []
         customers = sorted(subs.customers())

@@ -1,13 +1,21 @@
-"""The billing ledger: every usage_id at most once, meter cursors, issued invoices. SQLite or PG.
+"""The billing ledger: every usage_id at most once, daily aggregates, issued invoices. SQLite or PG.
 
-Tables (same shape in both dialects):
+Tables (same shape in both dialects; schema and migrations in :mod:`ledger_schema`):
 
-- ``ledger_usage``: one row per usage_id ever seen (``seq`` is the ledger's own arrival order);
-- ``ledger_units``: billable units per (usage_id, meter), denormalised for streaming aggregates;
+- ``ledger_ids``: one row per usage_id ever seen (dedupe), with its customer, admission time,
+  billable flag and generation: enough to find the usage ids of a customer x day (tracing);
+- ``ledger_buckets``: billable units, record count, first admission and usage-id digest lanes per
+  customer x meter x UTC day x generation, added to at consume time (upsert-add);
+- ``ledger_meta``: ``schema_version`` and ``gen``, the generation consumers write into now;
 - ``meter_cursor``: the last SQLite-meter ``id`` copied, updated in the same transaction;
-- ``invoices``: issued invoices (the canonical JSON document) with ``upto_seq``, the last ledger
-  ``seq`` they cover;
-- ``billed``: quantities billed per (customer, period, meter), late ones included.
+- ``invoices``: issued invoices (the canonical JSON document) with ``upto_seq``, the last
+  generation they cover; ``billed``: quantities billed per (customer, period, meter).
+
+Generations replace per-record arrival numbers: an issuing run seals (:meth:`Ledger.seal`) the
+current generation (consumers move to the next one; they take the same lock as the seal) and
+invoices what is in generations ``<= upto_seq``; whatever arrives later lands in a later
+generation and is late usage for the next invoice. Range arguments in milliseconds are read at
+UTC-day granularity (billing periods start and end at midnight UTC).
 
 Synchronous on purpose: the billing job is its own process; async callers use ``asyncio.to_thread``.
 """
@@ -15,75 +23,36 @@ Synchronous on purpose: the billing job is its own process; async callers use ``
 from __future__ import annotations
 
 import sqlite3
-import urllib.parse
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Literal
 
+from tollhouse.billing.digest import LANE, from_lanes, id_hash, sql_id_hash
+from tollhouse.billing.ledger_schema import DAY_MS, ensure_schema
 from tollhouse.config import sqlite_path
 
-__all__ = ["FailureHook", "Ledger", "LedgerRow", "open_ledger"]
+__all__ = ["FailureHook", "Ledger", "LedgerRow", "LineTotal", "open_ledger"]
 
 FailureHook = Callable[[str], None]
 """Called with ``"before_commit"`` / ``"after_commit"``; tests raise from it to simulate a crash."""
 
-_DDL = """
-CREATE TABLE IF NOT EXISTS ledger_usage (
-    seq {serial},
-    usage_id TEXT NOT NULL UNIQUE,
-    customer TEXT NOT NULL,
-    admitted_at_ms BIGINT NOT NULL,
-    billable INTEGER NOT NULL
-);
-CREATE TABLE IF NOT EXISTS ledger_units (
-    usage_id TEXT NOT NULL,
-    meter TEXT NOT NULL,
-    units BIGINT NOT NULL,
-    customer TEXT NOT NULL,
-    admitted_at_ms BIGINT NOT NULL,
-    seq BIGINT NOT NULL,
-    PRIMARY KEY (usage_id, meter)
-){without_rowid};
-CREATE INDEX IF NOT EXISTS ledger_units_cust_time
-    ON ledger_units (customer, admitted_at_ms, meter, units, seq);
-CREATE TABLE IF NOT EXISTS meter_cursor (source TEXT PRIMARY KEY, last_id BIGINT NOT NULL);
-CREATE TABLE IF NOT EXISTS invoices (
-    number TEXT PRIMARY KEY,
-    customer TEXT NOT NULL,
-    period TEXT NOT NULL,
-    upto_seq BIGINT NOT NULL,
-    document TEXT NOT NULL,
-    UNIQUE (customer, period)
-);
-CREATE TABLE IF NOT EXISTS billed (
-    invoice TEXT NOT NULL,
-    customer TEXT NOT NULL,
-    period TEXT NOT NULL,
-    meter TEXT NOT NULL,
-    quantity BIGINT NOT NULL,
-    PRIMARY KEY (invoice, period, meter)
-);
-"""
-
-_INSERT_USAGE = ("INSERT INTO ledger_usage (usage_id, customer, admitted_at_ms, billable) "
-                 "VALUES (?, ?, ?, ?) ON CONFLICT DO NOTHING")
-_INSERT_UNITS = ("INSERT INTO ledger_units (usage_id, meter, units, customer, admitted_at_ms, seq) "
-                 "SELECT usage_id, ?, ?, customer, admitted_at_ms, seq FROM ledger_usage "
-                 "WHERE usage_id = ? AND billable = 1 ON CONFLICT DO NOTHING")
+_UPSERT = ("INSERT INTO ledger_buckets (customer, meter, day, gen, units, records, first_ms, h_hi,"
+           " h_lo) {source} ON CONFLICT (customer, meter, day, gen) DO UPDATE SET"
+           " units = ledger_buckets.units + excluded.units,"
+           " records = ledger_buckets.records + excluded.records,"
+           " first_ms = {least}(ledger_buckets.first_ms, excluded.first_ms),"
+           " h_hi = (ledger_buckets.h_hi + excluded.h_hi"
+           " + (ledger_buckets.h_lo + excluded.h_lo) / 4294967296) % 4294967296,"
+           " h_lo = (ledger_buckets.h_lo + excluded.h_lo) % 4294967296")
 _SET_CURSOR = ("INSERT INTO meter_cursor (source, last_id) VALUES (?, ?) "
                "ON CONFLICT (source) DO UPDATE SET last_id = excluded.last_id")
-
-_IDS_SQLITE = ("SELECT usage_id FROM ledger_units WHERE customer = ? AND meter = ? AND"
-               " admitted_at_ms >= ? AND admitted_at_ms < ? AND seq > ? AND seq <= ?"
-               " ORDER BY usage_id")  # BINARY collation: byte order
-_IDS_PG = _IDS_SQLITE + ' COLLATE "C"'  # byte order, whatever the database's locale
+_RANGE = " AND day >= ? AND day < ? AND gen > ? AND gen <= ?"
 
 
 @dataclass(frozen=True, slots=True)
 class LedgerRow:
-    """One usage record as the ledger stores it."""
+    """One usage record as the ledger receives it."""
 
     usage_id: str
     customer: str
@@ -92,8 +61,22 @@ class LedgerRow:
     units: tuple[tuple[str, int], ...] = field(default=())
 
 
+@dataclass(frozen=True, slots=True)
+class LineTotal:
+    """One meter's usage over a range: units, records carrying it, digest of their usage ids."""
+
+    units: int
+    records: int
+    digest: str
+
+
 def _noop(_: str) -> None:
     return None
+
+
+def day_range(start_ms: int, end_ms: int) -> tuple[int, int]:
+    """``[start_ms, end_ms)`` as UTC days ``[first, last + 1)`` (end rounded up)."""
+    return start_ms // DAY_MS, -(-end_ms // DAY_MS)
 
 
 class Ledger:
@@ -102,24 +85,23 @@ class Ledger:
     def __init__(self, conn: Any, dialect: Literal["sqlite", "postgres"]) -> None:
         self.conn = conn
         self.dialect = dialect
-        with self.transaction():
-            for stmt in _DDL.split(";"):
-                if stmt.strip():
-                    self._exec(stmt.format(serial=self._serial(), without_rowid=(
-                        " WITHOUT ROWID" if dialect == "sqlite" else "")))
-
-    def _serial(self) -> str:
-        return ("INTEGER PRIMARY KEY AUTOINCREMENT" if self.dialect == "sqlite"
-                else "BIGSERIAL PRIMARY KEY")
+        ensure_schema(self)
 
     def _sql(self, sql: str) -> str:
-        return sql if self.dialect == "sqlite" else sql.replace("?", "%s")
+        return sql if self.dialect == "sqlite" else sql.replace("%", "%%").replace("?", "%s")
 
-    def _exec(self, sql: str, params: Sequence[Any] = ()) -> Any:
+    def exec(self, sql: str, params: Sequence[Any] = ()) -> Any:
+        """Execute one statement (``?`` placeholders in both dialects); return the cursor."""
         return self.conn.execute(self._sql(sql), params)
 
-    def _one(self, sql: str, params: Sequence[Any] = ()) -> Any:
-        return self._exec(sql, params).fetchone()
+    def one(self, sql: str, params: Sequence[Any] = ()) -> Any:
+        """Execute and return the first row (or ``None``)."""
+        return self.exec(sql, params).fetchone()
+
+    def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
+        """Execute ``sql`` for each of ``rows`` (nothing for none)."""
+        if rows:
+            self.conn.cursor().executemany(self._sql(sql), rows)
 
     def transaction(self) -> AbstractContextManager[None]:
         """One atomic unit: commit on success, roll back on any exception."""
@@ -143,168 +125,183 @@ class Ledger:
         """Close the connection."""
         self.conn.close()
 
+    # -- generations ----------------------------------------------------------------------------
+
+    def write_gen(self) -> int:
+        """Inside a transaction: the generation to write into, locked until the commit (PG)."""
+        lock = " FOR UPDATE" if self.dialect == "postgres" else ""
+        return int(self.one(f"SELECT value FROM ledger_meta WHERE key = 'gen'{lock}")[0])  # noqa: S608 - constant SQL pieces, values bound
+
+    def max_seq(self) -> int:
+        """Return the newest generation (everything in the ledger is ``<=`` it)."""
+        return int(self.one("SELECT value FROM ledger_meta WHERE key = 'gen'")[0])
+
+    def seal(self) -> int:
+        """Close the current generation and return it: later records go to the next one."""
+        with self.transaction():
+            gen = self.write_gen()
+            self.exec("UPDATE ledger_meta SET value = ? WHERE key = 'gen'", (gen + 1,))
+        return gen
+
     # -- ingest ---------------------------------------------------------------------------------
+
+    def upsert_buckets(self, rows: Sequence[tuple[str, str, int, int, int, int, int, int, int]]
+                       ) -> None:
+        """Add ``(customer, meter, day, gen, units, records, first_ms, h_hi, h_lo)`` rows."""
+        self.executemany(self.upsert_sql("VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"), rows)
+
+    def upsert_sql(self, source: str) -> str:
+        """The bucket upsert statement fed by ``source`` (``VALUES`` or a ``SELECT``)."""
+        return _UPSERT.format(source=source, least="min" if self.dialect == "sqlite" else "LEAST")
 
     def insert_rows(self, rows: Sequence[LedgerRow], *, cursor: tuple[str, int] | None = None,
                     hook: FailureHook = _noop) -> int:
-        """Insert ``rows`` (duplicates ignored) and move ``cursor`` in one transaction.
+        """Insert ``rows`` (duplicates ignored, the first arrival wins) and move ``cursor``.
 
-        Returns how many rows were new. ``hook`` runs just before and just after the commit.
+        One transaction. Returns how many rows were new. ``hook`` runs just before and just
+        after the commit.
         """
         with self.transaction():
-            if self.dialect == "postgres":  # serialise writers: seq order == commit order
-                self._exec("LOCK TABLE ledger_usage IN EXCLUSIVE MODE")
-            cur = self.conn.cursor()
-            cur.executemany(self._sql(_INSERT_USAGE),
-                            [(r.usage_id, r.customer, r.admitted_at_ms, int(r.billable))
-                             for r in rows])
-            new = max(0, int(cur.rowcount))
-            cur.executemany(self._sql(_INSERT_UNITS),
-                            [(m, u, r.usage_id) for r in rows for m, u in r.units])
+            gen = self.write_gen()
+            fresh = self._fresh(rows)
+            self.executemany("INSERT INTO ledger_ids (usage_id, customer, admitted_at_ms, gen,"
+                             " billable) VALUES (?, ?, ?, ?, ?)",
+                             [(r.usage_id, r.customer, r.admitted_at_ms, gen, int(r.billable))
+                              for r in fresh])
+            self.upsert_buckets(_aggregate(fresh, gen))
             if cursor is not None:
-                self._exec(_SET_CURSOR, cursor)
+                self.exec(_SET_CURSOR, cursor)
             hook("before_commit")
         hook("after_commit")
-        return new
+        return len(fresh)
+
+    def _fresh(self, rows: Sequence[LedgerRow]) -> list[LedgerRow]:
+        first: dict[str, LedgerRow] = {}
+        for r in rows:
+            first.setdefault(r.usage_id, r)
+        ids = list(first)
+        for i in range(0, len(ids), 500):
+            chunk = ids[i:i + 500]
+            marks = ", ".join("?" * len(chunk))
+            for (uid,) in self.exec(f"SELECT usage_id FROM ledger_ids WHERE usage_id IN ({marks})",  # noqa: S608 - constant SQL pieces, values bound
+                                    chunk):
+                first.pop(str(uid), None)
+        return list(first.values())
 
     def copy_sqlite_meter(self, meter_path: str, source: str, *, batch: int = 50_000,
                           hook: FailureHook = _noop) -> int:
-        """SQLite ledger only: copy meter rows past the cursor with INSERT ... SELECT, batched.
+        """SQLite ledger only: copy meter rows past the cursor in SQL, batched (exactly once)."""
+        from tollhouse.billing.ledger_copy import copy_sqlite_meter
 
-        Each batch inserts and moves the cursor in one transaction (exactly once). Returns the
-        number of meter rows read.
-        """
-        if self.dialect != "sqlite":
-            raise ValueError("copy_sqlite_meter needs a SQLite ledger")
-        uri = "file:" + urllib.parse.quote(str(Path(meter_path).resolve())) + "?mode=ro"
-        self.conn.execute("ATTACH DATABASE ? AS m", (uri,))
-        try:
-            return self._copy_batches(source, batch, hook)
-        finally:
-            self.conn.execute("DETACH DATABASE m")
-
-    def _copy_batches(self, source: str, batch: int, hook: FailureHook) -> int:
-        total = 0
-        while True:
-            last = self.get_cursor(source)
-            top = self._one("SELECT MAX(id) FROM (SELECT id FROM m.usage WHERE id > ? "
-                            "ORDER BY id LIMIT ?)", (last, batch))[0]
-            if top is None:
-                return total
-            with self.transaction():
-                self._exec("INSERT INTO ledger_usage (usage_id, customer, admitted_at_ms, billable)"
-                           " SELECT usage_id, customer, admitted_at_ms, billable FROM m.usage"
-                           " WHERE id > ? AND id <= ? ORDER BY id ON CONFLICT DO NOTHING",
-                           (last, top))
-                self._exec("INSERT INTO ledger_units (usage_id, meter, units, customer,"
-                           " admitted_at_ms, seq) SELECT l.usage_id, uu.meter, uu.units,"
-                           " l.customer, l.admitted_at_ms, l.seq FROM m.usage u"
-                           " JOIN m.usage_units uu ON uu.usage_id = u.usage_id"
-                           " JOIN ledger_usage l ON l.usage_id = u.usage_id"
-                           " WHERE u.id > ? AND u.id <= ? AND l.billable = 1"
-                           " ON CONFLICT DO NOTHING", (last, top))
-                n = self._one("SELECT COUNT(*) FROM m.usage WHERE id > ? AND id <= ?",
-                              (last, top))[0]
-                self._exec(_SET_CURSOR, (source, top))
-                hook("before_commit")
-            hook("after_commit")
-            total += int(n)
+        return copy_sqlite_meter(self, meter_path, source, batch=batch, hook=hook)
 
     def get_cursor(self, source: str) -> int:
         """Return the last meter id copied from ``source`` (0 if none)."""
-        row = self._one("SELECT last_id FROM meter_cursor WHERE source = ?", (source,))
+        row = self.one("SELECT last_id FROM meter_cursor WHERE source = ?", (source,))
         return 0 if row is None else int(row[0])
 
-    # -- aggregates (streaming SQL; never all records in memory) --------------------------------
+    # -- aggregates (bucket rows only; never a scan of usage ids) -------------------------------
 
-    def max_seq(self) -> int:
-        """Return the newest ledger ``seq`` (0 when empty)."""
-        row = self._one("SELECT MAX(seq) FROM ledger_usage")
-        return int(row[0] or 0)
+    def meter_lines(self, customer: str, start_ms: int, end_ms: int, *, min_seq: int = 0,
+                    max_seq: int | None = None) -> dict[str, LineTotal]:
+        """``{meter: LineTotal}`` admitted in ``[start_ms, end_ms)``, generations in the range."""
+        top = self.max_seq() if max_seq is None else max_seq
+        rows = self.exec(
+            "SELECT meter, SUM(units), SUM(records), SUM(h_hi), SUM(h_lo) FROM ledger_buckets"  # noqa: S608 - constant SQL pieces, values bound
+            f" WHERE customer = ?{_RANGE} GROUP BY meter ORDER BY meter",
+            (customer, *day_range(start_ms, end_ms), min_seq, top))
+        return {str(m): LineTotal(int(u), int(n), from_lanes(int(hi), int(lo)))
+                for m, u, n, hi, lo in rows}
 
     def meter_totals(self, customer: str, start_ms: int, end_ms: int, *,
                      min_seq: int = 0, max_seq: int | None = None) -> dict[str, tuple[int, int]]:
         """``{meter: (units, records)}`` admitted in ``[start_ms, end_ms)``, seq in the range."""
-        top = self.max_seq() if max_seq is None else max_seq
-        rows = self._exec(
-            "SELECT meter, SUM(units), COUNT(*) FROM ledger_units WHERE customer = ? AND"
-            " admitted_at_ms >= ? AND admitted_at_ms < ? AND seq > ? AND seq <= ?"
-            " GROUP BY meter ORDER BY meter", (customer, start_ms, end_ms, min_seq, top))
-        return {str(m): (int(u), int(c)) for m, u, c in rows}
+        lines = self.meter_lines(customer, start_ms, end_ms, min_seq=min_seq, max_seq=max_seq)
+        return {m: (t.units, t.records) for m, t in lines.items()}
 
     def daily_totals(self, customer: str, start_ms: int, end_ms: int,
                      max_seq: int) -> list[tuple[int, str, int]]:
         """``(day index from start, meter, units)`` for the usage chart."""
-        rows = self._exec(
-            "SELECT (admitted_at_ms - ?) / 86400000 AS d, meter, SUM(units) FROM ledger_units"
-            " WHERE customer = ? AND admitted_at_ms >= ? AND admitted_at_ms < ? AND seq <= ?"
-            " GROUP BY d, meter ORDER BY d, meter", (start_ms, customer, start_ms, end_ms, max_seq))
+        first, last = day_range(start_ms, end_ms)
+        rows = self.exec(
+            "SELECT day - ?, meter, SUM(units) FROM ledger_buckets WHERE customer = ?"
+            " AND day >= ? AND day < ? AND gen <= ? GROUP BY day, meter ORDER BY day, meter",
+            (first, customer, first, last, max_seq))
         return [(int(d), str(m), int(u)) for d, m, u in rows]
-
-    def usage_ids(self, customer: str, meter: str, start_ms: int, end_ms: int, *,
-                  min_seq: int, max_seq: int) -> Iterator[str]:
-        """Stream the usage_ids behind one line, sorted, streamed."""
-        sql = self._sql(_IDS_SQLITE if self.dialect == "sqlite" else _IDS_PG)
-        params = (customer, meter, start_ms, end_ms, min_seq, max_seq)
-        if self.dialect == "postgres":
-            with self.conn.transaction(), self.conn.cursor(name="usage_ids") as cur:
-                cur.itersize = 10_000
-                cur.execute(sql, params)
-                for (uid,) in cur:
-                    yield str(uid)
-            return
-        cur = self.conn.execute(sql, params)
-        while rows := cur.fetchmany(8192):
-            yield from [uid for (uid,) in rows]
 
     def first_admitted_ms(self, customer: str, before_ms: int, *, min_seq: int, max_seq: int,
                           after_ms: int = -(2**62)) -> int | None:
-        """Return the earliest admission in ``[after_ms, before_ms)`` among seq in the range."""
-        row = self._one(
-            "SELECT MIN(admitted_at_ms) FROM ledger_units WHERE customer = ? AND"
-            " admitted_at_ms >= ? AND admitted_at_ms < ? AND seq > ? AND seq <= ?",
-            (customer, after_ms, before_ms, min_seq, max_seq))
+        """Return the earliest billable admission in ``[after_ms, before_ms)``, gens in range."""
+        row = self.one(f"SELECT MIN(first_ms) FROM ledger_buckets WHERE customer = ?{_RANGE}",  # noqa: S608 - constant SQL pieces, values bound
+                       (customer, *day_range(after_ms, before_ms), min_seq, max_seq))
         return None if row is None or row[0] is None else int(row[0])
 
     def customers_with_usage(self, start_ms: int, end_ms: int) -> list[str]:
         """List customers with billable units admitted in ``[start_ms, end_ms)``."""
-        rows = self._exec("SELECT DISTINCT customer FROM ledger_units WHERE admitted_at_ms >= ?"
-                          " AND admitted_at_ms < ? ORDER BY customer", (start_ms, end_ms))
+        rows = self.exec("SELECT DISTINCT customer FROM ledger_buckets WHERE day >= ?"
+                         " AND day < ? ORDER BY customer", day_range(start_ms, end_ms))
         return [str(c) for (c,) in rows]
+
+    def usage_ids(self, customer: str, start_ms: int, end_ms: int, *, min_seq: int = 0,
+                  max_seq: int | None = None) -> list[str]:
+        """The billable usage ids of a customer admitted in the range, sorted (tracing; a scan)."""
+        top = self.max_seq() if max_seq is None else max_seq
+        rows = self.exec("SELECT usage_id FROM ledger_ids WHERE customer = ? AND billable = 1"
+                         " AND admitted_at_ms >= ? AND admitted_at_ms < ? AND gen > ?"
+                         " AND gen <= ?", (customer, start_ms, end_ms, min_seq, top))
+        return sorted(str(u) for (u,) in rows)
 
     # -- invoices: issued once, never changed ---------------------------------------------------
 
     def get_invoice(self, customer: str, period: str) -> str | None:
         """Return the issued invoice document for ``(customer, period)``, if any."""
-        row = self._one("SELECT document FROM invoices WHERE customer = ? AND period = ?",
-                        (customer, period))
+        row = self.one("SELECT document FROM invoices WHERE customer = ? AND period = ?",
+                       (customer, period))
         return None if row is None else str(row[0])
 
     def last_invoice(self, customer: str) -> tuple[str, int] | None:
         """``(period, upto_seq)`` of the customer's latest issued invoice."""
-        row = self._one("SELECT period, upto_seq FROM invoices WHERE customer = ?"
-                        " ORDER BY period DESC LIMIT 1", (customer,))
+        row = self.one("SELECT period, upto_seq FROM invoices WHERE customer = ?"
+                       " ORDER BY period DESC LIMIT 1", (customer,))
         return None if row is None else (str(row[0]), int(row[1]))
 
     def billed_quantity(self, customer: str, period: str, meter: str) -> int:
         """Units of ``meter`` already billed for ``period`` (its invoice plus adjustments)."""
-        row = self._one("SELECT SUM(quantity) FROM billed WHERE customer = ? AND period = ?"
-                        " AND meter = ?", (customer, period, meter))
+        row = self.one("SELECT SUM(quantity) FROM billed WHERE customer = ? AND period = ?"
+                       " AND meter = ?", (customer, period, meter))
         return int(row[0] or 0)
 
     def issue(self, number: str, customer: str, period: str, upto_seq: int, document: str,
               billed: Sequence[tuple[str, str, int]]) -> bool:
         """Record an issued invoice and its billed quantities; ``False`` if already issued."""
         with self.transaction():
-            if self._one("SELECT 1 FROM invoices WHERE number = ? OR (customer = ? AND"
-                         " period = ?)", (number, customer, period)) is not None:
+            if self.one("SELECT 1 FROM invoices WHERE number = ? OR (customer = ? AND"
+                        " period = ?)", (number, customer, period)) is not None:
                 return False
-            self._exec("INSERT INTO invoices (number, customer, period, upto_seq, document)"
-                       " VALUES (?, ?, ?, ?, ?)", (number, customer, period, upto_seq, document))
-            for p, meter, qty in billed:
-                self._exec("INSERT INTO billed (invoice, customer, period, meter, quantity)"
-                           " VALUES (?, ?, ?, ?, ?)", (number, customer, p, meter, qty))
+            self.exec("INSERT INTO invoices (number, customer, period, upto_seq, document)"
+                      " VALUES (?, ?, ?, ?, ?)", (number, customer, period, upto_seq, document))
+            self.executemany("INSERT INTO billed (invoice, customer, period, meter, quantity)"
+                             " VALUES (?, ?, ?, ?, ?)",
+                             [(number, customer, p, meter, qty) for p, meter, qty in billed])
         return True
+
+
+def _aggregate(rows: Sequence[LedgerRow], gen: int
+               ) -> list[tuple[str, str, int, int, int, int, int, int, int]]:
+    acc: dict[tuple[str, str, int], list[int]] = {}
+    for r in rows:
+        if not r.billable:
+            continue
+        h = id_hash(r.usage_id)
+        for meter, units in r.units:
+            b = acc.setdefault((r.customer, meter, r.admitted_at_ms // DAY_MS),
+                               [0, 0, r.admitted_at_ms, 0])
+            b[0] += units
+            b[1] += 1
+            b[2] = min(b[2], r.admitted_at_ms)
+            b[3] += h
+    return [(c, m, d, gen, u, n, first, *divmod(h % (LANE * LANE), LANE))
+            for (c, m, d), (u, n, first, h) in acc.items()]
 
 
 def open_ledger(url: str, *, connect_timeout_s: float = 10.0) -> Ledger:
@@ -317,6 +314,8 @@ def open_ledger(url: str, *, connect_timeout_s: float = 10.0) -> Ledger:
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute("PRAGMA synchronous=FULL")
         conn.execute("PRAGMA cache_size=-65536")  # 64 MiB of page cache for big batches
+        conn.execute("PRAGMA wal_autocheckpoint=10000")  # ~40 MiB: hot pages checkpointed less
+        conn.create_function("th_id_hash", 1, sql_id_hash, deterministic=True)
         return Ledger(conn, "sqlite")
     if url.startswith(("postgresql://", "postgres://")):
         import psycopg

@@ -98,7 +98,7 @@ def _charge_rows(doc: dict[str, Any]) -> list[str]:
         unit = _money(cur, ln["unit_price"]) if ln["unit_price"] is not None else ""
         if ln.get("package_size"):
             unit += f" per {_qty(ln['package_size'])}"
-        rows.append(f'<tr><td>{escape(ln["meter"])}{inc}<br><code>sha256 {ln["digest"]}</code>'
+        rows.append(f'<tr><td>{escape(ln["meter"])}{inc}<br><code>{_digest(ln["digest"])}</code>'
                     f'</td><td class="n">{_qty(ln["quantity"])}</td><td class="n">{unit}</td>'
                     f'<td class="n">{_money(cur, ln["amount"])}</td></tr>')
         for t in ln["tiers"]:
@@ -112,6 +112,11 @@ def _charge_rows(doc: dict[str, Any]) -> list[str]:
     return rows
 
 
+def _digest(d: str) -> str:
+    """Digests name their scheme (``blake2b-sum64:...``); the previous release's: SHA-256 hex."""
+    return escape(d) if ":" in d else f"sha256 {d}"
+
+
 def _total_rows(doc: dict[str, Any]) -> list[str]:
     cur = doc["currency"]
     rows = [f'<tr class="sum"><td colspan="3">Subtotal</td>'
@@ -122,7 +127,7 @@ def _total_rows(doc: dict[str, Any]) -> list[str]:
     for a in doc["adjustments"]:
         rows.append(f'<tr><td colspan="2">Usage of {escape(a["period"])} not billed before: '
                     f'{_qty(a["quantity"])} {escape(a["meter"])}<br>'
-                    f'<code>sha256 {a["digest"]}</code></td><td></td>'
+                    f'<code>{_digest(a["digest"])}</code></td><td></td>'
                     f'<td class="n">{_money(cur, a["amount"])}</td></tr>')
     rows.append(f'<tr class="sum total"><td colspan="3">Total</td>'
                 f'<td class="n">{_money(cur, doc["total"])}</td></tr>')

@@ -1,8 +1,9 @@
-"""The one object the app wires: spool + finaliser + forwarder + access-log ingest."""
+"""The one object the app wires: spool (fact log + finaliser) + forwarder + access-log ingest."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 import time
 from collections import Counter as Tally
@@ -12,9 +13,11 @@ from typing import TYPE_CHECKING
 
 from tollhouse.config import Config
 from tollhouse.logs import get_logger
+from tollhouse.metering.join import Applied
 from tollhouse.metering.metrics import (
     ENTRIES_IGNORED,
     HOOK_ERRORS,
+    SERVED_ORPHANS,
     SINK_ERRORS,
     SINK_SENT,
     SPOOL_PENDING,
@@ -24,7 +27,7 @@ from tollhouse.metering.metrics import (
 from tollhouse.metering.policy import Finalizer, LogEntry
 from tollhouse.metering.schema import UsageRecord, state_name
 from tollhouse.metering.sinks import MeterSink, SinkError, open_sink
-from tollhouse.metering.spool import ApplyResult, Spool, SpoolError, new_usage_id
+from tollhouse.metering.spool import Spool, SpoolError, new_usage_id
 
 if TYPE_CHECKING:
     from tollhouse.envoy.als import AccessLogServicer
@@ -34,9 +37,8 @@ __all__ = ["DEFAULT_SPOOL_DIR", "Metering"]
 log = get_logger(__name__)
 
 DEFAULT_SPOOL_DIR = Path("tollhouse-spool")
-SENT_RETENTION_S = 3600.0  # acknowledged records stay this long, so late duplicates are ignored
 _MAX_INFLIGHT_ENTRIES = 50_000  # above this, ingest waits for the writer (backpressure)
-_HOUSEKEEPING_S = 5.0
+_HOUSEKEEPING_S = 1.0
 
 
 def _count_final(records: Sequence[UsageRecord]) -> None:
@@ -64,8 +66,8 @@ class Metering:
         self._finalizer = Finalizer(cfg)
         self.spool = Spool(
             cfg.metering.spool or DEFAULT_SPOOL_DIR,
-            group_commit_ms=cfg.metering.group_commit_ms,
-            clock=clock,
+            finalizer=lambda: self._finalizer, on_applied=self._applied, clock=clock,
+            instance=instance, group_commit_ms=cfg.metering.group_commit_ms,
         )
         self._sink = sink
         self._max_backoff_s = max_backoff_s
@@ -78,7 +80,7 @@ class Metering:
     # ---- lifecycle -------------------------------------------------------------------------
 
     async def start(self) -> None:
-        """Open the spool (resuming whatever it holds) and start forwarding to the meter."""
+        """Open the spool (replaying whatever it holds) and start forwarding to the meter."""
         await self.spool.open()
         if self._sink is None:
             self._sink = open_sink(self._cfg.metering.meter)
@@ -94,6 +96,8 @@ class Metering:
         budget = min(self._cfg.shutdown_grace_s, 5.0) if deadline_s is None else deadline_s
         drained = False
         if not self.spool.closed:
+            with contextlib.suppress(SpoolError):
+                await self.spool.log.barrier()  # facts queued before stop are joined first
             drained = await self._drain(budget)
             await self.spool.close()
         if self._sink is not None:
@@ -135,7 +139,7 @@ class Metering:
         )
 
     async def reserve(self, record: UsageRecord) -> None:
-        """Write the reservation durably; raise :class:`SpoolError` if it cannot be written."""
+        """Write the reserved fact durably; raise :class:`SpoolError` if it cannot be written."""
         await self.spool.reserve(record)
 
     # ---- the access log --------------------------------------------------------------------
@@ -147,30 +151,28 @@ class Metering:
         return AccessLogServicer(self)
 
     async def ingest(self, entries: Sequence[LogEntry]) -> None:
-        """Queue entries (with usage ids) for finalisation; waits only under heavy backlog."""
+        """Write served facts for entries (with usage ids); waits only under heavy backlog."""
         if not entries:
             return
-        now_ms = int(self._clock() * 1000)
-        fut = self.spool.submit_entries(entries, now_ms, self._finalizer)
-        self._inflight += len(entries)
+        fut = self.spool.served(entries, int(self._clock() * 1000))
+        if fut is None:
+            return
         n = len(entries)
-        fut.add_done_callback(lambda f: self._applied(f, n))
+        self._inflight += n
+        fut.add_done_callback(lambda f: self._written(f, n))
         if self._inflight > _MAX_INFLIGHT_ENTRIES:
             await asyncio.wait([fut])
 
-    def _applied(self, fut: asyncio.Future[ApplyResult], n: int) -> None:
+    def _written(self, fut: asyncio.Future[None], n: int) -> None:
         self._inflight -= n
-        if fut.cancelled():
-            return
-        err = fut.exception()
-        if err is not None:
-            log.error("metering.ingest_failed", error=type(err).__name__, entries=n)
-            return
-        res = fut.result()
+        if not fut.cancelled() and fut.exception() is not None:
+            ENTRIES_IGNORED.labels(reason="error").inc(n)
+            log.error("metering.ingest_failed", error=type(fut.exception()).__name__, entries=n)
+
+    def _applied(self, res: Applied) -> None:
+        """Facts became durable and were joined: count, and tell the quota hook."""
         if res.duplicate:
             ENTRIES_IGNORED.labels(reason="duplicate").inc(res.duplicate)
-        if res.unknown:
-            ENTRIES_IGNORED.labels(reason="unknown").inc(res.unknown)
         if res.errors:
             ENTRIES_IGNORED.labels(reason="error").inc(res.errors)
         _count_final(res.finalized)
@@ -210,39 +212,42 @@ class Metering:
             await asyncio.sleep(delay)
 
     async def tick(self) -> int:
-        """One round: expire overdue reservations, forward full batches, housekeeping."""
+        """One round: expire overdue reservations and orphans, forward full batches."""
         now = self._clock()
+        await self.spool.log.barrier()  # every fact received before `now` is joined first
         now_ms = int(now * 1000)
         cutoff = now_ms - int(self._cfg.metering.unconfirmed_after_s * 1000)
-        expired = await self.spool.expire(cutoff, now_ms, self._finalizer)
+        expired, orphans = await self.spool.expire(cutoff, now_ms, self._finalizer)
         _count_final(expired)
+        if orphans:
+            SERVED_ORPHANS.inc(orphans)
+            ENTRIES_IGNORED.labels(reason="unknown").inc(orphans)
+            log.warning("metering.served_without_reservation", facts=orphans)
         sent = 0
         batch = self._cfg.metering.batch_size
-        for _ in range(20):  # bounded, so expiry and housekeeping keep running under load
+        for _ in range(20):  # bounded, so expiry keeps running under load
             n = await self.forward_once()
             sent += n
             if n < batch:
                 break
         if now - self._last_housekeeping >= _HOUSEKEEPING_S:
             self._last_housekeeping = now
-            await self.spool.prune(now_ms - int(SENT_RETENTION_S * 1000))
-            counts = await self.spool.counts()
-            SPOOL_PENDING.set(counts["RESERVED"])
-            SPOOL_UNSENT.set(counts["unsent"])
+            SPOOL_PENDING.set(self.spool.join.pending_count)
+            SPOOL_UNSENT.set(self.spool.join.unsent_count)
         return sent
 
     async def forward_once(self) -> int:
-        """Send one batch of final records to the meter; mark them sent only after the ack."""
+        """Send one batch of final records to the meter; they are done only after the ack."""
         if self._sink is None:
             raise SinkError("metering is not started")
-        records = await self.spool.unsent(self._cfg.metering.batch_size)
+        records = self.spool.join.unsent(self._cfg.metering.batch_size)
         if not records:
             return 0
         try:
             await asyncio.wait_for(self._sink.send(records), self._send_timeout_s)
         except TimeoutError as e:
             raise SinkError("the meter did not acknowledge in time") from e
-        await self.spool.mark_sent([r.usage_id for r in records], int(self._clock() * 1000))
+        self.spool.join.acknowledged([r.usage_id for r in records])
         SINK_SENT.inc(len(records))
         return len(records)
 

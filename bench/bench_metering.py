@@ -56,7 +56,7 @@ async def _until(m: Metering, key: str, value: int, timeout_s: float = 600.0) ->
     while (await m.spool.counts())[key] != value:
         if time.monotonic() > deadline:
             raise TimeoutError(f"{key} never reached {value}")
-        await asyncio.sleep(0.002)
+        await asyncio.sleep(0.02)
 
 
 async def run(records: int, concurrency: int, batch: int, workdir: Path) -> dict[str, Any]:

@@ -54,6 +54,9 @@ class _Unsent:
     segments: tuple[int, ...]
 
 
+_NOWHERE = Applied()  # for records finalised outside a batch (the sweep returns its own list)
+
+
 class Join:
     """The join state of one process. Not thread-safe: use it from the event loop only."""
 
@@ -65,6 +68,7 @@ class Join:
         self._orphans: dict[str, tuple[Served, int]] = {}
         self._orphans_due: list[tuple[int, str]] = []
         self._unsent: dict[str, _Unsent] = {}
+        self._unsent_states: Tally[int] = Tally()
         self._recent: OrderedDict[str, tuple[int, bytes]] = OrderedDict()
         self._recent_states: Tally[int] = Tally()
         self._open: dict[int, int] = {}
@@ -181,6 +185,7 @@ class Join:
         self, rec: UsageRecord, segs: tuple[int, ...], out: Applied, *, count: bool = True
     ) -> None:
         self._unsent[rec.usage_id] = _Unsent(rec, segs)
+        self._unsent_states[int(rec.state)] += 1
         if count:
             out.finalized.append(rec)
 
@@ -200,7 +205,7 @@ class Join:
             if pending is None:
                 continue  # joined meanwhile
             rec = fin.expire(UsageRecord.FromString(pending.fact.record), now_ms)
-            self._unsent[uid] = _Unsent(rec, (pending.segment,))
+            self._finish(rec, (pending.segment,), _NOWHERE, count=False)
             records.append(rec)
         orphans = 0
         while self._orphans_due and self._orphans_due[0][0] <= cutoff_ms:
@@ -229,6 +234,7 @@ class Join:
             if u is None:
                 continue
             state = int(u.record.state)
+            self._unsent_states[state] -= 1
             self._recent[uid] = (state, u.record.SerializeToString())
             self._recent_states[state] += 1
             for seg in u.segments:
@@ -243,9 +249,7 @@ class Join:
         """Records by state (pending, unsent, recent), ``unsent`` and ``orphans``."""
         out = {name: 0 for name in UsageRecord.State.keys()}  # noqa: SIM118 (proto enum API)
         out["RESERVED"] = len(self._pending)
-        for u in self._unsent.values():
-            out[UsageRecord.State.Name(u.record.state)] += 1
-        for state, n in self._recent_states.items():
+        for state, n in (self._unsent_states + self._recent_states).items():
             out[UsageRecord.State.Name(state)] += n  # type: ignore[arg-type,unused-ignore]
         out["unsent"] = len(self._unsent)
         out["orphans"] = len(self._orphans)

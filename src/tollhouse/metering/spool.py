@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import random
 import time
-import uuid
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -40,10 +41,17 @@ __all__ = ["LEGACY_SPOOL_FILE", "Spool", "SpoolError", "new_usage_id"]
 log = get_logger(__name__)
 
 
+# Usage ids need uniqueness, not secrecy (a client never chooses one: Envoy carries ours in the
+# ext_authz metadata): 80 bits from a PRNG seeded from the OS per process, instead of a getrandom
+# syscall per Check (uuid4 cost ~8 us on this machine's VM).
+_ids = random.Random(os.urandom(32))  # noqa: S311
+os.register_at_fork(after_in_child=lambda: _ids.seed(os.urandom(32)))
+
+
 def new_usage_id(now_s: float | None = None) -> str:
     """Return a fresh usage id: 32 hex digits, time-ordered prefix (uuid7-like), random tail."""
     ms = int((time.time() if now_s is None else now_s) * 1000) & 0xFFFF_FFFF_FFFF
-    return f"{ms:012x}{uuid.uuid4().hex[12:]}"
+    return f"{ms:012x}{_ids.getrandbits(80):020x}"
 
 
 def _replay(directory: Path) -> tuple[list[tuple[int, Fact]], list[int], list[Fact] | None]:

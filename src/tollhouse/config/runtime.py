@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, field_validator
 
@@ -24,6 +25,7 @@ class MeteringConfig(_Model):
     flush_interval_ms: int = Field(default=200, gt=0)
     batch_size: int = Field(default=500, gt=0, le=10_000)
     group_commit_ms: float = Field(default=0.0, ge=0)
+    join: Literal["auto", "local", "redis"] = "auto"  # auto: redis when the meter is Redis
 
     @field_validator("meter")
     @classmethod

@@ -24,6 +24,8 @@ __all__ = [
     "encode_final",
     "encode_reserved",
     "encode_served",
+    "served_from_message",
+    "served_message",
 ]
 
 _TAG_RESERVED = b"\x0a"  # field 1, length-delimited
@@ -81,20 +83,26 @@ def encode_final(record: UsageRecord) -> bytes:
 
 def encode_served(fact: Served, meter_headers: Iterable[str]) -> bytes:
     """``UsageFact{served}``, keeping only the response headers that header meters read."""
+    return UsageFact(served=served_message(fact, meter_headers)).SerializeToString()
+
+
+def served_message(fact: Served, meter_headers: Iterable[str]) -> ServedFact:
+    """The ``ServedFact`` message of a fact, keeping only the headers that meters read."""
     e = fact.entry
     headers = {h: e.response_headers[h] for h in meter_headers if h in e.response_headers}
-    return UsageFact(served=ServedFact(
-        usage_id=e.usage_id, response_code=e.response_code, request_bytes=e.request_bytes,
-        response_bytes=e.response_bytes, duration_us=e.duration_us,
-        upstream_served=e.upstream_served, response_flags=e.response_flags,
-        request_id=e.request_id, meter_headers=headers, received_at_ms=fact.received_ms,
-        instance=fact.instance,
-    )).SerializeToString()
+    return ServedFact(
+        usage_id=e.usage_id or "", response_code=e.response_code,
+        request_bytes=e.request_bytes, response_bytes=e.response_bytes,
+        duration_us=e.duration_us, upstream_served=e.upstream_served,
+        response_flags=e.response_flags, request_id=e.request_id, meter_headers=headers,
+        received_at_ms=fact.received_ms, instance=fact.instance,
+    )
 
 
-def _served(s: ServedFact) -> Served:
+def served_from_message(s: ServedFact) -> Served:
+    """The plain fact of a ``ServedFact`` message (an empty usage id stays None)."""
     entry = LogEntry(
-        usage_id=s.usage_id, response_code=s.response_code, request_id=s.request_id,
+        usage_id=s.usage_id or None, response_code=s.response_code, request_id=s.request_id,
         request_bytes=s.request_bytes, response_bytes=s.response_bytes,
         duration_us=s.duration_us, upstream_served=s.upstream_served,
         response_flags=s.response_flags, response_headers=dict(s.meter_headers),
@@ -115,9 +123,9 @@ def decode_fact(payload: bytes) -> Fact:
             raise ValueError("a reserved fact without usage_id")
         return Reserved(r.usage_id, r.admitted_at_ms, r.request_id, r.SerializeToString())
     if kind == "served":
-        if not msg.served.usage_id:
-            raise ValueError("a served fact without usage_id")
-        return _served(msg.served)
+        if not msg.served.usage_id and not msg.served.request_id:
+            raise ValueError("a served fact without usage_id or request_id")
+        return served_from_message(msg.served)
     if kind == "final":
         if not msg.final.usage_id:
             raise ValueError("a final record without usage_id")

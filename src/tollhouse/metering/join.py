@@ -89,6 +89,14 @@ class Join:
             del self._open[seq]
             self._on_free(seq)
 
+    def hold(self, seq: int) -> None:
+        """One more open fact in segment ``seq`` (facts forwarded rather than joined here)."""
+        self._hold(seq)
+
+    def release(self, seq: int) -> None:
+        """A fact of segment ``seq`` is done (acknowledged downstream)."""
+        self._done(seq)
+
     def _hold(self, seq: int) -> None:
         self._open[seq] = self._open.get(seq, 0) + 1
 
@@ -151,7 +159,10 @@ class Join:
         heapq.heappush(self._due, (fact.admitted_ms, uid))
 
     def _served(self, fact: Served, seg: int, fin: Finalizer, now_ms: int, out: Applied) -> None:
-        uid = fact.entry.usage_id or ""
+        uid = fact.entry.usage_id or self.pending_for_request(fact.entry.request_id) or ""
+        if not uid:  # a void by request id (written in redis mode) with nothing to void here
+            self._done(seg)
+            return
         pending = self._take_pending(uid)
         if pending is not None:
             rec = fin.confirm(UsageRecord.FromString(pending.fact.record), fact.entry, now_ms)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import random
 import time
 from collections import Counter as Tally
@@ -25,6 +26,7 @@ from tollhouse.metering.metrics import (
     USAGE_FINALIZED,
 )
 from tollhouse.metering.policy import Finalizer, LogEntry
+from tollhouse.metering.redis_join import RedisJoin
 from tollhouse.metering.schema import UsageRecord, state_name
 from tollhouse.metering.sinks import MeterSink, SinkError, open_sink
 from tollhouse.metering.spool import Spool, SpoolError, new_usage_id
@@ -39,6 +41,21 @@ log = get_logger(__name__)
 DEFAULT_SPOOL_DIR = Path("tollhouse-spool")
 _MAX_INFLIGHT_ENTRIES = 50_000  # above this, ingest waits for the writer (backpressure)
 _HOUSEKEEPING_S = 1.0
+_DONE_TTL_S = 3600.0  # how long Redis remembers a finalised usage id (late duplicates ignored)
+
+
+def _remote_join(cfg: Config, sink: MeterSink | None) -> bool:
+    """Join facts in Redis: ``join: redis``, or ``auto`` with a Redis meter and no test sink."""
+    mode = cfg.metering.join
+    is_redis = cfg.metering.meter.startswith(("redis://", "rediss://"))
+    return mode == "redis" or (mode == "auto" and is_redis and sink is None)
+
+
+def _count_orphans(n: int) -> None:
+    if n:
+        SERVED_ORPHANS.inc(n)
+        ENTRIES_IGNORED.labels(reason="unknown").inc(n)
+        log.warning("metering.served_without_reservation", facts=n)
 
 
 def _count_final(records: Sequence[UsageRecord]) -> None:
@@ -64,12 +81,15 @@ class Metering:
         self._clock = clock
         self._instance = instance
         self._finalizer = Finalizer(cfg)
+        self.remote = _remote_join(cfg, sink)
         self.spool = Spool(
             cfg.metering.spool or DEFAULT_SPOOL_DIR,
             finalizer=lambda: self._finalizer, on_applied=self._applied, clock=clock,
             instance=instance, group_commit_ms=cfg.metering.group_commit_ms,
+            remote=self.remote,
         )
         self._sink = sink
+        self._rjoin: RedisJoin | None = None
         self._max_backoff_s = max_backoff_s
         self._send_timeout_s = send_timeout_s
         self._task: asyncio.Task[None] | None = None
@@ -82,7 +102,13 @@ class Metering:
     async def start(self) -> None:
         """Open the spool (replaying whatever it holds) and start forwarding to the meter."""
         await self.spool.open()
-        if self._sink is None:
+        if self.remote:
+            grace = self._cfg.metering.unconfirmed_after_s
+            self._rjoin = RedisJoin(
+                self._cfg.metering.meter, consumer=self._instance,
+                ttl_s=max(_DONE_TTL_S, 2 * grace), void_ttl_s=min(grace, 60.0),
+                timeout_s=self._send_timeout_s)
+        elif self._sink is None:
             self._sink = open_sink(self._cfg.metering.meter)
         self._task = asyncio.create_task(self._run(), name="tollhouse-metering")
         log.info("metering.started", spool=str(self.spool.path), meter=self._meter_name())
@@ -102,6 +128,8 @@ class Metering:
             await self.spool.close()
         if self._sink is not None:
             await self._sink.close()
+        if self._rjoin is not None:
+            await self._rjoin.close()
         log.info("metering.stopped", drained=drained)
         return drained
 
@@ -217,27 +245,43 @@ class Metering:
         await self.spool.log.barrier()  # every fact received before `now` is joined first
         now_ms = int(now * 1000)
         cutoff = now_ms - int(self._cfg.metering.unconfirmed_after_s * 1000)
-        expired, orphans = await self.spool.expire(cutoff, now_ms, self._finalizer)
-        _count_final(expired)
-        if orphans:
-            SERVED_ORPHANS.inc(orphans)
-            ENTRIES_IGNORED.labels(reason="unknown").inc(orphans)
-            log.warning("metering.served_without_reservation", facts=orphans)
-        sent = 0
-        batch = self._cfg.metering.batch_size
-        for _ in range(20):  # bounded, so expiry keeps running under load
-            n = await self.forward_once()
-            sent += n
-            if n < batch:
-                break
+        if self._rjoin is not None:
+            sent = await self._tick_remote(self._rjoin, cutoff)
+        else:
+            expired, orphans = await self.spool.expire(cutoff, now_ms, self._finalizer)
+            _count_final(expired)
+            _count_orphans(orphans)
+            sent = await self._forward_rounds()
         if now - self._last_housekeeping >= _HOUSEKEEPING_S:
             self._last_housekeeping = now
             SPOOL_PENDING.set(self.spool.join.pending_count)
-            SPOOL_UNSENT.set(self.spool.join.unsent_count)
+            unsent = len(self.spool.outbox) if self.remote else self.spool.join.unsent_count
+            SPOOL_UNSENT.set(unsent)
+        return sent
+
+    async def _forward_rounds(self) -> int:
+        sent = 0
+        for _ in range(20):  # bounded, so expiry keeps running under load
+            n = await self.forward_once()
+            sent += n
+            if n < self._cfg.metering.batch_size:
+                break
+        return sent
+
+    async def _tick_remote(self, rjoin: RedisJoin, cutoff_ms: int) -> int:
+        """Facts to Redis, the shared sweep once this replica has caught up, then finalise."""
+        sent = await self._forward_rounds()
+        if not self.spool.outbox:
+            expired, orphans = await rjoin.sweep(cutoff_ms)
+            _count_orphans(orphans)
+            if expired:
+                sent += await self._forward_rounds()
         return sent
 
     async def forward_once(self) -> int:
         """Send one batch of final records to the meter; they are done only after the ack."""
+        if self._rjoin is not None:
+            return await self._forward_remote_once(self._rjoin)
         if self._sink is None:
             raise SinkError("metering is not started")
         records = self.spool.join.unsent(self._cfg.metering.batch_size)
@@ -250,6 +294,22 @@ class Metering:
         self.spool.join.acknowledged([r.usage_id for r in records])
         SINK_SENT.inc(len(records))
         return len(records)
+
+    async def _forward_remote_once(self, rjoin: RedisJoin) -> int:
+        """One batch of local facts to the shared join, one batch of joined entries finalised."""
+        size = self._cfg.metering.batch_size
+        facts = [f for f, _ in itertools.islice(self.spool.outbox, size)]
+        if facts:
+            counts = await rjoin.send(facts, self._finalizer.header_names)
+            self.spool.forwarded(len(facts))
+            if counts.duplicate:
+                ENTRIES_IGNORED.labels(reason="duplicate").inc(counts.duplicate)
+        records, poison = await rjoin.finalise(self._finalizer, size)
+        if poison:
+            ENTRIES_IGNORED.labels(reason="error").inc(poison)
+        self._applied(Applied(finalized=records))
+        SINK_SENT.inc(len(records))
+        return max(len(facts), len(records) + poison)
 
     async def _drain(self, budget_s: float) -> bool:
         deadline = time.monotonic() + budget_s

@@ -15,6 +15,7 @@ import contextlib
 import os
 import random
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -83,6 +84,7 @@ class Spool:
         instance: str = "",
         group_commit_ms: float = 0.0,
         segment_bytes: int | None = None,
+        remote: bool = False,
     ) -> None:
         self.directory = Path(directory)
         self.path = self.directory  # what logs and reports name
@@ -91,6 +93,8 @@ class Spool:
         self._clock = clock
         self._instance = instance
         self.join = Join(self._free_segment)
+        self.remote = remote  # facts go to a shared finaliser (Redis), not to self.join
+        self.outbox: deque[tuple[Fact, int]] = deque()
         extra = {} if segment_bytes is None else {"segment_bytes": segment_bytes}
         self.log = FactLog(self.directory, on_durable=self._durable,
                            group_commit_ms=group_commit_ms, **extra)
@@ -112,7 +116,7 @@ class Spool:
         now_ms = int(self._clock() * 1000)
         fin = self._finalizer()
         for seq, group in _by_segment(facts):
-            self._on_applied(self.join.apply(group, seq, fin, now_ms))
+            self._take(group, seq, fin, now_ms)
         self.join.seal(self.log.active)
         if facts:
             log.info("spool.replayed", facts=len(facts), pending=self.join.pending_count,
@@ -176,7 +180,9 @@ class Spool:
         """
         facts: list[Served] = []
         for e in entries:
-            if e.usage_id is None:
+            if e.usage_id is None and self.remote:  # the reservation may be another replica's
+                e = void_entry("", e.request_id, e.response_flags or "no_metadata")
+            elif e.usage_id is None:
                 uid = self.join.pending_for_request(e.request_id)
                 if uid is None:
                     continue
@@ -204,10 +210,22 @@ class Spool:
         return records, orphans
 
     def _durable(self, w: Written) -> None:
-        applied = self.join.apply(w.metas, w.segment, self._finalizer(),
-                                  int(self._clock() * 1000))
+        self._take(w.metas, w.segment, self._finalizer(), int(self._clock() * 1000))
         self.join.seal(w.active)
-        self._on_applied(applied)
+
+    def _take(self, facts: Sequence[Fact], seq: int, fin: Finalizer, now_ms: int) -> None:
+        if not self.remote:
+            self._on_applied(self.join.apply(facts, seq, fin, now_ms))
+            return
+        for fact in facts:
+            self.join.hold(seq)
+            self.outbox.append((fact, seq))
+
+    def forwarded(self, n: int) -> None:
+        """The first ``n`` outbox facts were accepted by the shared finaliser: they are done."""
+        for _ in range(n):
+            _, seq = self.outbox.popleft()
+            self.join.release(seq)
 
     def _free_segment(self, seq: int) -> None:
         with contextlib.suppress(SpoolError):  # closed: replayed (and freed) at the next start
@@ -218,7 +236,11 @@ class Spool:
     async def counts(self) -> dict[str, int]:
         """Records by state, ``unsent`` and ``orphans``, once everything queued is applied."""
         await self.log.barrier()
-        return self.join.counts()
+        out = self.join.counts()
+        out["outbox"] = len(self.outbox)
+        if self.remote:
+            out["unsent"] = len(self.outbox)  # not yet accepted by the shared finaliser
+        return out
 
     async def get(self, usage_id: str) -> UsageRecord | None:
         """One record by id (pending, unsent or recently final), once queued facts are applied."""

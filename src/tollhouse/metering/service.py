@@ -94,6 +94,7 @@ class Metering:
         self._send_timeout_s = send_timeout_s
         self._task: asyncio.Task[None] | None = None
         self._inflight = 0
+        self._stopping = False
         self._last_housekeeping = float("-inf")
         self.on_confirmed: Callable[[UsageRecord], None] | None = None
 
@@ -116,8 +117,12 @@ class Metering:
     async def stop(self, deadline_s: float | None = None) -> bool:
         """Stop forwarding, send what can be sent within the deadline, close; True if all sent."""
         if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
+            self._stopping = True
+            # Cancel until it ends: Python 3.11's wait_for can swallow a cancellation that
+            # arrives as the awaited call completes (fixed in 3.12).
+            while not self._task.done():
+                self._task.cancel()
+                await asyncio.wait([self._task], timeout=0.1)
             self._task = None
         budget = min(self._cfg.shutdown_grace_s, 5.0) if deadline_s is None else deadline_s
         drained = False

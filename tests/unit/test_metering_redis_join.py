@@ -115,3 +115,24 @@ async def test_grace_sweep_and_orphans_are_decided_once(tmp_path: Path, url: str
     assert states == ["UNCONFIRMED"] * 5 + ["VOIDED"]
     assert sorted(r.usage_id for r in got) == sorted(r.usage_id for r in recs)
     assert all(r.billable == (r.state == UsageRecord.UNCONFIRMED) for r in got)
+
+
+async def test_void_by_request_id_before_its_reservation_arrives(tmp_path: Path, url: str) -> None:
+    """An entry without metadata that reaches Redis before its reservation still voids it."""
+    now = [2_000_000_000.0]
+    a = Metering(_cfg(tmp_path, "a", url), clock=lambda: now[0], instance="a")
+    b = Metering(_cfg(tmp_path, "b", url), clock=lambda: now[0], instance="b")
+    await a.start()
+    await b.start()
+    rec = a.build_reservation(customer="acme", plan="pro", feature="llm", method="POST",
+                              path="/v1/llm", request_id="rid-late", decision_id="d")
+    await b.ingest([LogEntry(None, response_code=503, request_id="rid-late")])
+    await b.tick()  # the void waits in Redis under its request id
+    await a.reserve(rec)
+    await a.tick()
+    await b.tick()
+    await a.stop(deadline_s=2)
+    await b.stop(deadline_s=2)
+    got = await _stream(url)
+    assert [(r.usage_id, r.state, r.billable) for r in got] == [
+        (rec.usage_id, UsageRecord.VOIDED, False)]

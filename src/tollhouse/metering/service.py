@@ -95,6 +95,7 @@ class Metering:
         self._task: asyncio.Task[None] | None = None
         self._inflight = 0
         self._stopping = False
+        self._forward_lock = asyncio.Lock()
         self._last_housekeeping = float("-inf")
         self.on_confirmed: Callable[[UsageRecord], None] | None = None
 
@@ -140,10 +141,10 @@ class Metering:
 
     def reconfigure(self, cfg: Config) -> None:
         """Apply a new config's billing policy to records finalised from now on."""
-        if (cfg.metering.spool, cfg.metering.meter) != (
-            self._cfg.metering.spool, self._cfg.metering.meter
+        if (cfg.metering.spool, cfg.metering.meter, cfg.metering.join) != (
+            self._cfg.metering.spool, self._cfg.metering.meter, self._cfg.metering.join
         ):
-            log.warning("metering.restart_needed", reason="spool or meter changed")
+            log.warning("metering.restart_needed", reason="spool, meter or join changed")
         self._cfg = cfg
         self._finalizer = Finalizer(cfg)
 
@@ -285,6 +286,10 @@ class Metering:
 
     async def forward_once(self) -> int:
         """Send one batch of final records to the meter; they are done only after the ack."""
+        async with self._forward_lock:  # the forwarder task, a manual tick() and stop() share it
+            return await self._forward_once()
+
+    async def _forward_once(self) -> int:
         if self._rjoin is not None:
             return await self._forward_remote_once(self._rjoin)
         if self._sink is None:

@@ -20,7 +20,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from tollhouse.logs import get_logger
-from tollhouse.metering.factlog import FactLog, SpoolError, Written, scan
+from tollhouse.metering.factlog import MAGIC, FactLog, SpoolError, Written, scan
 from tollhouse.metering.facts import (
     Fact,
     Final,
@@ -55,6 +55,11 @@ def new_usage_id(now_s: float | None = None) -> str:
     return f"{ms:012x}{_ids.getrandbits(80):020x}"
 
 
+def _has_magic(path: Path) -> bool:
+    with path.open("rb") as f:
+        return f.read(len(MAGIC)) == MAGIC
+
+
 def _replay(directory: Path) -> tuple[list[tuple[int, Fact]], list[int], list[Fact] | None]:
     """Blocking: the log's facts (torn tails cut), its segments, and a legacy spool's facts."""
     facts: list[tuple[int, Fact]] = []
@@ -67,7 +72,8 @@ def _replay(directory: Path) -> tuple[list[tuple[int, Fact]], list[int], list[Fa
     if bad:
         FACTLOG_CORRUPT.inc(bad)
         log.error("spool.undecodable_facts", facts=bad)
-    segments = sorted({int(p.name[6:-4]) for p in directory.glob("facts-*.log")})
+    segments = sorted(int(p.name[6:-4]) for p in directory.glob("facts-*.log")
+                      if p.name[6:-4].isdigit() and _has_magic(p))  # an unreadable segment is kept (logged), never deleted
     return facts, segments, read_legacy(directory)
 
 

@@ -72,8 +72,9 @@ def _replay(directory: Path) -> tuple[list[tuple[int, Fact]], list[int], list[Fa
     if bad:
         FACTLOG_CORRUPT.inc(bad)
         log.error("spool.undecodable_facts", facts=bad)
+    # A segment with an unreadable header is not tracked, so it is kept (logged), never deleted.
     segments = sorted(int(p.name[6:-4]) for p in directory.glob("facts-*.log")
-                      if p.name[6:-4].isdigit() and _has_magic(p))  # an unreadable segment is kept (logged), never deleted
+                      if p.name[6:-4].isdigit() and _has_magic(p))
     return facts, segments, read_legacy(directory)
 
 

@@ -232,10 +232,37 @@ class MultiEnvoy(EnvoyProcess):
         self._config_text = yaml.safe_dump(doc, sort_keys=False)
 
 
-def add_replica(stack: LocalStack, name: str) -> TollhouseProcess:
+class AlsToFirstEnvoy(MultiEnvoy):
+    """A :class:`MultiEnvoy` whose access log goes to the first replica only (own cluster).
+
+    As in a shared tollhouse Service: Checks are balanced over every replica, and the one
+    access-log stream lands on whichever replica it connected to.
+    """
+
+    def __init__(self, workdir: Path, ports: EnvoyPorts, replicas: Mapping[str, list[int]],
+                 template: str | None = None) -> None:
+        super().__init__(workdir, ports, replicas, template)
+        doc = yaml.safe_load(self._config_text)
+        clusters = doc["static_resources"]["clusters"]
+        als = copy.deepcopy(next(c for c in clusters if c["name"] == "tollhouse"))
+        als["name"] = als["load_assignment"]["cluster_name"] = "tollhouse_als"
+        eps = als["load_assignment"]["endpoints"][0]["lb_endpoints"]
+        del eps[1:]
+        clusters.append(als)
+        for listener in doc["static_resources"]["listeners"]:
+            for chain in listener["filter_chains"]:
+                for f in chain["filters"]:
+                    for logger in f.get("typed_config", {}).get("access_log", []):
+                        grpc = logger["typed_config"]["common_config"]["grpc_service"]
+                        grpc["envoy_grpc"]["cluster_name"] = "tollhouse_als"
+        self._config_text = yaml.safe_dump(doc, sort_keys=False)
+
+
+def add_replica(stack: LocalStack, name: str, *, als_to_first: bool = False) -> TollhouseProcess:
     """A second ``tollhouse serve`` with the stack's config on its own ports, spool and instance.
 
-    Also swaps the stack's (unstarted) Envoy for one that balances Checks over both replicas.
+    Also swaps the stack's (unstarted) Envoy for one that balances Checks over both replicas
+    (and, with ``als_to_first``, streams the access log to the first replica only).
     """
     grpc_port, admin_port = free_port(), free_port()
     config = dict(stack.config)
@@ -254,5 +281,6 @@ def add_replica(stack: LocalStack, name: str) -> TollhouseProcess:
     metering["spool"] = str(stack.workdir / name / "spool")
     config["metering"] = metering
     replica = TollhouseProcess(stack.workdir / name, config)
-    stack.envoy = MultiEnvoy(stack.workdir / "envoy", stack.envoy.ports, replicas, template)
+    kind = AlsToFirstEnvoy if als_to_first else MultiEnvoy
+    stack.envoy = kind(stack.workdir / "envoy", stack.envoy.ports, replicas, template)
     return replica

@@ -70,12 +70,13 @@ async def test_reconcile_joins_spool_and_meter(tmp_path: Path) -> None:
     sink = SqliteMeterSink(tmp_path / "m.db")
     await sink.send(_RECORDS[:4])
     await sink.close()
-    spool = Spool(tmp_path / "spool")
+    fin = Finalizer(parse_config({}))
+    spool = Spool(tmp_path / "spool", finalizer=lambda: fin, on_applied=lambda _: None)
     await spool.open()
     await spool.reserve(_rec("p1", "acme", 320, UsageRecord.RESERVED, requests=1))
     await spool.reserve(_rec("u1", "acme", 310, UsageRecord.RESERVED, requests=1))
     await spool.reserve(_rec("a1", "acme", 100, UsageRecord.RESERVED, requests=1))
-    await spool.expire(310, 400, Finalizer(parse_config({})))  # u1 and a1 -> UNCONFIRMED
+    await spool.expire(310, 400, fin)  # u1 and a1 -> UNCONFIRMED
     await spool.close()
     got = await reconcile(tmp_path / "spool", f"sqlite:///{tmp_path / 'm.db'}", 0, 1000)
     assert got == ReconcileReport(reserved=1, confirmed=3, voided=1, unconfirmed=1, unsent=1,

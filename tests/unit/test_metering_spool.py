@@ -9,9 +9,13 @@ import subprocess
 import sys
 import textwrap
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from tollhouse.config import parse_config
+from tollhouse.metering.join import Applied
+from tollhouse.metering.policy import Finalizer
 from tollhouse.metering.schema import UsageRecord
 from tollhouse.metering.spool import Spool, SpoolError, new_usage_id
 
@@ -23,14 +27,20 @@ def _rec(i: int = 0) -> UsageRecord:
     )
 
 
+def _spool(path: Path, **kw: Any) -> Spool:
+    fin = Finalizer(parse_config({}))
+    applied: list[Applied] = []
+    return Spool(path, finalizer=lambda: fin, on_applied=applied.append, **kw)
+
+
 async def test_reserve_survives_close_and_reopen(tmp_path: Path) -> None:
     """A reserved record is on disk after close without any flush, and reads back intact."""
-    spool = Spool(tmp_path, group_commit_ms=1)
+    spool = _spool(tmp_path, group_commit_ms=1)
     await spool.open()
     rec = _rec()
     await spool.reserve(rec)
     await spool.close()
-    again = Spool(tmp_path)
+    again = _spool(tmp_path)
     await again.open()
     got = await again.get(rec.usage_id)
     await again.close()
@@ -40,22 +50,21 @@ async def test_reserve_survives_close_and_reopen(tmp_path: Path) -> None:
 
 
 async def test_group_commit_batches_concurrent_reserves(tmp_path: Path) -> None:
-    """300 concurrent reserves are committed in far fewer transactions than records."""
-    spool = Spool(tmp_path, group_commit_ms=20)
+    """300 concurrent reserves are written with far fewer fdatasyncs than records."""
+    spool = _spool(tmp_path, group_commit_ms=20)
     await spool.open()
-    before = spool.stats.commits
+    before = spool.log.commits
     await asyncio.gather(*(spool.reserve(_rec(i)) for i in range(300)))
-    commits = spool.stats.commits - before
+    commits = spool.log.commits - before
     counts = await spool.counts()
     await spool.close()
-    assert spool.stats.reserves == 300
     assert counts["RESERVED"] == 300
     assert 1 <= commits <= 30
 
 
 async def test_closed_spool_raises_spool_error(tmp_path: Path) -> None:
     """Reserving on a closed spool is a SpoolError, never a silent success."""
-    spool = Spool(tmp_path)
+    spool = _spool(tmp_path)
     await spool.open()
     await spool.close()
     with pytest.raises(SpoolError):
@@ -64,7 +73,7 @@ async def test_closed_spool_raises_spool_error(tmp_path: Path) -> None:
 
 async def test_duplicate_usage_id_is_refused_and_original_kept(tmp_path: Path) -> None:
     """A second reserve with the same usage_id fails alone; the first record stays."""
-    spool = Spool(tmp_path)
+    spool = _spool(tmp_path)
     await spool.open()
     rec = _rec()
     await spool.reserve(rec)
@@ -82,38 +91,64 @@ async def test_duplicate_usage_id_is_refused_and_original_kept(tmp_path: Path) -
     assert got.customer == rec.customer
 
 
-async def test_full_spool_raises_and_keeps_what_was_acknowledged(tmp_path: Path) -> None:
-    """A full disk (simulated with SQLite's max_page_count) raises SpoolError; nothing OK is lost.
+_FULL_CHILD = textwrap.dedent("""
+    import asyncio, resource, signal, sys
+    from tollhouse.config import parse_config
+    from tollhouse.metering.policy import Finalizer
+    from tollhouse.metering.schema import UsageRecord
+    from tollhouse.metering.spool import Spool, SpoolError, new_usage_id
 
-    ``max_page_count`` makes SQLite answer SQLITE_FULL exactly as it does when the filesystem is
-    full, without needing a tiny filesystem on the test machine.
+    async def main():
+        fin = Finalizer(parse_config({}))
+        spool = Spool(sys.argv[1], finalizer=lambda: fin, on_applied=lambda a: None)
+        await spool.open()
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # writes past the limit fail with EFBIG
+        resource.setrlimit(resource.RLIMIT_FSIZE, (16 * 1024, resource.RLIM_INFINITY))
+        failed = 0
+        while failed < 3:
+            uid = new_usage_id()
+            try:
+                await spool.reserve(UsageRecord(usage_id=uid, customer="c", feature="f",
+                                                admitted_at_ms=1, state=UsageRecord.RESERVED))
+            except SpoolError:
+                failed += 1
+                print("FAILED", flush=True)
+            else:
+                print(uid, flush=True)
+        await spool.close()
+
+    asyncio.run(main())
+""")
+
+
+def test_full_disk_raises_and_keeps_what_was_acknowledged(tmp_path: Path) -> None:
+    """A full disk (a file size limit: EFBIG like ENOSPC) raises SpoolError; nothing OK is lost.
+
+    The failed batch is cut back off the segment, so the records acknowledged before it read
+    back intact, and the log is not left with a torn record.
     """
-    spool = Spool(tmp_path, group_commit_ms=0, max_pages=12)
-    await spool.open()
-    ok: list[str] = []
-    failed = 0
-    for i in range(2000):
-        rec = _rec(i)
-        try:
-            await spool.reserve(rec)
-        except SpoolError:
-            failed += 1
-            if failed >= 3:
-                break
-        else:
-            ok.append(rec.usage_id)
-    await spool.close()
-    assert failed == 3
-    assert ok
-    reopened = Spool(tmp_path)
-    await reopened.open()
-    found = [await reopened.get(u) for u in ok]
-    await reopened.close()
-    assert all(r is not None for r in found)
+    script = tmp_path / "child.py"
+    script.write_text(_FULL_CHILD)
+    out = subprocess.run([sys.executable, str(script), str(tmp_path / "spool")],
+                         capture_output=True, text=True, timeout=60, check=True).stdout.split()
+    ok = [u for u in out if u != "FAILED"]
+    assert out.count("FAILED") == 3
+    assert len(ok) > 10
+
+    async def check() -> list[str]:
+        spool = _spool(tmp_path / "spool")
+        await spool.open()
+        missing = [u for u in ok if await spool.get(u) is None]
+        await spool.close()
+        return missing
+
+    assert asyncio.run(check()) == []
 
 
 _CHILD = textwrap.dedent("""
     import asyncio, sys
+    from tollhouse.config import parse_config
+    from tollhouse.metering.policy import Finalizer
     from tollhouse.metering.schema import UsageRecord
     from tollhouse.metering.spool import Spool, new_usage_id
 
@@ -125,7 +160,9 @@ _CHILD = textwrap.dedent("""
         sys.stdout.flush()
 
     async def main():
-        spool = Spool(sys.argv[1], group_commit_ms=1)
+        fin = Finalizer(parse_config({}))
+        spool = Spool(sys.argv[1], finalizer=lambda: fin, on_applied=lambda a: None,
+                      group_commit_ms=1)
         await spool.open()
         while True:
             await asyncio.gather(*(one(spool) for _ in range(16)))
@@ -153,7 +190,7 @@ def test_sigkill_loses_no_acknowledged_reservation(tmp_path: Path) -> None:
     acked = [ln.strip() for ln in lines if ln.endswith("\n") and ln.strip()]
 
     async def check() -> list[str]:
-        spool = Spool(spool_dir)
+        spool = _spool(spool_dir)
         await spool.open()
         missing = [u for u in acked if await spool.get(u) is None]
         await spool.close()
@@ -165,7 +202,7 @@ def test_sigkill_loses_no_acknowledged_reservation(tmp_path: Path) -> None:
 
 async def test_cancelled_reserve_is_voided_not_billed(tmp_path: Path) -> None:
     """A reserve whose caller was cancelled (Check deadline) ends VOIDED and not billable."""
-    spool = Spool(tmp_path, group_commit_ms=50)
+    spool = _spool(tmp_path, group_commit_ms=50)
     await spool.open()
     rec = _rec()
     task = asyncio.create_task(spool.reserve(rec))

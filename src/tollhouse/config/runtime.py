@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, field_validator
 
@@ -44,6 +45,7 @@ class MeteringConfig(_Model):
     # Istio's envoyExtAuthzHttp has no dynamic metadata: take the usage id from the logged request
     # header x-tollhouse-usage-id (docs/metering.md says when that header can be trusted).
     usage_id_from_request_header: bool = False
+    join: Literal["auto", "local", "redis"] = "auto"  # auto: redis when the meter is Redis
 
     @field_validator("meter")
     @classmethod

@@ -9,8 +9,11 @@ __all__ = [
     "ALS_MALFORMED",
     "ALS_MESSAGES",
     "ENTRIES_IGNORED",
+    "FACTLOG_CORRUPT",
+    "FACTS_LOST",
     "HEADER_UNIT_ERRORS",
     "HOOK_ERRORS",
+    "SERVED_ORPHANS",
     "SINK_ERRORS",
     "SINK_SENT",
     "SPOOL_COMMITS",
@@ -22,7 +25,7 @@ __all__ = [
 ]
 
 USAGE_RESERVED = Counter(
-    "tollhouse_usage_reserved_total", "Admission records written durably to the spool."
+    "tollhouse_usage_reserved_total", "Reserved facts written durably to the fact log."
 )
 USAGE_FINALIZED = Counter(
     "tollhouse_usage_finalized_total",
@@ -62,20 +65,32 @@ ALS_MALFORMED = Counter(
     ["reason"],
 )
 SPOOL_COMMITS = Counter(
-    "tollhouse_spool_commits_total", "Spool transactions committed (group commit batches)."
+    "tollhouse_spool_commits_total", "Fact log batches written and fdatasynced (group commit)."
 )
 SPOOL_WRITE_ERRORS = Counter(
-    "tollhouse_spool_write_errors_total", "Spool transactions that failed (disk full, I/O error)."
+    "tollhouse_spool_write_errors_total", "Fact log batch writes that failed (disk full, I/O)."
 )
 SPOOL_PENDING = Gauge(
-    "tollhouse_spool_reserved", "Records in the spool still RESERVED (waiting for the access log)."
+    "tollhouse_spool_reserved", "Reservations waiting for their served fact (access-log entry)."
 )
 SPOOL_UNSENT = Gauge(
-    "tollhouse_spool_unsent", "Final records in the spool not yet acknowledged by the meter."
+    "tollhouse_spool_unsent", "Final records not yet acknowledged by the meter."
 )
 SINK_SENT = Counter(
     "tollhouse_meter_records_sent_total", "Final usage records acknowledged by the meter sink."
 )
 SINK_ERRORS = Counter(
     "tollhouse_meter_send_errors_total", "Failed batch sends to the meter sink (retried)."
+)
+FACTLOG_CORRUPT = Counter(
+    "tollhouse_factlog_corrupt_total",
+    "Fact log records or segment headers that failed their check at recovery (skipped).",
+)
+FACTS_LOST = Counter(
+    "tollhouse_usage_facts_lost_total",
+    "Served facts (access-log entries) that could not be written to the fact log.",
+)
+SERVED_ORPHANS = Counter(
+    "tollhouse_usage_served_orphans_total",
+    "Served facts whose reservation never arrived within the grace period (never billed).",
 )

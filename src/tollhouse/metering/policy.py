@@ -1,6 +1,7 @@
 """Billing policy at finalisation: the final state, ``billable`` and the ``units`` of a record.
 
-Pure functions over plain values; the spool's writer thread calls them inside its transaction.
+Pure functions over plain values; the finaliser (metering/join.py) calls them when a record's
+facts meet.
 """
 
 from __future__ import annotations
@@ -52,13 +53,17 @@ def header_units(value: str | None) -> int | None:
 class Finalizer:
     """Applies the config's billing policy. Immutable: ``reconfigure`` builds a new one."""
 
-    __slots__ = ("_bill_5xx", "_bill_unconfirmed", "_features", "_meters")
+    __slots__ = ("_bill_5xx", "_bill_unconfirmed", "_features", "_meters", "header_names")
 
     def __init__(self, cfg: Config) -> None:
         self._meters: Mapping[str, MeterConfig] = cfg.meters
         self._features = {name: f.meters for name, f in cfg.features.items()}
         self._bill_5xx = cfg.metering.bill_upstream_5xx
         self._bill_unconfirmed = cfg.metering.bill_unconfirmed
+        self.header_names: tuple[str, ...] = tuple(sorted({
+            m.source.removeprefix("header:") for m in self._meters.values()
+            if m.source.startswith("header:")
+        }))  # the response headers a served fact must keep
 
     def meters_of(self, feature: str) -> tuple[str, ...]:
         """Return the meters a feature counts (``requests`` for an unknown feature)."""

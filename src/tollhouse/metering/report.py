@@ -16,9 +16,13 @@ from pathlib import Path
 
 import redis.asyncio as aioredis
 
-from tollhouse.config import sqlite_path
+from tollhouse.config import Config, sqlite_path
+from tollhouse.metering.factlog import scan
+from tollhouse.metering.facts import decode_fact
+from tollhouse.metering.join import Join
+from tollhouse.metering.legacy import LEGACY_SPOOL_FILE
+from tollhouse.metering.policy import Finalizer
 from tollhouse.metering.schema import FIELD_RECORD, STREAM_KEY, UsageRecord
-from tollhouse.metering.spool import SPOOL_FILE
 
 __all__ = [
     "ReconcileReport",
@@ -145,7 +149,8 @@ async def usage_report(
     return _aggregate(await read_meter(meter_url, since_ms, until_ms), customer)
 
 
-def _read_spool(path: Path, since_ms: int, until_ms: int) -> list[tuple[bool, bytes]]:
+def _read_legacy(path: Path, since_ms: int, until_ms: int) -> list[tuple[bool, bytes]]:
+    """Records of a previous release's ``spool.db`` not yet carried over (no start since)."""
     if not path.exists():
         return []
     conn = _connect_ro(path)
@@ -162,22 +167,47 @@ def _read_spool(path: Path, since_ms: int, until_ms: int) -> list[tuple[bool, by
     return [(bool(r[0]), r[1]) for r in rows]
 
 
+def _read_facts(spool_dir: Path) -> list[tuple[bool, bytes]]:
+    """Replay the fact log read-only: pending reservations and final records it still holds.
+
+    A record the running process finalised as UNCONFIRMED but has not yet delivered shows as
+    pending here (the grace period is the running process's decision, not a fact).
+    """
+    join = Join(lambda _seq: None)
+    fin = Finalizer(Config())
+    for seq, payload in scan(spool_dir, repair=False):
+        try:
+            join.apply([decode_fact(payload)], seq, fin, 0)
+        except ValueError:
+            continue  # counted by the process that owns the log when it replays it
+    return [(True, r.SerializeToString()) for r in join.records()]
+
+
+def _read_spool(spool_dir: Path, since_ms: int, until_ms: int) -> list[tuple[bool, bytes]]:
+    out = _read_legacy(spool_dir / LEGACY_SPOOL_FILE, since_ms, until_ms)
+    for unsent, blob in _read_facts(spool_dir):
+        rec = UsageRecord.FromString(blob)
+        if since_ms <= rec.admitted_at_ms < until_ms:
+            out.append((unsent, blob))
+    return out
+
+
 async def reconcile(
     spool_dir: Path | str, meter_url: str, since_ms: int, until_ms: int
 ) -> ReconcileReport:
     """Count records by state across the spool and the meter (each usage_id once)."""
     metered = {r.usage_id: r for r in await read_meter(meter_url, since_ms, until_ms)}
-    spooled = await asyncio.to_thread(
-        _read_spool, Path(spool_dir) / SPOOL_FILE, since_ms, until_ms
-    )
+    spooled = await asyncio.to_thread(_read_spool, Path(spool_dir), since_ms, until_ms)
     states: dict[int, int] = defaultdict(int)
     unsent = 0
     for rec in metered.values():
         states[rec.state] += 1
+    seen: set[str] = set()
     for not_sent, blob in spooled:
         rec = UsageRecord.FromString(blob)
-        if rec.usage_id in metered:
+        if rec.usage_id in metered or rec.usage_id in seen:
             continue
+        seen.add(rec.usage_id)
         states[rec.state] += 1
         if not_sent and rec.state != UsageRecord.RESERVED:
             unsent += 1

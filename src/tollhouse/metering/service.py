@@ -1,8 +1,10 @@
-"""The one object the app wires: spool + finaliser + forwarder + access-log ingest."""
+"""The one object the app wires: spool (fact log + finaliser) + forwarder + access-log ingest."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import itertools
 import random
 import time
 from collections import Counter as Tally
@@ -12,9 +14,11 @@ from typing import TYPE_CHECKING
 
 from tollhouse.config import Config
 from tollhouse.logs import get_logger
+from tollhouse.metering.join import Applied
 from tollhouse.metering.metrics import (
     ENTRIES_IGNORED,
     HOOK_ERRORS,
+    SERVED_ORPHANS,
     SINK_ERRORS,
     SINK_SENT,
     SPOOL_PENDING,
@@ -22,9 +26,10 @@ from tollhouse.metering.metrics import (
     USAGE_FINALIZED,
 )
 from tollhouse.metering.policy import Finalizer, LogEntry
+from tollhouse.metering.redis_join import RedisJoin
 from tollhouse.metering.schema import UsageRecord, state_name
 from tollhouse.metering.sinks import MeterSink, SinkError, open_sink
-from tollhouse.metering.spool import ApplyResult, Spool, SpoolError, new_usage_id
+from tollhouse.metering.spool import Spool, SpoolError, new_usage_id
 
 if TYPE_CHECKING:
     from tollhouse.envoy.als import AccessLogServicer
@@ -34,9 +39,23 @@ __all__ = ["DEFAULT_SPOOL_DIR", "Metering"]
 log = get_logger(__name__)
 
 DEFAULT_SPOOL_DIR = Path("tollhouse-spool")
-SENT_RETENTION_S = 3600.0  # acknowledged records stay this long, so late duplicates are ignored
 _MAX_INFLIGHT_ENTRIES = 50_000  # above this, ingest waits for the writer (backpressure)
-_HOUSEKEEPING_S = 5.0
+_HOUSEKEEPING_S = 1.0
+_DONE_TTL_S = 3600.0  # how long Redis remembers a finalised usage id (late duplicates ignored)
+
+
+def _remote_join(cfg: Config, sink: MeterSink | None) -> bool:
+    """Join facts in Redis: ``join: redis``, or ``auto`` with a Redis meter and no test sink."""
+    mode = cfg.metering.join
+    is_redis = cfg.metering.meter.startswith(("redis://", "rediss://"))
+    return mode == "redis" or (mode == "auto" and is_redis and sink is None)
+
+
+def _count_orphans(n: int) -> None:
+    if n:
+        SERVED_ORPHANS.inc(n)
+        ENTRIES_IGNORED.labels(reason="unknown").inc(n)
+        log.warning("metering.served_without_reservation", facts=n)
 
 
 def _count_final(records: Sequence[UsageRecord]) -> None:
@@ -62,25 +81,36 @@ class Metering:
         self._clock = clock
         self._instance = instance
         self._finalizer = Finalizer(cfg)
+        self.remote = _remote_join(cfg, sink)
         self.spool = Spool(
             cfg.metering.spool or DEFAULT_SPOOL_DIR,
-            group_commit_ms=cfg.metering.group_commit_ms,
-            clock=clock,
+            finalizer=lambda: self._finalizer, on_applied=self._applied, clock=clock,
+            instance=instance, group_commit_ms=cfg.metering.group_commit_ms,
+            remote=self.remote,
         )
         self._sink = sink
+        self._rjoin: RedisJoin | None = None
         self._max_backoff_s = max_backoff_s
         self._send_timeout_s = send_timeout_s
         self._task: asyncio.Task[None] | None = None
         self._inflight = 0
+        self._stopping = False
+        self._forward_lock = asyncio.Lock()
         self._last_housekeeping = float("-inf")
         self.on_confirmed: Callable[[UsageRecord], None] | None = None
 
     # ---- lifecycle -------------------------------------------------------------------------
 
     async def start(self) -> None:
-        """Open the spool (resuming whatever it holds) and start forwarding to the meter."""
+        """Open the spool (replaying whatever it holds) and start forwarding to the meter."""
         await self.spool.open()
-        if self._sink is None:
+        if self.remote:
+            grace = self._cfg.metering.unconfirmed_after_s
+            self._rjoin = RedisJoin(
+                self._cfg.metering.meter, consumer=self._instance,
+                ttl_s=max(_DONE_TTL_S, 2 * grace), void_ttl_s=min(grace, 60.0),
+                timeout_s=self._send_timeout_s)
+        elif self._sink is None:
             self._sink = open_sink(self._cfg.metering.meter)
         self._task = asyncio.create_task(self._run(), name="tollhouse-metering")
         log.info("metering.started", spool=str(self.spool.path), meter=self._meter_name())
@@ -88,25 +118,33 @@ class Metering:
     async def stop(self, deadline_s: float | None = None) -> bool:
         """Stop forwarding, send what can be sent within the deadline, close; True if all sent."""
         if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
+            self._stopping = True
+            # Cancel until it ends: Python 3.11's wait_for can swallow a cancellation that
+            # arrives as the awaited call completes (fixed in 3.12).
+            while not self._task.done():
+                self._task.cancel()
+                await asyncio.wait([self._task], timeout=0.1)
             self._task = None
         budget = min(self._cfg.shutdown_grace_s, 5.0) if deadline_s is None else deadline_s
         drained = False
         if not self.spool.closed:
+            with contextlib.suppress(SpoolError):
+                await self.spool.log.barrier()  # facts queued before stop are joined first
             drained = await self._drain(budget)
             await self.spool.close()
         if self._sink is not None:
             await self._sink.close()
+        if self._rjoin is not None:
+            await self._rjoin.close()
         log.info("metering.stopped", drained=drained)
         return drained
 
     def reconfigure(self, cfg: Config) -> None:
         """Apply a new config's billing policy to records finalised from now on."""
-        if (cfg.metering.spool, cfg.metering.meter) != (
-            self._cfg.metering.spool, self._cfg.metering.meter
+        if (cfg.metering.spool, cfg.metering.meter, cfg.metering.join) != (
+            self._cfg.metering.spool, self._cfg.metering.meter, self._cfg.metering.join
         ):
-            log.warning("metering.restart_needed", reason="spool or meter changed")
+            log.warning("metering.restart_needed", reason="spool, meter or join changed")
         self._cfg = cfg
         self._finalizer = Finalizer(cfg)
 
@@ -135,7 +173,7 @@ class Metering:
         )
 
     async def reserve(self, record: UsageRecord) -> None:
-        """Write the reservation durably; raise :class:`SpoolError` if it cannot be written."""
+        """Write the reserved fact durably; raise :class:`SpoolError` if it cannot be written."""
         await self.spool.reserve(record)
 
     # ---- the access log --------------------------------------------------------------------
@@ -147,30 +185,28 @@ class Metering:
         return AccessLogServicer(self)
 
     async def ingest(self, entries: Sequence[LogEntry]) -> None:
-        """Queue entries (with usage ids) for finalisation; waits only under heavy backlog."""
+        """Write served facts for entries (with usage ids); waits only under heavy backlog."""
         if not entries:
             return
-        now_ms = int(self._clock() * 1000)
-        fut = self.spool.submit_entries(entries, now_ms, self._finalizer)
-        self._inflight += len(entries)
+        fut = self.spool.served(entries, int(self._clock() * 1000))
+        if fut is None:
+            return
         n = len(entries)
-        fut.add_done_callback(lambda f: self._applied(f, n))
+        self._inflight += n
+        fut.add_done_callback(lambda f: self._written(f, n))
         if self._inflight > _MAX_INFLIGHT_ENTRIES:
             await asyncio.wait([fut])
 
-    def _applied(self, fut: asyncio.Future[ApplyResult], n: int) -> None:
+    def _written(self, fut: asyncio.Future[None], n: int) -> None:
         self._inflight -= n
-        if fut.cancelled():
-            return
-        err = fut.exception()
-        if err is not None:
-            log.error("metering.ingest_failed", error=type(err).__name__, entries=n)
-            return
-        res = fut.result()
+        if not fut.cancelled() and fut.exception() is not None:
+            ENTRIES_IGNORED.labels(reason="error").inc(n)
+            log.error("metering.ingest_failed", error=type(fut.exception()).__name__, entries=n)
+
+    def _applied(self, res: Applied) -> None:
+        """Facts became durable and were joined: count, and tell the quota hook."""
         if res.duplicate:
             ENTRIES_IGNORED.labels(reason="duplicate").inc(res.duplicate)
-        if res.unknown:
-            ENTRIES_IGNORED.labels(reason="unknown").inc(res.unknown)
         if res.errors:
             ENTRIES_IGNORED.labels(reason="error").inc(res.errors)
         _count_final(res.finalized)
@@ -210,41 +246,80 @@ class Metering:
             await asyncio.sleep(delay)
 
     async def tick(self) -> int:
-        """One round: expire overdue reservations, forward full batches, housekeeping."""
+        """One round: expire overdue reservations and orphans, forward full batches."""
         now = self._clock()
+        await self.spool.log.barrier()  # every fact received before `now` is joined first
         now_ms = int(now * 1000)
         cutoff = now_ms - int(self._cfg.metering.unconfirmed_after_s * 1000)
-        expired = await self.spool.expire(cutoff, now_ms, self._finalizer)
-        _count_final(expired)
-        sent = 0
-        batch = self._cfg.metering.batch_size
-        for _ in range(20):  # bounded, so expiry and housekeeping keep running under load
-            n = await self.forward_once()
-            sent += n
-            if n < batch:
-                break
+        if self._rjoin is not None:
+            sent = await self._tick_remote(self._rjoin, cutoff)
+        else:
+            expired, orphans = await self.spool.expire(cutoff, now_ms, self._finalizer)
+            _count_final(expired)
+            _count_orphans(orphans)
+            sent = await self._forward_rounds()
         if now - self._last_housekeeping >= _HOUSEKEEPING_S:
             self._last_housekeeping = now
-            await self.spool.prune(now_ms - int(SENT_RETENTION_S * 1000))
-            counts = await self.spool.counts()
-            SPOOL_PENDING.set(counts["RESERVED"])
-            SPOOL_UNSENT.set(counts["unsent"])
+            SPOOL_PENDING.set(self.spool.join.pending_count)
+            unsent = len(self.spool.outbox) if self.remote else self.spool.join.unsent_count
+            SPOOL_UNSENT.set(unsent)
+        return sent
+
+    async def _forward_rounds(self) -> int:
+        sent = 0
+        for _ in range(20):  # bounded, so expiry keeps running under load
+            n = await self.forward_once()
+            sent += n
+            if n < self._cfg.metering.batch_size:
+                break
+        return sent
+
+    async def _tick_remote(self, rjoin: RedisJoin, cutoff_ms: int) -> int:
+        """Facts to Redis, the shared sweep once this replica has caught up, then finalise."""
+        sent = await self._forward_rounds()
+        if not self.spool.outbox:
+            expired, orphans = await rjoin.sweep(cutoff_ms)
+            _count_orphans(orphans)
+            if expired:
+                sent += await self._forward_rounds()
         return sent
 
     async def forward_once(self) -> int:
-        """Send one batch of final records to the meter; mark them sent only after the ack."""
+        """Send one batch of final records to the meter; they are done only after the ack."""
+        async with self._forward_lock:  # the forwarder task, a manual tick() and stop() share it
+            return await self._forward_once()
+
+    async def _forward_once(self) -> int:
+        if self._rjoin is not None:
+            return await self._forward_remote_once(self._rjoin)
         if self._sink is None:
             raise SinkError("metering is not started")
-        records = await self.spool.unsent(self._cfg.metering.batch_size)
+        records = self.spool.join.unsent(self._cfg.metering.batch_size)
         if not records:
             return 0
         try:
             await asyncio.wait_for(self._sink.send(records), self._send_timeout_s)
         except TimeoutError as e:
             raise SinkError("the meter did not acknowledge in time") from e
-        await self.spool.mark_sent([r.usage_id for r in records], int(self._clock() * 1000))
+        self.spool.join.acknowledged([r.usage_id for r in records])
         SINK_SENT.inc(len(records))
         return len(records)
+
+    async def _forward_remote_once(self, rjoin: RedisJoin) -> int:
+        """One batch of local facts to the shared join, one batch of joined entries finalised."""
+        size = self._cfg.metering.batch_size
+        facts = [f for f, _ in itertools.islice(self.spool.outbox, size)]
+        if facts:
+            counts = await rjoin.send(facts, self._finalizer.header_names)
+            self.spool.forwarded(len(facts))
+            if counts.duplicate:
+                ENTRIES_IGNORED.labels(reason="duplicate").inc(counts.duplicate)
+        records, poison = await rjoin.finalise(self._finalizer, size)
+        if poison:
+            ENTRIES_IGNORED.labels(reason="error").inc(poison)
+        self._applied(Applied(finalized=records))
+        SINK_SENT.inc(len(records))
+        return max(len(facts), len(records) + poison)
 
     async def _drain(self, budget_s: float) -> bool:
         deadline = time.monotonic() + budget_s

@@ -71,3 +71,46 @@ class UsageRecord(_message.Message):
     finalized_at_ms: int
     degraded: bool
     def __init__(self, usage_id: _Optional[str] = ..., customer: _Optional[str] = ..., plan: _Optional[str] = ..., feature: _Optional[str] = ..., units: _Optional[_Mapping[str, int]] = ..., method: _Optional[str] = ..., path: _Optional[str] = ..., decision_id: _Optional[str] = ..., admitted_at_ms: _Optional[int] = ..., state: _Optional[_Union[UsageRecord.State, str]] = ..., instance: _Optional[str] = ..., request_id: _Optional[str] = ..., response_code: _Optional[int] = ..., request_bytes: _Optional[int] = ..., response_bytes: _Optional[int] = ..., duration_us: _Optional[int] = ..., upstream_served: _Optional[bool] = ..., response_flags: _Optional[str] = ..., billable: _Optional[bool] = ..., finalized_at_ms: _Optional[int] = ..., degraded: _Optional[bool] = ...) -> None: ...
+
+class ServedFact(_message.Message):
+    __slots__ = ("usage_id", "response_code", "request_bytes", "response_bytes", "duration_us", "upstream_served", "response_flags", "request_id", "meter_headers", "received_at_ms", "instance")
+    class MeterHeadersEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    USAGE_ID_FIELD_NUMBER: _ClassVar[int]
+    RESPONSE_CODE_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_BYTES_FIELD_NUMBER: _ClassVar[int]
+    RESPONSE_BYTES_FIELD_NUMBER: _ClassVar[int]
+    DURATION_US_FIELD_NUMBER: _ClassVar[int]
+    UPSTREAM_SERVED_FIELD_NUMBER: _ClassVar[int]
+    RESPONSE_FLAGS_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    METER_HEADERS_FIELD_NUMBER: _ClassVar[int]
+    RECEIVED_AT_MS_FIELD_NUMBER: _ClassVar[int]
+    INSTANCE_FIELD_NUMBER: _ClassVar[int]
+    usage_id: str
+    response_code: int
+    request_bytes: int
+    response_bytes: int
+    duration_us: int
+    upstream_served: bool
+    response_flags: str
+    request_id: str
+    meter_headers: _containers.ScalarMap[str, str]
+    received_at_ms: int
+    instance: str
+    def __init__(self, usage_id: _Optional[str] = ..., response_code: _Optional[int] = ..., request_bytes: _Optional[int] = ..., response_bytes: _Optional[int] = ..., duration_us: _Optional[int] = ..., upstream_served: _Optional[bool] = ..., response_flags: _Optional[str] = ..., request_id: _Optional[str] = ..., meter_headers: _Optional[_Mapping[str, str]] = ..., received_at_ms: _Optional[int] = ..., instance: _Optional[str] = ...) -> None: ...
+
+class UsageFact(_message.Message):
+    __slots__ = ("reserved", "served", "final")
+    RESERVED_FIELD_NUMBER: _ClassVar[int]
+    SERVED_FIELD_NUMBER: _ClassVar[int]
+    FINAL_FIELD_NUMBER: _ClassVar[int]
+    reserved: UsageRecord
+    served: ServedFact
+    final: UsageRecord
+    def __init__(self, reserved: _Optional[_Union[UsageRecord, _Mapping]] = ..., served: _Optional[_Union[ServedFact, _Mapping]] = ..., final: _Optional[_Union[UsageRecord, _Mapping]] = ...) -> None: ...

@@ -1,0 +1,410 @@
+"""The durable fact log: append-only segments of checksummed records, one writer thread.
+
+Layout: ``directory/facts-<seq>.log`` files (segments). A segment starts with an 8-byte magic,
+then records ``u32 length | u32 crc32(payload) | payload`` (little endian). Only the newest
+segment (the active one) is ever written; older ones are sealed and read only at recovery. A
+segment is deleted once every fact in it has been acknowledged downstream (the owner calls
+:meth:`FactLog.delete`); the log itself never decides that a fact is done.
+
+Group commit: callers queue batches of payloads (:meth:`FactLog.append`); the writer thread takes
+everything queued, frames it, writes the joined bytes with one ``os.pwrite``, calls
+``os.fdatasync`` once, then schedules ONE ``loop.call_soon_threadsafe`` for the whole batch, which
+resolves every waiter and hands the batch to the owner's ``on_durable`` callback. While one
+fdatasync is in flight (1-5 ms on this disk), the next batch forms in the queue.
+
+Durability: an append is acknowledged (its future resolved, ``on_durable`` called) only after
+``fdatasync`` returned for the bytes that hold it, so it survives a power loss, not only a crash:
+``fdatasync`` flushes the data and the metadata needed to read it back (the file size). A new
+segment is ``fdatasync``-ed with its magic and its directory is ``fsync``-ed before any record goes
+into it, so the file itself survives too; a deletion is likewise followed by a directory fsync.
+Opening a log creates and syncs its first segment, which pays the slow first syncs of a fresh
+file before the process reports ready, not on the first Check.
+
+Recovery (:func:`scan`): every record is checked against its length and CRC. A torn tail (a
+record cut short, or garbage after the last good record, as a crash mid-write leaves) is cut off
+by truncating the segment. A bad record followed by good ones (media corruption, not a crash) is
+skipped up to the next record that checks out, counted in ``tollhouse_factlog_corrupt_total`` and
+logged with its offset; the good records after it are kept. A write that fails (disk full, I/O
+error) truncates the segment back to its last good size and fails the whole batch: its callers
+see :class:`SpoolError` (the Check answers 503), and nothing after it depends on it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import queue
+import struct
+import threading
+import time
+import zlib
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tollhouse.logs import get_logger
+from tollhouse.metering.metrics import (
+    FACTLOG_CORRUPT,
+    FACTS_LOST,
+    SPOOL_COMMITS,
+    SPOOL_WRITE_ERRORS,
+)
+
+__all__ = ["MAGIC", "FactLog", "SpoolError", "Written", "scan", "segment_path"]
+
+log = get_logger(__name__)
+
+MAGIC = b"THFACT1\n"
+_HEADER = struct.Struct("<II")
+MAX_RECORD = 1 << 20  # a fact is ~100-300 bytes; anything larger is corruption
+_MAX_BATCH_ITEMS = 4096
+DEFAULT_SEGMENT_BYTES = 64 << 20
+
+
+class SpoolError(Exception):
+    """The spool (its fact log) cannot take the write (disk full, I/O error, closed): refuse."""
+
+
+def segment_path(directory: Path, seq: int) -> Path:
+    """The file of segment ``seq``."""
+    return directory / f"facts-{seq:012d}.log"
+
+
+def _segments(directory: Path) -> list[int]:
+    out = []
+    for p in directory.glob("facts-*.log"):
+        with contextlib.suppress(ValueError):
+            out.append(int(p.name[6:-4]))
+    return sorted(out)
+
+
+def _next_good(data: bytes, start: int) -> int | None:
+    """The offset of the next record that checks out after a bad one, or None (a torn tail)."""
+    end = len(data)
+    for off in range(start, end - _HEADER.size + 1):
+        length, crc = _HEADER.unpack_from(data, off)
+        stop = off + _HEADER.size + length
+        if 0 < length <= MAX_RECORD and stop <= end and zlib.crc32(
+            data[off + _HEADER.size : stop]
+        ) == crc:
+            return off
+    return None
+
+
+def _parse(data: bytes, path: Path) -> tuple[list[bytes], int]:
+    """The payloads of one segment's bytes and the length of its good prefix."""
+    out: list[bytes] = []
+    off = len(MAGIC)
+    end = len(data)
+    while off + _HEADER.size <= end:
+        length, crc = _HEADER.unpack_from(data, off)
+        stop = off + _HEADER.size + length
+        if 0 < length <= MAX_RECORD and stop <= end:
+            payload = data[off + _HEADER.size : stop]
+            if zlib.crc32(payload) == crc:
+                out.append(payload)
+                off = stop
+                continue
+        nxt = _next_good(data, off + 1)
+        if nxt is None:
+            break  # a torn tail: cut here
+        FACTLOG_CORRUPT.inc()
+        log.error("factlog.corrupt_record_skipped", segment=path.name, offset=off,
+                  skipped_bytes=nxt - off)
+        off = nxt
+    return out, off
+
+
+def scan(directory: Path | str, *, repair: bool) -> Iterator[tuple[int, bytes]]:
+    """Yield ``(segment, payload)`` of every good record, oldest first.
+
+    ``repair`` truncates a torn tail (and an empty or foreign segment's bad header) so the file
+    ends at its last good record; without it (a read-only report) nothing is changed.
+    """
+    directory = Path(directory)
+    if not directory.is_dir():
+        return
+    for seq in _segments(directory):
+        path = segment_path(directory, seq)
+        data = path.read_bytes()
+        if not data.startswith(MAGIC):
+            log.error("factlog.bad_segment_header", segment=path.name, size=len(data))
+            if data:
+                FACTLOG_CORRUPT.inc()
+            continue
+        payloads, good = _parse(data, path)
+        if good < len(data) and repair:
+            log.warning("factlog.torn_tail_cut", segment=path.name, cut_bytes=len(data) - good)
+            with open(path, "r+b") as f:
+                f.truncate(good)
+                os.fsync(f.fileno())
+        for p in payloads:
+            yield seq, p
+
+
+@dataclass(slots=True)
+class Written:
+    """A batch as handed to ``on_durable``: the items' metadata and the segment holding them."""
+
+    metas: list[Any]
+    segment: int
+    active: int
+
+
+@dataclass(slots=True)
+class _Item:
+    payloads: Sequence[bytes]
+    metas: Sequence[Any]
+    fut: asyncio.Future[None] | None
+    kind: str = "append"
+    arg: int = 0
+    error: BaseException | None = field(default=None)
+
+
+_STOP = _Item((), (), None, kind="stop")
+
+
+def _frame(payloads: Sequence[bytes]) -> list[bytes]:
+    parts: list[bytes] = []
+    pack, crc = _HEADER.pack, zlib.crc32
+    for p in payloads:
+        parts.append(pack(len(p), crc(p)))
+        parts.append(p)
+    return parts
+
+
+class FactLog:
+    """An append-only fact log in ``directory``. :meth:`open` it on the loop that will use it."""
+
+    def __init__(
+        self,
+        directory: Path | str,
+        *,
+        on_durable: Callable[[Written], None],
+        segment_bytes: int = DEFAULT_SEGMENT_BYTES,
+        group_commit_ms: float = 0.0,
+    ) -> None:
+        self.directory = Path(directory)
+        self._on_durable = on_durable
+        self._segment_bytes = segment_bytes
+        self._window_s = max(group_commit_ms, 0.0) / 1000.0
+        self._q: queue.SimpleQueue[_Item] = queue.SimpleQueue()
+        self._lock = threading.Lock()
+        self._closed = True
+        self._thread: threading.Thread | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._fd = -1
+        self._size = 0
+        self.active = 0
+        self.commits = 0
+
+    # ---- lifecycle (loop thread) ------------------------------------------------------------
+
+    def open(self) -> None:
+        """Create the directory and a fresh, synced active segment (blocking: call in a thread)."""
+        try:
+            self.directory.mkdir(parents=True, exist_ok=True)
+            existing = _segments(self.directory)
+            self._new_segment((existing[-1] + 1) if existing else 1)
+            os.fdatasync(self._fd)  # warm: the first syncs of a fresh file are the slow ones
+        except OSError as e:
+            raise SpoolError(f"cannot open the fact log in {self.directory}: {e}") from e
+
+    def start(self) -> None:
+        """Start the writer thread on the running loop (after :meth:`open`)."""
+        self._loop = asyncio.get_running_loop()
+        self._closed = False
+        self._thread = threading.Thread(target=self._run, name="tollhouse-factlog", daemon=True)
+        self._thread.start()
+
+    async def close(self) -> None:
+        """Write what is queued, close the segment. Later appends raise :class:`SpoolError`."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            self._q.put(_STOP)
+        if self._thread is not None:
+            await asyncio.to_thread(self._thread.join)
+
+    @property
+    def closed(self) -> bool:
+        """True before :meth:`start` and after :meth:`close`."""
+        return self._closed
+
+    # ---- appending (loop thread) ------------------------------------------------------------
+
+    def append(
+        self, payloads: Sequence[bytes], metas: Sequence[Any], *, wait: bool = True
+    ) -> asyncio.Future[None] | None:
+        """Queue payloads; ``metas`` go to ``on_durable`` once they are synced.
+
+        Returns a future resolved at that moment (or failed with :class:`SpoolError`), or None
+        when ``wait`` is false (a failure is then logged and counted by the writer).
+        """
+        assert self._loop is not None
+        fut = self._loop.create_future() if wait else None
+        self._put(_Item(payloads, metas, fut))
+        return fut
+
+    def barrier(self) -> asyncio.Future[None]:
+        """A future resolved once everything queued before it has been written and applied."""
+        fut = self.append((), ())
+        assert fut is not None
+        return fut
+
+    def delete(self, seq: int) -> None:
+        """Delete a sealed segment whose facts are all acknowledged (never the active one)."""
+        if seq < self.active:
+            self._put(_Item((), (), None, kind="delete", arg=seq))
+
+    def _put(self, item: _Item) -> None:
+        with self._lock:
+            if self._closed:
+                raise SpoolError("the fact log is closed")
+            self._q.put(item)
+
+    # ---- the writer thread ------------------------------------------------------------------
+
+    def _new_segment(self, seq: int) -> None:
+        path = segment_path(self.directory, seq)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        try:
+            os.write(fd, MAGIC)
+            os.fdatasync(fd)
+            self._fsync_dir()
+        except OSError:
+            os.close(fd)
+            with contextlib.suppress(OSError):
+                path.unlink()
+            raise
+        if self._fd >= 0:
+            os.close(self._fd)
+        self._fd, self._size, self.active = fd, len(MAGIC), seq
+
+    def _fsync_dir(self) -> None:
+        dfd = os.open(self.directory, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
+
+    def _run(self) -> None:
+        try:
+            while True:
+                batch = [self._q.get()]
+                stop = batch[0] is _STOP
+                if not stop:
+                    stop = self._collect(batch)
+                    self._write(batch)
+                if stop:
+                    break
+        finally:
+            self._fail_queued()
+            if self._fd >= 0:
+                os.close(self._fd)
+                self._fd = -1
+
+    def _collect(self, batch: list[_Item]) -> bool:
+        """Add what is queued (and what arrives within the group-commit window); True on stop."""
+        deadline = time.monotonic() + self._window_s
+        while len(batch) < _MAX_BATCH_ITEMS:
+            try:
+                item = self._q.get_nowait()
+            except queue.Empty:
+                wait = deadline - time.monotonic()
+                if wait <= 0:
+                    return False
+                try:
+                    item = self._q.get(timeout=wait)
+                except queue.Empty:
+                    return False
+            if item is _STOP:
+                return True
+            batch.append(item)
+        return False
+
+    def _write(self, batch: list[_Item]) -> None:
+        appends = [it for it in batch if it.kind == "append"]
+        for it in batch:
+            if it.kind == "delete":
+                self._delete(it.arg)
+        parts = [part for it in appends for part in _frame(it.payloads)]
+        seq = self.active
+        err: BaseException | None = None
+        if parts:
+            err = self._sync_bytes(b"".join(parts))
+        if err is None and self._size >= self._segment_bytes:
+            try:
+                self._new_segment(seq + 1)
+            except OSError as e:  # keep writing the current one; retried after the next batch
+                log.error("factlog.rotate_failed", error=str(e))
+        self._dispatch(appends, seq, err)
+
+    def _sync_bytes(self, data: bytes) -> BaseException | None:
+        try:
+            done = 0
+            while done < len(data):
+                done += os.pwrite(self._fd, data[done:], self._size + done)
+            os.fdatasync(self._fd)
+        except OSError as e:
+            with contextlib.suppress(OSError):
+                os.ftruncate(self._fd, self._size)  # no torn record stays behind a failure
+            SPOOL_WRITE_ERRORS.inc()
+            log.error("factlog.write_failed", error=type(e).__name__, detail=str(e),
+                      bytes=len(data))
+            return SpoolError(f"fact log write failed: {e}")
+        self._size += len(data)
+        self.commits += 1
+        SPOOL_COMMITS.inc()
+        return None
+
+    def _delete(self, seq: int) -> None:
+        if seq >= self.active:
+            return
+        try:
+            segment_path(self.directory, seq).unlink(missing_ok=True)
+            self._fsync_dir()
+        except OSError as e:
+            log.error("factlog.delete_failed", segment=seq, error=str(e))
+
+    def _dispatch(self, items: list[_Item], seq: int, err: BaseException | None) -> None:
+        if not items or self._loop is None:
+            return
+        with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits any more
+            self._loop.call_soon_threadsafe(self._done, items, seq, self.active, err)
+
+    def _done(self, items: list[_Item], seq: int, active: int, err: BaseException | None) -> None:
+        """On the loop: apply the batch (if it was written), then wake every waiter."""
+        if err is None:
+            metas = [m for it in items for m in it.metas]
+            try:
+                self._on_durable(Written(metas, seq, active))
+            except Exception:
+                log.error("factlog.apply_failed", exc=True, facts=len(metas))
+        for it in items:
+            fut = it.fut
+            if fut is None:
+                if err is not None and it.payloads:
+                    FACTS_LOST.inc(len(it.payloads))
+                    log.error("factlog.unwaited_facts_lost", facts=len(it.payloads))
+                continue
+            if fut.done():
+                continue
+            if err is not None:
+                fut.set_exception(err)
+            else:
+                fut.set_result(None)
+
+    def _fail_queued(self) -> None:
+        leftover: list[_Item] = []
+        while True:
+            try:
+                it = self._q.get_nowait()
+            except queue.Empty:
+                break
+            if it is not _STOP and it.kind == "append":
+                leftover.append(it)
+        self._dispatch(leftover, self.active, SpoolError("the fact log is closed"))

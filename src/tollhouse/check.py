@@ -7,7 +7,6 @@ Nothing here does network or disk I/O except the awaited spool write and, rarely
 
 from __future__ import annotations
 
-import asyncio
 import itertools
 import os
 import time
@@ -185,9 +184,8 @@ class Checker:
                 path=req.path, request_id=req.request_id, decision_id=decision_id,
                 degraded=bool(adm is not None and adm.degraded),
             )
-            try:
-                async with asyncio.timeout(self.deadline_s):  # a hung disk must not hang Envoy
-                    await self.metering.reserve(rec)
+            try:  # a hung disk must not hang Envoy: the spool fails the wait at the deadline
+                await self.metering.reserve(rec, self.deadline_s)
             except TimeoutError:
                 if adm is not None:
                     self.limiter.release(adm)

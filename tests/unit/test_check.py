@@ -133,7 +133,7 @@ class _FailingSpool:
     def build_reservation(self, **kw: Any) -> Any:
         return type("R", (), {"usage_id": "u1"})()
 
-    async def reserve(self, record: Any) -> None:
+    async def reserve(self, record: Any, deadline_s: float) -> None:
         raise OSError("disk full")
 
 
@@ -159,10 +159,11 @@ class _HungSpool:
     def build_reservation(self, **kw: Any) -> Any:
         return type("R", (), {"usage_id": "u1"})()
 
-    async def reserve(self, record: Any) -> None:
+    async def reserve(self, record: Any, deadline_s: float) -> None:
         import asyncio
 
-        await asyncio.Event().wait()
+        async with asyncio.timeout(deadline_s):  # as Spool.reserve fails a late wait
+            await asyncio.Event().wait()
 
 
 async def test_hung_spool_is_503_within_the_deadline(tmp_path: Path, key: devkeys.DevKey) -> None:

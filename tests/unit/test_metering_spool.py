@@ -216,3 +216,20 @@ async def test_cancelled_reserve_is_voided_not_billed(tmp_path: Path) -> None:
     assert got.state == UsageRecord.VOIDED
     assert not got.billable
     assert dict(got.units) == {}
+
+
+async def test_reserve_past_its_deadline_times_out_and_is_voided(tmp_path: Path) -> None:
+    """A reservation not durable within deadline_s raises TimeoutError and is never billed."""
+    spool = _spool(tmp_path, group_commit_ms=200)  # the writer holds the batch for 200 ms
+    await spool.open()
+    rec, on_time = _rec(1), _rec(2)
+    with pytest.raises(TimeoutError):
+        await spool.reserve(rec, deadline_s=0.02)
+    await spool.reserve(on_time, deadline_s=5.0)  # the same timer leaves a later waiter alone
+    got, kept = await spool.get(rec.usage_id), await spool.get(on_time.usage_id)
+    await spool.close()
+    assert got is not None
+    assert got.state == UsageRecord.VOIDED
+    assert not got.billable
+    assert kept is not None
+    assert kept.state == UsageRecord.RESERVED

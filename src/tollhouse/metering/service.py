@@ -172,9 +172,12 @@ class Metering:
             instance=self._instance, degraded=degraded,
         )
 
-    async def reserve(self, record: UsageRecord) -> None:
-        """Write the reserved fact durably; raise :class:`SpoolError` if it cannot be written."""
-        await self.spool.reserve(record)
+    async def reserve(self, record: UsageRecord, deadline_s: float | None = None) -> None:
+        """Write the reserved fact durably; raise :class:`SpoolError` if it cannot be written.
+
+        Raises :class:`TimeoutError` if it is not durable within ``deadline_s`` (then voided).
+        """
+        await self.spool.reserve(record, deadline_s)
 
     # ---- the access log --------------------------------------------------------------------
 

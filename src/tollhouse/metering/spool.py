@@ -20,6 +20,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from tollhouse.logs import get_logger
+from tollhouse.metering.deadlines import Deadlines
 from tollhouse.metering.factlog import MAGIC, FactLog, SpoolError, Written, scan
 from tollhouse.metering.facts import (
     Fact,
@@ -100,6 +101,7 @@ class Spool:
         self._clock = clock
         self._instance = instance
         self.join = Join(self._free_segment)
+        self._deadlines = Deadlines()
         self.remote = remote  # facts go to a shared finaliser (Redis), not to self.join
         self.outbox: deque[tuple[Fact, int]] = deque()
         extra = {} if segment_bytes is None else {"segment_bytes": segment_bytes}
@@ -152,8 +154,12 @@ class Spool:
 
     # ---- writing ---------------------------------------------------------------------------
 
-    async def reserve(self, record: UsageRecord) -> None:
-        """Write a reserved fact; durable (fdatasynced) when this returns."""
+    async def reserve(self, record: UsageRecord, deadline_s: float | None = None) -> None:
+        """Write a reserved fact; durable (fdatasynced) when this returns.
+
+        With ``deadline_s``, raise :class:`TimeoutError` if it is not durable by then (the fact
+        is then voided, as when the caller is cancelled).
+        """
         uid = record.usage_id
         if not uid:
             raise SpoolError("a usage record needs a usage_id")
@@ -163,9 +169,11 @@ class Spool:
         fut = self.log.append((encode_reserved(blob),),
                               (Reserved(uid, record.admitted_at_ms, record.request_id, blob),))
         assert fut is not None
+        if deadline_s is not None:
+            self._deadlines.add(fut, deadline_s)
         try:
             await fut
-        except asyncio.CancelledError:
+        except (asyncio.CancelledError, TimeoutError):
             # The caller gave up (Check deadline): it will not answer OK, so the record, if it
             # was written at all, must never be billed. A void fact follows it in the log.
             self._void_quietly(uid, record.request_id)

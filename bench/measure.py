@@ -41,6 +41,7 @@ class Snapshot:
     envoy_cpu_s: float
     stats: dict[str, int]
     redis: dict[str, int]
+    meter_redis: dict[str, int]
     checks: dict[str, int]
 
 
@@ -69,6 +70,8 @@ def snapshot(stack: Stack) -> Snapshot:
         envoy_cpu_s=cpu_seconds(stack.envoy.pid),
         stats=stats,
         redis=redis_command_calls(stack.redis.port) if stack.redis is not None else {},
+        meter_redis=redis_command_calls(stack.meter_redis.port)
+        if stack.meter_redis is not None else {},
         checks=tollhouse_checks(stack.tollhouse_admin)
         if stack.scenario.server == "tollhouse" else {},
     )
@@ -117,6 +120,11 @@ def _report(stack: Stack, load: LoadResult, before: Snapshot, after: Snapshot) -
         report["tollhouse_checks"] = _delta(after.checks, before.checks)
     if stack.redis is not None:
         report["redis"] = _redis_report(_delta(after.redis, before.redis), checks)
+    if stack.meter_redis is not None:
+        ops = _delta(after.meter_redis, before.meter_redis)
+        report["redis"]["meter_ops_per_check"] = round(sum(ops.values()) / checks, 3) \
+            if checks else None
+        report["redis"]["meter_by_command"] = ops
     return report
 
 

@@ -215,6 +215,7 @@ def tollhouse_config(
     quotas: bool = True,
     spool: bool = True,
     redis_url: str | None = None,
+    meter_url: str | None = None,
     overrides: tuple[str, ...] = (),
 ) -> str:
     """A tollhouse config with every feature on (JWT, API key, entitlements, quotas, metering).
@@ -244,7 +245,7 @@ def tollhouse_config(
         "counters": redis_url or "memory",
     }
     if spool:
-        meter = redis_url or f"sqlite://{workdir}/meter.db"
+        meter = meter_url or redis_url or f"sqlite://{workdir}/meter.db"
         cfg["metering"] = {"spool": f"{workdir}/spool", "meter": meter}
     elif "enabled" in MeteringConfig.model_fields:  # metering is on unless switched off
         cfg["metering"] = {"enabled": False}

@@ -87,14 +87,15 @@ def _fmt(value: Any, digits: int = 1) -> str:
 
 _PEAK_HEAD = ("config", "req/s", "p50 ms", "p99 ms", "srv CPU us/req", "envoy CPU us/req",
               "non-2xx", "authz ok/denied/error", "ALS written/dropped",
-              "redis ops/check (counters / meter XADD)",
+              "redis ops/check (counters / meter)",
               "x B", "x C0")
 
 
 def _redis_cell(redis: dict[str, Any] | None) -> str:
     if not redis:
         return "-"
-    return f"{_fmt(redis['ops_per_check'], 4)} / {_fmt(redis['meter_xadd_per_check'], 2)}"
+    meter = redis.get("meter_ops_per_check", redis.get("meter_xadd_per_check"))
+    return f"{_fmt(redis['ops_per_check'], 4)} / {_fmt(meter, 2)}"
 
 
 def _peak_row(name: str, r: dict[str, Any], rat: dict[str, Any]) -> tuple[str, ...]:

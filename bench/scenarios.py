@@ -101,7 +101,8 @@ class Stack:
     envoy_ports: EnvoyPorts
     envoy: Proc | None = None
     server: Proc | None = None
-    redis: RedisServer | None = None
+    redis: RedisServer | None = None  # the counters (what ops_per_check counts)
+    meter_redis: RedisServer | None = None  # the meter and the shared join, counted apart
     tollhouse_admin: int = 0
 
     @property
@@ -125,12 +126,15 @@ def _start_server(
         return
     if sc.redis:
         stack.redis = RedisServer(wd / "redis").start()
+        stack.meter_redis = RedisServer(wd / "redis-meter").start()
     (wd / "jwks.json").write_text(json.dumps(creds.jwks()))
     cfg = tollhouse_config(
         grpc_port=port, http_port=http_port, admin_port=stack.tollhouse_admin, workdir=str(wd),
         api_key_sha256=hashlib.sha256(creds.api_key.encode()).hexdigest(),
         token_cache_size=sc.token_cache_size, quotas=sc.quotas, spool=sc.spool,
-        redis_url=stack.redis.url if stack.redis is not None else None, overrides=overrides,
+        redis_url=stack.redis.url if stack.redis is not None else None,
+        meter_url=stack.meter_redis.url if stack.meter_redis is not None else None,
+        overrides=overrides,
     )
     (wd / "tollhouse.yaml").write_text(cfg)
     args = [str(BIN / "tollhouse"), "serve", "--config", str(wd / "tollhouse.yaml"),
@@ -190,7 +194,8 @@ def running(
         for proc in (stack.envoy, stack.server):
             if proc is not None:
                 proc.stop()
-        if stack.redis is not None:
-            stack.redis.stop()
+        for server in (stack.redis, stack.meter_redis):
+            if server is not None:
+                server.stop()
         if not keep:
             shutil.rmtree(wd, ignore_errors=True)

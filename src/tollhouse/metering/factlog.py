@@ -35,18 +35,16 @@ import asyncio
 import contextlib
 import os
 import queue
-import struct
 import threading
 import time
-import zlib
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from tollhouse.logs import get_logger
+from tollhouse.metering.factlog_format import MAGIC, frame, scan, segment_path, segments
 from tollhouse.metering.metrics import (
-    FACTLOG_CORRUPT,
     FACTS_LOST,
     SPOOL_COMMITS,
     SPOOL_WRITE_ERRORS,
@@ -56,92 +54,12 @@ __all__ = ["MAGIC", "FactLog", "SpoolError", "Written", "scan", "segment_path"]
 
 log = get_logger(__name__)
 
-MAGIC = b"THFACT1\n"
-_HEADER = struct.Struct("<II")
-MAX_RECORD = 1 << 20  # a fact is ~100-300 bytes; anything larger is corruption
 _MAX_BATCH_ITEMS = 4096
 DEFAULT_SEGMENT_BYTES = 64 << 20
 
 
 class SpoolError(Exception):
     """The spool (its fact log) cannot take the write (disk full, I/O error, closed): refuse."""
-
-
-def segment_path(directory: Path, seq: int) -> Path:
-    """The file of segment ``seq``."""
-    return directory / f"facts-{seq:012d}.log"
-
-
-def _segments(directory: Path) -> list[int]:
-    out = []
-    for p in directory.glob("facts-*.log"):
-        with contextlib.suppress(ValueError):
-            out.append(int(p.name[6:-4]))
-    return sorted(out)
-
-
-def _next_good(data: bytes, start: int) -> int | None:
-    """The offset of the next record that checks out after a bad one, or None (a torn tail)."""
-    end = len(data)
-    for off in range(start, end - _HEADER.size + 1):
-        length, crc = _HEADER.unpack_from(data, off)
-        stop = off + _HEADER.size + length
-        if 0 < length <= MAX_RECORD and stop <= end and zlib.crc32(
-            data[off + _HEADER.size : stop]
-        ) == crc:
-            return off
-    return None
-
-
-def _parse(data: bytes, path: Path) -> tuple[list[bytes], int]:
-    """The payloads of one segment's bytes and the length of its good prefix."""
-    out: list[bytes] = []
-    off = len(MAGIC)
-    end = len(data)
-    while off + _HEADER.size <= end:
-        length, crc = _HEADER.unpack_from(data, off)
-        stop = off + _HEADER.size + length
-        if 0 < length <= MAX_RECORD and stop <= end:
-            payload = data[off + _HEADER.size : stop]
-            if zlib.crc32(payload) == crc:
-                out.append(payload)
-                off = stop
-                continue
-        nxt = _next_good(data, off + 1)
-        if nxt is None:
-            break  # a torn tail: cut here
-        FACTLOG_CORRUPT.inc()
-        log.error("factlog.corrupt_record_skipped", segment=path.name, offset=off,
-                  skipped_bytes=nxt - off)
-        off = nxt
-    return out, off
-
-
-def scan(directory: Path | str, *, repair: bool) -> Iterator[tuple[int, bytes]]:
-    """Yield ``(segment, payload)`` of every good record, oldest first.
-
-    ``repair`` truncates a torn tail (and an empty or foreign segment's bad header) so the file
-    ends at its last good record; without it (a read-only report) nothing is changed.
-    """
-    directory = Path(directory)
-    if not directory.is_dir():
-        return
-    for seq in _segments(directory):
-        path = segment_path(directory, seq)
-        data = path.read_bytes()
-        if not data.startswith(MAGIC):
-            log.error("factlog.bad_segment_header", segment=path.name, size=len(data))
-            if data:
-                FACTLOG_CORRUPT.inc()
-            continue
-        payloads, good = _parse(data, path)
-        if good < len(data) and repair:
-            log.warning("factlog.torn_tail_cut", segment=path.name, cut_bytes=len(data) - good)
-            with open(path, "r+b") as f:
-                f.truncate(good)
-                os.fsync(f.fileno())
-        for p in payloads:
-            yield seq, p
 
 
 @dataclass(slots=True)
@@ -164,15 +82,6 @@ class _Item:
 
 
 _STOP = _Item((), (), None, kind="stop")
-
-
-def _frame(payloads: Sequence[bytes]) -> list[bytes]:
-    parts: list[bytes] = []
-    pack, crc = _HEADER.pack, zlib.crc32
-    for p in payloads:
-        parts.append(pack(len(p), crc(p)))
-        parts.append(p)
-    return parts
 
 
 class FactLog:
@@ -206,7 +115,7 @@ class FactLog:
         """Create the directory and a fresh, synced active segment (blocking: call in a thread)."""
         try:
             self.directory.mkdir(parents=True, exist_ok=True)
-            existing = _segments(self.directory)
+            existing = segments(self.directory)
             self._new_segment((existing[-1] + 1) if existing else 1)
             os.fdatasync(self._fd)  # warm: the first syncs of a fresh file are the slow ones
         except OSError as e:
@@ -331,7 +240,7 @@ class FactLog:
         for it in batch:
             if it.kind == "delete":
                 self._delete(it.arg)
-        parts = [part for it in appends for part in _frame(it.payloads)]
+        parts = [part for it in appends for part in frame(it.payloads)]
         seq = self.active
         err: BaseException | None = None
         if parts:

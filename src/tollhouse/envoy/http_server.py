@@ -52,6 +52,7 @@ class _Connection(asyncio.Protocol):
         self.server = server
         self.cfg = server.cfg
         self.parser = httptools.HttpRequestParser(self)
+        self.loop = asyncio.get_running_loop()  # once per connection: it costs a getpid()
         self.transport: asyncio.Transport | None = None
         self.queue: collections.deque[_Pending] = collections.deque()
         self.worker: asyncio.Task[None] | None = None
@@ -155,7 +156,7 @@ class _Connection(asyncio.Protocol):
         if len(self.queue) >= self.cfg.max_pipelined and self.transport is not None:
             self.transport.pause_reading()
         if self.worker is None:
-            self.worker = asyncio.get_running_loop().create_task(self._drain())
+            self.worker = self.loop.create_task(self._drain())
 
     def _count(self, n: int) -> None:
         self.header_bytes += n

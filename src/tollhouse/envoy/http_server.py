@@ -39,10 +39,13 @@ _SWEEP_S = 0.5
 _Pending = tuple[bytes, bytes, list[tuple[bytes, bytes]], bool, float]
 
 
+_TITLES = {413: "Content too large", 431: "Request header fields too large"}
+
+
 class _TooLarge(Exception):
     def __init__(self, status: int, code: str, detail: str) -> None:
         super().__init__(detail)
-        self.deny = Deny(status, code, "Bad request", detail)
+        self.deny = Deny(status, code, _TITLES.get(status, "Bad request"), detail)
 
 
 class _Connection(asyncio.Protocol):

@@ -22,6 +22,7 @@ from tollhouse import devkeys
 from tollhouse.app import App
 from tollhouse.config import load_config
 from tollhouse.metering.schema import UsageRecord
+from tollhouse.metrics import CONFIG_RELOADS
 
 ISS = "https://issuer.example"
 
@@ -241,3 +242,23 @@ async def test_usage_id_from_request_header_follows_the_config(
         await stub.StreamAccessLogs(iter([_header_shaped_entry(usage_id)]), timeout=2)
     await app.metering.spool.counts()
     assert (await app.metering.spool.get(usage_id)).state == UsageRecord.CONFIRMED
+
+
+async def test_reload_to_a_missing_key_file_is_refused(
+    running: tuple[App, devkeys.DevKey, Path], tmp_path: Path
+) -> None:
+    """A reload whose jwks_file names nothing is rejected and counted; the old config serves."""
+    app, key, path = running
+    tok = devkeys.make_token(key, issuer=ISS, audience="api", subject="acme")
+    version = app.state.catalog.version
+    before = CONFIG_RELOADS.labels("rejected")._value.get()
+    doc = yaml.safe_load(path.read_text())
+    doc["auth"]["jwt"][0]["jwks_file"] = str(tmp_path / "gone.json")
+    doc["customers"]["acme"]["plan"] = "pro"
+    _write(path, doc)
+    assert not await app.reload()
+    assert CONFIG_RELOADS.labels("rejected")._value.get() == before + 1
+    assert app.state.catalog.version == version
+    assert app.cfg.auth.jwt[0].jwks_file == tmp_path / "jwks.json"
+    assert (await _check(app, tok, "/v1/search")).HasField("ok_response")
+    assert (await _check(app, tok, "/v1/export")).denied_response.status.code == 403

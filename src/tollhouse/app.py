@@ -28,6 +28,7 @@ from tollhouse.envoy import authz
 from tollhouse.envoy.http_server import HttpAuthzServer
 from tollhouse.http import AdminHttp
 from tollhouse.limits import LimitsBuilder, needs_limiter
+from tollhouse.listeners import ListenError, check_listeners
 from tollhouse.logs import get_logger
 from tollhouse.metrics import CONFIG_RELOADS, CONFIG_VERSION_INFO, READY
 
@@ -126,8 +127,12 @@ class App:
             await self.health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         reflection.enable_server_reflection(names, self.server)
-        if self.server.add_insecure_port(self.cfg.listen) == 0:
-            raise OSError(f"cannot listen on {self.cfg.listen}")
+        try:
+            bound = self.server.add_insecure_port(self.cfg.listen)
+        except RuntimeError:  # grpc's "Failed to bind": taken since check_listeners ran
+            bound = 0
+        if bound == 0:
+            raise ListenError("listen", self.cfg.listen, "address already in use")
         await self.server.start()
         if self.authz_http is not None:
             await self.authz_http.start()
@@ -172,7 +177,7 @@ class App:
     async def reload(self) -> bool:
         """Load the config file again and swap the snapshot atomically if it is valid."""
         try:
-            cfg = await asyncio.to_thread(load_config, self.config_path)
+            cfg = await asyncio.to_thread(load_config, self.config_path, key_files=True)
             raw = await asyncio.to_thread(_read_bytes, self.config_path)
             catalog = build_catalog(cfg, raw)
         except ConfigError as e:
@@ -287,7 +292,8 @@ def _read_bytes(path: Path) -> bytes:
 
 async def serve(config_path: Path) -> int:
     """Run until SIGTERM/SIGINT; return the exit code."""
-    cfg = load_config(config_path)
+    cfg = load_config(config_path, key_files=True)
+    check_listeners(cfg)  # a port in use stops us before the spool or the store is opened
     app = App(config_path, cfg)
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()

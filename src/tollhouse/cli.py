@@ -16,6 +16,7 @@ __all__ = ["build_parser", "main"]
 
 def _cmd_serve(args: argparse.Namespace) -> int:
     from tollhouse.app import serve  # imported here: `tollhouse bill` never loads grpc
+    from tollhouse.listeners import ListenError
     from tollhouse.store import SchemaError
 
     configure_logging(args.log_level)
@@ -35,9 +36,12 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         print(f"tollhouse: entitlement store: {e} (run `tollhouse store migrate`)",
               file=sys.stderr)
         return 2
+    except ListenError as e:
+        print(f"tollhouse: {e}", file=sys.stderr)
+        return 2
     except OSError as e:
         print(f"tollhouse: cannot start: {e}", file=sys.stderr)
-        return 1
+        return 2
 
 
 def _print_config_error(e: ConfigError) -> None:
@@ -50,7 +54,7 @@ def _cmd_check_config(args: argparse.Namespace) -> int:
     bad = 0
     for f in args.files:
         try:
-            cfg = load_config(f)
+            cfg = load_config(f, key_files=True)
         except ConfigError as e:
             _print_config_error(e)
             bad += 1

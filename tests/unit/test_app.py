@@ -22,6 +22,7 @@ from tollhouse import devkeys
 from tollhouse.app import App
 from tollhouse.config import load_config
 from tollhouse.metering.schema import UsageRecord
+from tollhouse.metrics import CONFIG_RELOADS
 
 ISS = "https://issuer.example"
 
@@ -241,3 +242,54 @@ async def test_usage_id_from_request_header_follows_the_config(
         await stub.StreamAccessLogs(iter([_header_shaped_entry(usage_id)]), timeout=2)
     await app.metering.spool.counts()
     assert (await app.metering.spool.get(usage_id)).state == UsageRecord.CONFIRMED
+
+
+async def test_key_removed_from_jwks_file_is_refused_within_seconds(tmp_path: Path) -> None:
+    """Rewriting jwks_file without k1 refuses k1's (cached) token within 2 s.
+
+    jwks_refresh_s is 300, so only the file watch can do it; a garbage rewrite then keeps the
+    last good set (k2 still verifies, k1 stays refused).
+    """
+    k1, k2 = devkeys.generate_ec("k1"), devkeys.generate_ec("k2")
+    jwks = tmp_path / "jwks.json"
+    jwks.write_text(json.dumps(devkeys.jwks(k1, k2)))
+    path = tmp_path / "tollhouse.yaml"
+    _write(path, _config(tmp_path, {"jwks_file": str(jwks), "jwks_refresh_s": 300}))
+    app = App(path, load_config(path))
+    await app.start()
+    try:
+        old = devkeys.make_token(k1, issuer=ISS, audience="api", subject="acme")
+        new = devkeys.make_token(k2, issuer=ISS, audience="api", subject="acme")
+        assert (await _check(app, old, "/v1/search")).HasField("ok_response")  # now cached
+        jwks.write_text(json.dumps(devkeys.jwks(k2)))
+
+        async def old_refused() -> bool:
+            return (await _check(app, old, "/v1/search")).denied_response.status.code == 401
+
+        assert await _wait(old_refused, timeout_s=2.0)
+        jwks.write_text("{not json")
+        await asyncio.sleep(1.2)  # more than two polls: the garbage has been read and refused
+        assert (await _check(app, new, "/v1/search")).HasField("ok_response")
+        assert (await _check(app, old, "/v1/search")).denied_response.status.code == 401
+    finally:
+        await app.stop()
+
+
+async def test_reload_to_a_missing_key_file_is_refused(
+    running: tuple[App, devkeys.DevKey, Path], tmp_path: Path
+) -> None:
+    """A reload whose jwks_file names nothing is rejected and counted; the old config serves."""
+    app, key, path = running
+    tok = devkeys.make_token(key, issuer=ISS, audience="api", subject="acme")
+    version = app.state.catalog.version
+    before = CONFIG_RELOADS.labels("rejected")._value.get()
+    doc = yaml.safe_load(path.read_text())
+    doc["auth"]["jwt"][0]["jwks_file"] = str(tmp_path / "gone.json")
+    doc["customers"]["acme"]["plan"] = "pro"
+    _write(path, doc)
+    assert not await app.reload()
+    assert CONFIG_RELOADS.labels("rejected")._value.get() == before + 1
+    assert app.state.catalog.version == version
+    assert app.cfg.auth.jwt[0].jwks_file == tmp_path / "jwks.json"
+    assert (await _check(app, tok, "/v1/search")).HasField("ok_response")
+    assert (await _check(app, tok, "/v1/export")).denied_response.status.code == 403

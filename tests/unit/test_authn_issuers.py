@@ -88,6 +88,28 @@ async def test_hs_secret_issuer(tmp_path: Path, started: Start,
     assert rs.detail == "algorithm not allowed"
 
 
+async def test_rotated_hs_secret_file_is_picked_up(tmp_path: Path, started: Start) -> None:
+    """A rewritten hs_secret_file replaces the secret within a second.
+
+    The old secret's token, already cached, is refused and the new secret's token verifies.
+    """
+    old, new = secrets.token_hex(32), secrets.token_hex(32)
+    (tmp_path / "hs.key").write_text(old + "\n")
+    clock = Clock()
+    cfg = JwtIssuerConfig(issuer=A, audiences=("api",), hs_secret_file=tmp_path / "hs.key",
+                          algorithms=("HS256",))
+    a = await started(AuthConfig(jwt=(cfg,)), clock)
+    old_token = hs_token(old, clock)
+    assert isinstance(check(a, old_token), Principal)
+    (tmp_path / "hs.key").write_text(new + "\n")
+    for _ in range(200):
+        if isinstance(check(a, hs_token(new, clock)), Principal):
+            break
+        await asyncio.sleep(0.01)
+    assert isinstance(check(a, hs_token(new, clock)), Principal)
+    assert isinstance(check(a, old_token), AuthnFailure)
+
+
 async def test_short_hs_secret_never_loads(tmp_path: Path, started: Start) -> None:
     """A secret shorter than 32 bytes is refused: not ready, tokens get 503."""
     (tmp_path / "hs.key").write_text("short-secret")

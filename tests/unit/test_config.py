@@ -91,6 +91,8 @@ def test_check_config_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) ->
     """`tollhouse check-config` exits 0 on a good file and 1 with dotted paths on a bad one."""
     good = tmp_path / "good.yaml"
     good.write_text(GOOD)
+    (tmp_path / "keys").mkdir()
+    (tmp_path / "keys" / "jwks.json").write_text('{"keys": []}')
     bad = tmp_path / "bad.yaml"
     bad.write_text("plans:\n  free: {features: [x]}\nlisten: nowhere\n")
     assert main(["check-config", str(good)]) == 0
@@ -137,3 +139,47 @@ def test_serve_refuses_a_bad_config_before_listening(
     assert main(["serve", "--config", str(f)]) == 2
     err = capsys.readouterr().err
     assert "plans.free.quotas" in err
+
+
+def test_check_config_refuses_a_missing_key_file(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A jwks_file that names nothing fails check-config with its dotted path and the full path."""
+    good = tmp_path / "good.yaml"
+    good.write_text(GOOD)
+    assert main(["check-config", str(good)]) == 1
+    err = capsys.readouterr().err
+    assert f"auth.jwt.0.jwks_file: file not found: {tmp_path / 'keys' / 'jwks.json'}" in err
+
+
+@pytest.mark.parametrize("kind", ["missing", "directory", "unreadable"])
+def test_key_files_are_checked_when_asked(tmp_path: Path, kind: str) -> None:
+    """key_files=True: a missing, directory or unreadable hs_secret_file is a ConfigError.
+
+    The problem carries the dotted path and the file; the default (billing, store commands)
+    does not look at key files.
+    """
+    secret = tmp_path / "hs.key"
+    if kind == "directory":
+        secret.mkdir()
+    elif kind == "unreadable":
+        secret.write_text("x" * 40)
+        secret.chmod(0)
+    f = tmp_path / "c.yaml"
+    f.write_text("auth:\n  jwt:\n    - {issuer: i, audiences: [a], hs_secret_file: hs.key,"
+                 " algorithms: [HS256]}\n")
+    load_config(f)
+    if kind == "unreadable":
+        try:
+            secret.read_bytes()
+            pytest.skip("running as a user that reads mode-000 files (root)")
+        except PermissionError:
+            pass
+    with pytest.raises(ConfigError) as exc:
+        load_config(f, key_files=True)
+    [(where, msg)] = exc.value.problems
+    assert where == "auth.jwt.0.hs_secret_file"
+    assert msg.endswith(str(secret))
+    expected = {"missing": "file not found", "directory": "not a file",
+                "unreadable": "cannot read"}[kind]
+    assert msg.startswith(expected)

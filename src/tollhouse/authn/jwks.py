@@ -2,14 +2,17 @@
 
 Keys are loaded in the background, never on the request path. The request path only reads the
 current immutable :class:`KeySnapshot` and, on an unknown ``kid``, asks for a refresh that is
-single-flight and rate-limited by ``jwks_cooldown_s``. A failed, timed-out or garbage load keeps
-the last good snapshot. Token header fields jku / x5u / jwk / x5c are never consulted.
+single-flight and rate-limited by ``jwks_cooldown_s``. A key file (``jwks_file``,
+``hs_secret_file``) is also watched: a change of its mtime or size reloads it within
+``FILE_POLL_S``. A failed, timed-out or garbage load keeps the last good snapshot. Token header
+fields jku / x5u / jwk / x5c are never consulted.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import json
 import time
 from collections.abc import Callable, Mapping
@@ -30,6 +33,7 @@ log = get_logger(__name__)
 
 MAX_JWKS_BYTES = 1 << 20
 MIN_HS_SECRET_BYTES = 32
+FILE_POLL_S = 0.5  # how often a key file's mtime and size are looked at
 
 
 class _HttpStatusError(Exception):
@@ -120,8 +124,19 @@ def _secret_snapshot(raw: bytes) -> KeySnapshot:
     secret = raw.rstrip(b"\r\n")
     if len(secret) < MIN_HS_SECRET_BYTES:
         raise ValueError(f"HS secret shorter than {MIN_HS_SECRET_BYTES} bytes")
-    key = VerificationKey(None, "oct", None, None, secret, "hs-secret")
+    # The thumb tells a rotated secret from the old one (the token cache is then cleared).
+    thumb = "hs-secret:" + hashlib.sha256(secret).hexdigest()
+    key = VerificationKey(None, "oct", None, None, secret, thumb)
     return KeySnapshot({}, (key,), any_kid=True)
+
+
+def _file_sig(path: Path) -> tuple[int, int] | None:
+    """A file's (mtime_ns, size), or None when it cannot be looked at."""
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return st.st_mtime_ns, st.st_size
 
 
 def _read_if_changed(path: Path, last: tuple[int, int] | None) -> tuple[tuple[int, int], bytes]:
@@ -157,6 +172,7 @@ class JwksKeySet:
         self._last_attempt = float("-inf")
         self._inflight: asyncio.Task[None] | None = None
         self._periodic: asyncio.Task[None] | None = None
+        self._watcher: asyncio.Task[None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._session: aiohttp.ClientSession | None = None
         self.fetches = 0  # load attempts, for tests and debugging
@@ -178,16 +194,19 @@ class JwksKeySet:
         stopped = self._loop is not loop
         if not stopped and self.cfg.hs_secret_file is None and self._periodic is None:
             self._periodic = loop.create_task(self._refresh_forever())
+        key_file = self._key_file
+        if not stopped and key_file is not None and self._watcher is None:
+            self._watcher = loop.create_task(self._watch_file(key_file))
 
     async def stop(self) -> None:
         """Cancel background work and close the HTTP session."""
         self._loop = None  # no refresh may be kicked off after this
-        for task in (self._periodic, self._inflight):
+        for task in (self._periodic, self._watcher, self._inflight):
             if task is not None and not task.done():
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
-        self._periodic = self._inflight = None
+        self._periodic = self._watcher = self._inflight = None
         if self._session is not None:
             await self._session.close()
             self._session = None
@@ -225,6 +244,20 @@ class JwksKeySet:
             await asyncio.sleep(delay)
             await self.refresh()
 
+    @property
+    def _key_file(self) -> Path | None:
+        return self.cfg.jwks_file or self.cfg.hs_secret_file
+
+    async def _watch_file(self, path: Path) -> None:
+        """Reload as soon as the key file's mtime or size changes (or it vanishes or returns)."""
+        last = await asyncio.to_thread(_file_sig, path)
+        while True:
+            await asyncio.sleep(FILE_POLL_S)
+            sig = await asyncio.to_thread(_file_sig, path)
+            if sig != last:
+                last = sig
+                await self.refresh()
+
     async def _load_once(self) -> None:
         self._last_attempt = self._clock()
         self.fetches += 1
@@ -237,7 +270,7 @@ class JwksKeySet:
         except ValueError as e:
             self._failed("invalid", str(e))
         except (aiohttp.ClientError, OSError, _HttpStatusError) as e:
-            self._failed("error", str(e) if isinstance(e, _HttpStatusError) else type(e).__name__)
+            self._failed("error", _reason(e))
         except Exception as e:
             log.error("jwks.load_failed", exc=True, issuer=issuer)
             self._failed("error", type(e).__name__)
@@ -265,14 +298,14 @@ class JwksKeySet:
     async def _fetch(self) -> KeySnapshot | None:
         """Return a new snapshot, or None when the source did not change."""
         cfg = self.cfg
-        if cfg.hs_secret_file is not None:
-            raw = await asyncio.to_thread(cfg.hs_secret_file.read_bytes)
-            return _secret_snapshot(raw)
-        if cfg.jwks_file is not None:
-            sig, raw = await asyncio.to_thread(_read_if_changed, cfg.jwks_file, self._file_sig)
+        key_file = self._key_file
+        if key_file is not None:
+            sig, raw = await asyncio.to_thread(_read_if_changed, key_file, self._file_sig)
             if sig == self._file_sig:
                 return None
             self._file_sig = sig
+            if cfg.hs_secret_file is not None:
+                return _secret_snapshot(raw)
             return parse_jwks(raw, cfg.issuer)
         assert cfg.jwks_uri is not None
         return parse_jwks(await self._get(cfg.jwks_uri), cfg.issuer)
@@ -291,3 +324,12 @@ class JwksKeySet:
                 if len(body) > MAX_JWKS_BYTES:
                     raise ValueError("JWKS document too large")
             return bytes(body)
+
+
+def _reason(e: BaseException) -> str:
+    """What a failed load logs: the HTTP status, the file and its error, or the error type."""
+    if isinstance(e, _HttpStatusError):
+        return str(e)
+    if isinstance(e, OSError) and not isinstance(e, aiohttp.ClientError) and e.filename:
+        return f"{type(e).__name__}: {e.strerror}: {e.filename}"
+    return type(e).__name__

@@ -244,8 +244,13 @@ def sqlite_path(url: str) -> Path:
     return Path(url[len("sqlite://"):])
 
 
-def load_config(path: str | Path) -> Config:
-    """Read and validate a YAML config file; raise :class:`ConfigError` with dotted paths."""
+def load_config(path: str | Path, *, key_files: bool = False) -> Config:
+    """Read and validate a YAML config file; raise :class:`ConfigError` with dotted paths.
+
+    ``key_files``: also require every issuer's ``jwks_file`` / ``hs_secret_file`` to be readable
+    (``serve``, its hot reload and ``check-config``; the billing and store commands never read
+    keys, so a job without the key Secret mounted still runs).
+    """
     p = Path(path)
     try:
         text = p.read_text(encoding="utf-8")
@@ -258,7 +263,42 @@ def load_config(path: str | Path) -> Config:
         where = f"line {mark.line + 1}" if mark is not None else "(file)"
         raise ConfigError([(where, f"invalid YAML: {getattr(e, 'problem', e)}")], str(p)) from None
     cfg = parse_config(data, base_dir=p.parent.resolve(), source=str(p))
+    if key_files:
+        _check_key_files(cfg, str(p))
     return _with_keys_file(cfg, str(p))
+
+
+def _check_key_files(cfg: Config, source: str) -> None:
+    """Every issuer's ``jwks_file`` / ``hs_secret_file`` exists and is readable now.
+
+    Only presence is checked here; the content is the key set's business (a bad document keeps
+    the last good key set), but a path that names nothing is a typo worth refusing the config for.
+    """
+    problems: list[tuple[str, str]] = []
+    for i, issuer in enumerate(cfg.auth.jwt):
+        for name in ("jwks_file", "hs_secret_file"):
+            path: Path | None = getattr(issuer, name)
+            if path is None:
+                continue
+            why = _unreadable(path)
+            if why is not None:
+                problems.append((f"auth.jwt.{i}.{name}", f"{why}: {path}"))
+    if problems:
+        raise ConfigError(problems, source)
+
+
+def _unreadable(path: Path) -> str | None:
+    """Why ``path`` cannot be read as a file, or None when it can."""
+    try:
+        with path.open("rb") as f:
+            f.read(1)
+    except FileNotFoundError:
+        return "file not found"
+    except IsADirectoryError:
+        return "not a file"
+    except OSError as e:
+        return f"cannot read ({e.strerror})"
+    return None
 
 
 def _with_keys_file(cfg: Config, source: str) -> Config:

@@ -13,11 +13,13 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
 from typing import Literal
 
 from tollhouse.billing.consume import consume_sqlite_meter
+from tollhouse.billing.due import due_periods
 from tollhouse.billing.invoice import BuildInput, InvoiceProblem, build_invoice
 from tollhouse.billing.ledger import FailureHook, Ledger, open_ledger
 from tollhouse.billing.metrics import INVOICES_ISSUED, LATE_RECORDS
@@ -137,6 +139,22 @@ def _order_problem(ledger: Ledger, sub: Subscription, p: Period) -> str | None:
     return None
 
 
+def _unbilled_after_cancel(run: _Run, sub: Subscription, p: Period) -> int | None:
+    """Earliest unbilled usage (ms) admitted before ``p`` ends, of a cancelled subscription.
+
+    Unbilled: in a generation after the last invoice (late usage), or admitted in a period that
+    starts after the cancellation (never invoiced), whatever its generation.
+    """
+    last = run.ledger.last_invoice(sub.customer)
+    late = run.ledger.first_admitted_ms(sub.customer, p.end_ms,
+                                        min_seq=0 if last is None else last[1], max_seq=run.upto)
+    since = sub.status_since_s if sub.status_since_s is not None else p.start_s
+    first_off = period_containing(since - 1, sub.anchor).next(sub.anchor)
+    after = run.ledger.first_admitted_ms(sub.customer, p.end_ms, min_seq=0, max_seq=run.upto,
+                                         after_ms=first_off.start_ms)
+    return min((t for t in (late, after) if t is not None), default=None)
+
+
 def _gate(run: _Run, sub: Subscription, p: Period) -> InvoiceProblem | Literal[True] | None:
     """``True``: bill ``p``; ``None``: nothing to bill (cancelled before ``p``); or a problem."""
     unknown = sorted({plan for plan, _, _ in segments(sub.changes, p)} - set(run.cfg.plans))
@@ -144,20 +162,16 @@ def _gate(run: _Run, sub: Subscription, p: Period) -> InvoiceProblem | Literal[T
         return InvoiceProblem(sub.customer, f"plan {unknown[0]!r} is not in the config's catalog")
     if not sub.cancelled_before(p):
         return True
-    last = run.ledger.last_invoice(sub.customer)
-    pending = run.ledger.first_admitted_ms(sub.customer, p.end_ms,
-                                           min_seq=0 if last is None else last[1],
-                                           max_seq=run.upto)
+    pending = _unbilled_after_cancel(run, sub, p)
     if pending is None:
         return None
     return InvoiceProblem(sub.customer, f"cancelled before {p.label} but has unbilled usage "
                           f"(admitted at {pending} ms); reactivate to bill it")
 
 
-def _bill_customer(run: _Run, sub: Subscription) -> InvoiceSummary | InvoiceProblem | None:
+def _bill_period(run: _Run, sub: Subscription, p: Period
+                 ) -> InvoiceSummary | InvoiceProblem | None:
     cust = sub.customer
-    p = (period_for_label(run.label, sub.anchor) if run.label is not None
-         else period_containing(run.now, sub.anchor))
     stored = run.ledger.get_invoice(cust, p.label)
     if stored is not None:
         return _summary(json.loads(stored), "already_issued", run.out_dir)
@@ -189,6 +203,32 @@ def _bill_customer(run: _Run, sub: Subscription) -> InvoiceSummary | InvoiceProb
     return _summary(inv.document, "issued", run.out_dir)
 
 
+def _bill_customer(run: _Run, sub: Subscription) -> list[InvoiceSummary | InvoiceProblem]:
+    """``--period``: that period; preview: the open one; else every ended, unissued period."""
+    if run.label is not None:
+        res = _bill_period(run, sub, period_for_label(run.label, sub.anchor))
+    elif run.preview:
+        res = _bill_period(run, sub, period_containing(run.now, sub.anchor))
+    else:
+        return _bill_due(run, sub)
+    return [] if res is None else [res]
+
+
+def _bill_due(run: _Run, sub: Subscription) -> list[InvoiceSummary | InvoiceProblem]:
+    """Issue ``sub``'s due periods in order; stop at the first problem (order is kept)."""
+    due = due_periods(sub, run.ledger, run.now, run.upto)
+    out: list[InvoiceSummary | InvoiceProblem] = []
+    for p in due:
+        # Cancelled: no later period is billed either; one gate over the last due period
+        # reports any unbilled usage up to its end, instead of one query per period.
+        res = _bill_period(run, sub, due[-1] if sub.cancelled_before(p) else p)
+        if res is not None:
+            out.append(res)
+        if res is None or isinstance(res, InvoiceProblem) or sub.cancelled_before(p):
+            break
+    return out
+
+
 def _summary(doc: dict[str, object], status: Literal["issued", "already_issued", "preview"],
              out_dir: Path | None) -> InvoiceSummary:
     files = tuple(write_invoice_files(doc, out_dir)) if out_dir is not None else ()
@@ -197,9 +237,14 @@ def _summary(doc: dict[str, object], status: Literal["issued", "already_issued",
 
 
 def _unknown_customers(run: _Run, subs: SubscriptionSource, known: set[str]) -> list[str]:
-    p = (period_for_label(run.label, None) if run.label is not None
-         else period_containing(run.now, None))
-    seen = run.ledger.customers_with_usage(p.start_ms, p.end_ms)
+    if run.label is not None:
+        p = period_for_label(run.label, None)
+        start_ms, end_ms = p.start_ms, p.end_ms
+    else:  # the open calendar month (preview), or the last ended one up to now (due periods)
+        p = period_containing(run.now, None)
+        start_ms = (p if run.preview else p.previous(None)).start_ms
+        end_ms = p.end_ms
+    seen = run.ledger.customers_with_usage(start_ms, end_ms)
     return [c for c in seen if c not in known and subs.subscription(c) is None]
 
 
@@ -214,14 +259,14 @@ def run_billing(cfg: Config, *, period: str | None, out_dir: Path | None, previe
                 options: JobOptions | None = None) -> BillingResult:
     """Consume the meter, then issue (or preview) every customer's invoice for ``period``.
 
-    ``period`` is ``YYYY-MM``; ``None`` (preview only) means each customer's open period.
+    ``period`` is ``YYYY-MM``. ``None`` means, when previewing, each customer's open period; when
+    issuing, every period that has ended at ``clock()`` and is not issued yet, per customer
+    (:func:`tollhouse.billing.due.due_periods`), so a re-run issues nothing new.
     Subscriptions: ``subscriptions``, else the entitlement store when ``cfg.store`` is set (read
     once, up front), else the config's customers.
     Files go to ``out_dir``, else ``cfg.billing.invoices_dir`` (previews: only with ``out_dir``).
     """
     opts = options or JobOptions()
-    if period is None and not preview:
-        raise ValueError("a period is required unless previewing")
     if period is not None:
         period_for_label(period, None)  # validates the label
     subs = subscriptions if subscriptions is not None else _subscriptions(cfg, clock)
@@ -236,12 +281,12 @@ def run_billing(cfg: Config, *, period: str | None, out_dir: Path | None, previe
         customers = sorted(subs.customers())
         for cust in customers:
             sub = subs.subscription(cust)
-            res = (InvoiceProblem(cust, "no subscription") if sub is None
-                   else _bill_customer(run, sub))
-            if isinstance(res, InvoiceProblem):
-                problems.append(res)
-            elif res is not None:
-                invoices.append(res)
+            for res in ([InvoiceProblem(cust, "no subscription")] if sub is None
+                        else _bill_customer(run, sub)):
+                if isinstance(res, InvoiceProblem):
+                    problems.append(res)
+                else:
+                    invoices.append(res)
         for cust in _unknown_customers(run, subs, set(customers)):
             problems.append(InvoiceProblem(cust, "usage from a customer with no subscription"))
     finally:
@@ -252,22 +297,43 @@ def run_billing(cfg: Config, *, period: str | None, out_dir: Path | None, previe
 
 
 def add_bill_arguments(parser: argparse.ArgumentParser) -> None:
-    """Add ``--config FILE --period YYYY-MM [--out DIR] [--preview]`` to ``parser``."""
+    """Add ``--config FILE [--period YYYY-MM] [--out DIR] [--preview] [--now TIME]``."""
     parser.add_argument("--config", required=True, type=Path, help="tollhouse YAML config")
-    parser.add_argument("--period", help="billing period YYYY-MM (default with --preview: open)")
+    parser.add_argument("--period", help="billing period YYYY-MM (default: every ended period "
+                        "not issued yet; with --preview: the open one)")
     parser.add_argument("--out", type=Path, default=None,
                         help="invoice directory (default: billing.invoices_dir)")
     parser.add_argument("--preview", action="store_true",
                         help="price without issuing anything (the open period by default)")
+    parser.add_argument("--now", type=_parse_now, default=None,
+                        help="bill as of this earlier UTC time (ISO 8601; default: the clock)")
+
+
+def _parse_now(text: str) -> float:
+    try:
+        t = datetime.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an ISO 8601 time: {text!r}") from None
+    return (t if t.tzinfo is not None else t.replace(tzinfo=UTC)).timestamp()
+
+
+def _clock(now: float | None) -> Callable[[], float]:
+    """The real clock, or a fixed earlier instant (never later: open periods stay unissued)."""
+    if now is None:
+        return time.time
+    if now > time.time():
+        raise ValueError("--now must not be later than the current time")
+    return lambda: now
 
 
 def main_bill(args: argparse.Namespace) -> int:
     """Run ``tollhouse bill``; 0 when every customer was billed, 1 on problems, 2 on bad input."""
     configure_logging()
     try:
+        clock = _clock(args.now)
         cfg = load_config(args.config)
         result = run_billing(cfg, period=args.period, out_dir=args.out, preview=args.preview,
-                             clock=time.time)
+                             clock=clock)
     except ConfigError as e:
         print(f"config error: {e}", file=sys.stderr)
         return 2
@@ -284,6 +350,8 @@ def main_bill(args: argparse.Namespace) -> int:
     for inv in result.invoices:
         html = next((str(f) for f in inv.files if f.suffix == ".html"), "-")
         print(f"{inv.number}  {inv.customer}  {inv.currency} {inv.total}  {inv.status}  {html}")
+    if args.period is None and not args.preview and not result.invoices and result.ok:
+        print("nothing due: every ended period is already invoiced")
     for pr in result.problems:
         print(f"PROBLEM {pr.customer}: {pr.message}", file=sys.stderr)
     return 0 if result.ok else 1

@@ -1,0 +1,49 @@
+"""Which periods ``tollhouse bill`` (without ``--period``) issues: every ended, unissued one.
+
+Per customer, by that customer's own periods (calendar months, or anniversaries of its anchor):
+the periods after its last issued invoice, up to the last one that has ended at ``now``. Periods
+are issued in order, so "not yet issued" is "after the last issued invoice".
+
+A customer without an issued invoice starts at its subscription's start (the first plan change:
+a store customer's anchor, a config customer's ``since:``). A subscription with no known start
+(in effect since the epoch, as config customers without ``since:``) starts at the period of its
+first billable usage in the ledger (so a customer whose usage began in the open period has nothing
+due yet), or, with no usage at all, at the last ended period (what the monthly job used to bill);
+never at 1970.
+"""
+
+from __future__ import annotations
+
+from tollhouse.billing.ledger import Ledger
+from tollhouse.billing.periods import Period, period_containing, period_for_label
+from tollhouse.billing.subscriptions import Subscription
+
+__all__ = ["due_periods"]
+
+
+def _first_period(sub: Subscription, ledger: Ledger, now_s: int, upto: int) -> Period:
+    anchor = sub.anchor
+    last = ledger.last_invoice(sub.customer)
+    if last is not None:
+        return period_for_label(last[0], anchor).next(anchor)
+    start_s = min((c.effective_from_s for c in sub.changes), default=0)
+    if start_s > 0:
+        return period_containing(start_s, anchor)
+    first_ms = ledger.first_admitted_ms(sub.customer, now_s * 1000, min_seq=0, max_seq=upto)
+    if first_ms is None:
+        return period_containing(now_s, anchor).previous(anchor)
+    return period_containing(first_ms // 1000, anchor)
+
+
+def due_periods(sub: Subscription, ledger: Ledger, now_s: float, upto: int) -> list[Period]:
+    """Return ``sub``'s ended periods not yet issued at ``now_s``, oldest first.
+
+    ``upto`` is the run's sealed generation (the usage the run may see).
+    """
+    now = int(now_s // 1)
+    p = _first_period(sub, ledger, now, upto)
+    out: list[Period] = []
+    while p.end_s <= now:
+        out.append(p)
+        p = p.next(sub.anchor)
+    return out

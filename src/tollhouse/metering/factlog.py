@@ -49,6 +49,7 @@ from tollhouse.metering.metrics import (
     SPOOL_COMMITS,
     SPOOL_WRITE_ERRORS,
 )
+from tollhouse.metering.watermark import Watermark
 
 __all__ = ["MAGIC", "FactLog", "SpoolError", "Written", "scan", "segment_path"]
 
@@ -94,8 +95,11 @@ class FactLog:
         on_durable: Callable[[Written], None],
         segment_bytes: int = DEFAULT_SEGMENT_BYTES,
         group_commit_ms: float = 0.0,
+        watermark: bool = False,
     ) -> None:
         self.directory = Path(directory)
+        self._publish_watermark = watermark
+        self._watermark: Watermark | None = None
         self._on_durable = on_durable
         self._segment_bytes = segment_bytes
         self._window_s = max(group_commit_ms, 0.0) / 1000.0
@@ -116,7 +120,11 @@ class FactLog:
         try:
             self.directory.mkdir(parents=True, exist_ok=True)
             existing = segments(self.directory)
-            self._new_segment((existing[-1] + 1) if existing else 1)
+            last = existing[-1] if existing else 0
+            if self._publish_watermark:  # never reuse a number a worker may still be reading
+                self._watermark = Watermark(self.directory)
+                last = max(last, self._watermark.last_segment)
+            self._new_segment(last + 1)
             os.fdatasync(self._fd)  # warm: the first syncs of a fresh file are the slow ones
         except OSError as e:
             raise SpoolError(f"cannot open the fact log in {self.directory}: {e}") from e
@@ -192,6 +200,8 @@ class FactLog:
         if self._fd >= 0:
             os.close(self._fd)
         self._fd, self._size, self.active = fd, len(MAGIC), seq
+        if self._watermark is not None:
+            self._watermark.publish(seq, self._size)  # the previous segment is sealed
 
     def _fsync_dir(self) -> None:
         dfd = os.open(self.directory, os.O_RDONLY | os.O_DIRECTORY)
@@ -215,6 +225,8 @@ class FactLog:
             if self._fd >= 0:
                 os.close(self._fd)
                 self._fd = -1
+            if self._watermark is not None:
+                self._watermark.close()
 
     def _collect(self, batch: list[_Item]) -> bool:
         """Add what is queued (and what arrives within the group-commit window); True on stop."""
@@ -266,6 +278,8 @@ class FactLog:
                       bytes=len(data))
             return SpoolError(f"fact log write failed: {e}")
         self._size += len(data)
+        if self._watermark is not None:
+            self._watermark.publish(self.active, self._size)
         self.commits += 1
         SPOOL_COMMITS.inc()
         return None

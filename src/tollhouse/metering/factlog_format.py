@@ -17,13 +17,15 @@ from pathlib import Path
 from tollhouse.logs import get_logger
 from tollhouse.metering.metrics import FACTLOG_CORRUPT
 
-__all__ = ["HEADER", "MAGIC", "MAX_RECORD", "frame", "scan", "segment_path", "segments"]
+__all__ = [
+    "HEADER", "MAGIC", "MAX_RECORD", "frame", "parse", "scan", "segment_path", "segments",
+]
 
 log = get_logger(__name__)
 
 MAGIC = b"THFACT1\n"
 HEADER = struct.Struct("<II")
-MAX_RECORD = 1 << 20  # a fact is ~100-300 bytes; anything larger is corruption
+MAX_RECORD = 8 << 20  # a fact is ~100-300 bytes, an access-log message at most 4 MiB (gRPC)
 
 
 def segment_path(directory: Path, seq: int) -> Path:
@@ -53,10 +55,13 @@ def _next_good(data: bytes, start: int) -> int | None:
     return None
 
 
-def _parse(data: bytes, path: Path) -> tuple[list[bytes], int]:
-    """The payloads of one segment's bytes and the length of its good prefix."""
+def parse(data: bytes, path: Path, start: int = len(MAGIC)) -> tuple[list[bytes], int]:
+    """The payloads of a segment's bytes from ``start``, and the end of its good prefix.
+
+    A bad record followed by good ones is skipped (counted, logged); a torn tail ends it.
+    """
     out: list[bytes] = []
-    off = len(MAGIC)
+    off = start
     end = len(data)
     while off + HEADER.size <= end:
         length, crc = HEADER.unpack_from(data, off)
@@ -94,7 +99,7 @@ def scan(directory: Path | str, *, repair: bool) -> Iterator[tuple[int, bytes]]:
             if data:
                 FACTLOG_CORRUPT.inc()
             continue
-        payloads, good = _parse(data, path)
+        payloads, good = parse(data, path)
         if good < len(data) and repair:
             log.warning("factlog.torn_tail_cut", segment=path.name, cut_bytes=len(data) - good)
             with open(path, "r+b") as f:

@@ -112,7 +112,10 @@ def _cmd_usage(args: argparse.Namespace) -> int:
     rows = asyncio.run(usage_report(cfg.metering.meter, since, until, args.customer))
     print(format_usage(rows))
     if args.reconcile:
-        rep = asyncio.run(reconcile(cfg.metering.spool, cfg.metering.meter, since, until))
+        from tollhouse.envoy.als import entries_of
+
+        rep = asyncio.run(reconcile(cfg.metering.spool, cfg.metering.meter, since, until,
+                                    entries_of))
         print()
         print(format_reconcile(rep))
     return 0

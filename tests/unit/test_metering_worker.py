@@ -270,3 +270,23 @@ def test_raw_access_log_fact_round_trips() -> None:
     assert fact == AccessLog(b"\x00\xffraw", 1234, "i-1")
     reserved = encode_reserved(UsageRecord(usage_id="u").SerializeToString())
     assert not isinstance(decode_fact(reserved), AccessLog)
+
+
+async def test_reconcile_reads_a_worker_log_with_raw_access_log(tmp_path: Path) -> None:
+    """`usage --reconcile` on a worker's log decodes its raw messages: joined, not pending."""
+    from tollhouse.envoy.als import entries_of
+    from tollhouse.metering.report import reconcile
+    from tollhouse.metering.writer import FactWriter
+
+    writer = FactWriter(tmp_path / "spool")
+    await writer.open()
+    rec = UsageRecord(usage_id="a" * 32, customer="acme", admitted_at_ms=10,
+                      state=UsageRecord.RESERVED, units={"requests": 1})
+    await writer.reserve(rec)
+    writer.access_log(_served(rec.usage_id, 1).SerializeToString())
+    await writer.close()
+    meter = f"sqlite:///{tmp_path / 'm.db'}"
+    got = await reconcile(tmp_path / "spool", meter, 0, 1000, entries_of)
+    assert (got.reserved, got.confirmed, got.unsent) == (0, 1, 1)
+    blind = await reconcile(tmp_path / "spool", meter, 0, 1000)
+    assert (blind.reserved, blind.confirmed) == (1, 0)

@@ -69,6 +69,7 @@ def wait_for_meter(cfg: Config, *, clock: Clock = time.time, sleep: Callable[[fl
     A record is final once its access-log entry arrives (or, at the latest, after
     ``metering.unconfirmed_after_s``); the forwarder then moves it to the meter.
     """
+    from tollhouse.envoy.als import entries_of
     from tollhouse.metering.report import reconcile
 
     deadline = clock() + cfg.metering.unconfirmed_after_s + 10.0
@@ -76,7 +77,7 @@ def wait_for_meter(cfg: Config, *, clock: Clock = time.time, sleep: Callable[[fl
         now = clock()
         try:
             rep = asyncio.run(reconcile(cfg.metering.spool, cfg.metering.meter,
-                                        _month_start_ms(now), int(now * 1000) + 1))
+                                        _month_start_ms(now), int(now * 1000) + 1, entries_of))
             settled = rep.reserved == 0 and rep.unsent == 0
         except sqlite3.OperationalError:  # the meter file exists, its table not yet: in flight
             settled = False

@@ -23,6 +23,7 @@ from tollhouse.metering.join import Join
 from tollhouse.metering.legacy import LEGACY_SPOOL_FILE
 from tollhouse.metering.policy import Finalizer
 from tollhouse.metering.schema import FIELD_RECORD, STREAM_KEY, UsageRecord
+from tollhouse.metering.spool import Expand, expand_facts
 
 __all__ = [
     "ReconcileReport",
@@ -167,7 +168,7 @@ def _read_legacy(path: Path, since_ms: int, until_ms: int) -> list[tuple[bool, b
     return [(bool(r[0]), r[1]) for r in rows]
 
 
-def _read_facts(spool_dir: Path) -> list[tuple[bool, bytes]]:
+def _read_facts(spool_dir: Path, expand: Expand | None) -> list[tuple[bool, bytes]]:
     """Replay the fact log read-only: pending reservations and final records it still holds.
 
     A record the running process finalised as UNCONFIRMED but has not yet delivered shows as
@@ -177,15 +178,17 @@ def _read_facts(spool_dir: Path) -> list[tuple[bool, bytes]]:
     fin = Finalizer(Config())
     for seq, payload in scan(spool_dir, repair=False):
         try:
-            join.apply([decode_fact(payload)], seq, fin, 0)
+            join.apply(expand_facts([decode_fact(payload)], expand), seq, fin, 0)
         except ValueError:
             continue  # counted by the process that owns the log when it replays it
     return [(True, r.SerializeToString()) for r in join.records()]
 
 
-def _read_spool(spool_dir: Path, since_ms: int, until_ms: int) -> list[tuple[bool, bytes]]:
+def _read_spool(
+    spool_dir: Path, since_ms: int, until_ms: int, expand: Expand | None
+) -> list[tuple[bool, bytes]]:
     out = _read_legacy(spool_dir / LEGACY_SPOOL_FILE, since_ms, until_ms)
-    for unsent, blob in _read_facts(spool_dir):
+    for unsent, blob in _read_facts(spool_dir, expand):
         rec = UsageRecord.FromString(blob)
         if since_ms <= rec.admitted_at_ms < until_ms:
             out.append((unsent, blob))
@@ -193,11 +196,16 @@ def _read_spool(spool_dir: Path, since_ms: int, until_ms: int) -> list[tuple[boo
 
 
 async def reconcile(
-    spool_dir: Path | str, meter_url: str, since_ms: int, until_ms: int
+    spool_dir: Path | str, meter_url: str, since_ms: int, until_ms: int,
+    expand: Expand | None = None,
 ) -> ReconcileReport:
-    """Count records by state across the spool and the meter (each usage_id once)."""
+    """Count records by state across the spool and the meter (each usage_id once).
+
+    ``expand`` decodes the raw access-log messages a metering worker's log holds
+    (:func:`tollhouse.envoy.als.entries_of`); without it they are not read.
+    """
     metered = {r.usage_id: r for r in await read_meter(meter_url, since_ms, until_ms)}
-    spooled = await asyncio.to_thread(_read_spool, Path(spool_dir), since_ms, until_ms)
+    spooled = await asyncio.to_thread(_read_spool, Path(spool_dir), since_ms, until_ms, expand)
     states: dict[int, int] = defaultdict(int)
     unsent = 0
     for rec in metered.values():

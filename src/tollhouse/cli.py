@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import re
 import sqlite3
 import sys
 from datetime import UTC, datetime
@@ -91,11 +92,25 @@ def _sqlite_readable(url: str) -> bool:
 
 def _data_error(command: str, e: BaseException, sources: list[str]) -> int:
     """One line naming what cannot be read (the corrupt SQLite file when one is), exit 3."""
-    bad = [url for url in sources if url.startswith("sqlite:///") and not _sqlite_readable(url)]
-    what = ", ".join(bad or sources) or "its data"
+    what = ", ".join(_no_password(u) for u in _suspects(e, sources)) or "its data"
     reason = str(e).splitlines()[0] if str(e) else type(e).__name__
     print(f"tollhouse {command}: cannot read {what}: {reason}", file=sys.stderr)
     return EXIT_DATA
+
+
+def _suspects(e: BaseException, sources: list[str]) -> list[str]:
+    """The sources ``e`` can come from: the damaged SQLite file, or the Redis URLs."""
+    if isinstance(e, sqlite3.DatabaseError):
+        files = [u for u in sources if u.startswith("sqlite:///")]
+        return [u for u in files if not _sqlite_readable(u)] or files or sources
+    if type(e).__module__.startswith("redis."):
+        return [u for u in sources if u.startswith(("redis://", "rediss://"))] or sources
+    return sources
+
+
+def _no_password(url: str) -> str:
+    """``redis://user:secret@host`` -> ``redis://user:***@host`` (URLs end up in the output)."""
+    return re.sub(r"^([a-z][a-z0-9+.\-]*://[^/@:]*):[^/]*@", r"\1:***@", url)
 
 
 def _data_sources(cfg: Config, *, spool: bool = False, ledger: bool = False) -> list[str]:

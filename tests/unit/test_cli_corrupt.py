@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from tests.servers import free_port
 from tollhouse.cli import EXIT_DATA
 from tollhouse.metering.schema import METER_SQLITE_DDL
 
@@ -80,3 +81,21 @@ def test_healthy_meter_still_exits_0(tmp_path: Path) -> None:
         proc = _run(*command, "--config", str(config))
         assert proc.returncode == 0, proc.stderr
         assert "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize("command", [["usage"], ["bill"]])
+def test_unreachable_redis_meter_is_exit_3_without_its_password(
+        tmp_path: Path, command: list[str]) -> None:
+    """A Redis meter nobody listens on: exit 3, one line naming it, the URL's password masked."""
+    config = _config(tmp_path)
+    doc = yaml.safe_load(config.read_text())
+    doc["metering"]["meter"] = f"redis://:s3cret-pw@127.0.0.1:{free_port()}/0"
+    config.write_text(yaml.safe_dump(doc))
+    proc = _run(*command, "--config", str(config))
+    assert proc.returncode == 3, proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert "s3cret-pw" not in proc.stderr + proc.stdout
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("tollhouse ")]
+    assert len(errors) == 1, proc.stderr
+    assert "cannot read redis://:***@127.0.0.1:" in errors[0]
+    assert "ledger" not in errors[0]

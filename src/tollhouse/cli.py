@@ -4,14 +4,20 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import re
+import sqlite3
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
-from tollhouse.config import ConfigError, load_config
+from tollhouse.config import Config, ConfigError, load_config, sqlite_path
 from tollhouse.logs import configure_logging
 
-__all__ = ["build_parser", "main"]
+__all__ = ["EXIT_DATA", "build_parser", "main"]
+
+EXIT_DATA = 3  # usage / bill: the meter, spool or ledger cannot be read (corrupt, unreachable)
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
@@ -64,6 +70,59 @@ def _cmd_check_config(args: argparse.Namespace) -> int:
     return 1 if bad else 0
 
 
+def _data_errors() -> tuple[type[Exception], ...]:
+    """What a corrupt or unreachable meter, spool or ledger raises (imported when needed)."""
+    from google.protobuf.message import DecodeError
+    from redis.exceptions import RedisError
+
+    return (sqlite3.DatabaseError, RedisError, DecodeError, OSError)
+
+
+def _sqlite_readable(url: str) -> bool:
+    """Whether the SQLite file of ``url`` is absent or passes a quick integrity check."""
+    path = sqlite_path(url)
+    if not path.is_file():
+        return True
+    try:
+        with contextlib.closing(sqlite3.connect(path.resolve().as_uri() + "?mode=ro",
+                                                uri=True)) as conn:
+            return bool(conn.execute("PRAGMA quick_check(1)").fetchone() == ("ok",))
+    except sqlite3.Error:
+        return False
+
+
+def _data_error(command: str, e: BaseException, sources: list[str]) -> int:
+    """One line naming what cannot be read (the corrupt SQLite file when one is), exit 3."""
+    what = ", ".join(_no_password(u) for u in _suspects(e, sources)) or "its data"
+    reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+    print(f"tollhouse {command}: cannot read {what}: {reason}", file=sys.stderr)
+    return EXIT_DATA
+
+
+def _suspects(e: BaseException, sources: list[str]) -> list[str]:
+    """The sources ``e`` can come from: the damaged SQLite file, or the Redis URLs."""
+    if isinstance(e, sqlite3.DatabaseError):
+        files = [u for u in sources if u.startswith("sqlite:///")]
+        return [u for u in files if not _sqlite_readable(u)] or files or sources
+    if type(e).__module__.startswith("redis."):
+        return [u for u in sources if u.startswith(("redis://", "rediss://"))] or sources
+    return sources
+
+
+def _no_password(url: str) -> str:
+    """``redis://user:secret@host`` -> ``redis://user:***@host`` (URLs end up in the output)."""
+    return re.sub(r"^([a-z][a-z0-9+.\-]*://[^/@:]*):[^/]*@", r"\1:***@", url)
+
+
+def _data_sources(cfg: Config, *, spool: bool = False, ledger: bool = False) -> list[str]:
+    urls = [cfg.metering.meter]
+    if ledger:
+        urls.append(cfg.billing.ledger)
+    if spool:
+        urls.append(str(cfg.metering.spool))
+    return urls
+
+
 def build_parser() -> argparse.ArgumentParser:
     """All subcommands."""
     parser = argparse.ArgumentParser(prog="tollhouse", description=__doc__)
@@ -92,6 +151,12 @@ def _parse_time_ms(value: str) -> int:
     return int(dt.timestamp() * 1000)
 
 
+def _entries_of() -> Any:
+    from tollhouse.envoy.als import entries_of  # here: grpc only for --reconcile
+
+    return entries_of
+
+
 def _cmd_usage(args: argparse.Namespace) -> int:
     from tollhouse.metering.report import (
         format_reconcile,
@@ -109,21 +174,35 @@ def _cmd_usage(args: argparse.Namespace) -> int:
     since = _parse_time_ms(args.since) if args.since else int(
         datetime(now.year, now.month, 1, tzinfo=UTC).timestamp() * 1000)
     until = _parse_time_ms(args.until) if args.until else int(now.timestamp() * 1000) + 1
-    rows = asyncio.run(usage_report(cfg.metering.meter, since, until, args.customer))
-    print(format_usage(rows))
-    if args.reconcile:
-        from tollhouse.envoy.als import entries_of
-
+    try:
+        rows = asyncio.run(usage_report(cfg.metering.meter, since, until, args.customer))
         rep = asyncio.run(reconcile(cfg.metering.spool, cfg.metering.meter, since, until,
-                                    entries_of))
+                                    _entries_of())) if args.reconcile else None
+    except _data_errors() as e:
+        return _data_error("usage", e, _data_sources(cfg, spool=args.reconcile))
+    print(format_usage(rows))
+    if rep is not None:
         print()
         print(format_reconcile(rep))
     return 0
 
 
+def _cmd_bill(args: argparse.Namespace) -> int:
+    from tollhouse.billing.job import main_bill
+
+    try:
+        return main_bill(args)
+    except _data_errors() as e:
+        try:
+            cfg = load_config(args.config)
+        except ConfigError:
+            return _data_error("bill", e, [])
+        return _data_error("bill", e, _data_sources(cfg, ledger=True))
+
+
 def _add_optional(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Subcommands whose code lives in their own packages (imported when run)."""
-    from tollhouse.billing.job import add_bill_arguments, main_bill
+    from tollhouse.billing.job import add_bill_arguments
     from tollhouse.demo import add_demo_arguments, main_demo
 
     p = sub.add_parser("demo", help="run the demo stack: tollhouse + Envoy + an upstream API")
@@ -132,7 +211,7 @@ def _add_optional(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
 
     p = sub.add_parser("bill", help="the billing job: meter -> ledger -> invoices")
     add_bill_arguments(p)
-    p.set_defaults(func=main_bill)
+    p.set_defaults(func=_cmd_bill)
 
     p = sub.add_parser("usage", help="usage per customer and meter, read from the meter")
     p.add_argument("--config", required=True)

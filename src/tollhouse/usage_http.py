@@ -25,6 +25,7 @@ from tollhouse.billing.subscriptions import (
 )
 from tollhouse.billing.usage import UsageReport, current_usage
 from tollhouse.billing.usage_api import add_usage_route, meter_totals
+from tollhouse.http import problems_middleware
 
 __all__ = ["LiveSubscriptions", "build_usage_app"]
 
@@ -72,6 +73,6 @@ def build_usage_app(app: Any) -> web.Application:
         return current_usage(app.cfg, customer, totals=meter_totals(app.cfg), clock=app.clock,
                              subscriptions=subs, quota_overrides=overrides)
 
-    web_app = web.Application()
+    web_app = web.Application(middlewares=[problems_middleware])
     add_usage_route(web_app, lookup)
     return web_app

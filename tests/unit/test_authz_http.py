@@ -270,14 +270,18 @@ async def test_connections_past_the_limit_are_refused(tmp_path: Path) -> None:
     assert responses == []
 
 
-async def test_header_injection_through_a_customer_id_is_503(tmp_path: Path) -> None:
-    """A subject with CR LF (default_plan admits any subject) is never written as a header."""
+async def test_header_injection_through_a_customer_id_is_401(tmp_path: Path) -> None:
+    """A subject with CR LF (default_plan admits any subject) is never written as a header.
+
+    The token is refused (401 invalid_token: a customer claim has no control character) before
+    any identity header is built; the transport's own unsafe-header guard stays behind it.
+    """
     app, key = await _start(tmp_path, default_plan="free")
     try:
         token = devkeys.make_token(key, issuer=ISS, audience="api", subject="x\r\nx-evil: 1")
         [resp], _ = await _exchange(app, _get("/v1/search", token, close=True))
     finally:
         await app.stop()
-    assert resp.status == 503
+    assert resp.status == 401
     assert "x-evil" not in resp.headers
-    assert json.loads(resp.body)["code"] == "internal_error"
+    assert json.loads(resp.body)["code"] == "invalid_token"

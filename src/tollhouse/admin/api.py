@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import re
 import time
 from collections.abc import Awaitable, Callable, Collection, Iterator
 from pathlib import Path
@@ -35,10 +36,13 @@ ACTOR_KEY: web.RequestKey[str] = web.RequestKey("actor", str)
 _STATUS = {"not_found": 404, "already_exists": 409, "already_revoked": 409, "conflict": 409,
            "effective_at_too_early": 409,
            "invalid": 422, "unknown_plan": 422, "unknown_meter": 422, "bad_json": 400,
-           "unauthorized": 401, "method_not_allowed": 405, "store_unavailable": 503}
+           "unauthorized": 401, "method_not_allowed": 405, "body_too_large": 413,
+           "store_unavailable": 503, "internal_error": 500}
 _TITLES = {404: "Not found", 409: "Conflict", 422: "Invalid request", 400: "Bad request",
-           401: "Unauthorized", 405: "Method not allowed", 503: "Store unavailable",
-           500: "Internal error"}
+           401: "Unauthorized", 405: "Method not allowed", 413: "Content too large",
+           503: "Store unavailable", 500: "Internal error"}
+_HTTP_CODES = {404: "not_found", 405: "method_not_allowed", 413: "body_too_large"}
+_DIGITS = re.compile(r"[0-9]{1,19}")  # str.isdigit() also takes "²" and "٣", which int() refuses
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
@@ -93,14 +97,19 @@ async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
     except ServiceError as e:
         resp = problem(e.code, e.detail)
     except web.HTTPException as e:
-        code = {404: "not_found", 405: "method_not_allowed"}.get(e.status, "bad_request")
-        resp = problem(code, e.reason, status=e.status)
+        if e.status < 400:
+            raise
+        resp = problem(_HTTP_CODES.get(e.status, "bad_request"), e.reason, status=e.status)
+        resp.headers.update({k: v for k, v in e.headers.items() if k.lower() == "allow"})
     except StoreUnavailable:
-        log.warning("admin.store_unavailable", path=request.path)
+        log.warning("admin.store_unavailable", exc=True, path=request.path)
         resp = problem("store_unavailable", "the entitlement store is unreachable",
                        headers={"Retry-After": "1"})
     except INTEGRITY_ERRORS:
         resp = problem("conflict", "a concurrent change conflicts; retry")
+    except Exception:  # a bug: never a bare 500 text/plain, always logged with its traceback
+        log.error("admin.internal_error", exc=True, method=request.method, path=request.path)
+        resp = problem("internal_error", "the request failed; see the tollhouse log")
     route = request.match_info.route.resource
     ADMIN_REQUESTS.labels(route=route.canonical if route else "unmatched",
                           status=str(resp.status)).inc()
@@ -112,6 +121,8 @@ async def _body(request: web.Request) -> dict[str, Any]:
         data = await request.json() if request.can_read_body else {}
     except (ValueError, UnicodeDecodeError):
         raise ServiceError("bad_json", "the body must be a JSON object") from None
+    except RecursionError:  # json refuses nesting deeper than the interpreter's stack
+        raise ServiceError("bad_json", "the body nests too deeply") from None
     if not isinstance(data, dict):
         raise ServiceError("bad_json", "the body must be a JSON object")
     return data
@@ -132,7 +143,7 @@ def _q_int(request: web.Request, name: str, default: int, lo: int, hi: int) -> i
     raw = request.query.get(name)
     if raw is None:
         return default
-    if not raw.isdigit() or not lo <= int(raw) <= hi:
+    if _DIGITS.fullmatch(raw) is None or not lo <= int(raw) <= hi:
         raise ServiceError("invalid", f"{name} must be an integer from {lo} to {hi}")
     return int(raw)
 

@@ -23,8 +23,20 @@ def _bad(field: str, msg: str) -> ServiceError:
 
 
 def check_id(value: str) -> bool:
-    """Return whether ``value`` can name a customer, key, plan or meter."""
-    return bool(ID.match(value))
+    r"""Return whether all of ``value`` can name a customer, key, plan or meter.
+
+    A full match: ``$`` alone would also accept a trailing newline (``"evil\n"``).
+    """
+    return ID.fullmatch(value) is not None
+
+
+def _utf8_ok(v: str) -> bool:
+    r"""No lone surrogate: JSON allows ``"\ud800"``, UTF-8 and the store do not."""
+    try:
+        v.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def opt_str(body: dict[str, Any], field: str, max_len: int = 200) -> str | None:
@@ -32,7 +44,7 @@ def opt_str(body: dict[str, Any], field: str, max_len: int = 200) -> str | None:
     v = body.get(field, _MISSING)
     if v is _MISSING or v is None:
         return None
-    if not isinstance(v, str) or len(v) > max_len or "\x00" in v:
+    if not isinstance(v, str) or len(v) > max_len or "\x00" in v or not _utf8_ok(v):
         raise _bad(field, f"must be a string of at most {max_len} characters")
     return v
 
@@ -80,7 +92,7 @@ def opt_date(body: dict[str, Any], field: str) -> date | None:
     if v is None:
         return None
     try:
-        if not re.match(r"^\d{4}-\d{2}-\d{2}$", v):
+        if not re.fullmatch(r"[0-9]{4}-[0-9]{2}-[0-9]{2}", v):
             raise ValueError(v)
         return date.fromisoformat(v)
     except ValueError:
@@ -94,9 +106,11 @@ def opt_object(body: dict[str, Any], field: str, max_keys: int = 64) -> dict[str
         return None
     if not isinstance(v, dict) or len(v) > max_keys:
         raise _bad(field, f"must be an object of at most {max_keys} keys")
-    for x in v.values():  # stored as JSON text: NUL and any key are safe
+    for k, x in v.items():  # stored as JSON text: NUL is safe, a lone surrogate is not
         if not (x is None or isinstance(x, bool | int | float | str)):
             raise _bad(field, "values are strings, numbers, booleans or null")
+        if not all(_utf8_ok(t) for t in (k, x) if isinstance(t, str)):
+            raise _bad(field, "keys and values must be valid Unicode text")
         if isinstance(x, str) and len(x) > 1000:
             raise _bad(field, "string values are at most 1000 characters")
         if isinstance(x, float) and not math.isfinite(x):

@@ -11,6 +11,7 @@ import base64
 import binascii
 import json
 import math
+import re
 from collections.abc import Mapping
 from typing import Any, TypeGuard
 
@@ -41,6 +42,9 @@ TOO_LONG = invalid_token("token lifetime exceeds the maximum")
 WRONG_AUDIENCE = invalid_token("wrong audience")
 NO_CUSTOMER = invalid_token("missing customer claim")
 WEAK_KEY = invalid_token("signing key refused")
+BAD_CUSTOMER = invalid_token("invalid customer claim")
+_MAX_CUSTOMER = 256
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")  # CR, LF, NUL...: refused by Envoy in a header
 
 
 def key_fits_alg(key: VerificationKey, alg: str) -> bool:
@@ -69,11 +73,16 @@ def peek(token: str) -> tuple[dict[str, Any], dict[str, Any]] | None:
         return None
     try:
         header, payload = _b64json(parts[0]), _b64json(parts[1])
-    except (ValueError, binascii.Error, UnicodeDecodeError):
-        return None
+    except (ValueError, binascii.Error, UnicodeDecodeError, RecursionError):
+        return None  # RecursionError: JSON nested deeper than the parser's stack (a 401)
     if not isinstance(header, dict) or not isinstance(payload, dict):
         return None
     return header, payload
+
+
+def _customer_ok(customer: str) -> bool:
+    """At most 256 characters and no control character: it becomes a header value upstream."""
+    return len(customer) <= _MAX_CUSTOMER and _CONTROL.search(customer) is None
 
 
 def _num(v: Any) -> TypeGuard[float]:
@@ -138,6 +147,8 @@ class IssuerPolicy:
         customer = claims.get(cfg.customer_claim)
         if not isinstance(customer, str) or not customer:
             return NO_CUSTOMER
+        if not _customer_ok(customer):
+            return BAD_CUSTOMER
         plan = claims.get(cfg.plan_claim) if cfg.plan_claim else None
         return Principal(
             customer=customer,
@@ -175,7 +186,7 @@ class JwtVerifier:
             return BAD_SIGNATURE
         except pyjwt.InvalidKeyError:
             return WEAK_KEY
-        except (pyjwt.PyJWTError, ValueError, TypeError):
+        except (pyjwt.PyJWTError, ValueError, TypeError, RecursionError):
             return MALFORMED
         # The verified payload segment is the one peek() decoded (same split, same base64url).
         return policy.check_claims(claims, now)

@@ -49,7 +49,7 @@ def hash_key(key: str) -> str:
 
 
 def _check_id(what: str, value: str) -> str:
-    if not isinstance(value, str) or not _ID.match(value):
+    if not isinstance(value, str) or _ID.fullmatch(value) is None:  # not "evil\n"
         raise ServiceError("invalid", f"{what} must match {_ID.pattern}")
     return value
 

@@ -7,6 +7,7 @@ the CLI's `--now`. Plan `team`: base fee 19.99 per period, 50 requests included,
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -16,13 +17,15 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.unit.test_billing_store import MY_PLANS
+from tests.support import Clock
+from tests.unit.test_billing_store import MY_PLANS, in_store
 from tests.unit.test_billing_support import open_meter, record, write_meter
 from tollhouse.billing.job import add_bill_arguments, main_bill
 from tollhouse.billing.ledger import open_ledger
 from tollhouse.billing.periods import period_for_label
 from tollhouse.billing.pricing import BaseFeeSegment, prorate_segments
 from tollhouse.config import ConfigError, parse_config
+from tollhouse.store import migrate
 
 
 def _ts(when: str) -> int:
@@ -208,3 +211,71 @@ def test_since_accepts_dates_and_utc_times() -> None:
         "  d: {plan: team, since: '2020-10-15 09:30:00'}\n"))
     assert [cfg.customers[c].since_s for c in "abcd"] == [
         _ts("2020-10-15"), *[_ts("2020-10-15T09:30:00")] * 3]
+
+
+def test_usage_before_since_is_billed_on_the_first_invoice_not_dropped(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Requests admitted before `since:` are on the first invoice (an adjustment), not lost.
+
+    dora starts 2020-10-15 but was served 60 requests on 2020-09-20 and 70 on 2020-10-20: no
+    September invoice; October's invoice has its 70 requests (20 over the 50 included) and
+    September's 60 as an adjustment (10 over, priced with dora's plan).
+    """
+    _write_config(tmp_path, {"dora": {"plan": "team", "since": "2020-10-15"}})
+    write_meter(open_meter(tmp_path / "meter.db"),
+                [record(f"s{i}", "dora", _ts("2020-09-20") + i, {"requests": 1})
+                 for i in range(60)]
+                + [record(f"o{i}", "dora", _ts("2020-10-20") + i, {"requests": 1})
+                   for i in range(70)])
+    assert _bill(tmp_path, "--now", "2020-11-20T00:17:00") == 0
+    assert "PROBLEM" not in capsys.readouterr().err
+    assert [p for _, p, _ in _issued(tmp_path)] == ["2020-10"]
+    doc = json.loads((tmp_path / "inv" / "TH-2020-10-dora.json").read_text())
+    assert (doc["lines"][0]["quantity"], doc["lines"][0]["amount"]) == (70, "0.06")
+    assert [(a["period"], a["quantity"], a["amount"]) for a in doc["adjustments"]] == [
+        ("2020-09", 60, "0.03")]
+    assert doc["total"] == str(Decimal("10.96") + Decimal("0.06") + Decimal("0.03"))
+
+
+def test_late_usage_before_a_first_usage_start_is_an_adjustment(
+        carol: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Late usage from before carol's known start is an adjustment; issued invoices stay.
+
+    A record admitted before her first known request, arriving after her first invoice, is
+    billed once as an adjustment on the next invoice; the issued invoice never changes.
+    """
+    assert _bill(carol, "--now", "2020-11-20T00:17:00") == 0
+    first = (carol / "inv" / "TH-2020-10-carol.json").read_bytes()
+    write_meter(open_meter(carol / "meter.db"),
+                [record("late", "carol", _ts("2020-10-05"), {"requests": 1})])
+    assert _bill(carol, "--now", "2020-12-02T00:17:00") == 0
+    assert "PROBLEM" not in capsys.readouterr().err
+    nov = json.loads((carol / "inv" / "TH-2020-11-carol.json").read_text())
+    assert [(a["period"], a["quantity"], a["previously_billed"]) for a in nov["adjustments"]] == [
+        ("2020-10", 1, 52)]
+    assert _bill(carol, "--period", "2020-10", "--now", "2020-12-02T00:17:00") == 0
+    assert (carol / "inv" / "TH-2020-10-carol.json").read_bytes() == first
+
+
+def test_default_plan_callers_are_billed_beside_the_entitlement_store(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """With a store (the distributed overlay's shape), an unknown caller is billed on default_plan.
+
+    Store customer anna is billed from her anchor; carol, in neither the store nor the config, is
+    billed from her first request and listed as a default_plan customer.
+    """
+    url = f"sqlite://{tmp_path}/store.db"
+    asyncio.run(migrate(url))
+    in_store(url, Clock(_ts("2020-10-01T08:00:00")), lambda s: s.create_customer(
+        actor="t", name="Anna", plan="team", customer_id="anna"))
+    _write_config(tmp_path, {}, "team")
+    cfg = yaml.safe_load((tmp_path / "tollhouse.yaml").read_text())
+    (tmp_path / "tollhouse.yaml").write_text(yaml.safe_dump({**cfg, "store": {"url": url}}))
+    write_meter(open_meter(tmp_path / "meter.db"),
+                [record(f"c{i}", "carol", CAROL_FIRST + 36_000 * i, {"requests": 1})
+                 for i in range(60)])
+    assert _bill(tmp_path, "--now", "2020-11-20T00:17:00") == 0
+    out = capsys.readouterr().out
+    assert "default_plan  carol  team  since 2020-10-10T12:00:00Z" in out
+    assert "default_plan  anna" not in out
+    assert _issued(tmp_path) == [("anna", "2020-10", "19.99"), ("carol", "2020-10", "13.87")]

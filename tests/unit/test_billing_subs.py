@@ -279,3 +279,23 @@ def test_default_plan_callers_are_billed_beside_the_entitlement_store(
     assert "default_plan  carol  team  since 2020-10-10T12:00:00Z" in out
     assert "default_plan  anna" not in out
     assert _issued(tmp_path) == [("anna", "2020-10", "19.99"), ("carol", "2020-10", "13.87")]
+
+
+def test_an_invoiced_customer_without_usage_or_since_stays_subscribed(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A customer already invoiced (here while it had `since:`) has started, usage or not.
+
+    fred, invoiced for September and October with no usage, loses `since:` (as customers
+    invoiced before `since:` existed have none): the next due run still issues November,
+    with the full base fee, and no note.
+    """
+    _write_config(tmp_path, {"fred": {"plan": "team", "since": "2020-09-01"}})
+    assert _bill(tmp_path, "--now", "2020-11-20T00:17:00") == 0
+    assert [p for _, p, _ in _issued(tmp_path)] == ["2020-09", "2020-10"]
+    _write_config(tmp_path, {"fred": {"plan": "team"}})
+    capsys.readouterr()
+    assert _bill(tmp_path, "--now", "2020-12-20T00:17:00") == 0
+    assert "NOTE" not in capsys.readouterr().out
+    assert _issued(tmp_path)[-1] == ("fred", "2020-11", "19.99")
+    assert _base_fees(tmp_path, "TH-2020-11-fred") == [
+        ("2020-11-01T00:00:00Z", "2020-12-01T00:00:00Z", "19.99", False)]

@@ -289,7 +289,7 @@ def run_billing(cfg: Config, *, period: str | None, out_dir: Path | None, previe
         target = out_dir if out_dir is not None or preview else cfg.billing.invoices_dir
         upto = ledger.max_seq() if preview else ledger.seal()  # later records: next gen
         run = _Run(cfg, ledger, period, clock(), preview, upto, target)
-        roster = build_roster(subs, ledger.first_admissions(upto))
+        roster = build_roster(subs, ledger.first_admissions(upto), ledger.first_invoices())
         invoices: list[InvoiceSummary] = []
         problems: list[InvoiceProblem] = []
         notices = list(roster.notices)

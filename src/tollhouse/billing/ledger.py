@@ -259,6 +259,12 @@ class Ledger:
 
     # -- invoices: issued once, never changed ---------------------------------------------------
 
+    def first_invoices(self) -> dict[str, str]:
+        """``{customer: period label}`` of each customer's earliest issued invoice."""
+        rows = self.exec("SELECT customer, MIN(period) FROM invoices GROUP BY customer"
+                         " ORDER BY customer")
+        return {str(c): str(p) for c, p in rows}
+
     def get_invoice(self, customer: str, period: str) -> str | None:
         """Return the issued invoice document for ``(customer, period)``, if any."""
         row = self.one("SELECT document FROM invoices WHERE customer = ? AND period = ?",

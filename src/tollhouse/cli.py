@@ -143,9 +143,12 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _parse_time_ms(value: str) -> int:
+def _parse_time_ms(value: str, option: str) -> int:
     """``2026-11-01`` or ``2026-11-01T12:00:00`` (UTC) -> epoch milliseconds."""
-    dt = datetime.fromisoformat(value)
+    try:
+        dt = datetime.fromisoformat(value)
+    except ValueError:
+        raise ValueError(f"{option}: not an ISO 8601 date or date-time: {value!r}") from None
     if dt.tzinfo is None:
         dt = dt.replace(tzinfo=UTC)
     return int(dt.timestamp() * 1000)
@@ -155,6 +158,10 @@ def _entries_of() -> Any:
     from tollhouse.envoy.als import entries_of  # here: grpc only for --reconcile
 
     return entries_of
+
+
+def _iso_ms(ms: int) -> str:
+    return datetime.fromtimestamp(ms // 1000, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def _cmd_usage(args: argparse.Namespace) -> int:
@@ -171,15 +178,21 @@ def _cmd_usage(args: argparse.Namespace) -> int:
         _print_config_error(e)
         return 2
     now = datetime.now(UTC)
-    since = _parse_time_ms(args.since) if args.since else int(
-        datetime(now.year, now.month, 1, tzinfo=UTC).timestamp() * 1000)
-    until = _parse_time_ms(args.until) if args.until else int(now.timestamp() * 1000) + 1
+    try:
+        since = _parse_time_ms(args.since, "--since") if args.since else int(
+            datetime(now.year, now.month, 1, tzinfo=UTC).timestamp() * 1000)
+        until = (_parse_time_ms(args.until, "--until") if args.until
+                 else int(now.timestamp() * 1000) + 1)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     try:
         rows = asyncio.run(usage_report(cfg.metering.meter, since, until, args.customer))
         rep = asyncio.run(reconcile(cfg.metering.spool, cfg.metering.meter, since, until,
                                     _entries_of())) if args.reconcile else None
     except _data_errors() as e:
         return _data_error("usage", e, _data_sources(cfg, spool=args.reconcile))
+    print(f"usage admitted from {_iso_ms(since)} to {_iso_ms(until)} (UTC, end exclusive)")
     print(format_usage(rows))
     if rep is not None:
         print()

@@ -1,8 +1,9 @@
 """Billing end to end (issue 6): requests through real Envoy -> meter -> `tollhouse bill`.
 
 One stack and one batch of traffic for the module: two customers on a priced, metered plan, some of
-their requests denied. The invoices come from the real CLI run as a subprocess; the customer usage
-API is called through Envoy with the customers' own tokens.
+their requests denied, and a caller no one knows, served through `default_plan` (the same plan).
+The invoices come from the real CLI run as a subprocess; the customer usage API is called through
+Envoy with the customers' own tokens.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ from tollhouse.demo.stack import find_binary
 pytestmark = pytest.mark.integration
 
 QUOTA, INCLUDED, UNIT = 100, 2, Decimal("0.01")
-SENT = {"hana": 7, "ivan": 3}  # admitted search requests per customer
+SENT = {"hana": 7, "ivan": 3, "zed": 4}  # admitted search requests; zed: through default_plan
 
 
 def _catalog(config: dict[str, Any]) -> dict[str, Any]:
@@ -46,7 +47,7 @@ def _catalog(config: dict[str, Any]) -> dict[str, Any]:
     return {**config, "plans": {**config["plans"], "metered": metered},
             "customers": {**config["customers"], "hana": {"plan": "metered"},
                           "ivan": {"plan": "metered"}},
-            "metering": metering}
+            "default_plan": "metered", "metering": metering}
 
 
 @dataclass(frozen=True)
@@ -99,7 +100,11 @@ def _requests_quantity(invoice: dict[str, Any]) -> int:
 
 
 def test_invoice_quantity_equals_admitted_requests(traffic: Traffic, tmp_path: Path) -> None:
-    """`tollhouse bill` bills each customer its admitted requests; denied ones are absent."""
+    """`tollhouse bill` bills each customer its admitted requests; denied ones are absent.
+
+    zed, served through `default_plan`, is invoiced and listed as a default_plan customer; a
+    config customer without `since:` and without billable usage is not invoiced (a note says so).
+    """
     records = sqlite_meter_records(meter_file(traffic.stack))
     for customer, ids in traffic.admitted.items():
         billable = {r.usage_id for r in records if r.customer == customer and r.billable}
@@ -120,8 +125,14 @@ def test_invoice_quantity_equals_admitted_requests(traffic: Traffic, tmp_path: P
         line = next(ln for ln in done.stdout.splitlines() if ln.startswith(inv["number"]))
         assert Path(line.split()[-1]).suffix == ".html"
         assert Path(line.split()[-1]).is_file()  # the HTML invoice the CLI reports exists
-    for customer in ("alice", "bob", "globex"):  # only denied or no traffic: nothing billed
+    default = next(ln for ln in done.stdout.splitlines() if ln.startswith("default_plan  zed"))
+    assert default.split()[:3] == ["default_plan", "zed", "metered"]  # listed, with its start
+    assert re.fullmatch(r"since \d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", " ".join(default.split()[3:]))
+    for customer in ("bob", "globex"):  # subscribed (since:), only denied or no traffic
         assert _requests_quantity(invoices[customer]) == 0
+    # alice: no since: and only denied requests, so not subscribed yet: no invoice, and a note.
+    assert "alice" not in invoices
+    assert "NOTE alice: not billed: no billable usage yet and no `since:`" in done.stdout
 
 
 def _usage(stack: LocalStack, customer: str, **headers: str) -> dict[str, Any]:

@@ -176,7 +176,8 @@ def test_cancelled_customer_is_billed_up_to_its_cancellation_period_only(
         tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """Cancelled on 2020-10-25: the 10-15 period is invoiced, no later one; then nothing is due.
 
-    Usage that arrives later for a cancelled period is reported (exit 1), never dropped.
+    Usage that arrives later for a cancelled period is reported (exit 1), never dropped, with
+    its admission time in ISO 8601 UTC.
     """
     _cancelled_fox(tmp_path)
     _fox_usage(tmp_path, "f", "2020-10-20", 5)
@@ -187,7 +188,9 @@ def test_cancelled_customer_is_billed_up_to_its_cancellation_period_only(
     assert "nothing due" in capsys.readouterr().out
     _fox_usage(tmp_path, "g", "2020-11-20", 3)
     assert _bill(tmp_path, "--now", "2021-01-20T00:17:00") == 1
-    assert "PROBLEM fox: cancelled before" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "PROBLEM fox: cancelled before" in err
+    assert "(admitted at 2020-11-20T00:00:00Z)" in err  # ISO 8601 UTC, not Unix time
     assert _issued(tmp_path) == [("fox", "2020-10", "19.99")]
 
 

@@ -111,3 +111,47 @@ def test_live_usage_prices_like_the_invoice_preview(tmp_path: Path) -> None:
     assert {ln["meter"]: ln["amount"] for ln in doc["lines"]} == {
         m.meter: format(m.amount, "f") for m in report.meters}
     assert doc["subtotal"] == format(report.charges_so_far, "f")
+
+
+def test_usage_cli_shows_its_range_in_iso_utc_and_refuses_bad_times(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`tollhouse usage` prints its range as ISO 8601 UTC (never Unix time); bad --since: exit 2."""
+    from tollhouse.cli import main
+
+    cfg_file = tmp_path / "tollhouse.yaml"
+    cfg_file.write_text(yaml.safe_dump({
+        "meters": {"requests": {}, "tokens": {"from_response_header": "x-tokens"}},
+        "plans": json.loads(json.dumps(PLANS)), "customers": {"beta": {"plan": "starter"}},
+        "metering": {"meter": "sqlite:///./meter.db"}}))
+    write_meter(open_meter(tmp_path / "meter.db"),
+                [record(f"o{i}", "beta", OCT_2020 + i, {"requests": 2}) for i in range(3)])
+    assert main(["usage", "--config", str(cfg_file), "--since", "2020-10-01",
+                 "--until", "2020-11-01T00:00:00"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("usage admitted from 2020-10-01T00:00:00Z to 2020-11-01T00:00:00Z")
+    assert "beta" in out
+    assert str(OCT_2020) not in out
+    assert main(["usage", "--config", str(cfg_file), "--since", "last week"]) == 2
+    assert "--since: not an ISO 8601 date or date-time: 'last week'" in capsys.readouterr().err
+
+
+def test_usage_shows_the_base_fee_from_since_only(tmp_path: Path) -> None:
+    """GET /v1/usage's base fee starts at `since:`: prorated mid-period, none before it starts.
+
+    A customer whose `since:` is after the open period still sees its plan and usage (not 404).
+    """
+    cfg = make_config(tmp_path, customers={
+        "acme": {"plan": "pro", "since": "2026-11-16"},
+        "late": {"plan": "pro", "since": "2027-03-01"}})
+    write_meter(open_meter(tmp_path / "meter.db"),
+                [record(f"l{i}", "late", NOV_2026 + 86400 * 20 + i, {"requests": 1})
+                 for i in range(3)])
+    now = NOV_2026 + 25 * 86400
+    totals = SqliteMeterTotals(cfg.metering.meter)
+    acme = current_usage(cfg, "acme", totals=totals, clock=lambda: now)
+    assert acme is not None
+    assert acme.base_fee == Decimal("24.50")  # 49.00 x 15 / 30 days
+    late = current_usage(cfg, "late", totals=totals, clock=lambda: now)
+    assert late is not None
+    assert (late.plan, late.base_fee) == ("pro", Decimal("0.00"))
+    assert {m.meter: m.used for m in late.meters}["requests"] == 3

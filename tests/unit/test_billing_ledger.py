@@ -181,8 +181,8 @@ def test_open_period_is_previewed_not_issued(tmp_path: Path) -> None:
                 [record("p1", "beta", NOV_2026 + 10, {"requests": 3100})])
     now = NOV_2026 + 86400 * 3
     res = _bill(cfg, "2026-11", None, now)
-    assert [p.message for p in res.problems] == [f"2026-11 is still open until {DEC_2026};"
-                                                 " use --preview"]
+    assert [p.message for p in res.problems] == ["2026-11 is still open until"
+                                                 " 2026-12-01T00:00:00Z; use --preview"]
     pre = run_billing(cfg, period=None, out_dir=tmp_path / "p", preview=True, clock=lambda: now)
     assert pre.invoices[0].status == "preview"
     assert pre.invoices[0].total == Decimal("6.00")
@@ -196,7 +196,7 @@ def test_open_period_is_previewed_not_issued(tmp_path: Path) -> None:
 
 def test_periods_are_issued_in_order_and_unknown_customers_reported(tmp_path: Path) -> None:
     """Issuing an earlier period after a later one is refused; usage of no customer is reported."""
-    cfg = make_config(tmp_path, customers={"beta": {"plan": "starter"}})
+    cfg = make_config(tmp_path, customers={"beta": {"plan": "starter", "since": "2026-01-01"}})
     write_meter(open_meter(tmp_path / "meter.db"),
                 [record("s1", "stranger", DEC_2026 + 10, {"requests": 1})])
     dec = _bill(cfg, "2026-12", None, JAN_2027 + 1)
@@ -210,7 +210,7 @@ def test_periods_are_issued_in_order_and_unknown_customers_reported(tmp_path: Pa
 
 def test_anniversary_periods_follow_the_anchor(tmp_path: Path) -> None:
     """An anchored customer's period runs from the anchor day, clamped to the month's end."""
-    cfg = make_config(tmp_path, customers={"gamma": {"plan": "bulk",
+    cfg = make_config(tmp_path, customers={"gamma": {"plan": "bulk", "since": "2026-01-31",
                                                      "period_anchor": "2026-01-31"}})
     res = _bill(cfg, "2026-02", tmp_path / "o", JAN_2027)
     doc = json.loads((tmp_path / "o" / "TH-2026-02-gamma.json").read_text())

@@ -147,7 +147,7 @@ def test_store_customer_shadows_config_customer(tmp_path: Path, store_url: str) 
         actor="t", name="Acme", plan="team", customer_id="acme", anchor=date(2026, 11, 1)))
     cfg = config(tmp_path, store_url, {"acme": {"plan": "pro"}, "beta": {"plan": "starter"}})
     write_meter(open_meter(tmp_path / "meter.db"),
-                [record(f"a{i}", c, NOV_2026 + 86400 + i, {"requests": 1})
+                [record(f"{c}{i}", c, NOV_2026 + 86400 + i, {"requests": 1})
                  for c in ("acme", "beta") for i in range(10)])
     docs = bill(cfg, tmp_path, "2026-11", JAN_2027)
     assert sorted(docs) == ["acme", "beta"]

@@ -37,13 +37,18 @@ PLANS: dict[str, Any] = {
 
 def make_config(tmp: Path, *, meter: str | None = None, ledger: str | None = None,
                 customers: dict[str, Any] | None = None) -> Config:
-    """Build a config: three priced plans, three customers, meter and ledger under ``tmp``."""
+    """Build a config: three priced plans, three customers, meter and ledger under ``tmp``.
+
+    The default customers are subscribed since 2026-01-01 (``since:``), so November 2026 is a
+    whole period for each, whatever its first request.
+    """
     return parse_config({
         "meters": {"requests": {}, "tokens": {"from_response_header": "x-tokens"}},
         "plans": PLANS,
         "customers": customers if customers is not None else {
-            "acme": {"plan": "pro"}, "beta": {"plan": "starter"},
-            "gamma": {"plan": "bulk", "period_anchor": "2026-01-15"}},
+            "acme": {"plan": "pro", "since": "2026-01-01"},
+            "beta": {"plan": "starter", "since": "2026-01-01"},
+            "gamma": {"plan": "bulk", "period_anchor": "2026-01-15", "since": "2026-01-01"}},
         "metering": {"meter": meter or f"sqlite:///{tmp}/meter.db"},
         "billing": {"ledger": ledger or f"sqlite:///{tmp}/ledger.db",
                     "invoices_dir": str(tmp / "invoices")},

@@ -4,11 +4,11 @@ Per customer, by that customer's own periods (calendar months, or anniversaries 
 the periods after its last issued invoice, up to the last one that has ended at ``now``. Periods
 are issued in order, so "not yet issued" is "after the last issued invoice".
 
-A customer without an issued invoice starts at its subscription's start (the first plan change:
-a store customer's anchor, a config customer's ``since:``). A subscription with no known start
-(in effect since the epoch, as config customers without ``since:``) starts at the period of its
-first billable usage in the ledger (so a customer whose usage began in the open period has nothing
-due yet), or, with no usage at all, at the last ended period (what the monthly job used to bill);
+A customer without an issued invoice starts at the period of its subscription's start (the first
+plan change: a store customer's anchor, a config customer's ``since:``, else, resolved by
+:mod:`tollhouse.billing.roster`, its first billable request, as for ``default_plan`` callers).
+A subscription given in effect since the epoch (a caller's own ``SubscriptionSource``) starts at
+the period of its first billable usage in the ledger, or, with none, at the last ended period;
 never at 1970.
 """
 
@@ -26,7 +26,7 @@ def _first_period(sub: Subscription, ledger: Ledger, now_s: int, upto: int) -> P
     last = ledger.last_invoice(sub.customer)
     if last is not None:
         return period_for_label(last[0], anchor).next(anchor)
-    start_s = min((c.effective_from_s for c in sub.changes), default=0)
+    start_s = sub.start_s
     if start_s > 0:
         return period_containing(start_s, anchor)
     first_ms = ledger.first_admitted_ms(sub.customer, now_s * 1000, min_seq=0, max_seq=upto)

@@ -23,8 +23,9 @@ from tollhouse.billing.due import due_periods
 from tollhouse.billing.invoice import BuildInput, InvoiceProblem, build_invoice
 from tollhouse.billing.ledger import FailureHook, Ledger, open_ledger
 from tollhouse.billing.metrics import INVOICES_ISSUED, LATE_RECORDS
-from tollhouse.billing.periods import Period, period_containing, period_for_label
+from tollhouse.billing.periods import Period, iso_utc, period_containing, period_for_label
 from tollhouse.billing.render import render_json, write_invoice_files
+from tollhouse.billing.roster import Notice, build_roster, not_subscribed
 from tollhouse.billing.store_subscriptions import StoreSubscriptions
 from tollhouse.billing.subscriptions import (
     ConfigSubscriptions,
@@ -76,12 +77,18 @@ class InvoiceSummary:
 
 @dataclass(frozen=True, slots=True)
 class BillingResult:
-    """What a run did. ``problems`` are per-customer failures (the others were still billed)."""
+    """What a run did. ``problems`` are per-customer failures (the others were still billed).
+
+    ``default_plan``: the callers billed on ``default_plan`` (their starts resolved);
+    ``notices``: customers not invoiced by rule (not started yet, or not in that period).
+    """
 
     consumed: int
     dead_lettered: int
     invoices: tuple[InvoiceSummary, ...]
     problems: tuple[InvoiceProblem, ...]
+    default_plan: tuple[Subscription, ...] = ()
+    notices: tuple[Notice, ...] = ()
 
     @property
     def ok(self) -> bool:
@@ -166,20 +173,23 @@ def _gate(run: _Run, sub: Subscription, p: Period) -> InvoiceProblem | Literal[T
     if pending is None:
         return None
     return InvoiceProblem(sub.customer, f"cancelled before {p.label} but has unbilled usage "
-                          f"(admitted at {pending} ms); reactivate to bill it")
+                          f"(admitted at {iso_utc(pending / 1000)}); reactivate to bill it")
 
 
 def _bill_period(run: _Run, sub: Subscription, p: Period
-                 ) -> InvoiceSummary | InvoiceProblem | None:
+                 ) -> InvoiceSummary | InvoiceProblem | Notice | None:
     cust = sub.customer
     stored = run.ledger.get_invoice(cust, p.label)
     if stored is not None:
         return _summary(json.loads(stored), "already_issued", run.out_dir)
+    if p.end_s <= sub.start_s:  # no invoice, no base fee before the subscription starts
+        return not_subscribed(sub, p.label)
     gate = _gate(run, sub, p)
     if gate is not True:
         return gate
     if not run.preview and p.end_s > run.now:
-        return InvoiceProblem(cust, f"{p.label} is still open until {p.end_s}; use --preview")
+        return InvoiceProblem(cust, f"{p.label} is still open until {iso_utc(p.end_s)}; "
+                              "use --preview")
     problem = _order_problem(run.ledger, sub, p)
     if problem is not None and not run.preview:
         return InvoiceProblem(cust, problem)
@@ -203,7 +213,10 @@ def _bill_period(run: _Run, sub: Subscription, p: Period
     return _summary(inv.document, "issued", run.out_dir)
 
 
-def _bill_customer(run: _Run, sub: Subscription) -> list[InvoiceSummary | InvoiceProblem]:
+_Outcome = InvoiceSummary | InvoiceProblem | Notice
+
+
+def _bill_customer(run: _Run, sub: Subscription) -> list[_Outcome]:
     """``--period``: that period; preview: the open one; else every ended, unissued period."""
     if run.label is not None:
         res = _bill_period(run, sub, period_for_label(run.label, sub.anchor))
@@ -214,17 +227,17 @@ def _bill_customer(run: _Run, sub: Subscription) -> list[InvoiceSummary | Invoic
     return [] if res is None else [res]
 
 
-def _bill_due(run: _Run, sub: Subscription) -> list[InvoiceSummary | InvoiceProblem]:
+def _bill_due(run: _Run, sub: Subscription) -> list[_Outcome]:
     """Issue ``sub``'s due periods in order; stop at the first problem (order is kept)."""
     due = due_periods(sub, run.ledger, run.now, run.upto)
-    out: list[InvoiceSummary | InvoiceProblem] = []
+    out: list[_Outcome] = []
     for p in due:
         # Cancelled: no later period is billed either; one gate over the last due period
         # reports any unbilled usage up to its end, instead of one query per period.
         res = _bill_period(run, sub, due[-1] if sub.cancelled_before(p) else p)
         if res is not None:
             out.append(res)
-        if res is None or isinstance(res, InvoiceProblem) or sub.cancelled_before(p):
+        if res is None or isinstance(res, InvoiceProblem | Notice) or sub.cancelled_before(p):
             break
     return out
 
@@ -276,24 +289,37 @@ def run_billing(cfg: Config, *, period: str | None, out_dir: Path | None, previe
         target = out_dir if out_dir is not None or preview else cfg.billing.invoices_dir
         upto = ledger.max_seq() if preview else ledger.seal()  # later records: next gen
         run = _Run(cfg, ledger, period, clock(), preview, upto, target)
+        roster = build_roster(subs, ledger.first_admissions(upto), ledger.first_invoices())
         invoices: list[InvoiceSummary] = []
         problems: list[InvoiceProblem] = []
-        customers = sorted(subs.customers())
-        for cust in customers:
-            sub = subs.subscription(cust)
+        notices = list(roster.notices)
+        for cust, sub in roster.entries:
             for res in ([InvoiceProblem(cust, "no subscription")] if sub is None
                         else _bill_customer(run, sub)):
                 if isinstance(res, InvoiceProblem):
                     problems.append(res)
+                elif isinstance(res, Notice):
+                    notices.append(res)
                 else:
                     invoices.append(res)
-        for cust in _unknown_customers(run, subs, set(customers)):
+        for cust in _unknown_customers(run, subs, {c for c, _ in roster.entries}):
             problems.append(InvoiceProblem(cust, "usage from a customer with no subscription"))
     finally:
         ledger.close()
+    _log_outcome(roster.default_plan, notices, problems)
+    return BillingResult(consumed, dead, tuple(invoices), tuple(problems), roster.default_plan,
+                         tuple(sorted(notices, key=lambda n: n.customer)))
+
+
+def _log_outcome(defaults: tuple[Subscription, ...], notices: list[Notice],
+                 problems: list[InvoiceProblem]) -> None:
+    for sub in defaults:
+        log.info("billing.default_plan_customer", customer=sub.customer,
+                 plan=sub.changes[0].plan, since=iso_utc(sub.start_s))
+    for n in notices:
+        log.warning("billing.not_invoiced", customer=n.customer, reason=n.message)
     for pr in problems:
         log.error("billing.problem", customer=pr.customer, problem=pr.message)
-    return BillingResult(consumed, dead, tuple(invoices), tuple(problems))
 
 
 def add_bill_arguments(parser: argparse.ArgumentParser) -> None:
@@ -350,6 +376,10 @@ def main_bill(args: argparse.Namespace) -> int:
     for inv in result.invoices:
         html = next((str(f) for f in inv.files if f.suffix == ".html"), "-")
         print(f"{inv.number}  {inv.customer}  {inv.currency} {inv.total}  {inv.status}  {html}")
+    for sub in result.default_plan:
+        print(f"default_plan  {sub.customer}  {sub.changes[0].plan}  since {iso_utc(sub.start_s)}")
+    for note in result.notices:
+        print(f"NOTE {note.customer}: {note.message}")
     if args.period is None and not args.preview and not result.invoices and result.ok:
         print("nothing due: every ended period is already invoiced")
     for pr in result.problems:

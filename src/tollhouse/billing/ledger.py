@@ -236,6 +236,12 @@ class Ledger:
                        (customer, *day_range(after_ms, before_ms), min_seq, max_seq))
         return None if row is None or row[0] is None else int(row[0])
 
+    def first_admissions(self, max_seq: int) -> dict[str, int]:
+        """``{customer: earliest billable admission (ms)}`` over generations ``<= max_seq``."""
+        rows = self.exec("SELECT customer, MIN(first_ms) FROM ledger_buckets WHERE gen <= ?"
+                         " GROUP BY customer ORDER BY customer", (max_seq,))
+        return {str(c): int(t) for c, t in rows}
+
     def customers_with_usage(self, start_ms: int, end_ms: int) -> list[str]:
         """List customers with billable units admitted in ``[start_ms, end_ms)``."""
         rows = self.exec("SELECT DISTINCT customer FROM ledger_buckets WHERE day >= ?"
@@ -252,6 +258,12 @@ class Ledger:
         return sorted(str(u) for (u,) in rows)
 
     # -- invoices: issued once, never changed ---------------------------------------------------
+
+    def first_invoices(self) -> dict[str, str]:
+        """``{customer: period label}`` of each customer's earliest issued invoice."""
+        rows = self.exec("SELECT customer, MIN(period) FROM invoices GROUP BY customer"
+                         " ORDER BY customer")
+        return {str(c): str(p) for c, p in rows}
 
     def get_invoice(self, customer: str, period: str) -> str | None:
         """Return the issued invoice document for ``(customer, period)``, if any."""

@@ -15,7 +15,7 @@ from datetime import UTC, date, datetime
 
 from tollhouse.quota import windows
 
-__all__ = ["Period", "parse_anchor", "period_containing", "period_for_label"]
+__all__ = ["Period", "iso_utc", "parse_anchor", "period_containing", "period_for_label"]
 
 _LABEL = re.compile(r"^(\d{4})-(\d{2})$")
 
@@ -78,3 +78,8 @@ def period_containing(ts_s: float, anchor: date | None) -> Period:
     # Whole seconds first: boundaries are whole seconds, and a float a hair below midnight must
     # not be rounded into the next period by datetime's microsecond rounding.
     return _billing(windows.period_for(int(ts_s // 1), anchor))
+
+
+def iso_utc(ts_s: float) -> str:
+    """``2026-11-03T09:30:00Z``: an instant (Unix seconds) in ISO 8601 UTC, for people."""
+    return datetime.fromtimestamp(int(ts_s // 1), UTC).strftime("%Y-%m-%dT%H:%M:%SZ")

@@ -1,7 +1,8 @@
 """Who is subscribed to which plan, since when: the input to proration.
 
 :class:`SubscriptionSource` is what the billing job reads. :class:`ConfigSubscriptions` serves it
-from ``Config.customers`` (one plan from the beginning of time);
+from ``Config.customers`` (one plan, from ``since:``, else from the first usage) and
+``default_plan`` (from the first usage);
 :class:`tollhouse.billing.store_subscriptions.StoreSubscriptions` serves it from the entitlement
 store (plan changes with their effective times, status, top-ups), falling back to the config.
 """
@@ -9,7 +10,7 @@ store (plan changes with their effective times, status, top-ups), falling back t
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, date, datetime
 from typing import Protocol
 
@@ -42,7 +43,9 @@ class Subscription:
     """A customer's plan history (sorted by time) and period anchor (``None``: calendar months).
 
     ``status`` / ``status_since_s`` as in the entitlement store (config customers: always active);
-    ``topups`` add included units to one period each.
+    ``topups`` add included units to one period each. ``from_first_usage``: the start is not
+    known yet (a config customer without ``since:``, a ``default_plan`` caller): the one change
+    is at 0 until :meth:`starting_at` puts it at the customer's first billable request.
     """
 
     customer: str
@@ -51,6 +54,19 @@ class Subscription:
     status: str = "active"
     status_since_s: int | None = None
     topups: tuple[TopUp, ...] = ()
+    from_first_usage: bool = False
+
+    @property
+    def start_s(self) -> int:
+        """When the subscription starts: its first plan change (0: the epoch)."""
+        return min((c.effective_from_s for c in self.changes), default=0)
+
+    def starting_at(self, start_s: int) -> Subscription:
+        """Return this subscription with its first plan in effect from ``start_s``, known."""
+        first, *rest = sorted(self.changes, key=lambda c: c.effective_from_s)
+        later = tuple(c for c in rest if c.effective_from_s > start_s)
+        return replace(self, changes=(PlanChange(first.plan, start_s), *later),
+                       from_first_usage=False)
 
     def topups_for(self, period: Period) -> dict[str, int]:
         """Return ``meter -> extra included units`` for ``period`` (keyed by its start date)."""
@@ -88,7 +104,12 @@ class SubscriptionSource(Protocol):
 
 
 class ConfigSubscriptions:
-    """Subscriptions from ``Config.customers``: one plan, effective since the epoch."""
+    """Subscriptions from ``Config.customers`` and ``default_plan``: one plan each.
+
+    A customer with ``since:`` starts then; one without, and a ``default_plan`` caller, is
+    ``from_first_usage`` (the billing job starts it at its first billable request in the ledger;
+    ``GET /v1/usage`` treats it as in effect for the whole open period).
+    """
 
     def __init__(self, cfg: Config) -> None:
         self._cfg = cfg
@@ -101,9 +122,12 @@ class ConfigSubscriptions:
         """Return a single-plan subscription (``default_plan`` for unknown customers, if set)."""
         c = self._cfg.customers.get(customer)
         if c is not None:
-            return Subscription(customer, (PlanChange(c.plan, 0),), parse_anchor(c.period_anchor))
+            since = c.since_s
+            return Subscription(customer, (PlanChange(c.plan, since or 0),),
+                                parse_anchor(c.period_anchor), from_first_usage=since is None)
         if self._cfg.default_plan is not None:
-            return Subscription(customer, (PlanChange(self._cfg.default_plan, 0),), None)
+            return Subscription(customer, (PlanChange(self._cfg.default_plan, 0),), None,
+                                from_first_usage=True)
         return None
 
 

@@ -73,6 +73,8 @@ def current_usage(cfg: Config, customer: str, *, totals: MeterTotals, clock: Cal
                   quota_overrides: Mapping[str, int] | None = None) -> UsageReport | None:
     """Price ``customer``'s open period so far; ``None`` for an unknown customer. Blocking.
 
+    The base fee is the period's, prorated as on the invoice from the subscription's start (a
+    config customer's ``since:``; without one, and for ``default_plan`` callers, the whole period).
     Top-ups of the period add to both the quota and the included units, as on the invoice;
     ``quota_overrides`` (from the entitlement store) replace the config customer's overrides.
     """
@@ -83,9 +85,10 @@ def current_usage(cfg: Config, customer: str, *, totals: MeterTotals, clock: Cal
         return None
     p = period_containing(now, sub.anchor)
     segs = segments(sub.changes, p)
-    if not segs:
+    if not sub.changes:
         return None
-    plan_name = segs[-1][0]
+    # Not started in this period (a later ``since:``): its first plan, and no base fee yet.
+    plan_name = segs[-1][0] if segs else sub.changes[0].plan
     plan = cfg.plans.get(plan_name)
     price = plan.price if plan is not None and plan.price is not None else PriceConfig()
     fees = prorate_segments(

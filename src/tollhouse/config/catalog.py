@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from datetime import UTC, date, datetime
 from decimal import Decimal
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import ConfigDict, Field, field_validator, model_validator
 
@@ -142,11 +143,48 @@ class PlanConfig(_Model):
         return v
 
 
+def _utc_instant(v: Any) -> datetime:
+    """``since:``: a date (midnight UTC) or a date-time (no offset: UTC), whole seconds, >= 1970.
+
+    YAML gives unquoted dates and times as ``date`` / ``datetime``; quoted ones are ISO 8601
+    strings (``Z`` allowed). An offset other than UTC is converted to UTC.
+    """
+    if isinstance(v, str):
+        try:
+            v = datetime.fromisoformat(v.strip())
+        except ValueError:
+            raise ValueError("must be an ISO 8601 date or date-time (UTC), e.g. 2026-11-03 or "
+                             "2026-11-03T09:30:00Z") from None
+    if isinstance(v, date) and not isinstance(v, datetime):
+        v = datetime(v.year, v.month, v.day, tzinfo=UTC)
+    if not isinstance(v, datetime):
+        raise ValueError("must be an ISO 8601 date or date-time (UTC), e.g. 2026-11-03")
+    t = (v.replace(tzinfo=UTC) if v.tzinfo is None else v.astimezone(UTC)).replace(microsecond=0)
+    if t.year < 1970:
+        raise ValueError("must not be before 1970-01-01")
+    return t
+
+
 class CustomerConfig(_Model):
-    """A static customer of the config file (the entitlement store wins)."""
+    """A static customer of the config file (the entitlement store wins).
+
+    ``since``: when the subscription starts (UTC); nothing is invoiced before it. Absent: at the
+    customer's first billable request in the ledger (``docs/billing.md``).
+    """
 
     plan: Name
     period_anchor: str | None = Field(default=None, pattern=r"^\d{4}-\d{2}-\d{2}$")
+    since: datetime | None = None
     quota_overrides: Mapping[Name, int] = Field(default_factory=dict)
+
+    @field_validator("since", mode="before")
+    @classmethod
+    def _since(cls, v: Any) -> Any:
+        return None if v is None else _utc_instant(v)
+
+    @property
+    def since_s(self) -> int | None:
+        """``since`` in Unix seconds, or ``None``."""
+        return None if self.since is None else int(self.since.timestamp())
 
 

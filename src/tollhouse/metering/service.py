@@ -98,6 +98,7 @@ class Metering:
         self._forward_lock = asyncio.Lock()
         self._last_housekeeping = float("-inf")
         self.on_confirmed: Callable[[UsageRecord], None] | None = None
+        self.on_voided: Callable[[UsageRecord], None] | None = None  # quota units back
 
     # ---- lifecycle -------------------------------------------------------------------------
 
@@ -207,17 +208,16 @@ class Metering:
             log.error("metering.ingest_failed", error=type(fut.exception()).__name__, entries=n)
 
     def _applied(self, res: Applied) -> None:
-        """Facts became durable and were joined: count, and tell the quota hook."""
+        """Facts became durable and were joined: count, and tell the quota hooks."""
         if res.duplicate:
             ENTRIES_IGNORED.labels(reason="duplicate").inc(res.duplicate)
         if res.errors:
             ENTRIES_IGNORED.labels(reason="error").inc(res.errors)
         _count_final(res.finalized)
-        hook = self.on_confirmed
-        if hook is None:
-            return
+        hooks = {UsageRecord.CONFIRMED: self.on_confirmed, UsageRecord.VOIDED: self.on_voided}
         for rec in res.finalized:
-            if rec.state == UsageRecord.CONFIRMED:
+            hook = hooks.get(rec.state)
+            if hook is not None:
                 try:
                     hook(rec)
                 except Exception:

@@ -35,8 +35,11 @@ ON CONFLICT (customer, meter, period) DO UPDATE SET units = excluded.units
 """
 
 
-class CounterFileError(Exception):
-    """The counter file cannot be opened, read or written (the message names the file)."""
+class CounterFileError(OSError):
+    """The counter file cannot be opened, read or written (the message names the file).
+
+    An OSError, so ``tollhouse serve`` reports it as ``cannot start: ...`` and exits 2.
+    """
 
 
 class CounterFile:

@@ -206,7 +206,7 @@ class App:
 
     async def _reconfigure_limiter(self, cfg: Config) -> None:
         """A reload that starts selling quotas or rate limits gets a limiter at once."""
-        if cfg.counters != self.cfg.counters:
+        if (cfg.counters, cfg.counters_file) != (self.cfg.counters, self.cfg.counters_file):
             log.warning("config.restart_needed", field="counters")
         if (cfg.authz_http_listen, cfg.authz_http) != (self.cfg.authz_http_listen,
                                                         self.cfg.authz_http):

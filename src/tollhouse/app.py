@@ -22,7 +22,7 @@ from grpc_reflection.v1alpha import reflection
 
 from tollhouse.authn import Authenticator
 from tollhouse.check import Checker, State
-from tollhouse.config import Config, ConfigError, load_config
+from tollhouse.config import Config, ConfigError, counters_file, load_config
 from tollhouse.entitlements import build_catalog
 from tollhouse.envoy import authz
 from tollhouse.envoy.http_server import HttpAuthzServer
@@ -37,6 +37,7 @@ __all__ = ["App", "serve"]
 log = get_logger(__name__)
 AUTHZ_SERVICE = "envoy.service.auth.v3.Authorization"
 ALS_SERVICE = "envoy.service.accesslog.v3.AccessLogService"
+VOID_CHECK_CANCELLED = "check_cancelled"  # the reason metering's spool gives a Check's own void
 
 
 class App:
@@ -56,13 +57,12 @@ class App:
         if needs_limiter(cfg):
             from tollhouse.quota import open_limiter
 
-            self.limiter = open_limiter(cfg.counters, clock=clock, instance=self.instance)
+            self.limiter = open_limiter(cfg.counters, clock=clock, instance=self.instance,
+                                        counters_file=counters_file(cfg))
         self.metering: Any = None
         self.als: Any = None  # the access-log servicer, once started with metering on
         if cfg.metering.enabled:
             self.metering = _open_metering(config_path, cfg, clock, self.instance)
-            if self.limiter is not None:
-                self.metering.on_confirmed = self._post_hoc_usage
         self.checker = Checker(
             self.state, self.authn, limiter=self.limiter, metering=self.metering,
             directory=self.directory, limits_for=self.limits.for_customer, clock=clock,
@@ -109,6 +109,7 @@ class App:
             await self.limiter.start()
         if self.metering is not None:
             await self.metering.start()
+            self._wire_quota_hooks()
         self.server = grpc.aio.server(
             options=[("grpc.so_reuseport", 0), ("grpc.max_concurrent_streams", 1000)]
         )
@@ -212,7 +213,7 @@ class App:
 
     async def _reconfigure_limiter(self, cfg: Config) -> None:
         """A reload that starts selling quotas or rate limits gets a limiter at once."""
-        if cfg.counters != self.cfg.counters:
+        if (cfg.counters, cfg.counters_file) != (self.cfg.counters, self.cfg.counters_file):
             log.warning("config.restart_needed", field="counters")
         if (cfg.authz_http_listen, cfg.authz_http) != (self.cfg.authz_http_listen,
                                                         self.cfg.authz_http):
@@ -221,23 +222,52 @@ class App:
             return
         from tollhouse.quota import open_limiter
 
-        limiter = open_limiter(self.cfg.counters, clock=self.clock, instance=self.instance)
+        limiter = open_limiter(self.cfg.counters, clock=self.clock, instance=self.instance,
+                               counters_file=counters_file(self.cfg))
         await limiter.start()
         self.limiter = self.checker.limiter = limiter
-        if self.metering is not None:
-            self.metering.on_confirmed = self._post_hoc_usage
+        self._wire_quota_hooks()
 
-    def _post_hoc_usage(self, record: Any) -> None:
-        """Bytes/tokens meters known only from the access log count against quotas."""
+    def _wire_quota_hooks(self) -> None:
+        """Final records feed the limiter from after the spool's replay on.
+
+        The hooks saw the replayed records before the restart, and the counters kept that.
+        """
+        if self.metering is not None and self.limiter is not None:
+            self.metering.on_confirmed = self._post_hoc_usage
+            self.metering.on_voided = self._refund_voided
+
+    def _limits_of(self, record: Any) -> Any:
+        """The customer's limits now, or None (unknown customer or plan)."""
         snap = self.state.catalog
         cust = self.checker.identify(snap, record.customer)
         plan = snap.plan(getattr(cust, "plan", ""))
         if plan is None or not hasattr(cust, "plan"):
+            return None
+        return self.limits.for_customer(cust, plan)
+
+    def _post_hoc_usage(self, record: Any) -> None:
+        """Bytes/tokens meters known only from the access log count against quotas."""
+        limits = self._limits_of(record)
+        if limits is None:
             return
-        limits = self.limits.for_customer(cust, plan)
+        meters = self.state.catalog.config.meters
         for meter, units in record.units.items():
-            if snap.config.meters.get(meter) and snap.config.meters[meter].source != "requests":
+            if meters.get(meter) and meters[meter].source != "requests":
                 self.limiter.add_usage(record.customer, meter, int(units), limits, self.clock())
+
+    def _refund_voided(self, record: Any) -> None:
+        """A VOIDED reservation (never served) gives its request units back to the quota.
+
+        Not a Check that gave up (``check_cancelled``): it released its own admission.
+        """
+        if record.response_flags == VOID_CHECK_CANCELLED:
+            return
+        limits = self._limits_of(record)
+        feature = self.state.catalog.config.features.get(record.feature)
+        if limits is None or feature is None:
+            return
+        self.limiter.refund(record.customer, feature.meters, limits, record.admitted_at_ms / 1000)
 
     async def stop(self) -> None:
         """Drain: stop accepting, finish in-flight checks, flush metering, within the grace."""

@@ -7,6 +7,7 @@ Nothing here does network or disk I/O except the awaited spool write and, rarely
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import os
 import time
@@ -186,6 +187,10 @@ class Checker:
             )
             try:  # a hung disk must not hang Envoy: the spool fails the wait at the deadline
                 await self.metering.reserve(rec, self.deadline_s)
+            except asyncio.CancelledError:  # Envoy gave up on the Check: it never used an OK
+                if adm is not None:
+                    self.limiter.release(adm)
+                raise
             except TimeoutError:
                 if adm is not None:
                     self.limiter.release(adm)

@@ -116,8 +116,9 @@ async def run(config_path: Path, *, instance: str, fd: int, writer_pid: int) -> 
     lock = await asyncio.to_thread(_lock, cfg.metering.spool or DEFAULT_SPOOL_DIR)
     try:
         metering = Metering(cfg, instance=instance, expand=w.expand, writer_pid=writer_pid)
-        metering.on_confirmed, metering.on_voided = w.confirmed, w.voided
         await metering.start()
+        # From after the replay on: serve's counters kept what replayed records did before.
+        metering.on_confirmed, metering.on_voided = w.confirmed, w.voided
         w.metering = metering
         status = asyncio.create_task(w.report())
         await w.stop.wait()

@@ -36,6 +36,7 @@ from tollhouse.config.runtime import (
 )
 
 __all__ = [
+    "COUNTERS_FILE",
     "AdminConfig",
     "ApiKeyEntry",
     "ApiKeysConfig",
@@ -56,11 +57,20 @@ __all__ = [
     "Rule",
     "StoreConfig",
     "Tier",
+    "counters_file",
     "load_config",
     "parse_config",
     "sqlite_path",
 ]
 
+
+
+COUNTERS_FILE = "tollhouse-counters.db"  # the default name, beside the spool directory
+
+
+def counters_file(cfg: Config) -> Path:
+    """The embedded limiter's counter file: ``counters_file``, or beside the spool directory."""
+    return cfg.counters_file or cfg.metering.spool.parent / COUNTERS_FILE
 
 
 def _feature(v: Any) -> Any:
@@ -86,6 +96,9 @@ class Config(_Model):
     customers: Mapping[Name, CustomerConfig] = Field(default_factory=dict)
     default_plan: Name | None = None
     counters: str = "memory"
+    # `counters: memory` only: where the embedded counters survive restarts; null = the file
+    # `tollhouse-counters.db` beside the spool directory (docs/quota.md).
+    counters_file: Path | None = None
     metering: MeteringConfig = MeteringConfig()
     billing: BillingConfig = BillingConfig()
     store: StoreConfig | None = None  # issue 4
@@ -219,6 +232,7 @@ def _resolve_paths(cfg: Config, base: Path) -> Config:
             "auth": cfg.auth.model_copy(update={"jwt": issuers, "api_keys": api_keys}),
             "metering": metering,
             "billing": billing,
+            "counters_file": fix(cfg.counters_file),
             # issue 4: entitlement store URL and admin token file
             "store": None if cfg.store is None else cfg.store.model_copy(
                 update={"url": _fix_url(cfg.store.url, base)}

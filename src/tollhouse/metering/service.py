@@ -135,7 +135,7 @@ class Metering:
         self._forward_lock = asyncio.Lock()
         self._last_housekeeping = float("-inf")
         self.on_confirmed: Callable[[UsageRecord], None] | None = None
-        self.on_voided: Callable[[UsageRecord], None] | None = None
+        self.on_voided: Callable[[UsageRecord], None] | None = None  # quota units back
 
     # ---- lifecycle -------------------------------------------------------------------------
 
@@ -242,25 +242,21 @@ class Metering:
             log.error("metering.ingest_failed", error=type(fut.exception()).__name__, entries=n)
 
     def _applied(self, res: Applied) -> None:
-        """Facts became durable and were joined: count, and tell the quota hook."""
+        """Facts became durable and were joined: count, and tell the quota hooks."""
         if res.duplicate:
             ENTRIES_IGNORED.labels(reason="duplicate").inc(res.duplicate)
         if res.errors:
             ENTRIES_IGNORED.labels(reason="error").inc(res.errors)
         _count_final(res.finalized)
-        confirmed, voided = self.on_confirmed, self.on_voided
-        if confirmed is None and voided is None:
-            return
+        hooks = {UsageRecord.CONFIRMED: self.on_confirmed, UsageRecord.VOIDED: self.on_voided}
         for rec in res.finalized:
-            hook = confirmed if rec.state == UsageRecord.CONFIRMED else (
-                voided if rec.state == UsageRecord.VOIDED else None)
-            if hook is None:
-                continue
-            try:
-                hook(rec)
-            except Exception:
-                HOOK_ERRORS.inc()
-                log.error("metering.hook_failed", exc=True, usage_id=rec.usage_id)
+            hook = hooks.get(rec.state)
+            if hook is not None:
+                try:
+                    hook(rec)
+                except Exception:
+                    HOOK_ERRORS.inc()
+                    log.error("metering.hook_failed", exc=True, usage_id=rec.usage_id)
 
     # ---- forwarding ------------------------------------------------------------------------
 

@@ -19,6 +19,7 @@ import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date
+from pathlib import Path
 from typing import Any, Literal, Protocol
 
 from tollhouse.quota import metrics
@@ -123,6 +124,13 @@ class Limiter(Protocol):
         self, customer: str, meter: str, units: int, limits: Limits, now_s: float
     ) -> None:
         """Count units known only after the response (bytes, tokens) against the quota."""
+
+    def refund(self, customer: str, meters: Sequence[str], limits: Limits, at_s: float) -> int:
+        """Give back the request units of a request admitted at ``at_s`` and never served.
+
+        For a reservation that ended VOIDED (no ticket: it may have been admitted by another
+        replica or before a restart); nothing when ``at_s`` is not in the current period.
+        """
 
     def snapshot(self, customer: str, limits: Limits, now_s: float) -> dict[str, tuple[int, int]]:
         """Meter -> (used, limit) in the current period, for the customer-facing usage endpoint."""
@@ -285,12 +293,16 @@ def open_limiter(
     instance: str,
     lease_size: int = 1000,
     timeout_s: float = 0.05,
+    counters_file: Path | None = None,
 ) -> Limiter:
-    """``"memory"`` -> in-process limiter; ``"redis://..."`` -> Redis lease limiter."""
+    """``"memory"`` -> in-process limiter; ``"redis://..."`` -> Redis lease limiter.
+
+    ``counters_file`` (memory only): where the counters survive restarts; None = not at all.
+    """
     if counters == "memory":
         from tollhouse.quota.memory import MemoryLimiter
 
-        return MemoryLimiter(clock=clock)
+        return MemoryLimiter(clock=clock, path=counters_file, lease_size=lease_size)
     if counters.startswith("redis://"):
         from tollhouse.quota.redis_leases import RedisLeaseLimiter
 

@@ -2,41 +2,31 @@
 
 State per customer: the current period, units used per meter in it, and two token buckets.
 Counters are kept per customer (not per plan), so a plan change keeps the period's usage and
-applies the new allowance on the next request. A new period starts from zero.
+applies the new allowance on the next request. A new period starts from zero. With a counter
+file (:mod:`tollhouse.quota.persist`) the counters survive restarts; the Check still never
+waits on disk.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
-from datetime import date
+from collections.abc import Callable, Sequence
+from pathlib import Path
 
 from tollhouse.quota.limiter import (
     Admission,
     GaugeBoard,
     Limits,
     PolicyItem,
-    RateBuckets,
     Ticket,
     allowed,
     claim_release,
     denied,
     format_headers,
 )
+from tollhouse.quota.persist import CounterSaver, CustomerCounts
 from tollhouse.quota.windows import Period, period_for, roll
 
 __all__ = ["MemoryLimiter", "quota_items"]
-
-
-class _Customer:
-    __slots__ = ("anchor", "period", "plan", "quotas", "rate", "used")
-
-    def __init__(self, period: Period, anchor: date | None) -> None:
-        self.period = period
-        self.anchor = anchor
-        self.used: dict[str, int] = {}
-        self.rate = RateBuckets()
-        self.plan = ""
-        self.quotas: Mapping[str, int] = {}
 
 
 def quota_items(
@@ -57,26 +47,39 @@ def quota_items(
 class MemoryLimiter:
     """In-process quotas and rate limits for a single replica."""
 
-    def __init__(self, *, clock: Callable[[], float]) -> None:
+    def __init__(self, *, clock: Callable[[], float], path: Path | None = None,
+                 lease_size: int = 1000) -> None:
         self._clock = clock
-        self._customers: dict[str, _Customer] = {}
+        self._customers: dict[str, CustomerCounts] = {}
         self._gauges = GaugeBoard()
+        self.saver = None if path is None else CounterSaver(path, clock=clock,
+                                                            lease_size=lease_size)
 
     async def start(self) -> None:
-        """Nothing to connect."""
+        """Load the counter file, if any (before the process serves)."""
+        if self.saver is not None:
+            await self.saver.start()
 
     async def stop(self) -> None:
-        """Nothing to flush: counters are not the billing record."""
+        """Write the exact counts to the counter file, if any."""
+        if self.saver is not None:
+            await self.saver.stop(self._customers.values())
 
-    def _customer(self, customer: str, limits: Limits, now_s: float) -> _Customer:
+    def _seed(self, customer: str, period: Period) -> dict[str, int]:
+        return {} if self.saver is None else self.saver.seed(customer, period.key)
+
+    def _customer(self, customer: str, limits: Limits, now_s: float) -> CustomerCounts:
         c = self._customers.get(customer)
         if c is None:
-            c = _Customer(period_for(now_s, limits.anchor), limits.anchor)
+            period = period_for(now_s, limits.anchor)
+            c = CustomerCounts(customer, period, limits.anchor, self._seed(customer, period))
             self._customers[customer] = c
         elif (moved := roll(c.period, c.anchor, limits.anchor, now_s)) is not None:
-            c.period, c.anchor = moved[0], limits.anchor
+            c.anchor = limits.anchor
             if moved[1]:
-                c.used = {}
+                c.restart_period(moved[0], self._seed(customer, moved[0]))
+            else:
+                c.period = moved[0]
         c.plan, c.quotas = limits.plan, limits.quotas
         return c
 
@@ -116,11 +119,13 @@ class MemoryLimiter:
                 q = limits.quotas.get(m)
                 units.append((m, 1 if q is not None and n >= q else 0))
                 used[m] = n + 1
+                if self.saver is not None:
+                    self.saver.spent(c, m, n + 1, limits)
         ticket = Ticket(customer, c.period.key, tuple(units), ps is not None, pm is not None)
         return allowed(self._headers(c, meters, limits, now_s), ticket=ticket, overage=over)
 
     def _headers(
-        self, c: _Customer, meters: Sequence[str], limits: Limits, now_s: float
+        self, c: CustomerCounts, meters: Sequence[str], limits: Limits, now_s: float
     ) -> tuple[tuple[str, str], ...]:
         items = quota_items(meters, limits, lambda m: c.used.get(m, 0), c.period, now_s)
         items += c.rate.items(limits.per_second, limits.per_minute)
@@ -142,6 +147,23 @@ class MemoryLimiter:
             return
         c = self._customer(customer, limits, now_s)
         c.used[meter] = c.used.get(meter, 0) + units
+        if self.saver is not None:
+            self.saver.touched(c, meter)
+
+    def refund(self, customer: str, meters: Sequence[str], limits: Limits, at_s: float) -> int:
+        """Give back the request units of an admission at ``at_s`` that was never served.
+
+        Only while its period is the customer's current one; returns the units given back.
+        """
+        c = self._customers.get(customer)
+        if c is None or not c.period.contains(at_s):
+            return 0
+        n = 0
+        for m in meters:
+            if m in limits.request_meters and c.used.get(m, 0) > 0:
+                c.used[m] -= 1
+                n += 1
+        return n
 
     def snapshot(self, customer: str, limits: Limits, now_s: float) -> dict[str, tuple[int, int]]:
         """Meter -> (used, limit) for every quota in ``limits``."""

@@ -5,6 +5,8 @@ from __future__ import annotations
 from prometheus_client import Counter, Gauge
 
 __all__ = [
+    "COUNTER_FILE_ERRORS",
+    "COUNTER_FILE_WRITES",
     "DEGRADED",
     "DENIALS",
     "LEASE_REFILLS",
@@ -13,6 +15,7 @@ __all__ = [
     "QUOTA_USED",
     "REDIS_CALLS",
     "REDIS_ERRORS",
+    "REDIS_RESEEDS",
 ]
 
 QUOTA_USED = Gauge(
@@ -51,4 +54,17 @@ REDIS_ERRORS = Counter(
     "tollhouse_quota_redis_errors_total",
     "Redis calls of the quota limiter that failed or timed out",
     ["op"],
+)
+COUNTER_FILE_WRITES = Counter(
+    "tollhouse_quota_counter_file_writes_total",
+    "Commits of the embedded limiter's counter file (counters: memory)",
+)
+COUNTER_FILE_ERRORS = Counter(
+    "tollhouse_quota_counter_file_errors_total",
+    "Failed commits of the embedded limiter's counter file (retried every second)",
+)
+REDIS_RESEEDS = Counter(
+    "tollhouse_quota_redis_reseeds_total",
+    "Quota counters found missing in Redis (a restart without persistence) and re-seeded "
+    "from this replica's last known total",
 )

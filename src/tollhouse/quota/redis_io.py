@@ -20,7 +20,7 @@ from redis.retry import Retry
 from tollhouse.logs import get_logger
 from tollhouse.quota import metrics
 
-__all__ = ["LEASE_LUA", "REPLICAS_KEY", "RedisIO", "counter_key"]
+__all__ = ["ADD_LUA", "LEASE_LUA", "REPLICAS_KEY", "RESEED_LUA", "RedisIO", "counter_key"]
 
 log = get_logger(__name__)
 T = TypeVar("T")
@@ -28,13 +28,26 @@ REPLICAS_KEY = "tollhouse:quota:replicas"
 RETAIN_S = 86_400  # counters outlive their period by a day (usage endpoint, late returns)
 RECEIPT_S = 300
 
+# A counter missing while a replica has seen it (Redis restarted without persistence, or was
+# flushed) is re-seeded with the total that replica last saw (``seed``; 0 = never seen). The
+# first replica to call wins; a seed is never added to a counter that exists.
+RESEED_LUA = """
+local function reseed(key, seed)
+  if seed > 0 and redis.call('EXISTS', key) == 0 then
+    redis.call('SET', key, seed)
+    return 1
+  end
+  return 0
+end
+"""
+
 # KEYS[1]: units granted so far in one (customer, meter, period); KEYS[2]: this lease's receipt,
 # kept RECEIPT_S so that a replica whose reply was lost (timeout) can take the units back.
 # ARGV: quota, want, period start_s, period end_s, overage ("deny"|"allow"), slack_s, retain_s,
-# receipt_s.
+# receipt_s, seed.
 # Redis TIME decides whether the period is current, so replicas with skewed clocks cannot take
 # units from a period that Redis says is over (or not begun): they get {-1, 0, 0, now} instead.
-LEASE_LUA = """
+LEASE_LUA = RESEED_LUA + """
 local now = tonumber(redis.call('TIME')[1])
 local quota = tonumber(ARGV[1])
 local want = tonumber(ARGV[2])
@@ -42,8 +55,9 @@ local start_s = tonumber(ARGV[3])
 local end_s = tonumber(ARGV[4])
 local slack = tonumber(ARGV[6])
 if now < start_s - slack or now >= end_s + slack then
-  return {-1, 0, 0, now}
+  return {-1, 0, 0, now, 0}
 end
+local reseeded = reseed(KEYS[1], tonumber(ARGV[9]))
 local used = tonumber(redis.call('GET', KEYS[1]) or '0')
 local room = quota - used
 if room < 0 then room = 0 end
@@ -56,7 +70,15 @@ end
 redis.call('EXPIREAT', KEYS[1], end_s + tonumber(ARGV[7]))
 local in_quota = grant
 if in_quota > room then in_quota = room end
-return {grant, used, in_quota, now}
+return {grant, used, in_quota, now, reseeded}
+"""
+
+# KEYS[1]: one counter. ARGV: seed, delta, expire_at_s. Returns {new total, re-seeded 0|1}.
+ADD_LUA = RESEED_LUA + """
+local reseeded = reseed(KEYS[1], tonumber(ARGV[1]))
+local total = redis.call('INCRBY', KEYS[1], ARGV[2])
+redis.call('EXPIREAT', KEYS[1], tonumber(ARGV[3]))
+return {total, reseeded}
 """
 
 # KEYS[1]: sorted set of live replicas. ARGV: instance, live_s. Returns the number of live ones.
@@ -102,6 +124,14 @@ class RedisIO:
         )
         self._lease = self._client.register_script(LEASE_LUA)
         self._heartbeat = self._client.register_script(HEARTBEAT_LUA)
+        self._add = self._client.register_script(ADD_LUA)
+        self.reseeds = 0  # counters found missing and re-seeded (Redis lost its data)
+
+    def _reseeded(self, keys: Sequence[str]) -> None:
+        for key in keys:
+            self.reseeds += 1
+            metrics.REDIS_RESEEDS.inc()
+            log.warning("quota.counter_reseeded", counter=key)
 
     def available(self) -> bool:
         """Tell whether Redis may be tried (no call failed in the last ``backoff_s``)."""
@@ -121,14 +151,21 @@ class RedisIO:
             return None
 
     async def lease(
-        self, key: str, receipt: str, quota: int, want: int, start_s: int, end_s: int, overage: str
+        self, key: str, receipt: str, quota: int, want: int, start_s: int, end_s: int, overage: str,
+        seed: int = 0,
     ) -> tuple[int, int, int, int] | None:
-        """``(granted, total_granted, granted_within_quota, redis_now_s)``, or None on failure."""
-        args: list[str | int] = [quota, want, start_s, end_s, overage, 2, RETAIN_S, RECEIPT_S]
+        """``(granted, total_granted, granted_within_quota, redis_now_s)``, or None on failure.
+
+        ``seed``: the total this replica last saw (re-seeds the counter if Redis lost it).
+        """
+        args: list[str | int] = [quota, want, start_s, end_s, overage, 2, RETAIN_S, RECEIPT_S,
+                                 seed]
         res = await self._run("lease", lambda: self._lease(keys=[key, receipt], args=args))
         if res is None:
             return None
-        g, total, in_quota, now = (int(x) for x in res)
+        g, total, in_quota, now, reseeded = (int(x) for x in res)
+        if reseeded:
+            self._reseeded([key])
         return g, total, in_quota, now
 
     async def heartbeat(self, instance: str, live_s: float) -> int | None:
@@ -138,16 +175,19 @@ class RedisIO:
         )
         return None if res is None else int(res)
 
-    async def add(self, deltas: Sequence[tuple[str, int, int]]) -> list[int] | None:
-        """INCRBY each ``(key, delta, expire_at_s)`` in one round trip; the new totals."""
+    async def add(self, deltas: Sequence[tuple[str, int, int, int]]) -> list[int] | None:
+        """Add each ``(key, delta, expire_at_s, seed)`` in one round trip; the new totals.
+
+        One script call per counter (Cluster-safe); ``seed`` as in :meth:`lease`.
+        """
 
         async def call() -> list[int]:
             pipe = self._client.pipeline(transaction=False)
-            for key, delta, expire_at in deltas:
-                pipe.incrby(key, delta)
-                pipe.expireat(key, expire_at)
+            for key, delta, expire_at, seed in deltas:
+                await self._add(keys=[key], args=[seed, delta, expire_at], client=pipe)
             out: list[Any] = await pipe.execute()
-            return [int(v) for v in out[0::2]]
+            self._reseeded([d[0] for d, (_, r) in zip(deltas, out, strict=True) if int(r)])
+            return [int(total) for total, _ in out]
 
         return await self._run("add", call) if deltas else []
 

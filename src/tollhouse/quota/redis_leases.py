@@ -130,7 +130,7 @@ class RedisLeaseLimiter:
         """Add pending units (and re-read touched counters) in one round trip."""
         batch = [(ctr, ctr.pending) for ctr in self._dirty]
         self._dirty = set()
-        res = await self._io.add([(c.key, d, c.end_s + RETAIN_S) for c, d in batch])
+        res = await self._io.add([(c.key, d, c.end_s + RETAIN_S, c.total or 0) for c, d in batch])
         if res is None:
             self._dirty.update(c for c, _ in batch)
             return
@@ -239,7 +239,7 @@ class RedisLeaseLimiter:
             receipt = f"tollhouse:quota:receipt:{self._instance}:{self._seq}"
             async with self._refills:
                 res = await self._io.lease(ctr.key, receipt, quota, want, ctr.start_s, ctr.end_s,
-                                           limits.overage)
+                                           limits.overage, ctr.total or 0)
             if res is None:
                 self._lost.append((ctr, receipt, 0))
                 ctr.state = "error"
@@ -368,6 +368,20 @@ class RedisLeaseLimiter:
         ctr = self._counter(c, customer, meter, meter in limits.request_meters)
         ctr.pending += units
         self._dirty.add(ctr)
+
+    def refund(self, customer: str, meters: Sequence[str], limits: Limits, at_s: float) -> int:
+        """Give back a never-served request's units in Redis (next tick), if its period is on."""
+        c = self._customer(customer, limits, self._clock() + self._offset)
+        if not c.period.contains(at_s + self._offset):
+            return 0
+        n = 0
+        for m in meters:
+            if m in limits.quotas and m in limits.request_meters:
+                ctr = self._counter(c, customer, m, True)
+                ctr.pending -= 1
+                self._dirty.add(ctr)
+                n += 1
+        return n
 
     def snapshot(self, customer: str, limits: Limits, now_s: float) -> dict[str, tuple[int, int]]:
         """Meter -> (used, limit); used counts other replicas' unspent leases as used."""

@@ -45,7 +45,10 @@ _STATUS_S = 1.0
 class _Worker:
     """One run: the metering engine, the link to ``serve`` and the config it follows."""
 
-    def __init__(self, config_path: Path, cfg: Config, writer: asyncio.StreamWriter) -> None:
+    def __init__(
+        self, config_path: Path, cfg: Config, writer: asyncio.StreamWriter, effects_since_ms: int
+    ) -> None:
+        self.effects_since_ms = effects_since_ms
         self.config_path = config_path
         self.cfg = cfg
         self.writer = writer
@@ -59,11 +62,15 @@ class _Worker:
     def confirmed(self, rec: UsageRecord) -> None:
         """Send a CONFIRMED record back only if it carries units known after the fact."""
         meters = self.cfg.meters
-        if any(m in meters and meters[m].source != "requests" for m in rec.units):
+        if rec.admitted_at_ms >= self.effects_since_ms and any(
+            m in meters and meters[m].source != "requests" for m in rec.units
+        ):
             write_frame(self.writer, b"R", rec.SerializeToString())
 
     def voided(self, rec: UsageRecord) -> None:
-        write_frame(self.writer, b"R", rec.SerializeToString())
+        """Send a VOIDED record back (its unit is refunded) unless an earlier serve admitted it."""
+        if rec.admitted_at_ms >= self.effects_since_ms:
+            write_frame(self.writer, b"R", rec.SerializeToString())
 
     async def reload(self) -> None:
         try:
@@ -104,11 +111,18 @@ def _lock(directory: Path) -> int:
     return fd
 
 
-async def run(config_path: Path, *, instance: str, fd: int, writer_pid: int) -> int:
-    """Run until told to stop; return the exit code."""
+async def run(
+    config_path: Path, *, instance: str, fd: int, writer_pid: int, effects_since_ms: int = 0
+) -> int:
+    """Run until told to stop; return the exit code.
+
+    Quota effects go back to ``serve`` only for records admitted at or after
+    ``effects_since_ms`` (when this ``serve`` started): an earlier one's counters, persisted,
+    already hold what their records did.
+    """
     cfg = load_config(config_path)
     reader, writer = await asyncio.open_unix_connection(sock=socket.socket(fileno=fd))
-    w = _Worker(config_path, cfg, writer)
+    w = _Worker(config_path, cfg, writer, effects_since_ms)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, w.stop.set)
@@ -116,9 +130,8 @@ async def run(config_path: Path, *, instance: str, fd: int, writer_pid: int) -> 
     lock = await asyncio.to_thread(_lock, cfg.metering.spool or DEFAULT_SPOOL_DIR)
     try:
         metering = Metering(cfg, instance=instance, expand=w.expand, writer_pid=writer_pid)
-        await metering.start()
-        # From after the replay on: serve's counters kept what replayed records did before.
         metering.on_confirmed, metering.on_voided = w.confirmed, w.voided
+        await metering.start()
         w.metering = metering
         status = asyncio.create_task(w.report())
         await w.stop.wait()
@@ -139,11 +152,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--fd", type=int, required=True)
     p.add_argument("--writer-pid", type=int, required=True)
     p.add_argument("--log-level", default="info")
+    p.add_argument("--effects-since-ms", type=int, default=0)
     args = p.parse_args(argv)
     configure_logging(args.log_level)
     try:
         return asyncio.run(run(Path(args.config), instance=args.instance, fd=args.fd,
-                               writer_pid=args.writer_pid))
+                               writer_pid=args.writer_pid,
+                               effects_since_ms=args.effects_since_ms))
     except Exception:
         log.error("worker.failed", exc=True)
         return 1

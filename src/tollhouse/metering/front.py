@@ -11,6 +11,7 @@ sends back through the ``on_confirmed`` / ``on_voided`` hooks, on this process's
 from __future__ import annotations
 
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from pathlib import Path
 
@@ -26,6 +27,8 @@ from tollhouse.metering.writer import FactWriter
 __all__ = ["MeteringFront"]
 
 log = get_logger(__name__)
+
+_APPLIED_MAX = 200_000  # usage ids whose quota effect was applied (worker restarts resend)
 
 
 class MeteringFront:
@@ -48,6 +51,8 @@ class MeteringFront:
         self.worker = WorkerProcess(config_path, instance=instance, on_record=self._record)
         self.on_confirmed: Callable[[UsageRecord], None] | None = None
         self.on_voided: Callable[[UsageRecord], None] | None = None
+        # A restarted worker replays and sends some records again: apply each once.
+        self._applied: OrderedDict[str, None] = OrderedDict()
 
     async def start(self) -> None:
         """Open the fact log (warmed, legacy spool carried over), then start the worker."""
@@ -103,6 +108,11 @@ class MeteringFront:
 
     def _record(self, payload: bytes) -> None:
         rec = UsageRecord.FromString(payload)
+        if rec.usage_id in self._applied:
+            return
+        self._applied[rec.usage_id] = None
+        if len(self._applied) > _APPLIED_MAX:
+            self._applied.popitem(last=False)
         hook = self.on_confirmed if rec.state == UsageRecord.CONFIRMED else (
             self.on_voided if rec.state == UsageRecord.VOIDED else None)
         if hook is None:

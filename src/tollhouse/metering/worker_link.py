@@ -121,6 +121,7 @@ class WorkerProcess:
         self._stopping = asyncio.Event()
         self._metrics: asyncio.Future[bytes] | None = None
         self.status: dict[str, object] = {"running": False, "ready": False}
+        self._started_ms = int(time.time() * 1000)  # records admitted by this serve on
         self.restarts = 0
 
     async def start(self) -> None:
@@ -192,6 +193,7 @@ class WorkerProcess:
                 sys.executable, "-m", "tollhouse.worker", "--config", str(self._config_path),
                 "--instance", self._instance, "--fd", str(theirs.fileno()),
                 "--writer-pid", str(os.getpid()), "--log-level", _log_level(),
+                "--effects-since-ms", str(self._started_ms),
                 pass_fds=(theirs.fileno(),), start_new_session=True,
             )
         finally:

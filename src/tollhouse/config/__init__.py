@@ -14,7 +14,7 @@ from typing import Any
 import yaml
 from pydantic import Field, ValidationError, field_validator, model_validator
 
-from tollhouse.config._base import ConfigError, Name, _Model
+from tollhouse.config._base import ConfigError, Name, _Model, friendly_message
 from tollhouse.config.auth import ApiKeyEntry, ApiKeysConfig, AuthConfig, JwtIssuerConfig
 from tollhouse.config.catalog import (
     CustomerConfig,
@@ -186,7 +186,9 @@ def parse_config(data: Any, *, base_dir: Path | None = None, source: str = "conf
             if isinstance(ctx_err, ConfigError):
                 problems.extend(ctx_err.problems)
                 continue
-            problems.append((_dotted(err["loc"]) or "(root)", err["msg"]))
+            loc = tuple(p for p in err["loc"] if p not in ("function-after", "function-before"))
+            msg = friendly_message(Config, loc, err["type"], err["msg"])
+            problems.append((_dotted(loc) or "(root)", msg))
         raise ConfigError(problems, source) from None
     return _resolve_paths(cfg, base_dir) if base_dir is not None else cfg
 
@@ -321,7 +323,9 @@ def _with_keys_file(cfg: Config, source: str) -> Config:
         try:
             entries.append(ApiKeyEntry.model_validate(item))
         except ValidationError as e:
-            problems += [(f"{where}[{i}.{_dotted(err['loc'])}]", err["msg"]) for err in e.errors()]
+            problems += [(f"{where}[{i}.{_dotted(err['loc'])}]",
+                          friendly_message(ApiKeyEntry, tuple(err["loc"]), err["type"],
+                                           err["msg"])) for err in e.errors()]
     if problems:
         raise ConfigError(problems, source)
     extra = tuple(entries)

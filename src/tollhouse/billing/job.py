@@ -347,9 +347,10 @@ def main_bill(args: argparse.Namespace) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(f"consumed {result.consumed} meter records, dead-lettered {result.dead_lettered}")
-    for inv in result.invoices:
-        html = next((str(f) for f in inv.files if f.suffix == ".html"), "-")
-        print(f"{inv.number}  {inv.customer}  {inv.currency} {inv.total}  {inv.status}  {html}")
+    if result.invoices:
+        from tollhouse.billing.table import format_invoices
+
+        print(format_invoices(result.invoices))
     if args.period is None and not args.preview and not result.invoices and result.ok:
         print("nothing due: every ended period is already invoiced")
     for pr in result.problems:

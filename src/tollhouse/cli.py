@@ -150,6 +150,10 @@ def _add_optional(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
 
     add_cli(sub)
 
+    from tollhouse.devcli import add_dev_cli
+
+    add_dev_cli(sub)
+
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the console script."""

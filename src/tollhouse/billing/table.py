@@ -11,8 +11,9 @@ _HEADER = ("invoice", "customer", "total", "status", "HTML invoice")
 
 
 def format_invoices(invoices: Iterable[Any]) -> str:
-    """One row per invoice summary (``number``, ``customer``, ``currency``, ``total``, ``status``,
-    ``files``): columns padded to their widest cell, totals right-aligned, the HTML path last.
+    """Render invoice summaries as a table: columns padded, totals right-aligned, HTML path last.
+
+    Each summary needs ``number``, ``customer``, ``currency``, ``total``, ``status``, ``files``.
     """
     rows = [_HEADER]
     for inv in invoices:

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TextIO
 
 from tollhouse.billing.table import format_invoices
 from tollhouse.config import Config, load_config
@@ -108,7 +108,7 @@ def print_invoices(ctx: DemoContext, *, clock: Clock = time.time) -> None:
     """Run the billing job on the meter and print each customer's invoice for this month.
 
     The month is still open, so the invoices are previews (nothing is issued); their JSON, CSV
-    and HTML files go to the config's ``billing.invoices_dir`` (``tollhouse bill`` writes there too).
+    and HTML files go to the config's ``billing.invoices_dir``, where ``tollhouse bill`` writes.
     """
     from tollhouse.billing.job import run_billing
 
@@ -135,7 +135,7 @@ def print_customer_view(ctx: DemoContext) -> None:
     req = doc.get("meters", {}).get("requests", {})
     ctx.out.write(
         f"\nGET /v1/usage as alice (through Envoy): plan {doc.get('plan')}, "
-        f"{req.get('used')} requests used of {req.get('quota')}, "
+        f"{req.get('used')} of {req.get('quota')} requests used, "
         f"{req.get('remaining')} left, charges so far {doc.get('currency')} "
         f"{doc.get('charges_so_far')}\n")
     ctx.out.flush()

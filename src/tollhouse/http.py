@@ -1,4 +1,7 @@
-"""The HTTP listeners: admin (/metrics, /healthz, /readyz, /admin) and customer usage.
+"""The HTTP listeners: admin (/metrics, /healthz, /readyz, /admin), metrics apart, customer usage.
+
+With ``metrics_listen`` set, ``/metrics`` is served there only, so a network policy can let
+Prometheus in without opening ``/admin``.
 
 The usage listener serves ``/v1/usage`` and is meant to be routed through Envoy and ext_authz.
 """
@@ -41,7 +44,8 @@ class AdminHttp:
 
     def _admin_app(self) -> web.Application:
         web_app = web.Application()
-        web_app.router.add_get("/metrics", self.metrics)
+        if not self.app.cfg.metrics_listen:  # else /metrics has a listener of its own
+            web_app.router.add_get("/metrics", self.metrics)
         web_app.router.add_get("/healthz", self.healthz)
         web_app.router.add_get("/readyz", self.readyz)
         admin = self._admin_api()
@@ -80,10 +84,14 @@ class AdminHttp:
         self._runners.append(runner)
 
     async def start(self) -> None:
-        """Start the admin listener and, if configured, the usage listener."""
+        """Start the admin listener and, if configured, the metrics and usage listeners."""
         cfg = self.app.cfg
         if cfg.admin_listen:
             await self._listen(self._admin_app(), cfg.admin_listen)
+        if cfg.metrics_listen:
+            metrics_app = web.Application()
+            metrics_app.router.add_get("/metrics", self.metrics)
+            await self._listen(metrics_app, cfg.metrics_listen)
         if cfg.usage_listen:
             from tollhouse.usage_http import build_usage_app
 

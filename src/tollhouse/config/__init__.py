@@ -28,11 +28,13 @@ from tollhouse.config.catalog import (
     Tier,
 )
 from tollhouse.config.runtime import (
+    LISTENERS,
     AdminConfig,
     AuthzHttpConfig,
     BillingConfig,
     MeteringConfig,
     StoreConfig,
+    listener_clashes,
 )
 
 __all__ = [
@@ -73,6 +75,9 @@ class Config(_Model):
 
     listen: str = Field(default="127.0.0.1:9001", pattern=r"^[^\s:]+:\d{1,5}$")
     admin_listen: str | None = Field(default="127.0.0.1:9002", pattern=r"^[^\s:]+:\d{1,5}$")
+    # /metrics on a listener of its own (null: /metrics stays on admin_listen), so scrapers can be
+    # let in without reaching /admin.
+    metrics_listen: str | None = Field(default=None, pattern=r"^[^\s:]+:\d{1,5}$")
     usage_listen: str | None = Field(default=None, pattern=r"^[^\s:]+:\d{1,5}$")
     authz_http_listen: str | None = Field(default=None, pattern=r"^[^\s:]+:\d{1,5}$")
     authz_http: AuthzHttpConfig = AuthzHttpConfig()
@@ -153,16 +158,7 @@ class Config(_Model):
 
 
     def _listener_clashes(self) -> list[tuple[str, str]]:
-        seen: dict[str, str] = {}
-        problems: list[tuple[str, str]] = []
-        for name in ("listen", "admin_listen", "usage_listen", "authz_http_listen"):
-            addr = getattr(self, name)
-            if addr is None:
-                continue
-            if addr in seen:
-                problems.append((name, f"{addr} is already {seen[addr]}"))
-            seen.setdefault(addr, name)
-        return problems
+        return listener_clashes({name: getattr(self, name) for name in LISTENERS})
 
 
 def _dotted(loc: tuple[int | str, ...]) -> str:

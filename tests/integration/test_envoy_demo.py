@@ -8,6 +8,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+import yaml
 
 from tests.integration.harness import http_request
 from tollhouse.demo.stack import find_binary
@@ -17,7 +18,10 @@ pytestmark = pytest.mark.integration
 
 
 def test_demo_tour_prints_table_and_exits_0(tmp_path: Path) -> None:
-    """The demo prints every scripted outcome, stops its processes and exits 0."""
+    """The demo prints every scripted outcome, stops its processes and exits 0.
+
+    Its invoices land in the demo config's own ``billing.invoices_dir`` (and nowhere else).
+    """
     result = subprocess.run([str(find_binary("tollhouse")), "demo", "--workdir", str(tmp_path)],
                             capture_output=True, text=True, timeout=120, check=False)
     assert result.returncode == 0, result.stdout + result.stderr
@@ -30,6 +34,12 @@ def test_demo_tour_prints_table_and_exits_0(tmp_path: Path) -> None:
     assert "API saw customer=bob plan=pro" in spoof
     assert (tmp_path / "envoy" / "envoy.yaml").is_file()
     assert (tmp_path / "tollhouse" / "tollhouse.yaml").is_file()
+    # One invoices folder: the config's billing.invoices_dir, where `tollhouse bill` writes too.
+    config = yaml.safe_load((tmp_path / "tollhouse" / "tollhouse.yaml").read_text())
+    invoices = Path(config["billing"]["invoices_dir"])
+    assert sorted(p.name for p in invoices.glob("*.html"))
+    assert str(invoices) in out
+    assert not (tmp_path / "invoices").exists()
 
 
 def _grab(pattern: str, text: str) -> str:

@@ -12,6 +12,8 @@ ENV PIP_NO_CACHE_DIR=1 \
 WORKDIR /src
 RUN python -m venv /opt/tollhouse
 COPY pyproject.toml README.md ./
+# src/tollhouse/demo/envoy/ links to these (package data of `tollhouse demo`).
+COPY envoy/sidecar.yaml envoy/sidecar-http.yaml ./envoy/
 COPY src ./src
 # `pip install .`: runtime dependencies only, no dev extras (no Envoy, pytest, mypy ...).
 RUN /opt/tollhouse/bin/pip install --no-cache-dir . \

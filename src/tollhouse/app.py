@@ -135,6 +135,7 @@ class App:
         self._tasks.append(asyncio.create_task(self._watch_config()))
         self._tasks.append(asyncio.create_task(self._watch_ready(names)))
         log.info("serve.started", listen=self.cfg.listen, admin=self.cfg.admin_listen,
+                 metrics=self.cfg.metrics_listen or self.cfg.admin_listen,
                  authz_http=self.cfg.authz_http_listen, instance=self.instance,
                  config_version=self.state.catalog.version)
 

@@ -56,6 +56,11 @@ def _print_config_error(e: ConfigError) -> None:
         print(f"  {path}: {msg}", file=sys.stderr)
 
 
+def _count(n: int, noun: str) -> str:
+    """``1 issuer``, ``2 issuers``, ``0 issuers``."""
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
+
+
 def _cmd_check_config(args: argparse.Namespace) -> int:
     bad = 0
     for f in args.files:
@@ -65,8 +70,9 @@ def _cmd_check_config(args: argparse.Namespace) -> int:
             _print_config_error(e)
             bad += 1
             continue
-        print(f"{f}: ok ({len(cfg.plans)} plans, {len(cfg.features)} features, "
-              f"{len(cfg.customers)} customers, {len(cfg.auth.jwt)} issuers)")
+        counts = (_count(len(cfg.plans), "plan"), _count(len(cfg.features), "feature"),
+                  _count(len(cfg.customers), "customer"), _count(len(cfg.auth.jwt), "issuer"))
+        print(f"{f}: ok ({', '.join(counts)})")
     return 1 if bad else 0
 
 
@@ -238,6 +244,10 @@ def _add_optional(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     from tollhouse.store.cli import add_cli
 
     add_cli(sub)
+
+    from tollhouse.devcli import add_dev_cli
+
+    add_dev_cli(sub)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -10,9 +10,12 @@ import base64
 import hashlib
 import hmac
 import json
+import os
+import secrets
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import jwt
@@ -25,9 +28,13 @@ __all__ = [
     "generate_ec",
     "generate_rsa",
     "hs256_token_with_public_key",
+    "jwk_thumbprint",
     "jwks",
+    "load_private_key",
     "make_token",
+    "new_api_key",
     "unsigned_token",
+    "write_private_key",
 ]
 
 PrivateKey = rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey
@@ -65,14 +72,56 @@ class DevKey:
         )
 
 
-def generate_rsa(kid: str, *, bits: int = 2048) -> DevKey:
-    """Generate a fresh RSA key for RS256."""
-    return DevKey(kid, "RS256", rsa.generate_private_key(public_exponent=65537, key_size=bits))
+def generate_rsa(kid: str | None = None, *, bits: int = 2048) -> DevKey:
+    """Generate a fresh RSA key for RS256 (``kid`` None: its JWK thumbprint)."""
+    return _keyed(kid, "RS256", rsa.generate_private_key(public_exponent=65537, key_size=bits))
 
 
-def generate_ec(kid: str) -> DevKey:
-    """Generate a fresh P-256 key for ES256."""
-    return DevKey(kid, "ES256", ec.generate_private_key(ec.SECP256R1()))
+def generate_ec(kid: str | None = None) -> DevKey:
+    """Generate a fresh P-256 key for ES256 (``kid`` None: its JWK thumbprint)."""
+    return _keyed(kid, "ES256", ec.generate_private_key(ec.SECP256R1()))
+
+
+def _keyed(kid: str | None, alg: str, private_key: PrivateKey) -> DevKey:
+    if kid is not None:
+        return DevKey(kid, alg, private_key)
+    return DevKey(jwk_thumbprint(DevKey("", alg, private_key).public_jwk()), alg, private_key)
+
+
+def jwk_thumbprint(jwk: Mapping[str, Any]) -> str:
+    """RFC 7638 thumbprint (SHA-256, base64url) of a public RSA or EC JWK: a stable ``kid``."""
+    members = ("e", "kty", "n") if jwk["kty"] == "RSA" else ("crv", "kty", "x", "y")
+    canonical = json.dumps({m: jwk[m] for m in members}, separators=(",", ":"), sort_keys=True)
+    return _b64(hashlib.sha256(canonical.encode()).digest())
+
+
+def load_private_key(path: Path, kid: str | None = None) -> DevKey:
+    """Read a PEM private key (RSA: RS256, P-256: ES256); ``kid`` None: its JWK thumbprint.
+
+    Raises ``ValueError`` naming the file when it holds no usable unencrypted private key.
+    """
+    try:
+        key = serialization.load_pem_private_key(path.read_bytes(), password=None)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"{path}: not an unencrypted PEM private key ({e})") from None
+    if isinstance(key, rsa.RSAPrivateKey):
+        return _keyed(kid, "RS256", key)
+    if isinstance(key, ec.EllipticCurvePrivateKey) and isinstance(key.curve, ec.SECP256R1):
+        return _keyed(kid, "ES256", key)
+    raise ValueError(f"{path}: only RSA and P-256 keys are supported")
+
+
+def write_private_key(key: DevKey, path: Path) -> None:
+    """Write the PEM private key readable by its owner only (mode 0600), never over a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(key.private_pem())
+
+
+def new_api_key() -> str:
+    """A fresh random API key shaped like the store's (``th_`` + 32 random bytes, URL-safe)."""
+    return "th_" + secrets.token_urlsafe(32)
 
 
 def jwks(*keys: DevKey) -> dict[str, Any]:

@@ -1,4 +1,7 @@
-"""The HTTP listeners: admin (/metrics, /healthz, /readyz, /admin) and customer usage.
+"""The HTTP listeners: admin (/metrics, /healthz, /readyz, /admin), metrics apart, customer usage.
+
+With ``metrics_listen`` set, ``/metrics`` is served there only, so a network policy can let
+Prometheus in without opening ``/admin``.
 
 The usage listener serves ``/v1/usage`` and is meant to be routed through Envoy and ext_authz.
 Every error on both listeners is problem+json, and none echoes or logs the request: aiohttp's
@@ -137,7 +140,8 @@ class AdminHttp:
     def _admin_app(self) -> web.Application:
         # The limit applies to the root app only (a sub-app's client_max_size is not used).
         web_app = web.Application(middlewares=[problems_middleware], client_max_size=ADMIN_MAX_BODY)
-        web_app.router.add_get("/metrics", self.metrics)
+        if not self.app.cfg.metrics_listen:  # else /metrics has a listener of its own
+            web_app.router.add_get("/metrics", self.metrics)
         web_app.router.add_get("/healthz", self.healthz)
         web_app.router.add_get("/readyz", self.readyz)
         admin = self._admin_api()
@@ -183,10 +187,14 @@ class AdminHttp:
         self._runners.append(runner)
 
     async def start(self) -> None:
-        """Start the admin listener and, if configured, the usage listener."""
+        """Start the admin listener and, if configured, the metrics and usage listeners."""
         cfg = self.app.cfg
         if cfg.admin_listen:
             await self._listen(self._admin_app(), cfg.admin_listen)
+        if cfg.metrics_listen:
+            metrics_app = web.Application(middlewares=[problems_middleware])
+            metrics_app.router.add_get("/metrics", self.metrics)
+            await self._listen(metrics_app, cfg.metrics_listen)
         if cfg.usage_listen:
             from tollhouse.usage_http import build_usage_app
 

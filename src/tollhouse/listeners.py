@@ -1,10 +1,11 @@
 """Every configured listener is probed before anything else is opened.
 
-``serve`` binds four kinds of listener (ext_authz gRPC, admin, usage, HTTP ext_authz). Binding is
-the last step of start-up, after the spool, the store and the counters are opened, so a port in use
-used to surface as a traceback with files already created. :func:`check_listeners` binds and
-closes a socket on each address first, the way the servers themselves bind (``SO_REUSEADDR``, so a
-restart is not refused for connections still in TIME_WAIT).
+``serve`` binds five kinds of listener (ext_authz gRPC, admin, metrics, usage, HTTP ext_authz).
+Binding is the last step of start-up, after the spool, the store and the counters are opened,
+so a port in use used to surface as a traceback with files already created.
+:func:`check_listeners` binds and closes a socket on each address first, the way the servers
+themselves bind (``SO_REUSEADDR``, so a restart is not refused for connections still in
+TIME_WAIT).
 """
 
 from __future__ import annotations
@@ -13,10 +14,9 @@ import errno
 import socket
 
 from tollhouse.config import Config
+from tollhouse.config.runtime import LISTENERS
 
 __all__ = ["LISTENERS", "ListenError", "check_listeners"]
-
-LISTENERS = ("listen", "admin_listen", "usage_listen", "authz_http_listen")
 _FATAL = {errno.EADDRINUSE, errno.EACCES}
 
 

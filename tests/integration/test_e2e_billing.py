@@ -177,7 +177,7 @@ def test_demo_reports_print_usage_and_invoices(traffic: Traffic) -> None:
     text = out.getvalue()
     for customer, n in SENT.items():
         assert re.search(rf"^{customer}\s+requests\s+{n}\s+{n}$", text, re.M), text
-        row = re.search(rf"^{customer}\s+(TH-\S+)\s+USD (\S+)\s+preview\s+(\S+)$", text, re.M)
+        row = re.search(rf"^(TH-\S+)\s+{customer}\s+USD (\S+)\s+preview\s+(\S+)$", text, re.M)
         assert row is not None, text
         assert Decimal(row[2]) == (n - INCLUDED) * UNIT
         assert Path(row[3]).is_file()

@@ -97,9 +97,9 @@ def test_one_run_issues_every_ended_period_once(two_customers: Path,
     anna's invoice carries that period's base fee and is dated its end (arrears, as documented).
     """
     assert _bill(two_customers, "--now", "2020-11-20T00:17:00") == 0
-    out = capsys.readouterr().out
-    assert "TH-2020-10-anna  anna  USD 20.02  issued" in out  # 19.99 + (60 - 50) * 0.003
-    assert "TH-2020-10-beta  beta  USD 7.80  issued" in out  # (4000 - 100) * 0.002
+    out = " ".join(capsys.readouterr().out.split())  # the table's columns are padded
+    assert "TH-2020-10-anna anna USD 20.02 issued" in out  # 19.99 + (60 - 50) * 0.003
+    assert "TH-2020-10-beta beta USD 7.80 issued" in out  # (4000 - 100) * 0.002
     assert _issued(two_customers) == [("anna", "2020-10", "20.02"), ("beta", "2020-10", "7.80")]
     anna = json.loads((two_customers / "inv" / "TH-2020-10-anna.json").read_text())
     assert (anna["period_start"][:10], anna["period_end"][:10]) == ("2020-10-15", "2020-11-15")
@@ -130,7 +130,8 @@ def test_a_late_run_catches_up_every_missed_period_in_order(
     out = capsys.readouterr().out
     assert out.index("TH-2020-10-anna") < out.index("TH-2020-11-anna")
     assert _bill(two_customers, "--period", "2020-11") == 0  # --period works as before
-    assert "TH-2020-11-beta  beta  USD 5.00  already_issued" in capsys.readouterr().out
+    assert "TH-2020-11-beta beta USD 5.00 already_issued" in " ".join(
+        capsys.readouterr().out.split())
 
 
 def test_now_later_than_the_clock_is_refused(two_customers: Path,

@@ -141,6 +141,9 @@ def test_tollhouse_configmaps_load(
     cfg = load_config(_materialise(rendered[build], tmp_path))
     assert cfg.listen == "0.0.0.0:9001"
     assert cfg.admin_listen == "0.0.0.0:9002"
+    assert cfg.metrics_listen == "0.0.0.0:9005"
+    assert cfg.store is not None
+    assert cfg.admin.token_file == tmp_path / "admin" / "token"
     assert cfg.auth.jwt[0].jwks_file == tmp_path / "keys" / "jwks.json"
     assert cfg.auth.jwt[0].jwks_file.is_file()
     assert set(cfg.plans) == {"free", "pro", "enterprise"}
@@ -165,7 +168,8 @@ def test_config_paths_match_the_pod_mounts(rendered: dict[str, list[Doc]]) -> No
     vol = next(v for v in dep["spec"]["template"]["spec"]["volumes"] if v["name"] == "config")
     sources = [next(iter(s.values())) for s in vol["projected"]["sources"]]
     items = [i["path"] for s in sources for i in s["items"]]
-    assert sorted(items) == ["config.yaml", "keys/jwks.json"]
+    assert sorted(items) == ["admin/token", "config.yaml", "keys/jwks.json"]
+    assert cfg.admin.token_file == Path("/etc/tollhouse/admin/token")
     assert cfg.auth.jwt[0].jwks_file == Path("/etc/tollhouse/keys/jwks.json")
     assert cfg.metering.spool is not None
     assert str(cfg.metering.spool).startswith(mounts["data"])

@@ -78,18 +78,23 @@ def test_runtime_stage_runs_as_a_numeric_non_root_user() -> None:
 
 
 def test_no_remote_add_and_no_secrets_copied() -> None:
-    """No ADD (from URLs or at all), only the package sources are copied, no secret-ish ENV."""
+    """No ADD (from URLs or at all), only the package sources are copied, no secret-ish ENV.
+
+    The package sources include the two Envoy configs that src/tollhouse/demo/envoy/ links to.
+    """
     ins = instructions()
     assert not [a for k, a in ins if k == "ADD"]
     sources = [s for k, a in ins if k == "COPY" and "--from=" not in a for s in a.split()[:-1]]
-    assert sorted(sources) == ["README.md", "pyproject.toml", "src"]
+    assert sorted(sources) == ["README.md", "envoy/sidecar-http.yaml", "envoy/sidecar.yaml",
+                               "pyproject.toml", "src"]
     for k, a in ins:
         if k in ("ENV", "ARG"):
             assert not re.search(r"(SECRET|PASSWORD|TOKEN|API_KEY|PRIVATE)", a, re.I), a
     ignore = [ln for ln in (ROOT / ".dockerignore").read_text(encoding="utf-8").splitlines()
               if ln and not ln.startswith("#")]
-    assert ignore[:4] == ["*", "!pyproject.toml", "!README.md", "!src/"]
-    assert {"**/*.pem", "**/*.key", "**/.env"} <= set(ignore[4:])
+    assert ignore[:6] == ["*", "!pyproject.toml", "!README.md", "!src/",
+                          "!envoy/sidecar.yaml", "!envoy/sidecar-http.yaml"]
+    assert {"**/*.pem", "**/*.key", "**/.env"} <= set(ignore[6:])
 
 
 def test_installs_runtime_dependencies_only_and_runs_serve() -> None:

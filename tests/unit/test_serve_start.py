@@ -17,8 +17,7 @@ import yaml
 
 from tests.servers import free_port
 from tollhouse import devkeys
-
-LISTENERS = ("listen", "admin_listen", "usage_listen", "authz_http_listen")
+from tollhouse.listeners import LISTENERS  # every address serve binds, metrics_listen too
 
 
 def _config(tmp_path: Path, *, jwks: bool = True) -> Path:

@@ -373,9 +373,10 @@ def main_bill(args: argparse.Namespace) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(f"consumed {result.consumed} meter records, dead-lettered {result.dead_lettered}")
-    for inv in result.invoices:
-        html = next((str(f) for f in inv.files if f.suffix == ".html"), "-")
-        print(f"{inv.number}  {inv.customer}  {inv.currency} {inv.total}  {inv.status}  {html}")
+    if result.invoices:
+        from tollhouse.billing.table import format_invoices
+
+        print(format_invoices(result.invoices))
     for sub in result.default_plan:
         print(f"default_plan  {sub.customer}  {sub.changes[0].plan}  since {iso_utc(sub.start_s)}")
     for note in result.notices:

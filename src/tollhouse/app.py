@@ -240,7 +240,8 @@ class App:
         CONFIG_RELOADS.labels("rejected").inc()
         CONFIG_REJECTED.labels(reason).inc()
         event = "config.reload_failed" if reason == "error" else "config.reload_rejected"
-        log.error(event, reason=reason, problems=problems[:20])
+        log.error(event, reason=reason,
+                  problems="; ".join(f"{path}: {msg}" for path, msg in problems[:20]))
         return False
 
     async def _plans_in_use(self, cfg: Config) -> list[tuple[str, str]]:
@@ -265,7 +266,7 @@ class App:
             elif key in self._restart_flags:
                 CONFIG_RESTART_NEEDED.labels(key).set(0)
         if fields:
-            log.warning("config.restart_needed", fields=fields,
+            log.warning("config.restart_needed", fields=",".join(fields),
                         detail="read only at start: the running value stays until a restart")
         self._restart_flags = set(fields)
 

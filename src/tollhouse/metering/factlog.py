@@ -29,8 +29,8 @@ error) truncates the segment back to its last good size and fails the whole batc
 see :class:`SpoolError` (the Check answers 503), and nothing after it depends on it.
 
 Health (:attr:`FactLog.health`): a failed write or fdatasync, a segment deleted under the writer
-(``rm -r`` of the spool: writes would go to an unlinked file; checked after each write and each
-idle second), or a segment that :meth:`FactLog.open` could not create makes the log unhealthy.
+(``rm -r`` of the spool: writes would go to an unlinked file; checked after each write and every
+``retry_s``), or a segment that :meth:`FactLog.open` could not create makes the log unhealthy.
 Appends then fail at once; the writer retries (before the next batch, at most every ``retry_s``,
 also when idle) by opening a fresh segment, creating the directory again if needed, and is then
 healthy again. The failed segment keeps its good records and is freed like any sealed one.
@@ -120,6 +120,7 @@ class FactLog:
         self.commits = 0
         self._retry_s = retry_s
         self._health = HealthTracker(self.directory, retry_s)
+        self._next_checkup = 0.0  # monotonic; writer thread only
 
     @property
     def health(self) -> LogHealth:
@@ -244,11 +245,15 @@ class FactLog:
         except queue.Empty:
             return None
 
-    def _idle(self) -> None:
-        """Writer thread, nothing queued: retry if unhealthy, else see the segment still exists."""
+    def _checkup(self) -> None:
+        """Writer thread, every ``retry_s``: retry if unhealthy, else see the segment exists."""
         if not self._health.state.ok:
             self._try_recover()
             return
+        now = time.monotonic()
+        if now < self._next_checkup:
+            return
+        self._next_checkup = now + self._retry_s
         try:
             if self._fd >= 0 and os.fstat(self._fd).st_nlink == 0:
                 raise OSError(errno.ENOENT, "the active segment was deleted",
@@ -260,8 +265,8 @@ class FactLog:
         try:
             while True:
                 first = self._next_item()
+                self._checkup()
                 if first is None:
-                    self._idle()
                     continue
                 batch = [first]
                 stop = batch[0] is _STOP

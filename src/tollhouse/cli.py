@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
@@ -17,6 +18,7 @@ __all__ = ["build_parser", "main"]
 def _cmd_serve(args: argparse.Namespace) -> int:
     from tollhouse.app import serve  # imported here: `tollhouse bill` never loads grpc
     from tollhouse.listeners import ListenError
+    from tollhouse.metering.factlog import SpoolError
     from tollhouse.store import SchemaError
 
     configure_logging(args.log_level)
@@ -39,6 +41,9 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     except ListenError as e:
         print(f"tollhouse: {e}", file=sys.stderr)
         return 2
+    except SpoolError as e:  # the spool cannot be read (one that cannot write starts unready)
+        print(f"tollhouse: {e} (see `tollhouse spool check`)", file=sys.stderr)
+        return 2
     except OSError as e:
         print(f"tollhouse: cannot start: {e}", file=sys.stderr)
         return 2
@@ -56,6 +61,8 @@ def _store_problems(cfg: Config, source: str) -> bool:
         return False
     from tollhouse.store.plan_use import store_plan_problems
 
+    # The store's own log lines (unreachable, loaded) are not this command's output.
+    logging.getLogger("tollhouse").addHandler(logging.NullHandler())
     problems, note = asyncio.run(store_plan_problems(cfg))
     if note is not None:
         print(f"{source}: warning: {note}", file=sys.stderr)

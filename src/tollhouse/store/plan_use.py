@@ -26,8 +26,7 @@ def plan_problems(on: dict[str, tuple[int, list[str]]], source: str
     return out
 
 
-async def store_plan_problems(cfg: Config, timeout_s: float = 10.0
-                              ) -> tuple[list[tuple[str, str]], str | None]:
+async def store_plan_problems(cfg: Config) -> tuple[list[tuple[str, str]], str | None]:
     """Problems for plans store customers are on that ``cfg`` lacks, and a note when unchecked.
 
     The note says why nothing was checked (no store file, an unmigrated store, unreachable).
@@ -44,7 +43,7 @@ async def store_plan_problems(cfg: Config, timeout_s: float = 10.0
     except SchemaError as e:
         return [], f"entitlement store: {e}: plans not checked"
     try:
-        if not await directory.wait_ready(timeout_s):
+        if not directory.ready:  # start() tried the first full load: it failed
             error = directory.status_detail().get("error")
             return [], f"entitlement store not reachable ({error}): plans not checked"
         on = await directory.customers_on(None)

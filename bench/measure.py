@@ -12,7 +12,14 @@ from dataclasses import dataclass
 from typing import Any
 
 from bench.load import LoadResult, run_rate, run_wrk
-from bench.procs import BenchError, cpu_seconds, envoy_stats, http_get, redis_command_calls
+from bench.procs import (
+    BenchError,
+    cpu_seconds,
+    envoy_stats,
+    http_get,
+    redis_command_calls,
+    tree_cpu_seconds,
+)
 from bench.render import STAT_PREFIX
 from bench.scenarios import Credentials, Stack
 
@@ -37,7 +44,8 @@ _ALS_FLUSH_WAIT_S = 1.0  # the access logger flushes every 0.1 s; allow the side
 class Snapshot:
     """Counters at one instant."""
 
-    server_cpu_s: float
+    server_cpu_s: float  # the server and every process it started (the metering worker)
+    worker_cpu_s: float  # the processes it started alone
     envoy_cpu_s: float
     stats: dict[str, int]
     redis: dict[str, int]
@@ -65,8 +73,10 @@ def snapshot(stack: Stack) -> Snapshot:
     stats = {k: v for k, v in envoy_stats(stack.envoy_ports.admin).items()
              if k.startswith(_STAT_PREFIXES)}
     assert stack.envoy is not None
+    own, children = tree_cpu_seconds(stack.server.pid) if stack.server is not None else (0.0, 0.0)
     return Snapshot(
-        server_cpu_s=cpu_seconds(stack.server.pid) if stack.server is not None else 0.0,
+        server_cpu_s=own + children,
+        worker_cpu_s=children,
         envoy_cpu_s=cpu_seconds(stack.envoy.pid),
         stats=stats,
         redis=redis_command_calls(stack.redis.port) if stack.redis is not None else {},
@@ -107,6 +117,8 @@ def _report(stack: Stack, load: LoadResult, before: Snapshot, after: Snapshot) -
     report: dict[str, Any] = {
         "load": load.to_dict(),
         "server_cpu_us_per_req": round((after.server_cpu_s - before.server_cpu_s) * per_req, 1)
+        if stack.server is not None else None,
+        "worker_cpu_us_per_req": round((after.worker_cpu_s - before.worker_cpu_s) * per_req, 1)
         if stack.server is not None else None,
         "envoy_cpu_us_per_req": round((after.envoy_cpu_s - before.envoy_cpu_s) * per_req, 1),
         "ext_authz": {k: stats.get(ext + k, 0) for k in ("ok", "denied", "error")},

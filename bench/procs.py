@@ -24,11 +24,13 @@ __all__ = [
     "BenchError",
     "Proc",
     "cpu_seconds",
+    "descendants",
     "envoy_stats",
     "http_get",
     "redis_command_calls",
     "require_free",
     "start_process",
+    "tree_cpu_seconds",
     "wait_http",
 ]
 
@@ -130,6 +132,37 @@ def cpu_seconds(pid: int) -> float:
     raw = Path(f"/proc/{pid}/stat").read_text()
     fields = raw[raw.rindex(")") + 2:].split()
     return (int(fields[11]) + int(fields[12])) / _CLK_TCK
+
+
+def descendants(pid: int) -> list[int]:
+    """The pids of every live process below ``pid`` (children, their children, ...)."""
+    parents: dict[int, list[int]] = {}
+    for d in Path("/proc").iterdir():
+        if not d.name.isdigit():
+            continue
+        try:
+            raw = (d / "stat").read_text()
+        except OSError:
+            continue
+        ppid = int(raw[raw.rindex(")") + 2:].split()[1])
+        parents.setdefault(ppid, []).append(int(d.name))
+    out, todo = [], [pid]
+    while todo:
+        kids = parents.get(todo.pop(), [])
+        out += kids
+        todo += kids
+    return out
+
+
+def tree_cpu_seconds(pid: int) -> tuple[float, float]:
+    """CPU seconds of ``pid`` itself and of its live descendants (the metering worker)."""
+    rest = 0.0
+    for child in descendants(pid):
+        try:
+            rest += cpu_seconds(child)
+        except OSError:
+            continue  # exited meanwhile
+    return cpu_seconds(pid), rest
 
 
 def envoy_stats(admin_port: int) -> dict[str, int]:

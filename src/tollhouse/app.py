@@ -68,9 +68,7 @@ class App:
         self.metering: Any = None
         self.als: Any = None  # the access-log servicer, once started with metering on
         if cfg.metering.enabled:
-            from tollhouse.metering import Metering
-
-            self.metering = Metering(cfg, clock=clock, instance=self.instance)
+            self.metering = _open_metering(config_path, cfg, clock, self.instance)
             if self.limiter is not None:
                 self.metering.on_confirmed = self._post_hoc_usage
         self.checker = Checker(
@@ -100,9 +98,9 @@ class App:
 
     def spool_health(self) -> Any:
         """The metering fact log's write health (``ok``, ``error``, ...), None without metering."""
-        if self.metering is None:
-            return None
-        return self.metering.spool.log.health
+        # The fact log: the worker's front writes it (``writer``), inline metering its ``spool``.
+        owner = getattr(self.metering, "writer", None) or getattr(self.metering, "spool", None)
+        return getattr(getattr(owner, "log", None), "health", None)
 
     def ready_detail(self) -> dict[str, object]:
         """What /readyz reports."""
@@ -114,6 +112,9 @@ class App:
         }
         if self.directory is not None:
             detail["store"] = self.directory.status_detail()
+        status = getattr(self.metering, "status", None)
+        if status is not None:
+            detail["metering"] = status()
         spool = self.spool_health()
         if spool is not None:
             detail["spool"] = spool.detail()
@@ -136,14 +137,7 @@ class App:
         authz.add_to_server(self.authz, self.server)
         names = [AUTHZ_SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME]
         if self.metering is not None:
-            from tollhouse.envoy.als import AccessLogServicer
-            from tollhouse.envoy.als import add_to_server as add_als
-
-            self.als = AccessLogServicer(
-                self.metering,
-                usage_id_from_request_header=self.cfg.metering.usage_id_from_request_header,
-            )
-            add_als(self.als, self.server)
+            self._add_access_log(self.server)
             names.append(ALS_SERVICE)
         for name in ["", *names]:  # NOT_SERVING until _watch_ready has seen everything loaded
             await self.health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
@@ -164,6 +158,19 @@ class App:
         log.info("serve.started", listen=self.cfg.listen, admin=self.cfg.admin_listen,
                  authz_http=self.cfg.authz_http_listen, instance=self.instance,
                  config_version=self.state.catalog.version)
+
+    def _add_access_log(self, server: grpc.aio.Server) -> None:
+        """The access-log service: handed to the worker undecoded, or ingested here (inline)."""
+        from tollhouse.envoy import als
+
+        if self.cfg.metering.process == "worker":
+            als.add_hand_off_to_server(als.AccessLogHandOff(self.metering.access_log), server)
+            return
+        self.als = als.AccessLogServicer(
+            self.metering,
+            usage_id_from_request_header=self.cfg.metering.usage_id_from_request_header,
+        )
+        als.add_to_server(self.als, server)
 
     async def _watch_ready(self, names: list[str]) -> None:
         """Health says SERVING only while ready (keys loaded, store synced)."""
@@ -316,12 +323,33 @@ class App:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         remaining = max(0.5, deadline - time.monotonic())
-        for comp in (self.metering, self.limiter, self.directory):
+        if self.metering is not None:  # its own budget, so a worker is never cut off mid-drain
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self.metering.stop(max(0.5, remaining - 1.5)),
+                                       remaining + 1.0)
+        for comp in (self.limiter, self.directory):
             if comp is not None:
                 with contextlib.suppress(Exception):
                     await asyncio.wait_for(comp.stop(), remaining)
         await self.authn.stop()
         log.info("serve.stopped", instance=self.instance)
+
+
+def _open_metering(
+    config_path: Path, cfg: Config, clock: Callable[[], float], instance: str
+) -> Any:
+    """The metering of this process: a front for the worker process, or all of it inline."""
+    if cfg.metering.process == "worker":
+        from tollhouse.metering.front import MeteringFront
+
+        return MeteringFront(cfg, config_path=config_path, clock=clock, instance=instance)
+    from functools import partial
+
+    from tollhouse.envoy.als import entries_of
+    from tollhouse.metering import Metering
+
+    expand = partial(entries_of, usage_id_from_header=cfg.metering.usage_id_from_request_header)
+    return Metering(cfg, clock=clock, instance=instance, expand=expand)
 
 
 def _open_directory(cfg: Config) -> Any:

@@ -59,8 +59,15 @@ class AdminHttp:
         return build_admin_app(self.app.cfg, current=lambda: self.app.cfg)
 
     async def metrics(self, _: web.Request) -> web.Response:
-        """Prometheus exposition."""
-        return web.Response(body=generate_latest(), headers={"Content-Type": CONTENT_TYPE_LATEST})
+        """Prometheus exposition (with the metering worker's own families, when it runs)."""
+        body = generate_latest()
+        worker = getattr(getattr(self.app, "metering", None), "worker", None)
+        if worker is not None:
+            from tollhouse.metering.metrics import WORKER_FAMILIES
+            from tollhouse.metering.worker_link import merge_exposition
+
+            body = merge_exposition(body, await worker.metrics(), WORKER_FAMILIES)
+        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     async def healthz(self, _: web.Request) -> web.Response:
         """Liveness: the process answers."""

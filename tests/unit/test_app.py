@@ -39,7 +39,7 @@ def _config(tmp_path: Path, jwt: dict, plan: str = "free") -> dict:  # type: ign
                      "export": [{"methods": ["GET"], "path": "/v1/export"}]},
         "plans": {"free": {"features": ["search"]}, "pro": {"features": ["search", "export"]}},
         "customers": {"acme": {"plan": plan}},
-        "metering": {"spool": str(tmp_path / "spool"),
+        "metering": {"spool": str(tmp_path / "spool"), "process": "inline",
                      "meter": f"sqlite:///{tmp_path}/meter.db"},
         "shutdown_grace_s": 2,
     }

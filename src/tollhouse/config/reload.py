@@ -24,7 +24,7 @@ START_ONLY: tuple[str, ...] = (
     "listen", "admin_listen", "usage_listen", "authz_http_listen", "authz_http",
     "instance", "check_deadline_ms", "counters", "store", "admin",
     "metering.enabled", "metering.spool", "metering.meter", "metering.join",
-    "metering.group_commit_ms",
+    "metering.process", "metering.group_commit_ms",
 )
 
 

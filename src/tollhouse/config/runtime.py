@@ -46,6 +46,8 @@ class MeteringConfig(_Model):
     # header x-tollhouse-usage-id (docs/metering.md says when that header can be trusted).
     usage_id_from_request_header: bool = False
     join: Literal["auto", "local", "redis"] = "auto"  # auto: redis when the meter is Redis
+    # worker: a process `serve` starts decodes, joins and forwards; inline: all in one process
+    process: Literal["worker", "inline"] = "worker"
 
     @field_validator("meter")
     @classmethod

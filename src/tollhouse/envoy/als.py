@@ -24,7 +24,7 @@ counted (``bad_usage_id``) and ignored.
 from __future__ import annotations
 
 import re
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any, Protocol, TypeAlias
 
 import grpc
@@ -41,9 +41,12 @@ __all__ = [
     "METADATA_NAMESPACE",
     "SERVICE_NAME",
     "USAGE_ID_HEADER",
+    "AccessLogHandOff",
     "AccessLogServicer",
     "Ingest",
+    "add_hand_off_to_server",
     "add_to_server",
+    "entries_of",
     "to_log_entry",
 ]
 
@@ -213,19 +216,7 @@ class AccessLogServicer(als_pb2_grpc.AccessLogServiceServicer):  # type: ignore[
         raws = _unpack(msg)
         if not raws:
             return 0
-        entries: list[LogEntry] = []
-        no_meta = errors = 0
-        for raw in raws:
-            try:
-                e = to_log_entry(raw, usage_id_from_header=self._from_header)
-            except Exception:
-                errors += 1
-                continue
-            if e.usage_id is None:
-                no_meta += 1  # never billed; a pending reservation of its request is voided
-                if not e.request_id:
-                    continue
-            entries.append(e)
+        entries, no_meta, errors = _convert(raws, self._from_header)
         with_meta = sum(1 for e in entries if e.usage_id is not None)
         if entries:
             try:
@@ -237,6 +228,73 @@ class AccessLogServicer(als_pb2_grpc.AccessLogServiceServicer):  # type: ignore[
         ingested = with_meta if entries else 0
         _count(ingested, no_meta, errors)
         return ingested
+
+
+def _convert(
+    raws: Sequence[al.HTTPAccessLogEntry], from_header: bool
+) -> tuple[list[LogEntry], int, int]:
+    """The entries worth a fact (a usage id, or a request id to void by), and what was not."""
+    entries: list[LogEntry] = []
+    no_meta = errors = 0
+    for raw in raws:
+        try:
+            e = to_log_entry(raw, usage_id_from_header=from_header)
+        except Exception:
+            errors += 1
+            continue
+        if e.usage_id is None:
+            no_meta += 1  # never billed; a pending reservation of its request is voided
+            if not e.request_id:
+                continue
+        entries.append(e)
+    return entries, no_meta, errors
+
+
+def entries_of(data: bytes, *, usage_id_from_header: bool = False) -> list[LogEntry]:
+    """The entries of one raw ``StreamAccessLogsMessage`` (as the metering worker reads it).
+
+    Decoded and counted exactly as the in-process receiver does; never raises.
+    """
+    raws = _unpack(_decode(data))
+    if not raws:
+        return []
+    entries, no_meta, errors = _convert(raws, usage_id_from_header)
+    _count(sum(1 for e in entries if e.usage_id is not None), no_meta, errors)
+    return entries
+
+
+class AccessLogHandOff(als_pb2_grpc.AccessLogServiceServicer):  # type: ignore[misc]
+    """StreamAccessLogs for the Check process: each message goes to ``sink`` undecoded.
+
+    The sink (:meth:`tollhouse.metering.writer.FactWriter.access_log`) appends it to the fact
+    log; the metering worker decodes it there, off the Checks' event loop.
+    """
+
+    def __init__(self, sink: Callable[[bytes], None]) -> None:
+        self._sink = sink
+
+    async def StreamAccessLogs(
+        self, request_iterator: AsyncIterator[bytes], context: Any
+    ) -> als_pb2.StreamAccessLogsResponse:
+        """Consume the stream; never raise (a raise would make Envoy reconnect and drop logs)."""
+        try:
+            async for data in request_iterator:
+                self._sink(data)
+        except Exception:
+            log.error("als.stream_failed", exc=True)
+        return als_pb2.StreamAccessLogsResponse()
+
+
+def add_hand_off_to_server(servicer: AccessLogHandOff, server: grpc.aio.Server) -> None:
+    """Register the hand-off servicer: messages arrive as bytes, never parsed here."""
+    handler = grpc.stream_unary_rpc_method_handler(
+        servicer.StreamAccessLogs,
+        request_deserializer=None,
+        response_serializer=als_pb2.StreamAccessLogsResponse.SerializeToString,
+    )
+    server.add_generic_rpc_handlers(
+        (grpc.method_handlers_generic_handler(SERVICE_NAME, {"StreamAccessLogs": handler}),)
+    )
 
 
 def _count(ingested: int, no_meta: int, errors: int) -> None:

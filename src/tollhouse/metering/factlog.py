@@ -28,19 +28,15 @@ logged with its offset; the good records after it are kept. A write that fails (
 error) truncates the segment back to its last good size and fails the whole batch: its callers
 see :class:`SpoolError` (the Check answers 503), and nothing after it depends on it.
 
-Health (:attr:`FactLog.health`): a failed write or fdatasync, a segment deleted under the writer
-(``rm -r`` of the spool: writes would go to an unlinked file; checked after each write and every
-``retry_s``), or a segment that :meth:`FactLog.open` could not create makes the log unhealthy.
-Appends then fail at once; the writer retries (before the next batch, at most every ``retry_s``,
-also when idle) by opening a fresh segment, creating the directory again if needed, and is then
-healthy again. The failed segment keeps its good records and is freed like any sealed one.
+Health (:attr:`FactLog.health`, :mod:`tollhouse.metering.loghealth`): a failed write, a segment
+deleted under the writer, or one :meth:`FactLog.open` could not create makes the log unhealthy;
+appends fail at once until the writer, retrying, has opened a fresh segment.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import errno
 import os
 import queue
 import threading
@@ -52,12 +48,13 @@ from typing import Any
 
 from tollhouse.logs import get_logger
 from tollhouse.metering.factlog_format import MAGIC, frame, scan, segment_path, segments
-from tollhouse.metering.loghealth import HealthTracker, LogHealth
+from tollhouse.metering.loghealth import HealthTracker, LogHealth, ensure_linked
 from tollhouse.metering.metrics import (
     FACTS_LOST,
     SPOOL_COMMITS,
     SPOOL_WRITE_ERRORS,
 )
+from tollhouse.metering.watermark import WATERMARK_FILE, Watermark
 
 __all__ = ["MAGIC", "FactLog", "LogHealth", "SpoolError", "Written", "scan", "segment_path"]
 
@@ -103,9 +100,12 @@ class FactLog:
         on_durable: Callable[[Written], None],
         segment_bytes: int = DEFAULT_SEGMENT_BYTES,
         group_commit_ms: float = 0.0,
+        watermark: bool = False,
         retry_s: float = 1.0,
     ) -> None:
         self.directory = Path(directory)
+        self._publish_watermark = watermark
+        self._watermark: Watermark | None = None
         self._on_durable = on_durable
         self._segment_bytes = segment_bytes
         self._window_s = max(group_commit_ms, 0.0) / 1000.0
@@ -118,9 +118,7 @@ class FactLog:
         self._size = 0
         self.active = 0
         self.commits = 0
-        self._retry_s = retry_s
         self._health = HealthTracker(self.directory, retry_s)
-        self._next_checkup = 0.0  # monotonic; writer thread only
 
     @property
     def health(self) -> LogHealth:
@@ -141,9 +139,17 @@ class FactLog:
             self._health.failed("open", e)
 
     def _open_segment(self) -> None:
+        """A fresh segment after every existing one (at open, and to recover from a failure)."""
         self.directory.mkdir(parents=True, exist_ok=True)
         existing = segments(self.directory)
-        self._new_segment(max(existing[-1] if existing else 0, self.active) + 1)
+        last = max(existing[-1] if existing else 0, self.active)
+        if self._publish_watermark:  # never reuse a number a worker may still be reading
+            if self._watermark is None or not (self.directory / WATERMARK_FILE).exists():
+                if self._watermark is not None:  # the directory was removed: a new file
+                    self._watermark.close()
+                self._watermark = Watermark(self.directory)
+            last = max(last, self._watermark.last_segment)
+        self._new_segment(last + 1)
 
     def start(self) -> None:
         """Start the writer thread on the running loop (after :meth:`open`)."""
@@ -216,6 +222,8 @@ class FactLog:
         if self._fd >= 0:
             os.close(self._fd)
         self._fd, self._size, self.active = fd, len(MAGIC), seq
+        if self._watermark is not None:
+            self._watermark.publish(seq, self._size)  # the previous segment is sealed
 
     def _fsync_dir(self) -> None:
         dfd = os.open(self.directory, os.O_RDONLY | os.O_DIRECTORY)
@@ -241,7 +249,7 @@ class FactLog:
     def _next_item(self) -> _Item | None:
         """Writer thread: the next queued item, or None after ``retry_s`` idle."""
         try:
-            return self._q.get(timeout=self._retry_s)
+            return self._q.get(timeout=self._health.retry_s)
         except queue.Empty:
             return None
 
@@ -249,17 +257,11 @@ class FactLog:
         """Writer thread, every ``retry_s``: retry if unhealthy, else see the segment exists."""
         if not self._health.state.ok:
             self._try_recover()
-            return
-        now = time.monotonic()
-        if now < self._next_checkup:
-            return
-        self._next_checkup = now + self._retry_s
-        try:
-            if self._fd >= 0 and os.fstat(self._fd).st_nlink == 0:
-                raise OSError(errno.ENOENT, "the active segment was deleted",
-                              str(segment_path(self.directory, self.active)))
-        except OSError as e:
-            self._health.failed("check", e, retry_now=True)
+        elif self._fd >= 0 and self._health.checkup_due():
+            try:
+                ensure_linked(self._fd, segment_path(self.directory, self.active))
+            except OSError as e:
+                self._health.failed("check", e, retry_now=True)
 
     def _run(self) -> None:
         try:
@@ -280,6 +282,8 @@ class FactLog:
             if self._fd >= 0:
                 os.close(self._fd)
                 self._fd = -1
+            if self._watermark is not None:
+                self._watermark.close()
 
     def _collect(self, batch: list[_Item]) -> bool:
         """Add what is queued (and what arrives within the group-commit window); True on stop."""
@@ -331,9 +335,7 @@ class FactLog:
             while done < len(data):
                 done += os.pwrite(self._fd, data[done:], self._size + done)
             os.fdatasync(self._fd)
-            if os.fstat(self._fd).st_nlink == 0:  # deleted under us: not durable across restart
-                raise OSError(errno.ENOENT, "the active segment was deleted",
-                              str(segment_path(self.directory, self.active)))
+            ensure_linked(self._fd, segment_path(self.directory, self.active))
         except OSError as e:
             with contextlib.suppress(OSError):
                 os.ftruncate(self._fd, self._size)  # no torn record stays behind a failure
@@ -343,6 +345,8 @@ class FactLog:
             self._health.failed("write", e, retry_now=True)  # a fresh segment, tried at once
             return SpoolError(f"fact log write failed: {e}")
         self._size += len(data)
+        if self._watermark is not None:
+            self._watermark.publish(self.active, self._size)
         self.commits += 1
         SPOOL_COMMITS.inc()
         return None

@@ -18,14 +18,16 @@ from pathlib import Path
 from tollhouse.logs import get_logger
 from tollhouse.metering.metrics import FACTLOG_CORRUPT
 
-__all__ = ["HEADER", "MAGIC", "MAX_RECORD", "SegmentRead", "frame", "read_segment", "scan",
-           "segment_path", "segments"]
+__all__ = [
+    "HEADER", "MAGIC", "MAX_RECORD", "SegmentRead", "frame", "parse", "read_segment", "scan",
+    "segment_path", "segments",
+]
 
 log = get_logger(__name__)
 
 MAGIC = b"THFACT1\n"
 HEADER = struct.Struct("<II")
-MAX_RECORD = 1 << 20  # a fact is ~100-300 bytes; anything larger is corruption
+MAX_RECORD = 8 << 20  # a fact is ~100-300 bytes, an access-log message at most 4 MiB (gRPC)
 
 
 def segment_path(directory: Path, seq: int) -> Path:
@@ -65,14 +67,14 @@ class SegmentRead:
     header_ok: bool = True
 
 
-def read_segment(data: bytes) -> SegmentRead:
-    """Every good record of a segment's bytes, oldest first, and the damage found.
+def read_segment(data: bytes, start: int = len(MAGIC)) -> SegmentRead:
+    """Every good record of a segment's bytes from ``start``, oldest first, and the damage.
 
     Records are read from after the magic even when the magic itself is damaged
     (``header_ok`` False), which is what a salvage needs; :func:`scan` skips such a segment.
     """
     out = SegmentRead(header_ok=data.startswith(MAGIC))
-    off = len(MAGIC)
+    off = start
     end = len(data)
     while off + HEADER.size <= end:
         length, crc = HEADER.unpack_from(data, off)
@@ -88,13 +90,16 @@ def read_segment(data: bytes) -> SegmentRead:
             break  # a torn tail: cut here
         out.skipped.append((off, nxt - off))
         off = nxt
-    out.good_end = min(off, end)
+    out.good_end = off
     return out
 
 
-def _parse(data: bytes, path: Path) -> tuple[list[bytes], int]:
-    """The payloads of one segment's bytes and the length of its good prefix."""
-    read = read_segment(data)
+def parse(data: bytes, path: Path, start: int = len(MAGIC)) -> tuple[list[bytes], int]:
+    """The payloads of a segment's bytes from ``start``, and the end of its good prefix.
+
+    A bad record followed by good ones is skipped (counted, logged); a torn tail ends it.
+    """
+    read = read_segment(data, start)
     for off, n in read.skipped:
         FACTLOG_CORRUPT.inc()
         log.error("factlog.corrupt_record_skipped", segment=path.name, offset=off,
@@ -119,7 +124,7 @@ def scan(directory: Path | str, *, repair: bool) -> Iterator[tuple[int, bytes]]:
             if data:
                 FACTLOG_CORRUPT.inc()
             continue
-        payloads, good = _parse(data, path)
+        payloads, good = parse(data, path)
         if good < len(data) and repair:
             log.warning("factlog.torn_tail_cut", segment=path.name, cut_bytes=len(data) - good)
             with open(path, "r+b") as f:

@@ -1,6 +1,8 @@
 """The facts of the usage path as plain values, and their wire form (``tollhouse.v1.UsageFact``).
 
-``Reserved`` is written by the Check, ``Served`` by the access-log receiver, ``Final`` only when a
+``Reserved`` is written by the Check, ``Served`` by the access-log receiver (in-process
+metering), ``AccessLog`` by the receiver of the process that serves Checks when a metering worker
+decodes the access log (it expands each one into ``Served`` facts), ``Final`` only when a
 previous release's spool is carried over. The encoders build the exact bytes of a ``UsageFact``
 without copying the record into a wrapper message (a oneof field is a tag, a length and the
 nested message's bytes), so the Check pays one ``SerializeToString`` and nothing else.
@@ -11,16 +13,18 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from tollhouse._pb.tollhouse.v1.usage_pb2 import ServedFact, UsageFact
+from tollhouse._pb.tollhouse.v1.usage_pb2 import AccessLogBatch, ServedFact, UsageFact
 from tollhouse.metering.policy import LogEntry
 from tollhouse.metering.schema import UsageRecord
 
 __all__ = [
+    "AccessLog",
     "Fact",
     "Final",
     "Reserved",
     "Served",
     "decode_fact",
+    "encode_access_log",
     "encode_final",
     "encode_reserved",
     "encode_served",
@@ -58,7 +62,16 @@ class Final:
     record: UsageRecord
 
 
-Fact = Reserved | Served | Final
+@dataclass(frozen=True, slots=True)
+class AccessLog:
+    """An access-log message as Envoy sent it, not yet decoded (see ``AccessLogBatch``)."""
+
+    message: bytes
+    received_ms: int
+    instance: str = ""
+
+
+Fact = Reserved | Served | Final | AccessLog
 
 
 def _varint(n: int) -> bytes:
@@ -79,6 +92,12 @@ def encode_final(record: UsageRecord) -> bytes:
     """``UsageFact{final}``."""
     blob = record.SerializeToString()
     return _TAG_FINAL + _varint(len(blob)) + blob
+
+
+def encode_access_log(message: bytes, received_ms: int, instance: str) -> bytes:
+    """``UsageFact{access_log}``: the raw message, its arrival time and the receiving instance."""
+    batch = AccessLogBatch(received_at_ms=received_ms, instance=instance, message=message)
+    return UsageFact(access_log=batch).SerializeToString()
 
 
 def encode_served(fact: Served, meter_headers: Iterable[str]) -> bytes:
@@ -130,4 +149,7 @@ def decode_fact(payload: bytes) -> Fact:
         if not msg.final.usage_id:
             raise ValueError("a final record without usage_id")
         return Final(msg.final)
+    if kind == "access_log":
+        a = msg.access_log
+        return AccessLog(a.message, a.received_at_ms, a.instance)
     raise ValueError("an empty UsageFact")

@@ -133,8 +133,10 @@ class Join:
                     self._reserved(fact, segment, fin, now_ms, out)
                 elif isinstance(fact, Served):
                     self._served(fact, segment, fin, now_ms, out)
-                else:
+                elif isinstance(fact, Final):
                     self._final(fact, segment, out)
+                else:  # an access-log batch is expanded into served facts before it gets here
+                    raise TypeError(f"cannot join a {type(fact).__name__} fact")
             except Exception:  # a corrupt record or a bad entry: count it, keep the rest
                 out.errors += 1
                 self._done(segment)

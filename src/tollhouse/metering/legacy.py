@@ -17,11 +17,11 @@ import sqlite3
 from pathlib import Path
 
 from tollhouse.logs import get_logger
-from tollhouse.metering.facts import Fact, Final, Reserved
+from tollhouse.metering.facts import Fact, Final, Reserved, encode_final, encode_reserved
 from tollhouse.metering.metrics import FACTLOG_CORRUPT
 from tollhouse.metering.schema import UsageRecord
 
-__all__ = ["LEGACY_SPOOL_FILE", "read_legacy", "retire_legacy"]
+__all__ = ["LEGACY_SPOOL_FILE", "legacy_payloads", "read_legacy", "retire_legacy"]
 
 log = get_logger(__name__)
 
@@ -75,3 +75,9 @@ def retire_legacy(directory: Path) -> None:
         src = directory / name
         if src.exists():
             src.replace(directory / (name + _MIGRATED_SUFFIX))
+
+
+def legacy_payloads(facts: list[Fact]) -> list[bytes]:
+    """The fact-log payloads of a legacy spool's facts (reserved and final ones)."""
+    return [encode_final(f.record) if isinstance(f, Final) else encode_reserved(f.record)
+            for f in facts if isinstance(f, Final | Reserved)]

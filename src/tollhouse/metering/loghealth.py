@@ -1,5 +1,13 @@
 """Whether the fact log can write: the writer thread's failures, outages and retry pacing.
 
+The log turns unhealthy on a failed ``pwrite`` or ``fdatasync`` (disk full, I/O error, a file size
+limit), on its active segment deleted under it (``rm -r`` of the spool, or the directory
+replaced: writes to an unlinked file would succeed and be lost at the next start; checked after
+each write and every ``retry_s``), and on a segment it could not create at open. Appends then fail
+at once; before the next batch, and every ``retry_s`` when idle, the writer tries a fresh segment
+(creating the directory again if needed) and is healthy again once that works. The failed
+segment keeps its good records and is freed like any sealed one.
+
 The writer (:class:`tollhouse.metering.factlog.FactLog`) reports each failed write, fdatasync or
 segment creation here and asks :meth:`HealthTracker.retry_due` before it tries a fresh segment;
 anyone (the app's readiness) reads :attr:`HealthTracker.state`, an immutable :class:`LogHealth`.
@@ -7,13 +15,15 @@ anyone (the app's readiness) reads :attr:`HealthTracker.state`, an immutable :cl
 
 from __future__ import annotations
 
+import errno
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from tollhouse.logs import get_logger
 
-__all__ = ["HealthTracker", "LogHealth"]
+__all__ = ["HealthTracker", "LogHealth", "ensure_linked"]
 
 log = get_logger(__name__)
 
@@ -41,6 +51,7 @@ class HealthTracker:
         self.retry_s = retry_s
         self.state = LogHealth()
         self._next_retry = 0.0  # monotonic
+        self._next_checkup = 0.0
 
     def failed(self, op: str, e: OSError, *, retry_now: bool = False) -> None:
         """The log cannot write; log the outage's start and each new error."""
@@ -62,8 +73,22 @@ class HealthTracker:
         self._next_retry = now + self.retry_s
         return True
 
+    def checkup_due(self) -> bool:
+        """True at most every ``retry_s``: time to check that the segment still exists."""
+        now = time.monotonic()
+        if now < self._next_checkup:
+            return False
+        self._next_checkup = now + self.retry_s
+        return True
+
     def recovered(self, segment: int) -> None:
         """A fresh segment was opened: healthy again."""
         log.info("factlog.recovered", segment=segment, failures=self.state.failures,
                  error=self.state.error)
         self.state = LogHealth()
+
+
+def ensure_linked(fd: int, path: Path) -> None:
+    """Raise ``OSError(ENOENT)`` when the open file ``fd`` was deleted (no link to it is left)."""
+    if os.fstat(fd).st_nlink == 0:
+        raise OSError(errno.ENOENT, "the active segment was deleted", str(path))

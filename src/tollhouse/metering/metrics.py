@@ -22,6 +22,7 @@ __all__ = [
     "SPOOL_WRITE_ERRORS",
     "USAGE_FINALIZED",
     "USAGE_RESERVED",
+    "WORKER_FAMILIES",
 ]
 
 USAGE_RESERVED = Counter(
@@ -94,3 +95,11 @@ SERVED_ORPHANS = Counter(
     "tollhouse_usage_served_orphans_total",
     "Served facts whose reservation never arrived within the grace period (never billed).",
 )
+
+
+# The families the metering worker process updates (``metering.process: worker``): ``serve``
+# exposes the worker's samples of these instead of its own (base names, no _total/_created).
+WORKER_FAMILIES = frozenset(m._name for m in (
+    USAGE_FINALIZED, ENTRIES_IGNORED, HEADER_UNIT_ERRORS, ALS_MESSAGES, ALS_ENTRIES, ALS_MALFORMED,
+    SPOOL_PENDING, SPOOL_UNSENT, SINK_SENT, SINK_ERRORS, FACTLOG_CORRUPT, SERVED_ORPHANS,
+))

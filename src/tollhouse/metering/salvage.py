@@ -28,7 +28,7 @@ from tollhouse.metering.factlog_format import (
     segment_path,
     segments,
 )
-from tollhouse.metering.facts import Final, Reserved, Served, decode_fact
+from tollhouse.metering.facts import AccessLog, Final, Reserved, Served, decode_fact
 
 __all__ = ["SegmentReport", "add_spool_arguments", "inspect_spool", "main_spool", "salvage_spool"]
 
@@ -41,7 +41,7 @@ class SegmentReport:
 
     path: Path
     size: int = 0
-    kinds: Counter[str] = field(default_factory=Counter)  # reserved / served / final
+    kinds: Counter[str] = field(default_factory=Counter)  # reserved, served, final, access_log
     good: list[bytes] = field(default_factory=list)  # payloads that decode
     undecodable: int = 0
     header_ok: bool = True
@@ -73,7 +73,8 @@ def _kind(payload: bytes) -> str | None:
         fact = decode_fact(payload)
     except ValueError:
         return None
-    return {Reserved: "reserved", Served: "served", Final: "final"}.get(type(fact), "other")
+    kinds = {Reserved: "reserved", Served: "served", Final: "final", AccessLog: "access_log"}
+    return kinds.get(type(fact), "other")
 
 
 def _inspect(path: Path) -> SegmentReport:

@@ -29,12 +29,13 @@ from tollhouse.metering.policy import Finalizer, LogEntry
 from tollhouse.metering.redis_join import RedisJoin
 from tollhouse.metering.schema import UsageRecord, state_name
 from tollhouse.metering.sinks import MeterSink, SinkError, open_sink
-from tollhouse.metering.spool import Spool, SpoolError, new_usage_id
+from tollhouse.metering.spool import Expand, Spool, SpoolError, new_usage_id
+from tollhouse.metering.tail import TailSpool
 
 if TYPE_CHECKING:
     from tollhouse.envoy.als import AccessLogServicer
 
-__all__ = ["DEFAULT_SPOOL_DIR", "Metering"]
+__all__ = ["DEFAULT_SPOOL_DIR", "Metering", "reservation", "warn_restart_needed"]
 
 log = get_logger(__name__)
 
@@ -49,6 +50,27 @@ def _remote_join(cfg: Config, sink: MeterSink | None) -> bool:
     mode = cfg.metering.join
     is_redis = cfg.metering.meter.startswith(("redis://", "rediss://"))
     return mode == "redis" or (mode == "auto" and is_redis and sink is None)
+
+
+def warn_restart_needed(old: Config, new: Config) -> None:
+    """Log the metering settings a reload cannot change (read once, at start)."""
+    keys = ("spool", "meter", "join", "process")
+    if any(getattr(old.metering, k) != getattr(new.metering, k) for k in keys):
+        log.warning("metering.restart_needed", reason="spool, meter, join or process changed")
+
+
+def reservation(
+    fin: Finalizer, now: float, instance: str, *, customer: str, plan: str, feature: str,
+    method: str, path: str, request_id: str, decision_id: str, degraded: bool,
+) -> UsageRecord:
+    """A RESERVED record with a fresh usage id admitted at ``now`` by ``instance``."""
+    return UsageRecord(
+        usage_id=new_usage_id(now), customer=customer, plan=plan, feature=feature,
+        units=fin.request_units(feature), method=method, path=path,
+        request_id=request_id, decision_id=decision_id,
+        admitted_at_ms=int(now * 1000), state=UsageRecord.RESERVED,
+        instance=instance, degraded=degraded,
+    )
 
 
 def _count_orphans(n: int) -> None:
@@ -76,18 +98,33 @@ class Metering:
         sink: MeterSink | None = None,
         max_backoff_s: float = 5.0,
         send_timeout_s: float = 10.0,
+        expand: Expand | None = None,
+        writer_pid: int | None = None,
     ) -> None:
+        """``writer_pid``: this is the metering worker, reading the log that process writes.
+
+        ``expand`` turns a raw access-log message (written by that process) into entries.
+        """
         self._cfg = cfg
         self._clock = clock
         self._instance = instance
         self._finalizer = Finalizer(cfg)
         self.remote = _remote_join(cfg, sink)
-        self.spool = Spool(
-            cfg.metering.spool or DEFAULT_SPOOL_DIR,
-            finalizer=lambda: self._finalizer, on_applied=self._applied, clock=clock,
-            instance=instance, group_commit_ms=cfg.metering.group_commit_ms,
-            remote=self.remote,
-        )
+        directory = cfg.metering.spool or DEFAULT_SPOOL_DIR
+        self.spool: Spool | TailSpool
+        if writer_pid is None:
+            self.spool = Spool(
+                directory, finalizer=lambda: self._finalizer, on_applied=self._applied,
+                clock=clock, instance=instance, group_commit_ms=cfg.metering.group_commit_ms,
+                remote=self.remote, expand=expand,
+            )
+        else:
+            assert expand is not None
+            self.spool = TailSpool(
+                directory, finalizer=lambda: self._finalizer, on_applied=self._applied,
+                expand=expand, clock=clock, instance=instance, remote=self.remote,
+                writer_pid=writer_pid,
+            )
         self._sink = sink
         self._rjoin: RedisJoin | None = None
         self._max_backoff_s = max_backoff_s
@@ -98,6 +135,7 @@ class Metering:
         self._forward_lock = asyncio.Lock()
         self._last_housekeeping = float("-inf")
         self.on_confirmed: Callable[[UsageRecord], None] | None = None
+        self.on_voided: Callable[[UsageRecord], None] | None = None
 
     # ---- lifecycle -------------------------------------------------------------------------
 
@@ -129,7 +167,7 @@ class Metering:
         drained = False
         if not self.spool.closed:
             with contextlib.suppress(SpoolError):
-                await self.spool.log.barrier()  # facts queued before stop are joined first
+                await self.spool.barrier()  # facts queued before stop are joined first
             drained = await self._drain(budget)
             await self.spool.close()
         if self._sink is not None:
@@ -141,10 +179,7 @@ class Metering:
 
     def reconfigure(self, cfg: Config) -> None:
         """Apply a new config's billing policy to records finalised from now on."""
-        if (cfg.metering.spool, cfg.metering.meter, cfg.metering.join) != (
-            self._cfg.metering.spool, self._cfg.metering.meter, self._cfg.metering.join
-        ):
-            log.warning("metering.restart_needed", reason="spool, meter or join changed")
+        warn_restart_needed(self._cfg, cfg)
         self._cfg = cfg
         self._finalizer = Finalizer(cfg)
 
@@ -163,20 +198,18 @@ class Metering:
         degraded: bool = False,
     ) -> UsageRecord:
         """Build a RESERVED record with a fresh usage_id, the admission time and this instance."""
-        now = self._clock()
-        return UsageRecord(
-            usage_id=new_usage_id(now), customer=customer, plan=plan, feature=feature,
-            units=self._finalizer.request_units(feature), method=method, path=path,
-            request_id=request_id, decision_id=decision_id,
-            admitted_at_ms=int(now * 1000), state=UsageRecord.RESERVED,
-            instance=self._instance, degraded=degraded,
-        )
+        return reservation(
+            self._finalizer, self._clock(), self._instance, customer=customer, plan=plan,
+            feature=feature, method=method, path=path, request_id=request_id,
+            decision_id=decision_id, degraded=degraded)
 
     async def reserve(self, record: UsageRecord, deadline_s: float | None = None) -> None:
         """Write the reserved fact durably; raise :class:`SpoolError` if it cannot be written.
 
         Raises :class:`TimeoutError` if it is not durable within ``deadline_s`` (then voided).
         """
+        if not isinstance(self.spool, Spool):
+            raise SpoolError("the metering worker takes no reservations")
         await self.spool.reserve(record, deadline_s)
 
     # ---- the access log --------------------------------------------------------------------
@@ -191,6 +224,8 @@ class Metering:
         """Write served facts for entries (with usage ids); waits only under heavy backlog."""
         if not entries:
             return
+        if not isinstance(self.spool, Spool):
+            raise SpoolError("the metering worker reads the access log from the fact log")
         fut = self.spool.served(entries, int(self._clock() * 1000))
         if fut is None:
             return
@@ -213,16 +248,19 @@ class Metering:
         if res.errors:
             ENTRIES_IGNORED.labels(reason="error").inc(res.errors)
         _count_final(res.finalized)
-        hook = self.on_confirmed
-        if hook is None:
+        confirmed, voided = self.on_confirmed, self.on_voided
+        if confirmed is None and voided is None:
             return
         for rec in res.finalized:
-            if rec.state == UsageRecord.CONFIRMED:
-                try:
-                    hook(rec)
-                except Exception:
-                    HOOK_ERRORS.inc()
-                    log.error("metering.hook_failed", exc=True, usage_id=rec.usage_id)
+            hook = confirmed if rec.state == UsageRecord.CONFIRMED else (
+                voided if rec.state == UsageRecord.VOIDED else None)
+            if hook is None:
+                continue
+            try:
+                hook(rec)
+            except Exception:
+                HOOK_ERRORS.inc()
+                log.error("metering.hook_failed", exc=True, usage_id=rec.usage_id)
 
     # ---- forwarding ------------------------------------------------------------------------
 
@@ -251,7 +289,7 @@ class Metering:
     async def tick(self) -> int:
         """One round: expire overdue reservations and orphans, forward full batches."""
         now = self._clock()
-        await self.spool.log.barrier()  # every fact received before `now` is joined first
+        await self.spool.barrier()  # every fact received before `now` is joined first
         now_ms = int(now * 1000)
         cutoff = now_ms - int(self._cfg.metering.unconfirmed_after_s * 1000)
         if self._rjoin is not None:

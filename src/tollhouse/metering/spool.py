@@ -21,10 +21,17 @@ from pathlib import Path
 
 from tollhouse.logs import get_logger
 from tollhouse.metering.deadlines import Deadlines
-from tollhouse.metering.factlog import MAGIC, FactLog, SpoolError, Written, scan
+from tollhouse.metering.factlog import (
+    DEFAULT_SEGMENT_BYTES,
+    MAGIC,
+    FactLog,
+    SpoolError,
+    Written,
+    scan,
+)
 from tollhouse.metering.facts import (
+    AccessLog,
     Fact,
-    Final,
     Reserved,
     Served,
     decode_fact,
@@ -33,12 +40,19 @@ from tollhouse.metering.facts import (
     encode_served,
 )
 from tollhouse.metering.join import Applied, Join, void_entry
-from tollhouse.metering.legacy import LEGACY_SPOOL_FILE, read_legacy, retire_legacy
+from tollhouse.metering.legacy import (
+    LEGACY_SPOOL_FILE,
+    legacy_payloads,
+    read_legacy,
+    retire_legacy,
+)
 from tollhouse.metering.metrics import FACTLOG_CORRUPT, USAGE_RESERVED
 from tollhouse.metering.policy import Finalizer, LogEntry
 from tollhouse.metering.schema import UsageRecord
 
-__all__ = ["LEGACY_SPOOL_FILE", "Spool", "SpoolError", "new_usage_id"]
+__all__ = [
+    "LEGACY_SPOOL_FILE", "Expand", "Joining", "Spool", "SpoolError", "expand_facts", "new_usage_id",
+]
 
 log = get_logger(__name__)
 
@@ -46,6 +60,8 @@ log = get_logger(__name__)
 # Usage ids need uniqueness, not secrecy (a client never chooses one: Envoy carries ours in the
 # ext_authz metadata): 80 bits from a PRNG seeded from the OS per process, instead of a getrandom
 # syscall per Check (uuid4 cost ~8 us on this machine's VM).
+Expand = Callable[[bytes], Sequence[LogEntry]]  # an access-log message -> its entries
+
 _ids = random.Random(os.urandom(32))  # noqa: S311
 os.register_at_fork(after_in_child=lambda: _ids.seed(os.urandom(32)))
 
@@ -79,7 +95,91 @@ def _replay(directory: Path) -> tuple[list[tuple[int, Fact]], list[int], list[Fa
     return facts, segments, read_legacy(directory)
 
 
-class Spool:
+def expand_facts(facts: Sequence[Fact], expand: Expand | None) -> list[Fact]:
+    """Facts with each raw access-log message replaced by one served fact per entry.
+
+    An entry without a usage id becomes a void by Envoy request id (its pending reservation,
+    if any, is voided); one without either is skipped, as the in-process receiver skips it.
+    """
+    out: list[Fact] = []
+    for fact in facts:
+        if not isinstance(fact, AccessLog):
+            out.append(fact)
+            continue
+        if expand is None:
+            FACTLOG_CORRUPT.inc()
+            log.error("spool.access_log_not_expanded")
+            continue
+        for e in expand(fact.message):
+            if e.usage_id is None:
+                if not e.request_id:
+                    continue
+                e = void_entry("", e.request_id, e.response_flags or "no_metadata")
+            out.append(Served(e, fact.received_ms, fact.instance))
+    return out
+
+
+class Joining:
+    """What both spools share: the local join (or the outbox to Redis) fed with durable facts."""
+
+    def __init__(
+        self,
+        *,
+        finalizer: Callable[[], Finalizer],
+        on_applied: Callable[[Applied], None],
+        clock: Callable[[], float],
+        instance: str,
+        remote: bool,
+        expand: Expand | None = None,
+    ) -> None:
+        self._expand = expand
+        self._finalizer = finalizer
+        self._on_applied = on_applied
+        self._clock = clock
+        self._instance = instance
+        self.join = Join(self._free_segment)
+        self.remote = remote  # facts go to a shared finaliser (Redis), not to self.join
+        self.outbox: deque[tuple[Fact, int]] = deque()
+
+    async def barrier(self) -> None:
+        """Return once every fact durable before the call has been applied."""
+        raise NotImplementedError
+
+    def _free_segment(self, seq: int) -> None:
+        raise NotImplementedError
+
+    def _take(self, facts: Sequence[Fact], seq: int, fin: Finalizer, now_ms: int) -> None:
+        if any(isinstance(f, AccessLog) for f in facts):
+            facts = expand_facts(facts, self._expand)
+        if not self.remote:
+            self._on_applied(self.join.apply(facts, seq, fin, now_ms))
+            return
+        for fact in facts:
+            self.join.hold(seq)
+            self.outbox.append((fact, seq))
+
+    def forwarded(self, n: int) -> None:
+        """The first ``n`` outbox facts were accepted by the shared finaliser: they are done."""
+        for _ in range(n):
+            _, seq = self.outbox.popleft()
+            self.join.release(seq)
+
+    async def counts(self) -> dict[str, int]:
+        """Records by state, ``unsent`` and ``orphans``, once everything queued is applied."""
+        await self.barrier()
+        out = self.join.counts()
+        out["outbox"] = len(self.outbox)
+        if self.remote:
+            out["unsent"] = len(self.outbox)  # not yet accepted by the shared finaliser
+        return out
+
+    async def get(self, usage_id: str) -> UsageRecord | None:
+        """One record by id (pending, unsent or recently final), once queued facts are applied."""
+        await self.barrier()
+        return self.join.get(usage_id)
+
+
+class Spool(Joining):
     """The durable local spool in ``directory`` (fact log segments). Call :meth:`open` first."""
 
     def __init__(
@@ -93,20 +193,16 @@ class Spool:
         group_commit_ms: float = 0.0,
         segment_bytes: int | None = None,
         remote: bool = False,
+        expand: Expand | None = None,
     ) -> None:
+        super().__init__(finalizer=finalizer, on_applied=on_applied, clock=clock,
+                         instance=instance, remote=remote, expand=expand)
         self.directory = Path(directory)
         self.path = self.directory  # what logs and reports name
-        self._finalizer = finalizer
-        self._on_applied = on_applied
-        self._clock = clock
-        self._instance = instance
-        self.join = Join(self._free_segment)
         self._deadlines = Deadlines()
-        self.remote = remote  # facts go to a shared finaliser (Redis), not to self.join
-        self.outbox: deque[tuple[Fact, int]] = deque()
-        extra = {} if segment_bytes is None else {"segment_bytes": segment_bytes}
         self.log = FactLog(self.directory, on_durable=self._durable,
-                           group_commit_ms=group_commit_ms, **extra)
+                           group_commit_ms=group_commit_ms,
+                           segment_bytes=segment_bytes or DEFAULT_SEGMENT_BYTES)
 
     # ---- lifecycle -------------------------------------------------------------------------
 
@@ -134,8 +230,7 @@ class Spool:
             await self._carry_over(legacy)
 
     async def _carry_over(self, facts: list[Fact]) -> None:
-        payloads = [encode_final(f.record) if isinstance(f, Final)
-                    else encode_reserved(f.record) for f in facts if not isinstance(f, Served)]
+        payloads = legacy_payloads(facts)
         if payloads:
             fut = self.log.append(payloads, facts)
             assert fut is not None
@@ -228,39 +323,13 @@ class Spool:
         self._take(w.metas, w.segment, self._finalizer(), int(self._clock() * 1000))
         self.join.seal(w.active)
 
-    def _take(self, facts: Sequence[Fact], seq: int, fin: Finalizer, now_ms: int) -> None:
-        if not self.remote:
-            self._on_applied(self.join.apply(facts, seq, fin, now_ms))
-            return
-        for fact in facts:
-            self.join.hold(seq)
-            self.outbox.append((fact, seq))
-
-    def forwarded(self, n: int) -> None:
-        """The first ``n`` outbox facts were accepted by the shared finaliser: they are done."""
-        for _ in range(n):
-            _, seq = self.outbox.popleft()
-            self.join.release(seq)
-
     def _free_segment(self, seq: int) -> None:
         with contextlib.suppress(SpoolError):  # closed: replayed (and freed) at the next start
             self.log.delete(seq)
 
-    # ---- reading ---------------------------------------------------------------------------
-
-    async def counts(self) -> dict[str, int]:
-        """Records by state, ``unsent`` and ``orphans``, once everything queued is applied."""
+    async def barrier(self) -> None:
+        """Return once every fact queued before the call is written and applied."""
         await self.log.barrier()
-        out = self.join.counts()
-        out["outbox"] = len(self.outbox)
-        if self.remote:
-            out["unsent"] = len(self.outbox)  # not yet accepted by the shared finaliser
-        return out
-
-    async def get(self, usage_id: str) -> UsageRecord | None:
-        """One record by id (pending, unsent or recently final), once queued facts are applied."""
-        await self.log.barrier()
-        return self.join.get(usage_id)
 
 
 def _by_segment(facts: list[tuple[int, Fact]]) -> list[tuple[int, list[Fact]]]:

@@ -105,12 +105,24 @@ class ServedFact(_message.Message):
     instance: str
     def __init__(self, usage_id: _Optional[str] = ..., response_code: _Optional[int] = ..., request_bytes: _Optional[int] = ..., response_bytes: _Optional[int] = ..., duration_us: _Optional[int] = ..., upstream_served: _Optional[bool] = ..., response_flags: _Optional[str] = ..., request_id: _Optional[str] = ..., meter_headers: _Optional[_Mapping[str, str]] = ..., received_at_ms: _Optional[int] = ..., instance: _Optional[str] = ...) -> None: ...
 
+class AccessLogBatch(_message.Message):
+    __slots__ = ("received_at_ms", "instance", "message")
+    RECEIVED_AT_MS_FIELD_NUMBER: _ClassVar[int]
+    INSTANCE_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    received_at_ms: int
+    instance: str
+    message: bytes
+    def __init__(self, received_at_ms: _Optional[int] = ..., instance: _Optional[str] = ..., message: _Optional[bytes] = ...) -> None: ...
+
 class UsageFact(_message.Message):
-    __slots__ = ("reserved", "served", "final")
+    __slots__ = ("reserved", "served", "final", "access_log")
     RESERVED_FIELD_NUMBER: _ClassVar[int]
     SERVED_FIELD_NUMBER: _ClassVar[int]
     FINAL_FIELD_NUMBER: _ClassVar[int]
+    ACCESS_LOG_FIELD_NUMBER: _ClassVar[int]
     reserved: UsageRecord
     served: ServedFact
     final: UsageRecord
-    def __init__(self, reserved: _Optional[_Union[UsageRecord, _Mapping]] = ..., served: _Optional[_Union[ServedFact, _Mapping]] = ..., final: _Optional[_Union[UsageRecord, _Mapping]] = ...) -> None: ...
+    access_log: AccessLogBatch
+    def __init__(self, reserved: _Optional[_Union[UsageRecord, _Mapping]] = ..., served: _Optional[_Union[ServedFact, _Mapping]] = ..., final: _Optional[_Union[UsageRecord, _Mapping]] = ..., access_log: _Optional[_Union[AccessLogBatch, _Mapping]] = ...) -> None: ...

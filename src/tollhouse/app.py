@@ -23,6 +23,7 @@ from grpc_reflection.v1alpha import reflection
 from tollhouse.authn import Authenticator
 from tollhouse.check import Checker, State
 from tollhouse.config import Config, ConfigError, counters_file, load_config
+from tollhouse.config.reload import START_ONLY, SettledFiles, keep_start_only, restart_needed
 from tollhouse.entitlements import build_catalog
 from tollhouse.envoy import authz
 from tollhouse.envoy.http_server import HttpAuthzServer
@@ -30,7 +31,14 @@ from tollhouse.http import AdminHttp
 from tollhouse.limits import LimitsBuilder, needs_limiter
 from tollhouse.listeners import ListenError, check_listeners
 from tollhouse.logs import get_logger
-from tollhouse.metrics import CONFIG_RELOADS, CONFIG_VERSION_INFO, READY
+from tollhouse.metrics import (
+    CONFIG_REJECTED,
+    CONFIG_RELOADS,
+    CONFIG_RESTART_NEEDED,
+    CONFIG_VERSION_INFO,
+    READY,
+    SPOOL_WRITABLE,
+)
 
 __all__ = ["App", "serve"]
 
@@ -75,15 +83,24 @@ class App:
         self.health = health.aio.HealthServicer()
         self.server: grpc.aio.Server | None = None
         self.http = AdminHttp(self)
-        self._mtime = self._watched_mtime()
+        self._files = SettledFiles(self._watched_files, lambda: self.cfg.reload_settle_s,
+                                   clock=time.monotonic)
+        self._restart_flags: set[str] = set()
         self._tasks: list[asyncio.Task[None]] = []
         self._stopping = asyncio.Event()
 
     @property
     def ready(self) -> bool:
-        """Config, keys and entitlements are loaded."""
+        """Config, keys and entitlements are loaded, and the spool (if metering) can write."""
         dir_ok = self.directory is None or self.directory.ready
-        return bool(self.authn.ready and dir_ok)
+        spool = self.spool_health()
+        return bool(self.authn.ready and dir_ok and (spool is None or spool.ok))
+
+    def spool_health(self) -> Any:
+        """The metering fact log's write health (``ok``, ``error``, ...), None without metering."""
+        # The fact log: the worker's front writes it (``writer``), inline metering its ``spool``.
+        owner = getattr(self.metering, "writer", None) or getattr(self.metering, "spool", None)
+        return getattr(getattr(owner, "log", None), "health", None)
 
     def ready_detail(self) -> dict[str, object]:
         """What /readyz reports."""
@@ -98,6 +115,11 @@ class App:
         status = getattr(self.metering, "status", None)
         if status is not None:
             detail["metering"] = status()
+        spool = self.spool_health()
+        if spool is not None:
+            detail["spool"] = spool.detail()
+        if self._restart_flags:
+            detail["restart_needed"] = sorted(self._restart_flags)
         return detail
 
     async def start(self) -> None:
@@ -164,39 +186,50 @@ class App:
                     await self.health.set(name, status)
                 READY.set(1 if ok else 0)
                 last = ok
+            spool = self.spool_health()
+            if spool is not None:
+                SPOOL_WRITABLE.set(1 if spool.ok else 0)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stopping.wait(), 0.2)
 
     async def _watch_config(self) -> None:
-        """Hot reload: poll the file's mtime; a bad file keeps the old snapshot."""
+        """Hot reload: a changed file is applied once unchanged for ``reload_settle_s``."""
         while not self._stopping.is_set():
+            poll_s = min(0.5, max(self.cfg.reload_settle_s / 4, 0.05))
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stopping.wait(), 0.5)
-            mtime = self._watched_mtime()
-            if mtime == self._mtime:
-                continue
-            self._mtime = mtime
-            await self.reload()
+                await asyncio.wait_for(self._stopping.wait(), poll_s)
+            was_pending = self._files.pending
+            due = await asyncio.to_thread(self._files.poll)
+            if self._files.pending and not was_pending:
+                log.info("config.change_seen", settle_s=self.cfg.reload_settle_s)
+            if due:
+                await self.reload()
 
-    def _watched_mtime(self) -> tuple[float, float]:
-        """The config file's mtime and that of the API keys file it names, if any."""
+    def _watched_files(self) -> list[Path]:
+        """The config file and the API keys file it names, if any."""
         keys_file = self.cfg.auth.api_keys.keys_file
-        return _mtime(self.config_path), _mtime(keys_file) if keys_file else 0.0
+        return [self.config_path, *([keys_file] if keys_file else [])]
 
     async def reload(self) -> bool:
-        """Load the config file again and swap the snapshot atomically if it is valid."""
+        """Load the config file again and swap the snapshot atomically if it is valid.
+
+        Refused (the old config kept, logged, counted) when it does not validate, or when it
+        drops a plan that entitlement-store customers are on. Start-only keys keep their running
+        value and are reported as ``restart_needed``.
+        """
         try:
-            cfg = await asyncio.to_thread(load_config, self.config_path, key_files=True)
+            new = await asyncio.to_thread(load_config, self.config_path, key_files=True)
             raw = await asyncio.to_thread(_read_bytes, self.config_path)
+            cfg = keep_start_only(self.cfg, new)
             catalog = build_catalog(cfg, raw)
         except ConfigError as e:
-            CONFIG_RELOADS.labels("rejected").inc()
-            log.error("config.reload_rejected", problems=e.problems[:20])
-            return False
+            return self._rejected("invalid", e.problems)
         except Exception as e:
-            CONFIG_RELOADS.labels("rejected").inc()
-            log.error("config.reload_failed", error=type(e).__name__)
-            return False
+            return self._rejected("error", [("(file)", type(e).__name__)])
+        in_use = await self._plans_in_use(cfg)
+        if in_use:
+            return self._rejected("plan_in_use", in_use)
+        self._report_restart_needed(restart_needed(self.cfg, new))
         self.authn.reconfigure(cfg.auth)
         if self.metering is not None:
             self.metering.reconfigure(cfg)
@@ -212,13 +245,42 @@ class App:
         log.info("config.reloaded", old_version=old, version=catalog.version)
         return True
 
+    def _rejected(self, reason: str, problems: list[tuple[str, str]]) -> bool:
+        CONFIG_RELOADS.labels("rejected").inc()
+        CONFIG_REJECTED.labels(reason).inc()
+        event = "config.reload_failed" if reason == "error" else "config.reload_rejected"
+        log.error(event, reason=reason,
+                  problems="; ".join(f"{path}: {msg}" for path, msg in problems[:20]))
+        return False
+
+    async def _plans_in_use(self, cfg: Config) -> list[tuple[str, str]]:
+        """Problems for plans the reload removes that store customers are still on."""
+        removed = set(self.cfg.plans) - set(cfg.plans)
+        if not removed or self.directory is None:
+            return []
+        if not self.directory.ready:
+            log.warning("config.plan_check_skipped", reason="entitlement store not loaded",
+                        removed=sorted(removed))
+            return []
+        from tollhouse.store.plan_use import plan_problems
+
+        on = await self.directory.customers_on(removed)
+        return plan_problems(on, "removed by this reload")
+
+    def _report_restart_needed(self, fields: list[str]) -> None:
+        """Log and expose the start-only keys the file changes; clear those it changes back."""
+        for key in START_ONLY:
+            if key in fields:
+                CONFIG_RESTART_NEEDED.labels(key).set(1)
+            elif key in self._restart_flags:
+                CONFIG_RESTART_NEEDED.labels(key).set(0)
+        if fields:
+            log.warning("config.restart_needed", fields=",".join(fields),
+                        detail="read only at start: the running value stays until a restart")
+        self._restart_flags = set(fields)
+
     async def _reconfigure_limiter(self, cfg: Config) -> None:
         """A reload that starts selling quotas or rate limits gets a limiter at once."""
-        if (cfg.counters, cfg.counters_file) != (self.cfg.counters, self.cfg.counters_file):
-            log.warning("config.restart_needed", field="counters")
-        if (cfg.authz_http_listen, cfg.authz_http) != (self.cfg.authz_http_listen,
-                                                        self.cfg.authz_http):
-            log.warning("config.restart_needed", field="authz_http")
         if self.limiter is not None or not needs_limiter(cfg):
             return
         from tollhouse.quota import open_limiter
@@ -333,13 +395,6 @@ def _open_directory(cfg: Config) -> Any:
 def _past_due_grace(cfg: Config) -> float:
     store = getattr(cfg, "store", None)
     return float(getattr(store, "past_due_grace_s", 7 * 86400))
-
-
-def _mtime(path: Path) -> float:
-    try:
-        return path.stat().st_mtime
-    except OSError:
-        return 0.0
 
 
 def _read_bytes(path: Path) -> bytes:

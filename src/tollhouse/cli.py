@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import logging
 import re
 import sqlite3
 import sys
@@ -23,6 +24,7 @@ EXIT_DATA = 3  # usage / bill: the meter, spool or ledger cannot be read (corrup
 def _cmd_serve(args: argparse.Namespace) -> int:
     from tollhouse.app import serve  # imported here: `tollhouse bill` never loads grpc
     from tollhouse.listeners import ListenError
+    from tollhouse.metering.factlog import SpoolError
     from tollhouse.store import SchemaError
 
     configure_logging(args.log_level)
@@ -45,6 +47,9 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     except ListenError as e:
         print(f"tollhouse: {e}", file=sys.stderr)
         return 2
+    except SpoolError as e:  # the spool cannot be read (one that cannot write starts unready)
+        print(f"tollhouse: {e} (see `tollhouse spool check`)", file=sys.stderr)
+        return 2
     except OSError as e:
         print(f"tollhouse: cannot start: {e}", file=sys.stderr)
         return 2
@@ -61,6 +66,22 @@ def _count(n: int, noun: str) -> str:
     return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
 
 
+def _store_problems(cfg: Config, source: str) -> bool:
+    """Plans store customers are on that ``cfg`` lacks: print them; True if there are any."""
+    if cfg.store is None:
+        return False
+    from tollhouse.store.plan_use import store_plan_problems
+
+    # The store's own log lines (unreachable, loaded) are not this command's output.
+    logging.getLogger("tollhouse").addHandler(logging.NullHandler())
+    problems, note = asyncio.run(store_plan_problems(cfg))
+    if note is not None:
+        print(f"{source}: warning: {note}", file=sys.stderr)
+    if problems:
+        _print_config_error(ConfigError(problems, source))
+    return bool(problems)
+
+
 def _cmd_check_config(args: argparse.Namespace) -> int:
     bad = 0
     for f in args.files:
@@ -68,6 +89,9 @@ def _cmd_check_config(args: argparse.Namespace) -> int:
             cfg = load_config(f, key_files=True)
         except ConfigError as e:
             _print_config_error(e)
+            bad += 1
+            continue
+        if args.store and _store_problems(cfg, str(f)):
             bad += 1
             continue
         counts = (_count(len(cfg.plans), "plan"), _count(len(cfg.features), "feature"),
@@ -143,6 +167,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("check-config", help="validate config files; non-zero on any error")
     p.add_argument("files", nargs="+")
+    p.add_argument("--store", action=argparse.BooleanOptionalAction, default=True,
+                   help="also check, when the entitlement store is reachable, that every plan "
+                        "its customers are on is in the file (default: on)")
     p.set_defaults(func=_cmd_check_config)
 
     _add_optional(sub)
@@ -240,6 +267,12 @@ def _add_optional(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     p.add_argument("--reconcile", action="store_true",
                    help="also show reserved / confirmed / voided / unconfirmed counts")
     p.set_defaults(func=_cmd_usage)
+
+    from tollhouse.metering.salvage import add_spool_arguments, main_spool
+
+    p = sub.add_parser("spool", help="check or salvage a metering spool directory")
+    add_spool_arguments(p)
+    p.set_defaults(func=main_spool)
 
     from tollhouse.store.cli import add_cli
 

@@ -9,9 +9,12 @@ __all__ = [
     "AUTHZ_HTTP_REFUSED",
     "CHECKS",
     "CHECK_LATENCY",
+    "CONFIG_REJECTED",
     "CONFIG_RELOADS",
+    "CONFIG_RESTART_NEEDED",
     "CONFIG_VERSION_INFO",
     "READY",
+    "SPOOL_WRITABLE",
 ]
 
 CHECKS = Counter(
@@ -23,8 +26,19 @@ CHECK_LATENCY = Histogram(
     buckets=(0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25),
 )
 CONFIG_RELOADS = Counter("tollhouse_config_reloads_total", "Config reloads by result", ["result"])
+CONFIG_REJECTED = Counter(
+    "tollhouse_config_reload_rejected_total",
+    "Reloads refused (the old config kept), by reason: invalid, plan_in_use, error", ["reason"]
+)
+CONFIG_RESTART_NEEDED = Gauge(
+    "tollhouse_config_restart_needed",
+    "1 while the file changes a key read only at start (the running value stays)", ["field"]
+)
 CONFIG_VERSION_INFO = Gauge("tollhouse_config_info", "The loaded config version", ["version"])
-READY = Gauge("tollhouse_ready", "1 when config, keys and entitlements are loaded")
+READY = Gauge("tollhouse_ready",
+              "1 when config, keys and entitlements are loaded and the spool can write")
+SPOOL_WRITABLE = Gauge("tollhouse_spool_writable",
+                       "1 while the metering spool's fact log can write (metering on)")
 AUTHZ_HTTP_CONNECTIONS = Gauge(
     "tollhouse_authz_http_connections", "Open connections of the HTTP ext_authz listener"
 )

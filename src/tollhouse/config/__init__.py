@@ -94,6 +94,7 @@ class Config(_Model):
     instance: str | None = None
     shutdown_grace_s: float = Field(default=10.0, ge=0)
     check_deadline_ms: int = Field(default=150, gt=0)
+    reload_settle_s: float = Field(default=1.0, ge=0, le=3600)  # unchanged this long, then applied
     auth: AuthConfig = AuthConfig()
     meters: Mapping[Name, MeterConfig] = Field(default_factory=lambda: {"requests": MeterConfig()})
     features: Mapping[Name, FeatureConfig] = Field(default_factory=dict)

@@ -27,6 +27,10 @@ skipped up to the next record that checks out, counted in ``tollhouse_factlog_co
 logged with its offset; the good records after it are kept. A write that fails (disk full, I/O
 error) truncates the segment back to its last good size and fails the whole batch: its callers
 see :class:`SpoolError` (the Check answers 503), and nothing after it depends on it.
+
+Health (:attr:`FactLog.health`, :mod:`tollhouse.metering.loghealth`): a failed write, a segment
+deleted under the writer, or one :meth:`FactLog.open` could not create makes the log unhealthy;
+appends fail at once until the writer, retrying, has opened a fresh segment.
 """
 
 from __future__ import annotations
@@ -44,14 +48,15 @@ from typing import Any
 
 from tollhouse.logs import get_logger
 from tollhouse.metering.factlog_format import MAGIC, frame, scan, segment_path, segments
+from tollhouse.metering.loghealth import HealthTracker, LogHealth, ensure_linked
 from tollhouse.metering.metrics import (
     FACTS_LOST,
     SPOOL_COMMITS,
     SPOOL_WRITE_ERRORS,
 )
-from tollhouse.metering.watermark import Watermark
+from tollhouse.metering.watermark import WATERMARK_FILE, Watermark
 
-__all__ = ["MAGIC", "FactLog", "SpoolError", "Written", "scan", "segment_path"]
+__all__ = ["MAGIC", "FactLog", "LogHealth", "SpoolError", "Written", "scan", "segment_path"]
 
 log = get_logger(__name__)
 
@@ -96,6 +101,7 @@ class FactLog:
         segment_bytes: int = DEFAULT_SEGMENT_BYTES,
         group_commit_ms: float = 0.0,
         watermark: bool = False,
+        retry_s: float = 1.0,
     ) -> None:
         self.directory = Path(directory)
         self._publish_watermark = watermark
@@ -112,22 +118,38 @@ class FactLog:
         self._size = 0
         self.active = 0
         self.commits = 0
+        self._health = HealthTracker(self.directory, retry_s)
+
+    @property
+    def health(self) -> LogHealth:
+        """Whether the log can write now (set by the writer thread; read from anywhere)."""
+        return self._health.state
 
     # ---- lifecycle (loop thread) ------------------------------------------------------------
 
     def open(self) -> None:
-        """Create the directory and a fresh, synced active segment (blocking: call in a thread)."""
+        """Create the directory and a fresh, synced active segment (blocking: call in a thread).
+
+        If that fails the log opens unhealthy (logged): the writer keeps retrying.
+        """
         try:
-            self.directory.mkdir(parents=True, exist_ok=True)
-            existing = segments(self.directory)
-            last = existing[-1] if existing else 0
-            if self._publish_watermark:  # never reuse a number a worker may still be reading
-                self._watermark = Watermark(self.directory)
-                last = max(last, self._watermark.last_segment)
-            self._new_segment(last + 1)
+            self._open_segment()
             os.fdatasync(self._fd)  # warm: the first syncs of a fresh file are the slow ones
         except OSError as e:
-            raise SpoolError(f"cannot open the fact log in {self.directory}: {e}") from e
+            self._health.failed("open", e)
+
+    def _open_segment(self) -> None:
+        """A fresh segment after every existing one (at open, and to recover from a failure)."""
+        self.directory.mkdir(parents=True, exist_ok=True)
+        existing = segments(self.directory)
+        last = max(existing[-1] if existing else 0, self.active)
+        if self._publish_watermark:  # never reuse a number a worker may still be reading
+            if self._watermark is None or not (self.directory / WATERMARK_FILE).exists():
+                if self._watermark is not None:  # the directory was removed: a new file
+                    self._watermark.close()
+                self._watermark = Watermark(self.directory)
+            last = max(last, self._watermark.last_segment)
+        self._new_segment(last + 1)
 
     def start(self) -> None:
         """Start the writer thread on the running loop (after :meth:`open`)."""
@@ -210,10 +232,45 @@ class FactLog:
         finally:
             os.close(dfd)
 
+    def _try_recover(self) -> bool:
+        """Writer thread: open a fresh segment (at most every ``retry_s``); True once healthy."""
+        if self._health.state.ok:
+            return True
+        if not self._health.retry_due():
+            return False
+        try:
+            self._open_segment()
+        except OSError as e:
+            self._health.failed("reopen", e)
+            return False
+        self._health.recovered(self.active)
+        return True
+
+    def _next_item(self) -> _Item | None:
+        """Writer thread: the next queued item, or None after ``retry_s`` idle."""
+        try:
+            return self._q.get(timeout=self._health.retry_s)
+        except queue.Empty:
+            return None
+
+    def _checkup(self) -> None:
+        """Writer thread, every ``retry_s``: retry if unhealthy, else see the segment exists."""
+        if not self._health.state.ok:
+            self._try_recover()
+        elif self._fd >= 0 and self._health.checkup_due():
+            try:
+                ensure_linked(self._fd, segment_path(self.directory, self.active))
+            except OSError as e:
+                self._health.failed("check", e, retry_now=True)
+
     def _run(self) -> None:
         try:
             while True:
-                batch = [self._q.get()]
+                first = self._next_item()
+                self._checkup()
+                if first is None:
+                    continue
+                batch = [first]
                 stop = batch[0] is _STOP
                 if not stop:
                     stop = self._collect(batch)
@@ -253,16 +310,24 @@ class FactLog:
             if it.kind == "delete":
                 self._delete(it.arg)
         parts = [part for it in appends for part in frame(it.payloads)]
-        seq = self.active
         err: BaseException | None = None
-        if parts:
+        if parts and not self._try_recover():
+            err = SpoolError(f"the spool cannot write: {self._health.state.error}")
+        seq = self.active
+        if parts and err is None:
             err = self._sync_bytes(b"".join(parts))
         if err is None and self._size >= self._segment_bytes:
             try:
                 self._new_segment(seq + 1)
             except OSError as e:  # keep writing the current one; retried after the next batch
                 log.error("factlog.rotate_failed", error=str(e))
-        self._dispatch(appends, seq, err)
+        if err is None:
+            self._dispatch(appends, seq, None)
+            return
+        # A barrier (no payloads) waits for nothing that failed: it completes, so the forwarder
+        # keeps sending what is already durable while the log cannot write.
+        self._dispatch([it for it in appends if it.payloads], seq, err)
+        self._dispatch([it for it in appends if not it.payloads], seq, None)
 
     def _sync_bytes(self, data: bytes) -> BaseException | None:
         try:
@@ -270,12 +335,14 @@ class FactLog:
             while done < len(data):
                 done += os.pwrite(self._fd, data[done:], self._size + done)
             os.fdatasync(self._fd)
+            ensure_linked(self._fd, segment_path(self.directory, self.active))
         except OSError as e:
             with contextlib.suppress(OSError):
                 os.ftruncate(self._fd, self._size)  # no torn record stays behind a failure
             SPOOL_WRITE_ERRORS.inc()
             log.error("factlog.write_failed", error=type(e).__name__, detail=str(e),
                       bytes=len(data))
+            self._health.failed("write", e, retry_now=True)  # a fresh segment, tried at once
             return SpoolError(f"fact log write failed: {e}")
         self._size += len(data)
         if self._watermark is not None:

@@ -12,13 +12,15 @@ import os
 import struct
 import zlib
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from tollhouse.logs import get_logger
 from tollhouse.metering.metrics import FACTLOG_CORRUPT
 
 __all__ = [
-    "HEADER", "MAGIC", "MAX_RECORD", "frame", "parse", "scan", "segment_path", "segments",
+    "HEADER", "MAGIC", "MAX_RECORD", "SegmentRead", "frame", "parse", "read_segment", "scan",
+    "segment_path", "segments",
 ]
 
 log = get_logger(__name__)
@@ -55,12 +57,23 @@ def _next_good(data: bytes, start: int) -> int | None:
     return None
 
 
-def parse(data: bytes, path: Path, start: int = len(MAGIC)) -> tuple[list[bytes], int]:
-    """The payloads of a segment's bytes from ``start``, and the end of its good prefix.
+@dataclass(slots=True)
+class SegmentRead:
+    """One segment's bytes, read: its good records and what had to be skipped or cut."""
 
-    A bad record followed by good ones is skipped (counted, logged); a torn tail ends it.
+    payloads: list[bytes] = field(default_factory=list)
+    good_end: int = len(MAGIC)  # the end of the last good record: a torn tail starts here
+    skipped: list[tuple[int, int]] = field(default_factory=list)  # (offset, bytes) corrupt
+    header_ok: bool = True
+
+
+def read_segment(data: bytes, start: int = len(MAGIC)) -> SegmentRead:
+    """Every good record of a segment's bytes from ``start``, oldest first, and the damage.
+
+    Records are read from after the magic even when the magic itself is damaged
+    (``header_ok`` False), which is what a salvage needs; :func:`scan` skips such a segment.
     """
-    out: list[bytes] = []
+    out = SegmentRead(header_ok=data.startswith(MAGIC))
     off = start
     end = len(data)
     while off + HEADER.size <= end:
@@ -69,17 +82,29 @@ def parse(data: bytes, path: Path, start: int = len(MAGIC)) -> tuple[list[bytes]
         if 0 < length <= MAX_RECORD and stop <= end:
             payload = data[off + HEADER.size : stop]
             if zlib.crc32(payload) == crc:
-                out.append(payload)
+                out.payloads.append(payload)
                 off = stop
                 continue
         nxt = _next_good(data, off + 1)
         if nxt is None:
             break  # a torn tail: cut here
+        out.skipped.append((off, nxt - off))
+        off = nxt
+    out.good_end = off
+    return out
+
+
+def parse(data: bytes, path: Path, start: int = len(MAGIC)) -> tuple[list[bytes], int]:
+    """The payloads of a segment's bytes from ``start``, and the end of its good prefix.
+
+    A bad record followed by good ones is skipped (counted, logged); a torn tail ends it.
+    """
+    read = read_segment(data, start)
+    for off, n in read.skipped:
         FACTLOG_CORRUPT.inc()
         log.error("factlog.corrupt_record_skipped", segment=path.name, offset=off,
-                  skipped_bytes=nxt - off)
-        off = nxt
-    return out, off
+                  skipped_bytes=n)
+    return read.payloads, read.good_end
 
 
 def scan(directory: Path | str, *, repair: bool) -> Iterator[tuple[int, bytes]]:

@@ -63,9 +63,20 @@ class WatermarkReader:
     def __init__(self, directory: Path) -> None:
         self._path = directory / WATERMARK_FILE
         self._map: mmap.mmap | None = None
+        self._ino: int | None = None
 
     def read(self) -> tuple[int, int, int] | None:
-        """A consistent snapshot; None while no writer has published yet."""
+        """A consistent snapshot; None while no writer has published yet.
+
+        A file replaced under it (the writer recreated a removed spool directory) is mapped
+        again.
+        """
+        try:
+            ino = os.stat(self._path).st_ino
+        except FileNotFoundError:
+            ino = None
+        if ino != self._ino:
+            self.close()
         m = self._map or self._open()
         if m is None:
             return None
@@ -85,6 +96,7 @@ class WatermarkReader:
             if os.fstat(fd).st_size < _SIZE:
                 return None
             self._map = mmap.mmap(fd, _SIZE, mmap.MAP_SHARED, mmap.PROT_READ)
+            self._ino = os.fstat(fd).st_ino
         finally:
             os.close(fd)
         return self._map
@@ -94,3 +106,4 @@ class WatermarkReader:
         if self._map is not None:
             self._map.close()
             self._map = None
+        self._ino = None

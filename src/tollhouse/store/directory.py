@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from datetime import date
 from types import MappingProxyType
@@ -158,6 +158,35 @@ class Directory:
         for period, meter, units in rows:
             if period == key:
                 out[meter] = out.get(meter, 0) + units
+        return out
+
+    async def customers_on(self, plans: Collection[str] | None, sample: int = 5
+                           ) -> dict[str, tuple[int, list[str]]]:
+        """Per plan of ``plans`` (None: every plan): customers (not cancelled) on it, a few ids.
+
+        A customer is on the plan in effect now and on every plan of a scheduled change. Reads a
+        copy of the snapshot in chunks, yielding to the loop, so a million customers never stall
+        the Check path.
+        """
+        wanted, now = (None if plans is None else set(plans)), self._clock()
+        out: dict[str, tuple[int, list[str]]] = {}
+        items = list(self._snap.customers.items())
+        for i in range(0, len(items), 20_000):
+            for cid, (changes, status, _, _) in items[i:i + 20_000]:
+                if status == "cancelled":
+                    continue
+                current = changes[0][0]
+                names: set[str] = set()
+                for plan, eff in changes:
+                    if eff <= now:
+                        current = plan
+                    else:
+                        names.add(plan)
+                names.add(current)
+                for plan in names if wanted is None else names & wanted:
+                    n, ids = out.get(plan, (0, []))
+                    out[plan] = (n + 1, [*ids, cid] if len(ids) < sample else ids)
+            await asyncio.sleep(0)
         return out
 
     def api_key_customer(self, sha256_hex: str) -> str | None:

@@ -274,24 +274,34 @@ def test_redis_meter_survives_a_redis_kill(tmp_path: Path) -> None:
 
 
 def test_spool_write_failure_is_503_and_loses_nothing(tmp_path: Path, transport: str) -> None:
-    """A spool that cannot grow (file size limit = a full disk) -> 503; restart meters the 200s."""
-    stack = build_stack(tmp_path, _fast_metering, transport=transport)
+    """A reservation the spool cannot write -> 503 spool_unavailable; nothing else is lost.
+
+    The reservation (with the client's 58 KB x-request-id) is larger than the file size limit,
+    a full disk for it: the writer recovers on a fresh segment, but this record fails in every
+    one. The 200s before it are all metered after a restart without the limit.
+    """
+
+    def big_headers(config: dict[str, Any]) -> dict[str, Any]:
+        http = {**config.get("authz_http", {}), "max_header_bytes": 65536}
+        return {**_fast_metering(config), "authz_http": http}
+
+    stack = build_stack(tmp_path, big_headers, transport=transport)
     tollhouse = stack.tollhouse
     assert isinstance(tollhouse, LimitedTollhouse)
-    tollhouse.file_size_limit = 64 * 1024  # the fact log is ~3x denser than the old SQLite spool
+    tollhouse.file_size_limit = 56 * 1024
     stack.start()
     case = _case()
     try:
         token = stack.token("bob")
-        statuses: list[int] = []
-        for i in range(400):
-            resp = stack.request(f"/v1/search?case={case}&i={i}&pad={'p' * 600}", token=token)
-            statuses.append(resp.status)
-            if resp.status == 503:
-                assert resp.json()["code"] == unavailable_code(stack, "spool_unavailable")
-                assert tollhouse_checks(stack, "error", "spool_unavailable") == 1
-                break
-        assert statuses[-1] == 503, "the spool never filled up"
+        statuses = [stack.request(f"/v1/search?case={case}&i={i}", token=token).status
+                    for i in range(30)]
+        # The client's own x-request-id goes into the reservation (Envoy keeps it from loopback).
+        resp = stack.request(f"/v1/search?case={case}", token=token,
+                             headers={"x-request-id": "r" * 58000})
+        statuses.append(resp.status)
+        assert resp.status == 503, "a reservation above the limit was written"
+        assert resp.json()["code"] == unavailable_code(stack, "spool_unavailable")
+        assert tollhouse_checks(stack, "error", "spool_unavailable") >= 1
         assert set(statuses[:-1]) == {200}
         admitted = set(usage_ids_seen(stack.upstream, case))
         assert len(admitted) == len(statuses) - 1  # the refused request never reached the API

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import re
 from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
@@ -98,7 +99,7 @@ def test_default_plan_caller_is_invoiced_from_its_first_request(
     assert _bill(carol, "--now", "2020-11-20T00:17:00") == 0
     out, err = capsys.readouterr()
     assert "PROBLEM" not in err
-    assert "TH-2020-10-carol  carol  USD 13.87  issued" in out
+    assert re.search(r"TH-2020-10-carol +carol +USD 13\.87 +issued ", out), out
     assert "default_plan  carol  team  since 2020-10-10T12:00:00Z" in out
     assert _first_period_fee(CAROL_FIRST, "2020-10") == Decimal("13.86")
     assert _base_fees(carol, "TH-2020-10-carol") == [
@@ -123,7 +124,8 @@ def test_default_plan_caller_due_periods_are_issued_once_and_rerun_identically(
     assert carols == [("2020-10", "13.87"), ("2020-11", "19.99"), ("2020-12", "19.99")]
     capsys.readouterr()
     assert _bill(carol, "--period", "2020-10", "--out", str(carol / "again")) == 0
-    assert "TH-2020-10-carol  carol  USD 13.87  already_issued" in capsys.readouterr().out
+    again = capsys.readouterr().out
+    assert re.search(r"TH-2020-10-carol +carol +USD 13\.87 +already_issued ", again), again
     for ext in ("json", "csv", "html"):
         name = f"TH-2020-10-carol.{ext}"
         assert (carol / "again" / name).read_bytes() == (carol / "inv" / name).read_bytes()

@@ -59,7 +59,10 @@ class AdminHttp:
         return build_admin_app(self.app.cfg, current=lambda: self.app.cfg)
 
     async def metrics(self, _: web.Request) -> web.Response:
-        """Prometheus exposition."""
+        """Prometheus exposition (gauges kept by requests are refreshed first)."""
+        refresh = getattr(self.app, "refresh_metrics", None)
+        if refresh is not None:
+            refresh()
         return web.Response(body=generate_latest(), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     async def healthz(self, _: web.Request) -> web.Response:

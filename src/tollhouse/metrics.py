@@ -12,6 +12,7 @@ __all__ = [
     "CONFIG_RELOADS",
     "CONFIG_VERSION_INFO",
     "READY",
+    "set_config_version",
 ]
 
 CHECKS = Counter(
@@ -23,7 +24,9 @@ CHECK_LATENCY = Histogram(
     buckets=(0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25),
 )
 CONFIG_RELOADS = Counter("tollhouse_config_reloads_total", "Config reloads by result", ["result"])
-CONFIG_VERSION_INFO = Gauge("tollhouse_config_info", "The loaded config version", ["version"])
+CONFIG_VERSION_INFO = Gauge(
+    "tollhouse_config_info", "The config version being served (one series: the current one)",
+    ["version"])
 READY = Gauge("tollhouse_ready", "1 when config, keys and entitlements are loaded")
 AUTHZ_HTTP_CONNECTIONS = Gauge(
     "tollhouse_authz_http_connections", "Open connections of the HTTP ext_authz listener"
@@ -33,3 +36,9 @@ AUTHZ_HTTP_REFUSED = Counter(
     "HTTP ext_authz requests or connections refused before a Check, by reason",
     ["reason"],
 )
+
+
+def set_config_version(version: str) -> None:
+    """Export ``version`` as the only ``tollhouse_config_info`` series (earlier ones removed)."""
+    CONFIG_VERSION_INFO.clear()
+    CONFIG_VERSION_INFO.labels(version).set(1)

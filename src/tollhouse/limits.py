@@ -59,8 +59,9 @@ def _frozen(value: Any) -> tuple[tuple[str, int], ...]:
     """A hashable, order-independent form of an overrides / top-ups mapping (or pairs)."""
     if not value:
         return ()
-    items = value.items() if isinstance(value, Mapping) else value
-    return tuple(sorted(items))
+    if isinstance(value, tuple):  # a config customer's pairs: fixed for the catalog version
+        return value
+    return tuple(sorted(value.items() if isinstance(value, Mapping) else value))
 
 
 def limits_key(cust: Any) -> tuple[Any, ...]:

@@ -38,6 +38,9 @@ LiveUsed = Callable[[str], Mapping[str, int]]
 Handler = Callable[[web.Request], Awaitable[web.Response]]
 
 log = get_logger(__name__)
+LOOKUP_FAILED = Counter(
+    "tollhouse_usage_lookup_failures_total",
+    "GET /v1/usage answers 503 because the meter, ledger or Redis could not be read")
 TAIL_SKIPPED = Counter(
     "tollhouse_usage_tail_skipped_total",
     "Redis meter entries GET /v1/usage could not read (counted by the billing job's dead letters)")
@@ -65,6 +68,7 @@ def usage_handler(lookup: UsageLookup, *, live: LiveUsed = _no_live,
         try:
             counted = dict(live(customer))  # on the loop: the counters are the Check's
         except Exception:
+            LOOKUP_FAILED.inc()
             log.error("usage.live_failed", exc=True, customer=customer)
             return _problem(503, "usage_unavailable", "Usage is temporarily unavailable")
         try:
@@ -72,6 +76,10 @@ def usage_handler(lookup: UsageLookup, *, live: LiveUsed = _no_live,
                                             timeout_s)
         except TimeoutError:
             log.warning("usage.timeout", customer=customer)
+            return _problem(503, "usage_unavailable", "Usage is temporarily unavailable")
+        except Exception as e:  # meter, ledger or Redis unreachable: say so, never a guess
+            LOOKUP_FAILED.inc()
+            log.error("usage.lookup_failed", error=type(e).__name__, customer=customer)
             return _problem(503, "usage_unavailable", "Usage is temporarily unavailable")
         if report is None:
             return _problem(404, "unknown_customer", "No subscription for this customer")

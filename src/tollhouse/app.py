@@ -28,16 +28,16 @@ from tollhouse.entitlements import build_catalog
 from tollhouse.envoy import authz
 from tollhouse.envoy.http_server import HttpAuthzServer
 from tollhouse.http import AdminHttp
-from tollhouse.limits import LimitsBuilder, needs_limiter
+from tollhouse.limits import LimitsBuilder, needs_limiter, refresh_quota_gauges
 from tollhouse.listeners import ListenError, check_listeners
 from tollhouse.logs import get_logger
 from tollhouse.metrics import (
     CONFIG_REJECTED,
     CONFIG_RELOADS,
     CONFIG_RESTART_NEEDED,
-    CONFIG_VERSION_INFO,
     READY,
     SPOOL_WRITABLE,
+    set_config_version,
 )
 
 __all__ = ["App", "serve"]
@@ -57,6 +57,7 @@ class App:
         self.clock = clock
         self.instance = cfg.instance or f"{socket.gethostname()}-{os.getpid()}"
         self.state = State(build_catalog(cfg, _read_bytes(config_path)))
+        set_config_version(self.state.catalog.version)
         self.directory: Any = _open_directory(cfg)
         lookup = self.directory.api_key_customer if self.directory is not None else None
         self.authn = Authenticator(cfg.auth, clock=clock, key_lookup=lookup)
@@ -101,6 +102,15 @@ class App:
         # The fact log: the worker's front writes it (``writer``), inline metering its ``spool``.
         owner = getattr(self.metering, "writer", None) or getattr(self.metering, "spool", None)
         return getattr(getattr(owner, "log", None), "health", None)
+
+    def refresh_metrics(self) -> None:
+        """Bring gauges that are otherwise updated by requests up to date (before a scrape)."""
+        if self.limiter is None:
+            return
+        try:
+            refresh_quota_gauges(self.limiter, self.clock())
+        except Exception:  # a scrape still answers with what the gauges last held
+            log.error("metrics.refresh_failed", exc=True)
 
     def ready_detail(self) -> dict[str, object]:
         """What /readyz reports."""
@@ -241,7 +251,7 @@ class App:
         self.cfg = cfg
         self.state.catalog = catalog
         CONFIG_RELOADS.labels("applied").inc()
-        CONFIG_VERSION_INFO.labels(catalog.version).set(1)
+        set_config_version(catalog.version)
         log.info("config.reloaded", old_version=old, version=catalog.version)
         return True
 

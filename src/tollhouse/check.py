@@ -12,16 +12,19 @@ import itertools
 import os
 import time
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import replace
 from typing import Any, Protocol
 
 from tollhouse.authn import AuthnFailure, Principal
 from tollhouse.decision import Allow, Decision, Deny, RequestInfo, unavailable
 from tollhouse.entitlements import Catalog, Customer
+from tollhouse.limits import standing_headers
 from tollhouse.logs import get_logger
 
 __all__ = ["Checker", "CustomerSource", "State"]
 
 log = get_logger(__name__)
+Headers = tuple[tuple[str, str], ...]
 
 H_CUSTOMER = "x-tollhouse-customer"
 H_PLAN = "x-tollhouse-plan"
@@ -94,24 +97,39 @@ class Checker:
         principal = self.authn.authenticate(req.headers)
         if isinstance(principal, AuthnFailure):
             return self._authn_deny(principal)
-        customer = self.identify(snap, principal.customer)
+        customer = self.lookup(snap, principal.customer)
         if isinstance(customer, Deny):
             return customer
         plan = snap.plan(customer.plan)
+        refusal = self._refusal(customer)
+        if refusal is not None:
+            return self._with_limits(refusal, customer, plan)
         if plan is None:
             return unavailable("unknown_plan", f"plan {customer.plan!r} is not in the catalog")
         feature = self._entitle(snap, customer, req)
         if isinstance(feature, Deny):
-            return feature
+            return self._with_limits(feature, customer, plan)
         meters = snap.config.features[feature].meters
         if not meters:  # a free feature (e.g. /v1/usage): no quota, nothing to bill
-            return self._answer(customer, feature, "", None)
+            return self._answer(customer, feature, "", None,
+                                headers=self._standing(customer, plan))
         admission = None
         if self.limiter is not None and self.limits_for is not None:
             admission = await self._admit(customer, plan, meters)
             if isinstance(admission, Deny):
                 return admission
         return await self._record_and_answer(customer, feature, req, admission)
+
+    def _standing(self, cust: Any, plan: Any) -> Headers:
+        """RateLimit headers for an answer that spends nothing (the customer's plan is known)."""
+        if self.limiter is None or self.limits_for is None or plan is None:
+            return ()
+        return standing_headers(self.limiter, cust.id, self.limits_for(cust, plan), self.clock())
+
+    def _with_limits(self, deny: Deny, cust: Any, plan: Any) -> Deny:
+        """A 402 / 403 of a known customer also carries its RateLimit headers."""
+        headers = self._standing(cust, plan)
+        return replace(deny, headers=deny.headers + headers) if headers else deny
 
     def _authn_deny(self, f: AuthnFailure) -> Deny:
         headers: tuple[tuple[str, str], ...] = ()
@@ -124,6 +142,14 @@ class Checker:
 
     def identify(self, snap: Catalog, cid: str) -> Customer | Any | Deny:
         """The customer entry (store, then config, then default plan), or why it is refused."""
+        cust = self.lookup(snap, cid)
+        if isinstance(cust, Deny):
+            return cust
+        refusal = self._refusal(cust)
+        return cust if refusal is None else refusal
+
+    def lookup(self, snap: Catalog, cid: str) -> Customer | Any | Deny:
+        """The customer entry (store, then config, then default plan), whatever its status."""
         cust: Any = self.directory.customer(cid) if self.directory is not None else None
         if cust is None:
             cust = snap.customers.get(cid)
@@ -132,9 +158,14 @@ class Checker:
             if default is None:
                 return Deny(403, "unknown_customer", "Forbidden", "no subscription for caller")
             return Customer(id=cid, plan=default, source="default_plan")
+        return cust
+
+    def _refusal(self, cust: Any) -> Deny | None:
+        """Why the subscription's status refuses service now (402 / 403), or None."""
         status = cust.status
         if status == "active":
-            return cust
+            return None
+        cid = cust.id
         if status == "suspended":
             return Deny(402, "payment_required", "Payment required",
                         "the subscription is suspended", customer=cid)
@@ -142,7 +173,7 @@ class Checker:
             return Deny(403, "subscription_cancelled", "Forbidden",
                         "the subscription is cancelled", customer=cid)
         if status == "past_due" and self.clock() - cust.status_since <= self.past_due_grace_s:
-            return cust
+            return None
         return Deny(402, "payment_required", "Payment required",
                     "the subscription is past due", customer=cid)
 
@@ -205,7 +236,8 @@ class Checker:
         return self._answer(cust, feature, usage_id, adm, decision_id)
 
     def _answer(
-        self, cust: Any, feature: str, usage_id: str, adm: Any, decision_id: str = ""
+        self, cust: Any, feature: str, usage_id: str, adm: Any, decision_id: str = "",
+        headers: Headers = (),
     ) -> Allow:
         decision_id = decision_id or f"{self._prefix}-{next(self._ids):x}"
         upstream = (
@@ -221,5 +253,5 @@ class Checker:
         return Allow(
             customer=cust.id, plan=cust.plan, feature=feature, decision_id=decision_id,
             usage_id=usage_id, upstream_headers=upstream,
-            response_headers=adm.headers if adm is not None else (), metadata=meta,
+            response_headers=adm.headers if adm is not None else headers, metadata=meta,
         )

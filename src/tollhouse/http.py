@@ -159,7 +159,10 @@ class AdminHttp:
         return build_admin_app(self.app.cfg, current=lambda: self.app.cfg)
 
     async def metrics(self, _: web.Request) -> web.Response:
-        """Prometheus exposition (with the metering worker's own families, when it runs)."""
+        """Prometheus exposition: request-kept gauges refreshed, the worker's families merged."""
+        refresh = getattr(self.app, "refresh_metrics", None)
+        if refresh is not None:
+            refresh()
         body = generate_latest()
         worker = getattr(getattr(self.app, "metering", None), "worker", None)
         if worker is not None:

@@ -1,22 +1,35 @@
 """Effective limits of one customer: plan quotas, replaced by overrides, plus top-ups.
 
-Built once per customer object and catalog version, so the Check path usually does a dict lookup.
+Built once per distinct set of inputs and catalog version, so the Check path usually does one
+dict lookup. Also: the RateLimit headers of an answer that spends nothing (402, 403, a feature
+without meters), and the live quota counters that ``GET /v1/usage`` shows.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from tollhouse.check import State
 from tollhouse.config import Config, PlanConfig
+from tollhouse.quota import Limits, period_for
+from tollhouse.quota.limiter import Headers, RateBuckets, format_headers
+from tollhouse.quota.memory import quota_items
+from tollhouse.quota.redis_state import share
 
-__all__ = ["LimitsBuilder", "effective_quotas", "needs_limiter"]
+if TYPE_CHECKING:
+    from tollhouse.check import State
+
+__all__ = ["LimitsBuilder", "effective_quotas", "live_used", "needs_limiter",
+           "refresh_quota_gauges", "standing_headers"]
 
 
 def needs_limiter(cfg: Config) -> bool:
-    """Any plan sells a quota or a rate limit, or a customer has an override."""
-    return any(
+    """Any plan sells a quota or a rate limit, a customer has an override, or a store is set.
+
+    With an entitlement store, overrides and top-ups can appear at any time, without a reload,
+    so the limiter must already be there to enforce them.
+    """
+    return cfg.store is not None or any(
         p.quotas or p.rate_limits.per_second or p.rate_limits.per_minute
         for p in cfg.plans.values()
     ) or any(c.quota_overrides for c in cfg.customers.values())
@@ -29,39 +42,71 @@ def _pairs(value: Any) -> Mapping[str, int]:
 
 
 def effective_quotas(plan: PlanConfig, overrides: Any, topups: Any) -> dict[str, int]:
-    """Plan quotas, each replaced by an override if one exists, plus top-ups."""
+    """Plan quotas, each replaced by an override if one exists, plus top-ups.
+
+    A top-up adds to a quota; on a meter without one (unlimited) it changes nothing, as in
+    ``GET /v1/usage`` and on the invoice: a top-up never turns an unlimited meter into a cap.
+    """
     quotas = dict(plan.quotas)
     quotas.update(_pairs(overrides))
     for meter, units in _pairs(topups).items():
-        quotas[meter] = quotas.get(meter, 0) + units
+        if meter in quotas:
+            quotas[meter] += units
     return quotas
 
 
+def _frozen(value: Any) -> tuple[tuple[str, int], ...]:
+    """A hashable, order-independent form of an overrides / top-ups mapping (or pairs)."""
+    if not value:
+        return ()
+    if isinstance(value, tuple):  # a config customer's pairs: fixed for the catalog version
+        return value
+    return tuple(sorted(value.items() if isinstance(value, Mapping) else value))
+
+
+def limits_key(cust: Any) -> tuple[Any, ...]:
+    """Everything a customer's :class:`Limits` depends on besides the catalog version.
+
+    A value, not an object identity: the store's directory builds a new entry on every lookup,
+    and two customers with equal inputs share one Limits (it names no customer).
+    """
+    return (cust.plan, getattr(cust, "anchor", None),
+            _frozen(getattr(cust, "quota_overrides", None)), _frozen(getattr(cust, "topups", None)))
+
+
 class LimitsBuilder:
-    """``for_customer(customer, plan) -> quota.Limits``, cached per customer object."""
+    """``for_customer(customer, plan) -> quota.Limits``, cached by :func:`limits_key`."""
 
     def __init__(self, state: State, max_entries: int = 200_000) -> None:
         self.state = state
         self.max_entries = max_entries
-        self._cache: dict[int, tuple[Any, str, Any]] = {}
-        self._req_meters: tuple[str, frozenset[str]] = ("", frozenset())
+        self.hits = 0
+        self.misses = 0
+        self._cache: dict[tuple[Any, ...], Limits] = {}
+        self._version = ""
+        self._req_meters: frozenset[str] = frozenset()
 
-    def _request_meters(self) -> frozenset[str]:
-        """Meters that count one unit per admitted request (the rest grow from the access log)."""
+    def __len__(self) -> int:
+        return len(self._cache)
+
+    def _sync_version(self) -> None:
+        """A new catalog: plans and meters may have changed, so nothing cached is kept."""
         cat = self.state.catalog
-        if self._req_meters[0] != cat.version:
-            names = frozenset(n for n, m in cat.config.meters.items() if m.source == "requests")
-            self._req_meters = (cat.version, names)
-        return self._req_meters[1]
+        if self._version != cat.version:
+            self._cache.clear()
+            self._req_meters = frozenset(
+                n for n, m in cat.config.meters.items() if m.source == "requests")
+            self._version = cat.version
 
-    def for_customer(self, cust: Any, plan: PlanConfig) -> Any:
+    def for_customer(self, cust: Any, plan: PlanConfig) -> Limits:
         """The Limits object the limiter takes."""
-        version = self.state.catalog.version
-        hit = self._cache.get(id(cust))
-        if hit is not None and hit[0] is cust and hit[1] == version:
-            return hit[2]
-        from tollhouse.quota import Limits
-
+        self._sync_version()
+        key = limits_key(cust)
+        hit = self._cache.get(key)
+        if hit is not None:
+            self.hits += 1
+            return hit
+        self.misses += 1
         limits = Limits(
             plan=cust.plan,
             quotas=effective_quotas(plan, getattr(cust, "quota_overrides", None),
@@ -71,10 +116,54 @@ class LimitsBuilder:
             overage=plan.overage,
             on_counter_error=plan.on_counter_error,
             anchor=getattr(cust, "anchor", None),
-            request_meters=self._request_meters(),
+            request_meters=self._req_meters,
         )
-        if getattr(cust, "source", "") != "default_plan":
-            if len(self._cache) >= self.max_entries:
-                self._cache.clear()
-            self._cache[id(cust)] = (cust, version, limits)
+        if len(self._cache) >= self.max_entries:
+            self._cache.clear()
+        self._cache[key] = limits
         return limits
+
+
+def _has_limits(limits: Limits) -> bool:
+    return bool(limits.quotas) or limits.per_second is not None or limits.per_minute is not None
+
+
+def live_used(limiter: Any, customer: str, limits: Limits, now_s: float) -> dict[str, int]:
+    """Units used per quota meter in the current period, from the counters the Check uses."""
+    if not limits.quotas:
+        return {}
+    return {m: used for m, (used, _) in limiter.snapshot(customer, limits, now_s).items()}
+
+
+def standing_headers(limiter: Any, customer: str, limits: Limits, now_s: float) -> Headers:
+    """RateLimit headers of an answer that spends nothing: every quota and rate limit, as is.
+
+    Reads the limiter's counters (``snapshot``) and its rate buckets without taking a token.
+    Both limiters keep per-customer state in ``_customers`` with a ``rate`` (``RateBuckets``)
+    and, for Redis, split rate limits over ``replicas``; they offer no public read of the
+    buckets, so this reads that state (refilling a bucket to ``now_s`` is what ``admit`` does).
+    """
+    if not _has_limits(limits):
+        return ()
+    used = live_used(limiter, customer, limits, now_s)
+    state = getattr(limiter, "_customers", {}).get(customer)
+    period = state.period if state is not None else period_for(now_s, limits.anchor)
+    items = quota_items(list(limits.quotas), limits, lambda m: used.get(m, 0), period, now_s)
+    n = int(getattr(limiter, "replicas", 1))
+    ps, pm = share(limits.per_second, n), share(limits.per_minute, n)
+    if ps is not None or pm is not None:
+        rate = state.rate if state is not None else RateBuckets()
+        rate.refill(ps, pm, now_s)
+        items += rate.items(ps, pm)
+    return format_headers(items)
+
+
+def refresh_quota_gauges(limiter: Any, now_s: float) -> None:
+    """Recompute the quota gauges now (called on each /metrics scrape).
+
+    The memory limiter publishes them only from ``admit``; its ``_publish`` is the body of that
+    refresh. The Redis limiter refreshes them from its own background tick.
+    """
+    publish = getattr(limiter, "_publish", None)
+    if callable(publish):
+        publish(now_s)

@@ -15,6 +15,7 @@ __all__ = [
     "CONFIG_VERSION_INFO",
     "READY",
     "SPOOL_WRITABLE",
+    "set_config_version",
 ]
 
 CHECKS = Counter(
@@ -34,7 +35,9 @@ CONFIG_RESTART_NEEDED = Gauge(
     "tollhouse_config_restart_needed",
     "1 while the file changes a key read only at start (the running value stays)", ["field"]
 )
-CONFIG_VERSION_INFO = Gauge("tollhouse_config_info", "The loaded config version", ["version"])
+CONFIG_VERSION_INFO = Gauge(
+    "tollhouse_config_info", "The config version being served (one series: the current one)",
+    ["version"])
 READY = Gauge("tollhouse_ready",
               "1 when config, keys and entitlements are loaded and the spool can write")
 SPOOL_WRITABLE = Gauge("tollhouse_spool_writable",
@@ -47,3 +50,9 @@ AUTHZ_HTTP_REFUSED = Counter(
     "HTTP ext_authz requests or connections refused before a Check, by reason",
     ["reason"],
 )
+
+
+def set_config_version(version: str) -> None:
+    """Export ``version`` as the only ``tollhouse_config_info`` series (earlier ones removed)."""
+    CONFIG_VERSION_INFO.clear()
+    CONFIG_VERSION_INFO.labels(version).set(1)

@@ -3,13 +3,14 @@
 Envoy's ext_authz has authenticated the caller and overwritten ``x-tollhouse-customer``; the
 handler (billing's code, the same pricing as the invoice) shows that customer's data only. The
 subscription comes from what this replica serves: the entitlement store's in-memory directory
-(plan changes, anchor, overrides, top-ups of the current period) or the config file.
+(plan changes, anchor, overrides, top-ups of the current period) or the config file. Units used
+are never behind the quota counters the Check decides on (:func:`live_counters`).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
@@ -24,10 +25,12 @@ from tollhouse.billing.subscriptions import (
     TopUp,
 )
 from tollhouse.billing.usage import UsageReport, current_usage
-from tollhouse.billing.usage_api import add_usage_route, meter_totals
+from tollhouse.billing.usage_api import add_usage_route, meter_totals, with_live
+from tollhouse.decision import Deny
 from tollhouse.http import problems_middleware
+from tollhouse.limits import live_used
 
-__all__ = ["LiveSubscriptions", "build_usage_app"]
+__all__ = ["LiveSubscriptions", "build_usage_app", "live_counters"]
 
 
 class LiveSubscriptions:
@@ -63,16 +66,34 @@ class LiveSubscriptions:
                             math.floor(ent.status_since), topups)
 
 
+def live_counters(app: Any) -> Callable[[str], Mapping[str, int]]:
+    """``customer -> units used per quota meter`` from the running limiter (event loop only)."""
+
+    def live(customer: str) -> Mapping[str, int]:
+        limiter, checker = getattr(app, "limiter", None), getattr(app, "checker", None)
+        if limiter is None or checker is None:
+            return {}
+        snap = app.state.catalog
+        cust = checker.lookup(snap, customer)
+        plan = None if isinstance(cust, Deny) else snap.plan(cust.plan)
+        if plan is None:
+            return {}
+        return live_used(limiter, customer, app.limits.for_customer(cust, plan), app.clock())
+
+    return live
+
+
 def build_usage_app(app: Any) -> web.Application:
     """Return an aiohttp app serving ``/v1/usage`` from the meter, on the current config."""
     subs = LiveSubscriptions(app)
+    totals = meter_totals(app.cfg)
 
-    def lookup(customer: str) -> UsageReport | None:
+    def lookup(customer: str, live: Mapping[str, int]) -> UsageReport | None:
         ent = subs.entry(customer)
         overrides = dict(ent.quota_overrides) if ent is not None else None
-        return current_usage(app.cfg, customer, totals=meter_totals(app.cfg), clock=app.clock,
+        return current_usage(app.cfg, customer, totals=with_live(totals, live), clock=app.clock,
                              subscriptions=subs, quota_overrides=overrides)
 
     web_app = web.Application(middlewares=[problems_middleware])
-    add_usage_route(web_app, lookup)
+    add_usage_route(web_app, lookup, live=live_counters(app))
     return web_app

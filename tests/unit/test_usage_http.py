@@ -8,6 +8,8 @@ from types import SimpleNamespace
 
 from aiohttp.test_utils import TestClient, TestServer
 
+from tests.servers import free_port
+from tollhouse.billing.usage_api import LOOKUP_FAILED
 from tollhouse.config import StoreConfig, parse_config
 from tollhouse.store import Directory, StoreService, migrate, open_store
 from tollhouse.usage_http import build_usage_app
@@ -47,3 +49,21 @@ async def test_store_customer_sees_override_and_topup(tmp_path: Path) -> None:
             assert anonymous.status == 401
     finally:
         await directory.stop()
+
+
+async def test_unreachable_redis_meter_is_503_not_a_stale_answer(tmp_path: Path) -> None:
+    """A Redis meter nobody answers on: /v1/usage is 503 usage_unavailable (counted), not 500."""
+    port = free_port()  # checked free: nothing listens there
+    cfg = parse_config({
+        "plans": {"free": {"quotas": {"requests": 10}}},
+        "customers": {"zed": {"plan": "free"}},
+        "metering": {"meter": f"redis://127.0.0.1:{port}/0"},
+        "billing": {"ledger": f"sqlite:///{tmp_path}/ledger.db"},
+    })
+    app = SimpleNamespace(cfg=cfg, clock=time.time, directory=None)
+    before = LOOKUP_FAILED._value.get()  # type: ignore[attr-defined]
+    async with TestClient(TestServer(build_usage_app(app))) as client:
+        resp = await client.get("/v1/usage", headers={"x-tollhouse-customer": "zed"})
+        assert resp.status == 503
+        assert (await resp.json(content_type=None))["code"] == "usage_unavailable"
+    assert LOOKUP_FAILED._value.get() == before + 1  # type: ignore[attr-defined]

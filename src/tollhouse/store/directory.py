@@ -79,6 +79,7 @@ class Directory:
         self._listen: psycopg.AsyncConnection[Any] | None = None
         self._task: asyncio.Task[None] | None = None
         self._ready_event = asyncio.Event()
+        m.export_store_healthy()
 
     # --- lifecycle -------------------------------------------------------------------------
 

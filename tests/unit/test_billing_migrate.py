@@ -1,4 +1,4 @@
-"""Ledger v2: a v1 ledger (previous release) migrates losslessly; digests; the duplicate path.
+"""Ledger v2/v3: a v1 ledger (an old release) migrates losslessly; digests; the duplicate path.
 
 ``data/ledger_v1.json`` was written by the previous release's billing job (commit 4f930b1): the
 meter below (:func:`_part1`) billed for 2026-11 at 2026-12-16, then :func:`_part2` (late November
@@ -121,7 +121,7 @@ def test_v1_ledger_migrates_without_loss(ledger_url: str, tmp_path: Path) -> Non
         version = ledger.one("SELECT value FROM ledger_meta WHERE key = 'schema_version'")[0]
     finally:
         ledger.close()
-    assert (tables, version) == (100, 2)
+    assert (tables, version) == (100, 3)
 
 
 def test_newer_ledger_schema_is_refused(tmp_path: Path) -> None:
@@ -129,10 +129,10 @@ def test_newer_ledger_schema_is_refused(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path}/ledger.db"
     open_ledger(url).close()
     conn = sqlite3.connect(tmp_path / "ledger.db")
-    conn.execute("UPDATE ledger_meta SET value = 3 WHERE key = 'schema_version'")
+    conn.execute("UPDATE ledger_meta SET value = 4 WHERE key = 'schema_version'")
     conn.commit()
     conn.close()
-    with pytest.raises(ValueError, match="ledger schema version 3 is newer"):
+    with pytest.raises(ValueError, match="ledger schema version 4 is newer"):
         open_ledger(url)
 
 

@@ -42,6 +42,7 @@ def write_config(tmp: Path, *, ledger: str | None = None, store: str | None = No
         data["store"] = {"url": store}
     if stripe is not None:
         data["export"] = {"stripe": stripe}
+    tmp.mkdir(parents=True, exist_ok=True)
     path = tmp / "tollhouse.yaml"
     path.write_text(yaml.safe_dump(data, sort_keys=False))
     return path, load_config(path)

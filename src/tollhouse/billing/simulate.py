@@ -24,7 +24,12 @@ from pydantic import ValidationError
 from tollhouse.billing.invoice import BuildInput, InvoiceProblem, build_invoice
 from tollhouse.billing.ledger import Ledger
 from tollhouse.billing.periods import Period, period_for_label
-from tollhouse.billing.subscriptions import PlanChange, Subscription, SubscriptionSource
+from tollhouse.billing.subscriptions import (
+    PlanChange,
+    Subscription,
+    SubscriptionSource,
+    segments,
+)
 from tollhouse.config import Config, ConfigError, PlanConfig
 
 __all__ = ["LineChange", "Simulation", "load_plan_file", "simulate_customer", "simulate_period"]
@@ -128,6 +133,16 @@ def _changes(cur: Mapping[str, Any], cand: Mapping[str, Any]) -> tuple[LineChang
                  if a.get(k, Decimal(0)) != b.get(k, Decimal(0)))
 
 
+def _not_billed(plans: Mapping[str, PlanConfig], sub: Subscription, p: Period) -> str | None:
+    """Why ``bill`` would not price this period (as its gate says), or ``None``."""
+    unknown = sorted({plan for plan, _, _ in segments(sub.changes, p)} - set(plans))
+    if unknown:
+        return f"plan {unknown[0]!r} is not in the config's catalog"
+    if sub.cancelled_before(p):
+        return f"cancelled before {p.label}: nothing is billed"
+    return None
+
+
 def simulate_customer(ledger: Ledger, plans: Mapping[str, PlanConfig], sub: Subscription,
                       label: str, candidate: str) -> Simulation | InvoiceProblem:
     """Price ``sub``'s period ``label`` as it is and under ``candidate`` (a name in ``plans``)."""
@@ -137,6 +152,9 @@ def simulate_customer(ledger: Ledger, plans: Mapping[str, PlanConfig], sub: Subs
     if issued is not None:
         current = issued
     else:
+        problem = _not_billed(plans, sub, p)
+        if problem is not None:
+            return InvoiceProblem(sub.customer, problem)
         built = build_invoice(ledger, BuildInput(plans, sub, p, upto, prev, "preview"))
         if isinstance(built, InvoiceProblem):
             return built

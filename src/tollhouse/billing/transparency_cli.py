@@ -158,6 +158,6 @@ def add_cli(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.set_defaults(func=_run(cmds.cmd_trace))
 
 
-def print_json(data: Any, out: TextIO = sys.stdout) -> None:
-    """Pretty JSON, sorted keys."""
-    out.write(json.dumps(data, indent=2, sort_keys=True) + "\n")
+def print_json(data: Any, out: TextIO | None = None) -> None:
+    """Pretty JSON, sorted keys (default: the current stdout)."""
+    (out or sys.stdout).write(json.dumps(data, indent=2, sort_keys=True) + "\n")

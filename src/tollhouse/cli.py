@@ -282,6 +282,10 @@ def _add_optional(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
 
     add_dev_cli(sub)
 
+    from tollhouse.billing.transparency_cli import add_cli as add_transparency_cli
+
+    add_transparency_cli(sub)
+
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the console script."""

@@ -208,3 +208,21 @@ async def test_admin_catalog_follows_config_reloads(tmp_path: Path) -> None:
             assert (await a.call("POST", "/customers", {"name": "B", "plan": "pro"}))[0] == 201
     finally:
         await runner.cleanup()
+
+
+async def test_stripe_customer_id_is_set_kept_and_cleared(admin: Admin) -> None:
+    """PATCH sets stripe_customer_id, other PATCHes keep it, null clears it, a bad one is 422."""
+    assert (await admin.call("POST", "/customers", {"id": "acme", "name": "Acme",
+                                                    "plan": "free"}))[0] == 201
+    status, _, c = await admin.call("PATCH", "/customers/acme", {"stripe_customer_id": "cus_A1"})
+    assert (status, c["stripe_customer_id"]) == (200, "cus_A1")  # type: ignore[index]
+    _, _, c = await admin.call("PATCH", "/customers/acme", {"name": "Acme Ltd"})
+    assert c["stripe_customer_id"] == "cus_A1"  # type: ignore[index]
+    status, _, p = await admin.call("PATCH", "/customers/acme", {"stripe_customer_id": "acme"})
+    assert (status, p["code"]) == (422, "invalid")  # type: ignore[index]
+    assert "stripe_customer_id" in p["detail"]  # type: ignore[index]
+    _, _, c = await admin.call("PATCH", "/customers/acme", {"stripe_customer_id": None})
+    assert c["stripe_customer_id"] is None  # type: ignore[index]
+    _, _, audit = await admin.call("GET", "/audit?target=acme")
+    assert [a["after"]["stripe_customer_id"] for a in audit["items"]  # type: ignore[index]
+            if a["action"] == "customer.update"] == ["cus_A1", "cus_A1", None]

@@ -1,4 +1,4 @@
-"""Ledger v2: a v1 ledger (previous release) migrates losslessly; digests; the duplicate path.
+"""Ledger v2/v3: a v1 ledger (an old release) migrates losslessly; digests; the duplicate path.
 
 ``data/ledger_v1.json`` was written by the previous release's billing job (commit 4f930b1): the
 meter below (:func:`_part1`) billed for 2026-11 at 2026-12-16, then :func:`_part2` (late November
@@ -121,7 +121,7 @@ def test_v1_ledger_migrates_without_loss(ledger_url: str, tmp_path: Path) -> Non
         version = ledger.one("SELECT value FROM ledger_meta WHERE key = 'schema_version'")[0]
     finally:
         ledger.close()
-    assert (tables, version) == (100, 2)
+    assert (tables, version) == (100, 3)
 
 
 def test_newer_ledger_schema_is_refused(tmp_path: Path) -> None:
@@ -129,10 +129,10 @@ def test_newer_ledger_schema_is_refused(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path}/ledger.db"
     open_ledger(url).close()
     conn = sqlite3.connect(tmp_path / "ledger.db")
-    conn.execute("UPDATE ledger_meta SET value = 3 WHERE key = 'schema_version'")
+    conn.execute("UPDATE ledger_meta SET value = 4 WHERE key = 'schema_version'")
     conn.commit()
     conn.close()
-    with pytest.raises(ValueError, match="ledger schema version 3 is newer"):
+    with pytest.raises(ValueError, match="ledger schema version 4 is newer"):
         open_ledger(url)
 
 
@@ -173,3 +173,36 @@ def test_meter_rows_already_in_the_ledger_are_counted_once(ledger_url: str,  # n
     assert (got.units, got.records) == (sum(r.units["requests"] for r in beta), len(beta))
     assert got.digest == digest(r.usage_id for r in beta)
     assert ids == sorted(r.usage_id for r in beta)
+
+
+def test_v2_ledger_gains_records_in_place(ledger_url: str, tmp_path: Path) -> None:  # noqa: F811
+    """A v2 ledger migrates to v3: invoices unchanged, old rows untraceable, new ones traced."""
+    from tests.unit.test_billing_transparency_support import traced_usage
+    from tollhouse.billing.trace import trace_invoice
+
+    cfg = make_config(tmp_path, ledger=ledger_url, customers=CUSTOMERS)
+    meter = open_meter(tmp_path / "meter.db")
+    write_meter(meter, traced_usage())
+    _bill(cfg, "2026-11", NOV_AT, None)
+    ledger = open_ledger(ledger_url)
+    try:  # what the previous release left: schema 2, no record column
+        ledger.exec("ALTER TABLE ledger_ids DROP COLUMN record")
+        ledger.exec("UPDATE ledger_meta SET value = 2 WHERE key = 'schema_version'")
+        before = ledger.get_invoice("acme", "2026-11")
+    finally:
+        ledger.close()
+    write_meter(meter, [record(f"dec-{i}", "acme", DEC_2026 + 7200 * (i + 1), {"requests": 3})
+                        for i in range(4)])
+    _bill(cfg, "2026-12", DEC_AT, None)
+    ledger = open_ledger(ledger_url)
+    try:
+        version = ledger.one("SELECT value FROM ledger_meta WHERE key = 'schema_version'")[0]
+        assert ledger.get_invoice("acme", "2026-11") == before
+        nov = trace_invoice(ledger, "TH-2026-11-acme", line="requests")[0]
+        dec = trace_invoice(ledger, "TH-2026-12-acme", line="requests")[0]
+    finally:
+        ledger.close()
+    assert version == 3
+    assert (nov.ok, nov.found_records, nov.untraceable) == (False, 0, nov.records)
+    assert dec.ok
+    assert dec.found_records == 4

@@ -189,3 +189,35 @@ def test_period_start_clamps_to_month_end() -> None:
     assert period_start(date(2025, 1, 15), T0) == date(2025, 11, 15)
     assert period_start(None, T0) == date(2025, 11, 1)
     assert period_start(date(2024, 2, 29), 1_740_787_200.0) == date(2025, 2, 28)  # 2025-03-01
+
+
+async def test_v1_store_migrates_to_v2_keeping_customers(store_url: str) -> None:
+    """A v1 store is refused until migrated to v2; its customers keep, with no Stripe id yet."""
+    from tollhouse.store.schema import _v1
+
+    backend = connect_backend(store_url)
+    async with backend.transaction() as tx:  # what the previous release's migrate left
+        for stmt in _v1(backend.dialect):
+            await tx.execute(stmt)
+        await tx.execute("CREATE TABLE tollhouse_schema (version INTEGER NOT NULL)")
+        await tx.execute("INSERT INTO tollhouse_schema (version) VALUES (1)")
+        await tx.execute("INSERT INTO customers (id, name, email, metadata, created_at)"
+                         " VALUES ('acme', 'Acme', '', '{}', ?)", (T0,))
+        await tx.execute("INSERT INTO subscriptions (customer, anchor, status, status_since)"
+                         " VALUES ('acme', '2025-11-01', 'active', ?)", (T0,))
+        await tx.execute("INSERT INTO plan_changes (customer, plan, effective_from, created_at)"
+                         " VALUES ('acme', 'pro', ?, ?)", (T0, T0))
+    await backend.close()
+    with pytest.raises(SchemaError, match="older than 2"):
+        await open_store(store_url)
+    assert await migrate(store_url) == 2
+    svc = StoreService(await open_store(store_url), clock=Clock())
+    try:
+        c = await svc.get_customer("acme")
+        assert (c.plan, c.stripe_customer_id) == ("pro", None)
+        c = await svc.update_customer("acme", actor="t", stripe_customer_id="cus_Q")
+        assert (await svc.get_customer("acme")).stripe_customer_id == "cus_Q"
+        with pytest.raises(ServiceError, match="stripe_customer_id"):
+            await svc.update_customer("acme", actor="t", stripe_customer_id="x y")
+    finally:
+        await svc.backend.close()

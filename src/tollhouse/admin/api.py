@@ -187,9 +187,11 @@ async def update_customer(request: web.Request) -> web.Response:
     name = v.opt_str(b, "name")
     if name == "":
         raise ServiceError("invalid", "name: must not be empty")
+    extra = {"stripe_customer_id": v.opt_str(b, "stripe_customer_id", 254)} if (
+        "stripe_customer_id" in b) else {}  # null removes it; absent: unchanged
     c = await _svc(request).update_customer(
         cid, actor=request[ACTOR_KEY], name=name,
-        email=v.opt_str(b, "email", 320), metadata=v.opt_object(b, "metadata"))
+        email=v.opt_str(b, "email", 320), metadata=v.opt_object(b, "metadata"), **extra)
     return _ok(c.to_json())
 
 

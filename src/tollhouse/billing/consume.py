@@ -54,7 +54,7 @@ def _copy_generic(ledger: Ledger, path: Path, source: str, batch: int, hook: Fai
         while True:
             last = ledger.get_cursor(source)
             rows = meter.execute(
-                "SELECT id, usage_id, customer, admitted_at_ms, billable FROM usage"
+                "SELECT id, usage_id, customer, admitted_at_ms, billable, record FROM usage"
                 " WHERE id > ? ORDER BY id LIMIT ?", (last, batch)).fetchall()
             if not rows:
                 return total
@@ -64,8 +64,9 @@ def _copy_generic(ledger: Ledger, path: Path, source: str, batch: int, hook: Fai
                     "SELECT uu.usage_id, uu.meter, uu.units FROM usage u JOIN usage_units uu"
                     " ON uu.usage_id = u.usage_id WHERE u.id > ? AND u.id <= ?", (last, top)):
                 units.setdefault(str(uid), []).append((str(m), int(u)))
-            out = [LedgerRow(str(uid), str(c), int(at), bool(b), tuple(sorted(units.get(uid, []))))
-                   for _, uid, c, at, b in rows]
+            out = [LedgerRow(str(uid), str(c), int(at), bool(b), tuple(sorted(units.get(uid, []))),
+                             bytes(rec))
+                   for _, uid, c, at, b, rec in rows]
             ledger.insert_rows(out, cursor=(source, top), hook=hook)
             total += len(rows)
     finally:

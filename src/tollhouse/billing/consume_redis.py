@@ -138,7 +138,7 @@ class RedisConsumer:
         if any(v < 0 for _, v in units):
             return "invalid"
         return LedgerRow(rec.usage_id, rec.customer, int(rec.admitted_at_ms), bool(rec.billable),
-                         units)
+                         units, bytes(raw))
 
     async def _process(self, entries: list[Entry], deliveries: dict[str, int],
                        stats: ConsumeStats) -> None:

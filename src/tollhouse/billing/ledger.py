@@ -3,7 +3,7 @@
 Tables (same shape in both dialects; schema and migrations in :mod:`ledger_schema`):
 
 - ``ledger_ids``: one row per usage_id ever seen (dedupe), with its customer, admission time,
-  billable flag and generation: enough to find the usage ids of a customer x day (tracing);
+  billable flag, generation and the final record's bytes (schema 3; tracing and exports);
 - ``ledger_buckets``: billable units, record count, first admission and usage-id digest lanes per
   customer x meter x UTC day x generation, added to at consume time (upsert-add);
 - ``ledger_meta``: ``schema_version`` and ``gen``, the generation consumers write into now;
@@ -59,6 +59,7 @@ class LedgerRow:
     admitted_at_ms: int
     billable: bool
     units: tuple[tuple[str, int], ...] = field(default=())
+    record: bytes | None = None  # the serialized final UsageRecord, kept for tracing
 
 
 @dataclass(frozen=True, slots=True)
@@ -165,9 +166,9 @@ class Ledger:
             gen = self.write_gen()
             fresh = self._fresh(rows)
             self.executemany("INSERT INTO ledger_ids (usage_id, customer, admitted_at_ms, gen,"
-                             " billable) VALUES (?, ?, ?, ?, ?)",
-                             [(r.usage_id, r.customer, r.admitted_at_ms, gen, int(r.billable))
-                              for r in fresh])
+                             " billable, record) VALUES (?, ?, ?, ?, ?, ?)",
+                             [(r.usage_id, r.customer, r.admitted_at_ms, gen, int(r.billable),
+                               r.record) for r in fresh])
             self.upsert_buckets(_aggregate(fresh, gen))
             if cursor is not None:
                 self.exec(_SET_CURSOR, cursor)

@@ -32,8 +32,8 @@ if TYPE_CHECKING:
 
 __all__ = ["copy_sqlite_meter"]
 
-_IDS = ("INSERT INTO ledger_ids (usage_id, customer, admitted_at_ms, gen, billable)"
-        " SELECT usage_id, customer, admitted_at_ms, ?, billable FROM m.usage u"
+_IDS = ("INSERT INTO ledger_ids (usage_id, customer, admitted_at_ms, gen, billable, record)"
+        " SELECT usage_id, customer, admitted_at_ms, ?, billable, record FROM m.usage u"
         " WHERE {where} ORDER BY id ON CONFLICT DO NOTHING")
 _B = ("SELECT usage_id, customer, admitted_at_ms, th_id_hash(usage_id) AS hv"
       " FROM {schema}.usage u WHERE {where} AND billable = 1")

@@ -11,6 +11,12 @@ Migration (one transaction, streamed in pages): every v1 ``seq`` becomes the gen
 ``seq``. For every ``u`` in ``B``, ``seq <= u`` exactly when ``gen <= u``, so issued invoices,
 re-billing and late-usage adjustments see the same records as before; new generations start above
 ``max(B)``. ``invoices``, ``billed`` and ``meter_cursor`` are unchanged.
+
+Version 3 adds ``ledger_ids.record``: the serialized final ``tollhouse.v1.UsageRecord`` (decision
+id, Envoy request id, state, units per meter, ...), copied as bytes at consume time, so an invoice
+line can be traced back to its requests and exported after the Redis stream was trimmed. A v2
+ledger gains the column in place (``ALTER TABLE``, no rewrite); its older rows keep ``NULL`` there
+(``tollhouse trace`` and the exports count and report them, they never guess).
 """
 
 from __future__ import annotations
@@ -24,9 +30,9 @@ from tollhouse.billing.digest import LANE, id_hash
 if TYPE_CHECKING:
     from tollhouse.billing.ledger import Ledger
 
-__all__ = ["SCHEMA_VERSION", "V1_DDL", "ensure_schema"]
+__all__ = ["SCHEMA_VERSION", "V1_DDL", "V2_DDL", "ensure_schema"]
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 DAY_MS = 86_400_000
 
 V1_DDL = """
@@ -60,6 +66,9 @@ CREATE TABLE IF NOT EXISTS ledger_buckets (customer TEXT NOT NULL, meter TEXT NO
     PRIMARY KEY (customer, meter, day, gen)){without_rowid}
 """
 
+V3_DDL = "ALTER TABLE ledger_ids ADD COLUMN record {blob}"
+"""Version 3: the final record's bytes beside its usage id (``NULL`` for rows of older versions)."""
+
 _PAGE = 20_000
 
 
@@ -70,7 +79,8 @@ def run_ddl(ledger: Ledger, ddl: str) -> None:
         if stmt.strip():
             ledger.exec(stmt.format(
                 serial="INTEGER PRIMARY KEY AUTOINCREMENT" if sqlite else "BIGSERIAL PRIMARY KEY",
-                without_rowid=" WITHOUT ROWID" if sqlite else ""))
+                without_rowid=" WITHOUT ROWID" if sqlite else "",
+                blob="BLOB" if sqlite else "BYTEA"))
 
 
 def _has_table(ledger: Ledger, name: str) -> bool:
@@ -83,7 +93,7 @@ def _has_table(ledger: Ledger, name: str) -> bool:
 
 
 def ensure_schema(ledger: Ledger) -> None:
-    """Create the v2 schema, or migrate v1 in place; ``ValueError`` for a newer ledger."""
+    """Create the v3 schema, or migrate v1 / v2 in place; ``ValueError`` for a newer ledger."""
     with ledger.transaction():
         if ledger.dialect == "postgres":  # one migrator at a time
             ledger.exec("SELECT pg_advisory_xact_lock(7461626)")
@@ -94,11 +104,16 @@ def ensure_schema(ledger: Ledger) -> None:
         if version is not None and int(version[0]) > SCHEMA_VERSION:
             raise ValueError(f"ledger schema version {version[0]} is newer than this release's"
                              f" ({SCHEMA_VERSION}); upgrade tollhouse")
-        if version is not None:
+        if version is not None and int(version[0]) == SCHEMA_VERSION:
             return
-        next_gen = _migrate_v1(ledger) if not has_meta and _has_table(ledger, "ledger_usage") else 1
-        ledger.exec("INSERT INTO ledger_meta (key, value) VALUES ('schema_version', ?),"
-                    " ('gen', ?)", (SCHEMA_VERSION, next_gen))
+        if version is None:
+            next_gen = (_migrate_v1(ledger) if not has_meta and _has_table(ledger, "ledger_usage")
+                        else 1)
+            ledger.exec("INSERT INTO ledger_meta (key, value) VALUES ('schema_version', 2),"
+                        " ('gen', ?)", (next_gen,))
+        run_ddl(ledger, V3_DDL)  # v2 -> v3
+        ledger.exec("UPDATE ledger_meta SET value = ? WHERE key = 'schema_version'",
+                    (SCHEMA_VERSION,))
 
 
 def _pages(ledger: Ledger, table: str, cols: tuple[str, ...], nkey: int) -> Iterator[list[Any]]:

@@ -27,6 +27,7 @@ from tollhouse.config.catalog import (
     Rule,
     Tier,
 )
+from tollhouse.config.export import ExportConfig, StripeExportConfig
 from tollhouse.config.runtime import (
     LISTENERS,
     AdminConfig,
@@ -48,6 +49,7 @@ __all__ = [
     "Config",
     "ConfigError",
     "CustomerConfig",
+    "ExportConfig",
     "FeatureConfig",
     "JwtIssuerConfig",
     "MeterConfig",
@@ -58,6 +60,7 @@ __all__ = [
     "RateLimits",
     "Rule",
     "StoreConfig",
+    "StripeExportConfig",
     "Tier",
     "counters_file",
     "load_config",
@@ -109,6 +112,7 @@ class Config(_Model):
     billing: BillingConfig = BillingConfig()
     store: StoreConfig | None = None  # issue 4
     admin: AdminConfig = AdminConfig()  # issue 4
+    export: ExportConfig = ExportConfig()  # issue 16: Stripe meter events
 
     @field_validator("features", mode="before")
     @classmethod
@@ -158,6 +162,9 @@ class Config(_Model):
                     problems.append(
                         (f"customers.{cname}.quota_overrides.{m}", f"unknown meter {m!r}")
                     )
+        if self.export.stripe is not None:
+            problems += [(f"export.stripe.meters.{m}", f"unknown meter {m!r}")
+                         for m in self.export.stripe.meters if m not in self.meters]
         for i, key in enumerate(self.auth.api_keys.keys):
             if key.customer not in self.customers and self.default_plan is None:
                 problems.append(
@@ -237,6 +244,9 @@ def _resolve_paths(cfg: Config, base: Path) -> Config:
                 update={"url": _fix_url(cfg.store.url, base)}
             ),
             "admin": cfg.admin.model_copy(update={"token_file": fix(cfg.admin.token_file)}),
+            "export": cfg.export if cfg.export.stripe is None else cfg.export.model_copy(
+                update={"stripe": cfg.export.stripe.model_copy(
+                    update={"api_key_file": fix(cfg.export.stripe.api_key_file)})}),
         }
     )
 

@@ -117,8 +117,10 @@ async def _list(s: StoreService, a: argparse.Namespace) -> Any:
 
 async def _update(s: StoreService, a: argparse.Namespace) -> Any:
     meta = _meta(a.metadata)
+    extra = {} if a.stripe_customer is None else {
+        "stripe_customer_id": None if a.stripe_customer == "clear" else a.stripe_customer}
     return (await s.update_customer(a.customer, actor=ACTOR, name=a.name, email=a.email,
-                                    metadata=meta)).to_json()
+                                    metadata=meta, **extra)).to_json()
 
 
 async def _override(s: StoreService, a: argparse.Namespace) -> Any:
@@ -165,6 +167,7 @@ def _customers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     p.add_argument("--name")
     p.add_argument("--email")
     p.add_argument("--metadata", help="a JSON object (replaces the old one)")
+    p.add_argument("--stripe-customer", help="Stripe customer id (cus_...), or `clear`")
     p.set_defaults(func=run_service(_update))
     _subscriptions(c)
 

@@ -67,6 +67,7 @@ class Customer:
     status_since: float
     plan_changes: tuple[PlanChange, ...]
     quota_overrides: Mapping[str, int] = field(default_factory=dict)
+    stripe_customer_id: str | None = None  # issue 16: where `tollhouse export stripe` bills
 
     def to_json(self) -> dict[str, Any]:
         """Return the JSON form (admin API, audit log)."""
@@ -77,6 +78,7 @@ class Customer:
             "status": self.status, "status_since": self.status_since,
             "plan_changes": [c.to_json() for c in self.plan_changes],
             "quota_overrides": dict(self.quota_overrides),
+            "stripe_customer_id": self.stripe_customer_id,
         }
 
 

@@ -53,7 +53,13 @@ def _v1(dialect: str) -> list[str]:
     ]
 
 
-_STEPS = [_v1]
+def _v2(dialect: str) -> list[str]:
+    """Issue 16: the customer's Stripe customer id (``tollhouse export stripe``); NULL: none."""
+    del dialect
+    return ["ALTER TABLE customers ADD COLUMN stripe_customer_id TEXT"]
+
+
+_STEPS = [_v1, _v2]
 SCHEMA_VERSION = len(_STEPS)
 
 

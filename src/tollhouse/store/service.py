@@ -40,7 +40,10 @@ NOTIFY_CHANNEL = "tollhouse_changes"
 _ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}$")
 _PERIOD = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 _CUSTOMER_SQL = """SELECT c.id, c.name, c.email, c.metadata, c.created_at, s.anchor, s.status,
-    s.status_since FROM customers c JOIN subscriptions s ON s.customer = c.id"""
+    s.status_since, c.stripe_customer_id
+    FROM customers c JOIN subscriptions s ON s.customer = c.id"""
+_STRIPE_ID = re.compile(r"^cus_[A-Za-z0-9]{1,250}$")
+_KEEP: Any = object()  # update_customer: leave the Stripe customer id as it is
 
 
 def hash_key(key: str) -> str:
@@ -146,16 +149,27 @@ class StoreService:
 
     async def update_customer(self, customer_id: str, *, actor: str, name: str | None = None,
                               email: str | None = None,
-                              metadata: Mapping[str, Any] | None = None) -> Customer:
-        """Change a customer's name, email or metadata (``None``: unchanged)."""
+                              metadata: Mapping[str, Any] | None = None,
+                              stripe_customer_id: str | None = _KEEP) -> Customer:
+        """Change a customer's name, email, metadata (``None``: unchanged) or Stripe customer id.
+
+        ``stripe_customer_id``: ``cus_...``, or ``None`` to remove it; left out: unchanged.
+        """
+        if stripe_customer_id is not _KEEP and stripe_customer_id is not None and (
+                not isinstance(stripe_customer_id, str)
+                or not _STRIPE_ID.match(stripe_customer_id)):
+            raise ServiceError("invalid", f"stripe_customer_id must match {_STRIPE_ID.pattern}")
         async with self.backend.transaction() as tx:
             before = await self._customer(tx, customer_id)
+            stripe_id = (before.stripe_customer_id if stripe_customer_id is _KEEP
+                         else stripe_customer_id)
             await tx.execute(
-                "UPDATE customers SET name = ?, email = ?, metadata = ? WHERE id = ?",
+                "UPDATE customers SET name = ?, email = ?, metadata = ?, stripe_customer_id = ?"
+                " WHERE id = ?",
                 (before.name if name is None else name,
                  before.email if email is None else email,
                  json.dumps(dict(before.metadata if metadata is None else metadata),
-                            sort_keys=True), customer_id))
+                            sort_keys=True), stripe_id, customer_id))
             after = await self._customer(tx, customer_id)
             await self._record(tx, actor, "customer.update", customer_id, before.to_json(),
                                after.to_json())
@@ -301,7 +315,7 @@ class StoreService:
         status: Status = r[6]
         return Customer(r[0], r[1], r[2], json.loads(r[3]), r[4], plan,
                         date.fromisoformat(r[5]) if r[5] else None, status, r[7], changes,
-                        overrides)
+                        overrides, r[8])
 
     async def _key(self, tx: Tx, key_id: str) -> ApiKeyInfo:
         rows = await tx.execute("SELECT id, customer, prefix, created_at, revoked_at"

@@ -30,10 +30,13 @@ def write_config(tmp: Path, *, ledger: str | None = None, store: str | None = No
                  customers: dict[str, Any] | None = None,
                  stripe: dict[str, Any] | None = None) -> tuple[Path, Config]:
     """Write a config file (the billing tests' catalog) and load it as the CLI would."""
+    # Customers that existed all year (as the billing tests' make_config): no first-period
+    # proration from the first request, so simulate and bill price the same base fee.
+    listed = CUSTOMERS if customers is None else customers
     data: dict[str, Any] = {
         "meters": {"requests": {}, "tokens": {"from_response_header": "x-tokens"}},
         "plans": PLANS,
-        "customers": CUSTOMERS if customers is None else customers,
+        "customers": {c: {"since": "2026-01-01", **v} for c, v in listed.items()},
         "metering": {"meter": f"sqlite:///{tmp}/meter.db"},
         "billing": {"ledger": ledger or f"sqlite:///{tmp}/ledger.db",
                     "invoices_dir": str(tmp / "invoices")},

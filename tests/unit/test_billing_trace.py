@@ -6,24 +6,30 @@ The usage goes through the real billing job (SQLite meter -> SQLite or PostgreSQ
 from __future__ import annotations
 
 import json
+import uuid
 from pathlib import Path
 
 import pytest
+import redis
 
+from tests.servers import PostgresServer, RedisServer
 from tests.unit.test_billing_ledger import ledger_url  # noqa: F401 - the dialect fixture
 from tests.unit.test_billing_support import (
     DEC_2026,
     JAN_2027,
     NOV_2026,
+    make_config,
     open_meter,
     record,
     write_meter,
 )
 from tests.unit.test_billing_transparency_support import bill, traced_usage, write_config
 from tollhouse.billing.digest import digest
+from tollhouse.billing.job import JobOptions, run_billing
 from tollhouse.billing.ledger import open_ledger
 from tollhouse.billing.trace import TraceError, trace_invoice
 from tollhouse.cli import main
+from tollhouse.metering.schema import FIELD_RECORD, FIELD_USAGE_ID
 
 
 def _nov_ids(usage: list, customer: str, meter: str) -> list[tuple[str, str, str, int]]:  # type: ignore[type-arg]
@@ -141,3 +147,31 @@ def test_cli_lists_a_lines_requests_and_refuses_unknown_input(
             trace_invoice(ledger, "TH-2026-11-acme", line="egress")
     finally:
         ledger.close()
+
+
+def test_distributed_mode_traces_after_the_stream_is_trimmed(
+        redis_server: RedisServer, postgres_server: PostgresServer, tmp_path: Path) -> None:
+    """Redis meter + PostgreSQL ledger: once billing trimmed the stream, trace still proves it."""
+    base = f"test:{uuid.uuid4().hex[:10]}"
+    keys = (f"{base}:usage", f"{base}:dead")
+    r = redis.Redis.from_url(redis_server.url)
+    usage = traced_usage()
+    for rec in usage:
+        r.xadd(keys[0], {FIELD_USAGE_ID: rec.usage_id, FIELD_RECORD: rec.SerializeToString()})
+    pg_url = postgres_server.fresh_database_url("tr_")
+    cfg = make_config(tmp_path, meter=redis_server.url, ledger=pg_url)
+    res = run_billing(cfg, period="2026-11", out_dir=None, preview=False, clock=lambda: JAN_2027,
+                      options=JobOptions(stream_key=keys[0], dead_key=keys[1], consumer="c1",
+                                         claim_idle_ms=0, redis_timeout_s=5.0))
+    assert res.ok, res.problems
+    assert r.xlen(keys[0]) == 0  # acknowledged by the only group: trimmed
+    ledger = open_ledger(pg_url)
+    try:
+        lines = trace_invoice(ledger, "TH-2026-11-acme")
+    finally:
+        ledger.close()
+    assert lines
+    assert all(t.ok for t in lines)
+    tokens = next(t for t in lines if t.meter == "tokens")
+    assert sorted((x.usage_id, x.decision_id, x.request_id, x.units) for x in tokens.rows) == (
+        _nov_ids(usage, "acme", "tokens"))

@@ -39,13 +39,13 @@ from tollhouse.metrics import (
     SPOOL_WRITABLE,
     set_config_version,
 )
+from tollhouse.quota_effects import QuotaEffects
 
 __all__ = ["App", "serve"]
 
 log = get_logger(__name__)
 AUTHZ_SERVICE = "envoy.service.auth.v3.Authorization"
 ALS_SERVICE = "envoy.service.accesslog.v3.AccessLogService"
-VOID_CHECK_CANCELLED = "check_cancelled"  # the reason metering's spool gives a Check's own void
 
 
 class App:
@@ -307,40 +307,9 @@ class App:
         The hooks saw the replayed records before the restart, and the counters kept that.
         """
         if self.metering is not None and self.limiter is not None:
-            self.metering.on_confirmed = self._post_hoc_usage
-            self.metering.on_voided = self._refund_voided
-
-    def _limits_of(self, record: Any) -> Any:
-        """The customer's limits now, or None (unknown customer or plan)."""
-        snap = self.state.catalog
-        cust = self.checker.identify(snap, record.customer)
-        plan = snap.plan(getattr(cust, "plan", ""))
-        if plan is None or not hasattr(cust, "plan"):
-            return None
-        return self.limits.for_customer(cust, plan)
-
-    def _post_hoc_usage(self, record: Any) -> None:
-        """Bytes/tokens meters known only from the access log count against quotas."""
-        limits = self._limits_of(record)
-        if limits is None:
-            return
-        meters = self.state.catalog.config.meters
-        for meter, units in record.units.items():
-            if meters.get(meter) and meters[meter].source != "requests":
-                self.limiter.add_usage(record.customer, meter, int(units), limits, self.clock())
-
-    def _refund_voided(self, record: Any) -> None:
-        """A VOIDED reservation (never served) gives its request units back to the quota.
-
-        Not a Check that gave up (``check_cancelled``): it released its own admission.
-        """
-        if record.response_flags == VOID_CHECK_CANCELLED:
-            return
-        limits = self._limits_of(record)
-        feature = self.state.catalog.config.features.get(record.feature)
-        if limits is None or feature is None:
-            return
-        self.limiter.refund(record.customer, feature.meters, limits, record.admitted_at_ms / 1000)
+            effects = QuotaEffects(self)
+            self.metering.on_confirmed = effects.post_hoc_usage
+            self.metering.on_voided = effects.refund_voided
 
     async def stop(self) -> None:
         """Drain: stop accepting, finish in-flight checks, flush metering, within the grace."""

@@ -287,14 +287,7 @@ class AccessLogHandOff(als_pb2_grpc.AccessLogServiceServicer):  # type: ignore[m
 
 def add_hand_off_to_server(servicer: AccessLogHandOff, server: grpc.aio.Server) -> None:
     """Register the hand-off servicer: messages arrive as bytes, never parsed here."""
-    handler = grpc.stream_unary_rpc_method_handler(
-        servicer.StreamAccessLogs,
-        request_deserializer=None,
-        response_serializer=als_pb2.StreamAccessLogsResponse.SerializeToString,
-    )
-    server.add_generic_rpc_handlers(
-        (grpc.method_handlers_generic_handler(SERVICE_NAME, {"StreamAccessLogs": handler}),)
-    )
+    _register(server, servicer.StreamAccessLogs, None)
 
 
 def _count(ingested: int, no_meta: int, errors: int) -> None:
@@ -305,9 +298,15 @@ def _count(ingested: int, no_meta: int, errors: int) -> None:
 
 def add_to_server(servicer: AccessLogServicer, server: grpc.aio.Server) -> None:
     """Register the servicer with a deserializer that reads what it can and counts the rest."""
+    _register(server, servicer.StreamAccessLogs, _decode)
+
+
+def _register(
+    server: grpc.aio.Server, method: Any, deserializer: Callable[[bytes], Any] | None
+) -> None:
     handler = grpc.stream_unary_rpc_method_handler(
-        servicer.StreamAccessLogs,
-        request_deserializer=_decode,
+        method,
+        request_deserializer=deserializer,
         response_serializer=als_pb2.StreamAccessLogsResponse.SerializeToString,
     )
     server.add_generic_rpc_handlers(

@@ -20,7 +20,11 @@ from tollhouse.logs import get_logger
 from tollhouse.metering.metrics import HOOK_ERRORS
 from tollhouse.metering.policy import Finalizer
 from tollhouse.metering.schema import UsageRecord
-from tollhouse.metering.service import DEFAULT_SPOOL_DIR, reservation, warn_restart_needed
+from tollhouse.metering.service import (
+    DEFAULT_SPOOL_DIR,
+    ReservationBuilder,
+    warn_restart_needed,
+)
 from tollhouse.metering.worker_link import WorkerProcess
 from tollhouse.metering.writer import FactWriter
 
@@ -31,7 +35,7 @@ log = get_logger(__name__)
 _APPLIED_MAX = 200_000  # usage ids whose quota effect was applied (worker restarts resend)
 
 
-class MeteringFront:
+class MeteringFront(ReservationBuilder):
     """Reservations and access-log messages to the fact log; the worker finalises them."""
 
     def __init__(
@@ -75,24 +79,6 @@ class MeteringFront:
         self._cfg = cfg
         self._finalizer = Finalizer(cfg)
         self.worker.reload()
-
-    def build_reservation(
-        self,
-        *,
-        customer: str,
-        plan: str,
-        feature: str,
-        method: str,
-        path: str,
-        request_id: str,
-        decision_id: str,
-        degraded: bool = False,
-    ) -> UsageRecord:
-        """Build a RESERVED record with a fresh usage_id, the admission time and this instance."""
-        return reservation(
-            self._finalizer, self._clock(), self._instance, customer=customer, plan=plan,
-            feature=feature, method=method, path=path, request_id=request_id,
-            decision_id=decision_id, degraded=degraded)
 
     async def reserve(self, record: UsageRecord, deadline_s: float | None = None) -> None:
         """Write the reserved fact durably (see :meth:`FactWriter.reserve`)."""

@@ -35,7 +35,9 @@ from tollhouse.metering.tail import TailSpool
 if TYPE_CHECKING:
     from tollhouse.envoy.als import AccessLogServicer
 
-__all__ = ["DEFAULT_SPOOL_DIR", "Metering", "reservation", "warn_restart_needed"]
+__all__ = [
+    "DEFAULT_SPOOL_DIR", "Metering", "ReservationBuilder", "reservation", "warn_restart_needed",
+]
 
 log = get_logger(__name__)
 
@@ -86,7 +88,33 @@ def _count_final(records: Sequence[UsageRecord]) -> None:
         USAGE_FINALIZED.labels(state=state, billable=billable).inc(n)
 
 
-class Metering:
+class ReservationBuilder:
+    """``build_reservation`` for both metering front ends: in process and the worker's front."""
+
+    _finalizer: Finalizer
+    _clock: Callable[[], float]
+    _instance: str
+
+    def build_reservation(
+        self,
+        *,
+        customer: str,
+        plan: str,
+        feature: str,
+        method: str,
+        path: str,
+        request_id: str,
+        decision_id: str,
+        degraded: bool = False,
+    ) -> UsageRecord:
+        """Build a RESERVED record with a fresh usage_id, the admission time and this instance."""
+        return reservation(
+            self._finalizer, self._clock(), self._instance, customer=customer, plan=plan,
+            feature=feature, method=method, path=path, request_id=request_id,
+            decision_id=decision_id, degraded=degraded)
+
+
+class Metering(ReservationBuilder):
     """Usage metering: reserve at Check time, finalise from the access log, forward to the meter."""
 
     def __init__(
@@ -184,24 +212,6 @@ class Metering:
         self._finalizer = Finalizer(cfg)
 
     # ---- the Check path --------------------------------------------------------------------
-
-    def build_reservation(
-        self,
-        *,
-        customer: str,
-        plan: str,
-        feature: str,
-        method: str,
-        path: str,
-        request_id: str,
-        decision_id: str,
-        degraded: bool = False,
-    ) -> UsageRecord:
-        """Build a RESERVED record with a fresh usage_id, the admission time and this instance."""
-        return reservation(
-            self._finalizer, self._clock(), self._instance, customer=customer, plan=plan,
-            feature=feature, method=method, path=path, request_id=request_id,
-            decision_id=decision_id, degraded=degraded)
 
     async def reserve(self, record: UsageRecord, deadline_s: float | None = None) -> None:
         """Write the reserved fact durably; raise :class:`SpoolError` if it cannot be written.

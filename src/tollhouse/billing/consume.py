@@ -6,14 +6,13 @@ invoice would, from the same meter tables (schema in :mod:`tollhouse.metering.sc
 
 from __future__ import annotations
 
-import sqlite3
-import urllib.parse
 from pathlib import Path
 
 from tollhouse.billing.ledger import FailureHook, Ledger, LedgerRow
 from tollhouse.billing.metrics import RECORDS_CONSUMED
 from tollhouse.config import sqlite_path
 from tollhouse.logs import get_logger
+from tollhouse.metering.meter_file import connect_ro, meter_ready
 
 __all__ = ["SqliteMeterTotals", "consume_sqlite_meter"]
 
@@ -24,17 +23,11 @@ def _noop(_: str) -> None:
     return None
 
 
-def _open_ro(path: Path) -> sqlite3.Connection:
-    uri = "file:" + urllib.parse.quote(str(path.resolve())) + "?mode=ro"
-    return sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False,
-                           timeout=10.0)
-
-
 def consume_sqlite_meter(ledger: Ledger, meter_url: str, *, batch: int = 50_000,
                          hook: FailureHook = _noop) -> int:
     """Copy new rows of the SQLite meter into ``ledger``; return how many meter rows were read."""
     path = sqlite_path(meter_url).resolve()
-    if not path.exists():
+    if not path.exists() or not _ready(path):
         log.warning("billing.meter_missing", meter=str(path))
         return 0
     source = f"sqlite:{path}"
@@ -47,8 +40,16 @@ def consume_sqlite_meter(ledger: Ledger, meter_url: str, *, batch: int = 50_000,
     return n
 
 
+def _ready(path: Path) -> bool:
+    conn = connect_ro(path)
+    try:
+        return meter_ready(conn)
+    finally:
+        conn.close()
+
+
 def _copy_generic(ledger: Ledger, path: Path, source: str, batch: int, hook: FailureHook) -> int:
-    meter = _open_ro(path)
+    meter = connect_ro(path)
     total = 0
     try:
         while True:
@@ -83,8 +84,10 @@ class SqliteMeterTotals:
         """Return ``{meter: units}`` admitted in ``[start_ms, end_ms)`` (blocking: use a thread)."""
         if not self._path.exists():
             return {}
-        conn = _open_ro(self._path)
+        conn = connect_ro(self._path)
         try:
+            if not meter_ready(conn):  # the sink is creating the file: nothing metered yet
+                return {}
             rows = conn.execute(
                 "SELECT uu.meter, SUM(uu.units) FROM usage u JOIN usage_units uu"
                 " ON uu.usage_id = u.usage_id WHERE u.customer = ? AND u.billable = 1"

@@ -7,8 +7,6 @@ stream is at-least-once), filtered on ``admitted_at_ms`` in ``[since_ms, until_m
 from __future__ import annotations
 
 import asyncio
-import sqlite3
-import urllib.parse
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -21,6 +19,7 @@ from tollhouse.metering.factlog import scan
 from tollhouse.metering.facts import decode_fact
 from tollhouse.metering.join import Join
 from tollhouse.metering.legacy import LEGACY_SPOOL_FILE
+from tollhouse.metering.meter_file import connect_ro, has_tables, meter_ready
 from tollhouse.metering.policy import Finalizer
 from tollhouse.metering.schema import FIELD_RECORD, STREAM_KEY, UsageRecord
 from tollhouse.metering.spool import Expand, expand_facts
@@ -61,25 +60,12 @@ class ReconcileReport:
     billed_units: Mapping[str, int] = field(default_factory=dict)
 
 
-def _connect_ro(path: Path) -> sqlite3.Connection:
-    """Open read-only: a report never creates or changes a file."""
-    uri = "file:" + urllib.parse.quote("/" + str(path.absolute()).lstrip("/")) + "?mode=ro"
-    conn = sqlite3.connect(uri, uri=True)
-    conn.execute("PRAGMA busy_timeout=5000")
-    return conn
-
-
-def _has_table(conn: sqlite3.Connection, name: str) -> bool:
-    row = conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (name,))
-    return row.fetchone() is not None
-
-
 def _read_sqlite(path: Path, since_ms: int, until_ms: int) -> list[bytes]:
     if not path.exists():
         return []
-    conn = _connect_ro(path)
+    conn = connect_ro(path, busy_timeout_s=5.0)
     try:
-        if not _has_table(conn, "usage"):  # the sink has not written its first batch yet
+        if not meter_ready(conn):  # the sink has not written its first batch yet
             return []
         rows = conn.execute(
             "SELECT record FROM usage WHERE admitted_at_ms >= ? AND admitted_at_ms < ?",
@@ -154,9 +140,9 @@ def _read_legacy(path: Path, since_ms: int, until_ms: int) -> list[tuple[bool, b
     """Records of a previous release's ``spool.db`` not yet carried over (no start since)."""
     if not path.exists():
         return []
-    conn = _connect_ro(path)
+    conn = connect_ro(path, busy_timeout_s=5.0)
     try:
-        if not _has_table(conn, "spool"):
+        if not has_tables(conn, "spool"):
             return []
         rows = conn.execute(
             "SELECT sent_at_ms IS NULL, record FROM spool"

@@ -60,7 +60,8 @@ class SqliteMeterSink:
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA synchronous=FULL")  # an ack must survive a power cut
             conn.execute("PRAGMA busy_timeout=5000")  # the billing job reads concurrently
-            conn.executescript(METER_SQLITE_DDL)
+            # one transaction: a reader sees either no tables or all of them (meter_file.py)
+            conn.executescript(f"BEGIN IMMEDIATE;\n{METER_SQLITE_DDL}\nCOMMIT;")
             self._conn = conn
         return self._conn
 

@@ -27,6 +27,7 @@ from tollhouse.config.reload import START_ONLY, SettledFiles, keep_start_only, r
 from tollhouse.entitlements import build_catalog
 from tollhouse.envoy import authz
 from tollhouse.envoy.http_server import HttpAuthzServer
+from tollhouse.gctune import tune_after_start
 from tollhouse.http import AdminHttp
 from tollhouse.limits import LimitsBuilder, needs_limiter, refresh_quota_gauges
 from tollhouse.listeners import ListenError, check_listeners
@@ -393,6 +394,7 @@ async def serve(config_path: Path) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     await app.start()
+    tune_after_start()
     await stop.wait()
     log.info("serve.draining", grace_s=cfg.shutdown_grace_s)
     await app.stop()

@@ -28,6 +28,7 @@ from prometheus_client import generate_latest
 
 from tollhouse.config import Config, ConfigError, load_config
 from tollhouse.envoy.als import entries_of
+from tollhouse.gctune import tune_after_start
 from tollhouse.logs import configure_logging, get_logger
 from tollhouse.metering import LogEntry, Metering
 from tollhouse.metering.schema import UsageRecord
@@ -133,6 +134,7 @@ async def run(
         metering.on_confirmed, metering.on_voided = w.confirmed, w.voided
         await metering.start()
         w.metering = metering
+        tune_after_start()
         status = asyncio.create_task(w.report())
         await w.stop.wait()
         drained = await metering.stop()

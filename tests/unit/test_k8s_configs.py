@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import secrets
 import shutil
 import subprocess
 import sys
@@ -123,11 +124,16 @@ def test_envoy_talks_to_tollhouse_on_localhost_over_http2(rendered: dict[str, li
 
 
 def _materialise(docs: list[Doc], root: Path) -> Path:
-    """Write the mounted /etc/tollhouse as the pod sees it: config.yaml plus keys/jwks.json."""
+    """Write the mounted /etc/tollhouse as the pod sees it: config, keys/jwks.json, admin/token.
+
+    The admin token Secret is made at install time (never committed), so a fresh one stands in.
+    """
     cfg = find(docs, "ConfigMap", "tollhouse-config")["data"]["config.yaml"]
     jwks = base64.b64decode(find(docs, "Secret", "tollhouse-keys")["data"]["jwks.json"])
     (root / "keys").mkdir(parents=True)
     (root / "keys" / "jwks.json").write_bytes(jwks)
+    (root / "admin").mkdir()
+    (root / "admin" / "token").write_text(secrets.token_urlsafe(32) + "\n")
     path = root / "config.yaml"
     path.write_text(cfg, encoding="utf-8")
     return path

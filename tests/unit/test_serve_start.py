@@ -80,3 +80,25 @@ def test_missing_jwks_file_stops_serve_with_its_dotted_path(tmp_path: Path) -> N
     assert "Traceback" not in proc.stderr
     assert not (tmp_path / "spool").exists()
     assert not (tmp_path / "meter.db").exists()
+
+
+@pytest.mark.parametrize("content", ["", "  \n"])
+def test_empty_admin_token_file_stops_serve_with_its_dotted_path(
+    tmp_path: Path, content: str
+) -> None:
+    """An admin token file with no token in it: exit 2 naming admin.token_file, no traceback.
+
+    Before, serve opened the spool and the store and then died with a ValueError traceback when
+    the admin listener started.
+    """
+    config = _config(tmp_path)
+    doc = yaml.safe_load(config.read_text())
+    (tmp_path / "admin-token").write_text(content)
+    doc["store"] = {"url": "sqlite:///./store.db"}
+    doc["admin"] = {"token_file": "admin-token"}
+    config.write_text(yaml.safe_dump(doc))
+    proc = _serve(config)
+    assert proc.returncode == 2, proc.stderr
+    assert f"admin.token_file: the file is empty: {tmp_path / 'admin-token'}" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert not (tmp_path / "spool").exists()

@@ -270,9 +270,10 @@ def sqlite_path(url: str) -> Path:
 def load_config(path: str | Path, *, key_files: bool = False) -> Config:
     """Read and validate a YAML config file; raise :class:`ConfigError` with dotted paths.
 
-    ``key_files``: also require every issuer's ``jwks_file`` / ``hs_secret_file`` to be readable
-    (``serve``, its hot reload and ``check-config``; the billing and store commands never read
-    keys, so a job without the key Secret mounted still runs).
+    ``key_files``: also require every issuer's ``jwks_file`` / ``hs_secret_file`` to be readable,
+    and ``admin.token_file`` to hold a token (``serve``, its hot reload and ``check-config``; the
+    billing and store commands never read keys, so a job without the key Secret mounted still
+    runs).
     """
     p = Path(path)
     try:
@@ -306,8 +307,21 @@ def _check_key_files(cfg: Config, source: str) -> None:
             why = _unreadable(path)
             if why is not None:
                 problems.append((f"auth.jwt.{i}.{name}", f"{why}: {path}"))
+    token_file = cfg.admin.token_file
+    if token_file is not None:
+        why = _unreadable(token_file) or _blank(token_file)
+        if why is not None:
+            problems.append(("admin.token_file", f"{why}: {token_file}"))
     if problems:
         raise ConfigError(problems, source)
+
+
+def _blank(path: Path) -> str | None:
+    """``"the file is empty"`` when ``path`` holds only white space (no admin token in it)."""
+    try:
+        return None if path.read_bytes().strip() else "the file is empty"
+    except OSError as e:
+        return f"cannot read ({e.strerror})"
 
 
 def _unreadable(path: Path) -> str | None:

@@ -16,13 +16,15 @@ $(STAMP): pyproject.toml
 venv: $(STAMP)
 
 # Debian packages the tests need (CI runs as root on a fresh machine).
-# wrk and h2load (nghttp2-client) are for the benchmark, whose smoke run is part of the tests.
+# wrk and h2load (nghttp2-client) are for the benchmark, whose smoke run is part of the tests;
+# chromium is the headless browser the usage page's tests drive (playwright, no browser download).
 sysdeps:
 	@if ! command -v redis-server >/dev/null || ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 \
-	    || ! command -v wrk >/dev/null || ! command -v h2load >/dev/null; then \
-	  echo "installing redis-server, postgresql, wrk and nghttp2-client"; \
+	    || ! command -v wrk >/dev/null || ! command -v h2load >/dev/null \
+	    || ! test -x /usr/bin/chromium; then \
+	  echo "installing redis-server, postgresql, wrk, nghttp2-client and chromium"; \
 	  apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q \
-	    redis-server postgresql wrk nghttp2-client >/dev/null; \
+	    redis-server postgresql wrk nghttp2-client chromium >/dev/null; \
 	fi
 
 # Regenerate src/tollhouse/_pb from proto/ (checked in; tests verify it is fresh).

@@ -25,7 +25,13 @@ from tollhouse.billing.subscriptions import (
     TopUp,
 )
 from tollhouse.billing.usage import UsageReport, current_usage
-from tollhouse.billing.usage_api import add_usage_route, meter_totals, with_live
+from tollhouse.billing.usage_api import (
+    add_usage_route,
+    daily_of,
+    meter_totals,
+    with_invoices,
+    with_live,
+)
 from tollhouse.decision import Deny
 from tollhouse.http import problems_middleware
 from tollhouse.limits import live_used
@@ -91,9 +97,11 @@ def build_usage_app(app: Any) -> web.Application:
     def lookup(customer: str, live: Mapping[str, int]) -> UsageReport | None:
         ent = subs.entry(customer)
         overrides = dict(ent.quota_overrides) if ent is not None else None
-        return current_usage(app.cfg, customer, totals=with_live(totals, live), clock=app.clock,
-                             subscriptions=subs, quota_overrides=overrides)
+        report = current_usage(app.cfg, customer, totals=with_live(totals, live),
+                               clock=app.clock, subscriptions=subs, quota_overrides=overrides,
+                               daily=daily_of(totals))
+        return with_invoices(app.cfg, report)
 
     web_app = web.Application(middlewares=[problems_middleware])
-    add_usage_route(web_app, lookup, live=live_counters(app))
+    add_usage_route(web_app, lookup, live=live_counters(app), ledger_url=app.cfg.billing.ledger)
     return web_app

@@ -96,3 +96,21 @@ class SqliteMeterTotals:
         finally:
             conn.close()
         return {str(m): int(u) for m, u in rows}
+
+    def daily(self, customer: str, start_ms: int, end_ms: int) -> list[tuple[int, str, int]]:
+        """``[(UTC day number, meter, units)]`` admitted in ``[start_ms, end_ms)`` (blocking)."""
+        if not self._path.exists():
+            return []
+        conn = connect_ro(self._path)
+        try:
+            if not meter_ready(conn):
+                return []
+            rows = conn.execute(
+                "SELECT u.admitted_at_ms / 86400000 AS day, uu.meter, SUM(uu.units) FROM usage u"
+                " JOIN usage_units uu ON uu.usage_id = u.usage_id WHERE u.customer = ?"
+                " AND u.billable = 1 AND u.admitted_at_ms >= ? AND u.admitted_at_ms < ?"
+                " GROUP BY day, uu.meter ORDER BY day, uu.meter",
+                (customer, start_ms, end_ms)).fetchall()
+        finally:
+            conn.close()
+        return [(int(d), str(m), int(u)) for d, m, u in rows]

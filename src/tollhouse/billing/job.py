@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import json
 import socket
 import sys
@@ -26,6 +27,7 @@ from tollhouse.billing.metrics import INVOICES_ISSUED, LATE_RECORDS
 from tollhouse.billing.periods import Period, iso_utc, period_containing, period_for_label
 from tollhouse.billing.render import render_json, write_invoice_files
 from tollhouse.billing.roster import Notice, build_roster, not_subscribed
+from tollhouse.billing.simulate import Simulation, shadow_simulation
 from tollhouse.billing.store_subscriptions import StoreSubscriptions
 from tollhouse.billing.subscriptions import (
     ConfigSubscriptions,
@@ -73,6 +75,7 @@ class InvoiceSummary:
     total: Decimal
     status: Literal["issued", "already_issued", "preview"]
     files: tuple[Path, ...]
+    shadow: Simulation | InvoiceProblem | None = None  # previews: the plan's shadow_price
 
 
 @dataclass(frozen=True, slots=True)
@@ -198,8 +201,9 @@ def _bill_period(run: _Run, sub: Subscription, p: Period
                      "preview" if run.preview else "issued")
     inv = build_invoice(run.ledger, inp)
     if isinstance(inv, InvoiceProblem) or run.preview:
-        return inv if isinstance(inv, InvoiceProblem) else _summary(inv.document, "preview",
-                                                                     run.out_dir)
+        return inv if isinstance(inv, InvoiceProblem) else dataclasses.replace(
+            _summary(inv.document, "preview", run.out_dir),
+            shadow=shadow_simulation(run.ledger, run.cfg.plans, sub, p.label, inv.document["plan"]))
     if not run.ledger.issue(inv.number, cust, p.label, run.upto, render_json(inv.document),
                             inv.billed):
         stored = run.ledger.get_invoice(cust, p.label)  # a concurrent run issued it first
@@ -374,9 +378,10 @@ def main_bill(args: argparse.Namespace) -> int:
         return 2
     print(f"consumed {result.consumed} meter records, dead-lettered {result.dead_lettered}")
     if result.invoices:
-        from tollhouse.billing.table import format_invoices
+        from tollhouse.billing.table import format_invoices, format_shadows
 
         print(format_invoices(result.invoices))
+        print(*format_shadows(result.invoices), sep="\n", end="")
     for sub in result.default_plan:
         print(f"default_plan  {sub.customer}  {sub.changes[0].plan}  since {iso_utc(sub.start_s)}")
     for note in result.notices:

@@ -32,7 +32,8 @@ from tollhouse.billing.subscriptions import (
 )
 from tollhouse.config import Config, ConfigError, PlanConfig
 
-__all__ = ["LineChange", "Simulation", "load_plan_file", "simulate_customer", "simulate_period"]
+__all__ = ["LineChange", "Simulation", "load_plan_file", "shadow_simulation", "simulate_customer",
+           "simulate_period"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -169,6 +170,18 @@ def simulate_customer(ledger: Ledger, plans: Mapping[str, PlanConfig], sub: Subs
                       str(current["currency"]), str(doc["currency"]),
                       Decimal(current["total"]), Decimal(doc["total"]), issued is not None,
                       _changes(current, doc))
+
+
+def shadow_simulation(ledger: Ledger, plans: Mapping[str, PlanConfig], sub: Subscription,
+                      label: str, plan: str) -> Simulation | InvoiceProblem | None:
+    """``plan``'s ``shadow_price:`` applied to the period: exactly ``simulate --plan <shadow>``.
+
+    ``None`` when ``plan`` names no shadow. Nothing is issued or stored.
+    """
+    current = plans.get(plan)
+    if current is None or current.shadow_price is None:
+        return None
+    return simulate_customer(ledger, plans, sub, label, current.shadow_price)
 
 
 def simulate_period(ledger: Ledger, cfg: Config, subs: SubscriptionSource, label: str,

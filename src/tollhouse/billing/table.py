@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-__all__ = ["format_invoices"]
+__all__ = ["format_invoices", "format_shadows"]
 
 _HEADER = ("invoice", "customer", "total", "status", "HTML invoice")
 
@@ -29,3 +29,24 @@ def format_invoices(invoices: Iterable[Any]) -> str:
         if n == 0:
             lines.append("  ".join(["-" * w for w in widths] + ["-" * len(_HEADER[4])]))
     return "\n".join(lines)
+
+
+def format_shadows(invoices: Iterable[Any]) -> list[str]:
+    """One ``SHADOW`` line per preview whose plan has a ``shadow_price:`` (each ends in a newline).
+
+    The shadow total is the invoice priced with the shadow plan's prices (what ``tollhouse
+    simulate --plan <shadow>`` prints); it is never billed.
+    """
+    out = []
+    for inv in invoices:
+        s = getattr(inv, "shadow", None)
+        if s is None:
+            continue
+        if not hasattr(s, "candidate_total"):  # an InvoiceProblem: say why, never skip it
+            out.append(f"SHADOW {inv.number}  {inv.customer}: cannot be priced: {s.message}\n")
+            continue
+        diff = "n/a (other currency)" if s.difference is None else f"{s.difference:+}"
+        out.append(f"SHADOW {inv.number}  {inv.customer}  under {s.candidate_plan}: "
+                   f"{s.candidate_currency} {s.candidate_total} (invoice {inv.currency} "
+                   f"{inv.total}, difference {diff}); not billed\n")
+    return out

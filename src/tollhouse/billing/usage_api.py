@@ -13,6 +13,7 @@ plus the stream's entries the billing group has not read yet (:class:`RedisMeter
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import threading
 from collections.abc import Awaitable, Callable, Mapping
@@ -21,14 +22,18 @@ from typing import Any
 from aiohttp import web
 from prometheus_client import Counter
 
+from tollhouse.billing.customer_http import add_invoice_route, html_response, wants_html
+from tollhouse.billing.customer_invoices import list_invoices
 from tollhouse.billing.ledger import day_range
 from tollhouse.billing.ledger_schema import DAY_MS
-from tollhouse.billing.usage import MeterTotals, UsageReport, current_usage
+from tollhouse.billing.usage import DailyTotals, MeterTotals, UsageReport, current_usage
+from tollhouse.billing.usage_page import render_usage_page
 from tollhouse.config import Config
 from tollhouse.logs import get_logger
 
 __all__ = ["CUSTOMER_HEADER", "LiveUsed", "RedisMeterTotals", "UsageLookup", "add_usage_route",
-           "meter_totals", "meter_usage_lookup", "usage_handler", "with_live"]
+           "daily_of", "meter_totals", "meter_usage_lookup", "usage_handler", "with_invoices",
+           "with_live"]
 
 CUSTOMER_HEADER = "x-tollhouse-customer"
 UsageLookup = Callable[[str, Mapping[str, int]], UsageReport | None]
@@ -83,15 +88,20 @@ def usage_handler(lookup: UsageLookup, *, live: LiveUsed = _no_live,
             return _problem(503, "usage_unavailable", "Usage is temporarily unavailable")
         if report is None:
             return _problem(404, "unknown_customer", "No subscription for this customer")
-        return web.json_response(report.to_json(), headers={"cache-control": "no-store"})
+        if wants_html(request.headers.get("accept", "")):
+            return html_response(render_usage_page(report))
+        return web.json_response(report.to_json(), headers={"cache-control": "no-store",
+                                                            "vary": "Accept"})
 
     return handle
 
 
 def add_usage_route(app: web.Application, lookup: UsageLookup, *, live: LiveUsed = _no_live,
-                    timeout_s: float = 5.0) -> None:
-    """Mount ``GET /v1/usage`` on ``app``."""
+                    timeout_s: float = 5.0, ledger_url: str | None = None) -> None:
+    """Mount ``GET /v1/usage`` on ``app`` (and, with ``ledger_url``, ``GET /v1/invoices/...``)."""
     app.router.add_get("/v1/usage", usage_handler(lookup, live=live, timeout_s=timeout_s))
+    if ledger_url is not None:
+        add_invoice_route(app, ledger_url, CUSTOMER_HEADER)
 
 
 def with_live(totals: MeterTotals, live: Mapping[str, int]) -> MeterTotals:
@@ -119,9 +129,25 @@ def meter_usage_lookup(cfg: Config, clock: Callable[[], float],
     source = meter_totals(cfg) if totals is None else totals
 
     def lookup(customer: str, live: Mapping[str, int]) -> UsageReport | None:
-        return current_usage(cfg, customer, totals=with_live(source, live), clock=clock)
+        report = current_usage(cfg, customer, totals=with_live(source, live), clock=clock,
+                               daily=daily_of(source))
+        return with_invoices(cfg, report)
 
     return lookup
+
+
+def daily_of(totals: MeterTotals) -> DailyTotals | None:
+    """The per-day totals of a meter source that has them (the chart), else ``None``."""
+    daily = getattr(totals, "daily", None)
+    return daily if callable(daily) else None
+
+
+def with_invoices(cfg: Config, report: UsageReport | None) -> UsageReport | None:
+    """``report`` with the customer's issued invoices from the ledger (blocking)."""
+    if report is None:
+        return None
+    return dataclasses.replace(report, invoices=list_invoices(cfg.billing.ledger,
+                                                              report.customer))
 
 
 def meter_totals(cfg: Config) -> MeterTotals:
@@ -163,6 +189,23 @@ class RedisMeterTotals:
             for (meter, day), units in self._days.get(customer, {}).items():
                 if first <= day < last:
                     out[meter] = out.get(meter, 0) + units
+        return out
+
+    def daily(self, customer: str, start_ms: int, end_ms: int) -> list[tuple[int, str, int]]:
+        """``[(UTC day number, meter, units)]``: the ledger's days plus the tail's (blocking)."""
+        from tollhouse.billing.ledger import open_ledger
+
+        first, last = day_range(start_ms, end_ms)
+        ledger = open_ledger(self._ledger_url)
+        try:
+            rows = ledger.daily_totals(customer, start_ms, end_ms, ledger.max_seq())
+        finally:
+            ledger.close()
+        out = [(first + d, m, u) for d, m, u in rows]
+        with self._lock:
+            self._catch_up()
+            out += [(day, meter, units) for (meter, day), units
+                    in self._days.get(customer, {}).items() if first <= day < last]
         return out
 
     def _from_ledger(self, customer: str, start_ms: int, end_ms: int) -> dict[str, int]:

@@ -154,6 +154,7 @@ class Config(_Model):
                         problems.append(
                             (f"plans.{pname}.price.meters.{m}", f"unknown meter {m!r}")
                         )
+            problems.extend(self._shadow_problems(pname, plan.shadow_price))
         for cname, cust in self.customers.items():
             if cust.plan not in self.plans:
                 problems.append((f"customers.{cname}.plan", f"unknown plan {cust.plan!r}"))
@@ -177,6 +178,19 @@ class Config(_Model):
             raise ConfigError(problems)
         return self
 
+
+    def _shadow_problems(self, pname: str, shadow: str | None) -> list[tuple[str, str]]:
+        where = f"plans.{pname}.shadow_price"
+        if shadow is None:
+            return []
+        if shadow == pname:
+            return [(where, "must name another plan, not the plan itself")]
+        target = self.plans.get(shadow)
+        if target is None:
+            return [(where, f"unknown plan {shadow!r}")]
+        if target.price is None:
+            return [(where, f"plan {shadow!r} has no price")]
+        return []
 
     def _listener_clashes(self) -> list[tuple[str, str]]:
         return listener_clashes({name: getattr(self, name) for name in LISTENERS})

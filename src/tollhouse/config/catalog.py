@@ -133,6 +133,9 @@ class PlanConfig(_Model):
     overage: Literal["deny", "allow"] = "deny"
     on_counter_error: Literal["fail_closed", "local"] = "fail_closed"
     price: PriceConfig | None = None
+    # Another plan whose prices are applied to this plan's usage, shown beside the real amounts
+    # (bill --preview, /v1/usage); never on an invoice.
+    shadow_price: Name | None = None
 
     @field_validator("quotas")
     @classmethod

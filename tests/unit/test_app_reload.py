@@ -134,6 +134,7 @@ async def test_start_only_keys_are_reported_and_keep_their_running_value(
     original = yaml.safe_load(path.read_text())
     doc = yaml.safe_load(path.read_text())
     doc["store"]["url"] = f"sqlite://{tmp_path}/other.db"
+    (tmp_path / "admin-token").write_text("a-token\n")  # serve refuses a missing or empty one
     doc["admin"] = {"token_file": str(tmp_path / "admin-token")}
     doc["counters"] = "redis://127.0.0.1:1/0"
     doc["usage_listen"] = f"127.0.0.1:{free_port()}"

@@ -1,0 +1,201 @@
+"""The reliability rig: a stack under steady load, the bill run on its real meter, one verdict.
+
+:func:`fault_stack` builds the demo stack (real Envoy, ``tollhouse serve`` with the metering
+worker, SQLite meter or a Redis one) with a 1 s grace so UNCONFIRMED records land quickly;
+:class:`Load` sends requests through Envoy from a few threads for two customers (bob with a JWT,
+globex with an API key) and keeps every :class:`Outcome`; :func:`verdict` waits until the meter
+holds every 200 and nothing is pending, runs ``tollhouse bill --preview`` for the current UTC
+month and checks the invariant.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from tests.integration.harness import (
+    LocalStack,
+    UsageRecord,
+    build_stack,
+    meter_file,
+    redis_stream_records,
+    sqlite_meter_records,
+    upstream_saw,
+    usage_ids_seen,
+    wait_until,
+)
+from tests.reliability.invariant import Outcome, Verdict, check, invoice_requests
+from tollhouse.demo.stack import find_binary
+
+__all__ = ["CUSTOMERS", "Load", "fault_stack", "meter_records", "run_bill", "verdict"]
+
+CUSTOMERS = ("bob", "globex")  # pro (JWT) and enterprise (API key): no quota stops the load
+
+
+def fast_metering(config: dict[str, Any], **extra: Any) -> dict[str, Any]:
+    """1 s grace for unconfirmed records and a fast forwarder, so verdicts come quickly."""
+    metering = {**config["metering"], "unconfirmed_after_s": 1, "flush_interval_ms": 50,
+                **extra}
+    return {**config, "metering": metering}
+
+
+@contextmanager
+def fault_stack(workdir: Path, edit: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
+                *, transport: str = "grpc") -> Iterator[LocalStack]:
+    """A started stack with fast metering (plus ``edit``), stopped on exit."""
+
+    def configure(config: dict[str, Any]) -> dict[str, Any]:
+        config = fast_metering(config)
+        return edit(config) if edit is not None else config
+
+    stack = build_stack(workdir, configure, transport=transport).start()
+    try:
+        yield stack
+    finally:
+        stack.stop()
+
+
+class Load:
+    """Requests through Envoy from background threads until stopped; keeps every Outcome.
+
+    Each thread sends for one customer in turn (bob, globex, bob, ...). Connection errors and
+    resets are outcomes too (status 0): while Envoy is down a client sees exactly that.
+    """
+
+    def __init__(self, stack: LocalStack, threads: int = 4) -> None:
+        self.stack = stack
+        self.case = uuid.uuid4().hex[:12]
+        self.outcomes: list[Outcome] = []
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._threads = [threading.Thread(target=self._run, args=(CUSTOMERS[i % 2],),
+                                          daemon=True) for i in range(threads)]
+
+    @property
+    def threads(self) -> int:
+        return len(self._threads)
+
+    def _send(self, customer: str) -> Outcome:
+        path = f"/v1/search?case={self.case}&c={customer}"
+        try:
+            if customer == "globex":
+                resp = self.stack.request(path, api_key=self.stack.api_key)
+            else:
+                resp = self.stack.request(path, token=self._token)
+        except (OSError, http.client.HTTPException) as exc:  # refused, reset, cut: no answer
+            return Outcome(customer, 0, type(exc).__name__)
+        if resp.status == 200:
+            return Outcome(customer, 200, str(resp.json()["headers"]["x-tollhouse-usage-id"]))
+        return Outcome(customer, resp.status, resp.problem_code())
+
+    def _run(self, customer: str) -> None:
+        while not self._stop.is_set():
+            got = self._send(customer)
+            with self._lock:
+                self.outcomes.append(got)
+            if got.status == 0:
+                time.sleep(0.01)  # Envoy down: do not spin
+
+    def __enter__(self) -> Load:
+        self._token = self.stack.token("bob", lifetime_s=3600)
+        for t in self._threads:
+            t.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        for t in self._threads:
+            t.join(15)
+
+    def count(self) -> int:
+        with self._lock:
+            return len(self.outcomes)
+
+    def wait_more(self, n: int, what: str, timeout_s: float = 30.0) -> None:
+        """Wait until ``n`` more outcomes than now have been recorded."""
+        start = self.count()
+        wait_until(self.count, lambda c: c >= start + n, timeout_s=timeout_s, what=what)
+
+    def ok_after(self, n: int, what: str, timeout_s: float = 30.0) -> None:
+        """Wait until ``n`` more 200s than now have been recorded (the stack is serving again)."""
+
+        def oks() -> int:
+            with self._lock:
+                return sum(1 for o in self.outcomes if o.status == 200)
+
+        start = oks()
+        wait_until(oks, lambda c: c >= start + n, timeout_s=timeout_s, what=what)
+
+    def snapshot(self) -> list[Outcome]:
+        with self._lock:
+            return list(self.outcomes)
+
+
+def meter_records(stack: LocalStack) -> list[UsageRecord]:
+    """Every final record in the stack's meter (SQLite file or Redis stream)."""
+    meter = str(stack.config["metering"]["meter"])
+    if meter.startswith("redis://"):
+        return redis_stream_records(meter)
+    return sqlite_meter_records(meter_file(stack))
+
+
+def _period() -> str:
+    now = datetime.now(UTC)
+    return f"{now.year:04d}-{now.month:02d}"
+
+
+def run_bill(stack: LocalStack, out: Path, *, prefix: tuple[str, ...] = (),
+             period: str | None = None, preview: bool = True) -> list[dict[str, Any]]:
+    """``tollhouse bill`` on the stack's config (the real meter and ledger); the invoices."""
+    cmd = [*prefix, str(find_binary("tollhouse")), "bill", "--config",
+           str(stack.tollhouse.config_path), "--period", period or _period(), "--out", str(out)]
+    if preview:
+        cmd.append("--preview")
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=120, check=False,
+                          env={"PATH": str(Path(sys.executable).parent) + ":/usr/bin:/bin"})
+    assert done.returncode == 0, (done.returncode, done.stderr[-3000:])
+    return [json.loads(p.read_text()) for p in sorted(out.glob("*.json"))]
+
+
+def _metered_ids(stack: LocalStack) -> set[str]:
+    return {r.usage_id for r in meter_records(stack)}
+
+
+def settle(stack: LocalStack, load: Load, timeout_s: float = 30.0) -> None:
+    """Wait until every id the upstream served for this load is in the meter (or timeout).
+
+    Served ids are a superset of the client 200s; ids reserved but never served (the
+    ``answer_lost`` window) land after the grace as UNCONFIRMED, so wait a little past it too.
+    """
+    served = set(usage_ids_seen(stack.upstream, load.case))
+    wait_until(lambda: _metered_ids(stack), lambda got: served <= got, timeout_s=timeout_s,
+               what=f"{len(served)} served usage ids in the meter")
+    grace = float(stack.config["metering"]["unconfirmed_after_s"])
+    stable: list[int] = []
+
+    def settled() -> bool:  # the meter stops growing once the grace has passed
+        stable.append(len(_metered_ids(stack)))
+        return len(stable) > 3 and stable[-1] == stable[-4]
+
+    time.sleep(0)  # let the sweep run
+    wait_until(settled, bool, timeout_s=timeout_s, interval_s=max(0.5, grace),
+               what="the meter stops growing")
+
+
+def verdict(stack: LocalStack, load: Load, out: Path) -> Verdict:
+    """Settle, bill the current month, and check the invariant for this load's traffic."""
+    settle(stack, load)
+    invoices = run_bill(stack, out)
+    served = usage_ids_seen(stack.upstream, load.case)
+    assert len(upstream_saw(stack.upstream, load.case)) == len(served)
+    return check(load.snapshot(), served, meter_records(stack), invoice_requests(invoices))

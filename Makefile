@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 ARGS   ?=
 
-.PHONY: venv sysdeps proto test lint typecheck unit demo bench bench-smoke clean
+.PHONY: venv sysdeps proto test lint typecheck unit demo bench bench-smoke clean fuzz
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -54,3 +54,7 @@ bench: venv sysdeps
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache build src/*.egg-info
+
+# Longer fuzzing than CI's budget (tests/reliability/test_fuzz.py: 150 examples per target there).
+fuzz: venv
+	FUZZ_EXAMPLES=$${FUZZ_EXAMPLES:-5000} $(BIN)/pytest -q -p no:cacheprovider tests/reliability/test_fuzz.py tests/unit/test_als_wire.py

@@ -31,6 +31,7 @@ def test_no_fault_is_exact(tmp_path: Path) -> None:
         with Load(stack, THREADS) as load:
             load.ok_after(80, "200s under steady load")
         v = verdict(stack, load, tmp_path / "bill")
+    print(v.summary())  # the measured windows, shown with pytest -rP
     v.assert_exact()
     assert all(n > 0 for n in v.visible.values()), v.summary()
 
@@ -51,6 +52,7 @@ def test_sigkill_of_serve_bills_every_200_and_at_most_the_checks_in_flight(
             stack.tollhouse.start()
             load.ok_after(60, "200s after the restart")
         v = verdict(stack, load, tmp_path / "bill")
+    print(v.summary())  # the measured windows, shown with pytest -rP
     v.assert_within(answer_lost=THREADS)
     assert sum(v.visible.values()) >= 120, v.summary()
 
@@ -63,6 +65,7 @@ def test_sigkill_of_the_metering_worker_is_exact(tmp_path: Path) -> None:
             os.kill(worker_pid(stack), signal.SIGKILL)
             load.ok_after(60, "200s after the kill")
         v = verdict(stack, load, tmp_path / "bill")
+    print(v.summary())  # the measured windows, shown with pytest -rP
     v.assert_exact()
 
 
@@ -79,6 +82,7 @@ def test_sigterm_of_serve_drains_and_is_exact(tmp_path: Path) -> None:
             stack.tollhouse.start()
             load.ok_after(60, "200s after the restart")
         v = verdict(stack, load, tmp_path / "bill")
+    print(v.summary())  # the measured windows, shown with pytest -rP
     v.assert_within(answer_lost=THREADS)
     refused = {o.status for o in load.snapshot() if o.status != 200}
     assert refused <= {503}, refused
@@ -99,4 +103,5 @@ def test_envoy_sigkill_bills_at_most_the_requests_in_flight(tmp_path: Path) -> N
             wait_until(lambda: stack.envoy.running, bool, what="Envoy running again")
             load.ok_after(60, "200s after Envoy's restart")
         v = verdict(stack, load, tmp_path / "bill")
+    print(v.summary())  # the measured windows, shown with pytest -rP
     v.assert_within(served_unseen=THREADS, answer_lost=THREADS)

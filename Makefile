@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 ARGS   ?=
 
-.PHONY: venv sysdeps proto test lint typecheck unit demo bench bench-smoke clean fuzz
+.PHONY: venv sysdeps proto test lint typecheck unit demo bench bench-smoke clean fuzz soak
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -58,3 +58,8 @@ clean:
 # Longer fuzzing than CI's budget (tests/reliability/test_fuzz.py: 150 examples per target there).
 fuzz: venv
 	FUZZ_EXAMPLES=$${FUZZ_EXAMPLES:-5000} $(BIN)/pytest -q -p no:cacheprovider tests/reliability/test_fuzz.py tests/unit/test_als_wire.py
+
+# Minutes of steady load through Envoy with periodic faults (outside CI): memory, fds, latency,
+# and the admitted == metered == billed invariant. `make soak MINUTES=3` for a short run.
+soak: venv sysdeps
+	$(BIN)/python -m tests.reliability.soak --minutes $${MINUTES:-30} --interval-s $${INTERVAL_S:-60}

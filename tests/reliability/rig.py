@@ -17,6 +17,7 @@ import sys
 import threading
 import time
 import uuid
+from collections import deque
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -59,6 +60,8 @@ def fault_stack(workdir: Path, edit: Callable[[dict[str, Any]], dict[str, Any]] 
         return edit(config) if edit is not None else config
 
     stack = build_stack(workdir, configure, transport=transport).start()
+    # The demo upstream keeps its last 1000 requests; the invariant needs every one it served.
+    stack.upstream.seen = deque(stack.upstream.seen, maxlen=None)
     try:
         yield stack
     finally:
@@ -76,6 +79,7 @@ class Load:
         self.stack = stack
         self.case = uuid.uuid4().hex[:12]
         self.outcomes: list[Outcome] = []
+        self._latency_s: list[float] = []  # one per outcome, same order
         self._stop = threading.Event()
         self._lock = threading.Lock()
         self._threads = [threading.Thread(target=self._run, args=(CUSTOMERS[i % 2],),
@@ -100,9 +104,12 @@ class Load:
 
     def _run(self, customer: str) -> None:
         while not self._stop.is_set():
+            t0 = time.perf_counter()
             got = self._send(customer)
+            took = time.perf_counter() - t0
             with self._lock:
                 self.outcomes.append(got)
+                self._latency_s.append(took)
             if got.status == 0:
                 time.sleep(0.01)  # Envoy down: do not spin
 
@@ -135,6 +142,11 @@ class Load:
 
         start = oks()
         wait_until(oks, lambda c: c >= start + n, timeout_s=timeout_s, what=what)
+
+    def latencies(self, since: int = 0) -> list[float]:
+        """Seconds each request took (client side), from outcome number ``since`` on."""
+        with self._lock:
+            return self._latency_s[since:]
 
     def snapshot(self) -> list[Outcome]:
         with self._lock:

@@ -15,8 +15,10 @@ The process management is ``tollhouse.demo`` (one copy, shared with ``make demo`
 from __future__ import annotations
 
 import copy
+import json
 import sqlite3
 import time
+import urllib.request
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
@@ -66,6 +68,7 @@ __all__ = [
     "upstream_saw",
     "usage_ids_seen",
     "wait_until",
+    "worker_pid",
 ]
 
 Envoy = EnvoyProcess
@@ -284,3 +287,15 @@ def add_replica(stack: LocalStack, name: str, *, als_to_first: bool = False) -> 
     kind = AlsToFirstEnvoy if als_to_first else MultiEnvoy
     stack.envoy = kind(stack.workdir / "envoy", stack.envoy.ports, replicas, template)
     return replica
+
+
+def worker_pid(stack: LocalStack) -> int:
+    """The metering worker's pid, from serve's /readyz (once the worker has replayed)."""
+
+    def readyz() -> dict[str, Any]:
+        body = urllib.request.urlopen(
+            f"http://127.0.0.1:{stack.ports.tollhouse_admin}/readyz", timeout=5).read()
+        return dict(json.loads(body).get("metering", {}))
+
+    got = wait_until(readyz, lambda m: m.get("ready") is True, what="a ready metering worker")
+    return int(got["pid"])

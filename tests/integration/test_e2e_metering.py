@@ -6,11 +6,9 @@ outage and the full-disk scenarios start stacks of their own.
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import threading
-import urllib.request
 import uuid
 from collections import Counter
 from collections.abc import Iterator
@@ -32,6 +30,7 @@ from tests.integration.harness import (
     upstream_saw,
     usage_ids_seen,
     wait_until,
+    worker_pid,
 )
 from tests.servers import RedisServer
 
@@ -212,18 +211,6 @@ def test_sigkill_loses_no_admitted_request(mstack: LocalStack) -> None:
         assert records[uid].customer == "bob"
 
 
-def _worker_pid(stack: LocalStack) -> int:
-    """The metering worker's pid, from serve's /readyz (once the worker has replayed)."""
-
-    def readyz() -> dict[str, Any]:
-        body = urllib.request.urlopen(
-            f"http://127.0.0.1:{stack.ports.tollhouse_admin}/readyz", timeout=5).read()
-        return dict(json.loads(body).get("metering", {}))
-
-    got = wait_until(readyz, lambda m: m.get("ready") is True, what="a ready metering worker")
-    return int(got["pid"])
-
-
 def test_sigkill_of_the_metering_worker_loses_nothing(mstack: LocalStack) -> None:
     """SIGKILL of the metering worker mid-load: no Check fails, a new worker takes over.
 
@@ -233,7 +220,7 @@ def test_sigkill_of_the_metering_worker_loses_nothing(mstack: LocalStack) -> Non
     case = _case()
     with _Load(mstack, case, "bob") as load:
         wait_until(load.count, lambda n: n >= 40, what="load before the kill")
-        os.kill(_worker_pid(mstack), signal.SIGKILL)
+        os.kill(worker_pid(mstack), signal.SIGKILL)
         before = load.count()
         wait_until(load.count, lambda n: n >= before + 40, what="requests after the kill")
     assert not load.refusals(), load.refusals()  # the Checks never depended on the worker

@@ -21,8 +21,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from tests.integration.harness import worker_pid
 from tests.reliability.rig import Load, fault_stack, verdict
-from tests.reliability.workers import worker_pid
 
 RSS_SLOPE_MIB_PER_MIN = 2.0  # allowed growth of serve + worker RSS after warm-up
 FD_GROWTH = 16  # allowed growth of serve + worker open fds after warm-up

@@ -16,9 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.harness import wait_until
+from tests.integration.harness import wait_until, worker_pid
 from tests.reliability.rig import Load, fault_stack, verdict
-from tests.reliability.workers import worker_pid
 
 pytestmark = pytest.mark.integration
 

@@ -37,6 +37,7 @@ from tollhouse.config.runtime import (
     StoreConfig,
     listener_clashes,
 )
+from tollhouse.config.webhooks import WebhooksConfig
 
 __all__ = [
     "COUNTERS_FILE",
@@ -62,6 +63,7 @@ __all__ = [
     "StoreConfig",
     "StripeExportConfig",
     "Tier",
+    "WebhooksConfig",
     "counters_file",
     "load_config",
     "parse_config",
@@ -113,6 +115,7 @@ class Config(_Model):
     store: StoreConfig | None = None  # issue 4
     admin: AdminConfig = AdminConfig()  # issue 4
     export: ExportConfig = ExportConfig()  # issue 16: Stripe meter events
+    webhooks: WebhooksConfig = WebhooksConfig()  # issue 15: outbox delivery
 
     @field_validator("features", mode="before")
     @classmethod

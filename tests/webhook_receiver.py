@@ -22,7 +22,7 @@ class Received:
 
 @dataclass
 class Receiver:
-    """Records every POST; answers ``status``; with ``hang`` set it never answers (until stopped)."""
+    """Records every POST and answers ``status``; with ``hang`` set it answers nothing."""
 
     port: int = field(default_factory=free_port)
     status: int = 200

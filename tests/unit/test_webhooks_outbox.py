@@ -42,7 +42,8 @@ async def test_endpoint_lifecycle_is_audited_without_the_secret(
     box, _, clock = outbox
     ep, secret = await box.create_endpoint(actor="t", url="https://example.test/h",
                                            events=["quota.threshold_reached"])
-    assert secret.startswith("whsec_") and ep.enabled
+    assert secret.startswith("whsec_")
+    assert ep.enabled
     assert [e.id for e in await box.list_endpoints()] == [ep.id]
     assert not (await box.set_enabled(ep.id, False, actor="t")).enabled
     assert (await box.set_enabled(ep.id, True, actor="t")).enabled
@@ -70,7 +71,8 @@ async def test_bad_endpoint_input_is_refused_by_field(
     args[field] = value
     with pytest.raises(ServiceError) as e:
         await box.create_endpoint(actor="t", **args)  # type: ignore[arg-type]
-    assert e.value.code == "invalid" and e.value.detail.startswith(field)
+    assert e.value.code == "invalid"
+    assert e.value.detail.startswith(field)
 
 
 async def test_emit_records_once_per_dedupe_key_with_deliveries_by_filter(

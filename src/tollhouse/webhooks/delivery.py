@@ -66,6 +66,7 @@ class Deliverer:
         self.last_error: str | None = None
         self.pending = 0
         self.oldest_pending_age_s = 0.0
+        self.attempted = 0  # attempts this loop made (all outcomes)
 
     async def run_once(self) -> int:
         """Claim one batch and attempt each delivery concurrently; return how many."""
@@ -102,6 +103,7 @@ class Deliverer:
 
     async def _attempt(self, c: Claimed) -> None:
         status, error = await self._send(c)
+        self.attempted += 1
         attempt = c.attempts + 1
         dead = error is not None and attempt >= self.cfg.max_attempts
         nxt = None if error is None or dead else self._clock() + backoff_s(

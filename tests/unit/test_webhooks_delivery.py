@@ -81,8 +81,9 @@ async def test_deliveries_are_signed_per_standard_webhooks(backend: Backend) -> 
 
 async def test_receiver_stopped_and_restarted_mid_delivery_loses_nothing(
         backend: Backend) -> None:
-    """Requests in flight when the receiver dies are retried: every event arrives, and every
-    duplicate carries the same webhook-id and the same body.
+    """Requests cut off by a receiver restart are retried: nothing lost, duplicates identical.
+
+    Every event arrives, and every duplicate carries the same webhook-id and the same body.
     """
     rx = await Receiver(hang=True).start()
     box = Outbox(backend, clock=time.time)
@@ -115,8 +116,9 @@ async def _until_delivered(box: Outbox, within_s: float = 20.0) -> None:
 
 
 async def test_dead_letter_after_max_attempts_then_redelivery(backend: Backend) -> None:
-    """A receiver that always fails gets exactly max_attempts tries, then the delivery is dead;
-    redelivery on demand sends it again once the receiver recovers.
+    """Exactly max_attempts tries to a failing receiver, then dead; redelivery sends it again.
+
+    Redelivery on demand succeeds once the receiver recovers (same webhook-id).
     """
     rx = await Receiver(status=500).start()
     box = Outbox(backend, clock=time.time)
@@ -150,8 +152,9 @@ def test_backoff_is_exponential_capped_and_jittered() -> None:
 
 async def test_two_loops_on_postgresql_never_deliver_one_event_concurrently(
         postgres_server: PostgresServer) -> None:
-    """Two replicas' loops on one PostgreSQL store: each event arrives exactly once (no failure
-    happened, so no retry), never twice at the same time.
+    """Two replicas' loops on one PostgreSQL store never send one event twice at once.
+
+    No attempt failed, so each event arrives exactly once, and both loops took part.
     """
     url = postgres_server.fresh_database_url("whd_")
     await migrate(url)

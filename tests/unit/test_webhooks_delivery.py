@@ -178,3 +178,13 @@ async def test_two_loops_on_postgresql_never_deliver_one_event_concurrently(
     assert max(rx.max_in_flight.values()) == 1
     assert d1.attempted > 0
     assert d2.attempted > 0  # both loops took part
+
+
+def test_config_errors_name_the_dotted_field() -> None:
+    """A lease no longer than a send, or a backoff cap below its start, is refused by path."""
+    from tollhouse.config import ConfigError, parse_config
+
+    with pytest.raises(ConfigError) as e:
+        parse_config({"webhooks": {"lease_s": 1, "request_timeout_ms": 5000,
+                                   "backoff_initial_s": 10, "backoff_max_s": 1}})
+    assert [p for p, _ in e.value.problems] == ["webhooks.backoff_max_s", "webhooks.lease_s"]

@@ -170,12 +170,31 @@ class App:
         await self.http.start()
         if self.webhooks is not None:
             await self.webhooks.start()
+        alerts = self._quota_alerts()
+        if alerts is not None:
+            self._tasks.append(asyncio.create_task(alerts.run(self._stopping)))
         self._tasks.append(asyncio.create_task(self._watch_config()))
         self._tasks.append(asyncio.create_task(self._watch_ready(names)))
         log.info("serve.started", listen=self.cfg.listen, admin=self.cfg.admin_listen,
                  metrics=self.cfg.metrics_listen or self.cfg.admin_listen,
                  authz_http=self.cfg.authz_http_listen, instance=self.instance,
                  config_version=self.state.catalog.version)
+
+    def _quota_alerts(self) -> Any:
+        """The quota alert evaluator, when thresholds, counters and the outbox are all there."""
+        if not self.cfg.alerts.any_quota or self.limiter is None or self.webhooks is None:
+            return None
+        from tollhouse.alerts import QuotaAlerts
+        from tollhouse.decision import Deny
+
+        def resolve(cid: str) -> tuple[Any, Any] | None:
+            snap = self.state.catalog
+            cust = self.checker.lookup(snap, cid)
+            return None if isinstance(cust, Deny) else (cust, snap.plan(cust.plan))
+
+        return QuotaAlerts(self.cfg.alerts, limiter=self.limiter, resolve=resolve,
+                           limits_for=self.limits.for_customer, emit=self.webhooks.emit,
+                           clock=self.clock)
 
     def _add_access_log(self, server: grpc.aio.Server) -> None:
         """The access-log service: handed to the worker undecoded, or ingested here (inline)."""

@@ -73,6 +73,7 @@ class App:
         self.als: Any = None  # the access-log servicer, once started with metering on
         if cfg.metering.enabled:
             self.metering = _open_metering(config_path, cfg, clock, self.instance)
+        self.webhooks: Any = _open_webhooks(cfg, clock, self.instance)
         self.checker = Checker(
             self.state, self.authn, limiter=self.limiter, metering=self.metering,
             directory=self.directory, limits_for=self.limits.for_customer, clock=clock,
@@ -129,6 +130,8 @@ class App:
         spool = self.spool_health()
         if spool is not None:
             detail["spool"] = spool.detail()
+        if self.webhooks is not None:
+            detail["webhooks"] = self.webhooks.status()
         if self._restart_flags:
             detail["restart_needed"] = sorted(self._restart_flags)
         return detail
@@ -165,12 +168,33 @@ class App:
         if self.authz_http is not None:
             await self.authz_http.start()
         await self.http.start()
+        if self.webhooks is not None:
+            await self.webhooks.start()
+        alerts = self._quota_alerts()
+        if alerts is not None:
+            self._tasks.append(asyncio.create_task(alerts.run(self._stopping)))
         self._tasks.append(asyncio.create_task(self._watch_config()))
         self._tasks.append(asyncio.create_task(self._watch_ready(names)))
         log.info("serve.started", listen=self.cfg.listen, admin=self.cfg.admin_listen,
                  metrics=self.cfg.metrics_listen or self.cfg.admin_listen,
                  authz_http=self.cfg.authz_http_listen, instance=self.instance,
                  config_version=self.state.catalog.version)
+
+    def _quota_alerts(self) -> Any:
+        """The quota alert evaluator, when thresholds, counters and the outbox are all there."""
+        if not self.cfg.alerts.any_quota or self.limiter is None or self.webhooks is None:
+            return None
+        from tollhouse.alerts import QuotaAlerts
+        from tollhouse.decision import Deny
+
+        def resolve(cid: str) -> tuple[Any, Any] | None:
+            snap = self.state.catalog
+            cust = self.checker.lookup(snap, cid)
+            return None if isinstance(cust, Deny) else (cust, snap.plan(cust.plan))
+
+        return QuotaAlerts(self.cfg.alerts, limiter=self.limiter, resolve=resolve,
+                           limits_for=self.limits.for_customer, emit=self.webhooks.emit,
+                           clock=self.clock)
 
     def _add_access_log(self, server: grpc.aio.Server) -> None:
         """The access-log service: handed to the worker undecoded, or ingested here (inline)."""
@@ -338,6 +362,9 @@ class App:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self.metering.stop(max(0.5, remaining - 1.5)),
                                        remaining + 1.0)
+        if self.webhooks is not None:
+            with contextlib.suppress(Exception):
+                await self.webhooks.stop(min(5.0, remaining))
         for comp in (self.limiter, self.directory):
             if comp is not None:
                 with contextlib.suppress(Exception):
@@ -370,6 +397,16 @@ def _open_directory(cfg: Config) -> Any:
     from tollhouse.store import Directory
 
     return Directory(store)
+
+
+def _open_webhooks(cfg: Config, clock: Callable[[], float], instance: str) -> Any:
+    """The webhook outbox and delivery loop, when there is a store and delivery is enabled."""
+    store = getattr(cfg, "store", None)
+    if store is None or not cfg.webhooks.enabled:
+        return None
+    from tollhouse.webhooks.runner import WebhookRunner
+
+    return WebhookRunner(store.url, cfg.webhooks, clock=clock, owner=instance)
 
 
 def _past_due_grace(cfg: Config) -> float:

@@ -278,6 +278,10 @@ def _add_optional(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
 
     add_cli(sub)
 
+    from tollhouse.webhooks.cli import add_webhooks_cli
+
+    add_webhooks_cli(sub)
+
     from tollhouse.devcli import add_dev_cli
 
     add_dev_cli(sub)

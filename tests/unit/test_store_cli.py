@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tollhouse.store import hash_key
+from tollhouse.store import SCHEMA_VERSION, hash_key
 from tollhouse.store.cli import add_cli
 
 
@@ -31,7 +31,7 @@ def test_cli_manages_customers_and_keys(tmp_path: Path,
     code, out = run(capsys, "customers", "list", *cfg)
     assert code == 2
     assert "not migrated" in str(out)
-    assert run(capsys, "store", "migrate", *cfg) == (0, {"schema_version": 2})
+    assert run(capsys, "store", "migrate", *cfg) == (0, {"schema_version": SCHEMA_VERSION})
     code, c = run(capsys, "customers", "create", "--name", "Acme", "--plan", "free",
                   "--id", "acme", "--anchor", "2025-11-03", *cfg)
     assert code == 0

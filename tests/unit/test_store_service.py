@@ -208,9 +208,9 @@ async def test_v1_store_migrates_to_v2_keeping_customers(store_url: str) -> None
         await tx.execute("INSERT INTO plan_changes (customer, plan, effective_from, created_at)"
                          " VALUES ('acme', 'pro', ?, ?)", (T0, T0))
     await backend.close()
-    with pytest.raises(SchemaError, match="older than 2"):
+    with pytest.raises(SchemaError, match=f"older than {SCHEMA_VERSION}"):
         await open_store(store_url)
-    assert await migrate(store_url) == 2
+    assert await migrate(store_url) == SCHEMA_VERSION
     svc = StoreService(await open_store(store_url), clock=Clock())
     try:
         c = await svc.get_customer("acme")

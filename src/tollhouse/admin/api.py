@@ -297,6 +297,10 @@ def admin_routes(service: StoreService, token_sha256: str) -> web.Application:
     r.add_get("/customers/{customer}/topups", list_topups)
     r.add_post("/customers/{customer}/topups", add_topup)
     r.add_get("/audit", audit_log)
+    from tollhouse.admin.webhooks import add_webhook_routes  # here: it uses this module's helpers
+    from tollhouse.webhooks.outbox import Outbox
+
+    add_webhook_routes(app, Outbox(service.backend, clock=service.clock))
     return app
 
 

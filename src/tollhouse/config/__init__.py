@@ -15,6 +15,7 @@ import yaml
 from pydantic import Field, ValidationError, field_validator, model_validator
 
 from tollhouse.config._base import ConfigError, Name, _Model, friendly_message
+from tollhouse.config.alerts import AlertRules, AlertsConfig
 from tollhouse.config.auth import ApiKeyEntry, ApiKeysConfig, AuthConfig, JwtIssuerConfig
 from tollhouse.config.catalog import (
     CustomerConfig,
@@ -37,10 +38,13 @@ from tollhouse.config.runtime import (
     StoreConfig,
     listener_clashes,
 )
+from tollhouse.config.webhooks import WebhooksConfig
 
 __all__ = [
     "COUNTERS_FILE",
     "AdminConfig",
+    "AlertRules",
+    "AlertsConfig",
     "ApiKeyEntry",
     "ApiKeysConfig",
     "AuthConfig",
@@ -62,6 +66,7 @@ __all__ = [
     "StoreConfig",
     "StripeExportConfig",
     "Tier",
+    "WebhooksConfig",
     "counters_file",
     "load_config",
     "parse_config",
@@ -113,6 +118,8 @@ class Config(_Model):
     store: StoreConfig | None = None  # issue 4
     admin: AdminConfig = AdminConfig()  # issue 4
     export: ExportConfig = ExportConfig()  # issue 16: Stripe meter events
+    webhooks: WebhooksConfig = WebhooksConfig()  # issue 15: outbox delivery
+    alerts: AlertsConfig = AlertsConfig()  # issue 15: usage alerts (events to the outbox)
 
     @field_validator("features", mode="before")
     @classmethod
@@ -174,6 +181,9 @@ class Config(_Model):
         if self.default_plan is not None and self.default_plan not in self.plans:
             problems.append(("default_plan", f"unknown plan {self.default_plan!r}"))
         problems.extend(self._listener_clashes())
+        problems.extend(self.alerts.problems(self.plans, self.meters))
+        if self.alerts.any_quota and self.store is None:
+            problems.append(("alerts", "alert events go to the webhook outbox: set store.url"))
         if problems:
             raise ConfigError(problems)
         return self

@@ -23,7 +23,7 @@ __all__ = ["START_ONLY", "SettledFiles", "keep_start_only", "restart_needed"]
 START_ONLY: tuple[str, ...] = (
     "listen", "admin_listen", "usage_listen", "authz_http_listen", "authz_http",
     "metrics_listen", "instance", "check_deadline_ms", "counters", "counters_file", "store",
-    "admin",
+    "admin", "webhooks", "alerts",
     "metering.enabled", "metering.spool", "metering.meter", "metering.join",
     "metering.process", "metering.group_commit_ms",
 )

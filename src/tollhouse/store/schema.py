@@ -59,7 +59,36 @@ def _v2(dialect: str) -> list[str]:
     return ["ALTER TABLE customers ADD COLUMN stripe_customer_id TEXT"]
 
 
-_STEPS = [_v1, _v2]
+def _v3(dialect: str) -> list[str]:
+    """Issue 15: webhook endpoints and the durable outbox (events x endpoints = deliveries).
+
+    ``webhook_events.dedupe_key`` is UNIQUE: an event is recorded at most once, across replicas.
+    A delivery is claimed by setting ``lease_owner`` / ``lease_until`` (exclusive: SQLite's
+    ``BEGIN IMMEDIATE``, PostgreSQL's ``FOR UPDATE SKIP LOCKED``).
+    """
+    serial, real = _SERIAL[dialect], _REAL[dialect]
+    return [
+        f"""CREATE TABLE webhook_endpoints (
+            id TEXT PRIMARY KEY, url TEXT NOT NULL, events TEXT NOT NULL, secret TEXT NOT NULL,
+            enabled INTEGER NOT NULL DEFAULT 1, created_at {real} NOT NULL,
+            deleted_at {real})""",
+        f"""CREATE TABLE webhook_events (
+            seq {serial}, id TEXT NOT NULL UNIQUE, type TEXT NOT NULL, customer TEXT,
+            dedupe_key TEXT NOT NULL UNIQUE, payload TEXT NOT NULL, occurred_at {real} NOT NULL)""",
+        f"""CREATE TABLE webhook_deliveries (
+            id {serial}, event_id TEXT NOT NULL REFERENCES webhook_events(id),
+            endpoint_id TEXT NOT NULL REFERENCES webhook_endpoints(id),
+            state TEXT NOT NULL CHECK (state IN ('pending','delivered','dead')),
+            attempts INTEGER NOT NULL DEFAULT 0, next_attempt_at {real} NOT NULL,
+            lease_owner TEXT, lease_until {real}, last_status INTEGER, last_error TEXT,
+            last_attempt_at {real}, delivered_at {real}, created_at {real} NOT NULL,
+            UNIQUE (event_id, endpoint_id))""",
+        "CREATE INDEX webhook_deliveries_due ON webhook_deliveries (state, next_attempt_at)",
+        "CREATE INDEX webhook_deliveries_endpoint ON webhook_deliveries (endpoint_id, state)",
+    ]
+
+
+_STEPS = [_v1, _v2, _v3]
 SCHEMA_VERSION = len(_STEPS)
 
 

@@ -72,6 +72,11 @@ class StoreService:
         self._plans = plans
         self._meters = meters
 
+    @property
+    def clock(self) -> Callable[[], float]:
+        """The injected clock (the webhook outbox on the same store shares it)."""
+        return self._clock
+
     # --- reads ---------------------------------------------------------------------------
 
     async def get_customer(self, customer_id: str) -> Customer:

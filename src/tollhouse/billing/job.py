@@ -310,6 +310,10 @@ def run_billing(cfg: Config, *, period: str | None, out_dir: Path | None, previe
             problems.append(InvoiceProblem(cust, "usage from a customer with no subscription"))
     finally:
         ledger.close()
+    if not preview:  # after the ledger holds them: an event never precedes its invoice
+        from tollhouse.billing.invoice_events import emit_invoice_events
+
+        emit_invoice_events(cfg, invoices, clock)
     _log_outcome(roster.default_plan, notices, problems)
     return BillingResult(consumed, dead, tuple(invoices), tuple(problems), roster.default_plan,
                          tuple(sorted(notices, key=lambda n: n.customer)))

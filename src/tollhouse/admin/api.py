@@ -33,7 +33,8 @@ log = get_logger(__name__)
 OPENAPI_PATH = Path(__file__).with_name("openapi.yaml")
 SERVICE_KEY: web.AppKey[StoreService] = web.AppKey("service", StoreService)
 ACTOR_KEY: web.RequestKey[str] = web.RequestKey("actor", str)
-_STATUS = {"not_found": 404, "already_exists": 409, "already_revoked": 409, "conflict": 409,
+_STATUS = {"not_found": 404, "already_exists": 409, "already_revoked": 409,
+           "already_voided": 409, "conflict": 409,
            "effective_at_too_early": 409,
            "invalid": 422, "unknown_plan": 422, "unknown_meter": 422, "bad_json": 400,
            "unauthorized": 401, "method_not_allowed": 405, "body_too_large": 413,

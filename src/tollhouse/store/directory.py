@@ -24,6 +24,7 @@ from tollhouse.config import StoreConfig
 from tollhouse.logs import get_logger
 from tollhouse.store import metrics as m
 from tollhouse.store.backend import Backend, StoreUnavailable, pg_conninfo
+from tollhouse.store.credit_models import CreditGrant
 from tollhouse.store.models import period_start
 from tollhouse.store.schema import SchemaError, open_store
 from tollhouse.store.service import NOTIFY_CHANNEL
@@ -48,6 +49,9 @@ class Entitlement:
     quota_overrides: Mapping[str, int]
     topups: Mapping[str, int]  # meter -> extra units for the current period
     plan_changes: tuple[tuple[str, float], ...]  # (plan, effective_from epoch s), for proration
+    credit_grants: tuple[CreditGrant, ...] = ()  # consumption order; filter with usable(now)
+    spend_cap: int | None = None  # the customer's own cap for the current period, minor units
+    recharge: tuple[int, int] | None = None  # auto-recharge (threshold, target), minor units
 
     @property
     def id(self) -> str:
@@ -146,9 +150,18 @@ class Directory:
             if eff > now:
                 break
             plan = p
+        credits = snap.credits
+        caps = credits.caps.get(customer_id)
+        cap = caps.get(period_start(anchor, now).isoformat()) if caps else None
         return Entitlement(customer_id, plan, status, since, anchor,  # type: ignore[arg-type]
                            snap.overrides.get(customer_id, _EMPTY),
-                           self._topups(customer_id, anchor, now), changes)
+                           self._topups(customer_id, anchor, now), changes,
+                           credits.grants.get(customer_id, ()), cap,
+                           credits.recharge.get(customer_id))
+
+    def credit_seed(self, grant_id: str) -> int:
+        """Minor units of a grant spent as the store knew at load (flushed by replicas)."""
+        return self._snap.credits.consumed.get(grant_id, 0)
 
     def _topups(self, customer_id: str, anchor: date | None, now: float) -> Mapping[str, int]:
         rows = self._snap.topups.get(customer_id)

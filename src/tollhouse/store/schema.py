@@ -88,7 +88,38 @@ def _v3(dialect: str) -> list[str]:
     ]
 
 
-_STEPS = [_v1, _v2, _v3]
+def _v4(dialect: str) -> list[str]:
+    """Issue 15: prepaid credit grants, their durable consumption, spend caps, recharge rules.
+
+    Amounts are integer minor units of ``currency``. ``credit_consumed`` holds what replicas have
+    spent of a grant (flushed deltas, not admin changes: no audit row); a restart and a Redis
+    that lost its data start from it.
+    """
+    real = _REAL[dialect]
+    return [
+        f"""CREATE TABLE credit_grants (
+            id TEXT PRIMARY KEY, customer TEXT NOT NULL REFERENCES customers(id),
+            amount BIGINT NOT NULL CHECK (amount > 0), currency TEXT NOT NULL,
+            priority INTEGER NOT NULL, effective_at {real} NOT NULL, expires_at {real},
+            scope TEXT NOT NULL DEFAULT '{{}}',
+            source TEXT NOT NULL CHECK (source IN ('purchase','promotional','refund')),
+            voided_at {real}, created_at {real} NOT NULL)""",
+        "CREATE INDEX credit_grants_customer ON credit_grants (customer)",
+        """CREATE TABLE credit_consumed (
+            grant_id TEXT PRIMARY KEY REFERENCES credit_grants(id),
+            consumed BIGINT NOT NULL DEFAULT 0)""",
+        f"""CREATE TABLE spend_caps (
+            customer TEXT NOT NULL REFERENCES customers(id), period TEXT NOT NULL,
+            amount BIGINT NOT NULL CHECK (amount >= 0), set_at {real} NOT NULL,
+            PRIMARY KEY (customer, period))""",
+        f"""CREATE TABLE credit_recharge_rules (
+            customer TEXT PRIMARY KEY REFERENCES customers(id),
+            threshold BIGINT NOT NULL CHECK (threshold >= 0),
+            target BIGINT NOT NULL CHECK (target > threshold), set_at {real} NOT NULL)""",
+    ]
+
+
+_STEPS = [_v1, _v2, _v3, _v4]
 SCHEMA_VERSION = len(_STEPS)
 
 

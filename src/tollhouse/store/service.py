@@ -20,6 +20,7 @@ import psycopg
 
 from tollhouse.logs import get_logger
 from tollhouse.store.backend import Backend, Row, Tx
+from tollhouse.store.credit_service import CreditOps
 from tollhouse.store.models import (
     STATUSES,
     ApiKeyInfo,
@@ -57,8 +58,8 @@ def _check_id(what: str, value: str) -> str:
     return value
 
 
-class StoreService:
-    """Customers, subscriptions, API keys, overrides, top-ups and the audit log.
+class StoreService(CreditOps):
+    """Customers, subscriptions, API keys, overrides, top-ups, credits and the audit log.
 
     ``plans`` / ``meters``: the catalog's names (from the config file); when given, a change that
     names another plan or meter is refused (``unknown_plan`` / ``unknown_meter``).

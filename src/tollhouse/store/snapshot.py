@@ -15,6 +15,7 @@ from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 from tollhouse.store.backend import Backend, Row, Tx
+from tollhouse.store.credit_snapshot import CreditRows, load_credit_rows
 
 __all__ = ["CustomerRecord", "Delta", "Snapshot", "load_delta", "load_full"]
 
@@ -37,6 +38,7 @@ class Snapshot:
     keys: dict[bytes, str] = field(default_factory=dict)
     overrides: dict[str, dict[str, int]] = field(default_factory=dict)
     topups: dict[str, tuple[TopUpRow, ...]] = field(default_factory=dict)
+    credits: CreditRows = field(default_factory=CreditRows)
 
 
 @dataclass(slots=True)
@@ -48,6 +50,7 @@ class Delta:
     overrides: dict[str, dict[str, int]]
     topups: dict[str, tuple[TopUpRow, ...]]
     keys: list[tuple[bytes, str | None]]  # (digest, customer or None when revoked)
+    credits: CreditRows = field(default_factory=CreditRows)
 
     def apply(self, snap: Snapshot) -> int:
         """Apply to ``snap``; return how many entities changed."""
@@ -58,6 +61,11 @@ class Delta:
                 snap.customers[cid] = rec
             _put(snap.overrides, cid, self.overrides.get(cid))
             _put(snap.topups, cid, self.topups.get(cid))
+            _put(snap.credits.grants, cid, self.credits.grants.get(cid))
+            _put(snap.credits.caps, cid, self.credits.caps.get(cid))
+            _put(snap.credits.recharge, cid, self.credits.recharge.get(cid))
+        for gid, consumed in self.credits.consumed.items():
+            snap.credits.consumed.setdefault(gid, consumed)  # a seed: replicas own spend after
         for digest, customer in self.keys:
             if customer is None:
                 snap.keys.pop(digest, None)
@@ -136,6 +144,7 @@ async def load_full(backend: Backend, now: float) -> Snapshot:
                 "SELECT customer, meter, units FROM quota_overrides"):
             snap.overrides.setdefault(intern(cid), {})[intern(meter)] = int(units)
         snap.topups = await _topups(tx, None, now)
+        snap.credits = await load_credit_rows(tx, None, now)
     return snap
 
 
@@ -189,3 +198,8 @@ async def _delta_customers(tx: Tx, ids: list[str], delta: Delta, now: float) -> 
     for cid, meter, units in await tx.execute(sql, ids):
         delta.overrides.setdefault(sys.intern(cid), {})[sys.intern(meter)] = int(units)
     delta.topups.update(await _topups(tx, ids, now))
+    credits = await load_credit_rows(tx, ids, now)
+    delta.credits.grants.update(credits.grants)
+    delta.credits.consumed.update(credits.consumed)
+    delta.credits.caps.update(credits.caps)
+    delta.credits.recharge.update(credits.recharge)

@@ -35,6 +35,7 @@ __all__ = ["Directory", "Entitlement"]
 log = get_logger(__name__)
 _EMPTY: Mapping[str, int] = MappingProxyType({})
 _FAILURES = (StoreUnavailable, psycopg.Error, OSError, TimeoutError)
+_STOP_DEADLINE_S = 5.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,11 +105,9 @@ class Directory:
 
     async def stop(self) -> None:
         """Stop syncing and close connections."""
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        task, self._task = self._task, None
+        if task is not None:
+            await _cancel(task, _STOP_DEADLINE_S)
         await self._close_listen()
         if self._backend is not None:
             await self._backend.close()
@@ -249,11 +248,14 @@ class Directory:
 
     async def _pg_cycle(self) -> None:
         if self._listen is None:
-            fresh: psycopg.AsyncConnection[Any] = await asyncio.wait_for(
-                psycopg.AsyncConnection.connect(
-                    pg_conninfo(self._url), autocommit=True, connect_timeout=5), 6)
+            # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancel that lands
+            # as the inner await completes, and stop() would then wait on a task that runs on.
+            async with asyncio.timeout(6):
+                fresh: psycopg.AsyncConnection[Any] = await psycopg.AsyncConnection.connect(
+                    pg_conninfo(self._url), autocommit=True, connect_timeout=5)
             self._listen = fresh
-            await asyncio.wait_for(fresh.execute(f"LISTEN {NOTIFY_CHANNEL}"), 5)
+            async with asyncio.timeout(5):
+                await fresh.execute(f"LISTEN {NOTIFY_CHANNEL}")
             await self._sync()  # anything committed before LISTEN took effect
         listen: psycopg.AsyncConnection[Any] = self._listen
         async for _ in listen.notifies(timeout=self._pg_check_s, stop_after=1):
@@ -263,7 +265,8 @@ class Directory:
     async def _close_listen(self) -> None:
         if self._listen is not None:
             with contextlib.suppress(Exception):
-                await self._listen.close()
+                async with asyncio.timeout(_STOP_DEADLINE_S):
+                    await self._listen.close()
             self._listen = None
 
     async def _full_load(self) -> None:
@@ -309,3 +312,19 @@ class Directory:
         self._error = message
         m.STORE_HEALTHY.set(0)
         m.STORE_SYNC_ERRORS.inc()
+
+
+async def _cancel(task: asyncio.Task[None], deadline_s: float) -> None:
+    """Cancel ``task`` and wait for it, cancelling again until it ends or ``deadline_s`` passes.
+
+    A cancel can be lost inside a library's await (see ``_pg_cycle``); asking again is safe.
+    """
+    loop = asyncio.get_running_loop()
+    end = loop.time() + deadline_s
+    while not task.done() and loop.time() < end:
+        task.cancel()
+        await asyncio.wait({task}, timeout=min(0.5, max(0.0, end - loop.time())))
+    if not task.done():
+        log.warning("store.sync_stop_timeout", seconds=deadline_s)
+    elif not task.cancelled() and task.exception() is not None:
+        log.warning("store.sync_failed_on_stop", error=type(task.exception()).__name__)

@@ -188,3 +188,19 @@ def test_config_errors_name_the_dotted_field() -> None:
         parse_config({"webhooks": {"lease_s": 1, "request_timeout_ms": 5000,
                                    "backoff_initial_s": 10, "backoff_max_s": 1}})
     assert [p for p, _ in e.value.problems] == ["webhooks.backoff_max_s", "webhooks.lease_s"]
+
+
+async def test_runners_of_one_instance_name_hold_distinct_lease_owners(tmp_path: Path) -> None:
+    """Two serve processes given the same instance name claim deliveries as different owners."""
+    from tollhouse.webhooks.runner import WebhookRunner
+
+    url = f"sqlite://{tmp_path}/store.db"
+    await migrate(url)
+    runners = [WebhookRunner(url, FAST, clock=time.time, owner="pod-a") for _ in range(2)]
+    try:
+        owners = {r.owner for r in runners}
+        assert len(owners) == 2
+        assert all(o.startswith("pod-a:") for o in owners)
+    finally:
+        for r in runners:
+            await r.backend.close()

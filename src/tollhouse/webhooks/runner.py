@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import random
+import secrets
 from collections.abc import Callable, Mapping
 
 from tollhouse.config.webhooks import WebhooksConfig
@@ -29,8 +31,11 @@ class WebhookRunner:
         self.backend = connect_backend(store_url)
         self.outbox = Outbox(self.backend, clock=clock,
                              emit_deadline_s=cfg.emit_deadline_ms / 1000)
-        self.deliverer = Deliverer(DeliveryQueue(self.backend, clock=clock), cfg, owner=owner,
-                                   clock=clock, rng=rng)
+        # The lease owner is unique per process: two replicas given one instance name (the same
+        # hostname, say) must not release or complete each other's claimed deliveries.
+        self.owner = f"{owner}:{os.getpid()}:{secrets.token_hex(4)}"
+        self.deliverer = Deliverer(DeliveryQueue(self.backend, clock=clock), cfg,
+                                   owner=self.owner, clock=clock, rng=rng)
         self._stop = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
 

@@ -58,3 +58,22 @@ def test_cli_refuses_bad_input_with_exit_1(tmp_path: Path,
     code, err = run(capsys, "webhooks", "test", "wh_missing", *url)
     assert code == 1
     assert "not_found" in str(err)
+
+
+def test_cli_takes_a_given_secret_from_a_file_never_argv(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """--secret-file registers that secret; an empty file is refused and registers nothing."""
+    url = ["--store-url", f"sqlite://{tmp_path}/store.db"]
+    assert run(capsys, "store", "migrate", *url)[0] == 0
+    secret = "whsec_" + "MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
+    (tmp_path / "s").write_text(secret + "\n")
+    code, ep = run(capsys, "webhooks", "add", "https://hooks.test/in", "--secret-file",
+                   str(tmp_path / "s"), *url)
+    assert code == 0
+    assert ep["secret"] == secret  # type: ignore[index]
+    (tmp_path / "empty").write_text("\n")
+    code, err = run(capsys, "webhooks", "add", "https://hooks.test/b", "--secret-file",
+                    str(tmp_path / "empty"), *url)
+    assert code != 0
+    assert "--secret-file: the file is empty" in str(err)
+    assert len(run(capsys, "webhooks", "list", *url)[1]) == 1  # type: ignore[arg-type]

@@ -7,10 +7,13 @@ audit actor ``cli``). ``add`` prints the secret once; nothing else ever shows it
 from __future__ import annotations
 
 import argparse
+import sys
 import time
+from pathlib import Path
 from typing import Any
 
 from tollhouse.store.cli import ACTOR, _common, run_service
+from tollhouse.store.models import ServiceError
 from tollhouse.store.service import StoreService
 from tollhouse.webhooks.outbox import Outbox
 
@@ -21,9 +24,22 @@ def _box(s: StoreService) -> Outbox:
     return Outbox(s.backend, clock=time.time)
 
 
+def _read_secret(path: str | None) -> str | None:
+    """The secret from ``path`` (``-``: stdin), never from argv, where ``ps`` would show it."""
+    if path is None:
+        return None
+    try:
+        text = sys.stdin.read() if path == "-" else Path(path).read_text(encoding="utf-8")
+    except OSError as e:
+        raise ServiceError("invalid", f"--secret-file: cannot read {path}: {e.strerror}") from e
+    if not text.strip():
+        raise ServiceError("invalid", f"--secret-file: the file is empty: {path}")
+    return text.strip()
+
+
 async def _add(s: StoreService, a: argparse.Namespace) -> Any:
     ep, secret = await _box(s).create_endpoint(actor=ACTOR, url=a.url, events=a.events or ["*"],
-                                               secret=a.secret)
+                                               secret=_read_secret(a.secret_file))
     return {**ep.to_json(), "secret": secret}
 
 
@@ -75,7 +91,8 @@ def add_webhooks_cli(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -
     p.add_argument("url")
     p.add_argument("--event", dest="events", action="append",
                    help="an event type to deliver (repeat; default: every type)")
-    p.add_argument("--secret", help="whsec_<base64> (default: generated)")
+    p.add_argument("--secret-file", metavar="PATH",
+                   help="a file holding whsec_<base64> ('-': stdin; default: generated)")
     p.set_defaults(func=run_service(_add))
     p = _common(w.add_parser("list", help="list endpoints (never their secrets)"))
     p.set_defaults(func=run_service(_list))

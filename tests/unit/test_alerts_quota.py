@@ -162,3 +162,20 @@ def test_alert_config_errors_name_the_field() -> None:
     with pytest.raises(ConfigError) as e:
         parse_config({"alerts": {"default": {"quota": [{"percent": 80, "units": 3}]}}})
     assert [p for p, _ in e.value.problems] == ["alerts.default.quota.0"]
+
+
+async def test_keys_of_a_finished_period_are_forgotten(backend: Backend) -> None:
+    """The evaluator's memory of fired thresholds holds only current periods, not every past one."""
+    world = World(quota=10)
+    box = Outbox(backend, clock=world.clock)
+    alerts = world.alerts(box)
+    await world.use(8)
+    assert await alerts.evaluate_once() == 1
+    old = world.clock.now
+    assert any(k.startswith("quota.threshold_reached:acme:requests:80") for k in alerts._reached)
+    world.clock.now = old + 40 * 86_400  # the next calendar month: a new period, no usage yet
+    assert await alerts.evaluate_once() == 0
+    assert alerts._reached == set()
+    await world.use(8)
+    assert await alerts.evaluate_once() == 1  # the new period's 80% fires on its own key
+    assert len(alerts._reached) == 1

@@ -76,7 +76,8 @@ class QuotaAlerts:
         """Evaluate every held customer's thresholds; return how many events were new."""
         now = self._clock()
         new = 0
-        for cid in list(getattr(self._limiter, "_customers", {})):
+        periods: set[str] = set()
+        for cid in self._limiter.customer_ids():
             found = self._resolve(cid)
             if found is None:
                 continue
@@ -87,11 +88,18 @@ class QuotaAlerts:
             limits = self._limits_for(cust, plan)
             snap = self._limiter.snapshot(cid, limits, now)
             period = period_for(now, limits.anchor).key
+            periods.add(period)
             for t in rules.quota:
                 if t.meter in snap:
                     used, quota = snap[t.meter]
                     new += await self._evaluate(cid, t, used, quota, period)
+        self._prune(periods)
         return new
+
+    def _prune(self, periods: set[str]) -> None:
+        """Forget the keys of periods no customer is in any more (they cannot fire again)."""
+        for keys in (self._reached, self._recovered):
+            keys.difference_update([k for k in keys if k.rsplit(":", 1)[1] not in periods])
 
     async def _evaluate(self, cid: str, t: QuotaThreshold, used: int, quota: int,
                         period: str) -> int:

@@ -135,6 +135,9 @@ class Limiter(Protocol):
     def snapshot(self, customer: str, limits: Limits, now_s: float) -> dict[str, tuple[int, int]]:
         """Meter -> (used, limit) in the current period, for the customer-facing usage endpoint."""
 
+    def customer_ids(self) -> list[str]:
+        """The customers whose counters this replica holds now (for alert evaluation)."""
+
 
 @functools.lru_cache(maxsize=1024)
 def _sf_string(s: str) -> str:

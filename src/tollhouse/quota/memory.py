@@ -165,6 +165,10 @@ class MemoryLimiter:
                 n += 1
         return n
 
+    def customer_ids(self) -> list[str]:
+        """The customers whose counters this replica holds now (for alert evaluation)."""
+        return list(self._customers)
+
     def snapshot(self, customer: str, limits: Limits, now_s: float) -> dict[str, tuple[int, int]]:
         """Meter -> (used, limit) for every quota in ``limits``."""
         c = self._customer(customer, limits, now_s)

@@ -383,6 +383,10 @@ class RedisLeaseLimiter:
                 n += 1
         return n
 
+    def customer_ids(self) -> list[str]:
+        """The customers whose counters this replica holds now (for alert evaluation)."""
+        return list(self._customers)
+
     def snapshot(self, customer: str, limits: Limits, now_s: float) -> dict[str, tuple[int, int]]:
         """Meter -> (used, limit); used counts other replicas' unspent leases as used."""
         c = self._customer(customer, limits, now_s + self._offset)

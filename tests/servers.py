@@ -6,10 +6,12 @@ would silently share traffic).
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import glob
 import os
 import shutil
+import signal
 import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -18,6 +20,39 @@ from pathlib import Path
 from tollhouse.demo.stack import pick_port, port_is_free, wait_port
 
 __all__ = ["PostgresServer", "RedisServer", "free_port", "port_is_free", "wait_port"]
+
+
+_STARTED: list[RedisServer | PostgresServer] = []
+
+
+def _stop_all() -> None:
+    """Stop every server still running when the test process exits (a timeout's SIGTERM too).
+
+    A PostgreSQL cluster outlives the killed pytest that started it (it is a separate
+    ``postgres`` user's daemon); without this, each timed-out run left one behind.
+    """
+    for server in reversed(_STARTED):
+        with contextlib.suppress(Exception):
+            server.stop()
+    _STARTED.clear()
+
+
+def _track(server: RedisServer | PostgresServer) -> None:
+    if not any(s is server for s in _STARTED):
+        _STARTED.append(server)
+
+
+def _on_sigterm(signum: int, frame: object) -> None:
+    """Stop the servers, then die of the signal as before (pytest would catch a SystemExit)."""
+    del frame
+    _stop_all()
+    signal.signal(signum, signal.SIG_DFL)
+    os.kill(os.getpid(), signum)
+
+
+atexit.register(_stop_all)
+if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+    signal.signal(signal.SIGTERM, _on_sigterm)
 
 
 def free_port() -> int:
@@ -50,6 +85,7 @@ class RedisServer:
                  else ["--appendonly", "no"])
         self.dir.mkdir(parents=True, exist_ok=True)
         self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        _track(self)
         wait_port(self.port)
         return self
 
@@ -116,6 +152,7 @@ class PostgresServer:
         self._run(_pg_bin("pg_ctl"), "-D", str(data), "-o", opts, "-l",
                   str(self.dir / "log"), "-w", "start")
         wait_port(self.port)
+        _track(self)
         return self
 
     def fresh_database_url(self, prefix: str = "t_") -> str:

@@ -22,6 +22,13 @@ from grpc_reflection.v1alpha import reflection
 
 from tollhouse.authn import Authenticator
 from tollhouse.check import Checker, State
+from tollhouse.components import (
+    open_directory,
+    open_metering,
+    open_quota_alerts,
+    open_webhooks,
+    past_due_grace,
+)
 from tollhouse.config import Config, ConfigError, counters_file, load_config
 from tollhouse.config.reload import START_ONLY, SettledFiles, keep_start_only, restart_needed
 from tollhouse.entitlements import build_catalog
@@ -59,7 +66,7 @@ class App:
         self.instance = cfg.instance or f"{socket.gethostname()}-{os.getpid()}"
         self.state = State(build_catalog(cfg, _read_bytes(config_path)))
         set_config_version(self.state.catalog.version)
-        self.directory: Any = _open_directory(cfg)
+        self.directory: Any = open_directory(cfg)
         lookup = self.directory.api_key_customer if self.directory is not None else None
         self.authn = Authenticator(cfg.auth, clock=clock, key_lookup=lookup)
         self.limits = LimitsBuilder(self.state)
@@ -72,12 +79,12 @@ class App:
         self.metering: Any = None
         self.als: Any = None  # the access-log servicer, once started with metering on
         if cfg.metering.enabled:
-            self.metering = _open_metering(config_path, cfg, clock, self.instance)
-        self.webhooks: Any = _open_webhooks(cfg, clock, self.instance)
+            self.metering = open_metering(config_path, cfg, clock, self.instance)
+        self.webhooks: Any = open_webhooks(cfg, clock, self.instance)
         self.checker = Checker(
             self.state, self.authn, limiter=self.limiter, metering=self.metering,
             directory=self.directory, limits_for=self.limits.for_customer, clock=clock,
-            past_due_grace_s=_past_due_grace(cfg), deadline_s=cfg.check_deadline_ms / 1000,
+            past_due_grace_s=past_due_grace(cfg), deadline_s=cfg.check_deadline_ms / 1000,
         )
         self.authz = authz.AuthorizationServicer(self.checker)
         self.authz_http: HttpAuthzServer | None = None
@@ -170,7 +177,9 @@ class App:
         await self.http.start()
         if self.webhooks is not None:
             await self.webhooks.start()
-        alerts = self._quota_alerts()
+        alerts = open_quota_alerts(self.cfg, limiter=self.limiter, webhooks=self.webhooks,
+                                   checker=self.checker, catalog=lambda: self.state.catalog,
+                                   limits_for=self.limits.for_customer, clock=self.clock)
         if alerts is not None:
             self._tasks.append(asyncio.create_task(alerts.run(self._stopping)))
         self._tasks.append(asyncio.create_task(self._watch_config()))
@@ -179,22 +188,6 @@ class App:
                  metrics=self.cfg.metrics_listen or self.cfg.admin_listen,
                  authz_http=self.cfg.authz_http_listen, instance=self.instance,
                  config_version=self.state.catalog.version)
-
-    def _quota_alerts(self) -> Any:
-        """The quota alert evaluator, when thresholds, counters and the outbox are all there."""
-        if not self.cfg.alerts.any_quota or self.limiter is None or self.webhooks is None:
-            return None
-        from tollhouse.alerts import QuotaAlerts
-        from tollhouse.decision import Deny
-
-        def resolve(cid: str) -> tuple[Any, Any] | None:
-            snap = self.state.catalog
-            cust = self.checker.lookup(snap, cid)
-            return None if isinstance(cust, Deny) else (cust, snap.plan(cust.plan))
-
-        return QuotaAlerts(self.cfg.alerts, limiter=self.limiter, resolve=resolve,
-                           limits_for=self.limits.for_customer, emit=self.webhooks.emit,
-                           clock=self.clock)
 
     def _add_access_log(self, server: grpc.aio.Server) -> None:
         """The access-log service: handed to the worker undecoded, or ingested here (inline)."""
@@ -371,47 +364,6 @@ class App:
                     await asyncio.wait_for(comp.stop(), remaining)
         await self.authn.stop()
         log.info("serve.stopped", instance=self.instance)
-
-
-def _open_metering(
-    config_path: Path, cfg: Config, clock: Callable[[], float], instance: str
-) -> Any:
-    """The metering of this process: a front for the worker process, or all of it inline."""
-    if cfg.metering.process == "worker":
-        from tollhouse.metering.front import MeteringFront
-
-        return MeteringFront(cfg, config_path=config_path, clock=clock, instance=instance)
-    from functools import partial
-
-    from tollhouse.envoy.als import entries_of
-    from tollhouse.metering import Metering
-
-    expand = partial(entries_of, usage_id_from_header=cfg.metering.usage_id_from_request_header)
-    return Metering(cfg, clock=clock, instance=instance, expand=expand)
-
-
-def _open_directory(cfg: Config) -> Any:
-    store = getattr(cfg, "store", None)
-    if store is None:
-        return None
-    from tollhouse.store import Directory
-
-    return Directory(store)
-
-
-def _open_webhooks(cfg: Config, clock: Callable[[], float], instance: str) -> Any:
-    """The webhook outbox and delivery loop, when there is a store and delivery is enabled."""
-    store = getattr(cfg, "store", None)
-    if store is None or not cfg.webhooks.enabled:
-        return None
-    from tollhouse.webhooks.runner import WebhookRunner
-
-    return WebhookRunner(store.url, cfg.webhooks, clock=clock, owner=instance)
-
-
-def _past_due_grace(cfg: Config) -> float:
-    store = getattr(cfg, "store", None)
-    return float(getattr(store, "past_due_grace_s", 7 * 86400))
 
 
 def _read_bytes(path: Path) -> bytes:

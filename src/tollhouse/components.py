@@ -1,0 +1,78 @@
+"""The composition root's choices: which metering, store, outbox and alerts ``serve`` runs.
+
+Each ``open_*`` reads the config and returns the component, or None when the config leaves it
+out; :class:`tollhouse.app.App` starts and stops what they return. Imports are local, so a
+process that never opens a component never loads its packages.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from tollhouse.config import Config
+
+__all__ = ["open_directory", "open_metering", "open_quota_alerts", "open_webhooks",
+           "past_due_grace"]
+
+
+def open_metering(
+    config_path: Path, cfg: Config, clock: Callable[[], float], instance: str
+) -> Any:
+    """The metering of this process: a front for the worker process, or all of it inline."""
+    if cfg.metering.process == "worker":
+        from tollhouse.metering.front import MeteringFront
+
+        return MeteringFront(cfg, config_path=config_path, clock=clock, instance=instance)
+    from functools import partial
+
+    from tollhouse.envoy.als import entries_of
+    from tollhouse.metering import Metering
+
+    expand = partial(entries_of, usage_id_from_header=cfg.metering.usage_id_from_request_header)
+    return Metering(cfg, clock=clock, instance=instance, expand=expand)
+
+
+def open_directory(cfg: Config) -> Any:
+    """The store's in-memory Directory, when the config has a ``store``."""
+    store = getattr(cfg, "store", None)
+    if store is None:
+        return None
+    from tollhouse.store import Directory
+
+    return Directory(store)
+
+
+def open_webhooks(cfg: Config, clock: Callable[[], float], instance: str) -> Any:
+    """The webhook outbox and delivery loop, when there is a store and delivery is enabled."""
+    store = getattr(cfg, "store", None)
+    if store is None or not cfg.webhooks.enabled:
+        return None
+    from tollhouse.webhooks.runner import WebhookRunner
+
+    return WebhookRunner(store.url, cfg.webhooks, clock=clock, owner=instance)
+
+
+def past_due_grace(cfg: Config) -> float:
+    """Seconds a ``past_due`` customer is still served (``store.past_due_grace_s``; 7 days)."""
+    store = getattr(cfg, "store", None)
+    return float(getattr(store, "past_due_grace_s", 7 * 86400))
+
+
+def open_quota_alerts(cfg: Config, *, limiter: Any, webhooks: Any, checker: Any,
+                      catalog: Callable[[], Any], limits_for: Callable[[Any, Any], Any],
+                      clock: Callable[[], float]) -> Any:
+    """The quota alert evaluator, when thresholds, counters and the outbox are all there."""
+    if not cfg.alerts.any_quota or limiter is None or webhooks is None:
+        return None
+    from tollhouse.alerts import QuotaAlerts
+    from tollhouse.decision import Deny
+
+    def resolve(cid: str) -> tuple[Any, Any] | None:
+        snap = catalog()
+        cust = checker.lookup(snap, cid)
+        return None if isinstance(cust, Deny) else (cust, snap.plan(cust.plan))
+
+    return QuotaAlerts(cfg.alerts, limiter=limiter, resolve=resolve, limits_for=limits_for,
+                       emit=webhooks.emit, clock=clock)

@@ -127,3 +127,20 @@ async def test_recharge_rule_and_spend_cap_reach_the_directory(
                             == (None, None), 1.0)
     with pytest.raises(ServiceError, match="target"):
         await svc.set_recharge_rule("a", 500, 500, actor="t")
+
+
+def test_balance_counts_only_usable_grants_in_thousandths_of_a_minor_unit() -> None:
+    """The balance sums what is left of usable grants; expired, voided and future ones count 0."""
+    from tollhouse.store.credit_models import MILLI, CreditGrant, balance_milli, remaining_milli
+
+    def grant(gid: str, amount: int, eff: float = 0.0, exp: float | None = None,
+              voided: float | None = None) -> CreditGrant:
+        return CreditGrant(gid, "a", amount, "USD", 10, eff, exp, frozenset(), frozenset(),
+                           "purchase", voided, 0.0)
+
+    gs = [grant("live", 100), grant("spent", 50), grant("expired", 70, exp=T0),
+          grant("voided", 80, voided=1.0), grant("future", 90, eff=T0 + 60)]
+    consumed = {"live": 10_500, "spent": 60 * MILLI}
+    assert remaining_milli(gs[1], consumed["spent"]) == 0  # over-spent: nothing left, not < 0
+    assert balance_milli(gs, consumed, T0) == 100 * MILLI - 10_500
+    assert balance_milli(gs, consumed, T0 + 60) == 100 * MILLI - 10_500 + 90 * MILLI

@@ -1,19 +1,24 @@
 """Plain values of prepaid credits: grants, the auto-recharge rule, and a customer's spend cap.
 
 Amounts are integer minor units of the grant's currency (``100`` is 1.00 USD, 100 JPY).
+Consumption is counted finer, in thousandths of a minor unit (:data:`MILLI`), so that a price of
+0.0015 USD per token is charged exactly; a balance shown to people is rounded down to the minor
+unit (never more than is really left).
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
-__all__ = ["GRANT_SOURCES", "CreditGrant", "GrantSource", "RechargeRule", "SpendCap",
-           "grant_order"]
+__all__ = ["GRANT_SOURCES", "MILLI", "CreditGrant", "GrantSource", "RechargeRule", "SpendCap",
+           "balance_milli", "grant_order", "remaining_milli"]
 
 GrantSource = Literal["purchase", "promotional", "refund"]
 GRANT_SOURCES: tuple[GrantSource, ...] = ("purchase", "promotional", "refund")
+MILLI = 1000  # consumption unit: 1/1000 of a minor unit (``credit_consumed``, credit counters)
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,6 +66,20 @@ class CreditGrant:
 def grant_order(g: CreditGrant) -> tuple[int, float, float, str]:
     """Sort key: priority, then the earliest expiry (none: last), then age, then id."""
     return (g.priority, math.inf if g.expires_at is None else g.expires_at, g.created_at, g.id)
+
+
+def remaining_milli(g: CreditGrant, consumed_milli: int) -> int:
+    """What is left of ``g`` (in 1/1000 minor units) once ``consumed_milli`` of it is spent."""
+    return max(0, g.amount * MILLI - consumed_milli)
+
+
+def balance_milli(grants: Iterable[CreditGrant], consumed: Mapping[str, int], now: float) -> int:
+    """The balance at ``now``: what is left of the usable grants, in 1/1000 minor units.
+
+    ``consumed``: grant id -> 1/1000 minor units spent (``StoreService.consumed``). Voided,
+    expired and not yet effective grants count nothing.
+    """
+    return sum(remaining_milli(g, consumed.get(g.id, 0)) for g in grants if g.usable(now))
 
 
 @dataclass(frozen=True, slots=True)

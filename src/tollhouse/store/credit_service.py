@@ -25,7 +25,7 @@ from tollhouse.store.models import Customer, ServiceError, period_start
 
 __all__ = ["GRANT_SQL", "MAX_AMOUNT", "CreditOps", "grant_from_row"]
 
-MAX_AMOUNT = 10**15
+MAX_AMOUNT = 10**12  # x MILLI stays below 2**53: exact in Redis Lua (doubles) and JSON
 _CURRENCY = re.compile(r"^[A-Z]{3}$")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}$")
 GRANT_SQL = ("SELECT id, customer, amount, currency, priority, effective_at, expires_at, scope,"
@@ -129,7 +129,7 @@ class CreditOps:
         return sorted((grant_from_row(r) for r in rows), key=grant_order)
 
     async def consumed(self, customer_id: str) -> dict[str, int]:
-        """Grant id -> minor units spent of it, as flushed by the replicas."""
+        """Grant id -> 1/1000 minor units spent of it (:data:`MILLI`), as flushed by replicas."""
         async with self.backend.transaction(readonly=True) as tx:
             rows = await tx.execute(
                 "SELECT c.grant_id, c.consumed FROM credit_consumed c JOIN credit_grants g"
@@ -137,7 +137,7 @@ class CreditOps:
         return {r[0]: int(r[1]) for r in rows}
 
     async def add_consumed(self, deltas: Sequence[tuple[str, int]]) -> None:
-        """Add spent minor units per grant (a replica's flush; atomic adds, any replica)."""
+        """Add spent 1/1000 minor units per grant (a replica's flush; atomic adds, any replica)."""
         if not deltas:
             return
         async with self.backend.transaction() as tx:

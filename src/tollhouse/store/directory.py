@@ -159,7 +159,7 @@ class Directory:
                            credits.recharge.get(customer_id))
 
     def credit_seed(self, grant_id: str) -> int:
-        """Minor units of a grant spent as the store knew at load (flushed by replicas)."""
+        """1/1000 minor units of a grant spent, as the store knew at load (flushed by replicas)."""
         return self._snap.credits.consumed.get(grant_id, 0)
 
     def _topups(self, customer_id: str, anchor: date | None, now: float) -> Mapping[str, int]:

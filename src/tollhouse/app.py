@@ -23,6 +23,7 @@ from grpc_reflection.v1alpha import reflection
 from tollhouse.authn import Authenticator
 from tollhouse.check import Checker, State
 from tollhouse.components import (
+    open_credits,
     open_directory,
     open_metering,
     open_quota_alerts,
@@ -81,8 +82,10 @@ class App:
         if cfg.metering.enabled:
             self.metering = open_metering(config_path, cfg, clock, self.instance)
         self.webhooks: Any = open_webhooks(cfg, clock, self.instance)
+        self.credits: Any = open_credits(cfg, self.directory, clock, self.instance)
         self.checker = Checker(
             self.state, self.authn, limiter=self.limiter, metering=self.metering,
+            credits=self.credits,
             directory=self.directory, limits_for=self.limits.for_customer, clock=clock,
             past_due_grace_s=past_due_grace(cfg), deadline_s=cfg.check_deadline_ms / 1000,
         )
@@ -150,6 +153,8 @@ class App:
             await self.directory.start()
         if self.limiter is not None:
             await self.limiter.start()
+        if self.credits is not None:
+            await self.credits.start()
         if self.metering is not None:
             await self.metering.start()
             self._wire_quota_hooks()
@@ -324,7 +329,7 @@ class App:
 
         The hooks saw the replayed records before the restart, and the counters kept that.
         """
-        if self.metering is not None and self.limiter is not None:
+        if self.metering is not None and (self.limiter is not None or self.credits is not None):
             effects = QuotaEffects(self)
             self.metering.on_confirmed = effects.post_hoc_usage
             self.metering.on_voided = effects.refund_voided
@@ -358,7 +363,7 @@ class App:
         if self.webhooks is not None:
             with contextlib.suppress(Exception):
                 await self.webhooks.stop(min(5.0, remaining))
-        for comp in (self.limiter, self.directory):
+        for comp in (self.limiter, self.credits, self.directory):  # credits: after the last ALS
             if comp is not None:
                 with contextlib.suppress(Exception):
                     await asyncio.wait_for(comp.stop(), remaining)

@@ -16,10 +16,12 @@ from dataclasses import replace
 from typing import Any, Protocol
 
 from tollhouse.authn import AuthnFailure, Principal
+from tollhouse.credits.book import Shortfall
 from tollhouse.decision import Allow, Decision, Deny, RequestInfo, unavailable
 from tollhouse.entitlements import Catalog, Customer
 from tollhouse.limits import standing_headers
 from tollhouse.logs import get_logger
+from tollhouse.store.credit_models import MILLI
 
 __all__ = ["Checker", "CustomerSource", "State"]
 
@@ -66,6 +68,7 @@ class Checker:
         *,
         limiter: Any = None,
         metering: Any = None,
+        credits: Any = None,
         directory: CustomerSource | None = None,
         limits_for: Callable[[Customer | Any, Any], Any] | None = None,
         clock: Callable[[], float] = time.time,
@@ -76,6 +79,7 @@ class Checker:
         self.authn = authenticator
         self.limiter = limiter
         self.metering = metering
+        self.credits = credits  # tollhouse.credits.CreditBook, when a plan is prepaid
         self.directory = directory
         self.limits_for = limits_for
         self.clock = clock
@@ -118,7 +122,34 @@ class Checker:
             admission = await self._admit(customer, plan, meters)
             if isinstance(admission, Deny):
                 return admission
-        return await self._record_and_answer(customer, feature, req, admission)
+        credit = None
+        prices = snap.credit_prices.get(customer.plan)
+        if prices is not None:
+            credit = await self._spend_credit(customer, prices, feature, meters)
+            if isinstance(credit, Deny):
+                if admission is not None:
+                    self.limiter.release(admission)
+                return self._with_limits(credit, customer, plan)
+        return await self._record_and_answer(customer, feature, req, admission, credit)
+
+    async def _spend_credit(self, cust: Any, prices: Any, feature: str,
+                            meters: Sequence[str]) -> Any:
+        """Take the request's price from the prepaid balance: a Spend, None (allowed) or Deny."""
+        if self.credits is None:
+            return unavailable("credits_unavailable", "prepaid credit cannot be checked")
+        grants = getattr(cust, "credit_grants", ())
+        now = self.clock()
+        got = await self.credits.spend(cust.id, grants, prices.admission_costs(meters), feature,
+                                       now)
+        if not isinstance(got, Shortfall):
+            return got
+        if got.reason == "unavailable":
+            return unavailable("credits_unavailable", "the credit counters are unreachable")
+        if not prices.deny_when_exhausted:
+            return None  # on_credit_exhausted: allow -- served, billed on the invoice
+        return Deny(402, "credit_exhausted", "Payment required",
+                    "the prepaid credit balance is used up", customer=cust.id,
+                    extra={"balance": got.balance // MILLI, "currency": prices.currency})
 
     def _standing(self, cust: Any, plan: Any) -> Headers:
         """RateLimit headers for an answer that spends nothing (the customer's plan is known)."""
@@ -205,8 +236,15 @@ class Checker:
         return Deny(429, adm.code or "quota_exceeded", "Too many requests", detail,
                     headers=retry + adm.headers, customer=cust.id, extra=extra)
 
+    def _undo(self, adm: Any, credit: Any) -> None:
+        """Give back what an admission took; its request is not let through."""
+        if adm is not None:
+            self.limiter.release(adm)
+        if credit is not None:
+            self.credits.release(credit)
+
     async def _record_and_answer(
-        self, cust: Any, feature: str, req: RequestInfo, adm: Any
+        self, cust: Any, feature: str, req: RequestInfo, adm: Any, credit: Any = None
     ) -> Decision:
         decision_id = f"{self._prefix}-{next(self._ids):x}"
         usage_id = ""
@@ -219,17 +257,14 @@ class Checker:
             try:  # a hung disk must not hang Envoy: the spool fails the wait at the deadline
                 await self.metering.reserve(rec, self.deadline_s)
             except asyncio.CancelledError:  # Envoy gave up on the Check: it never used an OK
-                if adm is not None:
-                    self.limiter.release(adm)
+                self._undo(adm, credit)
                 raise
             except TimeoutError:
-                if adm is not None:
-                    self.limiter.release(adm)
+                self._undo(adm, credit)
                 log.error("check.spool_timeout", customer=cust.id)
                 return unavailable("deadline_exceeded", "usage could not be recorded in time")
             except Exception as e:  # SpoolError or anything below it: never admit unbillable
-                if adm is not None:
-                    self.limiter.release(adm)
+                self._undo(adm, credit)
                 log.error("check.spool_failed", error=type(e).__name__, customer=cust.id)
                 return unavailable("spool_unavailable", "usage cannot be recorded")
             usage_id = rec.usage_id

@@ -13,7 +13,7 @@ from typing import Any
 
 from tollhouse.config import Config
 
-__all__ = ["open_directory", "open_metering", "open_quota_alerts", "open_webhooks",
+__all__ = ["open_credits", "open_directory", "open_metering", "open_quota_alerts", "open_webhooks",
            "past_due_grace"]
 
 
@@ -42,6 +42,28 @@ def open_directory(cfg: Config) -> Any:
     from tollhouse.store import Directory
 
     return Directory(store)
+
+
+def open_credits(cfg: Config, directory: Any, clock: Callable[[], float], instance: str) -> Any:
+    """The prepaid credit book, whenever there is a store (a reload may add a prepaid plan).
+
+    Spend is flushed to the store through a connection of its own; counters are shared through
+    Redis when ``counters`` is a Redis URL, else kept in this process.
+    """
+    store = getattr(cfg, "store", None)
+    if store is None or directory is None:
+        return None
+    from tollhouse.credits import CreditBook, open_counters
+    from tollhouse.store import StoreService, connect_backend
+
+    service = StoreService(connect_backend(store.url), clock=clock)
+
+    async def flush(deltas: Any) -> None:
+        await service.add_consumed(deltas)
+
+    counters = open_counters(cfg.counters, clock=clock, instance=instance)
+    return CreditBook(counters, clock=clock, seed=directory.credit_seed, flush=flush,
+                      on_stop=service.backend.close)
 
 
 def open_webhooks(cfg: Config, clock: Callable[[], float], instance: str) -> Any:

@@ -1,4 +1,4 @@
-"""What final usage records do to quotas: post-hoc units counted, voided units given back.
+"""What final usage records do to quotas and credit: post-hoc units counted, voided ones given back.
 
 The metering hooks (``on_confirmed`` / ``on_voided``) of either metering mode call these, on the
 event loop of the process that holds the limiter.
@@ -29,15 +29,30 @@ class QuotaEffects:
         return self._app.limits.for_customer(cust, plan)
 
     def post_hoc_usage(self, record: Any) -> None:
-        """Bytes/tokens meters known only from the access log count against quotas."""
-        limits = self._limits_of(record)
-        if limits is None:
-            return
+        """Bytes/tokens meters known only from the access log count against quotas and credit."""
         meters = self._app.state.catalog.config.meters
-        for meter, units in record.units.items():
-            if meters.get(meter) and meters[meter].source != "requests":
-                self._app.limiter.add_usage(record.customer, meter, int(units), limits,
-                                            self._app.clock())
+        post_hoc = [(m, int(u)) for m, u in record.units.items()
+                    if meters.get(m) and meters[m].source != "requests"]
+        if not post_hoc:
+            return
+        limits = self._limits_of(record) if self._app.limiter is not None else None
+        for meter, units in post_hoc if limits is not None else ():
+            self._app.limiter.add_usage(record.customer, meter, units, limits, self._app.clock())
+        prepaid = self._prepaid(record)
+        if prepaid is not None:
+            grants, prices = prepaid
+            for meter, units in post_hoc:
+                self._app.credits.charge(grants, meter, record.feature,
+                                         prices.cost(meter, units), self._app.clock())
+
+    def _prepaid(self, record: Any) -> tuple[Any, Any] | None:
+        """The customer's grants and its prepaid plan's prices, if it is on one."""
+        if self._app.credits is None:
+            return None
+        snap = self._app.state.catalog
+        cust = self._app.checker.identify(snap, record.customer)
+        prices = snap.credit_prices.get(getattr(cust, "plan", ""))
+        return None if prices is None else (getattr(cust, "credit_grants", ()), prices)
 
     def refund_voided(self, record: Any) -> None:
         """A VOIDED reservation (never served) gives its request units back to the quota.
@@ -46,10 +61,16 @@ class QuotaEffects:
         """
         if record.response_flags == VOID_CHECK_CANCELLED:
             return
-        limits = self._limits_of(record)
         feature = self._app.state.catalog.config.features.get(record.feature)
-        if limits is None or feature is None:
+        if feature is None:
             return
-        self._app.limiter.refund(record.customer, feature.meters, limits,
-                                 record.admitted_at_ms / 1000)
+        limits = self._limits_of(record) if self._app.limiter is not None else None
+        if limits is not None:
+            self._app.limiter.refund(record.customer, feature.meters, limits,
+                                     record.admitted_at_ms / 1000)
+        prepaid = self._prepaid(record)
+        if prepaid is not None:
+            grants, prices = prepaid
+            for meter, cost in prices.admission_costs(feature.meters).items():
+                self._app.credits.refund(grants, meter, record.feature, cost, self._app.clock())
 

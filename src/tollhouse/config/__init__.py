@@ -162,6 +162,7 @@ class Config(_Model):
                             (f"plans.{pname}.price.meters.{m}", f"unknown meter {m!r}")
                         )
             problems.extend(self._shadow_problems(pname, plan.shadow_price))
+            problems.extend(self._prepaid_problems(pname, plan))
         for cname, cust in self.customers.items():
             if cust.plan not in self.plans:
                 problems.append((f"customers.{cname}.plan", f"unknown plan {cust.plan!r}"))
@@ -188,6 +189,21 @@ class Config(_Model):
             raise ConfigError(problems)
         return self
 
+
+    def _prepaid_problems(self, pname: str, plan: PlanConfig) -> list[tuple[str, str]]:
+        """A prepaid plan charges fixed per-unit prices against credit kept in the store."""
+        if not plan.prepaid:
+            return []
+        where = f"plans.{pname}"
+        if self.store is None:
+            return [(f"{where}.prepaid", "credit grants live in the entitlement store:"
+                                         " set store.url")]
+        if plan.price is None:
+            return [(f"{where}.price", "a prepaid plan needs a price to charge against credit")]
+        return [(f"{where}.price.meters.{m}.model",
+                 "a prepaid plan charges per_unit prices with nothing included")
+                for m, p in plan.price.meters.items()
+                if p.model != "per_unit" or p.included]
 
     def _shadow_problems(self, pname: str, shadow: str | None) -> list[tuple[str, str]]:
         where = f"plans.{pname}.shadow_price"

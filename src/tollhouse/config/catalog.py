@@ -133,6 +133,11 @@ class PlanConfig(_Model):
     overage: Literal["deny", "allow"] = "deny"
     on_counter_error: Literal["fail_closed", "local"] = "fail_closed"
     price: PriceConfig | None = None
+    # Prepaid: the plan's meter prices are charged against the customer's credit balance as
+    # requests are admitted (docs/credits.md); when it runs out, ``deny`` answers 402
+    # ``credit_exhausted`` and ``allow`` keeps serving (the invoice bills what credit did not pay).
+    prepaid: bool = False
+    on_credit_exhausted: Literal["deny", "allow"] = "deny"
     # Another plan whose prices are applied to this plan's usage, shown beside the real amounts
     # (bill --preview, /v1/usage); never on an invoice.
     shadow_price: Name | None = None

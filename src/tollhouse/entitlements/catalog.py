@@ -7,8 +7,9 @@ mixes two configs.
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import date
+from typing import Any
 
 from tollhouse.config import Config, CustomerConfig, PlanConfig
 from tollhouse.entitlements.matcher import FeatureMatcher
@@ -39,6 +40,8 @@ class Catalog:
     plan_features: dict[str, frozenset[str]]
     customers: dict[str, Customer]
     version: str
+    # Prepaid plans' prices (plan -> ``tollhouse.credits.CreditPrices``); empty without any.
+    credit_prices: dict[str, Any] = field(default_factory=dict)
 
     def plan(self, name: str) -> PlanConfig | None:
         """The plan called ``name``, if the catalog has it."""
@@ -55,6 +58,14 @@ def _customer(cid: str, c: CustomerConfig) -> Customer:
     )
 
 
+def _credit_prices(cfg: Config) -> dict[str, Any]:
+    if not any(p.prepaid for p in cfg.plans.values()):
+        return {}
+    from tollhouse.credits.prices import build_credit_prices  # only configs with prepaid plans
+
+    return dict(build_credit_prices(cfg))
+
+
 def build_catalog(cfg: Config, raw: bytes = b"") -> Catalog:
     """Compile a validated config into a snapshot (regexes compiled, plans indexed)."""
     return Catalog(
@@ -63,4 +74,5 @@ def build_catalog(cfg: Config, raw: bytes = b"") -> Catalog:
         plan_features={n: frozenset(p.features) for n, p in cfg.plans.items()},
         customers={cid: _customer(cid, c) for cid, c in cfg.customers.items()},
         version=hashlib.sha256(raw or cfg.model_dump_json().encode()).hexdigest()[:12],
+        credit_prices=_credit_prices(cfg),
     )

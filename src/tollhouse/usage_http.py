@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable, Mapping
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 
 from aiohttp import web
 
 from tollhouse.billing.periods import period_containing
+from tollhouse.billing.pricing import minor_unit
 from tollhouse.billing.store_subscriptions import midnight_s
 from tollhouse.billing.subscriptions import (
     ConfigSubscriptions,
@@ -35,6 +37,7 @@ from tollhouse.billing.usage_api import (
 from tollhouse.decision import Deny
 from tollhouse.http import problems_middleware
 from tollhouse.limits import live_used
+from tollhouse.store.credit_models import MILLI
 
 __all__ = ["LiveSubscriptions", "build_usage_app", "live_counters"]
 
@@ -89,6 +92,22 @@ def live_counters(app: Any) -> Callable[[str], Mapping[str, int]]:
     return live
 
 
+def with_credit(app: Any, ent: Any, report: UsageReport | None) -> UsageReport | None:
+    """The report with the live credit balance, for a customer with grants or a prepaid plan.
+
+    The balance is this replica's view (``CreditBook.balance``), rounded down to the minor unit.
+    """
+    credits = getattr(app, "credits", None)
+    if report is None or credits is None or ent is None:
+        return report
+    grants = [g for g in ent.credit_grants if g.currency == report.currency]
+    if not grants and report.plan not in app.state.catalog.credit_prices:
+        return report
+    milli = credits.balance(grants, app.clock())
+    balance = (milli // MILLI) * minor_unit(report.currency)
+    return replace(report, credit_balance=balance)
+
+
 def build_usage_app(app: Any) -> web.Application:
     """Return an aiohttp app serving ``/v1/usage`` from the meter, on the current config."""
     subs = LiveSubscriptions(app)
@@ -100,7 +119,7 @@ def build_usage_app(app: Any) -> web.Application:
         report = current_usage(app.cfg, customer, totals=with_live(totals, live),
                                clock=app.clock, subscriptions=subs, quota_overrides=overrides,
                                daily=daily_of(totals))
-        return with_invoices(app.cfg, report)
+        return with_invoices(app.cfg, with_credit(app, ent, report))
 
     web_app = web.Application(middlewares=[problems_middleware])
     add_usage_route(web_app, lookup, live=live_counters(app), ledger_url=app.cfg.billing.ledger)

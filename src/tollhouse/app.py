@@ -23,10 +23,12 @@ from grpc_reflection.v1alpha import reflection
 from tollhouse.authn import Authenticator
 from tollhouse.check import Checker, State
 from tollhouse.components import (
+    open_credit_alerts,
     open_credits,
     open_directory,
     open_metering,
     open_quota_alerts,
+    open_spend_caps,
     open_webhooks,
     past_due_grace,
 )
@@ -83,9 +85,10 @@ class App:
             self.metering = open_metering(config_path, cfg, clock, self.instance)
         self.webhooks: Any = open_webhooks(cfg, clock, self.instance)
         self.credits: Any = open_credits(cfg, self.directory, clock, self.instance)
+        self.spend_caps: Any = open_spend_caps(cfg, self)
         self.checker = Checker(
             self.state, self.authn, limiter=self.limiter, metering=self.metering,
-            credits=self.credits,
+            credits=self.credits, spend_caps=self.spend_caps,
             directory=self.directory, limits_for=self.limits.for_customer, clock=clock,
             past_due_grace_s=past_due_grace(cfg), deadline_s=cfg.check_deadline_ms / 1000,
         )
@@ -185,8 +188,9 @@ class App:
         alerts = open_quota_alerts(self.cfg, limiter=self.limiter, webhooks=self.webhooks,
                                    checker=self.checker, catalog=lambda: self.state.catalog,
                                    limits_for=self.limits.for_customer, clock=self.clock)
-        if alerts is not None:
-            self._tasks.append(asyncio.create_task(alerts.run(self._stopping)))
+        for evaluator in (alerts, self.spend_caps, open_credit_alerts(self.cfg, self)):
+            if evaluator is not None:
+                self._tasks.append(asyncio.create_task(evaluator.run(self._stopping)))
         self._tasks.append(asyncio.create_task(self._watch_config()))
         self._tasks.append(asyncio.create_task(self._watch_ready(names)))
         log.info("serve.started", listen=self.cfg.listen, admin=self.cfg.admin_listen,

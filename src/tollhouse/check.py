@@ -69,6 +69,7 @@ class Checker:
         limiter: Any = None,
         metering: Any = None,
         credits: Any = None,
+        spend_caps: Any = None,
         directory: CustomerSource | None = None,
         limits_for: Callable[[Customer | Any, Any], Any] | None = None,
         clock: Callable[[], float] = time.time,
@@ -80,6 +81,7 @@ class Checker:
         self.limiter = limiter
         self.metering = metering
         self.credits = credits  # tollhouse.credits.CreditBook, when a plan is prepaid
+        self.spend_caps = spend_caps  # tollhouse.credits.SpendCaps, when there is a store
         self.directory = directory
         self.limits_for = limits_for
         self.clock = clock
@@ -117,6 +119,9 @@ class Checker:
         if not meters:  # a free feature (e.g. /v1/usage): no quota, nothing to bill
             return self._answer(customer, feature, "", None,
                                 headers=self._standing(customer, plan))
+        capped = self.spend_caps.blocked(customer.id) if self.spend_caps is not None else None
+        if capped is not None:
+            return self._with_limits(self._capped(customer.id, capped), customer, plan)
         admission = None
         if self.limiter is not None and self.limits_for is not None:
             admission = await self._admit(customer, plan, meters)
@@ -131,6 +136,13 @@ class Checker:
                     self.limiter.release(admission)
                 return self._with_limits(credit, customer, plan)
         return await self._record_and_answer(customer, feature, req, admission, credit)
+
+    @staticmethod
+    def _capped(cid: str, c: Any) -> Deny:
+        return Deny(402, "spend_cap_reached", "Payment required",
+                    f"spend this period reached the customer's cap of {c.cap} ({c.currency}"
+                    " minor units)", customer=cid,
+                    extra={"cap": c.cap, "spent": c.spent, "currency": c.currency})
 
     async def _spend_credit(self, cust: Any, prices: Any, feature: str,
                             meters: Sequence[str]) -> Any:

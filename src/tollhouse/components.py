@@ -13,8 +13,16 @@ from typing import Any
 
 from tollhouse.config import Config
 
-__all__ = ["open_credits", "open_directory", "open_metering", "open_quota_alerts", "open_webhooks",
-           "past_due_grace"]
+__all__ = [
+    "open_credit_alerts",
+    "open_credits",
+    "open_directory",
+    "open_metering",
+    "open_quota_alerts",
+    "open_spend_caps",
+    "open_webhooks",
+    "past_due_grace",
+]
 
 
 def open_metering(
@@ -98,3 +106,24 @@ def open_quota_alerts(cfg: Config, *, limiter: Any, webhooks: Any, checker: Any,
 
     return QuotaAlerts(cfg.alerts, limiter=limiter, resolve=resolve, limits_for=limits_for,
                        emit=webhooks.emit, clock=clock)
+
+
+def open_spend_caps(cfg: Config, app: Any) -> Any:
+    """The spend-cap evaluator, whenever there is a store (customers set caps themselves)."""
+    if getattr(cfg, "store", None) is None or app.directory is None:
+        return None
+    from tollhouse.credits.spend_caps import SpendCaps
+    from tollhouse.usage_http import spend_lookup
+
+    emit = app.webhooks.emit if app.webhooks is not None else None
+    return SpendCaps(app.directory, spend_lookup(app), emit=emit)
+
+
+def open_credit_alerts(cfg: Config, app: Any) -> Any:
+    """The credit alert evaluator, when there are credits and an outbox to emit to."""
+    if app.credits is None or app.webhooks is None:
+        return None
+    from tollhouse.alerts import CreditAlerts
+
+    return CreditAlerts(cfg.alerts, book=app.credits, directory=app.directory,
+                        emit=app.webhooks.emit, clock=app.clock)

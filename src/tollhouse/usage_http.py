@@ -9,8 +9,9 @@ are never behind the quota counters the Check decides on (:func:`live_counters`)
 
 from __future__ import annotations
 
+import asyncio
 import math
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
@@ -39,7 +40,8 @@ from tollhouse.http import problems_middleware
 from tollhouse.limits import live_used
 from tollhouse.store.credit_models import MILLI
 
-__all__ = ["LiveSubscriptions", "build_usage_app", "live_counters"]
+__all__ = ["LiveSubscriptions", "build_usage_app", "live_counters", "report_lookup",
+           "spend_lookup", "with_credit"]
 
 
 class LiveSubscriptions:
@@ -108,8 +110,8 @@ def with_credit(app: Any, ent: Any, report: UsageReport | None) -> UsageReport |
     return replace(report, credit_balance=balance)
 
 
-def build_usage_app(app: Any) -> web.Application:
-    """Return an aiohttp app serving ``/v1/usage`` from the meter, on the current config."""
+def report_lookup(app: Any) -> Callable[[str, Mapping[str, int]], UsageReport | None]:
+    """``(customer, live counters) -> UsageReport``, as ``/v1/usage`` shows it (blocking)."""
     subs = LiveSubscriptions(app)
     totals = meter_totals(app.cfg)
 
@@ -121,6 +123,40 @@ def build_usage_app(app: Any) -> web.Application:
                                daily=daily_of(totals))
         return with_invoices(app.cfg, with_credit(app, ent, report))
 
+    return lookup
+
+
+def spend_lookup(app: Any) -> Callable[[str], Awaitable[UsageReport | None]]:
+    """The spend-cap evaluator's lookup: live counters on the loop, the report in a thread."""
+    built: list[Callable[[str, Mapping[str, int]], UsageReport | None]] = []
+    live = live_counters(app)
+
+    async def lookup(customer: str) -> UsageReport | None:
+        if not built:
+            built.append(report_lookup(app))
+        return await asyncio.to_thread(built[0], customer, dict(live(customer)))
+
+    return lookup
+
+
+def build_usage_app(app: Any) -> web.Application:
+    """Return an aiohttp app serving ``/v1/usage`` from the meter, on the current config.
+
+    With a store, also the customer's own spend cap (``/v1/usage/spend-cap``).
+    """
     web_app = web.Application(middlewares=[problems_middleware])
-    add_usage_route(web_app, lookup, live=live_counters(app), ledger_url=app.cfg.billing.ledger)
+    add_usage_route(web_app, report_lookup(app), live=live_counters(app),
+                    ledger_url=app.cfg.billing.ledger)
+    store = getattr(app.cfg, "store", None)
+    if store is not None and app.directory is not None:
+        from tollhouse.credits.customer_api import add_spend_cap_routes
+        from tollhouse.store import StoreService, connect_backend
+
+        service = StoreService(connect_backend(store.url), clock=app.clock)
+        add_spend_cap_routes(web_app, service, app.directory, getattr(app, "spend_caps", None))
+
+        async def close(_: web.Application) -> None:
+            await service.backend.close()
+
+        web_app.on_cleanup.append(close)
     return web_app

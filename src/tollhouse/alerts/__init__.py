@@ -1,5 +1,6 @@
 """Usage alerts (issue 15, item 2): thresholds evaluated off the hot path, events to the outbox."""
 
+from tollhouse.alerts.credit import CreditAlerts, credit_threshold
 from tollhouse.alerts.quota import QuotaAlerts, crossing
 
-__all__ = ["QuotaAlerts", "crossing"]
+__all__ = ["CreditAlerts", "QuotaAlerts", "credit_threshold", "crossing"]

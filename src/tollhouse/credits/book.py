@@ -24,7 +24,7 @@ from prometheus_client import Counter
 
 from tollhouse.credits.counters import CreditCounters, GrantCounter
 from tollhouse.logs import get_logger
-from tollhouse.store.credit_models import CreditGrant
+from tollhouse.store.credit_models import MILLI, CreditGrant
 
 __all__ = ["CreditBook", "Shortfall", "Spend"]
 
@@ -209,8 +209,22 @@ class CreditBook:
             usable[0].unflushed -= cost
 
     def balance(self, grants: Sequence[CreditGrant], now: float) -> int:
-        """What is left of the usable grants (1/1000 minor units), as this replica knows it."""
-        return sum(self.counter(g).remaining() for g in grants if g.usable(now))
+        """What is left of the usable grants (1/1000 minor units), as this replica knows it.
+
+        Read-only (safe from the usage listener's lookup thread): a grant not seen yet counts
+        its amount less the store's consumed.
+        """
+        total = 0
+        for g in grants:
+            if g.usable(now):
+                ctr = self._grants.get(g.id)
+                total += (ctr.remaining() if ctr is not None
+                          else max(0, g.amount * MILLI - self._seed(g.id)))
+        return total
+
+    def customer_ids(self) -> list[str]:
+        """Customers this replica holds grant counters for."""
+        return sorted({c.customer for c in list(self._grants.values())})
 
     # --- background: flush, idle leases, upkeep --------------------------------------------
 

@@ -158,6 +158,10 @@ class Directory:
                            credits.grants.get(customer_id, ()), cap,
                            credits.recharge.get(customer_id))
 
+    def capped_customers(self) -> list[str]:
+        """Customers that have set a spend cap (for any period; ``customer()`` says which now)."""
+        return list(self._snap.credits.caps)
+
     def credit_seed(self, grant_id: str) -> int:
         """1/1000 minor units of a grant spent, as the store knew at load (flushed by replicas)."""
         return self._snap.credits.consumed.get(grant_id, 0)

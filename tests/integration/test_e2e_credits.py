@@ -34,6 +34,9 @@ from tollhouse.store import StoreService, connect_backend
 
 pytestmark = pytest.mark.integration
 
+PAYG = {"features": ["search", "usage"], "quotas": {"requests": 1}, "overage": "allow",
+        "price": {"currency": "USD", "meters": {
+            "requests": {"model": "per_unit", "unit_price": "0.10"}}}}
 PREPAID = {"features": ["search", "reports", "usage"], "prepaid": True,
            "price": {"currency": "USD", "meters": {
                "requests": {"model": "per_unit", "unit_price": "0.10"},
@@ -60,10 +63,10 @@ class Credits:
         doc: dict[str, Any] = resp.json()
         return doc
 
-    def customer(self) -> tuple[str, str]:
-        """A new prepaid customer with an API key: (id, key)."""
+    def customer(self, plan: str = "prepaid") -> tuple[str, str]:
+        """A new customer on ``plan`` with an API key: (id, key)."""
         cid = "p" + uuid.uuid4().hex[:10]
-        self.admin("POST", "/customers", {"id": cid, "name": "E2E " + cid, "plan": "prepaid"})
+        self.admin("POST", "/customers", {"id": cid, "name": "E2E " + cid, "plan": plan})
         key = str(self.admin("POST", f"/customers/{cid}/keys")["key"])
         wait_until(lambda: [self.status(key) for _ in range(4)], lambda s: 401 not in s,
                    timeout_s=2.0, interval_s=0.05, what="key known to both replicas")
@@ -107,7 +110,7 @@ def _start(tmp: Path, store_url: str, counters: str, *, replicas: int) -> Iterat
     def edit(config: dict[str, Any]) -> dict[str, Any]:
         return {**config, "store": {"url": store_url, "poll_interval_ms": 200},
                 "admin": {"token_file": str(tmp / "admin.token")}, "counters": counters,
-                "plans": {**config["plans"], "prepaid": PREPAID}}
+                "plans": {**config["plans"], "prepaid": PREPAID, "payg": PAYG}}
 
     stack = build_stack(tmp / "stack", edit, usage_listener=True)
     replica = add_replica(stack, "replica-2") if replicas == 2 else None
@@ -201,3 +204,38 @@ def test_one_dollar_at_ten_cents_is_ten_requests_then_402_with_the_balance(
                                                                           "credit_exhausted", 0)
     wait_until(lambda: credits.consumed(cid), lambda c: c == 100_000, timeout_s=5.0,
                what="spend flushed to the store, exact to the minor unit")
+
+
+def spend_cap(c: Credits, key: str, method: str, body: dict[str, Any] | None = None) -> Any:
+    """Call the customer's own spend-cap API through Envoy with its API key."""
+    return http_request(c.stack.ports.envoy, "/v1/usage/spend-cap", method=method,
+                        headers={"x-api-key": key, "content-type": "application/json"},
+                        body=None if body is None else json.dumps(body).encode())
+
+
+def test_a_customer_caps_its_own_spend_and_gets_402_spend_cap_reached(single: Credits) -> None:
+    """A pay-as-you-go customer caps spend at 0.30: within about a second of reaching it, 402.
+
+    The cap is set with the customer's own key through Envoy; removing it serves again.
+    """
+    cid, key = single.customer("payg")
+    bad = spend_cap(single, key, "PUT", {"amount": "lots"})
+    assert (bad.status, bad.problem_code()) == (400, "invalid")
+    put = spend_cap(single, key, "PUT", {"amount": 30})
+    assert put.status == 200, put.body[:300]
+    assert put.json()["cap"]["amount"] == 30
+    statuses: list[int] = []
+    wait_until(lambda: statuses.append(single.status(key)) or statuses[-1], lambda s: s == 402,
+               timeout_s=5.0, interval_s=0.1, what="spend cap enforced")
+    assert statuses.count(200) >= 3, statuses  # 0.30 at 0.10 a request is paid for
+    refused = single.stack.request("/v1/search", api_key=key)
+    assert refused.problem_code() == "spend_cap_reached"
+    assert (refused.json()["cap"], refused.json()["currency"]) == (30, "USD")
+    assert refused.json()["spent"] >= 30
+    assert spend_cap(single, key, "GET").json()["reached"] is True
+    assert spend_cap(single, key, "DELETE").status == 200
+    wait_until(lambda: single.status(key), lambda s: s == 200, timeout_s=3.0, interval_s=0.1,
+               what="cap removed")
+    audit = single.admin("GET", f"/audit?target={cid}")
+    actions = [(a["actor"], a["action"]) for a in audit["items"]]
+    assert (f"customer:{cid}", "spend_cap.set") in actions

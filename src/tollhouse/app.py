@@ -29,6 +29,7 @@ from tollhouse.components import (
     open_metering,
     open_quota_alerts,
     open_spend_caps,
+    open_unattributed,
     open_webhooks,
     past_due_grace,
 )
@@ -188,7 +189,8 @@ class App:
         alerts = open_quota_alerts(self.cfg, limiter=self.limiter, webhooks=self.webhooks,
                                    checker=self.checker, catalog=lambda: self.state.catalog,
                                    limits_for=self.limits.for_customer, clock=self.clock)
-        for evaluator in (alerts, self.spend_caps, open_credit_alerts(self.cfg, self)):
+        for evaluator in (alerts, self.spend_caps, open_credit_alerts(self.cfg, self),
+                          open_unattributed(self)):
             if evaluator is not None:
                 self._tasks.append(asyncio.create_task(evaluator.run(self._stopping)))
         self._tasks.append(asyncio.create_task(self._watch_config()))

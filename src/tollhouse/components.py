@@ -20,6 +20,7 @@ __all__ = [
     "open_metering",
     "open_quota_alerts",
     "open_spend_caps",
+    "open_unattributed",
     "open_webhooks",
     "past_due_grace",
 ]
@@ -127,3 +128,14 @@ def open_credit_alerts(cfg: Config, app: Any) -> Any:
 
     return CreditAlerts(cfg.alerts, book=app.credits, directory=app.directory,
                         emit=app.webhooks.emit, clock=app.clock)
+
+
+def open_unattributed(app: Any) -> Any:
+    """The ``usage.unattributed`` reporter, wired to metering, when there is an outbox."""
+    if app.metering is None or app.webhooks is None:
+        return None
+    from tollhouse.alerts import UnattributedUsage
+
+    reporter = UnattributedUsage(emit=app.webhooks.emit, instance=app.instance, clock=app.clock)
+    app.metering.on_orphans = reporter.add
+    return reporter

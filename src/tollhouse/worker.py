@@ -73,6 +73,10 @@ class _Worker:
         if rec.admitted_at_ms >= self.effects_since_ms:
             write_frame(self.writer, b"R", rec.SerializeToString())
 
+    def orphans(self, n: int) -> None:
+        """Tell serve how many served facts were dropped without a reservation."""
+        write_frame(self.writer, b"O", str(n).encode())
+
     async def reload(self) -> None:
         try:
             cfg = await asyncio.to_thread(load_config, self.config_path)
@@ -132,6 +136,7 @@ async def run(
     try:
         metering = Metering(cfg, instance=instance, expand=w.expand, writer_pid=writer_pid)
         metering.on_confirmed, metering.on_voided = w.confirmed, w.voided
+        metering.on_orphans = w.orphans
         await metering.start()
         w.metering = metering
         tune_after_start()

@@ -98,6 +98,8 @@ async def test_grace_sweep_and_orphans_are_decided_once(tmp_path: Path, url: str
     now = [2_000_000_000.0]
     a = Metering(_cfg(tmp_path, "a", url), clock=lambda: now[0], instance="a")
     b = Metering(_cfg(tmp_path, "b", url), clock=lambda: now[0], instance="b")
+    orphans: list[int] = []
+    a.on_orphans = b.on_orphans = orphans.append  # usage.unattributed hears of each once
     await a.start()
     await b.start()
     recs = await _reserve(a, 6)
@@ -108,6 +110,7 @@ async def test_grace_sweep_and_orphans_are_decided_once(tmp_path: Path, url: str
     now[0] += 31
     for m in (a, b, a, b):
         await m.tick()
+    assert orphans == [1]
     await a.stop(deadline_s=2)
     await b.stop(deadline_s=2)
     got = await _stream(url)

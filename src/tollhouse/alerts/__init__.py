@@ -2,5 +2,6 @@
 
 from tollhouse.alerts.credit import CreditAlerts, credit_threshold
 from tollhouse.alerts.quota import QuotaAlerts, crossing
+from tollhouse.alerts.unattributed import UnattributedUsage
 
-__all__ = ["CreditAlerts", "QuotaAlerts", "credit_threshold", "crossing"]
+__all__ = ["CreditAlerts", "QuotaAlerts", "UnattributedUsage", "credit_threshold", "crossing"]

@@ -52,9 +52,11 @@ class MeteringFront(ReservationBuilder):
         self._finalizer = Finalizer(cfg)
         self.writer = FactWriter(cfg.metering.spool or DEFAULT_SPOOL_DIR, clock=clock,
                                  instance=instance, group_commit_ms=cfg.metering.group_commit_ms)
-        self.worker = WorkerProcess(config_path, instance=instance, on_record=self._record)
+        self.worker = WorkerProcess(config_path, instance=instance, on_record=self._record,
+                                    on_orphans=self._orphans)
         self.on_confirmed: Callable[[UsageRecord], None] | None = None
         self.on_voided: Callable[[UsageRecord], None] | None = None
+        self.on_orphans: Callable[[int], None] | None = None
         # A restarted worker replays and sends some records again: apply each once.
         self._applied: OrderedDict[str, None] = OrderedDict()
 
@@ -91,6 +93,10 @@ class MeteringFront(ReservationBuilder):
     def status(self) -> dict[str, object]:
         """What /readyz says about metering."""
         return {"process": "worker", **self.worker.status, "restarts": self.worker.restarts}
+
+    def _orphans(self, n: int) -> None:
+        if self.on_orphans is not None:
+            self.on_orphans(n)
 
     def _record(self, payload: bytes) -> None:
         rec = UsageRecord.FromString(payload)

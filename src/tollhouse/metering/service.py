@@ -164,6 +164,7 @@ class Metering(ReservationBuilder):
         self._last_housekeeping = float("-inf")
         self.on_confirmed: Callable[[UsageRecord], None] | None = None
         self.on_voided: Callable[[UsageRecord], None] | None = None  # quota units back
+        self.on_orphans: Callable[[int], None] | None = None  # served facts never reserved
 
     # ---- lifecycle -------------------------------------------------------------------------
 
@@ -303,7 +304,7 @@ class Metering(ReservationBuilder):
         else:
             expired, orphans = await self.spool.expire(cutoff, now_ms, self._finalizer)
             _count_final(expired)
-            _count_orphans(orphans)
+            self._orphans(orphans)
             sent = await self._forward_rounds()
         if now - self._last_housekeeping >= _HOUSEKEEPING_S:
             self._last_housekeeping = now
@@ -311,6 +312,15 @@ class Metering(ReservationBuilder):
             unsent = len(self.spool.outbox) if self.remote else self.spool.join.unsent_count
             SPOOL_UNSENT.set(unsent)
         return sent
+
+    def _orphans(self, n: int) -> None:
+        """Count served facts dropped without a reservation, and tell ``on_orphans``."""
+        _count_orphans(n)
+        if n and self.on_orphans is not None:
+            try:
+                self.on_orphans(n)
+            except Exception:
+                log.error("metering.orphans_hook_failed", exc=True)
 
     async def _forward_rounds(self) -> int:
         sent = 0
@@ -326,7 +336,7 @@ class Metering(ReservationBuilder):
         sent = await self._forward_rounds()
         if not self.spool.outbox:
             expired, orphans = await rjoin.sweep(cutoff_ms)
-            _count_orphans(orphans)
+            self._orphans(orphans)
             if expired:
                 sent += await self._forward_rounds()
         return sent

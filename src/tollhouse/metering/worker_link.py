@@ -5,7 +5,8 @@ Ctrl-C reaches only ``serve``, which drains first and then stops the worker. The
 socket pair, in frames of ``u32 length | u8 kind | payload``:
 
 - worker to serve: ``R`` a final ``UsageRecord`` that changes a quota (post-hoc units of a
-  CONFIRMED record, or a VOIDED reservation whose unit goes back), ``M`` the worker's metrics
+  CONFIRMED record, or a VOIDED reservation whose unit goes back), ``O`` how many served facts
+  were dropped without a reservation (decimal), ``M`` the worker's metrics
   (the reply to ``m``), ``S`` its status as JSON (``ready`` once it has replayed the log, then
   its queue sizes every second);
 - serve to worker: ``m`` a metrics request, ``c`` the config was reloaded (read it again).
@@ -111,10 +112,12 @@ class WorkerProcess:
         *,
         instance: str,
         on_record: Callable[[bytes], None],
+        on_orphans: Callable[[int], None] | None = None,
     ) -> None:
         self._config_path = config_path
         self._instance = instance
         self._on_record = on_record
+        self._on_orphans = on_orphans
         self._proc: asyncio.subprocess.Process | None = None
         self._writer: asyncio.StreamWriter | None = None
         self._task: asyncio.Task[None] | None = None
@@ -226,6 +229,9 @@ class WorkerProcess:
     def _dispatch(self, kind: bytes, payload: bytes) -> None:
         if kind == b"R":
             self._on_record(payload)
+        elif kind == b"O":
+            if self._on_orphans is not None:
+                self._on_orphans(int(payload))
         elif kind == b"M":
             if self._metrics is not None and not self._metrics.done():
                 self._metrics.set_result(payload)

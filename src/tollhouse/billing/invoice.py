@@ -12,6 +12,10 @@ priced with the plan in effect at the period's end. All plans within a period mu
 Top-ups (from the entitlement store) are extra included units of one meter in one period: they add
 to the plan's ``included`` for that period (regular lines and late-usage adjustments alike), and a
 line with a top-up shows it as ``topup``.
+
+Prepaid credits (a customer with grants in the store): ``credits`` (applied per grant and in
+total, remaining, grants not applied and why) and ``amount_due = total - applied``; see
+:mod:`tollhouse.billing.invoice_credits`. Invoices of customers without grants carry neither key.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from decimal import Decimal
 from typing import Any, Literal
 
 from tollhouse.billing.digest import digest
+from tollhouse.billing.invoice_credits import AppliedCredits, apply_credits, charge_buckets
 from tollhouse.billing.ledger import Ledger, LineTotal
 from tollhouse.billing.periods import Period, period_containing
 from tollhouse.billing.pricing import (
@@ -62,6 +67,8 @@ class Invoice:
     document: dict[str, Any]
     billed: tuple[tuple[str, str, int], ...]  # (period, meter, quantity)
     late_records: int
+    amount_due: Decimal = Decimal(0)
+    credits: tuple[tuple[str, int], ...] = ()  # (grant id, minor units applied)
 
 
 def invoice_number(period: str, customer: str) -> str:
@@ -109,7 +116,11 @@ def _charge(meter: str, price: PriceConfig, qty: int, topup: int = 0) -> MeterCh
 
 @dataclass(frozen=True, slots=True)
 class BuildInput:
-    """Everything :func:`build_invoice` reads besides the ledger."""
+    """Everything :func:`build_invoice` reads besides the ledger.
+
+    ``as_of``: when the invoice is built (the job's clock); grants created or voided later do not
+    count (``None``: the period's end).
+    """
 
     plans: Mapping[str, PlanConfig]
     sub: Subscription
@@ -117,6 +128,7 @@ class BuildInput:
     upto_seq: int
     prev_upto_seq: int
     status: Literal["issued", "preview"]
+    as_of: float | None = None
 
 
 def _base_fees(inp: BuildInput, currency: str) -> tuple[list[dict[str, Any]], Decimal]:
@@ -192,6 +204,19 @@ def _daily(ledger: Ledger, inp: BuildInput) -> list[dict[str, Any]]:
     return [{"date": _day(p.start_s + d * 86400), "meter": m, "units": u} for d, m, u in rows]
 
 
+def _credits(ledger: Ledger, inp: BuildInput, doc: dict[str, Any], total: Decimal,
+             fees: Decimal) -> AppliedCredits | None:
+    """Apply the customer's grants (``None``: it has none, the invoice shows no credits)."""
+    if not inp.sub.grants:
+        return None
+    p = inp.period
+    return apply_credits(
+        inp.sub.grants, currency=doc["currency"], start=p.start_s, end=p.end_s,
+        as_of=p.end_s if inp.as_of is None else inp.as_of, total=total,
+        buckets=charge_buckets(fees, doc["lines"], doc["adjustments"]),
+        used_before=ledger.credits_used(inp.sub.customer))
+
+
 def build_invoice(ledger: Ledger, inp: BuildInput) -> Invoice | InvoiceProblem:
     """Price one customer's period; nothing is written (the job issues it)."""
     cust, p = inp.sub.customer, inp.period
@@ -227,4 +252,9 @@ def build_invoice(ledger: Ledger, inp: BuildInput) -> Invoice | InvoiceProblem:
     billed = tuple([(p.label, ln["meter"], int(ln["quantity"])) for ln in lines]
                    + [(a["period"], a["meter"], int(a["quantity"])) for a in adjustments])
     late = sum(int(a["records"]) for a in adjustments)
-    return Invoice(number, cust, p.label, total, cur, doc, billed, late)
+    credits = _credits(ledger, inp, doc, total, base_total + topup)
+    if credits is None:
+        return Invoice(number, cust, p.label, total, cur, doc, billed, late, total)
+    doc["credits"], doc["amount_due"] = credits.document, _m(credits.amount_due)
+    return Invoice(number, cust, p.label, total, cur, doc, billed, late, credits.amount_due,
+                   credits.applied)

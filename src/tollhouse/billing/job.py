@@ -21,7 +21,8 @@ from typing import Literal
 
 from tollhouse.billing.consume import consume_sqlite_meter
 from tollhouse.billing.due import due_periods
-from tollhouse.billing.invoice import BuildInput, InvoiceProblem, build_invoice
+from tollhouse.billing.invoice import BuildInput, Invoice, InvoiceProblem, build_invoice
+from tollhouse.billing.invoice_credits import log_not_applied
 from tollhouse.billing.ledger import FailureHook, Ledger, open_ledger
 from tollhouse.billing.metrics import INVOICES_ISSUED, LATE_RECORDS
 from tollhouse.billing.periods import Period, iso_utc, period_containing, period_for_label
@@ -76,6 +77,7 @@ class InvoiceSummary:
     status: Literal["issued", "already_issued", "preview"]
     files: tuple[Path, ...]
     shadow: Simulation | InvoiceProblem | None = None  # previews: the plan's shadow_price
+    amount_due: Decimal | None = None  # total - prepaid credits applied (None: no credits)
 
 
 @dataclass(frozen=True, slots=True)
@@ -198,14 +200,15 @@ def _bill_period(run: _Run, sub: Subscription, p: Period
         return InvoiceProblem(cust, problem)
     last = run.ledger.last_invoice(cust)
     inp = BuildInput(run.cfg.plans, sub, p, run.upto, 0 if last is None else last[1],
-                     "preview" if run.preview else "issued")
+                     "preview" if run.preview else "issued", run.now)
     inv = build_invoice(run.ledger, inp)
+    log_not_applied(inv.document if isinstance(inv, Invoice) else {})
     if isinstance(inv, InvoiceProblem) or run.preview:
         return inv if isinstance(inv, InvoiceProblem) else dataclasses.replace(
             _summary(inv.document, "preview", run.out_dir),
             shadow=shadow_simulation(run.ledger, run.cfg.plans, sub, p.label, inv.document["plan"]))
     if not run.ledger.issue(inv.number, cust, p.label, run.upto, render_json(inv.document),
-                            inv.billed):
+                            inv.billed, inv.credits):
         stored = run.ledger.get_invoice(cust, p.label)  # a concurrent run issued it first
         if stored is None:
             return InvoiceProblem(cust, f"invoice number {inv.number} is taken")
@@ -213,7 +216,7 @@ def _bill_period(run: _Run, sub: Subscription, p: Period
     INVOICES_ISSUED.inc()
     LATE_RECORDS.inc(inv.late_records)
     log.info("billing.issued", invoice=inv.number, customer=cust, total=str(inv.total),
-             late_records=inv.late_records)
+             amount_due=str(inv.amount_due), late_records=inv.late_records)
     return _summary(inv.document, "issued", run.out_dir)
 
 
@@ -249,8 +252,10 @@ def _bill_due(run: _Run, sub: Subscription) -> list[_Outcome]:
 def _summary(doc: dict[str, object], status: Literal["issued", "already_issued", "preview"],
              out_dir: Path | None) -> InvoiceSummary:
     files = tuple(write_invoice_files(doc, out_dir)) if out_dir is not None else ()
+    due = None if "amount_due" not in doc else Decimal(str(doc["amount_due"]))
     return InvoiceSummary(str(doc["number"]), str(doc["customer"]), str(doc["period"]),
-                          str(doc["currency"]), Decimal(str(doc["total"])), status, files)
+                          str(doc["currency"]), Decimal(str(doc["total"])), status, files,
+                          amount_due=due)
 
 
 def _unknown_customers(run: _Run, subs: SubscriptionSource, known: set[str]) -> list[str]:

@@ -9,7 +9,8 @@ Tables (same shape in both dialects; schema and migrations in :mod:`ledger_schem
 - ``ledger_meta``: ``schema_version`` and ``gen``, the generation consumers write into now;
 - ``meter_cursor``: the last SQLite-meter ``id`` copied, updated in the same transaction;
 - ``invoices``: issued invoices (the canonical JSON document) with ``upto_seq``, the last
-  generation they cover; ``billed``: quantities billed per (customer, period, meter).
+  generation they cover; ``billed``: quantities billed per (customer, period, meter);
+  ``credits_applied``: prepaid credit each issued invoice applied per grant (minor units).
 
 Generations replace per-record arrival numbers: an issuing run seals (:meth:`Ledger.seal`) the
 current generation (consumers move to the next one; they take the same lock as the seal) and
@@ -284,9 +285,19 @@ class Ledger:
                        " AND meter = ?", (customer, period, meter))
         return int(row[0] or 0)
 
+    def credits_used(self, customer: str) -> dict[str, int]:
+        """Grant id -> minor units the customer's issued invoices applied from it."""
+        rows = self.exec("SELECT grant_id, SUM(amount) FROM credits_applied WHERE customer = ?"
+                         " GROUP BY grant_id ORDER BY grant_id", (customer,))
+        return {str(g): int(a) for g, a in rows}
+
     def issue(self, number: str, customer: str, period: str, upto_seq: int, document: str,
-              billed: Sequence[tuple[str, str, int]]) -> bool:
-        """Record an issued invoice and its billed quantities; ``False`` if already issued."""
+              billed: Sequence[tuple[str, str, int]],
+              credits: Sequence[tuple[str, int]] = ()) -> bool:
+        """Record an issued invoice, its billed quantities and the credit it applied per grant.
+
+        ``False`` (nothing written) if the invoice is already issued.
+        """
         with self.transaction():
             if self.one("SELECT 1 FROM invoices WHERE number = ? OR (customer = ? AND"
                         " period = ?)", (number, customer, period)) is not None:
@@ -296,6 +307,9 @@ class Ledger:
             self.executemany("INSERT INTO billed (invoice, customer, period, meter, quantity)"
                              " VALUES (?, ?, ?, ?, ?)",
                              [(number, customer, p, meter, qty) for p, meter, qty in billed])
+            self.executemany("INSERT INTO credits_applied (invoice, customer, grant_id, amount)"
+                             " VALUES (?, ?, ?, ?)",
+                             [(number, customer, g, amount) for g, amount in credits])
         return True
 
 

@@ -17,6 +17,11 @@ id, Envoy request id, state, units per meter, ...), copied as bytes at consume t
 line can be traced back to its requests and exported after the Redis stream was trimmed. A v2
 ledger gains the column in place (``ALTER TABLE``, no rewrite); its older rows keep ``NULL`` there
 (``tollhouse trace`` and the exports count and report them, they never guess).
+
+Version 4 adds ``credits_applied``: the prepaid credit each issued invoice applied, per grant, in
+minor units, written in the transaction that issues the invoice. The next invoice subtracts them
+from each grant (:mod:`tollhouse.billing.invoice_credits`). Invoices issued before version 4
+applied no credit, so a v3 ledger gains the empty table in place.
 """
 
 from __future__ import annotations
@@ -30,9 +35,9 @@ from tollhouse.billing.digest import LANE, id_hash
 if TYPE_CHECKING:
     from tollhouse.billing.ledger import Ledger
 
-__all__ = ["SCHEMA_VERSION", "V1_DDL", "V2_DDL", "ensure_schema"]
+__all__ = ["SCHEMA_VERSION", "V1_DDL", "V2_DDL", "V4_DDL", "ensure_schema"]
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 DAY_MS = 86_400_000
 
 V1_DDL = """
@@ -69,6 +74,12 @@ CREATE TABLE IF NOT EXISTS ledger_buckets (customer TEXT NOT NULL, meter TEXT NO
 V3_DDL = "ALTER TABLE ledger_ids ADD COLUMN record {blob}"
 """Version 3: the final record's bytes beside its usage id (``NULL`` for rows of older versions)."""
 
+V4_DDL = """
+CREATE TABLE IF NOT EXISTS credits_applied (invoice TEXT NOT NULL, customer TEXT NOT NULL,
+    grant_id TEXT NOT NULL, amount BIGINT NOT NULL, PRIMARY KEY (customer, grant_id, invoice))
+"""
+"""Version 4: credit applied per issued invoice and grant (minor units of the invoice's currency)."""
+
 _PAGE = 20_000
 
 
@@ -93,7 +104,7 @@ def _has_table(ledger: Ledger, name: str) -> bool:
 
 
 def ensure_schema(ledger: Ledger) -> None:
-    """Create the v3 schema, or migrate v1 / v2 in place; ``ValueError`` for a newer ledger."""
+    """Create the v4 schema, or migrate v1 / v2 / v3 in place; ``ValueError`` for a newer one."""
     with ledger.transaction():
         if ledger.dialect == "postgres":  # one migrator at a time
             ledger.exec("SELECT pg_advisory_xact_lock(7461626)")
@@ -111,7 +122,9 @@ def ensure_schema(ledger: Ledger) -> None:
                         else 1)
             ledger.exec("INSERT INTO ledger_meta (key, value) VALUES ('schema_version', 2),"
                         " ('gen', ?)", (next_gen,))
-        run_ddl(ledger, V3_DDL)  # v2 -> v3
+        if version is None or int(version[0]) < 3:
+            run_ddl(ledger, V3_DDL)  # v2 -> v3
+        run_ddl(ledger, V4_DDL)  # v3 -> v4
         ledger.exec("UPDATE ledger_meta SET value = ? WHERE key = 'schema_version'",
                     (SCHEMA_VERSION,))
 

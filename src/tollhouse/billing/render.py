@@ -33,7 +33,11 @@ def _tier_label(t: dict[str, Any]) -> str:
 
 
 def render_csv(doc: dict[str, Any]) -> str:
-    """Return one row per charge (base fee, meter, tier, top-up, adjustment) plus totals."""
+    """Return one row per charge (base fee, meter, tier, top-up, adjustment) plus totals.
+
+    With prepaid credits: a negative ``credit`` row per grant applied, ``credits_applied``,
+    ``amount_due`` and ``credits_remaining`` after ``total`` (grants not applied: a row each).
+    """
     buf = io.StringIO()
     w = csv.DictWriter(buf, fieldnames=_CSV_FIELDS, lineterminator="\n", extrasaction="raise")
     w.writeheader()
@@ -68,7 +72,30 @@ def render_csv(doc: dict[str, Any]) -> str:
                     "quantity": a["quantity"], "amount": a["amount"], "records": a["records"],
                     "digest": a["digest"]})
     row(kind="total", description="total", amount=doc["total"])
+    if "credits" in doc:
+        _credit_rows(doc, row)
     return buf.getvalue()
+
+
+def _credit_rows(doc: dict[str, Any], row: Any) -> None:
+    """Prepaid credits: one negative row per grant applied, the amount due, what is left."""
+    c = doc["credits"]
+    for g in c["applied"]:
+        if Decimal(g["applied"]):
+            row(kind="credit", description=f"prepaid credit {g['grant']} ({g['source']});"
+                f" remaining {g['remaining']}", amount=_neg(g["applied"]))
+    for g in c["not_applied"]:
+        row(kind="credit_not_applied", description=f"prepaid credit {g['grant']} of"
+            f" {g['amount']} {g['currency']} not applied: {g['reason']}", amount="0")
+    row(kind="credits_applied", description="prepaid credits applied",
+        amount=_neg(c["applied_total"]))
+    row(kind="amount_due", description="amount due", amount=doc["amount_due"])
+    row(kind="credits_remaining", description="prepaid credits remaining after this invoice",
+        amount=c["remaining_total"])
+
+
+def _neg(amount: str) -> str:
+    return format(Decimal(0) - Decimal(amount), "f")  # "0.00" stays unsigned
 
 
 def _write(path: Path, text: str) -> None:

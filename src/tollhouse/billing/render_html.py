@@ -131,7 +131,53 @@ def _total_rows(doc: dict[str, Any]) -> list[str]:
                     f'<td class="n">{_money(cur, a["amount"])}</td></tr>')
     rows.append(f'<tr class="sum total"><td colspan="3">Total</td>'
                 f'<td class="n">{_money(cur, doc["total"])}</td></tr>')
+    if "credits" in doc:
+        rows.extend(_credit_rows(doc))
     return rows
+
+
+def _credit_rows(doc: dict[str, Any]) -> list[str]:
+    """Prepaid credits applied (one negative row per grant), then the amount due."""
+    cur, rows = doc["currency"], []
+    for g in doc["credits"]["applied"]:
+        if Decimal(g["applied"]):
+            rows.append(f'<tr><td colspan="3">Prepaid credit <code>{escape(g["grant"])}</code> '
+                        f'<span class="note">{escape(g["source"])}</span></td>'
+                        f'<td class="n">&minus;{_money(cur, g["applied"])}</td></tr>')
+    rows.append(f'<tr class="sum total"><td colspan="3">Amount due</td>'
+                f'<td class="n">{_money(cur, doc["amount_due"])}</td></tr>')
+    return rows
+
+
+def _credits_section(doc: dict[str, Any]) -> list[str]:
+    """Each grant: available before, applied, remaining after; grants not applied and why."""
+    if "credits" not in doc:
+        return []
+    cur, c = doc["currency"], doc["credits"]
+    rows = [f'<tr><td><code>{escape(g["grant"])}</code> <span class="note">'
+            f'{escape(g["source"])}{_scope(g)}{_expiry(g)}</span></td>'
+            f'<td class="n">{_money(cur, g["available"])}</td>'
+            f'<td class="n">{_money(cur, g["applied"])}</td>'
+            f'<td class="n">{_money(cur, g["remaining"])}</td></tr>' for g in c["applied"]]
+    rows.append(f'<tr class="sum"><td>Total</td><td></td>'
+                f'<td class="n">{_money(cur, c["applied_total"])}</td>'
+                f'<td class="n">{_money(cur, c["remaining_total"])}</td></tr>')
+    notes = [f'<p class="note">Not applied: <code>{escape(g["grant"])}</code> '
+             f'({escape(g["currency"])}&nbsp;{escape(g["amount"])}): {escape(g["reason"])}.</p>'
+             for g in c["not_applied"]]
+    return ['<h2>Prepaid credits</h2><table><thead><tr><th>Grant</th>'
+            '<th class="n">Available</th><th class="n">Applied</th>'
+            '<th class="n">Remaining</th></tr></thead><tbody>', *rows, "</tbody></table>",
+            *notes]
+
+
+def _scope(g: dict[str, Any]) -> str:
+    meters = g["scope"]["meters"]
+    return f", for {escape(', '.join(meters))} only" if meters else ""
+
+
+def _expiry(g: dict[str, Any]) -> str:
+    return f", expires {escape(g['expires_at'][:10])}" if g["expires_at"] else ""
 
 
 def render_html(doc: dict[str, Any]) -> str:
@@ -149,17 +195,24 @@ def render_html(doc: dict[str, Any]) -> str:
         '<body><main class="sheet">',
         f'<header><div class="brand">tollhouse</div><div><h1>{escape(title)}</h1>'
         f"<dl>{meta}</dl></div></header>",
-        f'<section class="due"><span>Total for {escape(doc["period"])}</span>'
-        f"<strong>{_money(cur, doc['total'])}</strong></section>",
+        _due(doc),
         '<h2>Charges</h2><table><thead><tr><th>Item</th><th class="n">Quantity</th>'
         '<th class="n">Unit price</th><th class="n">Amount</th></tr></thead><tbody>',
-        *_charge_rows(doc), *_total_rows(doc), "</tbody></table>",
+        *_charge_rows(doc), *_total_rows(doc), "</tbody></table>", *_credits_section(doc),
         "<h2>Usage over time</h2>", _charts(doc),
         '<footer><p class="note">Amounts are rounded per line to the currency\'s minor unit '
         "(half to even); the total is the sum of the rounded lines. Each usage line carries the "
         "SHA-256 of the sorted request ids behind it, so any charge can be traced to the requests "
         "that made it.</p></footer>",
         "</main></body></html>", ""])
+
+
+def _due(doc: dict[str, Any]) -> str:
+    """The headline: the total, or with prepaid credits the amount due after them."""
+    what, amount = (("Amount due", doc["amount_due"]) if "credits" in doc
+                    else ("Total", doc["total"]))
+    return (f'<section class="due"><span>{what} for {escape(doc["period"])}</span>'
+            f"<strong>{_money(doc['currency'], amount)}</strong></section>")
 
 
 def _last_day(period_end_iso: str) -> str:

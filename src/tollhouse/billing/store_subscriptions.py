@@ -10,7 +10,9 @@ Rules (``docs/billing.md``):
 * the subscription starts on its anchor date (the store's "start date"): the first plan is in
   effect from the anchor's midnight UTC when that precedes the first change (the customer's
   creation time), so the first period is not prorated for the hours before the record was made;
-* top-ups belong to the period that starts on their ``period`` date and add included units.
+* top-ups belong to the period that starts on their ``period`` date and add included units;
+* prepaid credit grants (all of them, voided and expired included) are read in the same pass, so
+  the invoices apply them without another store read (:mod:`tollhouse.billing.invoice_credits`).
 """
 
 from __future__ import annotations
@@ -29,6 +31,8 @@ from tollhouse.billing.subscriptions import (
 )
 from tollhouse.config import Config
 from tollhouse.store.backend import Backend
+from tollhouse.store.credit_models import CreditGrant, grant_order
+from tollhouse.store.credit_service import GRANT_SQL, grant_from_row
 from tollhouse.store.models import Customer
 from tollhouse.store.schema import open_store
 from tollhouse.store.service import StoreService
@@ -44,8 +48,9 @@ def midnight_s(d: date) -> int:
     return int(datetime(d.year, d.month, d.day, tzinfo=UTC).timestamp())
 
 
-def to_subscription(c: Customer, topups: Sequence[TopUp] = ()) -> Subscription:
-    """Turn a store customer (and its top-ups) into the billing job's plain value."""
+def to_subscription(c: Customer, topups: Sequence[TopUp] = (),
+                    grants: Sequence[CreditGrant] = ()) -> Subscription:
+    """Turn a store customer (with its top-ups and credit grants) into a plain value."""
     changes = [PlanChange(pc.plan, math.floor(pc.effective_from)) for pc in
                sorted(c.plan_changes, key=lambda pc: pc.effective_from)]
     if changes and c.anchor is not None:
@@ -53,7 +58,7 @@ def to_subscription(c: Customer, topups: Sequence[TopUp] = ()) -> Subscription:
         if start < changes[0].effective_from_s:
             changes[0] = PlanChange(changes[0].plan, start)
     return Subscription(c.id, tuple(changes), c.anchor, c.status, math.floor(c.status_since),
-                        tuple(topups))
+                        tuple(topups), grants=tuple(sorted(grants, key=grant_order)))
 
 
 async def _load_topups(backend: Backend) -> dict[str, list[TopUp]]:
@@ -66,20 +71,31 @@ async def _load_topups(backend: Backend) -> dict[str, list[TopUp]]:
     return out
 
 
+async def _load_grants(backend: Backend) -> dict[str, list[CreditGrant]]:
+    out: dict[str, list[CreditGrant]] = {}
+    async with backend.transaction(readonly=True) as tx:
+        async for rows in tx.chunks(f"{GRANT_SQL} ORDER BY customer, id"):
+            for r in rows:
+                g = grant_from_row(r)
+                out.setdefault(g.customer, []).append(g)
+    return out
+
+
 async def load_store_subscriptions(backend: Backend, *, clock: Callable[[], float],
                                    timeout_s: float = 30.0) -> dict[str, Subscription]:
-    """Read every customer of the store (pages of 1000, by id) with its top-ups.
+    """Read every customer of the store (pages of 1000, by id) with its top-ups and grants.
 
-    ``timeout_s`` bounds each read (all top-ups; each page of customers).
+    ``timeout_s`` bounds each read (all top-ups; all grants; each page of customers).
     """
     service = StoreService(backend, clock=clock)
     topups = await asyncio.wait_for(_load_topups(backend), timeout_s)
+    grants = await asyncio.wait_for(_load_grants(backend), timeout_s)
     out: dict[str, Subscription] = {}
     after: str | None = None
     while True:
         page = await asyncio.wait_for(service.list_customers(after=after, limit=PAGE), timeout_s)
         for c in page:
-            out[c.id] = to_subscription(c, topups.get(c.id, ()))
+            out[c.id] = to_subscription(c, topups.get(c.id, ()), grants.get(c.id, ()))
         if len(page) < PAGE:
             return out
         after = page[-1].id

@@ -16,6 +16,7 @@ from typing import Protocol
 
 from tollhouse.billing.periods import Period, parse_anchor
 from tollhouse.config import Config
+from tollhouse.store.credit_models import CreditGrant
 
 __all__ = ["ConfigSubscriptions", "PlanChange", "Subscription", "SubscriptionSource", "TopUp",
            "segments"]
@@ -43,7 +44,9 @@ class Subscription:
     """A customer's plan history (sorted by time) and period anchor (``None``: calendar months).
 
     ``status`` / ``status_since_s`` as in the entitlement store (config customers: always active);
-    ``topups`` add included units to one period each. ``from_first_usage``: the start is not
+    ``topups`` add included units to one period each; ``grants``: the customer's prepaid credit
+    grants (voided and expired included; applied on invoices by
+    :mod:`tollhouse.billing.invoice_credits`). ``from_first_usage``: the start is not
     known yet (a config customer without ``since:``, a ``default_plan`` caller): the one change
     is at 0 until :meth:`starting_at` puts it at the customer's first billable request.
     """
@@ -55,6 +58,7 @@ class Subscription:
     status_since_s: int | None = None
     topups: tuple[TopUp, ...] = ()
     from_first_usage: bool = False
+    grants: tuple[CreditGrant, ...] = ()
 
     @property
     def start_s(self) -> int:

@@ -1,4 +1,4 @@
-"""Ledger v2/v3: a v1 ledger (an old release) migrates losslessly; digests; the duplicate path.
+"""Ledger v2/v3/v4: a v1 ledger (an old release) migrates losslessly; digests; the duplicate path.
 
 ``data/ledger_v1.json`` was written by the previous release's billing job (commit 4f930b1): the
 meter below (:func:`_part1`) billed for 2026-11 at 2026-12-16, then :func:`_part2` (late November
@@ -121,7 +121,7 @@ def test_v1_ledger_migrates_without_loss(ledger_url: str, tmp_path: Path) -> Non
         version = ledger.one("SELECT value FROM ledger_meta WHERE key = 'schema_version'")[0]
     finally:
         ledger.close()
-    assert (tables, version) == (100, 3)
+    assert (tables, version) == (100, 4)
 
 
 def test_newer_ledger_schema_is_refused(tmp_path: Path) -> None:
@@ -129,10 +129,10 @@ def test_newer_ledger_schema_is_refused(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path}/ledger.db"
     open_ledger(url).close()
     conn = sqlite3.connect(tmp_path / "ledger.db")
-    conn.execute("UPDATE ledger_meta SET value = 4 WHERE key = 'schema_version'")
+    conn.execute("UPDATE ledger_meta SET value = 5 WHERE key = 'schema_version'")
     conn.commit()
     conn.close()
-    with pytest.raises(ValueError, match="ledger schema version 4 is newer"):
+    with pytest.raises(ValueError, match="ledger schema version 5 is newer"):
         open_ledger(url)
 
 
@@ -176,7 +176,7 @@ def test_meter_rows_already_in_the_ledger_are_counted_once(ledger_url: str,  # n
 
 
 def test_v2_ledger_gains_records_in_place(ledger_url: str, tmp_path: Path) -> None:  # noqa: F811
-    """A v2 ledger migrates to v3: invoices unchanged, old rows untraceable, new ones traced."""
+    """A v2 ledger migrates to v4: invoices unchanged, old rows untraceable, new ones traced."""
     from tests.unit.test_billing_transparency_support import traced_usage
     from tollhouse.billing.trace import trace_invoice
 
@@ -187,6 +187,7 @@ def test_v2_ledger_gains_records_in_place(ledger_url: str, tmp_path: Path) -> No
     ledger = open_ledger(ledger_url)
     try:  # what the previous release left: schema 2, no record column
         ledger.exec("ALTER TABLE ledger_ids DROP COLUMN record")
+        ledger.exec("DROP TABLE credits_applied")
         ledger.exec("UPDATE ledger_meta SET value = 2 WHERE key = 'schema_version'")
         before = ledger.get_invoice("acme", "2026-11")
     finally:
@@ -202,7 +203,33 @@ def test_v2_ledger_gains_records_in_place(ledger_url: str, tmp_path: Path) -> No
         dec = trace_invoice(ledger, "TH-2026-12-acme", line="requests")[0]
     finally:
         ledger.close()
-    assert version == 3
+    assert version == 4
     assert (nov.ok, nov.found_records, nov.untraceable) == (False, 0, nov.records)
     assert dec.ok
     assert dec.found_records == 4
+
+
+def test_v3_ledger_gains_credits_applied_in_place(ledger_url: str,  # noqa: F811
+                                                  tmp_path: Path) -> None:
+    """A v3 ledger gets the empty credits table: invoices unchanged, credit recorded on issue."""
+    cfg = make_config(tmp_path, ledger=ledger_url, customers=CUSTOMERS)
+    write_meter(open_meter(tmp_path / "meter.db"), _part1())
+    _bill(cfg, "2026-11", NOV_AT, None)
+    ledger = open_ledger(ledger_url)
+    try:  # what the previous release left: schema 3, no credits table
+        ledger.exec("DROP TABLE credits_applied")
+        ledger.exec("UPDATE ledger_meta SET value = 3 WHERE key = 'schema_version'")
+        before = ledger.get_invoice("acme", "2026-11")
+    finally:
+        ledger.close()
+    ledger = open_ledger(ledger_url)
+    try:
+        version = ledger.one("SELECT value FROM ledger_meta WHERE key = 'schema_version'")[0]
+        assert (version, ledger.get_invoice("acme", "2026-11")) == (4, before)
+        assert ledger.credits_used("acme") == {}
+        assert ledger.issue("TH-2026-12-acme", "acme", "2026-12", ledger.seal(), "{}", (),
+                            [("cg_a", 120), ("cg_b", 5)])
+        assert ledger.credits_used("acme") == {"cg_a": 120, "cg_b": 5}
+        assert ledger.credits_used("beta") == {}
+    finally:
+        ledger.close()

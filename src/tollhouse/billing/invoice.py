@@ -239,7 +239,7 @@ def build_invoice(ledger: Ledger, inp: BuildInput) -> Invoice | InvoiceProblem:
     adj_total = sum((Decimal(a["amount"]) for a in adjustments), Decimal(0))
     total = subtotal + topup + adj_total
     number = invoice_number(p.label, cust)
-    doc = {
+    doc: dict[str, Any] = {
         "number": number, "status": inp.status, "customer": cust, "plan": plan,
         "period": p.label, "period_start": _iso(p.start_s), "period_end": _iso(p.end_s),
         "issue_date": _day(p.end_s), "currency": cur, "base_fees": base, "lines": lines,

@@ -99,6 +99,7 @@ def apply_credits(grants: Sequence[CreditGrant], *, currency: str, start: float,
     applied_docs: list[dict[str, Any]] = []
     refused: list[dict[str, Any]] = []
     applied: list[tuple[str, int]] = []
+    remaining = 0
     for g in sorted(grants, key=grant_order):
         reason, listed = _refusal(g, currency, start, end, as_of)
         if reason is not None:
@@ -116,6 +117,7 @@ def apply_credits(grants: Sequence[CreditGrant], *, currency: str, start: float,
             take += part
         if take:
             applied.append((g.id, take))
+        remaining += available - take
         applied_docs.append({
             "grant": g.id, "source": g.source, "priority": g.priority,
             "scope": {"meters": sorted(g.meters), "features": sorted(g.features)},
@@ -123,9 +125,8 @@ def apply_credits(grants: Sequence[CreditGrant], *, currency: str, start: float,
             "available": _money(available, currency), "applied": _money(take, currency),
             "remaining": _money(available - take, currency)})
     applied_total = sum(t for _, t in applied) * unit
-    remaining = sum(Decimal(d["remaining"]) for d in applied_docs)
-    doc = {"applied": applied_docs, "applied_total": format(applied_total, "f"),
-           "remaining_total": format(remaining.quantize(unit), "f"), "not_applied": refused}
+    doc = {"applied": applied_docs, "applied_total": _money(sum(t for _, t in applied), currency),
+           "remaining_total": _money(remaining, currency), "not_applied": refused}
     return AppliedCredits(doc, max(Decimal(0), total - applied_total).quantize(unit),
                           tuple(applied))
 

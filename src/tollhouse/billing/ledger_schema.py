@@ -78,7 +78,7 @@ V4_DDL = """
 CREATE TABLE IF NOT EXISTS credits_applied (invoice TEXT NOT NULL, customer TEXT NOT NULL,
     grant_id TEXT NOT NULL, amount BIGINT NOT NULL, PRIMARY KEY (customer, grant_id, invoice))
 """
-"""Version 4: credit applied per issued invoice and grant (minor units of the invoice's currency)."""
+"""Version 4: credit applied per issued invoice and grant (minor units of its currency)."""
 
 _PAGE = 20_000
 

@@ -182,7 +182,6 @@ def _expiry(g: dict[str, Any]) -> str:
 
 def render_html(doc: dict[str, Any]) -> str:
     """Return the invoice page (deterministic: no clock, no randomness)."""
-    cur = doc["currency"]
     title = "Invoice" if doc["status"] == "issued" else "Preview (not an invoice)"
     meta = "".join(f"<dt>{k}</dt><dd>{escape(str(v))}</dd>" for k, v in (
         ("Number", doc["number"]), ("Issue date", doc["issue_date"]),

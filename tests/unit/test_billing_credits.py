@@ -1,0 +1,227 @@
+"""Prepaid credits on invoices: applied per grant and in total, remaining, amount due; exact.
+
+Grants are made through the store's service (the admin API and CLI's path), usage through the
+meter contract, invoices by the real billing job over a SQLite ledger; the store runs on both
+backends (``store_url``).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Awaitable, Callable
+from datetime import date
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.support import Clock
+from tests.unit.test_billing_store import config, in_store, store_url  # noqa: F401 - fixture
+from tests.unit.test_billing_support import (
+    DEC_2026,
+    JAN_2027,
+    NOV_2026,
+    open_meter,
+    record,
+    write_meter,
+)
+from tollhouse.billing.job import BillingResult, run_billing
+from tollhouse.billing.ledger import open_ledger
+from tollhouse.store import StoreService
+from tollhouse.store.credit_models import CreditGrant
+
+DAY = 86400
+FEB_2027 = JAN_2027 + 31 * DAY
+
+
+def _customer(cid: str = "delta", plan: str = "team") -> Callable[[StoreService],
+                                                                   Awaitable[object]]:
+    return lambda s: s.create_customer(actor="t", name=cid, plan=plan, customer_id=cid,
+                                       anchor=date(2026, 11, 1))
+
+
+def _grant(url: str, at: float, amount: int, **kw: Any) -> CreditGrant:
+    out: list[CreditGrant] = []
+
+    async def go(s: StoreService) -> None:
+        out.append(await s.grant_credit(kw.pop("customer", "delta"), actor="t", amount=amount,
+                                        currency=kw.pop("currency", "USD"), **kw))
+
+    in_store(url, Clock(at), go)
+    return out[0]
+
+
+def _usage(tmp: Path, start: float, n: int, units: dict[str, int], cid: str = "delta") -> None:
+    write_meter(open_meter(tmp / "meter.db"),
+                [record(f"{cid}-{start}-{i}", cid, start + 3600 + i, units) for i in range(n)])
+
+
+def _run(tmp: Path, url: str, period: str, now: float, *, preview: bool = False,
+         out: str = "out") -> tuple[BillingResult, dict[str, Any]]:
+    res = run_billing(config(tmp, url), period=period, out_dir=tmp / out, preview=preview,
+                      clock=lambda: now)
+    assert res.ok, res.problems
+    inv = next(i for i in res.invoices if i.customer == "delta")
+    path = next(f for f in inv.files if f.suffix == ".json")
+    return res, json.loads(path.read_text())
+
+
+def _applied(doc: dict[str, Any]) -> list[tuple[str, str, str, str]]:
+    return [(g["grant"], g["available"], g["applied"], g["remaining"])
+            for g in doc["credits"]["applied"]]
+
+
+def test_credits_applied_and_remaining_exact(tmp_path: Path, store_url: str) -> None:  # noqa: F811
+    """Two grants apply in priority order, to the minor unit; amount due is total - applied."""
+    in_store(store_url, Clock(NOV_2026 + 60), _customer())
+    first = _grant(store_url, NOV_2026 + 60, 555, priority=1, source="promotional")
+    second = _grant(store_url, NOV_2026 + 61, 1234)
+    _usage(tmp_path, NOV_2026, 120, {"requests": 1})  # team: 19.99 + 70 x 0.003 = 20.20
+    res, doc = _run(tmp_path, store_url, "2026-11", DEC_2026 + DAY)
+    assert doc["total"] == "20.20"
+    assert _applied(doc) == [(first.id, "5.55", "5.55", "0.00"),
+                             (second.id, "12.34", "12.34", "0.00")]
+    assert (doc["credits"]["applied_total"], doc["amount_due"]) == ("17.89", "2.31")
+    assert doc["credits"]["remaining_total"] == "0.00"
+    assert str(res.invoices[0].amount_due) == "2.31"
+    ledger = open_ledger(config(tmp_path, store_url).billing.ledger)
+    try:
+        assert ledger.credits_used("delta") == {first.id: 555, second.id: 1234}
+    finally:
+        ledger.close()
+
+
+def test_two_periods_draw_down_the_same_grant(tmp_path: Path, store_url: str) -> None:  # noqa: F811
+    """November uses 20.20 of a 30.00 grant; December gets the 9.80 left, then pays the rest."""
+    in_store(store_url, Clock(NOV_2026 + 60), _customer())
+    g = _grant(store_url, NOV_2026 + 60, 3000)
+    _usage(tmp_path, NOV_2026, 120, {"requests": 1})
+    _, nov = _run(tmp_path, store_url, "2026-11", DEC_2026 + DAY)
+    assert _applied(nov) == [(g.id, "30.00", "20.20", "9.80")]
+    assert (nov["amount_due"], nov["credits"]["remaining_total"]) == ("0.00", "9.80")
+    _usage(tmp_path, DEC_2026, 150, {"requests": 1})  # 19.99 + 100 x 0.003 = 20.29
+    _, dec = _run(tmp_path, store_url, "2026-12", JAN_2027 + DAY)
+    assert dec["total"] == "20.29"
+    assert _applied(dec) == [(g.id, "9.80", "9.80", "0.00")]
+    assert (dec["amount_due"], dec["credits"]["remaining_total"]) == ("10.49", "0.00")
+    _, jan = _run(tmp_path, store_url, "2027-01", FEB_2027 + DAY)
+    assert (jan["credits"]["applied"], jan["amount_due"]) == ([], jan["total"])
+
+
+def test_expired_grant_is_never_applied(tmp_path: Path, store_url: str) -> None:  # noqa: F811
+    """A grant expiring mid-November is listed as not applied; one expiring at the end applies."""
+    in_store(store_url, Clock(NOV_2026 + 60), _customer())
+    mid = _grant(store_url, NOV_2026 + 60, 5000, priority=1, expires_at=NOV_2026 + 15 * DAY)
+    end = _grant(store_url, NOV_2026 + 60, 700, expires_at=DEC_2026)
+    _usage(tmp_path, NOV_2026, 120, {"requests": 1})
+    _, nov = _run(tmp_path, store_url, "2026-11", DEC_2026 + DAY)
+    assert _applied(nov) == [(end.id, "7.00", "7.00", "0.00")]
+    assert [(n["grant"], n["reason"]) for n in nov["credits"]["not_applied"]] == [
+        (mid.id, "expired at 2026-11-16T00:00:00Z, before the period ended")]
+    assert nov["amount_due"] == "13.20"
+    _, dec = _run(tmp_path, store_url, "2026-12", JAN_2027 + DAY)
+    assert (dec["credits"]["applied"], dec["credits"]["not_applied"]) == ([], [])
+    assert dec["amount_due"] == dec["total"] == "19.99"
+
+
+def test_voided_grant_is_not_applied_after_the_void(tmp_path: Path,
+                                                    store_url: str) -> None:  # noqa: F811
+    """Issued before the void, November keeps its credit; December, built after, gets none."""
+    in_store(store_url, Clock(NOV_2026 + 60), _customer())
+    g = _grant(store_url, NOV_2026 + 60, 5000)
+    _usage(tmp_path, NOV_2026, 120, {"requests": 1})
+    _, nov = _run(tmp_path, store_url, "2026-11", DEC_2026 + DAY)
+    assert _applied(nov) == [(g.id, "50.00", "20.20", "29.80")]
+    in_store(store_url, Clock(DEC_2026 + 10 * DAY),
+             lambda s: s.void_grant("delta", g.id, actor="t"))
+    _, dec = _run(tmp_path, store_url, "2026-12", JAN_2027 + DAY)
+    assert dec["credits"]["applied"] == []
+    assert [(n["grant"], n["reason"]) for n in dec["credits"]["not_applied"]] == [
+        (g.id, "voided at 2026-12-11T00:00:00Z")]
+    assert (dec["amount_due"], dec["credits"]["remaining_total"]) == ("19.99", "0.00")
+    _, again = _run(tmp_path, store_url, "2026-11", JAN_2027 + 2 * DAY, out="again")
+    assert again == nov  # the issued invoice is final: the void does not rewrite it
+
+
+def test_grant_voided_before_issue_is_not_applied(tmp_path: Path,
+                                                  store_url: str) -> None:  # noqa: F811
+    """A grant voided after the period ended but before the invoice is built does not apply."""
+    in_store(store_url, Clock(NOV_2026 + 60), _customer())
+    g = _grant(store_url, NOV_2026 + 60, 5000)
+    in_store(store_url, Clock(DEC_2026 + 3600), lambda s: s.void_grant("delta", g.id, actor="t"))
+    _usage(tmp_path, NOV_2026, 120, {"requests": 1})
+    _, before = _run(tmp_path, store_url, "2026-11", DEC_2026 + 60, preview=True)
+    assert _applied(before) == [(g.id, "50.00", "20.20", "29.80")]  # as of before the void
+    _, nov = _run(tmp_path, store_url, "2026-11", DEC_2026 + DAY)
+    assert (nov["credits"]["applied"], nov["amount_due"]) == ([], "20.20")
+
+
+def test_scoped_grant_only_covers_its_meters(tmp_path: Path, store_url: str) -> None:  # noqa: F811
+    """A tokens-only grant pays the tokens line and nothing else; a feature-scoped one is listed."""
+    in_store(store_url, Clock(NOV_2026 + 60), _customer(plan="pro"))
+    tokens = _grant(store_url, NOV_2026 + 60, 1000, meters=["tokens"])
+    feat = _grant(store_url, NOV_2026 + 60, 1000, features=["search"])
+    _usage(tmp_path, NOV_2026, 30, {"requests": 50, "tokens": 100})
+    _, doc = _run(tmp_path, store_url, "2026-11", DEC_2026 + DAY)
+    line = {ln["meter"]: ln["amount"] for ln in doc["lines"]}
+    assert (line["tokens"], line["requests"], doc["total"]) == ("1.50", "5.00", "55.50")
+    assert _applied(doc) == [(tokens.id, "10.00", "1.50", "8.50")]
+    assert [(n["grant"], n["reason"]) for n in doc["credits"]["not_applied"]] == [
+        (feat.id, "scoped to features; an invoice has no per-feature amounts")]
+    assert doc["amount_due"] == "54.00"
+
+
+def test_grant_in_another_currency_is_listed_and_logged(
+        tmp_path: Path, store_url: str, caplog: pytest.LogCaptureFixture) -> None:  # noqa: F811
+    """A EUR grant is not applied to a USD invoice: the invoice and the log both say so."""
+    caplog.set_level(logging.INFO, logger="tollhouse")
+    in_store(store_url, Clock(NOV_2026 + 60), _customer())
+    eur = _grant(store_url, NOV_2026 + 60, 5000, currency="EUR")
+    _usage(tmp_path, NOV_2026, 120, {"requests": 1})
+    _, doc = _run(tmp_path, store_url, "2026-11", DEC_2026 + DAY)
+    assert doc["credits"]["not_applied"] == [{"grant": eur.id, "currency": "EUR",
+                                              "amount": "50.00",
+                                              "reason": "in EUR; this invoice is in USD"}]
+    assert (doc["credits"]["applied_total"], doc["amount_due"]) == ("0.00", "20.20")
+    logged = [r.__dict__.get("fields", {}) for r in caplog.records
+              if r.getMessage() == "billing.credit_not_applied"]
+    assert [(f["grant"], f["invoice"]) for f in logged] == [(eur.id, "TH-2026-11-delta")]
+
+
+def test_rerun_gives_the_same_invoice(tmp_path: Path, store_url: str) -> None:  # noqa: F811
+    """Live consumption counters and the clock do not change an invoice: same bytes, every run."""
+    in_store(store_url, Clock(NOV_2026 + 60), _customer())
+    g = _grant(store_url, NOV_2026 + 60, 1500)
+    _usage(tmp_path, NOV_2026, 120, {"requests": 1})
+    twin = tmp_path / "twin"  # the same meter, a fresh ledger, billed a week later
+    twin.mkdir()
+    _usage(twin, NOV_2026, 120, {"requests": 1})
+    _, first = _run(tmp_path, store_url, "2026-11", DEC_2026 + DAY)
+    in_store(store_url, Clock(DEC_2026 + 2 * DAY),
+             lambda s: s.add_consumed([(g.id, 1_400_000)]))  # replicas flushed live spend
+    _, second = _run(twin, store_url, "2026-11", DEC_2026 + 9 * DAY)
+    _, again = _run(tmp_path, store_url, "2026-11", DEC_2026 + 9 * DAY, out="again")
+    name = "TH-2026-11-delta.json"
+    assert (tmp_path / "out" / name).read_bytes() == (tmp_path / "again" / name).read_bytes()
+    assert first == second == again
+    assert _applied(first) == [(g.id, "15.00", "15.00", "0.00")]
+    assert first["amount_due"] == "5.20"
+
+
+def test_every_output_shows_the_credits(tmp_path: Path, store_url: str) -> None:  # noqa: F811
+    """CSV: a negative row per grant, amount due and remaining; HTML: the amount due headline."""
+    in_store(store_url, Clock(NOV_2026 + 60), _customer())
+    g = _grant(store_url, NOV_2026 + 60, 1000)
+    _usage(tmp_path, NOV_2026, 120, {"requests": 1})
+    res, _ = _run(tmp_path, store_url, "2026-11", DEC_2026 + DAY)
+    files = {f.suffix: f.read_text() for f in res.invoices[0].files}
+    rows = [r.split(",") for r in files[".csv"].splitlines()]
+    tail = [(r[0], r[8]) for r in rows[-5:]]
+    assert tail == [("total", "20.20"), ("credit", "-10.00"), ("credits_applied", "-10.00"),
+                    ("amount_due", "10.20"), ("credits_remaining", "0.00")]
+    assert g.id in rows[-4][1]
+    html = files[".html"]
+    assert "<span>Amount due for 2026-11</span><strong>USD&nbsp;10.20</strong>" in html
+    assert f"Prepaid credit <code>{g.id}</code>" in html
+    assert "&minus;USD&nbsp;10.00" in html

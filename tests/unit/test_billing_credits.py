@@ -11,12 +11,14 @@ import json
 import logging
 from collections.abc import Awaitable, Callable
 from datetime import date
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from tests.support import Clock
+from tests.unit.test_billing_invoice_events import _invoice_events
 from tests.unit.test_billing_store import config, in_store, store_url  # noqa: F401 - fixture
 from tests.unit.test_billing_support import (
     DEC_2026,
@@ -26,10 +28,12 @@ from tests.unit.test_billing_support import (
     record,
     write_meter,
 )
+from tollhouse.billing.invoice_credits import FEES, AppliedCredits, apply_credits, charge_buckets
 from tollhouse.billing.job import BillingResult, run_billing
 from tollhouse.billing.ledger import open_ledger
 from tollhouse.store import StoreService
 from tollhouse.store.credit_models import CreditGrant
+from tollhouse.webhooks import Outbox
 
 DAY = 86400
 FEB_2027 = JAN_2027 + 31 * DAY
@@ -210,8 +214,10 @@ def test_rerun_gives_the_same_invoice(tmp_path: Path, store_url: str) -> None:  
 
 
 def test_every_output_shows_the_credits(tmp_path: Path, store_url: str) -> None:  # noqa: F811
-    """CSV: a negative row per grant, amount due and remaining; HTML: the amount due headline."""
+    """CSV: a negative row per grant, due, remaining; HTML: the due headline; the event: due."""
     in_store(store_url, Clock(NOV_2026 + 60), _customer())
+    in_store(store_url, Clock(NOV_2026 + 60), lambda s: Outbox(s.backend, clock=Clock(
+        NOV_2026)).create_endpoint(actor="t", url="https://hooks.test/", events=["invoice.issued"]))
     g = _grant(store_url, NOV_2026 + 60, 1000)
     _usage(tmp_path, NOV_2026, 120, {"requests": 1})
     res, _ = _run(tmp_path, store_url, "2026-11", DEC_2026 + DAY)
@@ -225,3 +231,59 @@ def test_every_output_shows_the_credits(tmp_path: Path, store_url: str) -> None:
     assert "<span>Amount due for 2026-11</span><strong>USD&nbsp;10.20</strong>" in html
     assert f"Prepaid credit <code>{g.id}</code>" in html
     assert "&minus;USD&nbsp;10.00" in html
+    [event] = _invoice_events(store_url)
+    assert event["payload"]["data"] == {  # type: ignore[index]
+        "invoice": "TH-2026-11-delta", "period": "2026-11", "currency": "USD",
+        "total": "20.20", "amount_due": "10.20"}
+
+
+def _g(gid: str, amount: int, *, priority: int = 10, currency: str = "USD",
+       meters: frozenset[str] = frozenset(), created: float = NOV_2026,
+       effective: float = NOV_2026, expires: float | None = None) -> CreditGrant:
+    return CreditGrant(gid, "delta", amount, currency, priority, effective, expires, meters,
+                       frozenset(), "purchase", None, created)
+
+
+def _apply(grants: list[CreditGrant], buckets: dict[str, str], *, currency: str = "USD",
+           used: dict[str, int] | None = None) -> AppliedCredits:
+    money = {k: Decimal(v) for k, v in buckets.items()}
+    return apply_credits(grants, currency=currency, start=NOV_2026, end=DEC_2026,
+                         as_of=DEC_2026 + DAY, total=sum(money.values(), Decimal(0)),
+                         buckets=money, used_before=used or {})
+
+
+def test_grants_apply_in_consumption_order_within_their_scope() -> None:
+    """Priority first; an unscoped grant pays fees first, a scoped one only its meter's lines."""
+    res = _apply([_g("wide", 10_000, priority=20), _g("tok", 300, priority=5,
+                                                     meters=frozenset({"tokens"}))],
+                 {FEES: "49.00", "requests": "5.00", "tokens": "4.10"})
+    assert res.applied == (("tok", 300), ("wide", 5510))
+    assert _applied({"credits": res.document}) == [("tok", "3.00", "3.00", "0.00"),
+                                                   ("wide", "100.00", "55.10", "44.90")]
+    assert (res.amount_due, res.document["remaining_total"]) == (Decimal("0.00"), "44.90")
+
+
+def test_earlier_invoices_and_late_usage_are_accounted() -> None:
+    """What earlier invoices applied is gone; a scoped grant also covers its meter's adjustments."""
+    buckets = charge_buckets(Decimal("19.99"), [{"meter": "requests", "amount": "0.21"}],
+                             [{"meter": "requests", "amount": "0.40"}])
+    assert buckets == {FEES: Decimal("19.99"), "requests": Decimal("0.61")}
+    scoped = _g("req", 1000, meters=frozenset({"requests"}))
+    res = _apply([scoped, _g("spent", 500)], {k: str(v) for k, v in buckets.items()},
+                 used={"req": 950, "spent": 500})
+    assert res.applied == (("req", 50),)
+    assert _applied({"credits": res.document}) == [("req", "0.50", "0.50", "0.00")]
+    assert res.amount_due == Decimal("20.10")
+
+
+def test_zero_decimal_currency_and_grants_out_of_the_period() -> None:
+    """JPY amounts are whole yen; future, expired-earlier and later-granted grants are handled."""
+    res = _apply([_g("yen", 700, currency="JPY"),
+                  _g("future", 900, currency="JPY", effective=DEC_2026),
+                  _g("old", 900, currency="JPY", expires=NOV_2026 - 1),
+                  _g("late", 900, currency="JPY", created=DEC_2026 + 2 * DAY)],
+                 {FEES: "1000", "requests": "234"}, currency="JPY")
+    assert _applied({"credits": res.document}) == [("yen", "700", "700", "0")]
+    assert res.amount_due == Decimal("534")
+    assert [(n["grant"], n["reason"]) for n in res.document["not_applied"]] == [
+        ("late", "granted at 2026-12-03T00:00:00Z, after this invoice was built")]

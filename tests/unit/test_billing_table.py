@@ -44,3 +44,21 @@ def test_an_invoice_without_html_shows_a_dash() -> None:
     """A summary with no HTML file still fills the last column."""
     row = _Summary("INV-1", "c", "EUR", Decimal("1"), "issued", (Path("c.csv"),))
     assert format_invoices([row]).splitlines()[2].endswith("  -")
+
+
+@dataclass(frozen=True)
+class _WithDue(_Summary):
+    amount_due: Decimal | None = None
+
+
+def test_amount_due_column_appears_with_prepaid_credits() -> None:
+    """With credits on any invoice a right-aligned due column follows total; others show -."""
+    rows = [_WithDue("INV-1", "a", "USD", Decimal("20.20"), "issued", (Path("a.html"),),
+                     Decimal("2.31")),
+            _WithDue("INV-2", "b", "USD", Decimal("5.00"), "issued", (Path("b.html"),))]
+    lines = format_invoices(rows).splitlines()
+    assert lines[0].split() == ["invoice", "customer", "total", "due", "status", "HTML",
+                                "invoice"]
+    assert lines[2].split()[4:7] == ["USD", "2.31", "issued"]
+    assert lines[3].split()[4:6] == ["-", "issued"]
+    assert lines[2].index("2.31") + 4 == lines[3].index(" -  ") + 2  # right edges agree

@@ -3,7 +3,8 @@
 The billing job calls :func:`emit_invoice_events` after issuing, so the event never precedes
 the durable invoice. The dedupe key is the invoice number: a re-run that meets an invoice issued
 before (``already_issued``, e.g. ``--period``) offers it again and the outbox records it once,
-which also recovers an event lost to a crash between issuing and emitting.
+which also recovers an event lost to a crash between issuing and emitting. An invoice with
+prepaid credits also carries ``amount_due`` (total - credits applied).
 """
 
 from __future__ import annotations
@@ -37,6 +38,8 @@ async def _emit_all(url: str, invoices: Sequence[Any], clock: Callable[[], float
         for inv in invoices:
             data = {"invoice": inv.number, "period": inv.period, "currency": inv.currency,
                     "total": str(inv.total)}
+            if getattr(inv, "amount_due", None) is not None:  # prepaid credits applied
+                data["amount_due"] = str(inv.amount_due)
             new += await box.emit("invoice.issued", inv.customer, f"invoice.issued:{inv.number}",
                                   data)
         return new

@@ -11,23 +11,33 @@ _HEADER = ("invoice", "customer", "total", "status", "HTML invoice")
 
 
 def format_invoices(invoices: Iterable[Any]) -> str:
-    """Render invoice summaries as a table: columns padded, totals right-aligned, HTML path last.
+    """Render invoice summaries as a table: columns padded, amounts right-aligned, HTML path last.
 
-    Each summary needs ``number``, ``customer``, ``currency``, ``total``, ``status``, ``files``.
+    Each summary needs ``number``, ``customer``, ``currency``, ``total``, ``status``, ``files``;
+    when any has an ``amount_due`` (prepaid credits applied), a ``due`` column follows ``total``
+    (``-`` for invoices without credits).
     """
-    rows = [_HEADER]
-    for inv in invoices:
+    invoices = list(invoices)
+    dues = [getattr(inv, "amount_due", None) for inv in invoices]
+    with_due = any(d is not None for d in dues)
+    header = (*_HEADER[:3], "due", *_HEADER[3:]) if with_due else _HEADER
+    money = {2, 3} if with_due else {2}
+    rows = [header]
+    for inv, due in zip(invoices, dues, strict=True):
         html = next((str(f) for f in inv.files if f.suffix == ".html"), "-")
-        rows.append((str(inv.number), str(inv.customer), f"{inv.currency} {inv.total}",
-                     str(inv.status), html))
-    widths = [max(len(r[i]) for r in rows) for i in range(4)]
+        cells = [str(inv.number), str(inv.customer), f"{inv.currency} {inv.total}"]
+        if with_due:
+            cells.append("-" if due is None else f"{inv.currency} {due}")
+        rows.append((*cells, str(inv.status), html))
+    n = len(header) - 1
+    widths = [max(len(r[i]) for r in rows) for i in range(n)]
     lines = []
-    for n, row in enumerate(rows):
-        cells = [c.rjust(w) if i == 2 and n else c.ljust(w)
-                 for i, (c, w) in enumerate(zip(row[:4], widths, strict=True))]
-        lines.append("  ".join([*cells, row[4]]))
-        if n == 0:
-            lines.append("  ".join(["-" * w for w in widths] + ["-" * len(_HEADER[4])]))
+    for k, row in enumerate(rows):
+        cells = [c.rjust(w) if i in money and k else c.ljust(w)
+                 for i, (c, w) in enumerate(zip(row[:n], widths, strict=True))]
+        lines.append("  ".join([*cells, row[n]]))
+        if k == 0:
+            lines.append("  ".join(["-" * w for w in widths] + ["-" * len(header[n])]))
     return "\n".join(lines)
 
 

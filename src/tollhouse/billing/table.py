@@ -22,7 +22,7 @@ def format_invoices(invoices: Iterable[Any]) -> str:
     with_due = any(d is not None for d in dues)
     header = (*_HEADER[:3], "due", *_HEADER[3:]) if with_due else _HEADER
     money = {2, 3} if with_due else {2}
-    rows = [header]
+    rows: list[tuple[str, ...]] = [header]
     for inv, due in zip(invoices, dues, strict=True):
         html = next((str(f) for f in inv.files if f.suffix == ".html"), "-")
         cells = [str(inv.number), str(inv.customer), f"{inv.currency} {inv.total}"]

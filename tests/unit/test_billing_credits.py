@@ -2,14 +2,18 @@
 
 Grants are made through the store's service (the admin API and CLI's path), usage through the
 meter contract, invoices by the real billing job over a SQLite ledger; the store runs on both
-backends (``store_url``).
+backends (``store_url``). Golden files of invoices with credits are in ``golden/credits``;
+regenerate after an intended change (and review the diff):
+    TOLLHOUSE_REGEN_GOLDEN=1 .venv/bin/pytest -q tests/unit/test_billing_credits.py -k golden
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
 from collections.abc import Awaitable, Callable
+from dataclasses import replace
 from datetime import date
 from decimal import Decimal
 from pathlib import Path
@@ -24,6 +28,8 @@ from tests.unit.test_billing_support import (
     DEC_2026,
     JAN_2027,
     NOV_2026,
+    fixed_usage,
+    make_config,
     open_meter,
     record,
     write_meter,
@@ -31,11 +37,14 @@ from tests.unit.test_billing_support import (
 from tollhouse.billing.invoice_credits import FEES, AppliedCredits, apply_credits, charge_buckets
 from tollhouse.billing.job import BillingResult, run_billing
 from tollhouse.billing.ledger import open_ledger
+from tollhouse.billing.subscriptions import ConfigSubscriptions, Subscription
+from tollhouse.config import Config
 from tollhouse.store import StoreService
 from tollhouse.store.credit_models import CreditGrant
 from tollhouse.webhooks import Outbox
 
 DAY = 86400
+GOLDEN = Path(__file__).parent / "golden" / "credits"
 FEB_2027 = JAN_2027 + 31 * DAY
 
 
@@ -287,3 +296,59 @@ def test_zero_decimal_currency_and_grants_out_of_the_period() -> None:
     assert res.amount_due == Decimal("534")
     assert [(n["grant"], n["reason"]) for n in res.document["not_applied"]] == [
         ("late", "granted at 2026-12-03T00:00:00Z, after this invoice was built")]
+
+
+class _WithGrants:
+    """The config's subscriptions, each given fixed grants (stable ids: golden files)."""
+
+    def __init__(self, cfg: Config, grants: dict[str, tuple[CreditGrant, ...]]) -> None:
+        self._subs, self._grants = ConfigSubscriptions(cfg), grants
+
+    def customers(self) -> list[str]:
+        return list(self._subs.customers())
+
+    def subscription(self, customer: str) -> Subscription | None:
+        sub = self._subs.subscription(customer)
+        return None if sub is None else replace(sub, grants=self._grants.get(customer, ()))
+
+
+def _fixed_grants() -> dict[str, tuple[CreditGrant, ...]]:
+    def g(gid: str, cust: str, amount: int, currency: str = "USD", **kw: Any) -> CreditGrant:
+        return replace(_g(gid, amount, currency=currency, created=NOV_2026 - DAY,
+                          effective=NOV_2026 - DAY, **kw), customer=cust)
+
+    return {"acme": (replace(g("cg_promo_tokens", "acme", 5000, priority=1,
+                               meters=frozenset({"tokens"}), expires=NOV_2026 + 120 * DAY),
+                             source="promotional"),
+                     g("cg_purchase", "acme", 20000),
+                     g("cg_eur", "acme", 1000, "EUR"),
+                     g("cg_expired", "acme", 3000, expires=NOV_2026 + 19 * DAY)),
+            "gamma": (g("cg_big", "gamma", 100_000, "EUR"), g("cg_usd", "gamma", 500))}
+
+
+def test_golden_invoices_with_credits(tmp_path: Path) -> None:
+    """The golden usage set with fixed grants bills to the checked-in files, byte for byte."""
+    cfg = make_config(tmp_path)
+    write_meter(open_meter(tmp_path / "meter.db"), fixed_usage())
+    res = run_billing(cfg, period="2026-11", out_dir=tmp_path / "out", preview=False,
+                      clock=lambda: JAN_2027, subscriptions=_WithGrants(cfg, _fixed_grants()))
+    assert res.ok, res.problems
+    docs = {i.customer: json.loads((tmp_path / "out" / f"{i.number}.json").read_text())
+            for i in res.invoices}
+    acme, gamma = docs["acme"], docs["gamma"]
+    assert acme["total"] == "266.54"
+    assert _applied(acme) == [("cg_promo_tokens", "50.00", "50.00", "0.00"),
+                              ("cg_purchase", "200.00", "200.00", "0.00")]
+    assert (acme["credits"]["applied_total"], acme["amount_due"]) == ("250.00", "16.54")
+    assert [n["grant"] for n in acme["credits"]["not_applied"]] == ["cg_expired", "cg_eur"]
+    assert _applied(gamma) == [("cg_big", "1000.00", "31.06", "968.94")]
+    assert (gamma["amount_due"], gamma["credits"]["remaining_total"]) == ("0.00", "968.94")
+    assert "credits" not in docs["beta"]
+    assert "amount_due" not in docs["beta"]
+    produced = {p.name: p.read_bytes() for p in sorted((tmp_path / "out").iterdir())
+                if "beta" not in p.name}
+    if os.environ.get("TOLLHOUSE_REGEN_GOLDEN") == "1":
+        GOLDEN.mkdir(exist_ok=True)
+        for name, data in produced.items():
+            (GOLDEN / name).write_bytes(data)
+    assert produced == {p.name: p.read_bytes() for p in sorted(GOLDEN.glob("TH-*"))}

@@ -86,7 +86,7 @@ def _credit_rows(doc: dict[str, Any], row: Any) -> None:
                 f" remaining {g['remaining']}", amount=_neg(g["applied"]))
     for g in c["not_applied"]:
         row(kind="credit_not_applied", description=f"prepaid credit {g['grant']} of"
-            f" {g['amount']} {g['currency']} not applied: {g['reason']}", amount="0")
+            f" {g['amount']} {g['currency']} not applied: {g['reason']}", amount="")
     row(kind="credits_applied", description="prepaid credits applied",
         amount=_neg(c["applied_total"]))
     row(kind="amount_due", description="amount due", amount=doc["amount_due"])

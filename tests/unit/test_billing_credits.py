@@ -34,6 +34,7 @@ from tests.unit.test_billing_support import (
     record,
     write_meter,
 )
+from tollhouse.billing.customer_invoices import list_invoices
 from tollhouse.billing.invoice_credits import FEES, AppliedCredits, apply_credits, charge_buckets
 from tollhouse.billing.job import BillingResult, run_billing
 from tollhouse.billing.ledger import open_ledger
@@ -352,3 +353,18 @@ def test_golden_invoices_with_credits(tmp_path: Path) -> None:
         for name, data in produced.items():
             (GOLDEN / name).write_bytes(data)
     assert produced == {p.name: p.read_bytes() for p in sorted(GOLDEN.glob("TH-*"))}
+
+
+def test_customer_invoice_list_shows_amount_due(tmp_path: Path,
+                                                store_url: str) -> None:  # noqa: F811
+    """The customer's invoice list (``GET /v1/usage``) gives amount_due beside total."""
+    in_store(store_url, Clock(NOV_2026 + 60), _customer())
+    _grant(store_url, NOV_2026 + 60, 1000)
+    _usage(tmp_path, NOV_2026, 120, {"requests": 1})
+    _run(tmp_path, store_url, "2026-11", DEC_2026 + DAY)
+    [link] = list_invoices(config(tmp_path, store_url).billing.ledger, "delta")
+    assert (link.total, link.amount_due) == (Decimal("20.20"), Decimal("10.20"))
+    assert {k: v for k, v in link.to_json().items() if k != "links"} == {
+        "number": "TH-2026-11-delta", "period": "2026-11", "issue_date": "2026-12-01",
+        "currency": "USD", "total": "20.20", "amount_due": "10.20"}
+    assert "amount_due" not in replace(link, amount_due=None).to_json()

@@ -56,3 +56,19 @@ def test_page_escapes_report_values_and_csp_allows_only_its_style() -> None:
     assert csp.startswith("default-src 'none'; ")
     assert f"style-src 'sha256-{digest}'" in csp
     assert "<script" not in html
+
+
+def test_invoice_list_shows_amount_due_with_credits() -> None:
+    """An invoice with prepaid credits shows its amount due under the total; others do not."""
+    from tollhouse.billing.usage import InvoiceLink
+
+    links = (InvoiceLink("TH-2026-11-a", "2026-11", "2026-12-01", "USD", Decimal("20.20"),
+                         Decimal("2.31")),
+             InvoiceLink("TH-2026-10-a", "2026-10", "2026-11-01", "USD", Decimal("19.99")))
+    r = UsageReport("a", "free", "2026-12", 1796083200, 1798761600, 1796083200 + 90000,
+                    "USD", Decimal("5.00"), (), Decimal(0), invoices=links)
+    rows = re.findall(r'<tr data-invoice="([^"]+)">(.*?)</tr>', render_usage_page(r))
+    assert [(n, 'data-field="amount_due"' in row) for n, row in rows] == [
+        ("TH-2026-11-a", True), ("TH-2026-10-a", False)]
+    assert "USD&nbsp;20.20<br><span data-field=\"amount_due\">due USD&nbsp;2.31</span>" in (
+        rows[0][1])

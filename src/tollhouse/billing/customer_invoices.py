@@ -36,7 +36,9 @@ def list_invoices(ledger_url: str, customer: str, *, limit: int = 24) -> tuple[I
     finally:
         ledger.close()
     return tuple(InvoiceLink(str(d["number"]), str(d["period"]), str(d["issue_date"]),
-                             str(d["currency"]), Decimal(str(d["total"]))) for d in docs)
+                             str(d["currency"]), Decimal(str(d["total"])),
+                             None if "amount_due" not in d else Decimal(str(d["amount_due"])))
+                 for d in docs)
 
 
 def invoice_document(ledger_url: str, customer: str, number: str) -> dict[str, Any] | None:

@@ -63,10 +63,20 @@ class InvoiceLink:
     issue_date: str
     currency: str
     total: Decimal
+    amount_due: Decimal | None = None  # total - prepaid credits applied (None: no credits)
 
     def links(self) -> dict[str, str]:
         """Paths of the invoice's renderings on the customer listener."""
         return {ext: f"/v1/invoices/{self.number}.{ext}" for ext in ("html", "csv", "json")}
+
+    def to_json(self) -> dict[str, Any]:
+        """The invoice as ``GET /v1/usage`` lists it (``amount_due`` only with credits)."""
+        out: dict[str, Any] = {"number": self.number, "period": self.period,
+                               "issue_date": self.issue_date, "currency": self.currency,
+                               "total": format(self.total, "f"), "links": self.links()}
+        if self.amount_due is not None:
+            out["amount_due"] = format(self.amount_due, "f")
+        return out
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,9 +152,7 @@ class UsageReport:
             "projected_total": format(self.projected_total, "f"),
             "shadow": None if self.shadow is None else self.shadow.to_json(),
             "daily": [{"date": d.date, "meter": d.meter, "units": d.units} for d in self.daily],
-            "invoices": [{"number": i.number, "period": i.period, "issue_date": i.issue_date,
-                          "currency": i.currency, "total": format(i.total, "f"),
-                          "links": i.links()} for i in self.invoices],
+            "invoices": [i.to_json() for i in self.invoices],
         }
         if self.credit_balance is not None:
             out["credit_balance"] = format(self.credit_balance, "f")

@@ -176,11 +176,13 @@ def _meter(r: UsageReport, m: MeterUsage, days: list[str], today: str) -> str:
 
 
 def _invoice_row(inv: InvoiceLink) -> str:
+    due = ("" if inv.amount_due is None else f'<br><span data-field="amount_due">due '
+           f"{_money(inv.currency, inv.amount_due)}</span>")
     links = "".join(f'<a href="{escape(href)}">{ext.upper()}</a>'
                     for ext, href in inv.links().items())
     return (f'<tr data-invoice="{escape(inv.number)}"><td>{escape(inv.number)}</td>'
             f"<td>{escape(inv.period)}</td><td>{escape(inv.issue_date)}</td>"
-            f'<td class="n">{_money(inv.currency, inv.total)}</td>'
+            f'<td class="n">{_money(inv.currency, inv.total)}{due}</td>'
             f'<td class="n links">{links}</td></tr>')
 
 

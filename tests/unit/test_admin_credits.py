@@ -255,3 +255,60 @@ async def test_every_credit_change_is_in_the_audit_log(env: Env) -> None:
     assert (void["before"]["voided_at"], void["after"]["voided_at"]) == (None, T0)
     assert rows[3]["after"] is None  # the rule removed
     assert rows[4]["after"]["amount"] == 3
+
+
+async def test_a_grant_reaches_a_directory_within_a_second(env: Env) -> None:
+    """A grant made through the admin API is in a replica's Directory within 1 s; a void too."""
+    from tests.unit.test_store_directory import eventually
+    from tollhouse.config import StoreConfig
+    from tollhouse.store import Directory
+
+    d = Directory(StoreConfig(url=env.api.store_url, poll_interval_ms=200), clock=env.clock)
+    await d.start()
+    try:
+        g = await env.ok("POST", "/customers/acme/credits", {"amount": 10, "currency": "USD"},
+                         201)
+
+        def grants() -> list[str]:
+            e = d.customer("acme")
+            return [x.id for x in e.credit_grants] if e is not None else []
+
+        assert await eventually(lambda: grants() == [g["id"]], 1.0)
+        await env.ok("POST", f"/customers/acme/credits/{g['id']}/void")
+        assert await eventually(lambda: grants() == [], 1.0)
+    finally:
+        await d.stop()
+
+
+async def test_build_admin_app_shows_the_balance_in_the_plans_configured_currency(
+        tmp_path: Path) -> None:
+    """From a config, the balance currency is the plan's ``price.currency`` (and follows it)."""
+    from tollhouse.admin import build_admin_app
+    from tollhouse.config import parse_config
+
+    (tmp_path / "tok").write_text(TOKEN)
+    cfg = parse_config({"plans": {"basic": {"price": {"currency": "GBP"}}},
+                        "store": {"url": "sqlite:///./s.db"}, "admin": {"token_file": "tok"}},
+                       base_dir=tmp_path)
+    assert cfg.store is not None
+    await migrate(cfg.store.url)
+    root = web.Application()
+    root.add_subapp("/admin", build_admin_app(cfg))
+    runner = web.AppRunner(root)
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    try:
+        async with aiohttp.ClientSession() as s:
+            a = Admin(f"http://127.0.0.1:{port}/admin", s, cfg.store.url)
+            assert (await a.call("POST", "/customers", {"id": "c", "name": "C",
+                                                        "plan": "basic"}))[0] == 201
+            for amount, currency in ((300, "USD"), (40, "GBP")):
+                assert (await a.call("POST", "/customers/c/credits", {
+                    "amount": amount, "currency": currency}))[0] == 201
+            status, _, bal = await a.call("GET", "/customers/c/credits/balance")
+            assert status == 200
+            assert isinstance(bal, dict)
+            assert (bal["amount"], bal["currency"]) == (40, "GBP")
+    finally:
+        await runner.cleanup()

@@ -1,4 +1,4 @@
-"""The admin API: JSON over HTTP for customers, subscriptions, API keys, overrides, top-ups, audit.
+"""The admin API: JSON over HTTP for customers, subscriptions, keys, top-ups, credits, audit.
 
 Mounted by the server at ``/admin`` on the admin listener (``app.add_subapp("/admin", ...)``).
 Every request needs ``Authorization: Bearer <admin token>``; the token's SHA-256 is compared in
@@ -278,8 +278,13 @@ async def audit_log(request: web.Request) -> web.Response:
     return _ok({"items": [e.to_json() for e in entries]})
 
 
-def admin_routes(service: StoreService, token_sha256: str) -> web.Application:
-    """Return the admin sub-application (mount it at ``/admin``)."""
+def admin_routes(service: StoreService, token_sha256: str,
+                 currency_of: Callable[[str], str | None] | None = None) -> web.Application:
+    """Return the admin sub-application (mount it at ``/admin``).
+
+    ``currency_of(plan)``: the currency of a plan's price, the currency credit balances are shown
+    in (None: that of the customer's first usable grant).
+    """
     app = web.Application(middlewares=[_auth_middleware(token_sha256), _errors],
                           client_max_size=64 * 1024)
     app[SERVICE_KEY] = service
@@ -298,9 +303,11 @@ def admin_routes(service: StoreService, token_sha256: str) -> web.Application:
     r.add_get("/customers/{customer}/topups", list_topups)
     r.add_post("/customers/{customer}/topups", add_topup)
     r.add_get("/audit", audit_log)
-    from tollhouse.admin.webhooks import add_webhook_routes  # here: it uses this module's helpers
+    from tollhouse.admin.credits import add_credit_routes  # here: they use this module's helpers
+    from tollhouse.admin.webhooks import add_webhook_routes
     from tollhouse.webhooks.outbox import Outbox
 
+    add_credit_routes(app, currency_of)
     add_webhook_routes(app, Outbox(service.backend, clock=service.clock))
     return app
 
@@ -335,7 +342,12 @@ def build_admin_app(cfg: Config, clock: Callable[[], float] = time.time,
     now = current or (lambda: cfg)
     service = StoreService(backend, clock=clock, plans=_LiveNames(lambda: now().plans.keys()),
                            meters=_LiveNames(lambda: now().meters.keys()))
-    app = admin_routes(service, read_token_sha256(cfg.admin.token_file))
+
+    def currency_of(plan: str) -> str | None:
+        p = now().plans.get(plan)
+        return p.price.currency if p is not None and p.price is not None else None
+
+    app = admin_routes(service, read_token_sha256(cfg.admin.token_file), currency_of)
 
     async def _close(_: web.Application) -> None:
         await backend.close()

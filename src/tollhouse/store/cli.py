@@ -1,4 +1,4 @@
-"""``tollhouse store migrate``, ``tollhouse customers ...`` and ``tollhouse keys ...``.
+"""``tollhouse store migrate``, ``customers ...``, ``keys ...`` (and ``credits ...``: credits_cli).
 
 Wire into ``tollhouse.cli`` with ``add_cli(sub)``: every command takes ``--config FILE`` (its
 ``store.url`` and catalog) or ``--store-url URL``, prints JSON on stdout, and calls the same
@@ -225,10 +225,13 @@ def _keys(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 
 def add_cli(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    """Add ``store``, ``customers`` and ``keys`` to the ``tollhouse`` subcommands."""
+    """Add ``store``, ``customers``, ``keys`` and ``credits`` to the ``tollhouse`` subcommands."""
     st = sub.add_parser("store", help="entitlement store administration")
     s = st.add_subparsers(dest="store_command", required=True)
     p = _common(s.add_parser("migrate", help="apply schema migrations (idempotent)"))
     p.set_defaults(func=run_migrate)
     _customers(sub)
     _keys(sub)
+    from tollhouse.store.credits_cli import add_credits_cli  # it imports this module's helpers
+
+    add_credits_cli(sub)

@@ -211,6 +211,13 @@ class CreditOps:
                                before and before.to_json(), after and after.to_json())
         return after
 
+    async def spend_cap(self, customer_id: str) -> SpendCap | None:
+        """Return the customer's spend cap for the current period, or None."""
+        async with self.backend.transaction(readonly=True) as tx:
+            cust = await self._customer(tx, customer_id)
+            return await self._cap(tx, customer_id,
+                                   period_start(cust.anchor, self._clock()).isoformat())
+
     async def _cap(self, tx: Tx, customer_id: str, period: str) -> SpendCap | None:
         rows = await tx.execute("SELECT amount, set_at FROM spend_caps WHERE customer = ?"
                                 " AND period = ?", (customer_id, period))

@@ -173,3 +173,18 @@ def test_key_files_are_checked_when_asked(tmp_path: Path, kind: str) -> None:
     assert msg.endswith(str(secret))
     expected = {"missing": "file not found", "directory": "not a file"}[kind]
     assert msg.startswith(expected)
+
+
+def test_prepaid_plans_need_a_store_a_price_and_flat_per_unit_prices() -> None:
+    """A prepaid plan without a store, without a price, or with tiers/included is refused."""
+    store = {"url": "sqlite:///tmp/store.db"}
+    assert _problems({"plans": {"p": {"prepaid": True}}}) == ["plans.p.prepaid"]
+    assert _problems({"store": store, "plans": {"p": {"prepaid": True}}}) == ["plans.p.price"]
+    tiers = {"model": "graduated", "tiers": [{"unit_price": "0.01"}]}
+    free_first = {"included": 10, "unit_price": "0.01"}
+    assert _problems({"store": store, "meters": {"tokens": {}}, "plans": {"p": {
+        "prepaid": True, "price": {"meters": {"requests": tiers, "tokens": free_first}}}}}) == [
+        "plans.p.price.meters.requests.model", "plans.p.price.meters.tokens.model"]
+    ok = parse_config({"store": store, "plans": {"p": {"prepaid": True, "price": {
+        "currency": "JPY", "meters": {"requests": {"unit_price": "3"}}}}}})
+    assert ok.plans["p"].on_credit_exhausted == "deny"

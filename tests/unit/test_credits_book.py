@@ -191,3 +191,25 @@ async def test_unreachable_counters_are_a_shortfall_of_kind_unavailable() -> Non
     assert isinstance(got, Shortfall)
     assert got.reason == "unavailable"
     await book.stop()
+
+
+def test_prices_are_exact_in_thousandths_of_the_currencys_minor_unit() -> None:
+    """0.10 USD is 10 000; 3 JPY is 3 000; 0.0015 USD a token is 150 a token, rounded up once."""
+    from tollhouse.config import parse_config
+    from tollhouse.credits import build_credit_prices
+
+    cfg = parse_config({"store": {"url": "sqlite:///tmp/s.db"}, "meters": {"tokens": {
+        "from_response_header": "x-tokens"}}, "plans": {
+        "usd": {"prepaid": True, "price": {"meters": {"requests": {"unit_price": "0.10"},
+                                                      "tokens": {"unit_price": "0.000015"}}}},
+        "jpy": {"prepaid": True, "on_credit_exhausted": "allow", "price": {
+            "currency": "JPY", "meters": {"requests": {"unit_price": "3"}}}},
+        "postpaid": {"price": {"meters": {"requests": {"unit_price": "1"}}}}}})
+    prices = build_credit_prices(cfg)
+    assert sorted(prices) == ["jpy", "usd"]
+    usd, jpy = prices["usd"], prices["jpy"]
+    assert usd.admission_costs(["requests", "tokens"]) == {"requests": DIME, "tokens": 0}
+    assert usd.cost("tokens", 1) == 2  # 1.5 rounded up
+    assert usd.cost("tokens", 1000) == 1500
+    assert (jpy.cost("requests", 1), jpy.deny_when_exhausted, usd.deny_when_exhausted) == (
+        3 * MILLI, False, True)

@@ -1,8 +1,10 @@
 """The Check: named phases that produce one :data:`Decision`, failing closed.
 
-credentials+authenticate -> identify -> entitle -> admit -> record -> answer.
+credentials+authenticate -> identify -> entitle -> cap -> admit -> pay -> record -> answer
+(cap: the customer's own spend cap; pay: the prepaid credit balance, ``tollhouse.credits``).
 Every phase returns a value; an exception anywhere becomes a 503 ``internal_error`` (never an OK).
-Nothing here does network or disk I/O except the awaited spool write and, rarely, a quota lease.
+Nothing here does network or disk I/O except the awaited spool write and, rarely, a quota or
+credit lease.
 """
 
 from __future__ import annotations
@@ -119,23 +121,27 @@ class Checker:
         if not meters:  # a free feature (e.g. /v1/usage): no quota, nothing to bill
             return self._answer(customer, feature, "", None,
                                 headers=self._standing(customer, plan))
-        capped = self.spend_caps.blocked(customer.id) if self.spend_caps is not None else None
+        return await self._charge(snap, customer, plan, feature, meters, req)
+
+    async def _charge(self, snap: Catalog, cust: Any, plan: Any, feature: str,
+                      meters: Sequence[str], req: RequestInfo) -> Decision:
+        """Spend cap, then quota and rate limits, then prepaid credit; then record and answer."""
+        capped = self.spend_caps.blocked(cust.id) if self.spend_caps is not None else None
         if capped is not None:
-            return self._with_limits(self._capped(customer.id, capped), customer, plan)
+            return self._with_limits(self._capped(cust.id, capped), cust, plan)
         admission = None
         if self.limiter is not None and self.limits_for is not None:
-            admission = await self._admit(customer, plan, meters)
+            admission = await self._admit(cust, plan, meters)
             if isinstance(admission, Deny):
                 return admission
         credit = None
-        prices = snap.credit_prices.get(customer.plan)
+        prices = snap.credit_prices.get(cust.plan)
         if prices is not None:
-            credit = await self._spend_credit(customer, prices, feature, meters)
+            credit = await self._spend_credit(cust, prices, feature, meters)
             if isinstance(credit, Deny):
-                if admission is not None:
-                    self.limiter.release(admission)
-                return self._with_limits(credit, customer, plan)
-        return await self._record_and_answer(customer, feature, req, admission, credit)
+                self._undo(admission, None)
+                return self._with_limits(credit, cust, plan)
+        return await self._record_and_answer(cust, feature, req, admission, credit)
 
     @staticmethod
     def _capped(cid: str, c: Any) -> Deny:

@@ -6,7 +6,6 @@ when the balance is used up the answer is 402 ``credit_exhausted`` with the bala
 
 from __future__ import annotations
 
-import asyncio
 import json
 import secrets
 import subprocess
@@ -30,7 +29,6 @@ from tests.integration.harness import (
 from tests.integration.test_e2e_store import _fresh_database
 from tests.servers import PostgresServer, RedisServer
 from tollhouse.demo.stack import find_binary
-from tollhouse.store import StoreService, connect_backend
 
 pytestmark = pytest.mark.integration
 
@@ -73,26 +71,13 @@ class Credits:
         return cid, key
 
     def grant(self, cid: str, amount: int, **kw: Any) -> None:
-        """Grant ``amount`` minor units of USD to ``cid`` in the store."""
-        async def run() -> None:
-            svc = StoreService(connect_backend(self.store_url), clock=time.time)
-            try:
-                await svc.grant_credit(cid, actor="e2e", amount=amount, currency="USD", **kw)
-            finally:
-                await svc.backend.close()
-
-        asyncio.run(run())
+        """Grant ``amount`` minor units of USD to ``cid`` through the admin API."""
+        self.admin("POST", f"/customers/{cid}/credits", {"amount": amount, "currency": "USD", **kw})
 
     def consumed(self, cid: str) -> int:
         """What the replicas flushed to the store for ``cid`` (1/1000 minor units)."""
-        async def run() -> int:
-            svc = StoreService(connect_backend(self.store_url), clock=time.time)
-            try:
-                return sum((await svc.consumed(cid)).values())
-            finally:
-                await svc.backend.close()
-
-        return asyncio.run(run())
+        listed = self.admin("GET", f"/customers/{cid}/credits")
+        return sum(int(g["consumed_milli"]) for g in listed["items"])
 
     def status(self, key: str, path: str = "/v1/search") -> int:
         """One request through Envoy."""

@@ -55,6 +55,7 @@ __all__ = [
     "Upstream",
     "UsageRecord",
     "add_replica",
+    "admin_call",
     "authz_failures",
     "build_stack",
     "http_request",
@@ -94,6 +95,18 @@ def start_stack(workdir: Path, *, jwks_refresh_s: float = 1.0, jwks_cooldown_s: 
     stack = LocalStack(workdir, pick_ports(), jwks_refresh_s=jwks_refresh_s,
                        jwks_cooldown_s=jwks_cooldown_s, overrides=overrides, transport=transport)
     return stack.start()
+
+
+def admin_call(stack: LocalStack, token: str, method: str, path: str,
+               body: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Call the stack's admin API (``/admin`` + ``path``); fail unless 2xx; the JSON body."""
+    resp = http_request(stack.ports.tollhouse_admin, "/admin" + path, method=method,
+                        headers={"authorization": f"Bearer {token}",
+                                 "content-type": "application/json"},
+                        body=None if body is None else json.dumps(body).encode())
+    assert 200 <= resp.status < 300, (method, path, resp.status, resp.body[:300])
+    doc: dict[str, Any] = resp.json()
+    return doc
 
 
 def wait_until(probe: Callable[[], T], accept: Callable[[T], bool], *, timeout_s: float = 10.0,

@@ -22,6 +22,7 @@ from tests.integration.harness import (
     LocalStack,
     Tollhouse,
     add_replica,
+    admin_call,
     build_stack,
     http_request,
     wait_until,
@@ -53,13 +54,7 @@ class Credits:
     def admin(self, method: str, path: str, body: dict[str, Any] | None = None
               ) -> dict[str, Any]:
         """Call the first replica's admin API; fail unless 2xx; the JSON body."""
-        resp = http_request(self.stack.ports.tollhouse_admin, "/admin" + path, method=method,
-                            headers={"authorization": f"Bearer {self.admin_token}",
-                                     "content-type": "application/json"},
-                            body=None if body is None else json.dumps(body).encode())
-        assert 200 <= resp.status < 300, (method, path, resp.status, resp.body[:300])
-        doc: dict[str, Any] = resp.json()
-        return doc
+        return admin_call(self.stack, self.admin_token, method, path, body)
 
     def customer(self, plan: str = "prepaid") -> tuple[str, str]:
         """A new customer on ``plan`` with an API key: (id, key)."""

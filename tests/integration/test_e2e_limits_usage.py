@@ -8,7 +8,6 @@ and a meter forwarder so slow (60 s) that nothing reaches the meter while the te
 
 from __future__ import annotations
 
-import json
 import re
 import secrets
 import subprocess
@@ -23,8 +22,8 @@ import pytest
 from tests.integration.harness import (
     HttpResponse,
     LocalStack,
+    admin_call,
     build_stack,
-    http_request,
     wait_until,
 )
 from tollhouse.demo.stack import find_binary
@@ -42,13 +41,7 @@ class Shop:
     def admin(self, method: str, path: str, body: dict[str, Any] | None = None
               ) -> dict[str, Any]:
         """Call the admin API; fail unless it answers 2xx; return the JSON body."""
-        resp = http_request(self.stack.ports.tollhouse_admin, "/admin" + path, method=method,
-                            headers={"authorization": f"Bearer {self.admin_token}",
-                                     "content-type": "application/json"},
-                            body=None if body is None else json.dumps(body).encode())
-        assert 200 <= resp.status < 300, (method, path, resp.status, resp.body[:300])
-        doc: dict[str, Any] = resp.json()
-        return doc
+        return admin_call(self.stack, self.admin_token, method, path, body)
 
     def customer(self, plan: str = "free") -> tuple[str, str]:
         """Create a store customer; return its id and a JWT for it."""

@@ -6,7 +6,6 @@ Envoy that balances Checks over both; the admin API of the first replica makes t
 
 from __future__ import annotations
 
-import json
 import secrets
 import subprocess
 import uuid
@@ -22,8 +21,8 @@ from tests.integration.harness import (
     LocalStack,
     Tollhouse,
     add_replica,
+    admin_call,
     build_stack,
-    http_request,
     wait_until,
 )
 from tests.servers import PostgresServer
@@ -46,13 +45,7 @@ class Pair:
     def admin(self, method: str, path: str, body: dict[str, Any] | None = None
               ) -> dict[str, Any]:
         """Call the admin API; fail unless it answers 2xx; return the JSON body."""
-        resp = http_request(self.stack.ports.tollhouse_admin, "/admin" + path, method=method,
-                            headers={"authorization": f"Bearer {self.admin_token}",
-                                     "content-type": "application/json"},
-                            body=None if body is None else json.dumps(body).encode())
-        assert 200 <= resp.status < 300, (method, path, resp.status, resp.body[:300])
-        doc: dict[str, Any] = resp.json()
-        return doc
+        return admin_call(self.stack, self.admin_token, method, path, body)
 
     def statuses(self, path: str, api_key: str) -> list[int]:
         """One round of requests through Envoy (both replicas answer some of them)."""

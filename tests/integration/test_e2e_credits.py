@@ -61,8 +61,9 @@ class Credits:
         cid = "p" + uuid.uuid4().hex[:10]
         self.admin("POST", "/customers", {"id": cid, "name": "E2E " + cid, "plan": plan})
         key = str(self.admin("POST", f"/customers/{cid}/keys")["key"])
-        wait_until(lambda: [self.status(key) for _ in range(4)], lambda s: 401 not in s,
-                   timeout_s=2.0, interval_s=0.05, what="key known to both replicas")
+        wait_until(lambda: [self.status(key, "/v1/usage") for _ in range(4)],  # spends nothing
+                   lambda s: s == [200] * 4, timeout_s=2.0, interval_s=0.05,
+                   what="key known to every replica")
         return cid, key
 
     def grant(self, cid: str, amount: int, **kw: Any) -> None:

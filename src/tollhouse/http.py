@@ -20,20 +20,12 @@ from aiohttp.http_exceptions import HttpProcessingError, LineTooLong
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from tollhouse.logs import get_logger
+from tollhouse.problems import problem_response
 
 __all__ = ["AdminHttp", "SafeAppRunner", "problem_response", "problems_middleware"]
 
 log = get_logger(__name__)
 ADMIN_MAX_BODY = 64 * 1024  # bytes of an admin request body; more: 413 body_too_large
-
-
-def problem_response(status: int, code: str, title: str, detail: str = "") -> web.Response:
-    """An RFC 9457 problem+json response."""
-    body = {"type": f"https://tollhouse.dev/problems/{code}", "title": title, "status": status,
-            "code": code}
-    if detail:
-        body["detail"] = detail
-    return web.json_response(body, status=status, content_type="application/problem+json")
 
 
 _CODES = {400: "bad_request", 404: "not_found", 405: "method_not_allowed", 408: "timeout",

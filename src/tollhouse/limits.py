@@ -12,8 +12,8 @@ from typing import TYPE_CHECKING, Any
 
 from tollhouse.config import Config, PlanConfig
 from tollhouse.quota import Limits, period_for
-from tollhouse.quota.limiter import Headers, RateBuckets, format_headers
-from tollhouse.quota.memory import quota_items
+from tollhouse.quota.limiter import Headers
+from tollhouse.quota.machinery import RateBuckets, format_headers, quota_items
 from tollhouse.quota.redis_state import share
 
 if TYPE_CHECKING:

@@ -149,7 +149,7 @@ def build_usage_app(app: Any) -> web.Application:
                     ledger_url=app.cfg.billing.ledger)
     store = getattr(app.cfg, "store", None)
     if store is not None and app.directory is not None:
-        from tollhouse.credits.customer_api import add_spend_cap_routes
+        from tollhouse.spend_cap_http import add_spend_cap_routes
         from tollhouse.store import StoreService, connect_backend
 
         service = StoreService(connect_backend(store.url), clock=app.clock)

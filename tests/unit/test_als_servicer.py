@@ -74,7 +74,7 @@ async def rig(tmp_path: Path) -> AsyncIterator[tuple[Metering, grpc.aio.Channel]
     m = Metering(cfg, instance="t", sink=SqliteMeterSink(tmp_path / "meter.db"))
     await m.spool.open()
     server = grpc.aio.server()
-    add_to_server(m.als_servicer(), server)
+    add_to_server(AccessLogServicer(m), server)
     port = free_port()
     server.add_insecure_port(f"127.0.0.1:{port}")
     await server.start()

@@ -29,12 +29,12 @@ from tests.unit.test_billing_support import (
     record,
     write_meter,
 )
+from tollhouse import periods as windows
 from tollhouse.billing.job import add_bill_arguments, main_bill, run_billing
 from tollhouse.billing.periods import period_containing, period_for_label
 from tollhouse.billing.pricing import BaseFeeSegment, prorate_segments
 from tollhouse.billing.store_subscriptions import StoreSubscriptions
 from tollhouse.config import Config, parse_config
-from tollhouse.quota import windows
 from tollhouse.store import StoreService, migrate, open_store
 
 MY_PLANS: dict[str, Any] = {**PLANS, "team": {"price": {

@@ -11,7 +11,7 @@ from google.protobuf import struct_pb2
 
 from tests.servers import free_port
 from tollhouse.config import Config, parse_config
-from tollhouse.envoy.als import METADATA_NAMESPACE
+from tollhouse.envoy.als import METADATA_NAMESPACE, AccessLogServicer
 from tollhouse.metering import Metering, RedisStreamSink
 from tollhouse.metering.report import UsageRow, reconcile, usage_report
 
@@ -61,7 +61,7 @@ async def test_admitted_equals_metered(tmp_path: Path) -> None:
     m = Metering(_cfg(tmp_path), clock=lambda: now[0], instance="i")
     await m.start()
     ids = await _reserve(m, 50)
-    servicer = m.als_servicer()
+    servicer = AccessLogServicer(m)
     assert await servicer.handle(_msg(ids[:40])) == 40
     now[0] += 31  # the other 10 pass the grace period
     await _until(m, "unsent", 0)
@@ -82,7 +82,7 @@ async def test_stop_keeps_unsent_records_and_restart_delivers(tmp_path: Path) ->
                      max_backoff_s=0.1)
     await first.start()
     ids = await _reserve(first, 20)
-    await first.als_servicer().handle(_msg(ids))
+    await AccessLogServicer(first).handle(_msg(ids))
     await _until(first, "unsent", 20)
     assert not await first.stop(deadline_s=0.5)
     second = Metering(_cfg(tmp_path), clock=lambda: now[0], instance="i")

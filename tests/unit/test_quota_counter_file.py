@@ -11,10 +11,10 @@ import pytest
 from prometheus_client import REGISTRY
 
 from tests.unit.test_quota_memory import NOW, limits, run, ts
+from tollhouse.periods import period_for
 from tollhouse.quota import Limits, open_limiter
 from tollhouse.quota.counter_file import CounterFileError
 from tollhouse.quota.memory import MemoryLimiter
-from tollhouse.quota.windows import period_for
 
 
 def lim(path: Path, lease_size: int = 1000, now: float = NOW) -> MemoryLimiter:

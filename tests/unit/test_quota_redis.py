@@ -15,11 +15,11 @@ import redis
 from prometheus_client import REGISTRY
 
 from tests.servers import RedisServer
+from tollhouse.periods import period_for
 from tollhouse.quota import Limits, open_limiter
 from tollhouse.quota.limiter import Ticket
 from tollhouse.quota.redis_io import counter_key
 from tollhouse.quota.redis_leases import RedisLeaseLimiter
-from tollhouse.quota.windows import period_for
 
 # Exactness tests use a generous Redis timeout: on a loaded 2-core CI box a 50 ms timeout can
 # fire and turn an admit into counters_unavailable, which is the outage tests' subject, not theirs.

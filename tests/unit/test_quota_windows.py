@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from tollhouse.quota.windows import period_for, period_for_key
+from tollhouse.periods import period_for, period_for_key
 
 
 def ts(*args: int) -> float:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import json
 import re
 import time
 from collections.abc import Awaitable, Callable, Collection, Iterator
@@ -23,6 +22,7 @@ from tollhouse.admin import validate as v
 from tollhouse.admin.metrics import ADMIN_REQUESTS
 from tollhouse.config import Config
 from tollhouse.logs import get_logger
+from tollhouse.problems import problem_response
 from tollhouse.store.backend import StoreUnavailable, connect_backend
 from tollhouse.store.models import ServiceError
 from tollhouse.store.service import INTEGRITY_ERRORS, StoreService
@@ -59,12 +59,7 @@ def problem(code: str, detail: str = "", status: int | None = None,
             headers: dict[str, str] | None = None) -> web.Response:
     """Return an RFC 9457 problem+json response with a stable ``code``."""
     status = status or _STATUS.get(code, 500)
-    body: dict[str, Any] = {"type": f"https://tollhouse.dev/problems/{code}",
-                            "title": _TITLES.get(status, "Error"), "status": status, "code": code}
-    if detail:
-        body["detail"] = detail
-    return web.Response(status=status, text=json.dumps(body), headers=headers,
-                        content_type="application/problem+json")
+    return problem_response(status, code, _TITLES.get(status, "Error"), detail, headers)
 
 
 def _ok(data: Any, status: int = 200) -> web.Response:

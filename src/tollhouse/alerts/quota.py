@@ -20,7 +20,7 @@ from prometheus_client import Counter
 
 from tollhouse.config.alerts import AlertsConfig, QuotaThreshold
 from tollhouse.logs import get_logger
-from tollhouse.quota.windows import period_for
+from tollhouse.periods import period_for
 from tollhouse.webhooks.models import EmitEvent
 
 __all__ = ["QuotaAlerts", "crossing", "threshold_units"]

@@ -19,8 +19,8 @@ from tollhouse.billing.customer_invoices import invoice_document
 from tollhouse.billing.render import render_csv, render_json
 from tollhouse.billing.render_html import render_html
 from tollhouse.billing.usage_page import content_security_policy
-from tollhouse.http import problem_response
 from tollhouse.logs import get_logger
+from tollhouse.problems import problem_response
 
 __all__ = ["add_invoice_route", "html_response", "invoice_handler", "wants_html"]
 

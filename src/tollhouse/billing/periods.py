@@ -2,7 +2,7 @@
 
 A period is labelled by the month it starts in (``2026-11``). With an anchor date the period starts
 on the anchor's day of that month, clamped to the month's last day (anchor ``2026-01-31`` gives
-``2026-02-28 .. 2026-03-31``). The boundaries come from :mod:`tollhouse.quota.windows` (one
+``2026-02-28 .. 2026-03-31``). The boundaries come from :mod:`tollhouse.periods` (one
 implementation for quotas and invoices); only the label differs: quota keys an anchored period by
 its start date (``2026-11-15``), billing by its start month (``2026-11``).
 """
@@ -13,7 +13,7 @@ import re
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 
-from tollhouse.quota import windows
+from tollhouse import periods as bounds
 
 __all__ = ["Period", "iso_utc", "parse_anchor", "period_containing", "period_for_label"]
 
@@ -57,7 +57,7 @@ def parse_anchor(text: str | None) -> date | None:
     return None if text is None else date.fromisoformat(text)
 
 
-def _billing(w: windows.Period) -> Period:
+def _billing(w: bounds.Period) -> Period:
     return Period(f"{w.start.year:04d}-{w.start.month:02d}", w.start_s, w.end_s)
 
 
@@ -67,9 +67,9 @@ def period_for_label(label: str, anchor: date | None) -> Period:
     if m is None or not 1 <= int(m.group(2)) <= 12 or int(m.group(1)) < 1970:
         raise ValueError(f"period must be YYYY-MM, got {label!r}")
     year, month = int(m.group(1)), int(m.group(2))
-    w = windows.period_for(datetime(year, month, 1, tzinfo=UTC).timestamp(), anchor)
+    w = bounds.period_for(datetime(year, month, 1, tzinfo=UTC).timestamp(), anchor)
     if (w.start.year, w.start.month) != (year, month):  # the 1st lies in the previous period
-        w = windows.period_for(w.end_s, anchor)
+        w = bounds.period_for(w.end_s, anchor)
     return _billing(w)
 
 
@@ -77,7 +77,7 @@ def period_containing(ts_s: float, anchor: date | None) -> Period:
     """Return the period that contains the instant ``ts_s`` (Unix seconds)."""
     # Whole seconds first: boundaries are whole seconds, and a float a hair below midnight must
     # not be rounded into the next period by datetime's microsecond rounding.
-    return _billing(windows.period_for(int(ts_s // 1), anchor))
+    return _billing(bounds.period_for(int(ts_s // 1), anchor))
 
 
 def iso_utc(ts_s: float) -> str:

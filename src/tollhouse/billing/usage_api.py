@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import json
 import threading
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
@@ -30,6 +29,7 @@ from tollhouse.billing.usage import DailyTotals, MeterTotals, UsageReport, curre
 from tollhouse.billing.usage_page import render_usage_page
 from tollhouse.config import Config
 from tollhouse.logs import get_logger
+from tollhouse.problems import problem_response
 
 __all__ = ["CUSTOMER_HEADER", "LiveUsed", "RedisMeterTotals", "UsageLookup", "add_usage_route",
            "daily_of", "meter_totals", "meter_usage_lookup", "usage_handler", "with_invoices",
@@ -51,13 +51,6 @@ TAIL_SKIPPED = Counter(
     "Redis meter entries GET /v1/usage could not read (counted by the billing job's dead letters)")
 
 
-def _problem(status: int, code: str, title: str) -> web.Response:
-    body = {"type": f"https://tollhouse.dev/problems/{code}", "title": title, "status": status,
-            "code": code}
-    return web.Response(status=status, text=json.dumps(body),
-                        content_type="application/problem+json")
-
-
 def _no_live(_: str) -> Mapping[str, int]:
     return {}
 
@@ -69,25 +62,25 @@ def usage_handler(lookup: UsageLookup, *, live: LiveUsed = _no_live,
     async def handle(request: web.Request) -> web.Response:
         customer = request.headers.get(CUSTOMER_HEADER, "").strip()
         if not customer:
-            return _problem(401, "unauthenticated", "No authenticated customer")
+            return problem_response(401, "unauthenticated", "No authenticated customer")
         try:
             counted = dict(live(customer))  # on the loop: the counters are the Check's
         except Exception:
             LOOKUP_FAILED.inc()
             log.error("usage.live_failed", exc=True, customer=customer)
-            return _problem(503, "usage_unavailable", "Usage is temporarily unavailable")
+            return problem_response(503, "usage_unavailable", "Usage is temporarily unavailable")
         try:
             report = await asyncio.wait_for(asyncio.to_thread(lookup, customer, counted),
                                             timeout_s)
         except TimeoutError:
             log.warning("usage.timeout", customer=customer)
-            return _problem(503, "usage_unavailable", "Usage is temporarily unavailable")
+            return problem_response(503, "usage_unavailable", "Usage is temporarily unavailable")
         except Exception as e:  # meter, ledger or Redis unreachable: say so, never a guess
             LOOKUP_FAILED.inc()
             log.error("usage.lookup_failed", error=type(e).__name__, customer=customer)
-            return _problem(503, "usage_unavailable", "Usage is temporarily unavailable")
+            return problem_response(503, "usage_unavailable", "Usage is temporarily unavailable")
         if report is None:
-            return _problem(404, "unknown_customer", "No subscription for this customer")
+            return problem_response(404, "unknown_customer", "No subscription for this customer")
         if wants_html(request.headers.get("accept", "")):
             return html_response(render_usage_page(report))
         return web.json_response(report.to_json(), headers={"cache-control": "no-store",

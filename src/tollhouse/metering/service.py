@@ -10,7 +10,6 @@ import time
 from collections import Counter as Tally
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from tollhouse.config import Config
 from tollhouse.logs import get_logger
@@ -31,9 +30,6 @@ from tollhouse.metering.schema import UsageRecord, state_name
 from tollhouse.metering.sinks import MeterSink, SinkError, open_sink
 from tollhouse.metering.spool import Expand, Spool, SpoolError, new_usage_id
 from tollhouse.metering.tail import TailSpool
-
-if TYPE_CHECKING:
-    from tollhouse.envoy.als import AccessLogServicer
 
 __all__ = [
     "DEFAULT_SPOOL_DIR", "Metering", "ReservationBuilder", "reservation", "warn_restart_needed",
@@ -224,12 +220,6 @@ class Metering(ReservationBuilder):
         await self.spool.reserve(record, deadline_s)
 
     # ---- the access log --------------------------------------------------------------------
-
-    def als_servicer(self) -> AccessLogServicer:
-        """Return the ``envoy.service.accesslog.v3.AccessLogService`` servicer feeding this."""
-        from tollhouse.envoy.als import AccessLogServicer  # here: import cycle
-
-        return AccessLogServicer(self)
 
     async def ingest(self, entries: Sequence[LogEntry]) -> None:
         """Write served facts for entries (with usage ids); waits only under heavy backlog."""

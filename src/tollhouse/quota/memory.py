@@ -12,36 +12,12 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from tollhouse.quota.limiter import (
-    Admission,
-    GaugeBoard,
-    Limits,
-    PolicyItem,
-    Ticket,
-    allowed,
-    claim_release,
-    denied,
-    format_headers,
-)
+from tollhouse.periods import Period, period_for, roll
+from tollhouse.quota.limiter import Admission, Limits, Ticket, claim_release
+from tollhouse.quota.machinery import GaugeBoard, allowed, denied, format_headers, quota_items
 from tollhouse.quota.persist import CounterSaver, CustomerCounts
-from tollhouse.quota.windows import Period, period_for, roll
 
-__all__ = ["MemoryLimiter", "quota_items"]
-
-
-def quota_items(
-    meters: Sequence[str], limits: Limits, used: Callable[[str], int], period: Period, now_s: float
-) -> list[PolicyItem]:
-    """Header items for the quotas of ``meters`` (window = the billing period)."""
-    out: list[PolicyItem] = []
-    for m in meters:
-        q = limits.quotas.get(m)
-        if q is None:
-            continue
-        unit = "" if m in limits.request_meters else m
-        reset = max(0, int(period.end_s - now_s + 0.999999))
-        out.append((f"{m}/period", q, period.length_s, q - used(m), reset, unit))
-    return out
+__all__ = ["MemoryLimiter"]
 
 
 class MemoryLimiter:

@@ -19,10 +19,11 @@ from datetime import date
 from pathlib import Path
 
 from tollhouse.logs import get_logger
+from tollhouse.periods import Period
 from tollhouse.quota import metrics
 from tollhouse.quota.counter_file import CounterFile, CounterFileError, Row
-from tollhouse.quota.limiter import Limits, RateBuckets
-from tollhouse.quota.windows import Period
+from tollhouse.quota.limiter import Limits
+from tollhouse.quota.machinery import RateBuckets
 
 __all__ = ["CounterSaver", "CustomerCounts"]
 

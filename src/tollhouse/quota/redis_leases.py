@@ -18,22 +18,12 @@ import contextlib
 from collections.abc import Callable, Sequence
 
 from tollhouse.logs import get_logger
+from tollhouse.periods import period_for, roll
 from tollhouse.quota import metrics
-from tollhouse.quota.limiter import (
-    Admission,
-    GaugeBoard,
-    Headers,
-    Limits,
-    Ticket,
-    allowed,
-    claim_release,
-    denied,
-    format_headers,
-)
-from tollhouse.quota.memory import quota_items
+from tollhouse.quota.limiter import Admission, Headers, Limits, Ticket, claim_release
+from tollhouse.quota.machinery import GaugeBoard, allowed, denied, format_headers, quota_items
 from tollhouse.quota.redis_io import RETAIN_S, RedisIO, counter_key
 from tollhouse.quota.redis_state import Counter, CustomerState, share
-from tollhouse.quota.windows import period_for, roll
 
 __all__ = ["RedisLeaseLimiter"]
 

@@ -7,8 +7,8 @@ import math
 from collections.abc import Mapping
 from datetime import date
 
-from tollhouse.quota.limiter import RateBuckets
-from tollhouse.quota.windows import Period
+from tollhouse.periods import Period
+from tollhouse.quota.machinery import RateBuckets
 
 __all__ = ["Counter", "CustomerState", "share"]
 

@@ -14,8 +14,8 @@ from typing import Any
 
 from aiohttp import web
 
-from tollhouse.http import problem_response
 from tollhouse.logs import get_logger
+from tollhouse.problems import problem_response
 from tollhouse.store.models import ServiceError
 
 __all__ = ["add_spend_cap_routes"]

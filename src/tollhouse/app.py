@@ -23,13 +23,11 @@ from grpc_reflection.v1alpha import reflection
 from tollhouse.authn import Authenticator
 from tollhouse.check import Checker, State
 from tollhouse.components import (
-    open_credit_alerts,
     open_credits,
     open_directory,
+    open_evaluators,
     open_metering,
-    open_quota_alerts,
     open_spend_caps,
-    open_unattributed,
     open_webhooks,
     past_due_grace,
 )
@@ -186,13 +184,8 @@ class App:
         await self.http.start()
         if self.webhooks is not None:
             await self.webhooks.start()
-        alerts = open_quota_alerts(self.cfg, limiter=self.limiter, webhooks=self.webhooks,
-                                   checker=self.checker, catalog=lambda: self.state.catalog,
-                                   limits_for=self.limits.for_customer, clock=self.clock)
-        for evaluator in (alerts, self.spend_caps, open_credit_alerts(self.cfg, self),
-                          open_unattributed(self)):
-            if evaluator is not None:
-                self._tasks.append(asyncio.create_task(evaluator.run(self._stopping)))
+        for evaluator in open_evaluators(self):  # alerts and spend caps, off the hot path
+            self._tasks.append(asyncio.create_task(evaluator.run(self._stopping)))
         self._tasks.append(asyncio.create_task(self._watch_config()))
         self._tasks.append(asyncio.create_task(self._watch_ready(names)))
         log.info("serve.started", listen=self.cfg.listen, admin=self.cfg.admin_listen,

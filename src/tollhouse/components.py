@@ -17,8 +17,10 @@ __all__ = [
     "open_credit_alerts",
     "open_credits",
     "open_directory",
+    "open_evaluators",
     "open_metering",
     "open_quota_alerts",
+    "open_spend_alerts",
     "open_spend_caps",
     "open_unattributed",
     "open_webhooks",
@@ -139,3 +141,29 @@ def open_unattributed(app: Any) -> Any:
     reporter = UnattributedUsage(emit=app.webhooks.emit, instance=app.instance, clock=app.clock)
     app.metering.on_orphans = reporter.add
     return reporter
+
+
+def open_spend_alerts(cfg: Config, app: Any) -> Any:
+    """The spend threshold evaluator, when thresholds, counters and the outbox are all there."""
+    if not cfg.alerts.any_spend or app.limiter is None or app.webhooks is None:
+        return None
+    from tollhouse.alerts import SpendAlerts
+    from tollhouse.decision import Deny
+    from tollhouse.usage_http import spend_lookup
+
+    def plan_of(cid: str) -> str | None:
+        cust = app.checker.lookup(app.state.catalog, cid)
+        return None if isinstance(cust, Deny) else str(cust.plan)
+
+    return SpendAlerts(cfg.alerts, customers=app.limiter.customer_ids, plan_of=plan_of,
+                       lookup=spend_lookup(app), emit=app.webhooks.emit)
+
+
+def open_evaluators(app: Any) -> list[Any]:
+    """Every evaluator ``serve`` runs off the hot path (each has ``run(stop_event)``)."""
+    quota = open_quota_alerts(app.cfg, limiter=app.limiter, webhooks=app.webhooks,
+                              checker=app.checker, catalog=lambda: app.state.catalog,
+                              limits_for=app.limits.for_customer, clock=app.clock)
+    found = [quota, app.spend_caps, open_credit_alerts(app.cfg, app),
+             open_spend_alerts(app.cfg, app), open_unattributed(app)]
+    return [e for e in found if e is not None]

@@ -96,7 +96,7 @@ class Subscription:
 
 
 class SubscriptionSource(Protocol):
-    """Where subscriptions come from (config today, the entitlement store later)."""
+    """Where subscriptions come from (the config file, or the entitlement store)."""
 
     def customers(self) -> Iterable[str]:
         """Every customer that may be billed."""

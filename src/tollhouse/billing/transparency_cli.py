@@ -1,4 +1,4 @@
-"""The command line of ``tollhouse export``, ``simulate`` and ``trace`` (issue 16).
+"""The command line of ``tollhouse export``, ``simulate`` and ``trace``.
 
 They read the ledger (as ``tollhouse bill`` left it) and never consume the meter or issue anything.
 Exit codes: 0 done, 1 something was refused, failed to verify or to push (reported on stderr),

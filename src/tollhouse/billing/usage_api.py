@@ -1,6 +1,6 @@
 """``GET /v1/usage``: a customer's open period, priced so far (aiohttp handler factory).
 
-Mounted by the lead on a small HTTP listener routed through Envoy, so ext_authz has authenticated
+Mounted on a small HTTP listener routed through Envoy, so ext_authz has authenticated
 the caller and set ``x-tollhouse-customer`` upstream (always overwritten: trusted here). A caller
 only ever sees the customer of that header.
 

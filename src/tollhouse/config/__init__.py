@@ -115,11 +115,11 @@ class Config(_Model):
     counters_file: Path | None = None
     metering: MeteringConfig = MeteringConfig()
     billing: BillingConfig = BillingConfig()
-    store: StoreConfig | None = None  # issue 4
-    admin: AdminConfig = AdminConfig()  # issue 4
-    export: ExportConfig = ExportConfig()  # issue 16: Stripe meter events
-    webhooks: WebhooksConfig = WebhooksConfig()  # issue 15: outbox delivery
-    alerts: AlertsConfig = AlertsConfig()  # issue 15: usage alerts (events to the outbox)
+    store: StoreConfig | None = None  # the entitlement store (docs/store.md)
+    admin: AdminConfig = AdminConfig()  # the admin API on admin_listen
+    export: ExportConfig = ExportConfig()  # Stripe meter events (docs/billing.md)
+    webhooks: WebhooksConfig = WebhooksConfig()  # delivery from the outbox (docs/webhooks.md)
+    alerts: AlertsConfig = AlertsConfig()  # usage alerts: events to the outbox
 
     @field_validator("features", mode="before")
     @classmethod
@@ -183,7 +183,7 @@ class Config(_Model):
             problems.append(("default_plan", f"unknown plan {self.default_plan!r}"))
         problems.extend(self._listener_clashes())
         problems.extend(self.alerts.problems(self.plans, self.meters))
-        if self.alerts.any_quota and self.store is None:
+        if (self.alerts.any_quota or self.alerts.any_spend) and self.store is None:
             problems.append(("alerts", "alert events go to the webhook outbox: set store.url"))
         if problems:
             raise ConfigError(problems)
@@ -279,7 +279,7 @@ def _resolve_paths(cfg: Config, base: Path) -> Config:
             "metering": metering,
             "billing": billing,
             "counters_file": fix(cfg.counters_file),
-            # issue 4: entitlement store URL and admin token file
+            # the entitlement store URL and the admin token file
             "store": None if cfg.store is None else cfg.store.model_copy(
                 update={"url": _fix_url(cfg.store.url, base)}
             ),

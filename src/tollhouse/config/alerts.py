@@ -1,8 +1,9 @@
-"""Config model of usage alerts (issue 15, item 2): thresholds per plan, per customer, default.
+"""Config model of usage alerts: thresholds per plan, per customer, default.
 
-Four kinds of threshold are defined; ``quota`` (percent of a meter's quota, or absolute units) is
-evaluated by ``serve``; ``credit`` (percent or amount left) and ``spend`` (amount in the period)
-are the credits feature's data and are accepted here so one config shape covers all four.
+Three kinds of threshold, all evaluated by ``serve`` off the hot path: ``quota`` (percent of a
+meter's quota, or absolute units: ``tollhouse.alerts.quota``), ``credit`` (percent or amount of
+the credit balance left: ``tollhouse.alerts.credit``) and ``spend`` (usage charges in the period:
+``tollhouse.alerts.spend``).
 """
 
 from __future__ import annotations
@@ -78,6 +79,12 @@ class AlertsConfig(_Model):
     def rules_for(self, customer: str, plan: str) -> AlertRules:
         """The rules that apply to ``customer`` on ``plan``."""
         return self.customers.get(customer) or self.plans.get(plan) or self.default
+
+    @property
+    def any_spend(self) -> bool:
+        """Whether any spend threshold is configured."""
+        return any(r.spend for r in (self.default, *self.plans.values(),
+                                     *self.customers.values()))
 
     @property
     def any_quota(self) -> bool:

@@ -99,7 +99,7 @@ class BillingConfig(_Model):
         return v
 
 
-# --- entitlement store + admin API (issue 4) -------------------------------------------------
+# --- entitlement store + admin API --------------------------------------------------------
 
 
 class StoreConfig(_Model):

@@ -1,4 +1,4 @@
-"""Config model of webhook delivery from the durable outbox (issue 15)."""
+"""Config model of webhook delivery from the durable outbox."""
 
 from __future__ import annotations
 

@@ -93,7 +93,7 @@ class LocalStack:
             "grpc_port": ports.tollhouse,
             "admin_port": ports.tollhouse_admin,
             "jwks_port": ports.jwks,
-            "usage_port": ports.usage,  # for the customer usage listener (issue 6)
+            "usage_port": ports.usage,  # for the customer usage listener
             "jwks_refresh_s": jwks_refresh_s,
             "jwks_cooldown_s": jwks_cooldown_s,
             "api_key_sha256": hashlib.sha256(self.api_key.encode()).hexdigest(),

@@ -67,7 +67,7 @@ class Customer:
     status_since: float
     plan_changes: tuple[PlanChange, ...]
     quota_overrides: Mapping[str, int] = field(default_factory=dict)
-    stripe_customer_id: str | None = None  # issue 16: where `tollhouse export stripe` bills
+    stripe_customer_id: str | None = None  # where `tollhouse export stripe` bills
 
     def to_json(self) -> dict[str, Any]:
         """Return the JSON form (admin API, audit log)."""

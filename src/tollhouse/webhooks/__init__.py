@@ -1,4 +1,4 @@
-"""Signed webhooks from a durable outbox in the store (issue 15): endpoints, events, delivery."""
+"""Signed webhooks from a durable outbox in the store: endpoints, events, delivery."""
 
 from tollhouse.webhooks.delivery import Deliverer, backoff_s, signed_headers
 from tollhouse.webhooks.models import EVENT_TYPES, Delivery, EmitEvent, Endpoint, Event

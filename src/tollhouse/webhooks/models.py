@@ -19,7 +19,8 @@ EmitEvent = Callable[[str, str | None, str, Mapping[str, object]], Awaitable[boo
 TEST_EVENT = "webhook.test"
 EVENT_TYPES = (
     "quota.threshold_reached", "quota.threshold_recovered", "credit.low", "credit.exhausted",
-    "credit.recharge_requested", "spend_cap.reached", "invoice.issued", "usage.unattributed",
+    "credit.recharge_requested", "spend_cap.reached", "spend.threshold_reached", "invoice.issued",
+    "usage.unattributed",
     TEST_EVENT,
 )
 EVENT_TYPE_RE = re.compile(r"^[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)+$")

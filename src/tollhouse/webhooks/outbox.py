@@ -102,8 +102,8 @@ class Outbox:
                    data: Mapping[str, object]) -> bool:
         """Record an event and its deliveries; False if ``dedupe_key`` was already recorded.
 
-        The :data:`~tollhouse.webhooks.models.EmitEvent` of issue 15; bounded by the emit
-        deadline (``TimeoutError`` past it: nothing was recorded).
+        The :data:`~tollhouse.webhooks.models.EmitEvent` the alert evaluators call; bounded by the
+        emit deadline (``TimeoutError`` past it: nothing was recorded).
         """
         if not EVENT_TYPE_RE.match(event_type) or not dedupe_key or len(dedupe_key) > 512:
             raise ServiceError("invalid", "event type must be dotted lowercase, dedupe_key 1-512")

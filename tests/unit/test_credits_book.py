@@ -213,3 +213,23 @@ def test_prices_are_exact_in_thousandths_of_the_currencys_minor_unit() -> None:
     assert usd.cost("tokens", 1000) == 1500
     assert (jpy.cost("requests", 1), jpy.deny_when_exhausted, usd.deny_when_exhausted) == (
         3 * MILLI, False, True)
+
+
+async def test_a_burst_on_one_replica_spends_the_whole_grant_and_no_more(
+        redis_server: RedisServer) -> None:
+    """300 concurrent requests on one replica: exactly the 100 the grant pays for are admitted.
+
+    Requests that find their lease spent by others lease again instead of being refused early.
+    """
+    store = Store()
+    g = grant(1000, eff=time.time() - 60)
+    book = redis_book(redis_server.url, "solo", store, 100)
+
+    async def one() -> bool:
+        return isinstance(await book.spend("c", [g], {"requests": DIME}, "api", time.time()),
+                          Spend)
+
+    results = await asyncio.gather(*(one() for _ in range(300)))
+    await book.stop()
+    assert sum(results) == 100
+    assert store.consumed[g.id] == 100 * DIME

@@ -114,12 +114,11 @@ class CreditBook:
                     feature: str, now: float) -> Spend | Shortfall:
         """Take ``costs`` (meter -> 1/1000 minor units) from the usable grants, or say why not."""
         take, short = self._plan(grants, costs, feature, now)
-        ok = True
-        try:  # a refill already in flight may bring too little: then one more, with the need
+        ok, started = True, self._clock()
+        try:  # until the plan is covered, a counter fails, or every short grant is used up:
+            # a refill may bring too little, or concurrent requests may spend it first
             async with asyncio.timeout(self._timeout_s):
-                for _ in range(2):
-                    if short is None or not ok:
-                        break
+                while short is not None and ok and not self._used_up(short, started):
                     ok = await self._obtain(short, sum(costs.values()))
                     take, short = self._plan(grants, costs, feature, now)
         except TimeoutError:
@@ -145,6 +144,13 @@ class CreditBook:
         for ctr, units in spend.taken:
             ctr.left += units
             ctr.unflushed -= units
+
+    def _used_up(self, short: list[GrantCounter], since: float) -> bool:
+        """Every short counter was found empty by a lease since ``since`` or within recheck_s."""
+        now = self._clock()
+        return all(c.state == "exhausted" and c.refill is None
+                   and (c.checked_at >= since or now - c.checked_at < self._recheck_s)
+                   for c in short)
 
     async def _obtain(self, short: list[GrantCounter], need: int) -> bool:
         """Refill the short counters (or wait for their refill); False if one could not ask."""

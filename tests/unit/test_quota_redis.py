@@ -17,7 +17,7 @@ from prometheus_client import REGISTRY
 from tests.servers import RedisServer
 from tollhouse.periods import period_for
 from tollhouse.quota import Limits, open_limiter
-from tollhouse.quota.limiter import Ticket
+from tollhouse.quota.limiter import Admission, Ticket
 from tollhouse.quota.redis_io import counter_key
 from tollhouse.quota.redis_leases import RedisLeaseLimiter
 
@@ -80,6 +80,26 @@ async def test_one_replica_admits_exactly_q(one: RedisLeaseLimiter, redis_server
     assert {a.code for a in out[1000:]} == {"quota_exceeded"}
     assert granted(redis_server.url, c) == 1000
     assert one.snapshot(c, lm, time.time()) == {"requests": (1000, 1000)}
+
+
+async def test_a_concurrent_burst_admits_exactly_the_quota(redis_server: RedisServer) -> None:
+    """300 concurrent requests against a quota of 100 with leases of 10: exactly 100 admitted.
+
+    A request whose refill's units went to other requests first leases again (until the
+    deadline) instead of being refused while Redis still has room.
+    """
+    lim = make(redis_server.url, "burst", lease_size=10, timeout_s=SLACK_S)
+    await lim.start()
+    c = customer()
+
+    async def one() -> Admission:
+        return await lim.admit(c, ["requests"], limits(100), time.time())
+
+    out = await asyncio.gather(*(one() for _ in range(300)))
+    await lim.stop()
+    assert sum(a.allowed for a in out) == 100
+    assert {a.code for a in out if not a.allowed} == {"quota_exceeded"}
+    assert granted(redis_server.url, c) == 100
 
 
 async def test_two_replicas_share_the_quota(redis_server: RedisServer) -> None:

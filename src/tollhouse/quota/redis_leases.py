@@ -161,7 +161,10 @@ class RedisLeaseLimiter:
         hit = c.rate.blocked(ps, pm)
         if hit is not None:
             return denied("rate_limited", hit[0], hit[1], self._headers(c, meters, limits, now))
-        for _ in range(3):
+        # Until every lease has units, Redis says none are left, or the deadline: in a burst, the
+        # units one refill brings may go to other requests first, so a request may lease again.
+        deadline = asyncio.get_running_loop().time() + self._timeout_s
+        while True:
             empty = [
                 ctr for m in meters if m in limits.quotas and m in limits.request_meters
                 if self._spendable(ctr := self._counter(c, customer, m, True), limits.quotas[m])
@@ -169,7 +172,7 @@ class RedisLeaseLimiter:
             ]
             if not empty:
                 break
-            if not await self._obtain(empty, limits, now):
+            if not await self._obtain(empty, limits, now, deadline):
                 break
             if any(ctr.state == "skew" for ctr in empty):  # Redis TIME put us in another period
                 now = now_s + self._offset
@@ -185,7 +188,8 @@ class RedisLeaseLimiter:
             self._dirty.add(ctr)
         return ctr.left
 
-    async def _obtain(self, empty: list[Counter], limits: Limits, now: float) -> bool:
+    async def _obtain(self, empty: list[Counter], limits: Limits, now: float,
+                      deadline: float) -> bool:
         """Fetch leases for empty counters; False when there is nothing worth waiting for."""
         waits: list[asyncio.Task[None]] = []
         for ctr in empty:
@@ -199,7 +203,8 @@ class RedisLeaseLimiter:
         if not waits:
             return False
         try:
-            await asyncio.wait_for(asyncio.shield(asyncio.gather(*waits)), self._timeout_s)
+            left_s = deadline - asyncio.get_running_loop().time()
+            await asyncio.wait_for(asyncio.shield(asyncio.gather(*waits)), max(0.0, left_s))
         except TimeoutError:
             for ctr in empty:
                 if ctr.left <= 0:

@@ -234,7 +234,7 @@ def _cmd_usage(args: argparse.Namespace) -> int:
 
 
 def _cmd_bill(args: argparse.Namespace) -> int:
-    from tollhouse.billing.job import main_bill
+    from tollhouse.billing.job_cli import main_bill
 
     try:
         return main_bill(args)
@@ -248,7 +248,7 @@ def _cmd_bill(args: argparse.Namespace) -> int:
 
 def _add_optional(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Subcommands whose code lives in their own packages (imported when run)."""
-    from tollhouse.billing.job import add_bill_arguments
+    from tollhouse.billing.job_cli import add_bill_arguments
     from tollhouse.demo import add_demo_arguments, main_demo
 
     p = sub.add_parser("demo", help="run the demo stack: tollhouse + Envoy + an upstream API")

@@ -24,7 +24,8 @@ from tests.unit.test_billing_support import (
     write_meter,
 )
 from tollhouse.billing.consume import SqliteMeterTotals
-from tollhouse.billing.job import add_bill_arguments, main_bill, run_billing
+from tollhouse.billing.job import run_billing
+from tollhouse.billing.job_cli import add_bill_arguments, main_bill
 from tollhouse.billing.usage import current_usage
 from tollhouse.billing.usage_api import add_usage_route, meter_usage_lookup
 

@@ -30,7 +30,8 @@ from tests.unit.test_billing_support import (
     write_meter,
 )
 from tollhouse import periods as windows
-from tollhouse.billing.job import add_bill_arguments, main_bill, run_billing
+from tollhouse.billing.job import run_billing
+from tollhouse.billing.job_cli import add_bill_arguments, main_bill
 from tollhouse.billing.periods import period_containing, period_for_label
 from tollhouse.billing.pricing import BaseFeeSegment, prorate_segments
 from tollhouse.billing.store_subscriptions import StoreSubscriptions

@@ -262,13 +262,17 @@ class App:
         if in_use:
             return self._rejected("plan_in_use", in_use)
         self._report_restart_needed(restart_needed(self.cfg, new))
+        limiter = await self._new_limiter(cfg)  # the last await: nothing is swapped before it
+        # From here on no await: a Check sees the old config or the new one, never a mix.
         self.authn.reconfigure(cfg.auth)
         if self.metering is not None:
             self.metering.reconfigure(cfg)
         if self.als is not None:
             self.als.reconfigure(
                 usage_id_from_request_header=cfg.metering.usage_id_from_request_header)
-        await self._reconfigure_limiter(cfg)
+        if limiter is not None:
+            self.limiter = self.checker.limiter = limiter
+            self._wire_quota_hooks()
         old = self.state.catalog.version
         self.cfg = cfg
         self.state.catalog = catalog
@@ -311,17 +315,16 @@ class App:
                         detail="read only at start: the running value stays until a restart")
         self._restart_flags = set(fields)
 
-    async def _reconfigure_limiter(self, cfg: Config) -> None:
-        """A reload that starts selling quotas or rate limits gets a limiter at once."""
+    async def _new_limiter(self, cfg: Config) -> Any:
+        """A started limiter for a reload that starts selling quotas or rate limits, else None."""
         if self.limiter is not None or not needs_limiter(cfg):
-            return
+            return None
         from tollhouse.quota import open_limiter
 
         limiter = open_limiter(self.cfg.counters, clock=self.clock, instance=self.instance,
                                counters_file=counters_file(self.cfg))
         await limiter.start()
-        self.limiter = self.checker.limiter = limiter
-        self._wire_quota_hooks()
+        return limiter
 
     def _wire_quota_hooks(self) -> None:
         """Final records feed the limiter from after the spool's replay on.

@@ -10,6 +10,8 @@ from pathlib import Path
 import pytest
 
 from tests.servers import PostgresServer, RedisServer
+from tests.support.admin import admin  # noqa: F401 - a fixture for every test module
+from tests.support.store import store_url  # noqa: F401 - a fixture for every test module
 
 
 @pytest.fixture(scope="session")

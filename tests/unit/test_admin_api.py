@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import aiohttp
@@ -12,56 +11,8 @@ import pytest
 from aiohttp import web
 
 from tests.servers import free_port
-from tests.unit.test_store_service import Clock
-from tollhouse.admin import admin_routes, read_token_sha256
-from tollhouse.store import Directory, StoreService, hash_key, migrate, open_store
-
-TOKEN = "adm-" + "s3cr3t-token-value-0123456789"
-
-
-class Admin:
-    """A running admin API and an HTTP client for it."""
-
-    def __init__(self, base: str, session: aiohttp.ClientSession, url: str) -> None:
-        self.base = base
-        self.session = session
-        self.store_url = url
-
-    async def call(self, method: str, path: str, json: object = None,
-                   token: str | None = TOKEN) -> tuple[int, dict[str, str], object]:
-        headers = {"Authorization": f"Bearer {token}"} if token else {}
-        async with self.session.request(method, self.base + path, json=json,
-                                        headers=headers) as r:
-            body = await r.json(content_type=None)
-            return r.status, dict(r.headers), body
-
-
-async def start_admin(url: str, token_file: Path,
-                      catalog: bool = True) -> tuple[web.AppRunner, str]:
-    """Serve the admin sub-app at /admin on a free port; return the runner and base URL."""
-    await migrate(url)
-    svc = StoreService(await open_store(url), clock=Clock(),
-                       plans={"free", "pro"} if catalog else None,
-                       meters={"requests"} if catalog else None)
-    root = web.Application()
-    root.add_subapp("/admin", admin_routes(svc, read_token_sha256(token_file)))
-    runner = web.AppRunner(root)
-    await runner.setup()
-    port = free_port()
-    await web.TCPSite(runner, "127.0.0.1", port).start()
-    return runner, f"http://127.0.0.1:{port}/admin"
-
-
-@pytest.fixture
-async def admin(tmp_path: Path) -> AsyncIterator[Admin]:
-    """The admin API on a SQLite store, with the token in a file."""
-    token_file = tmp_path / "admin-token"
-    token_file.write_text(TOKEN + "\n")
-    url = f"sqlite://{tmp_path}/store.db"
-    runner, base = await start_admin(url, token_file)
-    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as s:
-        yield Admin(base, s, url)
-    await runner.cleanup()
+from tests.support.admin import TOKEN, Admin
+from tollhouse.store import Directory, hash_key, migrate
 
 
 async def test_missing_or_wrong_token_is_401_and_never_logged(
@@ -124,7 +75,7 @@ async def test_full_flow_reaches_a_directory(admin: Admin) -> None:
 
 
 async def _until(pred: object) -> None:
-    from tests.unit.test_store_directory import eventually
+    from tests.support.store import eventually
 
     assert await eventually(pred, 1.0)  # type: ignore[arg-type]
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from tests.unit.test_admin_api import TOKEN, Admin, start_admin
+from tests.support.admin import TOKEN, Admin, start_admin
 from tollhouse.admin.validate import check_id
 from tollhouse.store import StoreService, migrate, open_store
 from tollhouse.store.models import ServiceError

@@ -17,8 +17,8 @@ import pytest
 from aiohttp import web
 
 from tests.servers import free_port
-from tests.unit.test_admin_api import TOKEN, Admin
-from tests.unit.test_store_service import T0, Clock, fresh_pg_url
+from tests.support.admin import TOKEN, Admin
+from tests.support.store import T0, Clock, fresh_pg_url
 from tollhouse.admin import admin_routes, read_token_sha256
 from tollhouse.store import StoreService, migrate, open_store
 
@@ -259,7 +259,7 @@ async def test_every_credit_change_is_in_the_audit_log(env: Env) -> None:
 
 async def test_a_grant_reaches_a_directory_within_a_second(env: Env) -> None:
     """A grant made through the admin API is in a replica's Directory within 1 s; a void too."""
-    from tests.unit.test_store_directory import eventually
+    from tests.support.store import eventually
     from tollhouse.config import StoreConfig
     from tollhouse.store import Directory
 

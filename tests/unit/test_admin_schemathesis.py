@@ -12,8 +12,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tests.servers import PostgresServer
-from tests.unit.test_admin_api import TOKEN, start_admin
-from tests.unit.test_store_service import T0, fresh_pg_url
+from tests.support.admin import TOKEN, start_admin
+from tests.support.store import T0, fresh_pg_url
 from tollhouse.admin import OPENAPI_PATH
 
 EXAMPLES = int(os.environ.get("TH_SCHEMATHESIS_EXAMPLES", "30"))  # per operation

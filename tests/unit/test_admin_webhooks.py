@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from standardwebhooks import Webhook
 
-from tests.unit.test_admin_api import Admin, admin
+from tests.support.admin import Admin, admin
 from tests.unit.test_webhooks_delivery import FAST, running
 from tests.webhook_receiver import Receiver
 from tollhouse.store import open_store

@@ -22,9 +22,7 @@ from typing import Any
 import pytest
 
 from tests.support import Clock
-from tests.unit.test_billing_invoice_events import _invoice_events
-from tests.unit.test_billing_store import config, in_store, store_url  # noqa: F401 - fixture
-from tests.unit.test_billing_support import (
+from tests.support.billing import (
     DEC_2026,
     JAN_2027,
     NOV_2026,
@@ -34,6 +32,8 @@ from tests.unit.test_billing_support import (
     record,
     write_meter,
 )
+from tests.unit.test_billing_invoice_events import _invoice_events
+from tests.unit.test_billing_store import config, in_store, store_url  # noqa: F401 - fixture
 from tollhouse.billing.customer_invoices import list_invoices
 from tollhouse.billing.invoice_credits import FEES, AppliedCredits, apply_credits, charge_buckets
 from tollhouse.billing.job import BillingResult, run_billing

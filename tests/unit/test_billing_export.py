@@ -18,8 +18,8 @@ from typing import Any
 
 import pytest
 
-from tests.unit.test_billing_support import JAN_2027, NOV_2026, open_meter, write_meter
-from tests.unit.test_billing_transparency_support import bill, traced_usage, write_config
+from tests.support.billing import JAN_2027, NOV_2026, open_meter, write_meter
+from tests.support.transparency import bill, traced_usage, write_config
 from tollhouse.billing.export_stripe import build_events
 from tollhouse.billing.export_usage import period_records
 from tollhouse.billing.ledger import open_ledger
@@ -288,7 +288,7 @@ def test_the_stores_stripe_customer_id_wins_over_the_configs(tmp_path: Path) -> 
     """The store field maps a customer over export.stripe.customers; others keep the config's."""
     import asyncio
 
-    from tests.unit.test_store_service import Clock
+    from tests.support.store import Clock
     from tollhouse.billing.transparency_cli import stripe_customers
     from tollhouse.store import StoreService, migrate, open_store
 

@@ -11,7 +11,7 @@ import os
 from decimal import Decimal
 from pathlib import Path
 
-from tests.unit.test_billing_support import (
+from tests.support.billing import (
     JAN_2027,
     fixed_usage,
     make_config,

@@ -7,8 +7,8 @@ from datetime import date
 from pathlib import Path
 
 from tests.support import Clock
+from tests.support.billing import JAN_2027, NOV_2026, open_meter, record, write_meter
 from tests.unit.test_billing_store import bill, config, in_store
-from tests.unit.test_billing_support import JAN_2027, NOV_2026, open_meter, record, write_meter
 from tollhouse.billing.invoice_events import INVOICE_EVENT_FAILURES
 from tollhouse.store import StoreService, migrate, open_store
 from tollhouse.webhooks import Outbox

@@ -14,7 +14,7 @@ import yaml
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
-from tests.unit.test_billing_support import (
+from tests.support.billing import (
     NOV_2026,
     PLANS,
     fixed_usage,

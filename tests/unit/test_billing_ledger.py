@@ -14,7 +14,7 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from tests.unit.test_billing_support import (
+from tests.support.billing import (
     DEC_2026,
     JAN_2027,
     NOV_2026,

@@ -17,8 +17,7 @@ from typing import Any
 import psycopg
 import pytest
 
-from tests.unit.test_billing_ledger import ledger_url  # noqa: F401 - the dialect fixture
-from tests.unit.test_billing_support import (
+from tests.support.billing import (
     DEC_2026,
     JAN_2027,
     NOV_2026,
@@ -28,6 +27,7 @@ from tests.unit.test_billing_support import (
     record,
     write_meter,
 )
+from tests.unit.test_billing_ledger import ledger_url  # noqa: F401 - the dialect fixture
 from tollhouse.billing.digest import digest
 from tollhouse.billing.job import BillingResult, run_billing
 from tollhouse.billing.ledger import LedgerRow, open_ledger
@@ -177,7 +177,7 @@ def test_meter_rows_already_in_the_ledger_are_counted_once(ledger_url: str,  # n
 
 def test_v2_ledger_gains_records_in_place(ledger_url: str, tmp_path: Path) -> None:  # noqa: F811
     """A v2 ledger migrates to v4: invoices unchanged, old rows untraceable, new ones traced."""
-    from tests.unit.test_billing_transparency_support import traced_usage
+    from tests.support.transparency import traced_usage
     from tollhouse.billing.trace import trace_invoice
 
     cfg = make_config(tmp_path, ledger=ledger_url, customers=CUSTOMERS)

@@ -10,8 +10,7 @@ import redis
 from prometheus_client import REGISTRY
 
 from tests.servers import RedisServer
-from tests.unit.test_billing_ledger import Crash, CrashAt
-from tests.unit.test_billing_support import (
+from tests.support.billing import (
     DEC_2026,
     JAN_2027,
     NOV_2026,
@@ -19,6 +18,7 @@ from tests.unit.test_billing_support import (
     make_config,
     record,
 )
+from tests.unit.test_billing_ledger import Crash, CrashAt
 from tollhouse.billing.job import BillingResult, JobOptions, run_billing
 from tollhouse.billing.ledger import open_ledger
 from tollhouse.config import Config

@@ -8,14 +8,14 @@ from pathlib import Path
 
 import pytest
 
-from tests.unit.test_billing_ledger import ledger_url  # noqa: F401 - the dialect fixture
-from tests.unit.test_billing_support import DEC_2026, JAN_2027, open_meter, record, write_meter
-from tests.unit.test_billing_transparency_support import (
+from tests.support.billing import DEC_2026, JAN_2027, open_meter, record, write_meter
+from tests.support.transparency import (
     CUSTOMERS,
     bill,
     traced_usage,
     write_config,
 )
+from tests.unit.test_billing_ledger import ledger_url  # noqa: F401 - the dialect fixture
 from tollhouse.billing.invoice import InvoiceProblem
 from tollhouse.billing.ledger import open_ledger
 from tollhouse.billing.simulate import Simulation, simulate_period

@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 
 from tests.servers import PostgresServer, free_port
 from tests.support import Clock
-from tests.unit.test_billing_support import (
+from tests.support.billing import (
     DEC_2026,
     JAN_2027,
     NOV_2026,

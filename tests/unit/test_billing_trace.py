@@ -13,8 +13,7 @@ import pytest
 import redis
 
 from tests.servers import PostgresServer, RedisServer
-from tests.unit.test_billing_ledger import ledger_url  # noqa: F401 - the dialect fixture
-from tests.unit.test_billing_support import (
+from tests.support.billing import (
     DEC_2026,
     JAN_2027,
     NOV_2026,
@@ -23,7 +22,8 @@ from tests.unit.test_billing_support import (
     record,
     write_meter,
 )
-from tests.unit.test_billing_transparency_support import bill, traced_usage, write_config
+from tests.support.transparency import bill, traced_usage, write_config
+from tests.unit.test_billing_ledger import ledger_url  # noqa: F401 - the dialect fixture
 from tollhouse.billing.digest import digest
 from tollhouse.billing.job import JobOptions, run_billing
 from tollhouse.billing.ledger import open_ledger

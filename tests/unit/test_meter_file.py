@@ -6,7 +6,7 @@ import asyncio
 import sqlite3
 from pathlib import Path
 
-from tests.unit.test_billing_support import record
+from tests.support.billing import record
 from tollhouse.billing.consume import SqliteMeterTotals, consume_sqlite_meter
 from tollhouse.billing.ledger import open_ledger
 from tollhouse.metering.meter_file import connect_ro, meter_ready

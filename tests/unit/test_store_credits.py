@@ -8,8 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.unit.test_store_directory import eventually, make_service
-from tests.unit.test_store_service import T0, Clock, fresh_pg_url
+from tests.support.store import T0, Clock, eventually, fresh_pg_url, make_service
 from tollhouse.config import StoreConfig
 from tollhouse.store import Directory, ServiceError, StoreService
 

@@ -3,33 +3,16 @@
 from __future__ import annotations
 
 import asyncio
-import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from datetime import date
 from pathlib import Path
 
 import pytest
 
 from tests.servers import PostgresServer
-from tests.unit.test_store_service import T0, Clock, fresh_pg_url
+from tests.support.store import T0, Clock, eventually, fresh_pg_url, make_service
 from tollhouse.config import StoreConfig
-from tollhouse.store import Directory, SchemaError, StoreService, hash_key, migrate, open_store
-
-
-async def eventually(pred: Callable[[], bool], within_s: float) -> bool:
-    """Poll ``pred`` until it holds or ``within_s`` passes; return whether it held."""
-    deadline = time.monotonic() + within_s
-    while time.monotonic() < deadline:
-        if pred():
-            return True
-        await asyncio.sleep(0.02)
-    return pred()
-
-
-async def make_service(url: str, clock: Clock) -> StoreService:
-    """Migrate ``url`` and return a service on it."""
-    await migrate(url)
-    return StoreService(await open_store(url), clock=clock)
+from tollhouse.store import Directory, SchemaError, StoreService, hash_key
 
 
 @pytest.fixture

@@ -12,8 +12,7 @@ from pathlib import Path
 import pytest
 
 from tests.servers import PostgresServer, free_port
-from tests.unit.test_store_directory import eventually, make_service
-from tests.unit.test_store_service import Clock, fresh_pg_url
+from tests.support.store import Clock, eventually, fresh_pg_url, make_service
 from tollhouse.store import Directory, hash_key
 from tollhouse.store.metrics import STORE_HEALTHY
 

@@ -4,12 +4,10 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from datetime import date
-from pathlib import Path
 
 import pytest
 
-from tests.servers import PostgresServer
-from tests.support import Clock as _Clock
+from tests.support.store import T0, Clock
 from tollhouse.store import (
     SCHEMA_VERSION,
     SchemaError,
@@ -21,29 +19,6 @@ from tollhouse.store import (
     period_start,
 )
 from tollhouse.store.backend import connect_backend
-
-T0 = 1_764_000_000.0  # 2025-11-24T16:00:00Z
-
-
-class Clock(_Clock):
-    """The shared settable clock, starting at this module's T0 (the store tests' epoch)."""
-
-    def __init__(self, now: float = T0) -> None:
-        super().__init__(now)
-
-
-
-def fresh_pg_url(server: PostgresServer) -> str:
-    """Create an empty database on ``server``; return its URL."""
-    return server.fresh_database_url("t_")
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    """An empty store URL of each backend."""
-    if request.param == "sqlite":
-        return f"sqlite://{tmp_path}/store.db"
-    return fresh_pg_url(request.getfixturevalue("postgres_server"))
 
 
 @pytest.fixture

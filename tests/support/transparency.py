@@ -7,7 +7,7 @@ from typing import Any
 
 import yaml
 
-from tests.unit.test_billing_support import PLANS, fixed_usage
+from tests.support.billing import PLANS, fixed_usage
 from tollhouse.billing.job import BillingResult, run_billing
 from tollhouse.config import Config, load_config
 from tollhouse.metering.schema import UsageRecord

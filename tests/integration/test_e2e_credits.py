@@ -27,7 +27,6 @@ from tests.integration.harness import (
     http_request,
     wait_until,
 )
-from tests.integration.test_e2e_store import _fresh_database
 from tests.servers import PostgresServer, RedisServer
 from tollhouse.demo.stack import find_binary
 
@@ -113,7 +112,7 @@ def credits(tmp_path_factory: pytest.TempPathFactory, postgres_server: PostgresS
     tmp = tmp_path_factory.mktemp("credits")
     redis_srv = RedisServer(tmp / "redis").start()
     try:
-        yield from _start(tmp, _fresh_database(postgres_server), redis_srv.url, replicas=2)
+        yield from _start(tmp, postgres_server.fresh_database_url("th_"), redis_srv.url, replicas=2)
     finally:
         redis_srv.stop()
 

@@ -14,7 +14,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import psycopg
 import pytest
 
 from tests.integration.harness import (
@@ -52,17 +51,10 @@ class Pair:
         return [self.stack.request(path, api_key=api_key).status for _ in range(ROUND)]
 
 
-def _fresh_database(server: PostgresServer) -> str:
-    name = "th_" + uuid.uuid4().hex[:12]
-    with psycopg.connect(server.url, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    return server.url.rsplit("/", 1)[0] + "/" + name
-
-
 @pytest.fixture
 def pair(tmp_path: Path, postgres_server: PostgresServer) -> Iterator[Pair]:
     """Migrate a fresh database, then start both replicas and Envoy."""
-    url = _fresh_database(postgres_server)
+    url = postgres_server.fresh_database_url("th_")
     token = secrets.token_urlsafe(24)
     (tmp_path / "admin.token").write_text(token + "\n", encoding="utf-8")
     migrated = subprocess.run([str(find_binary("tollhouse")), "store", "migrate",

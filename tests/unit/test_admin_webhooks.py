@@ -11,7 +11,7 @@ import pytest
 from standardwebhooks import Webhook
 
 from tests.support.admin import Admin, admin
-from tests.unit.test_webhooks_delivery import FAST, running
+from tests.support.webhooks import FAST, running
 from tests.webhook_receiver import Receiver
 from tollhouse.store import open_store
 from tollhouse.webhooks import Deliverer, DeliveryQueue

@@ -13,7 +13,7 @@ import pytest
 from standardwebhooks import Webhook
 
 from tests.support import Clock
-from tests.unit.test_webhooks_delivery import FAST, _until_delivered, running
+from tests.support.webhooks import FAST, running, until_delivered
 from tests.webhook_receiver import Receiver
 from tollhouse.alerts import QuotaAlerts, crossing
 from tollhouse.config import AlertsConfig, ConfigError, parse_config
@@ -135,7 +135,7 @@ async def test_alerts_arrive_signed_once_each_after_a_receiver_outage(backend: B
                 assert time.monotonic() < deadline
                 await _pause()
             rx.status = 200
-            await _until_delivered(box)
+            await until_delivered(box)
     finally:
         await rx.stop()
     assert len(set(rx.ids())) == 2

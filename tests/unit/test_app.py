@@ -14,35 +14,20 @@ import yaml
 from envoy.service.accesslog.v3 import als_pb2, als_pb2_grpc
 from envoy.service.auth.v3 import external_auth_pb2 as ea
 from envoy.service.auth.v3 import external_auth_pb2_grpc as ea_grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1 import health_pb2
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from tests.servers import free_port
+from tests.support.app import ISS, app_config, check, health, wait_for
 from tollhouse import devkeys
 from tollhouse.app import App
 from tollhouse.config import load_config
 from tollhouse.metering.schema import UsageRecord
 from tollhouse.metrics import CONFIG_RELOADS
 
-ISS = "https://issuer.example"
-
 
 def _write(path: Path, doc: dict) -> None:  # type: ignore[type-arg]
     path.write_text(yaml.safe_dump(doc))
-
-
-def _config(tmp_path: Path, jwt: dict, plan: str = "free") -> dict:  # type: ignore[type-arg]
-    return {
-        "listen": f"127.0.0.1:{free_port()}", "admin_listen": f"127.0.0.1:{free_port()}",
-        "auth": {"jwt": [{"issuer": ISS, "audiences": ["api"], **jwt}]},
-        "features": {"search": [{"methods": ["GET"], "path": "/v1/search"}],
-                     "export": [{"methods": ["GET"], "path": "/v1/export"}]},
-        "plans": {"free": {"features": ["search"]}, "pro": {"features": ["search", "export"]}},
-        "customers": {"acme": {"plan": plan}},
-        "metering": {"spool": str(tmp_path / "spool"), "process": "inline",
-                     "meter": f"sqlite:///{tmp_path}/meter.db"},
-        "shutdown_grace_s": 2,
-    }
 
 
 @pytest.fixture
@@ -50,36 +35,11 @@ async def running(tmp_path: Path) -> AsyncIterator[tuple[App, devkeys.DevKey, Pa
     key = devkeys.generate_ec("k1")
     (tmp_path / "jwks.json").write_text(json.dumps(devkeys.jwks(key)))
     path = tmp_path / "tollhouse.yaml"
-    _write(path, _config(tmp_path, {"jwks_file": str(tmp_path / "jwks.json")}))
+    _write(path, app_config(tmp_path, {"jwks_file": str(tmp_path / "jwks.json")}))
     app = App(path, load_config(path))
     await app.start()
     yield app, key, path
     await app.stop()
-
-
-async def _health(app: App, service: str = "") -> int:
-    async with grpc.aio.insecure_channel(app.cfg.listen) as ch:
-        resp = await health_pb2_grpc.HealthStub(ch).Check(
-            health_pb2.HealthCheckRequest(service=service), timeout=2)
-        return int(resp.status)
-
-
-async def _check(app: App, token: str, path: str) -> ea.CheckResponse:
-    req = ea.CheckRequest()
-    req.attributes.request.http.method = "GET"
-    req.attributes.request.http.path = path
-    req.attributes.request.http.headers["authorization"] = f"Bearer {token}"
-    async with grpc.aio.insecure_channel(app.cfg.listen) as ch:
-        return await ea_grpc.AuthorizationStub(ch).Check(req, timeout=2)
-
-
-async def _wait(predicate, timeout_s: float = 5.0) -> bool:  # type: ignore[no-untyped-def]
-    deadline = asyncio.get_running_loop().time() + timeout_s
-    while asyncio.get_running_loop().time() < deadline:
-        if await predicate():
-            return True
-        await asyncio.sleep(0.05)
-    return False
 
 
 async def test_health_serving_and_readyz(running: tuple[App, devkeys.DevKey, Path]) -> None:
@@ -87,10 +47,10 @@ async def test_health_serving_and_readyz(running: tuple[App, devkeys.DevKey, Pat
     app, _, _ = running
 
     async def serving() -> bool:
-        return await _health(app) == health_pb2.HealthCheckResponse.SERVING
+        return await health(app) == health_pb2.HealthCheckResponse.SERVING
 
-    assert await _wait(serving)
-    assert await _health(app, "envoy.service.auth.v3.Authorization") == 1
+    assert await wait_for(serving)
+    assert await health(app, "envoy.service.auth.v3.Authorization") == 1
     async with aiohttp.ClientSession() as s:
         async with s.get(f"http://{app.cfg.admin_listen}/readyz") as r:
             assert r.status == 200
@@ -119,20 +79,20 @@ async def test_hot_reload_swaps_and_bad_file_keeps_old(
     """A valid new file moves acme to pro at once; a broken file is refused and pro stays."""
     app, key, path = running
     tok = devkeys.make_token(key, issuer=ISS, audience="api", subject="acme")
-    assert (await _check(app, tok, "/v1/export")).denied_response.status.code == 403
+    assert (await check(app, tok, "/v1/export")).denied_response.status.code == 403
     doc = yaml.safe_load(path.read_text())
     doc["customers"]["acme"]["plan"] = "pro"
     _write(path, doc)
 
     async def allowed() -> bool:
-        return (await _check(app, tok, "/v1/export")).HasField("ok_response")
+        return (await check(app, tok, "/v1/export")).HasField("ok_response")
 
-    assert await _wait(allowed)
+    assert await wait_for(allowed)
     version = app.state.catalog.version
     path.write_text("plans: [this is not a mapping\n")
     assert not await app.reload()
     assert app.state.catalog.version == version
-    assert (await _check(app, tok, "/v1/export")).HasField("ok_response")
+    assert (await check(app, tok, "/v1/export")).HasField("ok_response")
 
 
 async def test_unloaded_keys_mean_not_serving_and_503(tmp_path: Path) -> None:
@@ -140,18 +100,18 @@ async def test_unloaded_keys_mean_not_serving_and_503(tmp_path: Path) -> None:
     key = devkeys.generate_ec("k1")
     path = tmp_path / "tollhouse.yaml"
     dead = f"http://127.0.0.1:{free_port()}/jwks.json"
-    _write(path, _config(tmp_path, {"jwks_uri": dead, "jwks_timeout_s": 0.2}))
+    _write(path, app_config(tmp_path, {"jwks_uri": dead, "jwks_timeout_s": 0.2}))
     app = App(path, load_config(path))
     await app.start()
     try:
         await asyncio.sleep(0.5)
-        assert await _health(app) == health_pb2.HealthCheckResponse.NOT_SERVING
+        assert await health(app) == health_pb2.HealthCheckResponse.NOT_SERVING
         async with aiohttp.ClientSession() as s, s.get(
             f"http://{app.cfg.admin_listen}/readyz"
         ) as r:
             assert r.status == 503
         tok = devkeys.make_token(key, issuer=ISS, audience="api", subject="acme")
-        resp = await _check(app, tok, "/v1/search")
+        resp = await check(app, tok, "/v1/search")
         assert resp.denied_response.status.code == 503
         assert json.loads(resp.denied_response.body)["code"] == "keys_unavailable"
     finally:
@@ -177,7 +137,7 @@ async def test_logs_never_contain_credentials(
         forged = good[:-8] + "AAAAAAAA"
         secrets = [good, forged, "th_supersecretapikey", "Basic dXNlcjpwYXNz"]
         for token in secrets:
-            await _check(app, token, "/v1/search")
+            await check(app, token, "/v1/search")
         req = ea.CheckRequest()
         req.attributes.request.http.method = "GET"
         req.attributes.request.http.path = "/v1/search"
@@ -207,7 +167,7 @@ async def test_reload_that_adds_a_quota_enforces_it(
     _write(path, doc)
     assert await app.reload()
     tok = devkeys.make_token(key, issuer=ISS, audience="api", subject="acme")
-    codes = [(await _check(app, tok, "/v1/search")).denied_response.status.code for _ in range(3)]
+    codes = [(await check(app, tok, "/v1/search")).denied_response.status.code for _ in range(3)]
     assert codes == [0, 0, 429]
 
 
@@ -228,7 +188,7 @@ async def test_usage_id_from_request_header_follows_the_config(
     """usage_id_from_request_header off ignores the logged header; turned on by a reload, used."""
     app, key, path = running
     tok = devkeys.make_token(key, issuer=ISS, audience="api", subject="acme")
-    ok = (await _check(app, tok, "/v1/search")).ok_response
+    ok = (await check(app, tok, "/v1/search")).ok_response
     usage_id = {h.header.key: h.header.value for h in ok.headers}["x-tollhouse-usage-id"]
     async with grpc.aio.insecure_channel(app.cfg.listen) as ch:
         stub = als_pb2_grpc.AccessLogServiceStub(ch)
@@ -254,23 +214,23 @@ async def test_key_removed_from_jwks_file_is_refused_within_seconds(tmp_path: Pa
     jwks = tmp_path / "jwks.json"
     jwks.write_text(json.dumps(devkeys.jwks(k1, k2)))
     path = tmp_path / "tollhouse.yaml"
-    _write(path, _config(tmp_path, {"jwks_file": str(jwks), "jwks_refresh_s": 300}))
+    _write(path, app_config(tmp_path, {"jwks_file": str(jwks), "jwks_refresh_s": 300}))
     app = App(path, load_config(path))
     await app.start()
     try:
         old = devkeys.make_token(k1, issuer=ISS, audience="api", subject="acme")
         new = devkeys.make_token(k2, issuer=ISS, audience="api", subject="acme")
-        assert (await _check(app, old, "/v1/search")).HasField("ok_response")  # now cached
+        assert (await check(app, old, "/v1/search")).HasField("ok_response")  # now cached
         jwks.write_text(json.dumps(devkeys.jwks(k2)))
 
         async def old_refused() -> bool:
-            return (await _check(app, old, "/v1/search")).denied_response.status.code == 401
+            return (await check(app, old, "/v1/search")).denied_response.status.code == 401
 
-        assert await _wait(old_refused, timeout_s=2.0)
+        assert await wait_for(old_refused, timeout_s=2.0)
         jwks.write_text("{not json")
         await asyncio.sleep(1.2)  # more than two polls: the garbage has been read and refused
-        assert (await _check(app, new, "/v1/search")).HasField("ok_response")
-        assert (await _check(app, old, "/v1/search")).denied_response.status.code == 401
+        assert (await check(app, new, "/v1/search")).HasField("ok_response")
+        assert (await check(app, old, "/v1/search")).denied_response.status.code == 401
     finally:
         await app.stop()
 
@@ -291,5 +251,5 @@ async def test_reload_to_a_missing_key_file_is_refused(
     assert CONFIG_RELOADS.labels("rejected")._value.get() == before + 1
     assert app.state.catalog.version == version
     assert app.cfg.auth.jwt[0].jwks_file == tmp_path / "jwks.json"
-    assert (await _check(app, tok, "/v1/search")).HasField("ok_response")
-    assert (await _check(app, tok, "/v1/export")).denied_response.status.code == 403
+    assert (await check(app, tok, "/v1/search")).HasField("ok_response")
+    assert (await check(app, tok, "/v1/export")).denied_response.status.code == 403

@@ -18,7 +18,7 @@ import yaml
 from prometheus_client import REGISTRY
 
 from tests.servers import free_port
-from tests.unit.test_app import ISS, _check, _wait
+from tests.support.app import ISS, check, wait_for
 from tollhouse import devkeys
 from tollhouse.app import App
 from tollhouse.config import load_config
@@ -70,7 +70,7 @@ async def running(tmp_path: Path) -> AsyncIterator[Running]:
     async def ready() -> bool:
         return app.ready
 
-    assert await _wait(ready)
+    assert await wait_for(ready)
     yield app, key, path, svc
     await app.stop()
     await svc.backend.close()
@@ -92,7 +92,7 @@ async def test_renaming_a_plan_store_customers_are_on_is_refused(running: Runnin
     assert _metric("tollhouse_config_reload_rejected_total", reason="plan_in_use") == before + 1
     assert app.state.catalog.version == version
     assert "pro" in app.cfg.plans
-    assert (await _check(app, tok, "/v1/search")).HasField("ok_response")
+    assert (await check(app, tok, "/v1/search")).HasField("ok_response")
 
 
 async def test_removing_plans_no_live_customer_is_on_is_applied(running: Running) -> None:
@@ -114,7 +114,7 @@ async def test_a_scheduled_plan_change_keeps_its_plan_in_use(running: Running) -
         ent = app.directory.customer("beta")
         return ent is not None and len(ent.plan_changes) == 2
 
-    assert await _wait(synced)
+    assert await wait_for(synced)
     doc = yaml.safe_load(path.read_text())
     del doc["plans"]["spare"]
     _write(path, doc)

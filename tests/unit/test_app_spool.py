@@ -15,7 +15,7 @@ import aiohttp
 import yaml
 from grpc_health.v1 import health_pb2
 
-from tests.unit.test_app import ISS, _check, _config, _health, _wait
+from tests.support.app import ISS, app_config, check, health, wait_for
 from tollhouse import devkeys
 from tollhouse.app import App
 from tollhouse.config import load_config
@@ -31,12 +31,13 @@ def _app(tmp_path: Path) -> tuple[App, devkeys.DevKey]:
     key = devkeys.generate_ec("k1")
     (tmp_path / "jwks.json").write_text(json.dumps(devkeys.jwks(key)))
     path = tmp_path / "tollhouse.yaml"
-    path.write_text(yaml.safe_dump(_config(tmp_path, {"jwks_file": str(tmp_path / "jwks.json")})))
+    jwt = {"jwks_file": str(tmp_path / "jwks.json")}
+    path.write_text(yaml.safe_dump(app_config(tmp_path, jwt)))
     return App(path, load_config(path)), key
 
 
 async def _code(app: App, token: str) -> str:
-    resp = await _check(app, token, "/v1/search")
+    resp = await check(app, token, "/v1/search")
     if resp.HasField("ok_response"):
         return "ok"
     return str(json.loads(resp.denied_response.body)["code"])
@@ -61,22 +62,22 @@ async def test_spool_removed_while_serving_means_not_ready_until_it_can_write(
         async def unready() -> bool:
             return (await _readyz(app))[0] == 503
 
-        assert await _wait(ready, 10)
+        assert await wait_for(ready, 10)
         assert (await _readyz(app))[1]["spool"]["writable"] is True
         shutil.rmtree(spool)
         spool.write_text("in the way")
-        assert await _wait(unready, 10)
+        assert await wait_for(unready, 10)
         _, body = await _readyz(app)
         assert body["spool"]["writable"] is False
         assert "deleted" in body["spool"]["error"] or "exists" in body["spool"]["error"]
 
         async def not_serving() -> bool:
-            return await _health(app) == health_pb2.HealthCheckResponse.NOT_SERVING
+            return await health(app) == health_pb2.HealthCheckResponse.NOT_SERVING
 
-        assert await _wait(not_serving, 10)
+        assert await wait_for(not_serving, 10)
         assert await _code(app, tok) == "spool_unavailable"
         spool.unlink()
-        assert await _wait(ready, 10)
+        assert await wait_for(ready, 10)
         assert await _code(app, tok) == "ok"
         assert sorted(spool.glob("facts-*.log"))  # the reservation went to a fresh segment
     finally:
@@ -104,7 +105,7 @@ async def test_spool_that_cannot_be_created_at_start_is_not_ready_then_recovers(
         async def ready() -> bool:
             return (await _readyz(app))[0] == 200
 
-        assert await _wait(ready, 10)
+        assert await wait_for(ready, 10)
         assert await _code(app, tok) == "ok"
     finally:
         await app.stop()

@@ -11,7 +11,7 @@ import aiohttp
 import yaml
 from standardwebhooks import Webhook
 
-from tests.unit.test_app import _config
+from tests.support.app import app_config
 from tests.webhook_receiver import Receiver
 from tollhouse import devkeys
 from tollhouse.app import App
@@ -32,7 +32,7 @@ async def test_serve_delivers_a_test_webhook_registered_through_the_admin_api(
     (tmp_path / "token").write_text(TOKEN)
     store = f"sqlite:///{tmp_path}/store.db"
     await migrate(store)
-    doc = _config(tmp_path, {"jwks_file": str(tmp_path / "jwks.json")})
+    doc = app_config(tmp_path, {"jwks_file": str(tmp_path / "jwks.json")})
     doc.update(store={"url": store}, admin={"token_file": str(tmp_path / "token")},
                webhooks={"poll_interval_ms": 50, "backoff_initial_s": 0.1, "backoff_max_s": 1})
     path = tmp_path / "tollhouse.yaml"

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import random
 import time
@@ -14,14 +13,12 @@ import pytest
 from standardwebhooks import Webhook
 
 from tests.servers import PostgresServer
+from tests.support.webhooks import FAST, running, until_delivered
 from tests.webhook_receiver import Receiver
 from tollhouse.config import WebhooksConfig
 from tollhouse.store import migrate, open_store
 from tollhouse.store.backend import Backend
 from tollhouse.webhooks import Deliverer, DeliveryQueue, Outbox, backoff_s
-
-FAST = WebhooksConfig(max_attempts=50, backoff_initial_s=0.05, backoff_max_s=0.2,
-                      request_timeout_ms=2000, poll_interval_ms=20, lease_s=5, batch_size=10)
 
 
 async def eventually(pred: Callable[[], object], within_s: float = 20.0) -> None:
@@ -40,18 +37,6 @@ async def backend(tmp_path: Path) -> AsyncIterator[Backend]:
     b = await open_store(url)
     yield b
     await b.close()
-
-
-@contextlib.asynccontextmanager
-async def running(d: Deliverer) -> AsyncIterator[Deliverer]:
-    """Run a delivery loop for the block."""
-    stop = asyncio.Event()
-    task = asyncio.create_task(d.run(stop))
-    try:
-        yield d
-    finally:
-        stop.set()
-        await asyncio.wait_for(task, 10)
 
 
 def _deliverer(b: Backend, cfg: WebhooksConfig = FAST, owner: str = "r1") -> Deliverer:
@@ -97,7 +82,7 @@ async def test_receiver_stopped_and_restarted_mid_delivery_loses_nothing(
         rx.hang = False
         await asyncio.sleep(0.3)  # a few failed attempts while nothing listens
         await rx.start()
-        await _until_delivered(box)
+        await until_delivered(box)
     await rx.stop()
     assert set(rx.ids()) == events
     assert len(rx.ids()) > len(events)  # the ones cut off were sent again
@@ -106,13 +91,6 @@ async def test_receiver_stopped_and_restarted_mid_delivery_loses_nothing(
         bodies.setdefault(r.headers["webhook-id"], set()).add(r.body)
     assert all(len(b) == 1 for b in bodies.values())
     assert all(json.loads(next(iter(b)))["id"] == i for i, b in bodies.items())
-
-
-async def _until_delivered(box: Outbox, within_s: float = 20.0) -> None:
-    deadline = time.monotonic() + within_s
-    while any(d.state != "delivered" for d in await box.list_deliveries()):
-        assert time.monotonic() < deadline, "not all delivered in time"
-        await asyncio.sleep(0.05)
 
 
 async def test_dead_letter_after_max_attempts_then_redelivery(backend: Backend) -> None:
@@ -133,7 +111,7 @@ async def test_dead_letter_after_max_attempts_then_redelivery(backend: Backend) 
             assert len(rx.seen) == 3
             rx.status = 200
             assert await box.redeliver_dead(ep.id, actor="t") == 1
-            await _until_delivered(box)
+            await until_delivered(box)
     finally:
         await rx.stop()
     assert len(set(rx.ids())) == 1
@@ -168,7 +146,7 @@ async def test_two_loops_on_postgresql_never_deliver_one_event_concurrently(
     d1, d2 = _deliverer(b1, cfg, "r1"), _deliverer(b2, cfg, "r2")
     try:
         async with running(d1), running(d2):
-            await _until_delivered(box, 60)
+            await until_delivered(box, 60)
     finally:
         await rx.stop()
         await b1.close()

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from tests.support import Clock
-from tests.unit.test_credits_book import DIME, Store, grant, memory_book
+from tests.support.credits import DIME, Store, grant, memory_book
 from tollhouse.alerts import CreditAlerts
 from tollhouse.config import AlertsConfig
 from tollhouse.credits import CreditBook, Spend

@@ -5,53 +5,19 @@ from __future__ import annotations
 import asyncio
 import tempfile
 import time
-import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-import redis
 from prometheus_client import REGISTRY
 
 from tests.servers import RedisServer
+from tests.support.quota import SLACK_S, customer, granted, limits, make
 from tollhouse.periods import period_for
-from tollhouse.quota import Limits, open_limiter
+from tollhouse.quota import Limits
 from tollhouse.quota.limiter import Admission, Ticket
-from tollhouse.quota.redis_io import counter_key
 from tollhouse.quota.redis_leases import RedisLeaseLimiter
-
-# Exactness tests use a generous Redis timeout: on a loaded 2-core CI box a 50 ms timeout can
-# fire and turn an admit into counters_unavailable, which is the outage tests' subject, not theirs.
-SLACK_S = 1.0
-
-
-def limits(q: int, **kw: Any) -> Limits:
-    base: dict[str, Any] = {
-        "plan": "free", "quotas": {"requests": q}, "per_second": None, "per_minute": None,
-        "overage": "deny", "on_counter_error": "fail_closed", "anchor": None,
-    }
-    base.update(kw)
-    return Limits(**base)
-
-
-def customer() -> str:
-    return f"cust-{uuid.uuid4().hex[:10]}"
-
-
-def make(url: str, name: str, **kw: Any) -> RedisLeaseLimiter:
-    out = open_limiter(url, clock=time.time, instance=f"{name}-{uuid.uuid4().hex[:6]}", **kw)
-    assert isinstance(out, RedisLeaseLimiter)
-    return out
-
-
-def granted(url: str, cust: str) -> int:
-    r = redis.Redis.from_url(url)
-    try:
-        raw = r.get(counter_key(cust, "requests", period_for(time.time(), None).key))
-        return int(raw or 0)  # type: ignore[arg-type]
-    finally:
-        r.close()
 
 
 @pytest.fixture

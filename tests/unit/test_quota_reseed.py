@@ -12,7 +12,7 @@ import pytest
 from prometheus_client import REGISTRY
 
 from tests.servers import RedisServer
-from tests.unit.test_quota_redis import SLACK_S, customer, granted, limits, make
+from tests.support.quota import SLACK_S, customer, granted, limits, make
 from tollhouse.quota import Limits
 from tollhouse.quota.redis_leases import RedisLeaseLimiter
 

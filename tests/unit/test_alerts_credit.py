@@ -90,7 +90,7 @@ async def test_a_new_grant_re_arms_the_alerts(box: Outbox) -> None:
     await spend(book, d, clock, 10)
     assert await alerts.evaluate_once() == 2  # low and exhausted
     assert await alerts.evaluate_once() == 0
-    d.grants = [*d.grants, grant(50)]
+    d.grants = [*d.grants, grant(50, eff=clock.now - 30)]  # granted after the first
     assert await alerts.evaluate_once() == 0  # 0.50 of 1.50 left: above 20%
     await spend(book, d, clock, 3)
     assert await alerts.evaluate_once() == 1

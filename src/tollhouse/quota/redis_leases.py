@@ -164,13 +164,15 @@ class RedisLeaseLimiter:
         # Until every lease has units, Redis says none are left, or the deadline: in a burst, the
         # units one refill brings may go to other requests first, so a request may lease again.
         deadline = asyncio.get_running_loop().time() + self._timeout_s
+        started = self._clock()
         while True:
             empty = [
                 ctr for m in meters if m in limits.quotas and m in limits.request_meters
                 if self._spendable(ctr := self._counter(c, customer, m, True), limits.quotas[m])
                 <= 0
             ]
-            if not empty:
+            if not empty or all(c.state == "exhausted" and c.checked_at >= started
+                                for c in empty):  # Redis said no units are left
                 break
             if not await self._obtain(empty, limits, now, deadline):
                 break

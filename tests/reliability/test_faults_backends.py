@@ -342,9 +342,9 @@ def _lock_waiters(url: str) -> int:
 def test_postgres_restart_during_billing_then_bill_again_is_exact(tmp_path: Path) -> None:
     """The ledger's PostgreSQL restarted while ``tollhouse bill`` is inside its transaction.
 
-    The interrupted run fails loudly (non-zero exit, the error on stderr) and commits nothing
-    half-way; the next run bills every 200 exactly once (the ledger dedupes by usage id and
-    moves its meter cursor in the same transaction as the rows).
+    The interrupted run fails loudly (exit 3, one line naming the ledger and PostgreSQL's
+    error) and commits nothing half-way; the next run bills every 200 exactly once (the
+    ledger dedupes by usage id and moves its meter cursor in the same transaction as the rows).
     """
     with _own_postgres() as pg:
         ledger = pg.fresh_database_url()
@@ -368,6 +368,7 @@ def test_postgres_restart_during_billing_then_bill_again_is_exact(tmp_path: Path
             _, err = proc.communicate(timeout=60)
             v = verdict(stack, load, tmp_path / "bill-3")
     print(v.summary(), f"interrupted run: exit {proc.returncode}: {err.strip()[-300:]}")
-    assert proc.returncode != 0, err
-    assert err.strip(), "the interrupted run said nothing"
+    assert proc.returncode == 3, err  # a data error, not "a customer had a problem" (1)
+    assert err.startswith("tollhouse bill: cannot read postgresql://"), err[-2000:]
+    assert "Traceback" not in err, err[-2000:]
     v.assert_exact()

@@ -102,10 +102,11 @@ def _cmd_check_config(args: argparse.Namespace) -> int:
 
 def _data_errors() -> tuple[type[Exception], ...]:
     """What a corrupt or unreachable meter, spool or ledger raises (imported when needed)."""
+    import psycopg
     from google.protobuf.message import DecodeError
     from redis.exceptions import RedisError
 
-    return (sqlite3.DatabaseError, RedisError, DecodeError, OSError)
+    return (sqlite3.DatabaseError, RedisError, DecodeError, OSError, psycopg.Error)
 
 
 def _sqlite_readable(url: str) -> bool:
@@ -136,6 +137,8 @@ def _suspects(e: BaseException, sources: list[str]) -> list[str]:
         return [u for u in files if not _sqlite_readable(u)] or files or sources
     if type(e).__module__.startswith("redis."):
         return [u for u in sources if u.startswith(("redis://", "rediss://"))] or sources
+    if type(e).__module__.startswith("psycopg"):  # a PostgreSQL ledger lost mid-run
+        return [u for u in sources if u.startswith(("postgresql://", "postgres://"))] or sources
     return sources
 
 

@@ -18,7 +18,7 @@ import threading
 import time
 import uuid
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
@@ -38,7 +38,8 @@ from tests.integration.harness import (
 from tests.reliability.invariant import Outcome, Verdict, check, invoice_requests
 from tollhouse.demo.stack import find_binary
 
-__all__ = ["CUSTOMERS", "Load", "fault_stack", "meter_records", "run_bill", "verdict"]
+__all__ = ["BILL_ENV", "CUSTOMERS", "Load", "bill_command", "fault_stack", "judge",
+           "meter_records", "quiesce", "run_bill", "settle", "verdict"]
 
 CUSTOMERS = ("bob", "globex")  # pro (JWT) and enterprise (API key): no quota stops the load
 
@@ -71,18 +72,22 @@ def fault_stack(workdir: Path, edit: Callable[[dict[str, Any]], dict[str, Any]] 
 class Load:
     """Requests through Envoy from background threads until stopped; keeps every Outcome.
 
-    Each thread sends for one customer in turn (bob, globex, bob, ...). Connection errors and
-    resets are outcomes too (status 0): while Envoy is down a client sees exactly that.
+    Each thread sends for one customer in turn (bob, globex, then each of ``keys``: more
+    customers, by API key, e.g. the entitlement store's). Connection errors and resets are
+    outcomes too (status 0): while Envoy is down a client sees exactly that.
     """
 
-    def __init__(self, stack: LocalStack, threads: int = 4) -> None:
+    def __init__(self, stack: LocalStack, threads: int = 4,
+                 keys: Mapping[str, str] | None = None) -> None:
         self.stack = stack
+        self._keys = dict(keys or {})
+        customers = (*CUSTOMERS, *self._keys)
         self.case = uuid.uuid4().hex[:12]
         self.outcomes: list[Outcome] = []
         self._latency_s: list[float] = []  # one per outcome, same order
         self._stop = threading.Event()
         self._lock = threading.Lock()
-        self._threads = [threading.Thread(target=self._run, args=(CUSTOMERS[i % 2],),
+        self._threads = [threading.Thread(target=self._run, args=(customers[i % len(customers)],),
                                           daemon=True) for i in range(threads)]
 
     @property
@@ -92,7 +97,9 @@ class Load:
     def _send(self, customer: str) -> Outcome:
         path = f"/v1/search?case={self.case}&c={customer}"
         try:
-            if customer == "globex":
+            if customer in self._keys:
+                resp = self.stack.request(path, api_key=self._keys[customer])
+            elif customer == "globex":
                 resp = self.stack.request(path, api_key=self.stack.api_key)
             else:
                 resp = self.stack.request(path, token=self._token)
@@ -101,6 +108,15 @@ class Load:
         if resp.status == 200:
             return Outcome(customer, 200, str(resp.json()["headers"]["x-tollhouse-usage-id"]))
         return Outcome(customer, resp.status, resp.problem_code())
+
+    def send_once(self, customer: str, api_key: str) -> Outcome:
+        """One request for ``customer`` by ``api_key``, in this load's traffic (kept, judged)."""
+        self._keys.setdefault(customer, api_key)
+        got = self._send(customer)
+        with self._lock:
+            self.outcomes.append(got)
+            self._latency_s.append(0.0)
+        return got
 
     def _run(self, customer: str) -> None:
         while not self._stop.is_set():
@@ -166,15 +182,22 @@ def _period() -> str:
     return f"{now.year:04d}-{now.month:02d}"
 
 
+BILL_ENV = {"PATH": str(Path(sys.executable).parent) + ":/usr/bin:/bin"}
+
+
+def bill_command(stack: LocalStack, out: Path, *, prefix: tuple[str, ...] = (),
+                 period: str | None = None, preview: bool = True) -> list[str]:
+    """The ``tollhouse bill`` command line :func:`run_bill` runs (run it with ``BILL_ENV``)."""
+    cmd = [*prefix, str(find_binary("tollhouse")), "bill", "--config",
+           str(stack.tollhouse.config_path), "--period", period or _period(), "--out", str(out)]
+    return [*cmd, "--preview"] if preview else cmd
+
+
 def run_bill(stack: LocalStack, out: Path, *, prefix: tuple[str, ...] = (),
              period: str | None = None, preview: bool = True) -> list[dict[str, Any]]:
     """``tollhouse bill`` on the stack's config (the real meter and ledger); the invoices."""
-    cmd = [*prefix, str(find_binary("tollhouse")), "bill", "--config",
-           str(stack.tollhouse.config_path), "--period", period or _period(), "--out", str(out)]
-    if preview:
-        cmd.append("--preview")
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=120, check=False,
-                          env={"PATH": str(Path(sys.executable).parent) + ":/usr/bin:/bin"})
+    done = subprocess.run(bill_command(stack, out, prefix=prefix, period=period, preview=preview),
+                          capture_output=True, text=True, timeout=120, check=False, env=BILL_ENV)
     assert done.returncode == 0, (done.returncode, done.stderr[-3000:])
     return [json.loads(p.read_text()) for p in sorted(out.glob("*.json"))]
 
@@ -192,6 +215,11 @@ def settle(stack: LocalStack, load: Load, timeout_s: float = 30.0) -> None:
     served = set(usage_ids_seen(stack.upstream, load.case))
     wait_until(lambda: _metered_ids(stack), lambda got: served <= got, timeout_s=timeout_s,
                what=f"{len(served)} served usage ids in the meter")
+    quiesce(stack, timeout_s)
+
+
+def quiesce(stack: LocalStack, timeout_s: float = 30.0) -> None:
+    """Wait until the meter stops growing (a little past the grace), whatever it holds."""
     grace = float(stack.config["metering"]["unconfirmed_after_s"])
     stable: list[int] = []
 
@@ -207,7 +235,17 @@ def settle(stack: LocalStack, load: Load, timeout_s: float = 30.0) -> None:
 def verdict(stack: LocalStack, load: Load, out: Path) -> Verdict:
     """Settle, bill the current month, and check the invariant for this load's traffic."""
     settle(stack, load)
+    records = meter_records(stack)  # before the bill: it trims a Redis meter stream it consumed
     invoices = run_bill(stack, out)
     served = usage_ids_seen(stack.upstream, load.case)
     assert len(upstream_saw(stack.upstream, load.case)) == len(served)
-    return check(load.snapshot(), served, meter_records(stack), invoice_requests(invoices))
+    return check(load.snapshot(), served, records, invoice_requests(invoices))
+
+
+def judge(stack: LocalStack, load: Load, out: Path) -> Verdict:
+    """Bill and check now, without waiting for every served id: for a test measuring a loss."""
+    quiesce(stack)
+    records = meter_records(stack)
+    invoices = run_bill(stack, out)
+    served = usage_ids_seen(stack.upstream, load.case)
+    return check(load.snapshot(), served, records, invoice_requests(invoices))

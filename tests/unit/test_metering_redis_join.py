@@ -11,6 +11,7 @@ from tests.servers import RedisServer
 from tollhouse.config import Config, parse_config
 from tollhouse.metering import LogEntry, Metering
 from tollhouse.metering.schema import FIELD_RECORD, STREAM_KEY, UsageRecord
+from tollhouse.metering.sinks import SinkError
 
 
 @pytest.fixture
@@ -139,3 +140,37 @@ async def test_void_by_request_id_before_its_reservation_arrives(tmp_path: Path,
     got = await _stream(url)
     assert [(r.usage_id, r.state, r.billable) for r in got] == [
         (rec.usage_id, UsageRecord.VOIDED, False)]
+
+
+async def test_a_redis_restarted_empty_gets_its_consumer_group_back(
+    tmp_path: Path, url: str,
+) -> None:
+    """Redis loses everything (restart without persistence, FLUSHALL) under a running replica.
+
+    The finaliser's consumer group is gone with it; the replica creates it again after one
+    failed round (logged ``redis_join.group_lost``), so records admitted afterwards are still
+    finalised into the meter stream, each once.
+    """
+    now = [2_000_000_000.0]
+    m = Metering(_cfg(tmp_path, "a", url), clock=lambda: now[0], instance="a")
+    await m.start()
+    first = await _reserve(m, 3)
+    await m.ingest([_served(r.usage_id, 1) for r in first])
+    for _ in range(3):
+        await m.tick()
+    assert {r.usage_id for r in await _stream(url)} == {r.usage_id for r in first}
+    r = aioredis.Redis.from_url(url)
+    await r.flushall()
+    await r.aclose()
+    later = await _reserve(m, 4)
+    await m.ingest([_served(rec.usage_id, 1) for rec in later])
+    failed = 0
+    for _ in range(4):
+        try:
+            await m.tick()
+        except SinkError:  # the forwarder logs this round and retries (NOGROUP once)
+            failed += 1
+    assert failed == 1
+    await m.stop(deadline_s=2)
+    streamed = [rec.usage_id for rec in await _stream(url)]
+    assert sorted(streamed) == sorted(rec.usage_id for rec in later)

@@ -258,7 +258,15 @@ class RedisJoin:
         to the dead-letter stream in the same transaction (never dropped silently).
         """
         await self._ensure_group()
-        entries = await self._read(count)
+        try:
+            entries = await self._read(count)
+        except SinkError as e:
+            if isinstance(e.__cause__, ResponseError) and "NOGROUP" in str(e):
+                # Redis lost the group (restarted without persistence, flushed): create it
+                # again next time, or nothing would ever be finalised again.
+                self._group_ready = False
+                log.warning("redis_join.group_lost", group=GROUP)
+            raise
         if not entries:
             return [], 0
         records: list[UsageRecord] = []

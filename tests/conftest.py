@@ -11,6 +11,7 @@ import pytest
 
 from tests.servers import PostgresServer, RedisServer
 from tests.support.admin import admin  # noqa: F401 - a fixture for every test module
+from tests.support.ledger import ledger_url  # noqa: F401 - a fixture for every test module
 from tests.support.store import store_url  # noqa: F401 - a fixture for every test module
 
 

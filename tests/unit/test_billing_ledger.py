@@ -2,17 +2,13 @@
 
 from __future__ import annotations
 
-import glob
 import json
-import uuid
 from collections.abc import Iterable
 from datetime import date
 from decimal import Decimal
 from pathlib import Path
 
-import psycopg
 import pytest
-from psycopg import sql
 
 from tests.support.billing import (
     DEC_2026,
@@ -24,41 +20,11 @@ from tests.support.billing import (
     record,
     write_meter,
 )
+from tests.support.ledger import Crash, CrashAt
 from tollhouse.billing.job import BillingResult, JobOptions, run_billing
 from tollhouse.billing.ledger import LedgerRow, open_ledger
 from tollhouse.billing.subscriptions import PlanChange, Subscription
 from tollhouse.config import Config
-
-
-class Crash(Exception):
-    """A simulated kill of the billing job."""
-
-
-class CrashAt:
-    """Failure hook: raise at the ``nth`` time ``point`` is reached."""
-
-    def __init__(self, point: str, nth: int = 1) -> None:
-        self.point, self.nth, self.seen = point, nth, 0
-
-    def __call__(self, point: str) -> None:
-        if point == self.point:
-            self.seen += 1
-            if self.seen == self.nth:
-                raise Crash(point)
-
-
-@pytest.fixture(params=["sqlite", "postgres"])
-def ledger_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    """Return a fresh ledger: a SQLite file, or a new database on the session's PostgreSQL."""
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path}/ledger.db"
-    if not glob.glob("/usr/lib/postgresql/*/bin/initdb"):
-        pytest.skip("PostgreSQL is not installed here (make sysdeps installs it; CI runs this)")
-    server = request.getfixturevalue("postgres_server")
-    name = f"ledger_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(server.url, autocommit=True) as conn:
-        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-    return f"{server.url.rsplit('/', 1)[0]}/{name}"
 
 
 def _bill(cfg: Config, period: str, out: Path | None, now: float, **kw: object) -> BillingResult:

@@ -27,7 +27,6 @@ from tests.support.billing import (
     record,
     write_meter,
 )
-from tests.unit.test_billing_ledger import ledger_url  # noqa: F401 - the dialect fixture
 from tollhouse.billing.digest import digest
 from tollhouse.billing.job import BillingResult, run_billing
 from tollhouse.billing.ledger import LedgerRow, open_ledger
@@ -92,7 +91,7 @@ def _files(d: Path) -> dict[str, bytes]:
     return {p.name: p.read_bytes() for p in sorted(d.iterdir())}
 
 
-def test_v1_ledger_migrates_without_loss(ledger_url: str, tmp_path: Path) -> None:  # noqa: F811
+def test_v1_ledger_migrates_without_loss(ledger_url: str, tmp_path: Path) -> None:
     """Issued v1 invoices re-render byte-identical; the next period bills as if never migrated."""
     meter = tmp_path / "meter.db"
     write_meter(open_meter(meter), _part1() + _part2())
@@ -150,7 +149,7 @@ def test_line_digest_is_the_sum_of_its_usage_id_hashes(tmp_path: Path) -> None:
         assert line["records"] == len(ids)
 
 
-def test_meter_rows_already_in_the_ledger_are_counted_once(ledger_url: str,  # noqa: F811
+def test_meter_rows_already_in_the_ledger_are_counted_once(ledger_url: str,
                                                            tmp_path: Path) -> None:
     """Usage ids that reached the ledger another way first are skipped in a batch, the rest kept."""
     cfg = make_config(tmp_path, ledger=ledger_url)
@@ -175,7 +174,7 @@ def test_meter_rows_already_in_the_ledger_are_counted_once(ledger_url: str,  # n
     assert ids == sorted(r.usage_id for r in beta)
 
 
-def test_v2_ledger_gains_records_in_place(ledger_url: str, tmp_path: Path) -> None:  # noqa: F811
+def test_v2_ledger_gains_records_in_place(ledger_url: str, tmp_path: Path) -> None:
     """A v2 ledger migrates to v4: invoices unchanged, old rows untraceable, new ones traced."""
     from tests.support.transparency import traced_usage
     from tollhouse.billing.trace import trace_invoice
@@ -209,7 +208,7 @@ def test_v2_ledger_gains_records_in_place(ledger_url: str, tmp_path: Path) -> No
     assert dec.found_records == 4
 
 
-def test_v3_ledger_gains_credits_applied_in_place(ledger_url: str,  # noqa: F811
+def test_v3_ledger_gains_credits_applied_in_place(ledger_url: str,
                                                   tmp_path: Path) -> None:
     """A v3 ledger gets the empty credits table: invoices unchanged, credit recorded on issue."""
     cfg = make_config(tmp_path, ledger=ledger_url, customers=CUSTOMERS)

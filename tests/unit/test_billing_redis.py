@@ -18,7 +18,7 @@ from tests.support.billing import (
     make_config,
     record,
 )
-from tests.unit.test_billing_ledger import Crash, CrashAt
+from tests.support.ledger import Crash, CrashAt
 from tollhouse.billing.job import BillingResult, JobOptions, run_billing
 from tollhouse.billing.ledger import open_ledger
 from tollhouse.config import Config

@@ -15,7 +15,6 @@ from tests.support.transparency import (
     traced_usage,
     write_config,
 )
-from tests.unit.test_billing_ledger import ledger_url  # noqa: F401 - the dialect fixture
 from tollhouse.billing.invoice import InvoiceProblem
 from tollhouse.billing.ledger import open_ledger
 from tollhouse.billing.simulate import Simulation, simulate_period
@@ -26,7 +25,7 @@ DEC_USAGE = [record(f"dec-{i}", ("acme", "beta", "gamma")[i % 3], DEC_2026 + 15 
                     {"requests": 40 + i}) for i in range(30)]
 
 
-def test_the_current_plan_as_candidate_gives_bills_totals(ledger_url: str,  # noqa: F811
+def test_the_current_plan_as_candidate_gives_bills_totals(ledger_url: str,
                                                           tmp_path: Path) -> None:
     """Issued November and the previewed open December: candidate totals = bill's, no change."""
     _, cfg = write_config(tmp_path, ledger=ledger_url)

@@ -23,7 +23,6 @@ from tests.support.billing import (
     write_meter,
 )
 from tests.support.transparency import bill, traced_usage, write_config
-from tests.unit.test_billing_ledger import ledger_url  # noqa: F401 - the dialect fixture
 from tollhouse.billing.digest import digest
 from tollhouse.billing.job import JobOptions, run_billing
 from tollhouse.billing.ledger import open_ledger
@@ -38,7 +37,7 @@ def _nov_ids(usage: list, customer: str, meter: str) -> list[tuple[str, str, str
                   and NOV_2026 * 1000 <= r.admitted_at_ms < DEC_2026 * 1000)
 
 
-def test_every_line_is_the_sum_of_its_requests(ledger_url: str, tmp_path: Path) -> None:  # noqa: F811
+def test_every_line_is_the_sum_of_its_requests(ledger_url: str, tmp_path: Path) -> None:
     """Each issued line's records, decision and request ids and digest are exactly its usage."""
     _, cfg = write_config(tmp_path, ledger=ledger_url)
     usage = traced_usage()
@@ -72,7 +71,7 @@ def test_every_line_is_the_sum_of_its_requests(ledger_url: str, tmp_path: Path) 
     assert gamma[1].found_records > 0
 
 
-def test_adjustment_lines_trace_to_the_late_records(ledger_url: str, tmp_path: Path) -> None:  # noqa: F811
+def test_adjustment_lines_trace_to_the_late_records(ledger_url: str, tmp_path: Path) -> None:
     """Late November usage on the December invoice traces to exactly the late records."""
     _, cfg = write_config(tmp_path, ledger=ledger_url)
     meter = open_meter(tmp_path / "meter.db")

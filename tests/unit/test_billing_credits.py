@@ -32,8 +32,7 @@ from tests.support.billing import (
     record,
     write_meter,
 )
-from tests.unit.test_billing_invoice_events import _invoice_events
-from tests.unit.test_billing_store import config, in_store, store_url  # noqa: F401 - fixture
+from tests.support.billing_store import config, in_store, invoice_events, migrated_store_url  # noqa: F401 - fixture store_url
 from tollhouse.billing.customer_invoices import list_invoices
 from tollhouse.billing.invoice_credits import FEES, AppliedCredits, apply_credits, charge_buckets
 from tollhouse.billing.job import BillingResult, run_billing
@@ -86,7 +85,7 @@ def _applied(doc: dict[str, Any]) -> list[tuple[str, str, str, str]]:
             for g in doc["credits"]["applied"]]
 
 
-def test_credits_applied_and_remaining_exact(tmp_path: Path, store_url: str) -> None:  # noqa: F811
+def test_credits_applied_and_remaining_exact(tmp_path: Path, store_url: str) -> None:
     """Two grants apply in priority order, to the minor unit; amount due is total - applied."""
     in_store(store_url, Clock(NOV_2026 + 60), _customer())
     first = _grant(store_url, NOV_2026 + 60, 555, priority=1, source="promotional")
@@ -106,7 +105,7 @@ def test_credits_applied_and_remaining_exact(tmp_path: Path, store_url: str) -> 
         ledger.close()
 
 
-def test_two_periods_draw_down_the_same_grant(tmp_path: Path, store_url: str) -> None:  # noqa: F811
+def test_two_periods_draw_down_the_same_grant(tmp_path: Path, store_url: str) -> None:
     """November uses 20.20 of a 30.00 grant; December gets the 9.80 left, then pays the rest."""
     in_store(store_url, Clock(NOV_2026 + 60), _customer())
     g = _grant(store_url, NOV_2026 + 60, 3000)
@@ -123,7 +122,7 @@ def test_two_periods_draw_down_the_same_grant(tmp_path: Path, store_url: str) ->
     assert (jan["credits"]["applied"], jan["amount_due"]) == ([], jan["total"])
 
 
-def test_expired_grant_is_never_applied(tmp_path: Path, store_url: str) -> None:  # noqa: F811
+def test_expired_grant_is_never_applied(tmp_path: Path, store_url: str) -> None:
     """A grant expiring mid-November is listed as not applied; one expiring at the end applies."""
     in_store(store_url, Clock(NOV_2026 + 60), _customer())
     mid = _grant(store_url, NOV_2026 + 60, 5000, priority=1, expires_at=NOV_2026 + 15 * DAY)
@@ -140,7 +139,7 @@ def test_expired_grant_is_never_applied(tmp_path: Path, store_url: str) -> None:
 
 
 def test_voided_grant_is_not_applied_after_the_void(tmp_path: Path,
-                                                    store_url: str) -> None:  # noqa: F811
+                                                    store_url: str) -> None:
     """Issued before the void, November keeps its credit; December, built after, gets none."""
     in_store(store_url, Clock(NOV_2026 + 60), _customer())
     g = _grant(store_url, NOV_2026 + 60, 5000)
@@ -159,7 +158,7 @@ def test_voided_grant_is_not_applied_after_the_void(tmp_path: Path,
 
 
 def test_grant_voided_before_issue_is_not_applied(tmp_path: Path,
-                                                  store_url: str) -> None:  # noqa: F811
+                                                  store_url: str) -> None:
     """A grant voided after the period ended but before the invoice is built does not apply."""
     in_store(store_url, Clock(NOV_2026 + 60), _customer())
     g = _grant(store_url, NOV_2026 + 60, 5000)
@@ -171,7 +170,7 @@ def test_grant_voided_before_issue_is_not_applied(tmp_path: Path,
     assert (nov["credits"]["applied"], nov["amount_due"]) == ([], "20.20")
 
 
-def test_scoped_grant_only_covers_its_meters(tmp_path: Path, store_url: str) -> None:  # noqa: F811
+def test_scoped_grant_only_covers_its_meters(tmp_path: Path, store_url: str) -> None:
     """A tokens-only grant pays the tokens line and nothing else; a feature-scoped one is listed."""
     in_store(store_url, Clock(NOV_2026 + 60), _customer(plan="pro"))
     tokens = _grant(store_url, NOV_2026 + 60, 1000, meters=["tokens"])
@@ -187,7 +186,7 @@ def test_scoped_grant_only_covers_its_meters(tmp_path: Path, store_url: str) -> 
 
 
 def test_grant_in_another_currency_is_listed_and_logged(
-        tmp_path: Path, store_url: str, caplog: pytest.LogCaptureFixture) -> None:  # noqa: F811
+        tmp_path: Path, store_url: str, caplog: pytest.LogCaptureFixture) -> None:
     """A EUR grant is not applied to a USD invoice: the invoice and the log both say so."""
     caplog.set_level(logging.INFO, logger="tollhouse")
     in_store(store_url, Clock(NOV_2026 + 60), _customer())
@@ -203,7 +202,7 @@ def test_grant_in_another_currency_is_listed_and_logged(
     assert [(f["grant"], f["invoice"]) for f in logged] == [(eur.id, "TH-2026-11-delta")]
 
 
-def test_rerun_gives_the_same_invoice(tmp_path: Path, store_url: str) -> None:  # noqa: F811
+def test_rerun_gives_the_same_invoice(tmp_path: Path, store_url: str) -> None:
     """Live consumption counters and the clock do not change an invoice: same bytes, every run."""
     in_store(store_url, Clock(NOV_2026 + 60), _customer())
     g = _grant(store_url, NOV_2026 + 60, 1500)
@@ -223,7 +222,7 @@ def test_rerun_gives_the_same_invoice(tmp_path: Path, store_url: str) -> None:  
     assert first["amount_due"] == "5.20"
 
 
-def test_every_output_shows_the_credits(tmp_path: Path, store_url: str) -> None:  # noqa: F811
+def test_every_output_shows_the_credits(tmp_path: Path, store_url: str) -> None:
     """CSV: a negative row per grant, due, remaining; HTML: the due headline; the event: due."""
     in_store(store_url, Clock(NOV_2026 + 60), _customer())
     in_store(store_url, Clock(NOV_2026 + 60), lambda s: Outbox(s.backend, clock=Clock(
@@ -241,7 +240,7 @@ def test_every_output_shows_the_credits(tmp_path: Path, store_url: str) -> None:
     assert "<span>Amount due for 2026-11</span><strong>USD&nbsp;10.20</strong>" in html
     assert f"Prepaid credit <code>{g.id}</code>" in html
     assert "&minus;USD&nbsp;10.00" in html
-    [event] = _invoice_events(store_url)
+    [event] = invoice_events(store_url)
     assert event["payload"]["data"] == {  # type: ignore[index]
         "invoice": "TH-2026-11-delta", "period": "2026-11", "currency": "USD",
         "total": "20.20", "amount_due": "10.20"}
@@ -356,7 +355,7 @@ def test_golden_invoices_with_credits(tmp_path: Path) -> None:
 
 
 def test_customer_invoice_list_shows_amount_due(tmp_path: Path,
-                                                store_url: str) -> None:  # noqa: F811
+                                                store_url: str) -> None:
     """The customer's invoice list (``GET /v1/usage``) gives amount_due beside total."""
     in_store(store_url, Clock(NOV_2026 + 60), _customer())
     _grant(store_url, NOV_2026 + 60, 1000)

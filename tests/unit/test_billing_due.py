@@ -17,7 +17,7 @@ import yaml
 
 from tests.support import Clock
 from tests.support.billing import open_meter, record, write_meter
-from tests.unit.test_billing_store import MY_PLANS, in_store
+from tests.support.billing_store import MY_PLANS, in_store
 from tollhouse.billing.job_cli import add_bill_arguments, main_bill
 from tollhouse.billing.ledger import open_ledger
 from tollhouse.store import StoreService, migrate

@@ -8,25 +8,10 @@ from pathlib import Path
 
 from tests.support import Clock
 from tests.support.billing import JAN_2027, NOV_2026, open_meter, record, write_meter
-from tests.unit.test_billing_store import bill, config, in_store
+from tests.support.billing_store import bill, config, in_store, invoice_events
 from tollhouse.billing.invoice_events import INVOICE_EVENT_FAILURES
-from tollhouse.store import StoreService, migrate, open_store
+from tollhouse.store import StoreService, migrate
 from tollhouse.webhooks import Outbox
-
-
-def _invoice_events(url: str) -> list[dict[str, object]]:
-    async def go() -> list[dict[str, object]]:
-        backend = await open_store(url)
-        try:
-            box = Outbox(backend, clock=Clock())
-            out = []
-            for d in await box.list_deliveries():
-                out.append((await box.get_event(d.event_id)).to_json())
-            return out
-        finally:
-            await backend.close()
-
-    return asyncio.run(go())
 
 
 def test_bill_emits_invoice_issued_once_per_invoice(tmp_path: Path) -> None:
@@ -47,7 +32,7 @@ def test_bill_emits_invoice_issued_once_per_invoice(tmp_path: Path) -> None:
     cfg = config(tmp_path, url)
     docs = bill(cfg, tmp_path, "2026-11", JAN_2027)
     bill(cfg, tmp_path, "2026-11", JAN_2027)  # already issued: offered again, recorded once
-    events = _invoice_events(url)
+    events = invoice_events(url)
     assert len(events) == 1
     payload = events[0]["payload"]
     assert isinstance(payload, dict)

@@ -3,92 +3,38 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import subprocess
 import sys
-from collections.abc import Awaitable, Callable
 from datetime import UTC, date, datetime
 from decimal import Decimal
 from pathlib import Path
-from typing import Any
 
 import pytest
 import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tests.servers import PostgresServer, free_port
+from tests.servers import free_port
 from tests.support import Clock
 from tests.support.billing import (
     DEC_2026,
     JAN_2027,
     NOV_2026,
-    PLANS,
     open_meter,
     record,
     write_meter,
 )
+from tests.support.billing_store import MY_PLANS, bill, config, in_store, migrated_store_url  # noqa: F401 - fixture store_url
 from tollhouse import periods as windows
 from tollhouse.billing.job import run_billing
 from tollhouse.billing.job_cli import add_bill_arguments, main_bill
 from tollhouse.billing.periods import period_containing, period_for_label
 from tollhouse.billing.pricing import BaseFeeSegment, prorate_segments
 from tollhouse.billing.store_subscriptions import StoreSubscriptions
-from tollhouse.config import Config, parse_config
-from tollhouse.store import StoreService, migrate, open_store
+from tollhouse.store import StoreService
 
-MY_PLANS: dict[str, Any] = {**PLANS, "team": {"price": {
-    "currency": "USD", "base_fee": "19.99",
-    "meters": {"requests": {"model": "per_unit", "included": 50, "unit_price": "0.003"}}}}}
 OCT_2020 = int(datetime(2020, 10, 1, tzinfo=UTC).timestamp())
-
-
-
-def _fresh_pg_url(server: PostgresServer) -> str:
-    """Create an empty database on ``server``; return its URL."""
-    return server.fresh_database_url("bs_")
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    """A migrated, empty store of each backend (PostgreSQL: a fresh database per test)."""
-    url = (f"sqlite://{tmp_path}/store.db" if request.param == "sqlite"
-           else _fresh_pg_url(request.getfixturevalue("postgres_server")))
-    asyncio.run(migrate(url))
-    return url
-
-
-def in_store(url: str, clock: Clock,
-             op: Callable[[StoreService], Awaitable[object]]) -> None:
-    """Run one async operation against the store's service (plans checked against MY_PLANS)."""
-    async def go() -> None:
-        backend = await open_store(url)
-        try:
-            await op(StoreService(backend, clock=clock, plans=set(MY_PLANS)))
-        finally:
-            await backend.close()
-
-    asyncio.run(go())
-
-
-def config(tmp: Path, store_url: str, customers: dict[str, Any] | None = None) -> Config:
-    """A config with the billing test plans plus ``team``, a SQLite meter/ledger and the store."""
-    return parse_config({
-        "meters": {"requests": {}, "tokens": {"from_response_header": "x-tokens"}},
-        "plans": MY_PLANS, "customers": customers or {},
-        "metering": {"meter": f"sqlite:///{tmp}/meter.db"},
-        "billing": {"ledger": f"sqlite:///{tmp}/ledger.db", "invoices_dir": str(tmp / "inv")},
-        "store": {"url": store_url},
-    })
-
-
-def bill(cfg: Config, tmp: Path, period: str, now: float) -> dict[str, dict[str, Any]]:
-    """Run the job (subscriptions from ``cfg.store``); return each customer's JSON invoice."""
-    res = run_billing(cfg, period=period, out_dir=tmp / "out", preview=False, clock=lambda: now)
-    assert res.ok, res.problems
-    return {i.customer: json.loads((tmp / "out" / f"{i.number}.json").read_text())
-            for i in res.invoices}
 
 
 def test_mid_period_plan_change_prorates_both_base_fees(tmp_path: Path, store_url: str) -> None:

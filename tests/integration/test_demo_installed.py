@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.unit.test_packaging import build_wheel
+from tests.support.packaging import build_wheel
 
 pytestmark = pytest.mark.integration
 

@@ -15,6 +15,7 @@ import pytest
 import yaml
 
 from tests.k8s_render import Doc, container, find, render
+from tests.support.envoy import envoy_validate
 from tollhouse.config import load_config, parse_config
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -28,18 +29,6 @@ BUILDS = {"base": K8S / "base", "distributed": K8S / "overlays" / "distributed",
 @pytest.fixture(scope="module")
 def rendered() -> dict[str, list[Doc]]:
     return {name: render(path) for name, path in BUILDS.items()}
-
-
-def envoy_validate(config: dict[str, Any] | str, tmp: Path) -> subprocess.CompletedProcess[str]:
-    """Run ``envoy --mode validate`` on a config (dict or YAML text) written to ``tmp``."""
-    text = config if isinstance(config, str) else yaml.safe_dump(config)
-    path = tmp / "envoy.yaml"
-    path.write_text(text, encoding="utf-8")
-    return subprocess.run(
-        [str(ENVOY), "--mode", "validate", "-c", str(path), "--use-dynamic-base-id",
-         "--log-level", "error"],
-        capture_output=True, text=True, timeout=60, cwd=tmp,
-    )
 
 
 def _envoy_text(docs: list[Doc]) -> str:

@@ -17,7 +17,7 @@ import pytest
 import yaml
 
 from tests.k8s_render import Doc, container, find, pod_spec, render
-from tests.unit.test_k8s_configs import envoy_validate
+from tests.support.envoy import envoy_validate
 
 ROOT = Path(__file__).resolve().parents[2]
 ISTIO = ROOT / "k8s" / "overlays" / "istio"

@@ -2,39 +2,17 @@
 
 from __future__ import annotations
 
-import shutil
-import subprocess
-import sys
 import zipfile
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2]
+from tests.support.packaging import ROOT, build_wheel
+
 PACKAGE_DATA = {
     "tollhouse/demo/envoy/sidecar.yaml": ROOT / "envoy" / "sidecar.yaml",
     "tollhouse/demo/envoy/sidecar-http.yaml": ROOT / "envoy" / "sidecar-http.yaml",
     "tollhouse/demo/tollhouse.yaml": ROOT / "src" / "tollhouse" / "demo" / "tollhouse.yaml",
     "tollhouse/admin/openapi.yaml": ROOT / "src" / "tollhouse" / "admin" / "openapi.yaml",
 }
-
-
-def build_wheel(tmp: Path) -> Path:
-    """Build the wheel from a copy of the sources (links kept as links), as `pip install .` does.
-
-    A copy, so the build leaves nothing in the checkout and proves the links are relative.
-    """
-    src = tmp / "checkout"
-    for name in ("pyproject.toml", "README.md"):
-        src.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(ROOT / name, src / name)
-    shutil.copytree(ROOT / "envoy", src / "envoy", symlinks=True)
-    shutil.copytree(ROOT / "src", src / "src", symlinks=True,
-                    ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
-    out = tmp / "dist"
-    subprocess.run([sys.executable, "-m", "pip", "wheel", str(src), "--no-deps",
-                    "--no-build-isolation", "-q", "-w", str(out)], check=True,
-                   capture_output=True, timeout=300)
-    [wheel] = out.glob("tollhouse-*.whl")
-    return wheel
 
 
 def test_the_wheel_holds_the_envoy_configs_the_demo_renders(tmp_path: Path) -> None:

@@ -6,12 +6,12 @@ Config keys are the default source. A live entitlement store may be injected as 
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 from collections.abc import Callable
 
 from tollhouse.authn.outcome import AuthnFailure, Principal, invalid_api_key, keys_unavailable
 from tollhouse.config import ApiKeysConfig
+from tollhouse.keyhash import hash_api_key
 from tollhouse.logs import get_logger
 
 __all__ = ["ApiKeyVerifier", "hash_api_key"]
@@ -20,11 +20,6 @@ log = get_logger(__name__)
 
 _UNKNOWN = invalid_api_key()
 _STORE_DOWN = keys_unavailable("API key store unavailable")
-
-
-def hash_api_key(key: str) -> str:
-    """Return the lower-case SHA-256 hex of ``key`` (what config and the store hold)."""
-    return hashlib.sha256(key.encode("utf-8")).hexdigest()
 
 
 class ApiKeyVerifier:

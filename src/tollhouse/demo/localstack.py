@@ -7,7 +7,6 @@ API key are generated per run; nothing secret is written outside ``workdir``.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import json
 import os
 import secrets
@@ -28,6 +27,7 @@ from tollhouse.demo.stack import (
     sidecar_http_config_path,
 )
 from tollhouse.devkeys import DevKey, generate_rsa, jwks, make_token, write_private_key
+from tollhouse.keyhash import hash_api_key
 
 __all__ = ["AUDIENCE", "ISSUER", "TRANSPORTS", "LocalStack", "StackPorts", "demo_config_template"]
 
@@ -96,7 +96,7 @@ class LocalStack:
             "usage_port": ports.usage,  # for the customer usage listener
             "jwks_refresh_s": jwks_refresh_s,
             "jwks_cooldown_s": jwks_cooldown_s,
-            "api_key_sha256": hashlib.sha256(self.api_key.encode()).hexdigest(),
+            "api_key_sha256": hash_api_key(self.api_key),
             "workdir": workdir / "tollhouse",
         }
         config = render_tollhouse_config(demo_config_template(), values)

@@ -7,7 +7,6 @@ On PostgreSQL the transaction also sends ``NOTIFY tollhouse_changes`` (delivered
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 import secrets
@@ -18,6 +17,7 @@ from typing import Any
 
 import psycopg
 
+from tollhouse.keyhash import hash_api_key
 from tollhouse.logs import get_logger
 from tollhouse.store.backend import Backend, Row, Tx
 from tollhouse.store.credit_service import CreditOps
@@ -47,9 +47,7 @@ _STRIPE_ID = re.compile(r"^cus_[A-Za-z0-9]{1,250}$")
 _KEEP: Any = object()  # update_customer: leave the Stripe customer id as it is
 
 
-def hash_key(key: str) -> str:
-    """Return the SHA-256 hex of an API key: what the store and the Check path compare."""
-    return hashlib.sha256(key.encode()).hexdigest()
+hash_key = hash_api_key  # the store's name for the one API-key hash (tollhouse.keyhash)
 
 
 def _check_id(what: str, value: str) -> str:

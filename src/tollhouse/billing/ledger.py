@@ -23,7 +23,6 @@ Synchronous on purpose: the billing job is its own process; async callers use ``
 
 from __future__ import annotations
 
-import sqlite3
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
@@ -32,6 +31,7 @@ from typing import Any, Literal
 from tollhouse.billing.digest import LANE, from_lanes, id_hash, sql_id_hash
 from tollhouse.billing.ledger_schema import DAY_MS, ensure_schema
 from tollhouse.config import sqlite_path
+from tollhouse.sqlite import connect as sqlite_connect
 
 __all__ = ["FailureHook", "Ledger", "LedgerRow", "LineTotal", "open_ledger"]
 
@@ -335,11 +335,7 @@ def open_ledger(url: str, *, connect_timeout_s: float = 10.0) -> Ledger:
     """``sqlite:///path`` or ``postgresql://...`` -> a ready :class:`Ledger` (schema created)."""
     if url.startswith("sqlite:///"):
         path = sqlite_path(url)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        conn = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False,
-                               timeout=connect_timeout_s)
-        conn.execute("PRAGMA journal_mode=WAL")
-        conn.execute("PRAGMA synchronous=FULL")
+        conn = sqlite_connect(path, timeout_s=connect_timeout_s)
         conn.execute("PRAGMA cache_size=-65536")  # 64 MiB of page cache for big batches
         conn.execute("PRAGMA wal_autocheckpoint=10000")  # ~40 MiB: hot pages checkpointed less
         conn.create_function("th_id_hash", 1, sql_id_hash, deterministic=True)

@@ -26,6 +26,7 @@ from tollhouse.metering.schema import (
     UsageRecord,
     state_name,
 )
+from tollhouse.sqlite import connect as sqlite_connect
 
 __all__ = ["MeterSink", "RedisStreamSink", "SinkError", "SqliteMeterSink", "open_sink"]
 
@@ -55,10 +56,7 @@ class SqliteMeterSink:
 
     def _connection(self) -> sqlite3.Connection:
         if self._conn is None:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute("PRAGMA synchronous=FULL")  # an ack must survive a power cut
+            conn = sqlite_connect(self.path)  # WAL, FULL: an ack must survive a power cut
             conn.execute("PRAGMA busy_timeout=5000")  # the billing job reads concurrently
             # one transaction: a reader sees either no tables or all of them (meter_file.py)
             conn.executescript(f"BEGIN IMMEDIATE;\n{METER_SQLITE_DDL}\nCOMMIT;")

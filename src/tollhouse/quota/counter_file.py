@@ -13,6 +13,8 @@ import sqlite3
 from collections.abc import Sequence
 from pathlib import Path
 
+from tollhouse.sqlite import connect as sqlite_connect
+
 __all__ = ["CounterFile", "CounterFileError", "Row"]
 
 # (customer, meter, period key, period end_s, units)
@@ -52,11 +54,7 @@ class CounterFile:
     def open(self, now_s: float) -> dict[tuple[str, str], dict[str, int]]:
         """Create or open the file; ``(customer, period key) -> {meter: units}`` still current."""
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            conn = sqlite3.connect(self.path, timeout=5, check_same_thread=False,
-                                   isolation_level=None)
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute("PRAGMA synchronous=FULL")
+            conn = sqlite_connect(self.path)
             conn.execute(_DDL)
             conn.execute("DELETE FROM counters WHERE end_s < ?", (int(now_s) - RETAIN_S,))
             rows = conn.execute("SELECT customer, meter, period, units FROM counters").fetchall()

@@ -18,6 +18,7 @@ from typing import Any, Literal, Protocol, TypeVar
 import psycopg
 
 from tollhouse.config import sqlite_path
+from tollhouse.sqlite import connect as sqlite_connect
 
 __all__ = ["Backend", "Row", "StoreUnavailable", "Tx", "connect_backend", "pg_conninfo"]
 
@@ -109,11 +110,7 @@ class SqliteBackend:
 
     def _open(self) -> sqlite3.Connection:
         if self._conn is None:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            conn = sqlite3.connect(self.path, timeout=5.0, isolation_level=None,
-                                   check_same_thread=False)
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute("PRAGMA synchronous=NORMAL")
+            conn = sqlite_connect(self.path)  # FULL: an acknowledged change survives a crash
             conn.execute("PRAGMA foreign_keys=ON")
             self._conn = conn
         return self._conn

@@ -18,11 +18,13 @@ from dataclasses import replace
 from typing import Any, Protocol
 
 from tollhouse.authn import AuthnFailure, Principal
-from tollhouse.credits.book import Shortfall
+from tollhouse.credits.book import CreditBook, Shortfall
+from tollhouse.credits.spend_caps import SpendCaps
 from tollhouse.decision import Allow, Decision, Deny, RequestInfo, unavailable
 from tollhouse.entitlements import Catalog, Customer
 from tollhouse.limits import standing_headers
 from tollhouse.logs import get_logger
+from tollhouse.quota.limiter import Admission, Limiter
 from tollhouse.store.credit_models import MILLI
 
 __all__ = ["Checker", "CustomerSource", "State"]
@@ -68,10 +70,10 @@ class Checker:
         state: State,
         authenticator: AuthnLike,
         *,
-        limiter: Any = None,
+        limiter: Limiter | None = None,
         metering: Any = None,
-        credits: Any = None,
-        spend_caps: Any = None,
+        credits: CreditBook | None = None,
+        spend_caps: SpendCaps | None = None,
         directory: CustomerSource | None = None,
         limits_for: Callable[[Customer | Any, Any], Any] | None = None,
         clock: Callable[[], float] = time.time,
@@ -131,7 +133,7 @@ class Checker:
             return self._with_limits(self._capped(cust.id, capped), cust, plan)
         admission = None
         if self.limiter is not None and self.limits_for is not None:
-            admission = await self._admit(cust, plan, meters)
+            admission = await self._admit(self.limiter, self.limits_for(cust, plan), cust, meters)
             if isinstance(admission, Deny):
                 return admission
         credit = None
@@ -239,10 +241,9 @@ class Checker:
                         customer=cust.id, extra={"feature": candidates[0]})
         return feature
 
-    async def _admit(self, cust: Any, plan: Any, meters: Sequence[str]) -> Any:
-        assert self.limits_for is not None
-        limits = self.limits_for(cust, plan)
-        adm = await self.limiter.admit(cust.id, meters, limits, self.clock())
+    async def _admit(self, limiter: Limiter, limits: Any, cust: Any,
+                     meters: Sequence[str]) -> Admission | Deny:
+        adm = await limiter.admit(cust.id, meters, limits, self.clock())
         if adm.allowed:
             return adm
         extra = {"limit": adm.limit}
@@ -256,9 +257,9 @@ class Checker:
 
     def _undo(self, adm: Any, credit: Any) -> None:
         """Give back what an admission took; its request is not let through."""
-        if adm is not None:
+        if adm is not None and self.limiter is not None:
             self.limiter.release(adm)
-        if credit is not None:
+        if credit is not None and self.credits is not None:
             self.credits.release(credit)
 
     async def _record_and_answer(

@@ -102,7 +102,7 @@ async def test_rotated_hs_secret_file_is_picked_up(tmp_path: Path, started: Star
     old_token = hs_token(old, clock)
     assert isinstance(check(a, old_token), Principal)
     (tmp_path / "hs.key").write_text(new + "\n")
-    for _ in range(200):
+    for _ in range(500):  # polled: the reload is due within a second, but CI machines are busy
         if isinstance(check(a, hs_token(new, clock)), Principal):
             break
         await asyncio.sleep(0.01)

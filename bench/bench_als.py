@@ -30,7 +30,7 @@ from google.protobuf import struct_pb2
 
 from tollhouse.config import parse_config
 from tollhouse.demo.stack import pick_port
-from tollhouse.envoy.als import METADATA_NAMESPACE, add_to_server
+from tollhouse.envoy.als import METADATA_NAMESPACE, AccessLogServicer, add_to_server
 from tollhouse.metering import Metering
 
 __all__ = ["main", "run"]
@@ -82,7 +82,7 @@ async def run(entries: int, batch: int, workdir: Path) -> dict[str, Any]:
         msg.http_logs.log_entry.extend(_entry(u) for u in ids[i:i + batch])
         msgs.append(msg)
     server = grpc.aio.server()
-    add_to_server(m.als_servicer(), server)
+    add_to_server(AccessLogServicer(m), server)
     port = pick_port()
     server.add_insecure_port(f"127.0.0.1:{port}")
     await server.start()

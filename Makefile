@@ -55,9 +55,12 @@ bench: venv sysdeps
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache build src/*.egg-info
 
-# Longer fuzzing than CI's budget (tests/reliability/test_fuzz.py: 150 examples per target there).
+# Longer fuzzing than CI's budget (tests/reliability/test_fuzz.py: 150 examples per target there;
+# test_stateful.py: 40 sequences of 50 steps there).
 fuzz: venv
-	FUZZ_EXAMPLES=$${FUZZ_EXAMPLES:-5000} $(BIN)/pytest -q -p no:cacheprovider tests/reliability/test_fuzz.py tests/unit/test_als_wire.py
+	FUZZ_EXAMPLES=$${FUZZ_EXAMPLES:-5000} STATEFUL_EXAMPLES=$${STATEFUL_EXAMPLES:-500} \
+	STATEFUL_STEPS=$${STATEFUL_STEPS:-80} $(BIN)/pytest -q -p no:cacheprovider \
+	  tests/reliability/test_fuzz.py tests/reliability/test_stateful.py tests/unit/test_als_wire.py
 
 # Minutes of steady load through Envoy with periodic faults (outside CI): memory, fds, latency,
 # and the admitted == metered == billed invariant. `make soak MINUTES=3` for a short run.

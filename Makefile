@@ -21,10 +21,10 @@ venv: $(STAMP)
 sysdeps:
 	@if ! command -v redis-server >/dev/null || ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 \
 	    || ! command -v wrk >/dev/null || ! command -v h2load >/dev/null \
-	    || ! test -x /usr/bin/chromium; then \
-	  echo "installing redis-server, postgresql, wrk, nghttp2-client and chromium"; \
+	    || ! test -x /usr/bin/chromium || ! command -v faketime >/dev/null; then \
+	  echo "installing redis-server, postgresql, wrk, nghttp2-client, chromium and faketime"; \
 	  apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q \
-	    redis-server postgresql wrk nghttp2-client chromium >/dev/null; \
+	    redis-server postgresql wrk nghttp2-client chromium faketime >/dev/null; \
 	fi
 
 # Regenerate src/tollhouse/_pb from proto/ (checked in; tests verify it is fresh).

@@ -18,13 +18,14 @@ import threading
 import time
 import uuid
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from tests.integration.harness import (
+    LimitedTollhouse,
     LocalStack,
     UsageRecord,
     build_stack,
@@ -50,16 +51,34 @@ def fast_metering(config: dict[str, Any], **extra: Any) -> dict[str, Any]:
     return {**config, "metering": metering}
 
 
+class EnvTollhouse(LimitedTollhouse):
+    """``tollhouse serve`` (and so its metering worker) started with extra environment."""
+
+    env: Mapping[str, str] = {}
+
+    def _spawn(self, args: list[str]) -> None:
+        super()._spawn(["env", *(f"{k}={v}" for k, v in self.env.items()), *args])
+
+
 @contextmanager
 def fault_stack(workdir: Path, edit: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
-                *, transport: str = "grpc") -> Iterator[LocalStack]:
-    """A started stack with fast metering (plus ``edit``), stopped on exit."""
+                *, transport: str = "grpc", serve_env: Mapping[str, str] | None = None,
+                ) -> Iterator[LocalStack]:
+    """A started stack with fast metering (plus ``edit``), stopped on exit.
+
+    ``serve_env``: extra environment for ``tollhouse serve`` (e.g. libfaketime's).
+    """
 
     def configure(config: dict[str, Any]) -> dict[str, Any]:
         config = fast_metering(config)
         return edit(config) if edit is not None else config
 
-    stack = build_stack(workdir, configure, transport=transport).start()
+    stack = build_stack(workdir, configure, transport=transport)
+    if serve_env:
+        serve = EnvTollhouse(stack.tollhouse.workdir, stack.tollhouse.config)
+        serve.env = dict(serve_env)
+        stack.tollhouse = serve
+    stack.start()
     # The demo upstream keeps its last 1000 requests; the invariant needs every one it served.
     stack.upstream.seen = deque(stack.upstream.seen, maxlen=None)
     try:
@@ -75,14 +94,15 @@ class Load:
     resets are outcomes too (status 0): while Envoy is down a client sees exactly that.
     """
 
-    def __init__(self, stack: LocalStack, threads: int = 4) -> None:
+    def __init__(self, stack: LocalStack, threads: int = 4,
+                 customers: tuple[str, ...] = CUSTOMERS) -> None:
         self.stack = stack
         self.case = uuid.uuid4().hex[:12]
         self.outcomes: list[Outcome] = []
         self._latency_s: list[float] = []  # one per outcome, same order
         self._stop = threading.Event()
         self._lock = threading.Lock()
-        self._threads = [threading.Thread(target=self._run, args=(CUSTOMERS[i % 2],),
+        self._threads = [threading.Thread(target=self._run, args=(customers[i % len(customers)],),
                                           daemon=True) for i in range(threads)]
 
     @property

@@ -21,13 +21,18 @@ import shutil
 import sqlite3
 import subprocess
 import sys
+import uuid
 from collections import Counter
 from pathlib import Path
 from typing import Any
 
+import psycopg
+import pytest
 import yaml
+from psycopg import sql
 
 from tollhouse.billing.job import JobOptions, run_billing
+from tollhouse.billing.ledger import open_ledger
 from tollhouse.cli import EXIT_DATA
 from tollhouse.config import Config, parse_config
 from tollhouse.metering.meter_file import MeterCorrupt
@@ -158,3 +163,46 @@ def test_bill_names_the_damaged_row_exits_3_and_issues_nothing(tmp_path: Path) -
     assert "Traceback" not in proc.stderr
     assert not (tmp_path / "invoices").exists() or not list((tmp_path / "invoices").iterdir())
     assert _ledger_rows(tmp_path) == set()
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def ledger_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A fresh ledger: a SQLite file, or a new database on the session's PostgreSQL."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path}/ledger.db"
+    server = request.getfixturevalue("postgres_server")  # CI installs PostgreSQL: never skip
+    name = f"ledger_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(server.url, autocommit=True) as conn:
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    return f"{server.url.rsplit('/', 1)[0]}/{name}"
+
+
+@pytest.mark.parametrize("column", ["customer", "billable", "record"])
+def test_every_ledger_refuses_a_row_that_disagrees_with_its_record(
+        tmp_path: Path, ledger_url: str, column: str) -> None:
+    """SQLite and PostgreSQL ledgers alike: a damaged row stops the run, its batch is not copied.
+
+    The batches before it (verified) are in the ledger; nothing of the damaged batch or after.
+    """
+    meter = _meter(tmp_path, n=120)
+    change = {"customer": "UPDATE usage SET customer = 'beta' WHERE id = 75",
+              "billable": "UPDATE usage SET billable = 0 WHERE id = 75",
+              "record": "UPDATE usage SET record = X'0aff' WHERE id = 75"}[column]
+    conn = sqlite3.connect(meter)
+    with conn:
+        conn.execute(change)
+    conn.close()
+    doc = json.loads(json.dumps(CONFIG))
+    doc["metering"]["meter"] = f"sqlite:///{meter}"
+    doc["billing"] = {"ledger": ledger_url, "invoices_dir": str(tmp_path / "invoices")}
+    with pytest.raises(MeterCorrupt, match=r"^meter row 75 \(usage id '0+4a'\): ") as err:
+        run_billing(parse_config(doc), period="2026-11", out_dir=tmp_path / "out", preview=True,
+                    clock=lambda: NOV_2026 + 40 * 86400, options=JobOptions(batch=50))
+    assert err.value.path == meter.resolve()
+    assert not (tmp_path / "out").exists()
+    ledger = open_ledger(ledger_url)
+    try:
+        ids = {str(r[0]) for r in ledger.exec("SELECT usage_id FROM ledger_ids").fetchall()}
+    finally:
+        ledger.close()
+    assert ids == {f"{i:032x}" for i in range(50)}  # the first batch only: rows 1-50

@@ -56,7 +56,7 @@ clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache build src/*.egg-info
 
 # Longer fuzzing than CI's budget (tests/reliability/test_fuzz.py: 150 examples per target there;
-# test_stateful.py: 40 sequences of 50 steps there).
+# test_stateful.py: 25 sequences of 40 steps per machine there).
 fuzz: venv
 	FUZZ_EXAMPLES=$${FUZZ_EXAMPLES:-5000} STATEFUL_EXAMPLES=$${STATEFUL_EXAMPLES:-500} \
 	STATEFUL_STEPS=$${STATEFUL_STEPS:-80} $(BIN)/pytest -q -p no:cacheprovider \

@@ -102,6 +102,7 @@ class Pipeline:
         self.loop = asyncio.new_event_loop()
         self._abandoned: list[SqliteMeterSink] = []
         self._bills = 0
+        self.spool: Any
         self.spool, self.sink = self._open()
 
     # ---- plumbing ---------------------------------------------------------------------------
@@ -113,7 +114,7 @@ class Pipeline:
     def _ignore(self, _: Applied) -> None:
         return None
 
-    def _open(self) -> tuple[Spool, SqliteMeterSink]:
+    def _open(self) -> tuple[Any, SqliteMeterSink]:
         spool = Spool(self.root / "spool", finalizer=lambda: self.fin, on_applied=self._ignore,
                       clock=lambda: self.now, instance="stateful")
         self.run(spool.open())
@@ -128,11 +129,14 @@ class Pipeline:
 
     def reserve(self, customer: str, request_id: str) -> UsageRecord:
         """The Check admits one request: its reserved fact is durable when this returns."""
-        rec = reservation(self.fin, self.now, "stateful", customer=customer, plan="pro",
-                          feature="search", method="GET", path="/v1/search",
-                          request_id=request_id, decision_id=f"d-{request_id}", degraded=False)
+        rec = self._reservation(customer, request_id)
         self.run(self.spool.reserve(rec))
         return rec
+
+    def _reservation(self, customer: str, request_id: str) -> UsageRecord:
+        return reservation(self.fin, self.now, "stateful", customer=customer, plan="pro",
+                           feature="search", method="GET", path="/v1/search",
+                           request_id=request_id, decision_id=f"d-{request_id}", degraded=False)
 
     def access_log(self, entry: LogEntry) -> None:
         """One access-log entry arrives; its served fact is durable when this returns."""
@@ -166,6 +170,7 @@ class Pipeline:
 
     def forward(self, *, crash_before_ack: bool = False, batch: int = 7) -> int:
         """Send one batch of final records to the meter; ack it unless the process dies first."""
+        self.run(self.spool.barrier())  # as the forwarder's tick: every durable fact applied
         records = self.spool.join.unsent(batch)
         if not records:
             return 0
@@ -183,16 +188,19 @@ class Pipeline:
 
     def crash(self, *, torn: bool) -> None:
         """Kill the process between two steps and start it again from what is on disk."""
-        self.run(self.spool.log.barrier())  # segment deletions already requested happen first
-        # Nothing is queued: every step awaited its write. Closing the log now writes nothing,
-        # it only stops the writer thread, so the disk is what a SIGKILL would leave.
-        self.run(self.spool.log.close())
+        self._stop_abruptly()
         self._abandoned.append(self.sink)  # no close: the meter's WAL stays as a kill leaves it
         if torn:
             seqs = segments(self.root / "spool")
             with segment_path(self.root / "spool", seqs[-1]).open("ab") as f:
                 f.write(b"\x20\x00\x00\x00" + os.urandom(11))  # a record header cut short
         self.spool, self.sink = self._open()
+
+    def _stop_abruptly(self) -> None:
+        self.run(self.spool.log.barrier())  # segment deletions already requested happen first
+        # Nothing is queued: every step awaited its write. Closing the log now writes nothing,
+        # it only stops the writer thread, so the disk is what a SIGKILL would leave.
+        self.run(self.spool.log.close())
 
     # ---- billing ----------------------------------------------------------------------------
 

@@ -21,10 +21,10 @@ venv: $(STAMP)
 sysdeps:
 	@if ! command -v redis-server >/dev/null || ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 \
 	    || ! command -v wrk >/dev/null || ! command -v h2load >/dev/null \
-	    || ! test -x /usr/bin/chromium; then \
-	  echo "installing redis-server, postgresql, wrk, nghttp2-client and chromium"; \
+	    || ! test -x /usr/bin/chromium || ! command -v faketime >/dev/null; then \
+	  echo "installing redis-server, postgresql, wrk, nghttp2-client, chromium and faketime"; \
 	  apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q \
-	    redis-server postgresql wrk nghttp2-client chromium >/dev/null; \
+	    redis-server postgresql wrk nghttp2-client chromium faketime >/dev/null; \
 	fi
 
 # Regenerate src/tollhouse/_pb from proto/ (checked in; tests verify it is fresh).
@@ -56,9 +56,12 @@ bench: venv sysdeps
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache build src/*.egg-info
 
-# Longer fuzzing than CI's budget (tests/reliability/test_fuzz.py: 150 examples per target there).
+# Longer fuzzing than CI's budget (tests/reliability/test_fuzz.py: 150 examples per target there;
+# test_stateful.py: 25 sequences of 40 steps per machine there).
 fuzz: venv
-	FUZZ_EXAMPLES=$${FUZZ_EXAMPLES:-5000} $(BIN)/pytest -q -p no:cacheprovider tests/reliability/test_fuzz.py tests/unit/test_als_wire.py
+	FUZZ_EXAMPLES=$${FUZZ_EXAMPLES:-5000} STATEFUL_EXAMPLES=$${STATEFUL_EXAMPLES:-500} \
+	STATEFUL_STEPS=$${STATEFUL_STEPS:-80} $(BIN)/pytest -q -p no:cacheprovider \
+	  tests/reliability/test_fuzz.py tests/reliability/test_stateful.py tests/unit/test_als_wire.py
 
 # Minutes of steady load through Envoy with periodic faults (outside CI): memory, fds, latency,
 # and the admitted == metered == billed invariant. `make soak MINUTES=3` for a short run.

@@ -132,6 +132,11 @@ def _data_error(command: str, e: BaseException, sources: list[str]) -> int:
 
 def _suspects(e: BaseException, sources: list[str]) -> list[str]:
     """The sources ``e`` can come from: the damaged SQLite file, or the Redis URLs."""
+    from tollhouse.metering.meter_file import MeterCorrupt
+
+    if isinstance(e, MeterCorrupt):  # readable, but a row disagrees with its record
+        return [u for u in sources if u.startswith("sqlite:///")
+                and sqlite_path(u).resolve() == e.path] or sources
     if isinstance(e, sqlite3.DatabaseError):
         files = [u for u in sources if u.startswith("sqlite:///")]
         return [u for u in files if not _sqlite_readable(u)] or files or sources

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from tests.integration.harness import (
+    LimitedTollhouse,
     LocalStack,
     UsageRecord,
     build_stack,
@@ -51,16 +52,34 @@ def fast_metering(config: dict[str, Any], **extra: Any) -> dict[str, Any]:
     return {**config, "metering": metering}
 
 
+class EnvTollhouse(LimitedTollhouse):
+    """``tollhouse serve`` (and so its metering worker) started with extra environment."""
+
+    env: Mapping[str, str] = {}
+
+    def _spawn(self, args: list[str]) -> None:
+        super()._spawn(["env", *(f"{k}={v}" for k, v in self.env.items()), *args])
+
+
 @contextmanager
 def fault_stack(workdir: Path, edit: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
-                *, transport: str = "grpc") -> Iterator[LocalStack]:
-    """A started stack with fast metering (plus ``edit``), stopped on exit."""
+                *, transport: str = "grpc", serve_env: Mapping[str, str] | None = None,
+                ) -> Iterator[LocalStack]:
+    """A started stack with fast metering (plus ``edit``), stopped on exit.
+
+    ``serve_env``: extra environment for ``tollhouse serve`` (e.g. libfaketime's).
+    """
 
     def configure(config: dict[str, Any]) -> dict[str, Any]:
         config = fast_metering(config)
         return edit(config) if edit is not None else config
 
-    stack = build_stack(workdir, configure, transport=transport).start()
+    stack = build_stack(workdir, configure, transport=transport)
+    if serve_env:
+        serve = EnvTollhouse(stack.tollhouse.workdir, stack.tollhouse.config)
+        serve.env = dict(serve_env)
+        stack.tollhouse = serve
+    stack.start()
     # The demo upstream keeps its last 1000 requests; the invariant needs every one it served.
     stack.upstream.seen = deque(stack.upstream.seen, maxlen=None)
     try:
@@ -72,16 +91,17 @@ def fault_stack(workdir: Path, edit: Callable[[dict[str, Any]], dict[str, Any]] 
 class Load:
     """Requests through Envoy from background threads until stopped; keeps every Outcome.
 
-    Each thread sends for one customer in turn (bob, globex, then each of ``keys``: more
-    customers, by API key, e.g. the entitlement store's). Connection errors and resets are
-    outcomes too (status 0): while Envoy is down a client sees exactly that.
+    Each thread sends for one customer in turn (``customers``, by default bob and globex, then
+    each of ``keys``: more customers, by API key, e.g. the entitlement store's). Connection
+    errors and resets are outcomes too (status 0): while Envoy is down a client sees exactly that.
     """
 
     def __init__(self, stack: LocalStack, threads: int = 4,
-                 keys: Mapping[str, str] | None = None) -> None:
+                 keys: Mapping[str, str] | None = None,
+                 customers: tuple[str, ...] = CUSTOMERS) -> None:
         self.stack = stack
         self._keys = dict(keys or {})
-        customers = (*CUSTOMERS, *self._keys)
+        customers = (*customers, *self._keys)
         self.case = uuid.uuid4().hex[:12]
         self.outcomes: list[Outcome] = []
         self._latency_s: list[float] = []  # one per outcome, same order

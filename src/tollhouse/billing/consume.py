@@ -12,7 +12,7 @@ from tollhouse.billing.ledger import FailureHook, Ledger, LedgerRow
 from tollhouse.billing.metrics import RECORDS_CONSUMED
 from tollhouse.config import sqlite_path
 from tollhouse.logs import get_logger
-from tollhouse.metering.meter_file import connect_ro, meter_ready
+from tollhouse.metering.meter_file import connect_ro, meter_ready, verify_rows
 
 __all__ = ["SqliteMeterTotals", "consume_sqlite_meter"]
 
@@ -60,6 +60,7 @@ def _copy_generic(ledger: Ledger, path: Path, source: str, batch: int, hook: Fai
             if not rows:
                 return total
             top = int(rows[-1][0])
+            verify_rows(meter, path, last, top)  # a damaged row: MeterCorrupt, nothing copied
             units: dict[str, list[tuple[str, int]]] = {}
             for uid, m, u in meter.execute(
                     "SELECT uu.usage_id, uu.meter, uu.units FROM usage u JOIN usage_units uu"

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from tollhouse.billing.digest import sql_id_hash
+from tollhouse.metering.meter_file import verify_rows
 
 if TYPE_CHECKING:
     from tollhouse.billing.ledger import FailureHook, Ledger
@@ -52,8 +53,9 @@ Aggregates = list[tuple[Any, ...]]
 class _Readers:
     """Reader threads, each with its own read-only meter connection, computing batch aggregates."""
 
-    def __init__(self, uri: str, threads: int) -> None:
+    def __init__(self, uri: str, path: Path, threads: int) -> None:
         self._uri = uri
+        self._path = path
         self._local = threading.local()
         self._conns: list[sqlite3.Connection] = []
         self._lock = threading.Lock()
@@ -72,10 +74,15 @@ class _Readers:
         return conn
 
     def aggregate(self, last: int, top: int) -> Aggregates:
-        """Bucket rows ``(customer, meter, day, units, records, first_ms, h_hi, h_lo)``."""
+        """Bucket rows ``(customer, meter, day, units, records, first_ms, h_hi, h_lo)``.
+
+        Raises :class:`MeterCorrupt` first if a row of the batch disagrees with its record.
+        """
+        conn = self._conn()
+        verify_rows(conn, self._path, last, top)
         sql = "WITH b AS MATERIALIZED ({}) {}".format(
             _B.format(where=_RANGE, schema="main"), _SELECT.format(gen="", schema="main"))
-        return self._conn().execute(sql, (last, top)).fetchall()
+        return conn.execute(sql, (last, top)).fetchall()
 
     def close(self) -> None:
         """Stop the threads and close their connections."""
@@ -98,8 +105,9 @@ def copy_sqlite_meter(ledger: Ledger, meter_path: str, source: str, *, batch: in
     """Copy meter rows past the cursor, ``batch`` ids a transaction; return rows read."""
     if ledger.dialect != "sqlite":
         raise ValueError("copy_sqlite_meter needs a SQLite ledger")
-    uri = "file:" + urllib.parse.quote(str(Path(meter_path).resolve())) + "?mode=ro"
-    pool = _Readers(uri, readers)
+    path = Path(meter_path).resolve()
+    uri = "file:" + urllib.parse.quote(str(path)) + "?mode=ro"
+    pool = _Readers(uri, path, readers)
     try:
         with _attached(ledger, uri):
             return _batches(ledger, pool, source, batch, hook, readers + 1)
@@ -134,12 +142,13 @@ def _batches(ledger: Ledger, pool: _Readers, source: str, batch: int, hook: Fail
 
 
 def _copy(ledger: Ledger, last: int, top: int, n: int, ahead: Future[Aggregates]) -> None:
+    aggregates = ahead.result()  # verified: a damaged row fails the batch before any insert
     gen = ledger.write_gen()
     ledger.exec("SAVEPOINT th_batch")
     ledger.exec(_IDS.format(where=_RANGE), (gen, last, top))
     if int(ledger.one("SELECT changes()")[0]) == n:
         ledger.exec("RELEASE th_batch")
-        ledger.upsert_buckets([(c, m, d, gen, *rest) for c, m, d, *rest in ahead.result()])
+        ledger.upsert_buckets([(c, m, d, gen, *rest) for c, m, d, *rest in aggregates])
         return
     ledger.exec("ROLLBACK TO th_batch")
     ledger.exec("RELEASE th_batch")

@@ -30,17 +30,14 @@ from tests.integration.harness import (
     HttpResponse,
     LocalStack,
     http_request,
-    redis_stream_records,
     wait_until,
 )
-from tests.reliability.invariant import WINDOWS, Outcome, Verdict
+from tests.reliability.invariant import Outcome
 from tests.reliability.rig import (
     BILL_ENV,
     Load,
     bill_command,
     fault_stack,
-    judge,
-    quiesce,
     run_bill,
     settle,
     verdict,
@@ -122,88 +119,6 @@ def test_redis_paused_fails_closed_or_degrades_and_bills_every_200_once(tmp_path
     print(v.summary(), f"outage outcomes={end - start}")
     _assert_outage_answers(load, start, end)
     v.assert_exact()
-
-
-@dataclass(frozen=True)
-class EmptyRestart:
-    """What one run of 'Redis killed, restarted without persistence' measured."""
-
-    verdict: Verdict
-    ok: frozenset[str]  # every client 200's usage id
-    ok_before: frozenset[str]  # client 200s admitted before the kill
-    streamed_before: frozenset[str]  # usage ids in the meter stream at the kill (acknowledged)
-    lost: frozenset[str]  # client 200s with no billable record in the meter afterwards
-
-    def summary(self) -> str:
-        return (f"{self.verdict.summary()} 200s before the kill={len(self.ok_before)} "
-                f"acknowledged in the stream at the kill={len(self.streamed_before)} "
-                f"lost={len(self.lost)} (of them acknowledged before the kill: "
-                f"{len(self.lost & self.streamed_before)})")
-
-
-@pytest.fixture(scope="module")
-def empty_restart(tmp_path_factory: pytest.TempPathFactory) -> EmptyRestart:
-    """Redis killed mid-load, restarted empty on the same port; load goes on; billed after."""
-    tmp = tmp_path_factory.mktemp("redis-empty")
-    redis_srv = RedisServer(tmp / "redis").start()
-    try:
-        with fault_stack(tmp / "stack", _on_redis(redis_srv.url)) as stack:
-            with Load(stack, THREADS) as load:
-                load.ok_after(40, "200s before the kill")
-                streamed = {r.usage_id for r in wait_until(
-                    lambda: redis_stream_records(redis_srv.url), lambda rs: len(rs) >= 40,
-                    timeout_s=20, what="records acknowledged in the meter stream")}
-                redis_srv.kill()  # what the stream held a moment before is a lower bound
-                ok_before = {o.usage_id for o in load.snapshot() if o.usage_id}
-                start = _outage(load, "Redis is down")
-                end = load.count()
-                redis_srv = RedisServer(redis_srv.dir, port=redis_srv.port).start()
-                load.ok_after(40, "200s after Redis restarted empty")
-            _assert_outage_answers(load, start, end)
-            after = {o.usage_id for o in load.snapshot() if o.usage_id} - ok_before
-            wait_until(lambda: {r.usage_id for r in redis_stream_records(redis_srv.url)},
-                       lambda got: after <= got, timeout_s=30,
-                       what=f"the {len(after)} 200s admitted after the kill in the meter")
-            quiesce(stack)
-            billable = {r.usage_id for r in redis_stream_records(redis_srv.url) if r.billable}
-            v = judge(stack, load, tmp / "bill")  # after the read: the bill trims the stream
-    finally:
-        redis_srv.stop()
-    ok = {o.usage_id for o in load.snapshot() if o.usage_id}
-    run = EmptyRestart(v, frozenset(ok), frozenset(ok_before), frozenset(streamed),
-                       frozenset(ok - billable))
-    print(run.summary())
-    return run
-
-
-def test_redis_restarted_empty_loses_only_what_it_had_acknowledged(
-        empty_restart: EmptyRestart) -> None:
-    """Redis killed and restarted without persistence: the precise extent of the loss.
-
-    Every 200 admitted after the kill (while Redis was down or after the restart) is billed
-    once; nothing is billed twice or for a request without a 200; the only 200s missing are
-    ones admitted before the kill, whose facts Redis had accepted (joined, streamed, or
-    pending in the join) and the spool had therefore marked done.
-    """
-    run = empty_restart
-    v = run.verdict
-    assert not any(v.window(w) for w in WINDOWS), run.summary()  # nothing billed without a 200
-    assert v.billed == v.metered, run.summary()  # the invoices agree with what the meter kept
-    assert run.lost <= run.ok_before, run.summary()
-    after = run.ok - run.ok_before
-    assert after, run.summary()
-    assert not after & run.lost, run.summary()
-
-
-@pytest.mark.xfail(strict=True, reason=(
-    "Redis restarted without persistence loses every record it had acknowledged: the meter "
-    "stream and the join's pending facts are gone, and the spool already marked those facts "
-    "done, so nothing sends them again. Measured in one run: 452 client 200s, 402 billed, 50 "
-    "lost, every one admitted before the kill (52 were, 44 of them already in the meter "
-    "stream); every 200 admitted after the kill billed once. README, Reliability."))
-def test_redis_restarted_empty_bills_every_200(empty_restart: EmptyRestart) -> None:
-    """The invariant itself after a Redis restart without persistence (fails today: a loss)."""
-    empty_restart.verdict.assert_exact()
 
 
 # --- PostgreSQL ------------------------------------------------------------------------------

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.unit.test_check import ISS, _checker, _req
+from tests.support.check import ISS, get_request, make_checker
 from tollhouse import devkeys
 from tollhouse.decision import Allow, Deny
 
@@ -41,11 +41,11 @@ async def test_token_nested_20000_levels_is_401(
     ``keys_unavailable`` with an ``authn.internal_error`` log line.
     """
     caplog.set_level(logging.DEBUG, logger="tollhouse")
-    c = await _checker(tmp_path, key)
+    c = await make_checker(tmp_path, key)
     normal = _seg(json.dumps({"alg": "none", "typ": "JWT"}).encode())
     deep = _seg(_nested(20000)) if where != "list" else _seg(b"[" * 20000 + b"]" * 20000)
     token = f"{deep}.{normal}." if where == "header" else f"{normal}.{deep}."
-    d = await c.check(_req("/v1/search", token))
+    d = await c.check(get_request("/v1/search", token))
     assert isinstance(d, Deny)
     assert (d.status, d.code) == (401, "invalid_token")
     assert "error=\"invalid_token\"" in dict(d.headers)["www-authenticate"]
@@ -59,12 +59,12 @@ async def test_customer_claim_unfit_for_a_header_is_401(
 
     Even with ``default_plan`` set: no OK whose identity header Envoy would refuse.
     """
-    c = await _checker(tmp_path, key, extra={"default_plan": "free"})
+    c = await make_checker(tmp_path, key, extra={"default_plan": "free"})
     token = devkeys.make_token(key, issuer=ISS, audience="api", subject=sub)
-    d = await c.check(_req("/v1/search", token))
+    d = await c.check(get_request("/v1/search", token))
     assert isinstance(d, Deny)
     assert (d.status, d.code) == (401, "invalid_token")
-    ok = await c.check(_req("/v1/search", devkeys.make_token(key, issuer=ISS, audience="api",
+    ok = await c.check(get_request("/v1/search", devkeys.make_token(key, issuer=ISS, audience="api",
                                                             subject="client-1@clients")))
     assert isinstance(ok, Allow)
     assert ok.customer == "client-1@clients"

@@ -2,46 +2,20 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from tests.support.check import ISS, get_request, make_checker
 from tollhouse import devkeys
-from tollhouse.authn import Authenticator
-from tollhouse.check import Checker, State
-from tollhouse.config import parse_config
-from tollhouse.decision import Allow, Deny, RequestInfo
-from tollhouse.entitlements import Customer, build_catalog
-
-ISS = "https://issuer.example"
+from tollhouse.decision import Allow, Deny
+from tollhouse.entitlements import Customer
 
 
 @pytest.fixture
 def key() -> devkeys.DevKey:
     return devkeys.generate_ec("k1")
-
-
-async def _checker(tmp_path: Path, key: devkeys.DevKey, **kw: Any) -> Checker:
-    (tmp_path / "jwks.json").write_text(json.dumps(devkeys.jwks(key)))
-    cfg = parse_config({
-        "auth": {"jwt": [{"issuer": ISS, "audiences": ["api"],
-                          "jwks_file": str(tmp_path / "jwks.json")}]},
-        "features": {"search": [{"methods": ["GET"], "path": "/v1/search*"}],
-                     "export": [{"methods": ["GET"], "path": "/v1/export/**"}]},
-        "plans": {"free": {"features": ["search"]}, "pro": {"features": ["search", "export"]}},
-        "customers": {"acme": {"plan": "pro"}, "bob": {"plan": "free"}},
-        **kw.pop("extra", {}),
-    })
-    authn = Authenticator(cfg.auth)
-    await authn.start()
-    return Checker(State(build_catalog(cfg)), authn, **kw)
-
-
-def _req(path: str, token: str | None) -> RequestInfo:
-    headers = {"authorization": f"Bearer {token}"} if token else {}
-    return RequestInfo(method="GET", path=path, headers=headers)
 
 
 def _tok(key: devkeys.DevKey, sub: str) -> str:
@@ -50,8 +24,8 @@ def _tok(key: devkeys.DevKey, sub: str) -> str:
 
 async def test_allowed_request_carries_identity(tmp_path: Path, key: devkeys.DevKey) -> None:
     """A valid token of an entitled customer is allowed with customer, plan and feature."""
-    c = await _checker(tmp_path, key)
-    d = await c.check(_req("/v1/export/a", _tok(key, "acme")))
+    c = await make_checker(tmp_path, key)
+    d = await c.check(get_request("/v1/export/a", _tok(key, "acme")))
     assert isinstance(d, Allow)
     assert (d.customer, d.plan, d.feature) == ("acme", "pro", "export")
     assert ("x-tollhouse-customer", "acme") in d.upstream_headers
@@ -60,31 +34,31 @@ async def test_allowed_request_carries_identity(tmp_path: Path, key: devkeys.Dev
 
 async def test_not_entitled_and_unknown_route(tmp_path: Path, key: devkeys.DevKey) -> None:
     """A free customer on a pro feature gets 403 not_entitled; an uncatalogued route 403."""
-    c = await _checker(tmp_path, key)
-    d = await c.check(_req("/v1/export/a", _tok(key, "bob")))
+    c = await make_checker(tmp_path, key)
+    d = await c.check(get_request("/v1/export/a", _tok(key, "bob")))
     assert isinstance(d, Deny)
     assert (d.status, d.code) == (403, "not_entitled")
-    d = await c.check(_req("/admin", _tok(key, "acme")))
+    d = await c.check(get_request("/admin", _tok(key, "acme")))
     assert isinstance(d, Deny)
     assert (d.status, d.code) == (403, "unknown_route")
 
 
 async def test_unknown_customer_and_default_plan(tmp_path: Path, key: devkeys.DevKey) -> None:
     """An unknown customer is 403 unless default_plan is set."""
-    c = await _checker(tmp_path, key)
-    d = await c.check(_req("/v1/search", _tok(key, "stranger")))
+    c = await make_checker(tmp_path, key)
+    d = await c.check(get_request("/v1/search", _tok(key, "stranger")))
     assert isinstance(d, Deny)
     assert d.code == "unknown_customer"
-    c = await _checker(tmp_path, key, extra={"default_plan": "free"})
-    d = await c.check(_req("/v1/search", _tok(key, "stranger")))
+    c = await make_checker(tmp_path, key, extra={"default_plan": "free"})
+    d = await c.check(get_request("/v1/search", _tok(key, "stranger")))
     assert isinstance(d, Allow)
     assert d.plan == "free"
 
 
 async def test_missing_credentials_401_without_error(tmp_path: Path, key: devkeys.DevKey) -> None:
     """No credentials: 401 with a WWW-Authenticate challenge that names no error."""
-    c = await _checker(tmp_path, key)
-    d = await c.check(_req("/v1/search", None))
+    c = await make_checker(tmp_path, key)
+    d = await c.check(get_request("/v1/search", None))
     assert isinstance(d, Deny)
     assert d.status == 401
     challenge = dict(d.headers)["www-authenticate"]
@@ -112,8 +86,8 @@ async def test_subscription_status(
     tmp_path: Path, key: devkeys.DevKey, status: str, since: float, code: str
 ) -> None:
     """Suspended -> 402, cancelled -> 403, past_due served only within its grace period."""
-    c = await _checker(tmp_path, key, directory=_Statuses(status, since))
-    d = await c.check(_req("/v1/search", _tok(key, "acme")))
+    c = await make_checker(tmp_path, key, directory=_Statuses(status, since))
+    d = await c.check(get_request("/v1/search", _tok(key, "acme")))
     if code:
         assert isinstance(d, Deny)
         assert d.code == code
@@ -139,16 +113,16 @@ class _FailingSpool:
 
 async def test_spool_failure_is_503(tmp_path: Path, key: devkeys.DevKey) -> None:
     """A billable request whose reservation cannot be written is 503, never allowed."""
-    c = await _checker(tmp_path, key, metering=_FailingSpool())
-    d = await c.check(_req("/v1/search", _tok(key, "acme")))
+    c = await make_checker(tmp_path, key, metering=_FailingSpool())
+    d = await c.check(get_request("/v1/search", _tok(key, "acme")))
     assert isinstance(d, Deny)
     assert (d.status, d.code) == (503, "spool_unavailable")
 
 
 async def test_internal_error_is_503(tmp_path: Path, key: devkeys.DevKey) -> None:
     """An exception inside a phase becomes 503 internal_error, never an exception or an OK."""
-    c = await _checker(tmp_path, key, metering=_BrokenSpool())
-    d = await c.check(_req("/v1/search", _tok(key, "acme")))
+    c = await make_checker(tmp_path, key, metering=_BrokenSpool())
+    d = await c.check(get_request("/v1/search", _tok(key, "acme")))
     assert isinstance(d, Deny)
     assert (d.status, d.code) == (503, "internal_error")
 
@@ -168,7 +142,7 @@ class _HungSpool:
 
 async def test_hung_spool_is_503_within_the_deadline(tmp_path: Path, key: devkeys.DevKey) -> None:
     """A reservation that does not complete within check_deadline becomes 503, never an OK."""
-    c = await _checker(tmp_path, key, metering=_HungSpool(), deadline_s=0.05)
-    d = await c.check(_req("/v1/search", _tok(key, "acme")))
+    c = await make_checker(tmp_path, key, metering=_HungSpool(), deadline_s=0.05)
+    d = await c.check(get_request("/v1/search", _tok(key, "acme")))
     assert isinstance(d, Deny)
     assert (d.status, d.code) == (503, "deadline_exceeded")

@@ -3,36 +3,14 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 from prometheus_client import REGISTRY
 
-from tollhouse.config import Config, parse_config
+from tests.support.metering import metering_config
 from tollhouse.metering import LogEntry, Metering
 from tollhouse.metering.policy import Finalizer, header_units
 from tollhouse.metering.schema import UsageRecord
 from tollhouse.metering.sinks import SqliteMeterSink
-
-
-def _cfg(tmp: Path | None = None, **metering: Any) -> Config:
-    doc: dict[str, Any] = {
-        "meters": {
-            "requests": {},
-            "egress": {"from": "response_bytes"},
-            "ingress": {"from": "request_bytes"},
-            "tokens": {"from_response_header": "x-usage-tokens", "bill_upstream_5xx": True},
-        },
-        "features": {
-            "search": [{"methods": ["GET"], "path": "/v1/search*"}],
-            "llm": {"rules": [{"path": "/v1/llm"}],
-                    "meters": ["requests", "egress", "ingress", "tokens"]},
-        },
-        "metering": metering,
-    }
-    if tmp is not None:
-        doc["metering"] = {"spool": str(tmp / "spool"),
-                           "meter": f"sqlite:///{tmp / 'meter.db'}", **metering}
-    return parse_config(doc)
 
 
 def _reserved(feature: str = "llm") -> UsageRecord:
@@ -48,7 +26,7 @@ def _served(code: int = 200, tokens: str | None = "42") -> LogEntry:
 
 def test_confirmed_counts_every_meter_source() -> None:
     """A served 200 bills requests=1, request/response bytes and the header's number."""
-    out = Finalizer(_cfg()).confirm(_reserved(), _served(), now_ms=2000)
+    out = Finalizer(metering_config()).confirm(_reserved(), _served(), now_ms=2000)
     assert out.state == UsageRecord.CONFIRMED
     assert out.billable
     assert dict(out.units) == {"requests": 1, "egress": 5000, "ingress": 300, "tokens": 42}
@@ -57,7 +35,7 @@ def test_confirmed_counts_every_meter_source() -> None:
 
 def test_upstream_5xx_is_decided_per_meter() -> None:
     """On a 5xx only meters with bill_upstream_5xx (here tokens) keep units; the global is False."""
-    out = Finalizer(_cfg()).confirm(_reserved(), _served(503, "7"), now_ms=2000)
+    out = Finalizer(metering_config()).confirm(_reserved(), _served(503, "7"), now_ms=2000)
     assert out.state == UsageRecord.CONFIRMED
     assert dict(out.units) == {"tokens": 7}
     assert out.billable
@@ -65,14 +43,15 @@ def test_upstream_5xx_is_decided_per_meter() -> None:
 
 def test_upstream_5xx_global_policy_bills_all_meters() -> None:
     """With metering.bill_upstream_5xx true, a 5xx bills every meter."""
-    out = Finalizer(_cfg(bill_upstream_5xx=True)).confirm(_reserved("search"), _served(500), 1)
+    fin = Finalizer(metering_config(bill_upstream_5xx=True))
+    out = fin.confirm(_reserved("search"), _served(500), 1)
     assert dict(out.units) == {"requests": 1}
     assert out.billable
 
 
 def test_5xx_on_request_only_feature_is_not_billable() -> None:
     """A 5xx on a feature metered by requests alone bills nothing by default."""
-    out = Finalizer(_cfg()).confirm(_reserved("search"), _served(502), 1)
+    out = Finalizer(metering_config()).confirm(_reserved("search"), _served(502), 1)
     assert dict(out.units) == {}
     assert not out.billable
 
@@ -81,7 +60,7 @@ def test_void_is_never_billable() -> None:
     """An entry the upstream did not serve voids the record with no units."""
     entry = LogEntry("u1", response_code=403, upstream_served=False,
                      response_flags="unauthorized_details")
-    out = Finalizer(_cfg()).confirm(_reserved(), entry, 5)
+    out = Finalizer(metering_config()).confirm(_reserved(), entry, 5)
     assert out.state == UsageRecord.VOIDED
     assert not out.billable
     assert dict(out.units) == {}
@@ -95,7 +74,7 @@ def test_garbage_or_missing_header_gives_zero_units_and_is_counted() -> None:
         return v or 0.0
 
     before = errors()
-    fin = Finalizer(_cfg())
+    fin = Finalizer(metering_config())
     a = fin.confirm(_reserved(), _served(tokens="12abc"), 1)
     b = fin.confirm(_reserved(), _served(tokens=None), 1)
     assert a.units["tokens"] == 0
@@ -108,11 +87,11 @@ def test_garbage_or_missing_header_gives_zero_units_and_is_counted() -> None:
 
 def test_unconfirmed_policy_bills_request_meters_only() -> None:
     """UNCONFIRMED bills request-counted meters when bill_unconfirmed, nothing otherwise."""
-    billed = Finalizer(_cfg()).expire(_reserved(), 9)
+    billed = Finalizer(metering_config()).expire(_reserved(), 9)
     assert billed.state == UsageRecord.UNCONFIRMED
     assert dict(billed.units) == {"requests": 1}
     assert billed.billable
-    voided = Finalizer(_cfg(bill_unconfirmed=False)).expire(_reserved(), 9)
+    voided = Finalizer(metering_config(bill_unconfirmed=False)).expire(_reserved(), 9)
     assert voided.state == UsageRecord.UNCONFIRMED
     assert dict(voided.units) == {}
     assert not voided.billable
@@ -121,7 +100,7 @@ def test_unconfirmed_policy_bills_request_meters_only() -> None:
 async def test_grace_period_expires_with_injected_clock(tmp_path: Path) -> None:
     """A reservation with no log entry turns UNCONFIRMED only once the clock passes the grace."""
     now = [1_800_000_000.0]
-    cfg = _cfg(tmp_path, unconfirmed_after_s=60)
+    cfg = metering_config(tmp_path, unconfirmed_after_s=60)
     m = Metering(cfg, clock=lambda: now[0], instance="i1",
                  sink=SqliteMeterSink(tmp_path / "meter.db"))
     await m.spool.open()
@@ -147,7 +126,7 @@ async def test_grace_period_expires_with_injected_clock(tmp_path: Path) -> None:
 
 async def test_on_confirmed_hook_sees_final_units(tmp_path: Path) -> None:
     """The on_confirmed hook gets the CONFIRMED record with byte and header units."""
-    cfg = _cfg(tmp_path)
+    cfg = metering_config(tmp_path)
     m = Metering(cfg, instance="i1", sink=SqliteMeterSink(tmp_path / "meter.db"))
     seen: list[UsageRecord] = []
     m.on_confirmed = seen.append

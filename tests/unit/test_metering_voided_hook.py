@@ -6,7 +6,7 @@ from pathlib import Path
 
 from prometheus_client import REGISTRY
 
-from tests.unit.test_metering_policy import _cfg
+from tests.support.metering import metering_config
 from tollhouse.metering import LogEntry, Metering
 from tollhouse.metering.schema import UsageRecord
 from tollhouse.metering.sinks import SqliteMeterSink
@@ -23,7 +23,8 @@ async def test_voided_records_go_to_on_voided_confirmed_to_on_confirmed(tmp_path
 
     A hook that raises is counted (tollhouse_usage_hook_errors_total) and costs no other record.
     """
-    m = Metering(_cfg(tmp_path), instance="i1", sink=SqliteMeterSink(tmp_path / "meter.db"))
+    m = Metering(metering_config(tmp_path), instance="i1",
+                 sink=SqliteMeterSink(tmp_path / "meter.db"))
     confirmed: list[UsageRecord] = []
     voided: list[UsageRecord] = []
 

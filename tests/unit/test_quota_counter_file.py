@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from prometheus_client import REGISTRY
 
-from tests.unit.test_quota_memory import NOW, limits, run, ts
+from tests.support.quota_memory import NOW, limits, run, ts
 from tollhouse.periods import period_for
 from tollhouse.quota import Limits, open_limiter
 from tollhouse.quota.counter_file import CounterFileError

@@ -3,39 +3,11 @@
 from __future__ import annotations
 
 import uuid
-from datetime import UTC, date, datetime
-from typing import Any
+from datetime import date
 
 from prometheus_client import REGISTRY
 
-from tollhouse.quota import Limits, open_limiter
-from tollhouse.quota.memory import MemoryLimiter
-
-
-def ts(*args: int) -> float:
-    return datetime(*args, tzinfo=UTC).timestamp()  # type: ignore[misc]
-
-
-NOW = ts(2026, 11, 25, 12)
-
-
-def limits(q: int | None = 10, **kw: Any) -> Limits:
-    base: dict[str, Any] = {
-        "plan": "free", "quotas": {} if q is None else {"requests": q}, "per_second": None,
-        "per_minute": None, "overage": "deny", "on_counter_error": "fail_closed", "anchor": None,
-    }
-    base.update(kw)
-    return Limits(**base)
-
-
-def lim() -> MemoryLimiter:
-    out = open_limiter("memory", clock=lambda: NOW, instance="t")
-    assert isinstance(out, MemoryLimiter)
-    return out
-
-
-async def run(m: MemoryLimiter, n: int, lm: Limits, now: float = NOW, who: str = "c") -> list[Any]:
-    return [await m.admit(who, ["requests"], lm, now) for _ in range(n)]
+from tests.support.quota_memory import NOW, lim, limits, run, ts
 
 
 async def test_quota_of_q_admits_exactly_q() -> None:

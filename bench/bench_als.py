@@ -42,8 +42,11 @@ def _entry(usage_id: str) -> al.HTTPAccessLogEntry:
     meta = struct_pb2.Struct()
     meta.update({"usage_id": usage_id, "customer": "acme", "plan": "pro", "feature": "search"})
     c.metadata.filter_metadata[METADATA_NAMESPACE].CopyFrom(meta)
-    c.upstream_remote_address.CopyFrom(address_pb2.Address(
-        socket_address=address_pb2.SocketAddress(address="127.0.0.1", port_value=8000)))
+    c.upstream_remote_address.CopyFrom(
+        address_pb2.Address(
+            socket_address=address_pb2.SocketAddress(address="127.0.0.1", port_value=8000)
+        )
+    )
     c.duration.FromMicroseconds(900)
     e.request.request_id = usage_id
     e.request.request_headers_bytes = 180
@@ -61,25 +64,39 @@ def _cpu_s() -> float:
 
 async def run(entries: int, batch: int, workdir: Path) -> dict[str, Any]:
     """Reserve ``entries`` records, stream their access-log entries, time the confirmation."""
-    cfg = parse_config({
-        "features": {"search": [{"path": "/v1/search"}]},
-        "metering": {"spool": str(workdir / "spool"), "meter": f"sqlite:///{workdir}/meter.db",
-                     "unconfirmed_after_s": 3600},
-    })
+    cfg = parse_config(
+        {
+            "features": {"search": [{"path": "/v1/search"}]},
+            "metering": {
+                "spool": str(workdir / "spool"),
+                "meter": f"sqlite:///{workdir}/meter.db",
+                "unconfirmed_after_s": 3600,
+            },
+        }
+    )
     m = Metering(cfg, instance="bench")
     await m.start()
     ids = []
     for i in range(0, entries, 500):
-        recs = [m.build_reservation(customer="acme", plan="pro", feature="search", method="GET",
-                                    path="/v1/search", request_id=f"r{j}", decision_id="d")
-                for j in range(i, min(entries, i + 500))]
+        recs = [
+            m.build_reservation(
+                customer="acme",
+                plan="pro",
+                feature="search",
+                method="GET",
+                path="/v1/search",
+                request_id=f"r{j}",
+                decision_id="d",
+            )
+            for j in range(i, min(entries, i + 500))
+        ]
         await asyncio.gather(*(m.reserve(r) for r in recs))
         ids += [r.usage_id for r in recs]
     msgs = []
     for i in range(0, entries, batch):
         msg = als_pb2.StreamAccessLogsMessage()
         msg.identifier.log_name = "tollhouse"
-        msg.http_logs.log_entry.extend(_entry(u) for u in ids[i:i + batch])
+        msg.http_logs.log_entry.extend(_entry(u) for u in ids[i : i + batch])
         msgs.append(msg)
     server = grpc.aio.server()
     add_to_server(AccessLogServicer(m), server)
@@ -95,10 +112,14 @@ async def run(entries: int, batch: int, workdir: Path) -> dict[str, Any]:
     counts = await m.spool.counts()
     await server.stop(None)
     await m.stop(deadline_s=5)
-    return {"entries": entries, "batch": batch, "wall_s": round(wall, 3),
-            "entries_per_s": round(entries / wall),
-            "cpu_us_per_entry": round(cpu / entries * 1e6, 1),
-            "still_reserved": counts["RESERVED"]}
+    return {
+        "entries": entries,
+        "batch": batch,
+        "wall_s": round(wall, 3),
+        "entries_per_s": round(entries / wall),
+        "cpu_us_per_entry": round(cpu / entries * 1e6, 1),
+        "still_reserved": counts["RESERVED"],
+    }
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -59,12 +59,26 @@ def generate(d: Path, n: int, customers: int) -> None:
         conn.executemany(
             "INSERT INTO usage (usage_id, customer, plan, feature, state, billable, admitted_at_ms,"
             " finalized_at_ms, record) VALUES (?, ?, 'pro', 'search', 'CONFIRMED', ?, ?, ?, ?)",
-            ((f"u{i:012d}", names[i % customers], int(i % 97 != 0), NOV + (i * 7919) % span,
-              NOV + (i * 7919) % span + 5, blob) for i in ids))
-        conn.executemany("INSERT INTO usage_units (usage_id, meter, units) VALUES (?, ?, ?)",
-                         ((f"u{i:012d}", "requests", 1) for i in ids))
-        conn.executemany("INSERT INTO usage_units (usage_id, meter, units) VALUES (?, ?, ?)",
-                         ((f"u{i:012d}", "tokens", 100 + i % 900) for i in ids if i % 2 == 0))
+            (
+                (
+                    f"u{i:012d}",
+                    names[i % customers],
+                    int(i % 97 != 0),
+                    NOV + (i * 7919) % span,
+                    NOV + (i * 7919) % span + 5,
+                    blob,
+                )
+                for i in ids
+            ),
+        )
+        conn.executemany(
+            "INSERT INTO usage_units (usage_id, meter, units) VALUES (?, ?, ?)",
+            ((f"u{i:012d}", "requests", 1) for i in ids),
+        )
+        conn.executemany(
+            "INSERT INTO usage_units (usage_id, meter, units) VALUES (?, ?, ?)",
+            ((f"u{i:012d}", "tokens", 100 + i % 900) for i in ids if i % 2 == 0),
+        )
         conn.execute("COMMIT")
     conn.close()
 
@@ -83,16 +97,19 @@ def run_job(d: Path) -> None:
     finally:
         ledger.close()
     t1 = time.perf_counter()
-    res = run_billing(cfg, period="2026-11", out_dir=d / "invoices", preview=False,
-                      clock=lambda: JAN)
+    res = run_billing(
+        cfg, period="2026-11", out_dir=d / "invoices", preview=False, clock=lambda: JAN
+    )
     t2 = time.perf_counter()
     rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     assert res.ok, res.problems
     assert res.consumed == 0, res.consumed  # everything was consumed above
     elapsed = t2 - t0
-    print(f"records={consumed} invoices={len(res.invoices)} elapsed_s={elapsed:.1f} "
-          f"consume_s={t1 - t0:.1f} invoice_s={t2 - t1:.1f} "
-          f"records_per_s={consumed / elapsed:,.0f} peak_rss_mb={rss_mb:.0f}")
+    print(
+        f"records={consumed} invoices={len(res.invoices)} elapsed_s={elapsed:.1f} "
+        f"consume_s={t1 - t0:.1f} invoice_s={t2 - t1:.1f} "
+        f"records_per_s={consumed / elapsed:,.0f} peak_rss_mb={rss_mb:.0f}"
+    )
 
 
 def main() -> int:
@@ -109,8 +126,10 @@ def main() -> int:
     d.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     generate(d, args.records, args.customers)
-    print(f"generated {args.records} records for {args.customers} customers in "
-          f"{time.perf_counter() - t0:.1f}s at {d}")
+    print(
+        f"generated {args.records} records for {args.customers} customers in "
+        f"{time.perf_counter() - t0:.1f}s at {d}"
+    )
     return subprocess.call([sys.executable, __file__, "--run-only", str(d)])
 
 

@@ -48,15 +48,18 @@ class Variant:
     spool: bool = False
 
 
-VARIANTS: dict[str, Variant] = {v.name: v for v in (
-    Variant("jwt_cache_hit", "jwt"),
-    Variant("jwt_cache_miss", "jwt", token_cache_size=0),
-    Variant("api_key", "api_key"),
-    Variant("jwt_hit_quotas", "jwt", quotas=True),
-    Variant("jwt_hit_spool", "jwt", spool=True),
-    Variant("jwt_hit_all", "jwt", quotas=True, spool=True),
-    Variant("jwt_miss_all", "jwt", token_cache_size=0, quotas=True, spool=True),
-)}
+VARIANTS: dict[str, Variant] = {
+    v.name: v
+    for v in (
+        Variant("jwt_cache_hit", "jwt"),
+        Variant("jwt_cache_miss", "jwt", token_cache_size=0),
+        Variant("api_key", "api_key"),
+        Variant("jwt_hit_quotas", "jwt", quotas=True),
+        Variant("jwt_hit_spool", "jwt", spool=True),
+        Variant("jwt_hit_all", "jwt", quotas=True, spool=True),
+        Variant("jwt_miss_all", "jwt", token_cache_size=0, quotas=True, spool=True),
+    )
+}
 
 
 def check_request(headers: dict[str, str]) -> ea.CheckRequest:
@@ -69,8 +72,15 @@ def check_request(headers: dict[str, str]) -> ea.CheckRequest:
     http.host = "127.0.0.1:8080"
     http.scheme = "http"
     http.protocol = "HTTP/1.1"
-    http.headers.update({":authority": "127.0.0.1:8080", ":method": "GET", ":path": PATH,
-                         "x-request-id": http.id, **headers})
+    http.headers.update(
+        {
+            ":authority": "127.0.0.1:8080",
+            ":method": "GET",
+            ":path": PATH,
+            "x-request-id": http.id,
+            **headers,
+        }
+    )
     return req
 
 
@@ -79,9 +89,14 @@ def _write_config(
 ) -> Path:
     (workdir / "jwks.json").write_text(json.dumps(creds.jwks()))
     text = tollhouse_config(
-        grpc_port=1, admin_port=2, workdir=str(workdir),
+        grpc_port=1,
+        admin_port=2,
+        workdir=str(workdir),
         api_key_sha256=hashlib.sha256(creds.api_key.encode()).hexdigest(),
-        token_cache_size=v.token_cache_size, quotas=v.quotas, spool=v.spool, overrides=overrides,
+        token_cache_size=v.token_cache_size,
+        quotas=v.quotas,
+        spool=v.spool,
+        overrides=overrides,
     )
     path = workdir / "tollhouse.yaml"
     path.write_text(text)
@@ -119,11 +134,14 @@ def _summary(samples: list[float]) -> dict[str, float]:
 
 
 async def run_variant(
-    v: Variant, creds: Credentials, iterations: int, repeats: int,
+    v: Variant,
+    creds: Credentials,
+    iterations: int,
+    repeats: int,
     overrides: tuple[str, ...] = (),
 ) -> dict[str, Any]:
     """Build the App for ``v``, check one request passes, then time it."""
-    headers = (creds.headers if v.credential == "jwt" else {"x-api-key": creds.api_key})
+    headers = creds.headers if v.credential == "jwt" else {"x-api-key": creds.api_key}
     req = check_request(headers)
     with tempfile.TemporaryDirectory(prefix="th-bench-check-") as tmp:
         path = _write_config(v, creds, Path(tmp), overrides)
@@ -138,20 +156,30 @@ async def run_variant(
             conc = [await _time_concurrent(app, req, iterations) for _ in range(repeats)]
         finally:
             await app.stop()
-    return {"variant": v.name, "credential": v.credential,
-            "token_cache": v.token_cache_size > 0, "quotas": v.quotas, "spool": v.spool,
-            "sequential_us": _summary(seq), f"concurrent{CONCURRENCY}_us": _summary(conc)}
+    return {
+        "variant": v.name,
+        "credential": v.credential,
+        "token_cache": v.token_cache_size > 0,
+        "quotas": v.quotas,
+        "spool": v.spool,
+        "sequential_us": _summary(seq),
+        f"concurrent{CONCURRENCY}_us": _summary(conc),
+    }
 
 
 async def _run_all(args: argparse.Namespace) -> dict[str, Any]:
     from google.protobuf.internal import api_implementation  # type: ignore[import-untyped, unused-ignore]
 
     creds = make_credentials()
-    results = [await run_variant(VARIANTS[n], creds, args.iterations, args.repeats,
-                                 tuple(args.set)) for n in args.only]
+    results = [
+        await run_variant(VARIANTS[n], creds, args.iterations, args.repeats, tuple(args.set))
+        for n in args.only
+    ]
     return {
         "tollhouse_overrides": args.set,
-        "iterations": args.iterations, "repeats": args.repeats, "concurrency": CONCURRENCY,
+        "iterations": args.iterations,
+        "repeats": args.repeats,
+        "concurrency": CONCURRENCY,
         "event_loop": type(asyncio.get_running_loop()).__module__,
         "protobuf_implementation": api_implementation.Type(),
         "python": sys.version.split()[0],
@@ -162,25 +190,37 @@ async def _run_all(args: argparse.Namespace) -> dict[str, Any]:
 def format_table(report: dict[str, Any]) -> str:
     """A markdown table of best/median µs per Check."""
     conc = f"concurrent{CONCURRENCY}_us"
-    lines = [f"| variant | µs/Check sequential (best / median) | µs/Check, {CONCURRENCY} in flight"
-             " (best / median) |", "| --- | --- | --- |"]
+    lines = [
+        f"| variant | µs/Check sequential (best / median) | µs/Check, {CONCURRENCY} in flight"
+        " (best / median) |",
+        "| --- | --- | --- |",
+    ]
     for r in report["results"]:
         s, c = r["sequential_us"], r[conc]
-        lines.append(f"| {r['variant']} | {s['best']} / {s['median']} | "
-                     f"{c['best']} / {c['median']} |")
+        lines.append(
+            f"| {r['variant']} | {s['best']} / {s['median']} | {c['best']} / {c['median']} |"
+        )
     return "\n".join(lines)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Command-line options."""
-    p = argparse.ArgumentParser(prog="python -m bench.bench_check", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="python -m bench.bench_check",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("--iterations", type=int, default=5000, help="Checks per timed run")
     p.add_argument("--repeats", type=int, default=5, help="timed runs per variant and mode")
     p.add_argument("--only", default=",".join(VARIANTS), help="comma-separated variants")
     p.add_argument("--uvloop", action="store_true", help="run on uvloop")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a tollhouse config key (dotted path, YAML value); repeatable")
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a tollhouse config key (dotted path, YAML value); repeatable",
+    )
     p.add_argument("--out", type=Path, default=None, help="also write the JSON report here")
     args = p.parse_args(argv)
     args.only = [x for x in args.only.split(",") if x]

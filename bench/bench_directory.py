@@ -47,25 +47,41 @@ def build(db: Path, customers: int, per: int) -> None:
     with conn:
         conn.executemany(
             "INSERT INTO customers VALUES (?, ?, '', '{}', ?)",
-            ((f"cus_{i:08d}", f"Customer {i}", T0) for i in range(customers)))
+            ((f"cus_{i:08d}", f"Customer {i}", T0) for i in range(customers)),
+        )
         conn.executemany(
             "INSERT INTO subscriptions VALUES (?, ?, ?, ?)",
-            ((f"cus_{i:08d}", f"2025-{1 + i % 12:02d}-{1 + i % 28:02d}",
-              "suspended" if i % 50 == 0 else "active", T0) for i in range(customers)))
+            (
+                (
+                    f"cus_{i:08d}",
+                    f"2025-{1 + i % 12:02d}-{1 + i % 28:02d}",
+                    "suspended" if i % 50 == 0 else "active",
+                    T0,
+                )
+                for i in range(customers)
+            ),
+        )
         conn.executemany(
             "INSERT INTO plan_changes (customer, plan, effective_from, created_at)"
             " VALUES (?, ?, ?, ?)",
-            ((f"cus_{i:08d}", plans[i % 5], T0, T0) for i in range(customers)))
+            ((f"cus_{i:08d}", plans[i % 5], T0, T0) for i in range(customers)),
+        )
         conn.executemany(
             "INSERT INTO api_keys VALUES (?, ?, ?, ?, ?, NULL)",
-            ((f"key_{i:09d}", f"cus_{i // per:08d}", key_hash(i), "th_bench_", T0)
-             for i in range(customers * per)))
-        conn.execute("INSERT INTO changes (entity, entity_id, at) VALUES ('bulk', 'bench', ?)",
-                     (T0,))
+            (
+                (f"key_{i:09d}", f"cus_{i // per:08d}", key_hash(i), "th_bench_", T0)
+                for i in range(customers * per)
+            ),
+        )
+        conn.execute(
+            "INSERT INTO changes (entity, entity_id, at) VALUES ('bulk', 'bench', ?)", (T0,)
+        )
     conn.close()
-    print(f"built {customers} customers, {customers * per} keys in "
-          f"{time.perf_counter() - started:.1f}s ({db.stat().st_size / 2**20:.0f} MiB)",
-          file=sys.stderr)
+    print(
+        f"built {customers} customers, {customers * per} keys in "
+        f"{time.perf_counter() - started:.1f}s ({db.stat().st_size / 2**20:.0f} MiB)",
+        file=sys.stderr,
+    )
 
 
 async def load(db: Path, customers: int, per: int) -> dict[str, object]:
@@ -90,10 +106,16 @@ async def load(db: Path, customers: int, per: int) -> dict[str, object]:
     await d.stop()
     if found != len(ids) or keys != len(hashes):
         raise RuntimeError(f"lookups missed: {found}/{len(ids)} customers, {keys} keys")
-    return {"customers": detail["customers"], "api_keys": detail["api_keys"],
-            "load_s": round(load_s, 2), "rss_before_mib": round(before),
-            "rss_after_mib": round(after), "rss_delta_mib": round(after - before),
-            "customer_lookup_ns": round(customer_ns), "api_key_lookup_ns": round(key_ns)}
+    return {
+        "customers": detail["customers"],
+        "api_keys": detail["api_keys"],
+        "load_s": round(load_s, 2),
+        "rss_before_mib": round(before),
+        "rss_after_mib": round(after),
+        "rss_delta_mib": round(after - before),
+        "customer_lookup_ns": round(customer_ns),
+        "api_key_lookup_ns": round(key_ns),
+    }
 
 
 def main() -> int:
@@ -108,9 +130,19 @@ def main() -> int:
         return 0
     if not a.db.exists():
         build(a.db, a.customers, a.keys_per_customer)
-    return subprocess.call([sys.executable, __file__, "--load-only", "--db", str(a.db),
-                            "--customers", str(a.customers),
-                            "--keys-per-customer", str(a.keys_per_customer)])
+    return subprocess.call(
+        [
+            sys.executable,
+            __file__,
+            "--load-only",
+            "--db",
+            str(a.db),
+            "--customers",
+            str(a.customers),
+            "--keys-per-customer",
+            str(a.keys_per_customer),
+        ]
+    )
 
 
 if __name__ == "__main__":

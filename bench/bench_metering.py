@@ -40,9 +40,15 @@ async def _reserve_all(m: Metering, n: int, concurrency: int) -> list[str]:
     ids: list[str] = []
 
     async def one(i: int) -> None:
-        rec = m.build_reservation(customer=f"c{i % 50}", plan="pro", feature="search",
-                                  method="GET", path="/v1/search", request_id=f"r{i}",
-                                  decision_id=f"d{i}")
+        rec = m.build_reservation(
+            customer=f"c{i % 50}",
+            plan="pro",
+            feature="search",
+            method="GET",
+            path="/v1/search",
+            request_id=f"r{i}",
+            decision_id=f"d{i}",
+        )
         await m.reserve(rec)
         ids.append(rec.usage_id)
 
@@ -61,23 +67,41 @@ async def _until(m: Metering, key: str, value: int, timeout_s: float = 600.0) ->
 
 async def run(records: int, concurrency: int, batch: int, workdir: Path) -> dict[str, Any]:
     """Reserve, confirm and forward ``records`` usage records; return the figures."""
-    cfg = parse_config({
-        "meters": {"requests": {}, "egress": {"from": "response_bytes"}},
-        "features": {"search": {"rules": [{"path": "/v1/search"}],
-                                "meters": ["requests", "egress"]}},
-        "metering": {"spool": str(workdir / "spool"), "meter": f"sqlite:///{workdir}/meter.db",
-                     "unconfirmed_after_s": 3600, "flush_interval_ms": 50,
-                     "batch_size": 1000},
-    })
+    cfg = parse_config(
+        {
+            "meters": {"requests": {}, "egress": {"from": "response_bytes"}},
+            "features": {
+                "search": {"rules": [{"path": "/v1/search"}], "meters": ["requests", "egress"]}
+            },
+            "metering": {
+                "spool": str(workdir / "spool"),
+                "meter": f"sqlite:///{workdir}/meter.db",
+                "unconfirmed_after_s": 3600,
+                "flush_interval_ms": 50,
+                "batch_size": 1000,
+            },
+        }
+    )
     m = Metering(cfg, instance="bench")
     await m.start()
     cpu0, t0 = _cpu_s(), time.perf_counter()
     ids = await _reserve_all(m, records, concurrency)
     cpu1, t1 = _cpu_s(), time.perf_counter()
     for i in range(0, records, batch):
-        await m.ingest([LogEntry(u, response_code=200, request_bytes=180, response_bytes=2168,
-                                 duration_us=900, upstream_served=True, request_id=f"r{i}")
-                        for u in ids[i:i + batch]])
+        await m.ingest(
+            [
+                LogEntry(
+                    u,
+                    response_code=200,
+                    request_bytes=180,
+                    response_bytes=2168,
+                    duration_us=900,
+                    upstream_served=True,
+                    request_id=f"r{i}",
+                )
+                for u in ids[i : i + batch]
+            ]
+        )
         await asyncio.sleep(0)
     await _until(m, "RESERVED", 0)
     await _until(m, "unsent", 0)
@@ -85,7 +109,9 @@ async def run(records: int, concurrency: int, batch: int, workdir: Path) -> dict
     await m.stop(deadline_s=5)
     res_cpu, ent_cpu = cpu1 - cpu0, cpu2 - cpu1
     return {
-        "records": records, "concurrency": concurrency, "batch": batch,
+        "records": records,
+        "concurrency": concurrency,
+        "batch": batch,
         "reservations_per_s": round(records / (t1 - t0)),
         "cpu_us_per_reservation": round(res_cpu / records * 1e6, 1),
         "cpu_us_per_entry": round(ent_cpu / records * 1e6, 1),

@@ -57,28 +57,46 @@ def _binary(name: str) -> str:
 
 
 def run_wrk(
-    url: str, headers: dict[str, str], duration_s: float, workdir: Path,
-    connections: int = 32, threads: int = 1,
+    url: str,
+    headers: dict[str, str],
+    duration_s: float,
+    workdir: Path,
+    connections: int = 32,
+    threads: int = 1,
 ) -> LoadResult:
     """``wrk -t1 -c32 -d<duration>`` with ``headers``; closed loop, for peak requests/s."""
     script = workdir / "report.lua"
     script.write_text(_WRK_LUA)
-    args = [_binary("wrk"), f"-t{threads}", f"-c{connections}", f"-d{max(1, round(duration_s))}s",
-            "--timeout", "5s", "-s", str(script)]
+    args = [
+        _binary("wrk"),
+        f"-t{threads}",
+        f"-c{connections}",
+        f"-d{max(1, round(duration_s))}s",
+        "--timeout",
+        "5s",
+        "-s",
+        str(script),
+    ]
     for name, value in headers.items():
         args += ["-H", f"{name}: {value}"]
-    out = subprocess.run([*args, url], capture_output=True, text=True, check=True,
-                         timeout=duration_s + 60)
+    out = subprocess.run(
+        [*args, url], capture_output=True, text=True, check=True, timeout=duration_s + 60
+    )
     line = next((x for x in out.stdout.splitlines() if x.startswith("WRKJSON ")), None)
     if line is None:
         raise RuntimeError(f"wrk printed no report: {out.stdout[-500:]} {out.stderr[-500:]}")
     d = json.loads(line.removeprefix("WRKJSON "))
     secs = d["duration_us"] / 1e6
     return LoadResult(
-        tool="wrk", requests=d["requests"], duration_s=round(secs, 3),
+        tool="wrk",
+        requests=d["requests"],
+        duration_s=round(secs, 3),
         rps=round(d["requests"] / secs, 1) if secs else 0.0,
-        p50_ms=d["p50_us"] / 1000, p90_ms=d["p90_us"] / 1000, p99_ms=d["p99_us"] / 1000,
-        max_ms=d["max_us"] / 1000, non_2xx=d["status_errors"],
+        p50_ms=d["p50_us"] / 1000,
+        p90_ms=d["p90_us"] / 1000,
+        p99_ms=d["p99_us"] / 1000,
+        max_ms=d["max_us"] / 1000,
+        non_2xx=d["status_errors"],
         socket_errors=d["connect"] + d["read"] + d["write"] + d["timeout"],
     )
 
@@ -92,21 +110,33 @@ def percentile(sorted_values: list[float], pct: float) -> float:
 
 
 def run_rate(
-    url: str, headers: dict[str, str], rate: float, duration_s: float, workdir: Path,
+    url: str,
+    headers: dict[str, str],
+    rate: float,
+    duration_s: float,
+    workdir: Path,
     clients: int = 16,
 ) -> LoadResult:
     """Open-ish loop at ``rate`` req/s in total: ``h2load --h1 -c<clients> --rps rate/clients``."""
     log = workdir / "h2load.tsv"
     log.unlink(missing_ok=True)
-    args = [_binary("h2load"), "--h1", f"-c{clients}", f"-D{max(1, round(duration_s))}",
-            f"--rps={max(0.01, rate / clients):.2f}", f"--log-file={log}"]
+    args = [
+        _binary("h2load"),
+        "--h1",
+        f"-c{clients}",
+        f"-D{max(1, round(duration_s))}",
+        f"--rps={max(0.01, rate / clients):.2f}",
+        f"--log-file={log}",
+    ]
     for name, value in headers.items():
         args += ["-H", f"{name}: {value}"]
-    out = subprocess.run([*args, url], capture_output=True, text=True, timeout=duration_s + 60,
-                         check=False)
+    out = subprocess.run(
+        [*args, url], capture_output=True, text=True, timeout=duration_s + 60, check=False
+    )
     if out.returncode != 0 or not log.exists():
-        raise RuntimeError(f"h2load failed ({out.returncode}): {out.stdout[-500:]}"
-                           f" {out.stderr[-500:]}")
+        raise RuntimeError(
+            f"h2load failed ({out.returncode}): {out.stdout[-500:]} {out.stderr[-500:]}"
+        )
     starts, lat_ms, bad = [], [], 0
     for row in log.read_text().splitlines():
         parts = row.split("\t")
@@ -120,11 +150,17 @@ def run_rate(
     secs = (max(starts) - min(starts)) / 1e6 if len(starts) > 1 else float(duration_s)
     failed = _h2load_failed(out.stdout)
     return LoadResult(
-        tool="h2load --h1 --rps", requests=len(lat_ms), duration_s=round(secs, 3),
+        tool="h2load --h1 --rps",
+        requests=len(lat_ms),
+        duration_s=round(secs, 3),
         rps=round(len(lat_ms) / secs, 1) if secs else 0.0,
-        p50_ms=percentile(lat_ms, 50), p90_ms=percentile(lat_ms, 90),
-        p99_ms=percentile(lat_ms, 99), max_ms=lat_ms[-1] if lat_ms else 0.0,
-        non_2xx=bad, socket_errors=failed, target_rps=round(rate, 1),
+        p50_ms=percentile(lat_ms, 50),
+        p90_ms=percentile(lat_ms, 90),
+        p99_ms=percentile(lat_ms, 99),
+        max_ms=lat_ms[-1] if lat_ms else 0.0,
+        non_2xx=bad,
+        socket_errors=failed,
+        target_rps=round(rate, 1),
     )
 
 

@@ -62,7 +62,7 @@ def tollhouse_checks(admin_port: int) -> dict[str, int]:
     for line in body.splitlines():
         if line.startswith("tollhouse_checks_total{"):
             labels, _, value = line.rpartition(" ")
-            pairs = dict(p.split("=", 1) for p in labels[labels.index("{") + 1:-1].split(","))
+            pairs = dict(p.split("=", 1) for p in labels[labels.index("{") + 1 : -1].split(","))
             key = f"{pairs.get('result', '').strip(chr(34))}/{pairs.get('code', '').strip(chr(34))}"
             out[key] = int(float(value))
     return out
@@ -70,8 +70,11 @@ def tollhouse_checks(admin_port: int) -> dict[str, int]:
 
 def snapshot(stack: Stack) -> Snapshot:
     """Read every counter the report needs."""
-    stats = {k: v for k, v in envoy_stats(stack.envoy_ports.admin).items()
-             if k.startswith(_STAT_PREFIXES)}
+    stats = {
+        k: v
+        for k, v in envoy_stats(stack.envoy_ports.admin).items()
+        if k.startswith(_STAT_PREFIXES)
+    }
     assert stack.envoy is not None
     own, children = tree_cpu_seconds(stack.server.pid) if stack.server is not None else (0.0, 0.0)
     return Snapshot(
@@ -81,9 +84,11 @@ def snapshot(stack: Stack) -> Snapshot:
         stats=stats,
         redis=redis_command_calls(stack.redis.port) if stack.redis is not None else {},
         meter_redis=redis_command_calls(stack.meter_redis.port)
-        if stack.meter_redis is not None else {},
+        if stack.meter_redis is not None
+        else {},
         checks=tollhouse_checks(stack.tollhouse_admin)
-        if stack.scenario.server == "tollhouse" else {},
+        if stack.scenario.server == "tollhouse"
+        else {},
     )
 
 
@@ -104,9 +109,15 @@ def _redis_report(ops: dict[str, int], checks: int) -> dict[str, Any]:
     def per(n: int) -> float | None:
         return round(n / checks, 5) if checks else None
 
-    return {"checks": checks, "counter_ops": counters, "meter_xadd": xadd,
-            "ops_per_check": per(counters), "meter_xadd_per_check": per(xadd),
-            "all_ops_per_check": per(sum(ops.values())), "by_command": ops}
+    return {
+        "checks": checks,
+        "counter_ops": counters,
+        "meter_xadd": xadd,
+        "ops_per_check": per(counters),
+        "meter_xadd_per_check": per(xadd),
+        "all_ops_per_check": per(sum(ops.values())),
+        "by_command": ops,
+    }
 
 
 def _report(stack: Stack, load: LoadResult, before: Snapshot, after: Snapshot) -> dict[str, Any]:
@@ -117,15 +128,19 @@ def _report(stack: Stack, load: LoadResult, before: Snapshot, after: Snapshot) -
     report: dict[str, Any] = {
         "load": load.to_dict(),
         "server_cpu_us_per_req": round((after.server_cpu_s - before.server_cpu_s) * per_req, 1)
-        if stack.server is not None else None,
+        if stack.server is not None
+        else None,
         "worker_cpu_us_per_req": round((after.worker_cpu_s - before.worker_cpu_s) * per_req, 1)
-        if stack.server is not None else None,
+        if stack.server is not None
+        else None,
         "envoy_cpu_us_per_req": round((after.envoy_cpu_s - before.envoy_cpu_s) * per_req, 1),
         "ext_authz": {k: stats.get(ext + k, 0) for k in ("ok", "denied", "error")},
         "access_log": {
             "logs_written": _pick(stats, ".logs_written"),
             "logs_dropped": _pick(stats, ".logs_dropped"),
-        } if stack.scenario.access_log else None,
+        }
+        if stack.scenario.access_log
+        else None,
         "envoy_stats": stats,
     }
     if stack.scenario.server == "tollhouse":
@@ -134,8 +149,9 @@ def _report(stack: Stack, load: LoadResult, before: Snapshot, after: Snapshot) -
         report["redis"] = _redis_report(_delta(after.redis, before.redis), checks)
     if stack.meter_redis is not None:
         ops = _delta(after.meter_redis, before.meter_redis)
-        report["redis"]["meter_ops_per_check"] = round(sum(ops.values()) / checks, 3) \
-            if checks else None
+        report["redis"]["meter_ops_per_check"] = (
+            round(sum(ops.values()) / checks, 3) if checks else None
+        )
         report["redis"]["meter_by_command"] = ops
     return report
 
@@ -147,8 +163,10 @@ def sanity(stack: Stack, creds: Credentials) -> dict[str, int]:
     sc = stack.scenario
     expect_without = 401 if sc.auth == "jwt_authn" or sc.server == "tollhouse" else 200
     if with_token != 200 or without != expect_without:
-        raise BenchError(f"{sc.name}: with token {with_token} (want 200), without"
-                         f" {without} (want {expect_without})")
+        raise BenchError(
+            f"{sc.name}: with token {with_token} (want 200), without"
+            f" {without} (want {expect_without})"
+        )
     return {"with_token": with_token, "without_token": without}
 
 

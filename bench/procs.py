@@ -130,7 +130,7 @@ def wait_http(url: str, proc: Proc, timeout_s: float = 30.0) -> None:
 def cpu_seconds(pid: int) -> float:
     """utime + stime of all threads of ``pid``, from /proc/<pid>/stat."""
     raw = Path(f"/proc/{pid}/stat").read_text()
-    fields = raw[raw.rindex(")") + 2:].split()
+    fields = raw[raw.rindex(")") + 2 :].split()
     return (int(fields[11]) + int(fields[12])) / _CLK_TCK
 
 
@@ -144,7 +144,7 @@ def descendants(pid: int) -> list[int]:
             raw = (d / "stat").read_text()
         except OSError:
             continue
-        ppid = int(raw[raw.rindex(")") + 2:].split()[1])
+        ppid = int(raw[raw.rindex(")") + 2 :].split()[1])
         parents.setdefault(ppid, []).append(int(d.name))
     out, todo = [], [pid]
     while todo:

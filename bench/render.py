@@ -28,8 +28,10 @@ __all__ = [
 ISSUER = "https://issuer.bench.tollhouse.test"
 AUDIENCE = "bench-api"
 PATH = "/v1/search?q=bench"
-_HCM = "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3." \
-       "HttpConnectionManager"
+_HCM = (
+    "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3."
+    "HttpConnectionManager"
+)
 _EXT_AUTHZ = "type.googleapis.com/envoy.extensions.filters.http.ext_authz.v3.ExtAuthz"
 _JWT = "type.googleapis.com/envoy.extensions.filters.http.jwt_authn.v3.JwtAuthentication"
 _ROUTER = "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"
@@ -62,15 +64,21 @@ def _patterns(*names: str, prefix: str | None = None) -> dict[str, Any]:
 def _http_service(port: int) -> dict[str, Any]:
     """Envoy's HTTP ext_authz client, with the patterns of the shipped sidecar-http.yaml."""
     return {
-        "server_uri": {"uri": f"http://127.0.0.1:{port}", "cluster": "authz_http",
-                       "timeout": "0.25s"},
+        "server_uri": {
+            "uri": f"http://127.0.0.1:{port}",
+            "cluster": "authz_http",
+            "timeout": "0.25s",
+        },
         "authorization_response": {
             "allowed_upstream_headers": _patterns(
-                "x-tollhouse-customer", "x-tollhouse-plan", "x-tollhouse-feature",
-                "x-tollhouse-usage-id"),
+                "x-tollhouse-customer",
+                "x-tollhouse-plan",
+                "x-tollhouse-feature",
+                "x-tollhouse-usage-id",
+            ),
             "allowed_client_headers": _patterns(
-                "content-type", "www-authenticate", "retry-after", "ratelimit",
-                "ratelimit-policy"),
+                "content-type", "www-authenticate", "retry-after", "ratelimit", "ratelimit-policy"
+            ),
             "allowed_client_headers_on_success": _patterns("ratelimit", "ratelimit-policy"),
             "dynamic_metadata_from_headers": _patterns(prefix="x-tollhouse-"),
         },
@@ -100,12 +108,14 @@ def _jwt_filter(jwks: dict[str, Any]) -> dict[str, Any]:
         "name": "envoy.filters.http.jwt_authn",
         "typed_config": {
             "@type": _JWT,
-            "providers": {"bench": {
-                "issuer": ISSUER,
-                "audiences": [AUDIENCE],
-                "local_jwks": {"inline_string": json.dumps(jwks)},
-                "forward": True,
-            }},
+            "providers": {
+                "bench": {
+                    "issuer": ISSUER,
+                    "audiences": [AUDIENCE],
+                    "local_jwks": {"inline_string": json.dumps(jwks)},
+                    "forward": True,
+                }
+            },
             "rules": [{"match": {"prefix": "/"}, "requires": {"provider_name": "bench"}}],
         },
     }
@@ -113,19 +123,21 @@ def _jwt_filter(jwks: dict[str, Any]) -> dict[str, Any]:
 
 def _access_log() -> list[dict[str, Any]]:
     """The gRPC access logger of the shipped sidecar.yaml, pointed at the authz cluster."""
-    return [{
-        "name": "envoy.access_loggers.http_grpc",
-        "typed_config": {
-            "@type": _ALS,
-            "common_config": {
-                "log_name": "tollhouse",
-                "transport_api_version": "V3",
-                "grpc_service": {"envoy_grpc": {"cluster_name": "authz"}},
-                "buffer_flush_interval": "0.1s",
-                "buffer_size_bytes": 16384,
+    return [
+        {
+            "name": "envoy.access_loggers.http_grpc",
+            "typed_config": {
+                "@type": _ALS,
+                "common_config": {
+                    "log_name": "tollhouse",
+                    "transport_api_version": "V3",
+                    "grpc_service": {"envoy_grpc": {"cluster_name": "authz"}},
+                    "buffer_flush_interval": "0.1s",
+                    "buffer_size_bytes": 16384,
+                },
             },
-        },
-    }]
+        }
+    ]
 
 
 def _authz_cluster(port: int, name: str = "authz", http2: bool = True) -> dict[str, Any]:
@@ -133,22 +145,39 @@ def _authz_cluster(port: int, name: str = "authz", http2: bool = True) -> dict[s
         "name": name,
         "type": "STATIC",
         "connect_timeout": "0.25s",
-        "load_assignment": {"cluster_name": name, "endpoints": [{"lb_endpoints": [
-            {"endpoint": {"address": {"socket_address": {
-                "address": "127.0.0.1", "port_value": port}}}},
-        ]}]},
+        "load_assignment": {
+            "cluster_name": name,
+            "endpoints": [
+                {
+                    "lb_endpoints": [
+                        {
+                            "endpoint": {
+                                "address": {
+                                    "socket_address": {"address": "127.0.0.1", "port_value": port}
+                                }
+                            }
+                        },
+                    ]
+                }
+            ],
+        },
     }
     if http2:
         cluster["typed_extension_protocol_options"] = {
             "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
-                "@type": _H2, "explicit_http_config": {"http2_protocol_options": {}},
+                "@type": _H2,
+                "explicit_http_config": {"http2_protocol_options": {}},
             },
         }
     return cluster
 
 
 def envoy_config(
-    ports: EnvoyPorts, *, auth: str, jwks: dict[str, Any] | None = None, access_log: bool = False,
+    ports: EnvoyPorts,
+    *,
+    auth: str,
+    jwks: dict[str, Any] | None = None,
+    access_log: bool = False,
     transport: str = "grpc",
 ) -> str:
     """Envoy YAML; ``auth`` is ``none`` (A), ``jwt_authn`` (B) or ``ext_authz`` (C0, C...)."""
@@ -170,27 +199,47 @@ def envoy_config(
         "generate_request_id": True,
         "preserve_external_request_id": False,
         "http_filters": filters,
-        "route_config": {"name": "bench", "virtual_hosts": [{
-            "name": "api", "domains": ["*"],
-            "routes": [{"match": {"prefix": "/"},
-                        "direct_response": {"status": 200, "body": {"inline_string": "ok\n"}}}],
-        }]},
+        "route_config": {
+            "name": "bench",
+            "virtual_hosts": [
+                {
+                    "name": "api",
+                    "domains": ["*"],
+                    "routes": [
+                        {
+                            "match": {"prefix": "/"},
+                            "direct_response": {"status": 200, "body": {"inline_string": "ok\n"}},
+                        }
+                    ],
+                }
+            ],
+        },
     }
     if access_log:
         hcm["access_log"] = _access_log()
     config: dict[str, Any] = {
-        "admin": {"address": {"socket_address": {"address": "127.0.0.1",
-                                                 "port_value": ports.admin}}},
+        "admin": {
+            "address": {"socket_address": {"address": "127.0.0.1", "port_value": ports.admin}}
+        },
         "static_resources": {
-            "listeners": [{
-                "name": "ingress",
-                "address": {"socket_address": {"address": "127.0.0.1",
-                                               "port_value": ports.listen}},
-                "filter_chains": [{"filters": [{
-                    "name": "envoy.filters.network.http_connection_manager",
-                    "typed_config": hcm,
-                }]}],
-            }],
+            "listeners": [
+                {
+                    "name": "ingress",
+                    "address": {
+                        "socket_address": {"address": "127.0.0.1", "port_value": ports.listen}
+                    },
+                    "filter_chains": [
+                        {
+                            "filters": [
+                                {
+                                    "name": "envoy.filters.network.http_connection_manager",
+                                    "typed_config": hcm,
+                                }
+                            ]
+                        }
+                    ],
+                }
+            ],
             "clusters": _clusters(ports),
         },
     }
@@ -234,12 +283,22 @@ def tollhouse_config(
         "shutdown_grace_s": 3,
         "auth": {
             "token_cache_size": token_cache_size,
-            "jwt": [{"issuer": ISSUER, "audiences": [AUDIENCE], "jwks_file": "jwks.json",
-                     "algorithms": ["RS256"]}],
+            "jwt": [
+                {
+                    "issuer": ISSUER,
+                    "audiences": [AUDIENCE],
+                    "jwks_file": "jwks.json",
+                    "algorithms": ["RS256"],
+                }
+            ],
             "api_keys": {"keys": [{"sha256": api_key_sha256, "customer": "acme"}]},
         },
-        "features": {"search": {"rules": [{"methods": ["GET"], "path": "/v1/search*"}],
-                                "meters": ["requests"]}},
+        "features": {
+            "search": {
+                "rules": [{"methods": ["GET"], "path": "/v1/search*"}],
+                "meters": ["requests"],
+            }
+        },
         "plans": {"pro": plan},
         "customers": {"acme": {"plan": "pro"}},
         "counters": redis_url or "memory",

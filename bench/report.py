@@ -52,8 +52,9 @@ def _metering_cpu(configs: dict[str, Any], with_meter: str, without: str) -> flo
     return round(a - b, 1) if a is not None and b is not None else None
 
 
-def bars(configs: dict[str, Any], latency: dict[str, Any],
-         latency_http: dict[str, Any] | None = None) -> dict[str, dict[str, Any]]:
+def bars(
+    configs: dict[str, Any], latency: dict[str, Any], latency_http: dict[str, Any] | None = None
+) -> dict[str, dict[str, Any]]:
     """The bars, each with its value, the bar, and met (``None``: not measured)."""
     latency_http = latency_http or {}
     c, c0, b = _rps(configs, "C"), _rps(configs, "C0"), _rps(configs, "B")
@@ -67,13 +68,16 @@ def bars(configs: dict[str, Any], latency: dict[str, Any],
         "metering_cpu_over_C0_cpu": _bar(_ratio(metering, _cpu(configs, "C0")), "<=", 0.15),
         "redis_ops_per_check_C_redis": _bar(redis, "<=", 0.01),
         "p99_at_half_load_C_over_B": _bar(
-            _ratio(_p99(latency, "C"), _p99(latency, "B"), 2), "<=", 2.0),
+            _ratio(_p99(latency, "C"), _p99(latency, "B"), 2), "<=", 2.0
+        ),
         "logs_dropped_at_C_peak": _bar(dropped if als else None, "<=", 0),
         "rps_C_http_over_B": _bar(_ratio(_rps(configs, "C-http"), b), ">=", 0.4),
         "cpu_C_http_over_C0_http": _bar(
-            _ratio(_cpu(configs, "C-http"), _cpu(configs, "C0-http"), 2), "<=", 4.0),
+            _ratio(_cpu(configs, "C-http"), _cpu(configs, "C0-http"), 2), "<=", 4.0
+        ),
         "p99_at_half_load_C_http_over_B": _bar(
-            _ratio(_p99(latency_http, "C-http"), _p99(latency_http, "B"), 2), "<=", 2.0),
+            _ratio(_p99(latency_http, "C-http"), _p99(latency_http, "B"), 2), "<=", 2.0
+        ),
     }
 
 
@@ -85,10 +89,20 @@ def _fmt(value: Any, digits: int = 1) -> str:
     return str(value)
 
 
-_PEAK_HEAD = ("config", "req/s", "p50 ms", "p99 ms", "srv CPU us/req", "envoy CPU us/req",
-              "non-2xx", "authz ok/denied/error", "ALS written/dropped",
-              "redis ops/check (counters / meter)",
-              "x B", "x C0")
+_PEAK_HEAD = (
+    "config",
+    "req/s",
+    "p50 ms",
+    "p99 ms",
+    "srv CPU us/req",
+    "envoy CPU us/req",
+    "non-2xx",
+    "authz ok/denied/error",
+    "ALS written/dropped",
+    "redis ops/check (counters / meter)",
+    "x B",
+    "x C0",
+)
 
 
 def _redis_cell(redis: dict[str, Any] | None) -> str:
@@ -104,43 +118,71 @@ def _peak_row(name: str, r: dict[str, Any], rat: dict[str, Any]) -> tuple[str, .
     load, ext, als = r["load"], r["ext_authz"], r.get("access_log")
     authz = f"{ext['ok']}/{ext['denied']}/{ext['error']}" if any(ext.values()) else "-"
     return (
-        name, _fmt(load["rps"], 0), _fmt(load["p50_ms"], 2), _fmt(load["p99_ms"], 2),
-        _fmt(r["server_cpu_us_per_req"]), _fmt(r["envoy_cpu_us_per_req"]),
-        str(load["non_2xx"] + load["socket_errors"]), authz,
+        name,
+        _fmt(load["rps"], 0),
+        _fmt(load["p50_ms"], 2),
+        _fmt(load["p99_ms"], 2),
+        _fmt(r["server_cpu_us_per_req"]),
+        _fmt(r["envoy_cpu_us_per_req"]),
+        str(load["non_2xx"] + load["socket_errors"]),
+        authz,
         f"{als['logs_written']}/{als['logs_dropped']}" if als else "-",
         _redis_cell(r.get("redis")),
-        _fmt(rat.get("vs_B"), 2), _fmt(rat.get("vs_C0"), 2),
+        _fmt(rat.get("vs_B"), 2),
+        _fmt(rat.get("vs_C0"), 2),
     )
 
 
 def _table(head: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(head)]
-    lines = ["| " + " | ".join(h.ljust(w) for h, w in zip(head, widths, strict=True)) + " |",
-             "| " + " | ".join("-" * w for w in widths) + " |"]
-    lines += ["| " + " | ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) + " |"
-              for r in rows]
+    lines = [
+        "| " + " | ".join(h.ljust(w) for h, w in zip(head, widths, strict=True)) + " |",
+        "| " + " | ".join("-" * w for w in widths) + " |",
+    ]
+    lines += [
+        "| " + " | ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) + " |" for r in rows
+    ]
     return "\n".join(lines)
 
 
 def format_tables(report: dict[str, Any]) -> str:
     """Markdown tables: peak runs, fixed-rate latency runs, bars."""
     configs, rat = report["configs"], report["ratios"]
-    parts = [f"peak: {report['load']['peak']}, {report['duration_s']:g} s per configuration",
-             _table(_PEAK_HEAD, [_peak_row(n, r, rat.get(n, {})) for n, r in configs.items()])]
+    parts = [
+        f"peak: {report['load']['peak']}, {report['duration_s']:g} s per configuration",
+        _table(_PEAK_HEAD, [_peak_row(n, r, rat.get(n, {})) for n, r in configs.items()]),
+    ]
     for key, ref in (("latency_at_half_c_peak", "C"), ("latency_at_half_c_http_peak", "C-http")):
         lat = report.get(key) or {}
         if "rate_rps" in lat:
-            parts += [f"\nlatency at 50% of {ref}'s peak: {report['load']['latency']}",
-                      _latency_table(lat)]
-    brow = [(k, _fmt(v["value"], 3), v["bar"],
-             {True: "met", False: "NOT met", None: "not measured"}[v["met"]])
-            for k, v in report["bars"].items()]
+            parts += [
+                f"\nlatency at 50% of {ref}'s peak: {report['load']['latency']}",
+                _latency_table(lat),
+            ]
+    brow = [
+        (
+            k,
+            _fmt(v["value"], 3),
+            v["bar"],
+            {True: "met", False: "NOT met", None: "not measured"}[v["met"]],
+        )
+        for k, v in report["bars"].items()
+    ]
     parts += ["\nbars (issues 7, 11, 12)", _table(("bar", "value", "needs", "result"), brow)]
     return "\n".join(parts)
 
 
-_LATENCY_HEAD = ("config", "target req/s", "achieved req/s", "p50 ms", "p90 ms", "p99 ms",
-                 "max ms", "non-2xx", "srv CPU us/req")
+_LATENCY_HEAD = (
+    "config",
+    "target req/s",
+    "achieved req/s",
+    "p50 ms",
+    "p90 ms",
+    "p99 ms",
+    "max ms",
+    "non-2xx",
+    "srv CPU us/req",
+)
 
 
 def _latency_table(lat: dict[str, Any]) -> str:
@@ -152,8 +194,17 @@ def _latency_table(lat: dict[str, Any]) -> str:
             rows.append((name, "error", *("-" for _ in _LATENCY_HEAD[2:])))
             continue
         ld = r["load"]
-        rows.append((name, _fmt(ld["target_rps"], 0), _fmt(ld["rps"], 0),
-                     _fmt(ld["p50_ms"], 2), _fmt(ld["p90_ms"], 2), _fmt(ld["p99_ms"], 2),
-                     _fmt(ld["max_ms"], 2), str(ld["non_2xx"] + ld["socket_errors"]),
-                     _fmt(r["server_cpu_us_per_req"])))
+        rows.append(
+            (
+                name,
+                _fmt(ld["target_rps"], 0),
+                _fmt(ld["rps"], 0),
+                _fmt(ld["p50_ms"], 2),
+                _fmt(ld["p90_ms"], 2),
+                _fmt(ld["p99_ms"], 2),
+                _fmt(ld["max_ms"], 2),
+                str(ld["non_2xx"] + ld["socket_errors"]),
+                _fmt(r["server_cpu_us_per_req"]),
+            )
+        )
     return _table(_LATENCY_HEAD, rows)

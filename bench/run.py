@@ -34,27 +34,55 @@ RESULTS = Path(__file__).resolve().parent / "results"
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Command-line options."""
-    p = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="python -m bench.run",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("--duration-s", type=float, default=10.0, help="seconds per load run")
     p.add_argument("--warmup-s", type=float, default=2.0, help="unmeasured wrk run first")
-    p.add_argument("--only", default=",".join(DEFAULT),
-                   help=f"comma-separated configurations (default {','.join(DEFAULT)};"
-                        f" also: {','.join(k for k in SCENARIOS if k not in DEFAULT)})")
-    p.add_argument("--latency", default="B,C0,C,C0-http,C-http",
-                   help="configurations given a fixed-rate run at 50%% of C's peak (the -http"
-                        " ones and B again at 50%% of C-http's) ('' for none)"),
-    p.add_argument("--smoke", action="store_true",
-                   help="1 s runs, no warm-up: checks the harness, measures nothing")
+    p.add_argument(
+        "--only",
+        default=",".join(DEFAULT),
+        help=f"comma-separated configurations (default {','.join(DEFAULT)};"
+        f" also: {','.join(k for k in SCENARIOS if k not in DEFAULT)})",
+    )
+    (
+        p.add_argument(
+            "--latency",
+            default="B,C0,C,C0-http,C-http",
+            help="configurations given a fixed-rate run at 50%% of C's peak (the -http"
+            " ones and B again at 50%% of C-http's) ('' for none)",
+        ),
+    )
+    p.add_argument(
+        "--smoke",
+        action="store_true",
+        help="1 s runs, no warm-up: checks the harness, measures nothing",
+    )
     p.add_argument("--uvloop", action="store_true", help="run tollhouse and C0 on uvloop")
-    p.add_argument("--out", type=Path, default=None,
-                   help="JSON report path (default bench/results/<UTC date>.json)")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a tollhouse config key (dotted path, YAML value); repeatable")
+    p.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="JSON report path (default bench/results/<UTC date>.json)",
+    )
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a tollhouse config key (dotted path, YAML value); repeatable",
+    )
     p.add_argument("--workdir", type=Path, default=None, help="keep configs and logs here")
-    p.add_argument("--profile", type=Path, default=None, metavar="DIR",
-                   help="after each measured run of C0/C*, an extra wrk run under py-spy;"
-                        " collapsed stacks in DIR, summary in the report")
+    p.add_argument(
+        "--profile",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="after each measured run of C0/C*, an extra wrk run under py-spy;"
+        " collapsed stacks in DIR, summary in the report",
+    )
     args = p.parse_args(argv)
     args.only = [x for x in args.only.split(",") if x]
     args.latency = [x for x in args.latency.split(",") if x]
@@ -69,10 +97,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def _environment() -> dict[str, Any]:
     from google.protobuf.internal import api_implementation  # type: ignore[import-untyped, unused-ignore]
 
-    envoy = subprocess.run([str(BIN / "envoy"), "--version"], capture_output=True, text=True,
-                           check=False).stdout.strip().split("version:")[-1].strip()
-    wrk = subprocess.run(["wrk", "--version"], capture_output=True, text=True,
-                         check=False).stdout.split("\n")[0]
+    envoy = (
+        subprocess.run(
+            [str(BIN / "envoy"), "--version"], capture_output=True, text=True, check=False
+        )
+        .stdout.strip()
+        .split("version:")[-1]
+        .strip()
+    )
+    wrk = subprocess.run(
+        ["wrk", "--version"], capture_output=True, text=True, check=False
+    ).stdout.split("\n")[0]
     return {
         "cpus": os.cpu_count(),
         "loadavg_before": list(os.getloadavg()),
@@ -90,10 +125,18 @@ def _peak_phase(args: argparse.Namespace, creds: Credentials, root: Path) -> dic
         sc = SCENARIOS[name]
         print(f"[bench] {name}: {sc.description} ...", file=sys.stderr, flush=True)
         try:
-            with running(sc, creds, root, uvloop=args.uvloop, keep=args.workdir is not None,
-                         overrides=tuple(args.set)) as st:
-                results[name] = {"description": sc.description,
-                                 **measure_peak(st, creds, args.duration_s, args.warmup_s)}
+            with running(
+                sc,
+                creds,
+                root,
+                uvloop=args.uvloop,
+                keep=args.workdir is not None,
+                overrides=tuple(args.set),
+            ) as st:
+                results[name] = {
+                    "description": sc.description,
+                    **measure_peak(st, creds, args.duration_s, args.warmup_s),
+                }
                 if args.profile is not None and sc.server is not None:
                     out = args.profile.resolve() / f"profile-{name}.collapsed"
                     results[name]["profile"] = profile_peak(st, creds, args.duration_s, out)
@@ -108,7 +151,10 @@ LATENCY_GROUPS = {"C": ("B", "C0", "C"), "C-http": ("B", "C0-http", "C-http")}
 
 
 def _latency_phase(
-    args: argparse.Namespace, creds: Credentials, root: Path, peaks: dict[str, Any],
+    args: argparse.Namespace,
+    creds: Credentials,
+    root: Path,
+    peaks: dict[str, Any],
     ref: str = "C",
 ) -> dict[str, Any]:
     members = [n for n in LATENCY_GROUPS[ref] if n in args.latency]
@@ -121,8 +167,14 @@ def _latency_phase(
         sc = SCENARIOS[name]
         print(f"[bench] {name}: fixed rate {rate:.0f} req/s ...", file=sys.stderr, flush=True)
         try:
-            with running(sc, creds, root / f"rate-{ref}", uvloop=args.uvloop,
-                         keep=args.workdir is not None, overrides=tuple(args.set)) as st:
+            with running(
+                sc,
+                creds,
+                root / f"rate-{ref}",
+                uvloop=args.uvloop,
+                keep=args.workdir is not None,
+                overrides=tuple(args.set),
+            ) as st:
                 out[name] = measure_rate(st, creds, rate, args.duration_s, args.warmup_s)
         except (BenchError, RuntimeError, OSError, subprocess.SubprocessError) as e:
             print(f"[bench] {name} rate run failed: {e}", file=sys.stderr, flush=True)
@@ -154,8 +206,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "smoke": args.smoke,
         "uvloop": args.uvloop,
         "tollhouse_overrides": args.set,
-        "load": {"peak": "wrk -t1 -c32 (closed loop)",
-                 "latency": "h2load --h1 -c16 --rps (fixed rate, 50% of C's peak)"},
+        "load": {
+            "peak": "wrk -t1 -c32 (closed loop)",
+            "latency": "h2load --h1 -c16 --rps (fixed rate, 50% of C's peak)",
+        },
         "environment": env,
         "configs": peaks,
         "latency_at_half_c_peak": latency,

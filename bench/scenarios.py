@@ -23,7 +23,13 @@ from tests.servers import RedisServer, free_port
 from tollhouse.devkeys import DevKey, generate_rsa, jwks, make_token
 
 __all__ = [
-    "DEFAULT", "SCENARIOS", "Credentials", "Scenario", "Stack", "make_credentials", "running",
+    "DEFAULT",
+    "SCENARIOS",
+    "Credentials",
+    "Scenario",
+    "Stack",
+    "make_credentials",
+    "running",
 ]
 
 
@@ -47,24 +53,49 @@ class Scenario:
         return self.server is not None and self.spool
 
 
-SCENARIOS: dict[str, Scenario] = {s.name: s for s in (
-    Scenario("A", "Envoy alone (direct response)", "none"),
-    Scenario("B", "Envoy jwt_authn (RS256, local JWKS)", "jwt_authn"),
-    Scenario("C0", "ext_authz -> bare grpc.aio OK + counting ALS", "ext_authz", "bare"),
-    Scenario("C", "ext_authz -> tollhouse, all features", "ext_authz", "tollhouse"),
-    Scenario("C0-http", "HTTP ext_authz -> bare asyncio 200 + counting ALS", "ext_authz",
-             "bare", transport="http"),
-    Scenario("C-http", "HTTP ext_authz -> tollhouse, all features (ALS over gRPC)",
-             "ext_authz", "tollhouse", transport="http"),
-    Scenario("C-miss", "C with the token cache off", "ext_authz", "tollhouse",
-             token_cache_size=0),
-    Scenario("C-redis", "C with Redis counters + meter", "ext_authz", "tollhouse", redis=True),
-    # Diagnostic, not in the default run: what metering (spool + access log) costs.
-    Scenario("C-nometer", "C without metering (no spool, no access log)", "ext_authz",
-             "tollhouse", spool=False),
-    Scenario("C-http-nometer", "C-http without metering (no spool, no access log)",
-             "ext_authz", "tollhouse", spool=False, transport="http"),
-)}
+SCENARIOS: dict[str, Scenario] = {
+    s.name: s
+    for s in (
+        Scenario("A", "Envoy alone (direct response)", "none"),
+        Scenario("B", "Envoy jwt_authn (RS256, local JWKS)", "jwt_authn"),
+        Scenario("C0", "ext_authz -> bare grpc.aio OK + counting ALS", "ext_authz", "bare"),
+        Scenario("C", "ext_authz -> tollhouse, all features", "ext_authz", "tollhouse"),
+        Scenario(
+            "C0-http",
+            "HTTP ext_authz -> bare asyncio 200 + counting ALS",
+            "ext_authz",
+            "bare",
+            transport="http",
+        ),
+        Scenario(
+            "C-http",
+            "HTTP ext_authz -> tollhouse, all features (ALS over gRPC)",
+            "ext_authz",
+            "tollhouse",
+            transport="http",
+        ),
+        Scenario(
+            "C-miss", "C with the token cache off", "ext_authz", "tollhouse", token_cache_size=0
+        ),
+        Scenario("C-redis", "C with Redis counters + meter", "ext_authz", "tollhouse", redis=True),
+        # Diagnostic, not in the default run: what metering (spool + access log) costs.
+        Scenario(
+            "C-nometer",
+            "C without metering (no spool, no access log)",
+            "ext_authz",
+            "tollhouse",
+            spool=False,
+        ),
+        Scenario(
+            "C-http-nometer",
+            "C-http without metering (no spool, no access log)",
+            "ext_authz",
+            "tollhouse",
+            spool=False,
+            transport="http",
+        ),
+    )
+}
 DEFAULT = ("A", "B", "C0", "C", "C0-http", "C-http", "C-miss", "C-redis", "C-nometer")
 
 
@@ -87,8 +118,7 @@ class Credentials:
 def make_credentials(lifetime_s: float = 6 * 3600) -> Credentials:
     """A fresh RSA key (generated now, never stored) and an RS256 token for customer ``acme``."""
     key = generate_rsa("bench-1")
-    token = make_token(key, issuer=ISSUER, audience=AUDIENCE, subject="acme",
-                       lifetime_s=lifetime_s)
+    token = make_token(key, issuer=ISSUER, audience=AUDIENCE, subject="acme", lifetime_s=lifetime_s)
     return Credentials(key, token, secrets.token_urlsafe(24))
 
 
@@ -121,37 +151,59 @@ def _start_server(
         args = [sys.executable, "-m", "bench.bare_authz", "--port", str(port)]
         if http_port is not None:
             args += ["--http-port", str(http_port)]
-        stack.server = start_process("bare_authz", args + ["--uvloop"] * uvloop,
-                                     _repo_dir(), listening)
+        stack.server = start_process(
+            "bare_authz", args + ["--uvloop"] * uvloop, _repo_dir(), listening
+        )
         return
     if sc.redis:
         stack.redis = RedisServer(wd / "redis").start()
         stack.meter_redis = RedisServer(wd / "redis-meter").start()
     (wd / "jwks.json").write_text(json.dumps(creds.jwks()))
     cfg = tollhouse_config(
-        grpc_port=port, http_port=http_port, admin_port=stack.tollhouse_admin, workdir=str(wd),
+        grpc_port=port,
+        http_port=http_port,
+        admin_port=stack.tollhouse_admin,
+        workdir=str(wd),
         api_key_sha256=hashlib.sha256(creds.api_key.encode()).hexdigest(),
-        token_cache_size=sc.token_cache_size, quotas=sc.quotas, spool=sc.spool,
+        token_cache_size=sc.token_cache_size,
+        quotas=sc.quotas,
+        spool=sc.spool,
         redis_url=stack.redis.url if stack.redis is not None else None,
         meter_url=stack.meter_redis.url if stack.meter_redis is not None else None,
         overrides=overrides,
     )
     (wd / "tollhouse.yaml").write_text(cfg)
-    args = [str(BIN / "tollhouse"), "serve", "--config", str(wd / "tollhouse.yaml"),
-            "--log-level", "warning"] + ["--uvloop"] * uvloop
+    args = [
+        str(BIN / "tollhouse"),
+        "serve",
+        "--config",
+        str(wd / "tollhouse.yaml"),
+        "--log-level",
+        "warning",
+    ] + ["--uvloop"] * uvloop
     stack.server = start_process("tollhouse", args, wd, (*listening, stack.tollhouse_admin))
     wait_http(f"http://127.0.0.1:{stack.tollhouse_admin}/readyz", stack.server)
 
 
 def _start_envoy(stack: Stack, creds: Credentials) -> None:
     sc, wd, ports = stack.scenario, stack.workdir, stack.envoy_ports
-    text = envoy_config(ports, auth=sc.auth, jwks=creds.jwks(), access_log=sc.access_log,
-                        transport=sc.transport)
+    text = envoy_config(
+        ports, auth=sc.auth, jwks=creds.jwks(), access_log=sc.access_log, transport=sc.transport
+    )
     path = wd / "envoy.yaml"
     path.write_text(text)
     # A port nothing listens on is a base id no other Envoy of this machine uses right now.
-    args = [str(BIN / "envoy"), "-c", str(path), "--concurrency", "1",
-            "--base-id", str(ports.admin), "--log-level", "warning"]
+    args = [
+        str(BIN / "envoy"),
+        "-c",
+        str(path),
+        "--concurrency",
+        "1",
+        "--base-id",
+        str(ports.admin),
+        "--log-level",
+        "warning",
+    ]
     stack.envoy = start_process("envoy", args, wd, (ports.admin, ports.listen))
     wait_http(f"http://127.0.0.1:{ports.admin}/ready", stack.envoy)
 
@@ -173,7 +225,12 @@ def _repo_dir() -> Path:
 
 @contextlib.contextmanager
 def running(
-    sc: Scenario, creds: Credentials, root: Path, *, uvloop: bool = False, keep: bool = False,
+    sc: Scenario,
+    creds: Credentials,
+    root: Path,
+    *,
+    uvloop: bool = False,
+    keep: bool = False,
     overrides: tuple[str, ...] = (),
 ) -> Iterator[Stack]:
     """Start the scenario's stack in ``root/<name>`` on fresh ports; stop it all on exit."""
@@ -182,8 +239,12 @@ def running(
     wd.mkdir(parents=True)
     picked = _distinct_ports(5)
     http = sc.server is not None and sc.transport == "http"
-    ports = EnvoyPorts(listen=picked[0], admin=picked[1], authz=picked[2] if sc.server else 0,
-                       authz_http=picked[4] if http else 0)
+    ports = EnvoyPorts(
+        listen=picked[0],
+        admin=picked[1],
+        authz=picked[2] if sc.server else 0,
+        authz_http=picked[4] if http else 0,
+    )
     stack = Stack(sc, wd, ports, tollhouse_admin=picked[3])
     try:
         if sc.server:

@@ -30,8 +30,17 @@ import yaml
 __all__ = ["Doc", "container", "find", "pod_spec", "render", "render_kubectl", "render_minimal"]
 
 Doc = dict[str, Any]
-_KNOWN = {"apiVersion", "kind", "namespace", "labels", "resources", "configMapGenerator",
-          "secretGenerator", "patches", "images"}
+_KNOWN = {
+    "apiVersion",
+    "kind",
+    "namespace",
+    "labels",
+    "resources",
+    "configMapGenerator",
+    "secretGenerator",
+    "patches",
+    "images",
+}
 _CLUSTER_SCOPED = {"Namespace"}
 _MERGE_KEYS = {"containers": "name", "initContainers": "name", "volumes": "name", "env": "name"}
 _GEN = "__generated__"
@@ -44,8 +53,9 @@ def render(path: Path) -> list[Doc]:
 
 def render_kubectl(path: Path) -> list[Doc]:
     """``kubectl kustomize path``, parsed."""
-    out = subprocess.run(["kubectl", "kustomize", str(path)], check=True, capture_output=True,
-                         text=True, timeout=60).stdout
+    out = subprocess.run(
+        ["kubectl", "kustomize", str(path)], check=True, capture_output=True, text=True, timeout=60
+    ).stdout
     return [d for d in yaml.safe_load_all(out) if d]
 
 
@@ -106,8 +116,13 @@ def _generate(docs: list[Doc], root: Path, gen: Doc, kind: str) -> None:
         old = next(d for d in docs if d["kind"] == kind and d["metadata"]["name"] == name)
         old["data"] = data
         return
-    doc: Doc = {"apiVersion": "v1", "kind": kind, "metadata": {"name": name}, "data": data,
-                _GEN: True}
+    doc: Doc = {
+        "apiVersion": "v1",
+        "kind": kind,
+        "metadata": {"name": name},
+        "data": data,
+        _GEN: True,
+    }
     if kind == "Secret":
         doc["type"] = "Opaque"
     docs.append(doc)
@@ -174,8 +189,11 @@ def _set_images(spec: Doc, images: list[Doc]) -> None:
         for img in images:
             if img["name"] == name:
                 new = img.get("newName", name)
-                c["image"] = (f"{new}@{img['digest']}" if "digest" in img
-                              else f"{new}:{img.get('newTag', 'latest')}")
+                c["image"] = (
+                    f"{new}@{img['digest']}"
+                    if "digest" in img
+                    else f"{new}:{img.get('newTag', 'latest')}"
+                )
 
 
 def _rename_refs(spec: Doc, renames: dict[tuple[str, str], str]) -> None:
@@ -214,9 +232,16 @@ def _hash(d: Doc) -> str:
 
 def find(docs: list[Doc], kind: str, name: str | None = None) -> Doc:
     """Return the one object of ``kind`` (and ``name``; a generated name has a hash suffix)."""
-    hits = [d for d in docs if d["kind"] == kind and (
-        name is None or d["metadata"]["name"] == name
-        or (kind in ("ConfigMap", "Secret") and d["metadata"]["name"].rsplit("-", 1)[0] == name))]
+    hits = [
+        d
+        for d in docs
+        if d["kind"] == kind
+        and (
+            name is None
+            or d["metadata"]["name"] == name
+            or (kind in ("ConfigMap", "Secret") and d["metadata"]["name"].rsplit("-", 1)[0] == name)
+        )
+    ]
     if len(hits) != 1:
         raise LookupError(f"{len(hits)} objects of kind {kind} named {name}")
     return hits[0]

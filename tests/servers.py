@@ -79,10 +79,26 @@ class RedisServer:
             raise RuntimeError("redis-server is not installed (make test installs it)")
         if not self.port:
             self.port = free_port()
-        args = [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-                "--dir", str(self.dir), "--daemonize", "no", "--loglevel", "warning"]
-        args += (["--appendonly", "yes", "--appendfsync", "always"] if self.appendonly
-                 else ["--appendonly", "no"])
+        args = [
+            binary,
+            "--port",
+            str(self.port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--dir",
+            str(self.dir),
+            "--daemonize",
+            "no",
+            "--loglevel",
+            "warning",
+        ]
+        args += (
+            ["--appendonly", "yes", "--appendfsync", "always"]
+            if self.appendonly
+            else ["--appendonly", "no"]
+        )
         self.dir.mkdir(parents=True, exist_ok=True)
         self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         _track(self)
@@ -149,8 +165,17 @@ class PostgresServer:
         if not data.exists():
             self._run(_pg_bin("initdb"), "-D", str(data), "-A", "trust", "-U", "postgres")
         opts = f"-p {self.port} -k {self.dir} -c listen_addresses=127.0.0.1 -c fsync=off"
-        self._run(_pg_bin("pg_ctl"), "-D", str(data), "-o", opts, "-l",
-                  str(self.dir / "log"), "-w", "start")
+        self._run(
+            _pg_bin("pg_ctl"),
+            "-D",
+            str(data),
+            "-o",
+            opts,
+            "-l",
+            str(self.dir / "log"),
+            "-w",
+            "start",
+        )
         wait_port(self.port)
         _track(self)
         return self

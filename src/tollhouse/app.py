@@ -76,8 +76,9 @@ class App:
         if needs_limiter(cfg):
             from tollhouse.quota import open_limiter
 
-            self.limiter = open_limiter(cfg.counters, clock=clock, instance=self.instance,
-                                        counters_file=counters_file(cfg))
+            self.limiter = open_limiter(
+                cfg.counters, clock=clock, instance=self.instance, counters_file=counters_file(cfg)
+            )
         self.metering: Any = None
         self.als: Any = None  # the access-log servicer, once started with metering on
         if cfg.metering.enabled:
@@ -86,10 +87,17 @@ class App:
         self.credits: Any = open_credits(cfg, self.directory, clock, self.instance)
         self.spend_caps: Any = open_spend_caps(cfg, self)
         self.checker = Checker(
-            self.state, self.authn, limiter=self.limiter, metering=self.metering,
-            credits=self.credits, spend_caps=self.spend_caps,
-            directory=self.directory, limits_for=self.limits.for_customer, clock=clock,
-            past_due_grace_s=past_due_grace(cfg), deadline_s=cfg.check_deadline_ms / 1000,
+            self.state,
+            self.authn,
+            limiter=self.limiter,
+            metering=self.metering,
+            credits=self.credits,
+            spend_caps=self.spend_caps,
+            directory=self.directory,
+            limits_for=self.limits.for_customer,
+            clock=clock,
+            past_due_grace_s=past_due_grace(cfg),
+            deadline_s=cfg.check_deadline_ms / 1000,
         )
         self.authz = authz.AuthorizationServicer(self.checker)
         self.authz_http: HttpAuthzServer | None = None
@@ -98,8 +106,9 @@ class App:
         self.health = health.aio.HealthServicer()
         self.server: grpc.aio.Server | None = None
         self.http = AdminHttp(self)
-        self._files = SettledFiles(self._watched_files, lambda: self.cfg.reload_settle_s,
-                                   clock=time.monotonic)
+        self._files = SettledFiles(
+            self._watched_files, lambda: self.cfg.reload_settle_s, clock=time.monotonic
+        )
         self._restart_flags: set[str] = set()
         self._tasks: list[asyncio.Task[None]] = []
         self._stopping = asyncio.Event()
@@ -188,10 +197,15 @@ class App:
             self._tasks.append(asyncio.create_task(evaluator.run(self._stopping)))
         self._tasks.append(asyncio.create_task(self._watch_config()))
         self._tasks.append(asyncio.create_task(self._watch_ready(names)))
-        log.info("serve.started", listen=self.cfg.listen, admin=self.cfg.admin_listen,
-                 metrics=self.cfg.metrics_listen or self.cfg.admin_listen,
-                 authz_http=self.cfg.authz_http_listen, instance=self.instance,
-                 config_version=self.state.catalog.version)
+        log.info(
+            "serve.started",
+            listen=self.cfg.listen,
+            admin=self.cfg.admin_listen,
+            metrics=self.cfg.metrics_listen or self.cfg.admin_listen,
+            authz_http=self.cfg.authz_http_listen,
+            instance=self.instance,
+            config_version=self.state.catalog.version,
+        )
 
     def _add_access_log(self, server: grpc.aio.Server) -> None:
         """The access-log service: handed to the worker undecoded, or ingested here (inline)."""
@@ -212,8 +226,11 @@ class App:
         while not self._stopping.is_set():
             ok = self.ready
             if ok != last:
-                status = (health_pb2.HealthCheckResponse.SERVING if ok
-                          else health_pb2.HealthCheckResponse.NOT_SERVING)
+                status = (
+                    health_pb2.HealthCheckResponse.SERVING
+                    if ok
+                    else health_pb2.HealthCheckResponse.NOT_SERVING
+                )
                 for name in ["", *names]:
                     await self.health.set(name, status)
                 READY.set(1 if ok else 0)
@@ -269,7 +286,8 @@ class App:
             self.metering.reconfigure(cfg)
         if self.als is not None:
             self.als.reconfigure(
-                usage_id_from_request_header=cfg.metering.usage_id_from_request_header)
+                usage_id_from_request_header=cfg.metering.usage_id_from_request_header
+            )
         if limiter is not None:
             self.limiter = self.checker.limiter = limiter
             self._wire_quota_hooks()
@@ -285,8 +303,11 @@ class App:
         CONFIG_RELOADS.labels("rejected").inc()
         CONFIG_REJECTED.labels(reason).inc()
         event = "config.reload_failed" if reason == "error" else "config.reload_rejected"
-        log.error(event, reason=reason,
-                  problems="; ".join(f"{path}: {msg}" for path, msg in problems[:20]))
+        log.error(
+            event,
+            reason=reason,
+            problems="; ".join(f"{path}: {msg}" for path, msg in problems[:20]),
+        )
         return False
 
     async def _plans_in_use(self, cfg: Config) -> list[tuple[str, str]]:
@@ -295,8 +316,11 @@ class App:
         if not removed or self.directory is None:
             return []
         if not self.directory.ready:
-            log.warning("config.plan_check_skipped", reason="entitlement store not loaded",
-                        removed=sorted(removed))
+            log.warning(
+                "config.plan_check_skipped",
+                reason="entitlement store not loaded",
+                removed=sorted(removed),
+            )
             return []
         from tollhouse.store.plan_use import plan_problems
 
@@ -311,8 +335,11 @@ class App:
             elif key in self._restart_flags:
                 CONFIG_RESTART_NEEDED.labels(key).set(0)
         if fields:
-            log.warning("config.restart_needed", fields=",".join(fields),
-                        detail="read only at start: the running value stays until a restart")
+            log.warning(
+                "config.restart_needed",
+                fields=",".join(fields),
+                detail="read only at start: the running value stays until a restart",
+            )
         self._restart_flags = set(fields)
 
     async def _new_limiter(self, cfg: Config) -> Any:
@@ -321,8 +348,12 @@ class App:
             return None
         from tollhouse.quota import open_limiter
 
-        limiter = open_limiter(self.cfg.counters, clock=self.clock, instance=self.instance,
-                               counters_file=counters_file(self.cfg))
+        limiter = open_limiter(
+            self.cfg.counters,
+            clock=self.clock,
+            instance=self.instance,
+            counters_file=counters_file(self.cfg),
+        )
         await limiter.start()
         return limiter
 
@@ -360,8 +391,9 @@ class App:
         remaining = max(0.5, deadline - time.monotonic())
         if self.metering is not None:  # its own budget, so a worker is never cut off mid-drain
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(self.metering.stop(max(0.5, remaining - 1.5)),
-                                       remaining + 1.0)
+                await asyncio.wait_for(
+                    self.metering.stop(max(0.5, remaining - 1.5)), remaining + 1.0
+                )
         if self.webhooks is not None:
             with contextlib.suppress(Exception):
                 await self.webhooks.stop(min(5.0, remaining))

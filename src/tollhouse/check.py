@@ -121,12 +121,18 @@ class Checker:
             return self._with_limits(feature, customer, plan)
         meters = snap.config.features[feature].meters
         if not meters:  # a free feature (e.g. /v1/usage): no quota, nothing to bill
-            return self._answer(customer, feature, "", None,
-                                headers=self._standing(customer, plan))
+            return self._answer(customer, feature, "", None, headers=self._standing(customer, plan))
         return await self._charge(snap, customer, plan, feature, meters, req)
 
-    async def _charge(self, snap: Catalog, cust: Any, plan: Any, feature: str,
-                      meters: Sequence[str], req: RequestInfo) -> Decision:
+    async def _charge(
+        self,
+        snap: Catalog,
+        cust: Any,
+        plan: Any,
+        feature: str,
+        meters: Sequence[str],
+        req: RequestInfo,
+    ) -> Decision:
         """Spend cap, then quota and rate limits, then prepaid credit; then record and answer."""
         capped = self.spend_caps.blocked(cust.id) if self.spend_caps is not None else None
         if capped is not None:
@@ -147,29 +153,40 @@ class Checker:
 
     @staticmethod
     def _capped(cid: str, c: Any) -> Deny:
-        return Deny(402, "spend_cap_reached", "Payment required",
-                    f"spend this period reached the customer's cap of {c.cap} ({c.currency}"
-                    " minor units)", customer=cid,
-                    extra={"cap": c.cap, "spent": c.spent, "currency": c.currency})
+        return Deny(
+            402,
+            "spend_cap_reached",
+            "Payment required",
+            f"spend this period reached the customer's cap of {c.cap} ({c.currency} minor units)",
+            customer=cid,
+            extra={"cap": c.cap, "spent": c.spent, "currency": c.currency},
+        )
 
-    async def _spend_credit(self, cust: Any, prices: Any, feature: str,
-                            meters: Sequence[str]) -> Any:
+    async def _spend_credit(
+        self, cust: Any, prices: Any, feature: str, meters: Sequence[str]
+    ) -> Any:
         """Take the request's price from the prepaid balance: a Spend, None (allowed) or Deny."""
         if self.credits is None:
             return unavailable("credits_unavailable", "prepaid credit cannot be checked")
         grants = getattr(cust, "credit_grants", ())
         now = self.clock()
-        got = await self.credits.spend(cust.id, grants, prices.admission_costs(meters), feature,
-                                       now)
+        got = await self.credits.spend(
+            cust.id, grants, prices.admission_costs(meters), feature, now
+        )
         if not isinstance(got, Shortfall):
             return got
         if got.reason == "unavailable":
             return unavailable("credits_unavailable", "the credit counters are unreachable")
         if not prices.deny_when_exhausted:
             return None  # on_credit_exhausted: allow -- served, billed on the invoice
-        return Deny(402, "credit_exhausted", "Payment required",
-                    "the prepaid credit balance is used up", customer=cust.id,
-                    extra={"balance": got.balance // MILLI, "currency": prices.currency})
+        return Deny(
+            402,
+            "credit_exhausted",
+            "Payment required",
+            "the prepaid credit balance is used up",
+            customer=cust.id,
+            extra={"balance": got.balance // MILLI, "currency": prices.currency},
+        )
 
     def _standing(self, cust: Any, plan: Any) -> Headers:
         """RateLimit headers for an answer that spends nothing (the customer's plan is known)."""
@@ -218,42 +235,82 @@ class Checker:
             return None
         cid = cust.id
         if status == "suspended":
-            return Deny(402, "payment_required", "Payment required",
-                        "the subscription is suspended", customer=cid)
+            return Deny(
+                402,
+                "payment_required",
+                "Payment required",
+                "the subscription is suspended",
+                customer=cid,
+            )
         if status == "cancelled":
-            return Deny(403, "subscription_cancelled", "Forbidden",
-                        "the subscription is cancelled", customer=cid)
+            return Deny(
+                403,
+                "subscription_cancelled",
+                "Forbidden",
+                "the subscription is cancelled",
+                customer=cid,
+            )
         if status == "past_due" and self.clock() - cust.status_since <= self.past_due_grace_s:
             return None
-        return Deny(402, "payment_required", "Payment required",
-                    "the subscription is past due", customer=cid)
+        return Deny(
+            402,
+            "payment_required",
+            "Payment required",
+            "the subscription is past due",
+            customer=cid,
+        )
 
     def _entitle(self, snap: Catalog, cust: Any, req: RequestInfo) -> str | Deny:
         candidates = snap.matcher.features_for(req.method, req.path)
         if not candidates:
-            return Deny(403, "unknown_route", "Forbidden",
-                        f"no feature covers {req.method} {req.path}", customer=cust.id)
+            return Deny(
+                403,
+                "unknown_route",
+                "Forbidden",
+                f"no feature covers {req.method} {req.path}",
+                customer=cust.id,
+            )
         entitled = snap.plan_features.get(cust.plan, frozenset())
         feature = snap.matcher.first_entitled(candidates, entitled)
         if feature is None:
-            return Deny(403, "not_entitled", "Forbidden",
-                        f"plan {cust.plan!r} does not include {candidates[0]!r}",
-                        customer=cust.id, extra={"feature": candidates[0]})
+            return Deny(
+                403,
+                "not_entitled",
+                "Forbidden",
+                f"plan {cust.plan!r} does not include {candidates[0]!r}",
+                customer=cust.id,
+                extra={"feature": candidates[0]},
+            )
         return feature
 
-    async def _admit(self, limiter: Limiter, limits: Any, cust: Any,
-                     meters: Sequence[str]) -> Admission | Deny:
+    async def _admit(
+        self, limiter: Limiter, limits: Any, cust: Any, meters: Sequence[str]
+    ) -> Admission | Deny:
         adm = await limiter.admit(cust.id, meters, limits, self.clock())
         if adm.allowed:
             return adm
         extra = {"limit": adm.limit}
         retry = (("retry-after", str(max(1, adm.retry_after_s))),)
         if adm.code == "counters_unavailable":
-            return Deny(503, adm.code, "Service unavailable", "usage counters are unreachable",
-                        headers=retry + adm.headers, customer=cust.id, extra=extra)
+            return Deny(
+                503,
+                adm.code,
+                "Service unavailable",
+                "usage counters are unreachable",
+                headers=retry + adm.headers,
+                customer=cust.id,
+                extra=extra,
+            )
         detail = f"limit {adm.limit} reached"
-        return Deny(429, adm.code or "quota_exceeded", "Too many requests", detail,
-                    headers=retry + adm.headers, customer=cust.id, extra=extra)
+        return Deny(
+            429,
+            adm.code or "quota_exceeded",
+            "Too many requests",
+            detail,
+            headers=retry + adm.headers,
+            customer=cust.id,
+            extra=extra,
+        )
 
     def _undo(self, adm: Any, credit: Any) -> None:
         """Give back what an admission took; its request is not let through."""
@@ -269,8 +326,13 @@ class Checker:
         usage_id = ""
         if self.metering is not None:
             rec = self.metering.build_reservation(
-                customer=cust.id, plan=cust.plan, feature=feature, method=req.method,
-                path=req.path, request_id=req.request_id, decision_id=decision_id,
+                customer=cust.id,
+                plan=cust.plan,
+                feature=feature,
+                method=req.method,
+                path=req.path,
+                request_id=req.request_id,
+                decision_id=decision_id,
                 degraded=bool(adm is not None and adm.degraded),
             )
             try:  # a hung disk must not hang Envoy: the spool fails the wait at the deadline
@@ -290,22 +352,37 @@ class Checker:
         return self._answer(cust, feature, usage_id, adm, decision_id)
 
     def _answer(
-        self, cust: Any, feature: str, usage_id: str, adm: Any, decision_id: str = "",
+        self,
+        cust: Any,
+        feature: str,
+        usage_id: str,
+        adm: Any,
+        decision_id: str = "",
         headers: Headers = (),
     ) -> Allow:
         decision_id = decision_id or f"{self._prefix}-{next(self._ids):x}"
         upstream = (
-            (H_CUSTOMER, cust.id), (H_PLAN, cust.plan), (H_FEATURE, feature),
+            (H_CUSTOMER, cust.id),
+            (H_PLAN, cust.plan),
+            (H_FEATURE, feature),
             (H_USAGE_ID, usage_id),
         )
         meta: dict[str, str | int | bool] = {
-            "customer": cust.id, "plan": cust.plan, "feature": feature,
-            "decision_id": decision_id, "usage_id": usage_id,
+            "customer": cust.id,
+            "plan": cust.plan,
+            "feature": feature,
+            "decision_id": decision_id,
+            "usage_id": usage_id,
         }
         if adm is not None and adm.degraded:
             meta["degraded"] = True
         return Allow(
-            customer=cust.id, plan=cust.plan, feature=feature, decision_id=decision_id,
-            usage_id=usage_id, upstream_headers=upstream,
-            response_headers=adm.headers if adm is not None else headers, metadata=meta,
+            customer=cust.id,
+            plan=cust.plan,
+            feature=feature,
+            decision_id=decision_id,
+            usage_id=usage_id,
+            upstream_headers=upstream,
+            response_headers=adm.headers if adm is not None else headers,
+            metadata=meta,
         )

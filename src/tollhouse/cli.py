@@ -41,8 +41,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         _print_config_error(e)
         return 2
     except SchemaError as e:
-        print(f"tollhouse: entitlement store: {e} (run `tollhouse store migrate`)",
-              file=sys.stderr)
+        print(f"tollhouse: entitlement store: {e} (run `tollhouse store migrate`)", file=sys.stderr)
         return 2
     except ListenError as e:
         print(f"tollhouse: {e}", file=sys.stderr)
@@ -94,8 +93,12 @@ def _cmd_check_config(args: argparse.Namespace) -> int:
         if args.store and _store_problems(cfg, str(f)):
             bad += 1
             continue
-        counts = (_count(len(cfg.plans), "plan"), _count(len(cfg.features), "feature"),
-                  _count(len(cfg.customers), "customer"), _count(len(cfg.auth.jwt), "issuer"))
+        counts = (
+            _count(len(cfg.plans), "plan"),
+            _count(len(cfg.features), "feature"),
+            _count(len(cfg.customers), "customer"),
+            _count(len(cfg.auth.jwt), "issuer"),
+        )
         print(f"{f}: ok ({', '.join(counts)})")
     return 1 if bad else 0
 
@@ -115,8 +118,9 @@ def _sqlite_readable(url: str) -> bool:
     if not path.is_file():
         return True
     try:
-        with contextlib.closing(sqlite3.connect(path.resolve().as_uri() + "?mode=ro",
-                                                uri=True)) as conn:
+        with contextlib.closing(
+            sqlite3.connect(path.resolve().as_uri() + "?mode=ro", uri=True)
+        ) as conn:
             return bool(conn.execute("PRAGMA quick_check(1)").fetchone() == ("ok",))
     except sqlite3.Error:
         return False
@@ -135,8 +139,9 @@ def _suspects(e: BaseException, sources: list[str]) -> list[str]:
     from tollhouse.metering.meter_file import MeterCorrupt
 
     if isinstance(e, MeterCorrupt):  # readable, but a row disagrees with its record
-        return [u for u in sources if u.startswith("sqlite:///")
-                and sqlite_path(u).resolve() == e.path] or sources
+        return [
+            u for u in sources if u.startswith("sqlite:///") and sqlite_path(u).resolve() == e.path
+        ] or sources
     if isinstance(e, sqlite3.DatabaseError):
         files = [u for u in sources if u.startswith("sqlite:///")]
         return [u for u in files if not _sqlite_readable(u)] or files or sources
@@ -169,15 +174,23 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("serve", help="run the ext_authz + access-log sidecar")
     p.add_argument("--config", required=True, help="YAML config file")
     p.add_argument("--log-level", default="info")
-    p.add_argument("--uvloop", action=argparse.BooleanOptionalAction, default=False,
-                   help="use uvloop's event loop")
+    p.add_argument(
+        "--uvloop",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="use uvloop's event loop",
+    )
     p.set_defaults(func=_cmd_serve)
 
     p = sub.add_parser("check-config", help="validate config files; non-zero on any error")
     p.add_argument("files", nargs="+")
-    p.add_argument("--store", action=argparse.BooleanOptionalAction, default=True,
-                   help="also check, when the entitlement store is reachable, that every plan "
-                        "its customers are on is in the file (default: on)")
+    p.add_argument(
+        "--store",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="also check, when the entitlement store is reachable, that every plan "
+        "its customers are on is in the file (default: on)",
+    )
     p.set_defaults(func=_cmd_check_config)
 
     _add_optional(sub)
@@ -220,17 +233,26 @@ def _cmd_usage(args: argparse.Namespace) -> int:
         return 2
     now = datetime.now(UTC)
     try:
-        since = _parse_time_ms(args.since, "--since") if args.since else int(
-            datetime(now.year, now.month, 1, tzinfo=UTC).timestamp() * 1000)
-        until = (_parse_time_ms(args.until, "--until") if args.until
-                 else int(now.timestamp() * 1000) + 1)
+        since = (
+            _parse_time_ms(args.since, "--since")
+            if args.since
+            else int(datetime(now.year, now.month, 1, tzinfo=UTC).timestamp() * 1000)
+        )
+        until = (
+            _parse_time_ms(args.until, "--until") if args.until else int(now.timestamp() * 1000) + 1
+        )
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     try:
         rows = asyncio.run(usage_report(cfg.metering.meter, since, until, args.customer))
-        rep = asyncio.run(reconcile(cfg.metering.spool, cfg.metering.meter, since, until,
-                                    _entries_of())) if args.reconcile else None
+        rep = (
+            asyncio.run(
+                reconcile(cfg.metering.spool, cfg.metering.meter, since, until, _entries_of())
+            )
+            if args.reconcile
+            else None
+        )
     except _data_errors() as e:
         return _data_error("usage", e, _data_sources(cfg, spool=args.reconcile))
     print(f"usage admitted from {_iso_ms(since)} to {_iso_ms(until)} (UTC, end exclusive)")
@@ -272,8 +294,11 @@ def _add_optional(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     p.add_argument("--since", help="UTC date or datetime (default: start of this month)")
     p.add_argument("--until", help="UTC date or datetime, exclusive (default: now)")
     p.add_argument("--customer")
-    p.add_argument("--reconcile", action="store_true",
-                   help="also show reserved / confirmed / voided / unconfirmed counts")
+    p.add_argument(
+        "--reconcile",
+        action="store_true",
+        help="also show reserved / confirmed / voided / unconfirmed counts",
+    )
     p.set_defaults(func=_cmd_usage)
 
     from tollhouse.metering.salvage import add_spool_arguments, main_spool

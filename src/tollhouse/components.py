@@ -28,9 +28,7 @@ __all__ = [
 ]
 
 
-def open_metering(
-    config_path: Path, cfg: Config, clock: Callable[[], float], instance: str
-) -> Any:
+def open_metering(config_path: Path, cfg: Config, clock: Callable[[], float], instance: str) -> Any:
     """The metering of this process: a front for the worker process, or all of it inline."""
     if cfg.metering.process == "worker":
         from tollhouse.metering.front import MeteringFront
@@ -73,8 +71,13 @@ def open_credits(cfg: Config, directory: Any, clock: Callable[[], float], instan
         await service.add_consumed(deltas)
 
     counters = open_counters(cfg.counters, clock=clock, instance=instance)
-    return CreditBook(counters, clock=clock, seed=directory.credit_seed, flush=flush,
-                      on_stop=service.backend.close)
+    return CreditBook(
+        counters,
+        clock=clock,
+        seed=directory.credit_seed,
+        flush=flush,
+        on_stop=service.backend.close,
+    )
 
 
 def open_webhooks(cfg: Config, clock: Callable[[], float], instance: str) -> Any:
@@ -93,9 +96,16 @@ def past_due_grace(cfg: Config) -> float:
     return float(getattr(store, "past_due_grace_s", 7 * 86400))
 
 
-def open_quota_alerts(cfg: Config, *, limiter: Any, webhooks: Any, checker: Any,
-                      catalog: Callable[[], Any], limits_for: Callable[[Any, Any], Any],
-                      clock: Callable[[], float]) -> Any:
+def open_quota_alerts(
+    cfg: Config,
+    *,
+    limiter: Any,
+    webhooks: Any,
+    checker: Any,
+    catalog: Callable[[], Any],
+    limits_for: Callable[[Any, Any], Any],
+    clock: Callable[[], float],
+) -> Any:
     """The quota alert evaluator, when thresholds, counters and the outbox are all there."""
     if not cfg.alerts.any_quota or limiter is None or webhooks is None:
         return None
@@ -107,8 +117,14 @@ def open_quota_alerts(cfg: Config, *, limiter: Any, webhooks: Any, checker: Any,
         cust = checker.lookup(snap, cid)
         return None if isinstance(cust, Deny) else (cust, snap.plan(cust.plan))
 
-    return QuotaAlerts(cfg.alerts, limiter=limiter, resolve=resolve, limits_for=limits_for,
-                       emit=webhooks.emit, clock=clock)
+    return QuotaAlerts(
+        cfg.alerts,
+        limiter=limiter,
+        resolve=resolve,
+        limits_for=limits_for,
+        emit=webhooks.emit,
+        clock=clock,
+    )
 
 
 def open_spend_caps(cfg: Config, app: Any) -> Any:
@@ -128,8 +144,13 @@ def open_credit_alerts(cfg: Config, app: Any) -> Any:
         return None
     from tollhouse.alerts import CreditAlerts
 
-    return CreditAlerts(cfg.alerts, book=app.credits, directory=app.directory,
-                        emit=app.webhooks.emit, clock=app.clock)
+    return CreditAlerts(
+        cfg.alerts,
+        book=app.credits,
+        directory=app.directory,
+        emit=app.webhooks.emit,
+        clock=app.clock,
+    )
 
 
 def open_unattributed(app: Any) -> Any:
@@ -155,15 +176,31 @@ def open_spend_alerts(cfg: Config, app: Any) -> Any:
         cust = app.checker.lookup(app.state.catalog, cid)
         return None if isinstance(cust, Deny) else str(cust.plan)
 
-    return SpendAlerts(cfg.alerts, customers=app.limiter.customer_ids, plan_of=plan_of,
-                       lookup=spend_lookup(app), emit=app.webhooks.emit)
+    return SpendAlerts(
+        cfg.alerts,
+        customers=app.limiter.customer_ids,
+        plan_of=plan_of,
+        lookup=spend_lookup(app),
+        emit=app.webhooks.emit,
+    )
 
 
 def open_evaluators(app: Any) -> list[Any]:
     """Every evaluator ``serve`` runs off the hot path (each has ``run(stop_event)``)."""
-    quota = open_quota_alerts(app.cfg, limiter=app.limiter, webhooks=app.webhooks,
-                              checker=app.checker, catalog=lambda: app.state.catalog,
-                              limits_for=app.limits.for_customer, clock=app.clock)
-    found = [quota, app.spend_caps, open_credit_alerts(app.cfg, app),
-             open_spend_alerts(app.cfg, app), open_unattributed(app)]
+    quota = open_quota_alerts(
+        app.cfg,
+        limiter=app.limiter,
+        webhooks=app.webhooks,
+        checker=app.checker,
+        catalog=lambda: app.state.catalog,
+        limits_for=app.limits.for_customer,
+        clock=app.clock,
+    )
+    found = [
+        quota,
+        app.spend_caps,
+        open_credit_alerts(app.cfg, app),
+        open_spend_alerts(app.cfg, app),
+        open_unattributed(app),
+    ]
     return [e for e in found if e is not None]

@@ -79,8 +79,16 @@ def _cmd_token(args: argparse.Namespace) -> int:
         return _fail(str(e))
     auds: list[str] = args.audience or [DEMO_AUDIENCE]
     audience: str | list[str] = auds[0] if len(auds) == 1 else auds
-    print(make_token(key, issuer=args.issuer, audience=audience, subject=args.sub,
-                     lifetime_s=args.lifetime_s, extra_claims=extra))
+    print(
+        make_token(
+            key,
+            issuer=args.issuer,
+            audience=audience,
+            subject=args.sub,
+            lifetime_s=args.lifetime_s,
+            extra_claims=extra,
+        )
+    )
     return 0
 
 
@@ -103,28 +111,45 @@ def _cmd_hash_key(args: argparse.Namespace) -> int:
 
 def add_dev_cli(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add ``tollhouse dev jwks | token | hash-key``."""
-    dev = sub.add_parser("dev", help="mint test credentials: signing keys, JWTs, API key hashes",
-                         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    dev = sub.add_parser(
+        "dev",
+        help="mint test credentials: signing keys, JWTs, API key hashes",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     cmds = dev.add_subparsers(dest="dev_command", required=True)
 
     p = cmds.add_parser("jwks", help="print the JWKS of a PEM signing key")
     p.add_argument("--key", required=True, help="PEM private key file (RSA or P-256)")
-    p.add_argument("--generate", action="store_true",
-                   help="create an RSA key in --key first when the file does not exist")
+    p.add_argument(
+        "--generate",
+        action="store_true",
+        help="create an RSA key in --key first when the file does not exist",
+    )
     p.add_argument("--kid", help="key id (default: the key's RFC 7638 thumbprint)")
     p.set_defaults(func=_cmd_jwks)
 
     p = cmds.add_parser("token", help="print a signed JWT for a customer")
     p.add_argument("sub", help="the customer id (the token's sub claim)")
-    p.add_argument("--key", required=True, help="PEM private key file (e.g. demo-out/keys/"
-                   "signing-key.pem)")
+    p.add_argument(
+        "--key", required=True, help="PEM private key file (e.g. demo-out/keys/signing-key.pem)"
+    )
     p.add_argument("--kid", help="key id (default: the key's RFC 7638 thumbprint)")
     p.add_argument("--issuer", default=DEMO_ISSUER, help=f"iss (default {DEMO_ISSUER})")
-    p.add_argument("--audience", action="append", default=None,
-                   help=f"aud, repeatable (default {DEMO_AUDIENCE})")
+    p.add_argument(
+        "--audience",
+        action="append",
+        default=None,
+        help=f"aud, repeatable (default {DEMO_AUDIENCE})",
+    )
     p.add_argument("--lifetime-s", type=float, default=3600.0, help="exp - iat (default 3600)")
-    p.add_argument("--claim", action="append", default=[], metavar="NAME=VALUE",
-                   help="an extra claim (VALUE parsed as JSON when it can be)")
+    p.add_argument(
+        "--claim",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="an extra claim (VALUE parsed as JSON when it can be)",
+    )
     p.set_defaults(func=_cmd_token)
 
     p = cmds.add_parser("hash-key", help="print the SHA-256 hex of an API key for the config")

@@ -28,15 +28,31 @@ log = get_logger(__name__)
 ADMIN_MAX_BODY = 64 * 1024  # bytes of an admin request body; more: 413 body_too_large
 
 
-_CODES = {400: "bad_request", 404: "not_found", 405: "method_not_allowed", 408: "timeout",
-          413: "body_too_large", 414: "uri_too_long", 431: "headers_too_large",
-          500: "internal_error", 504: "timeout"}
-_TITLES = {400: "Bad request", 404: "Not found", 405: "Method not allowed",
-           413: "Content too large", 431: "Request header fields too large",
-           500: "Internal error", 504: "Timeout"}
-_PROTOCOL_DETAILS = {431: "the request line, a header field or the number of header fields is "
-                          "over this listener's limit",
-                     400: "the request is not valid HTTP/1.1"}
+_CODES = {
+    400: "bad_request",
+    404: "not_found",
+    405: "method_not_allowed",
+    408: "timeout",
+    413: "body_too_large",
+    414: "uri_too_long",
+    431: "headers_too_large",
+    500: "internal_error",
+    504: "timeout",
+}
+_TITLES = {
+    400: "Bad request",
+    404: "Not found",
+    405: "Method not allowed",
+    413: "Content too large",
+    431: "Request header fields too large",
+    500: "Internal error",
+    504: "Timeout",
+}
+_PROTOCOL_DETAILS = {
+    431: "the request line, a header field or the number of header fields is "
+    "over this listener's limit",
+    400: "the request is not valid HTTP/1.1",
+}
 
 
 def _protocol_status(exc: BaseException | None, status: int) -> int:
@@ -53,30 +69,51 @@ class _RequestHandler(web.RequestHandler):
 
     __slots__ = ()
 
-    def handle_error(self, request: web.BaseRequest, status: int = 500,
-                     exc: BaseException | None = None,
-                     message: str | None = None) -> web.StreamResponse:
+    def handle_error(
+        self,
+        request: web.BaseRequest,
+        status: int = 500,
+        exc: BaseException | None = None,
+        message: str | None = None,
+    ) -> web.StreamResponse:
         """problem+json, connection closed; ``message`` (the raw request's bytes) is dropped."""
         status = _protocol_status(exc, status)
         code = _CODES.get(status, "bad_request" if status < 500 else "internal_error")
         if status >= 500:
-            log.error("http.internal_error", exc=exc or False, status=status, code=code,
-                      method=request.method, path=request.path)
+            log.error(
+                "http.internal_error",
+                exc=exc or False,
+                status=status,
+                code=code,
+                method=request.method,
+                path=request.path,
+            )
         else:  # parse errors: the exception's message quotes the request, so only its type
-            log.warning("http.bad_request", status=status, code=code,
-                        error_type=type(exc).__name__ if exc is not None else None)
+            log.warning(
+                "http.bad_request",
+                status=status,
+                code=code,
+                error_type=type(exc).__name__ if exc is not None else None,
+            )
         if request.writer.output_size > 0:
             raise ConnectionError("the response was already started")
-        resp = problem_response(status, code, _TITLES.get(status, "Error"),
-                                _PROTOCOL_DETAILS.get(status, "") if exc is not None else "")
+        resp = problem_response(
+            status,
+            code,
+            _TITLES.get(status, "Error"),
+            _PROTOCOL_DETAILS.get(status, "") if exc is not None else "",
+        )
         resp.force_close()
         return resp
 
     def log_exception(self, *args: Any, **kw: Any) -> None:
         """Log aiohttp's other internal errors: one structured line, no request bytes."""
         exc = kw.get("exc_info")
-        log.error("http.server_error", exc=exc if isinstance(exc, BaseException) else True,
-                  detail=str(args[0]) if args else "")
+        log.error(
+            "http.server_error",
+            exc=exc if isinstance(exc, BaseException) else True,
+            detail=str(args[0]) if args else "",
+        )
 
 
 class _Server(web.Server):
@@ -92,14 +129,17 @@ class SafeAppRunner(web.AppRunner):
 
     async def _make_server(self) -> web.Server:
         plain = await super()._make_server()
-        return _Server(plain.request_handler, request_factory=plain.request_factory,
-                       handler_cancellation=plain.handler_cancellation, loop=plain._loop,
-                       **plain._kwargs)
+        return _Server(
+            plain.request_handler,
+            request_factory=plain.request_factory,
+            handler_cancellation=plain.handler_cancellation,
+            loop=plain._loop,
+            **plain._kwargs,
+        )
 
 
 @web.middleware
-async def problems_middleware(request: web.Request,
-                              handler: Any) -> web.StreamResponse:
+async def problems_middleware(request: web.Request, handler: Any) -> web.StreamResponse:
     """Any HTTP error (unknown path, wrong method, body too large) or bug: problem+json."""
     try:
         resp: web.StreamResponse = await handler(request)
@@ -108,8 +148,9 @@ async def problems_middleware(request: web.Request,
         if e.status < 400:
             raise
         headers = {k: v for k, v in e.headers.items() if k.lower() == "allow"}
-        resp = problem_response(e.status, _CODES.get(e.status, "bad_request"),
-                                _TITLES.get(e.status, e.reason))
+        resp = problem_response(
+            e.status, _CODES.get(e.status, "bad_request"), _TITLES.get(e.status, e.reason)
+        )
         resp.headers.update(headers)
         return resp
     except Exception:

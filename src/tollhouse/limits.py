@@ -19,8 +19,14 @@ from tollhouse.quota.redis_state import share
 if TYPE_CHECKING:
     from tollhouse.check import State
 
-__all__ = ["LimitsBuilder", "effective_quotas", "live_used", "needs_limiter",
-           "refresh_quota_gauges", "standing_headers"]
+__all__ = [
+    "LimitsBuilder",
+    "effective_quotas",
+    "live_used",
+    "needs_limiter",
+    "refresh_quota_gauges",
+    "standing_headers",
+]
 
 
 def needs_limiter(cfg: Config) -> bool:
@@ -29,10 +35,14 @@ def needs_limiter(cfg: Config) -> bool:
     With an entitlement store, overrides and top-ups can appear at any time, without a reload,
     so the limiter must already be there to enforce them.
     """
-    return cfg.store is not None or any(
-        p.quotas or p.rate_limits.per_second or p.rate_limits.per_minute
-        for p in cfg.plans.values()
-    ) or any(c.quota_overrides for c in cfg.customers.values())
+    return (
+        cfg.store is not None
+        or any(
+            p.quotas or p.rate_limits.per_second or p.rate_limits.per_minute
+            for p in cfg.plans.values()
+        )
+        or any(c.quota_overrides for c in cfg.customers.values())
+    )
 
 
 def _pairs(value: Any) -> Mapping[str, int]:
@@ -70,8 +80,12 @@ def limits_key(cust: Any) -> tuple[Any, ...]:
     A value, not an object identity: the store's directory builds a new entry on every lookup,
     and two customers with equal inputs share one Limits (it names no customer).
     """
-    return (cust.plan, getattr(cust, "anchor", None),
-            _frozen(getattr(cust, "quota_overrides", None)), _frozen(getattr(cust, "topups", None)))
+    return (
+        cust.plan,
+        getattr(cust, "anchor", None),
+        _frozen(getattr(cust, "quota_overrides", None)),
+        _frozen(getattr(cust, "topups", None)),
+    )
 
 
 class LimitsBuilder:
@@ -95,7 +109,8 @@ class LimitsBuilder:
         if self._version != cat.version:
             self._cache.clear()
             self._req_meters = frozenset(
-                n for n, m in cat.config.meters.items() if m.source == "requests")
+                n for n, m in cat.config.meters.items() if m.source == "requests"
+            )
             self._version = cat.version
 
     def for_customer(self, cust: Any, plan: PlanConfig) -> Limits:
@@ -109,8 +124,9 @@ class LimitsBuilder:
         self.misses += 1
         limits = Limits(
             plan=cust.plan,
-            quotas=effective_quotas(plan, getattr(cust, "quota_overrides", None),
-                                    getattr(cust, "topups", None)),
+            quotas=effective_quotas(
+                plan, getattr(cust, "quota_overrides", None), getattr(cust, "topups", None)
+            ),
             per_second=plan.rate_limits.per_second,
             per_minute=plan.rate_limits.per_minute,
             overage=plan.overage,

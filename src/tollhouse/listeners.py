@@ -41,8 +41,9 @@ def check_listeners(cfg: Config) -> None:
 def _probe(setting: str, address: str) -> None:
     host, _, port = address.rpartition(":")
     try:
-        infos = socket.getaddrinfo(host, int(port), type=socket.SOCK_STREAM,
-                                   flags=socket.AI_PASSIVE)
+        infos = socket.getaddrinfo(
+            host, int(port), type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )
     except socket.gaierror as e:
         raise ListenError(setting, address, f"cannot resolve {host!r} ({e.strerror})") from None
     for family, kind, proto, _, sockaddr in infos:

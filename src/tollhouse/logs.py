@@ -71,8 +71,11 @@ def _chain(exc: BaseException) -> list[BaseException]:
     e: BaseException | None = exc
     while e is not None and all(e is not x for x in out):
         out.append(e)
-        e = e.__cause__ if e.__cause__ is not None else (
-            None if e.__suppress_context__ else e.__context__)
+        e = (
+            e.__cause__
+            if e.__cause__ is not None
+            else (None if e.__suppress_context__ else e.__context__)
+        )
     return out[::-1]
 
 
@@ -88,8 +91,11 @@ def _traceback(exc: BaseException) -> str:
 
 def exception_fields(exc: BaseException) -> dict[str, str]:
     """``error_type``, ``error_message`` and ``traceback`` of ``exc``, with secrets removed."""
-    return {"error_type": type(exc).__name__, "error_message": _message(exc),
-            "traceback": _traceback(exc)}
+    return {
+        "error_type": type(exc).__name__,
+        "error_message": _message(exc),
+        "traceback": _traceback(exc),
+    }
 
 
 class _JsonFormatter(logging.Formatter):
@@ -126,8 +132,9 @@ class EventLogger:
     def __init__(self, name: str) -> None:
         self._log = logging.getLogger(name)
 
-    def _emit(self, level: int, event: str, fields: dict[str, Any],
-              exc: bool | BaseException = False) -> None:
+    def _emit(
+        self, level: int, event: str, fields: dict[str, Any], exc: bool | BaseException = False
+    ) -> None:
         if self._log.isEnabledFor(level):
             self._log.log(level, event, extra={"fields": fields}, exc_info=exc)
 

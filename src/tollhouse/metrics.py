@@ -29,19 +29,25 @@ CHECK_LATENCY = Histogram(
 CONFIG_RELOADS = Counter("tollhouse_config_reloads_total", "Config reloads by result", ["result"])
 CONFIG_REJECTED = Counter(
     "tollhouse_config_reload_rejected_total",
-    "Reloads refused (the old config kept), by reason: invalid, plan_in_use, error", ["reason"]
+    "Reloads refused (the old config kept), by reason: invalid, plan_in_use, error",
+    ["reason"],
 )
 CONFIG_RESTART_NEEDED = Gauge(
     "tollhouse_config_restart_needed",
-    "1 while the file changes a key read only at start (the running value stays)", ["field"]
+    "1 while the file changes a key read only at start (the running value stays)",
+    ["field"],
 )
 CONFIG_VERSION_INFO = Gauge(
-    "tollhouse_config_info", "The config version being served (one series: the current one)",
-    ["version"])
-READY = Gauge("tollhouse_ready",
-              "1 when config, keys and entitlements are loaded and the spool can write")
-SPOOL_WRITABLE = Gauge("tollhouse_spool_writable",
-                       "1 while the metering spool's fact log can write (metering on)")
+    "tollhouse_config_info",
+    "The config version being served (one series: the current one)",
+    ["version"],
+)
+READY = Gauge(
+    "tollhouse_ready", "1 when config, keys and entitlements are loaded and the spool can write"
+)
+SPOOL_WRITABLE = Gauge(
+    "tollhouse_spool_writable", "1 while the metering spool's fact log can write (metering on)"
+)
 AUTHZ_HTTP_CONNECTIONS = Gauge(
     "tollhouse_authz_http_connections", "Open connections of the HTTP ext_authz listener"
 )

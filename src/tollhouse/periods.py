@@ -85,8 +85,9 @@ def period_for_key(key: str, anchor: date | None) -> Period:
     return period
 
 
-def roll(period: Period, anchor: date | None, new_anchor: date | None,
-         now_s: float) -> tuple[Period, bool] | None:
+def roll(
+    period: Period, anchor: date | None, new_anchor: date | None, now_s: float
+) -> tuple[Period, bool] | None:
     """Move a customer's period on if it must.
 
     ``None`` while ``period`` still holds at ``now_s`` with the same anchor; else ``(the period

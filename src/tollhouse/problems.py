@@ -16,11 +16,16 @@ __all__ = ["PROBLEM_JSON", "problem_response"]
 PROBLEM_JSON = "application/problem+json"
 
 
-def problem_response(status: int, code: str, title: str, detail: str = "",
-                     headers: Mapping[str, str] | None = None) -> web.Response:
+def problem_response(
+    status: int, code: str, title: str, detail: str = "", headers: Mapping[str, str] | None = None
+) -> web.Response:
     """An RFC 9457 problem+json response with a stable ``code``."""
-    body = {"type": f"https://tollhouse.dev/problems/{code}", "title": title, "status": status,
-            "code": code}
+    body = {
+        "type": f"https://tollhouse.dev/problems/{code}",
+        "title": title,
+        "status": status,
+        "code": code,
+    }
     if detail:
         body["detail"] = detail
     return web.json_response(body, status=status, content_type=PROBLEM_JSON, headers=headers)

@@ -31,8 +31,11 @@ class QuotaEffects:
     def post_hoc_usage(self, record: Any) -> None:
         """Bytes/tokens meters known only from the access log count against quotas and credit."""
         meters = self._app.state.catalog.config.meters
-        post_hoc = [(m, int(u)) for m, u in record.units.items()
-                    if meters.get(m) and meters[m].source != "requests"]
+        post_hoc = [
+            (m, int(u))
+            for m, u in record.units.items()
+            if meters.get(m) and meters[m].source != "requests"
+        ]
         if not post_hoc:
             return
         limits = self._limits_of(record) if self._app.limiter is not None else None
@@ -42,8 +45,9 @@ class QuotaEffects:
         if prepaid is not None:
             grants, prices = prepaid
             for meter, units in post_hoc:
-                self._app.credits.charge(grants, meter, record.feature,
-                                         prices.cost(meter, units), self._app.clock())
+                self._app.credits.charge(
+                    grants, meter, record.feature, prices.cost(meter, units), self._app.clock()
+                )
 
     def _prepaid(self, record: Any) -> tuple[Any, Any] | None:
         """The customer's grants and its prepaid plan's prices, if it is on one."""
@@ -66,11 +70,11 @@ class QuotaEffects:
             return
         limits = self._limits_of(record) if self._app.limiter is not None else None
         if limits is not None:
-            self._app.limiter.refund(record.customer, feature.meters, limits,
-                                     record.admitted_at_ms / 1000)
+            self._app.limiter.refund(
+                record.customer, feature.meters, limits, record.admitted_at_ms / 1000
+            )
         prepaid = self._prepaid(record)
         if prepaid is not None:
             grants, prices = prepaid
             for meter, cost in prices.admission_costs(feature.meters).items():
                 self._app.credits.refund(grants, meter, record.feature, cost, self._app.clock())
-

@@ -25,16 +25,18 @@ CUSTOMER_HEADER = "x-tollhouse-customer"
 PATH = "/v1/usage/spend-cap"
 
 
-def add_spend_cap_routes(app: web.Application, service: Any, directory: Any,
-                         caps: Any) -> None:
+def add_spend_cap_routes(app: web.Application, service: Any, directory: Any, caps: Any) -> None:
     """Mount the routes; ``service``: a StoreService; ``caps``: the running SpendCaps."""
 
     def state(cid: str) -> dict[str, Any]:
         ent = directory.customer(cid)
         blocked = caps.blocked(cid) if caps is not None else None
-        return {"customer": cid, "cap": None if ent is None else ent.spend_cap,
-                "reached": blocked is not None,
-                "spent": None if blocked is None else blocked.spent}
+        return {
+            "customer": cid,
+            "cap": None if ent is None else ent.spend_cap,
+            "reached": blocked is not None,
+            "spent": None if blocked is None else blocked.spent,
+        }
 
     async def get(request: web.Request) -> web.Response:
         cid = request.headers.get(CUSTOMER_HEADER, "").strip()
@@ -65,16 +67,19 @@ async def _set(request: web.Request, service: Any, *, remove: bool) -> web.Respo
             return problem_response(400, "invalid_json", "Bad request", "the body is not JSON")
         amount = body.get("amount") if isinstance(body, dict) else None
         if isinstance(amount, bool) or not isinstance(amount, int):
-            return problem_response(400, "invalid", "Bad request",
-                                    "amount: an integer of minor units is required")
+            return problem_response(
+                400, "invalid", "Bad request", "amount: an integer of minor units is required"
+            )
     try:
         cap = await service.set_spend_cap(cid, amount, actor=f"customer:{cid}")
     except ServiceError as e:
         status = 404 if e.code == "not_found" else 400
-        return problem_response(status, e.code, "Bad request" if status == 400 else "Not found",
-                                e.detail)
+        return problem_response(
+            status, e.code, "Bad request" if status == 400 else "Not found", e.detail
+        )
     except Exception as e:  # the store is down: say so, never pretend it was saved
         log.error("spend_cap.store_failed", error=type(e).__name__, customer=cid)
-        return problem_response(503, "store_unavailable", "Service unavailable",
-                                "the cap could not be saved; try again")
+        return problem_response(
+            503, "store_unavailable", "Service unavailable", "the cap could not be saved; try again"
+        )
     return web.json_response({"customer": cid, "cap": None if cap is None else cap.to_json()})

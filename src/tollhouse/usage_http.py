@@ -40,8 +40,14 @@ from tollhouse.http import problems_middleware
 from tollhouse.limits import live_used
 from tollhouse.store.credit_models import MILLI
 
-__all__ = ["LiveSubscriptions", "build_usage_app", "live_counters", "report_lookup",
-           "spend_lookup", "with_credit"]
+__all__ = [
+    "LiveSubscriptions",
+    "build_usage_app",
+    "live_counters",
+    "report_lookup",
+    "spend_lookup",
+    "with_credit",
+]
 
 
 class LiveSubscriptions:
@@ -64,8 +70,9 @@ class LiveSubscriptions:
         ent = self.entry(customer)
         if ent is None:
             return ConfigSubscriptions(self.app.cfg).subscription(customer)
-        changes = [PlanChange(p, math.floor(t)) for p, t in sorted(ent.plan_changes,
-                                                                    key=lambda c: c[1])]
+        changes = [
+            PlanChange(p, math.floor(t)) for p, t in sorted(ent.plan_changes, key=lambda c: c[1])
+        ]
         if not changes:
             changes = [PlanChange(ent.plan, 0)]
         if ent.anchor is not None and midnight_s(ent.anchor) < changes[0].effective_from_s:
@@ -73,8 +80,9 @@ class LiveSubscriptions:
         period = period_containing(self.app.clock(), ent.anchor)
         start = datetime.fromtimestamp(period.start_s, UTC).date()
         topups = tuple(TopUp(start, m, int(u)) for m, u in ent.topups.items())
-        return Subscription(customer, tuple(changes), ent.anchor, ent.status,
-                            math.floor(ent.status_since), topups)
+        return Subscription(
+            customer, tuple(changes), ent.anchor, ent.status, math.floor(ent.status_since), topups
+        )
 
 
 def live_counters(app: Any) -> Callable[[str], Mapping[str, int]]:
@@ -118,9 +126,15 @@ def report_lookup(app: Any) -> Callable[[str, Mapping[str, int]], UsageReport | 
     def lookup(customer: str, live: Mapping[str, int]) -> UsageReport | None:
         ent = subs.entry(customer)
         overrides = dict(ent.quota_overrides) if ent is not None else None
-        report = current_usage(app.cfg, customer, totals=with_live(totals, live),
-                               clock=app.clock, subscriptions=subs, quota_overrides=overrides,
-                               daily=daily_of(totals))
+        report = current_usage(
+            app.cfg,
+            customer,
+            totals=with_live(totals, live),
+            clock=app.clock,
+            subscriptions=subs,
+            quota_overrides=overrides,
+            daily=daily_of(totals),
+        )
         return with_invoices(app.cfg, with_credit(app, ent, report))
 
     return lookup
@@ -145,8 +159,9 @@ def build_usage_app(app: Any) -> web.Application:
     With a store, also the customer's own spend cap (``/v1/usage/spend-cap``).
     """
     web_app = web.Application(middlewares=[problems_middleware])
-    add_usage_route(web_app, report_lookup(app), live=live_counters(app),
-                    ledger_url=app.cfg.billing.ledger)
+    add_usage_route(
+        web_app, report_lookup(app), live=live_counters(app), ledger_url=app.cfg.billing.ledger
+    )
     store = getattr(app.cfg, "store", None)
     if store is not None and app.directory is not None:
         from tollhouse.spend_cap_http import add_spend_cap_routes

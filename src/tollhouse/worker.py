@@ -101,8 +101,12 @@ class _Worker:
         while not self.stop.is_set():
             if self.metering is not None:
                 spool = self.metering.spool
-                status = {"ready": True, "pending": spool.join.pending_count,
-                          "unsent": spool.join.unsent_count, "outbox": len(spool.outbox)}
+                status = {
+                    "ready": True,
+                    "pending": spool.join.pending_count,
+                    "unsent": spool.join.unsent_count,
+                    "outbox": len(spool.outbox),
+                }
                 write_frame(self.writer, b"S", json.dumps(status).encode())
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.stop.wait(), _STATUS_S)
@@ -163,9 +167,15 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     configure_logging(args.log_level)
     try:
-        return asyncio.run(run(Path(args.config), instance=args.instance, fd=args.fd,
-                               writer_pid=args.writer_pid,
-                               effects_since_ms=args.effects_since_ms))
+        return asyncio.run(
+            run(
+                Path(args.config),
+                instance=args.instance,
+                fd=args.fd,
+                writer_pid=args.writer_pid,
+                effects_since_ms=args.effects_since_ms,
+            )
+        )
     except Exception:
         log.error("worker.failed", exc=True)
         return 1

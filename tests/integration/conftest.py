@@ -44,9 +44,18 @@ def envoy_without_tollhouse(
     workdir: Path = tmp_path_factory.mktemp(f"envoy-alone-{transport}")
     upstream = Upstream(ports.upstream).start()
     template = sidecar_http_config_path().read_text() if transport == "http" else None
-    envoy = Envoy(workdir, EnvoyPorts(listen=ports.envoy, admin=ports.envoy_admin,
-                                      tollhouse=ports.tollhouse, upstream=ports.upstream,
-                                      usage=ports.usage, authz_http=ports.authz_http), template)
+    envoy = Envoy(
+        workdir,
+        EnvoyPorts(
+            listen=ports.envoy,
+            admin=ports.envoy_admin,
+            tollhouse=ports.tollhouse,
+            upstream=ports.upstream,
+            usage=ports.usage,
+            authz_http=ports.authz_http,
+        ),
+        template,
+    )
     try:
         envoy.start()
         yield envoy, upstream

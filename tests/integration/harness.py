@@ -84,33 +84,54 @@ def pick_ports() -> StackPorts:
     return StackPorts.pick(free_port)
 
 
-def start_stack(workdir: Path, *, jwks_refresh_s: float = 1.0, jwks_cooldown_s: float = 0.5,
-                overrides: Mapping[str, Any] | None = None,
-                transport: str = "grpc") -> LocalStack:
+def start_stack(
+    workdir: Path,
+    *,
+    jwks_refresh_s: float = 1.0,
+    jwks_cooldown_s: float = 0.5,
+    overrides: Mapping[str, Any] | None = None,
+    transport: str = "grpc",
+) -> LocalStack:
     """JWKS + upstream + tollhouse + Envoy on free ports; fast JWKS refresh for rotation tests.
 
     ``overrides`` replaces top-level sections of the demo config (e.g. ``{"metering": ...}``);
     ``transport`` is how Envoy asks for the Check (``grpc`` or ``http``).
     """
-    stack = LocalStack(workdir, pick_ports(), jwks_refresh_s=jwks_refresh_s,
-                       jwks_cooldown_s=jwks_cooldown_s, overrides=overrides, transport=transport)
+    stack = LocalStack(
+        workdir,
+        pick_ports(),
+        jwks_refresh_s=jwks_refresh_s,
+        jwks_cooldown_s=jwks_cooldown_s,
+        overrides=overrides,
+        transport=transport,
+    )
     return stack.start()
 
 
-def admin_call(stack: LocalStack, token: str, method: str, path: str,
-               body: dict[str, Any] | None = None) -> dict[str, Any]:
+def admin_call(
+    stack: LocalStack, token: str, method: str, path: str, body: dict[str, Any] | None = None
+) -> dict[str, Any]:
     """Call the stack's admin API (``/admin`` + ``path``); fail unless 2xx; the JSON body."""
-    resp = http_request(stack.ports.tollhouse_admin, "/admin" + path, method=method,
-                        headers={"authorization": f"Bearer {token}",
-                                 "content-type": "application/json"},
-                        body=None if body is None else json.dumps(body).encode())
+    resp = http_request(
+        stack.ports.tollhouse_admin,
+        "/admin" + path,
+        method=method,
+        headers={"authorization": f"Bearer {token}", "content-type": "application/json"},
+        body=None if body is None else json.dumps(body).encode(),
+    )
     assert 200 <= resp.status < 300, (method, path, resp.status, resp.body[:300])
     doc: dict[str, Any] = resp.json()
     return doc
 
 
-def wait_until(probe: Callable[[], T], accept: Callable[[T], bool], *, timeout_s: float = 10.0,
-               interval_s: float = 0.1, what: str = "condition") -> T:
+def wait_until(
+    probe: Callable[[], T],
+    accept: Callable[[T], bool],
+    *,
+    timeout_s: float = 10.0,
+    interval_s: float = 0.1,
+    what: str = "condition",
+) -> T:
     """Call ``probe`` until ``accept`` says yes; fail with the last value after ``timeout_s``."""
     deadline = time.monotonic() + timeout_s
     while True:
@@ -141,9 +162,14 @@ def authz_failures(stack: LocalStack) -> int:
     stats = stack.envoy.stats()
     if stack.transport == "grpc":
         return stats.get("http.ingress_http.ext_authz.error", 0)
-    return sum(stats.get(f"cluster.tollhouse_authz.{name}", 0)
-               for name in ("upstream_rq_timeout", "upstream_cx_connect_fail",
-                            "upstream_rq_pending_failure_eject"))
+    return sum(
+        stats.get(f"cluster.tollhouse_authz.{name}", 0)
+        for name in (
+            "upstream_rq_timeout",
+            "upstream_cx_connect_fail",
+            "upstream_rq_pending_failure_eject",
+        )
+    )
 
 
 def tollhouse_checks(stack: LocalStack, result: str, code: str) -> float:
@@ -175,15 +201,21 @@ class LimitedTollhouse(TollhouseProcess):
         super()._spawn(args)
 
 
-def build_stack(workdir: Path, edit: ConfigEdit | None = None, *,
-                usage_listener: bool = False, transport: str = "grpc") -> LocalStack:
+def build_stack(
+    workdir: Path,
+    edit: ConfigEdit | None = None,
+    *,
+    usage_listener: bool = False,
+    transport: str = "grpc",
+) -> LocalStack:
     """An unstarted stack whose tollhouse config is ``edit(demo config)`` (validated again).
 
     ``usage_listener`` serves ``GET /v1/usage`` on the port Envoy's ``tollhouse_usage`` cluster
     points at; ``transport`` is how Envoy asks for the Check (``grpc`` or ``http``).
     """
-    stack = LocalStack(workdir, pick_ports(), jwks_refresh_s=1.0, jwks_cooldown_s=0.5,
-                       transport=transport)
+    stack = LocalStack(
+        workdir, pick_ports(), jwks_refresh_s=1.0, jwks_cooldown_s=0.5, transport=transport
+    )
     config = stack.config if edit is None else edit(stack.config)
     if usage_listener:
         config["usage_listen"] = f"127.0.0.1:{stack.ports.usage}"
@@ -223,8 +255,10 @@ def redis_stream_records(url: str) -> list[UsageRecord]:
 
 def usage_ids_seen(upstream: EchoUpstream, marker: str) -> list[str]:
     """The ``x-tollhouse-usage-id`` of each request the upstream received for ``marker``."""
-    return [str(dict(r["headers"])["x-tollhouse-usage-id"])  # type: ignore[call-overload]
-            for r in upstream_saw(upstream, marker)]
+    return [
+        str(dict(r["headers"])["x-tollhouse-usage-id"])  # type: ignore[call-overload]
+        for r in upstream_saw(upstream, marker)
+    ]
 
 
 class MultiEnvoy(EnvoyProcess):
@@ -234,8 +268,13 @@ class MultiEnvoy(EnvoyProcess):
     transport) to the replicas' ports for it.
     """
 
-    def __init__(self, workdir: Path, ports: EnvoyPorts, replicas: Mapping[str, list[int]],
-                 template: str | None = None) -> None:
+    def __init__(
+        self,
+        workdir: Path,
+        ports: EnvoyPorts,
+        replicas: Mapping[str, list[int]],
+        template: str | None = None,
+    ) -> None:
         super().__init__(workdir, ports, template)
         doc = yaml.safe_load(self._config_text)
         for cluster in doc["static_resources"]["clusters"]:
@@ -255,8 +294,13 @@ class AlsToFirstEnvoy(MultiEnvoy):
     access-log stream lands on whichever replica it connected to.
     """
 
-    def __init__(self, workdir: Path, ports: EnvoyPorts, replicas: Mapping[str, list[int]],
-                 template: str | None = None) -> None:
+    def __init__(
+        self,
+        workdir: Path,
+        ports: EnvoyPorts,
+        replicas: Mapping[str, list[int]],
+        template: str | None = None,
+    ) -> None:
         super().__init__(workdir, ports, replicas, template)
         doc = yaml.safe_load(self._config_text)
         clusters = doc["static_resources"]["clusters"]
@@ -307,7 +351,8 @@ def worker_pid(stack: LocalStack) -> int:
 
     def readyz() -> dict[str, Any]:
         body = urllib.request.urlopen(
-            f"http://127.0.0.1:{stack.ports.tollhouse_admin}/readyz", timeout=5).read()
+            f"http://127.0.0.1:{stack.ports.tollhouse_admin}/readyz", timeout=5
+        ).read()
         return dict(json.loads(body).get("metering", {}))
 
     got = wait_until(readyz, lambda m: m.get("ready") is True, what="a ready metering worker")

@@ -15,7 +15,6 @@ from tests.support.packaging import build_wheel
 pytestmark = pytest.mark.integration
 
 
-
 def test_demo_runs_from_the_built_wheel_outside_a_checkout(tmp_path: Path) -> None:
     """The wheel's tollhouse, imported first and run from another folder, gives the whole tour.
 
@@ -29,12 +28,29 @@ def test_demo_runs_from_the_built_wheel_outside_a_checkout(tmp_path: Path) -> No
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     env = {**os.environ, "PYTHONPATH": str(site)}
-    where = subprocess.run([sys.executable, "-c", "import tollhouse; print(tollhouse.__file__)"],
-                           cwd=elsewhere, env=env, capture_output=True, text=True, check=True)
+    where = subprocess.run(
+        [sys.executable, "-c", "import tollhouse; print(tollhouse.__file__)"],
+        cwd=elsewhere,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     assert where.stdout.strip() == str(site / "tollhouse" / "__init__.py")
-    demo = subprocess.run([sys.executable, "-c", "import sys; from tollhouse.cli import main; "
-                           "sys.exit(main(['demo', '--workdir', 'out']))"], cwd=elsewhere,
-                          env=env, capture_output=True, text=True, timeout=180, check=False)
+    demo = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import sys; from tollhouse.cli import main; "
+            "sys.exit(main(['demo', '--workdir', 'out']))",
+        ],
+        cwd=elsewhere,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=180,
+        check=False,
+    )
     assert demo.returncode == 0, demo.stdout[-3000:] + demo.stderr[-3000:]
     assert "not_entitled" in demo.stdout
     rendered = (elsewhere / "out" / "envoy" / "envoy.yaml").read_text(encoding="utf-8")

@@ -57,7 +57,8 @@ class _RelayEnvoy(Envoy):
                     for log in f["typed_config"].get("access_log", []):
                         cfg = log["typed_config"]
                         cfg["common_config"]["grpc_service"]["envoy_grpc"]["cluster_name"] = (
-                            "als_relay")
+                            "als_relay"
+                        )
                         cfg["additional_request_headers_to_log"] = [USAGE_ID_HEADER]
         clusters = doc["static_resources"]["clusters"]
         relay = copy.deepcopy(next(c for c in clusters if c["name"] == "tollhouse"))
@@ -89,7 +90,8 @@ class _Relay:
             response_serializer=als_pb2.StreamAccessLogsResponse.SerializeToString,
         )
         self._server.add_generic_rpc_handlers(
-            (grpc.method_handlers_generic_handler(SERVICE_NAME, {"StreamAccessLogs": handler}),))
+            (grpc.method_handlers_generic_handler(SERVICE_NAME, {"StreamAccessLogs": handler}),)
+        )
         self._server.add_insecure_port(f"127.0.0.1:{port}")
 
     def start(self) -> _Relay:
@@ -100,8 +102,9 @@ class _Relay:
         self._server.stop(0)
         self._channel.close()
 
-    def _stream(self, messages: Iterable[als_pb2.StreamAccessLogsMessage],
-                context: Any) -> als_pb2.StreamAccessLogsResponse:
+    def _stream(
+        self, messages: Iterable[als_pb2.StreamAccessLogsMessage], context: Any
+    ) -> als_pb2.StreamAccessLogsResponse:
         with contextlib.suppress(grpc.RpcError):  # shutting down
             self._stub.StreamAccessLogs(self._strip(m) for m in messages)
         return als_pb2.StreamAccessLogsResponse()
@@ -129,9 +132,14 @@ class _Relay:
 @pytest.fixture(scope="module")
 def relayed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[LocalStack, _Relay]]:
     """Demo stack, usage_id_from_request_header on, its access log through the relay."""
+
     def edit(config: dict[str, Any]) -> dict[str, Any]:
-        metering = {**config["metering"], "unconfirmed_after_s": 1, "flush_interval_ms": 50,
-                    "usage_id_from_request_header": True}
+        metering = {
+            **config["metering"],
+            "unconfirmed_after_s": 1,
+            "flush_interval_ms": 50,
+            "usage_id_from_request_header": True,
+        }
         return {**config, "metering": metering}
 
     workdir = tmp_path_factory.mktemp("als-header")
@@ -150,9 +158,12 @@ def relayed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[LocalSta
 
 
 def _records(stack: LocalStack, ids: set[str]) -> dict[str, UsageRecord]:
-    return wait_until(lambda: {r.usage_id: r for r in sqlite_meter_records(meter_file(stack))},
-                      lambda got: ids <= got.keys(), timeout_s=20,
-                      what=f"{len(ids)} usage ids in the meter")
+    return wait_until(
+        lambda: {r.usage_id: r for r in sqlite_meter_records(meter_file(stack))},
+        lambda got: ids <= got.keys(),
+        timeout_s=20,
+        what=f"{len(ids)} usage ids in the meter",
+    )
 
 
 def test_header_usage_id_confirms_and_is_never_the_clients(
@@ -168,8 +179,9 @@ def test_header_usage_id_confirms_and_is_never_the_clients(
     token = stack.token("bob")
     forged = {uuid.uuid4().hex for _ in range(8)}
     for i, fake in enumerate(sorted(forged)):
-        resp = stack.request(f"/v1/search?case={case}&i={i}", token=token,
-                             headers={USAGE_ID_HEADER: fake})
+        resp = stack.request(
+            f"/v1/search?case={case}&i={i}", token=token, headers={USAGE_ID_HEADER: fake}
+        )
         assert resp.status == 200
     seen = set(usage_ids_seen(stack.upstream, case))
     assert len(seen) == len(forged)
@@ -179,11 +191,13 @@ def test_header_usage_id_confirms_and_is_never_the_clients(
         assert records[uid].state == UsageRecord.CONFIRMED, records[uid]
         assert records[uid].customer == "bob"
         assert records[uid].response_bytes > 0
-    logged = wait_until(lambda: relay.logged(case), lambda e: len(e) == len(forged),
-                        what="every entry at the relay")
+    logged = wait_until(
+        lambda: relay.logged(case), lambda e: len(e) == len(forged), what="every entry at the relay"
+    )
     assert {e.request.request_headers[USAGE_ID_HEADER] for e in logged} == seen
-    assert all(METADATA_NAMESPACE in e.common_properties.metadata.filter_metadata
-               for e in logged)  # Envoy sent metadata too: the relay's stripping is what mattered
+    assert all(
+        METADATA_NAMESPACE in e.common_properties.metadata.filter_metadata for e in logged
+    )  # Envoy sent metadata too: the relay's stripping is what mattered
     assert not forged & {r.usage_id for r in sqlite_meter_records(meter_file(stack))}
 
 
@@ -201,11 +215,13 @@ def test_denied_request_header_never_touches_a_pending_record(
     victim = stack.request(f"/v1/search?case=lost-{case}", token=stack.token("alice"))
     assert victim.status == 200
     uid = str(victim.json()["headers"][USAGE_ID_HEADER])
-    denied = http_request(stack.ports.envoy, f"/v1/search?case={attack}",
-                          headers={USAGE_ID_HEADER: uid})
+    denied = http_request(
+        stack.ports.envoy, f"/v1/search?case={attack}", headers={USAGE_ID_HEADER: uid}
+    )
     assert denied.status == 401
-    logged = wait_until(lambda: relay.logged(attack), lambda e: len(e) == 1,
-                        what="the denied entry at the relay")
+    logged = wait_until(
+        lambda: relay.logged(attack), lambda e: len(e) == 1, what="the denied entry at the relay"
+    )
     assert logged[0].request.request_headers[USAGE_ID_HEADER] == uid  # the client's own header
     rec = _records(stack, {uid})[uid]
     assert rec.state == UsageRecord.UNCONFIRMED, rec

@@ -104,10 +104,12 @@ def test_non_utf8_request_id_costs_no_victim_record(astack: LocalStack) -> None:
     wanted = set(victims) | attackers
     records = wait_until(
         lambda: {r.usage_id: r for r in sqlite_meter_records(meter_file(astack))},
-        lambda got: wanted <= got.keys(), timeout_s=20, what="every usage id in the meter")
+        lambda got: wanted <= got.keys(),
+        timeout_s=20,
+        what="every usage id in the meter",
+    )
     states = {uid: UsageRecord.State.Name(records[uid].state) for uid in wanted}
-    assert set(states.values()) == {"CONFIRMED"}, [u for u, s in states.items()
-                                                    if s != "CONFIRMED"]
+    assert set(states.values()) == {"CONFIRMED"}, [u for u, s in states.items() if s != "CONFIRMED"]
     for uid, customer in victims.items():
         rec = records[uid]
         assert (rec.customer, rec.response_code, rec.upstream_served) == (customer, 200, True)

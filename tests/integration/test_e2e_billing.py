@@ -40,14 +40,26 @@ SENT = {"hana": 7, "ivan": 3, "zed": 4}  # admitted search requests; zed: throug
 
 def _catalog(config: dict[str, Any]) -> dict[str, Any]:
     """The demo config plus a metered plan: quota 100, 2 requests included, then 0.01 each."""
-    metered = {"features": ["search", "usage"], "quotas": {"requests": QUOTA},
-               "price": {"currency": "USD",
-                         "meters": {"requests": {"included": INCLUDED, "unit_price": str(UNIT)}}}}
+    metered = {
+        "features": ["search", "usage"],
+        "quotas": {"requests": QUOTA},
+        "price": {
+            "currency": "USD",
+            "meters": {"requests": {"included": INCLUDED, "unit_price": str(UNIT)}},
+        },
+    }
     metering = {**config["metering"], "unconfirmed_after_s": 1, "flush_interval_ms": 50}
-    return {**config, "plans": {**config["plans"], "metered": metered},
-            "customers": {**config["customers"], "hana": {"plan": "metered"},
-                          "ivan": {"plan": "metered"}},
-            "default_plan": "metered", "metering": metering}
+    return {
+        **config,
+        "plans": {**config["plans"], "metered": metered},
+        "customers": {
+            **config["customers"],
+            "hana": {"plan": "metered"},
+            "ivan": {"plan": "metered"},
+        },
+        "default_plan": "metered",
+        "metering": metering,
+    }
 
 
 @dataclass(frozen=True)
@@ -61,8 +73,12 @@ class Traffic:
 @pytest.fixture(scope="module")
 def traffic(tmp_path_factory: pytest.TempPathFactory, transport: str) -> Iterator[Traffic]:
     """Start the stack, send allowed and denied requests, wait until the meter has them all."""
-    stack = build_stack(tmp_path_factory.mktemp(f"billing-{transport}"), _catalog,
-                        usage_listener=True, transport=transport).start()
+    stack = build_stack(
+        tmp_path_factory.mktemp(f"billing-{transport}"),
+        _catalog,
+        usage_listener=True,
+        transport=transport,
+    ).start()
     try:
         admitted: dict[str, set[str]] = {c: set() for c in SENT}
         for customer, n in SENT.items():
@@ -75,8 +91,12 @@ def traffic(tmp_path_factory: pytest.TempPathFactory, transport: str) -> Iterato
                 assert stack.request(path, token=token).status == 403
         assert stack.request("/v1/search", token="not-a-jwt").status == 401
         everything = set().union(*admitted.values())
-        wait_until(lambda: {r.usage_id for r in sqlite_meter_records(meter_file(stack))},
-                   lambda ids: everything <= ids, timeout_s=15, what="all usage in the meter")
+        wait_until(
+            lambda: {r.usage_id for r in sqlite_meter_records(meter_file(stack))},
+            lambda ids: everything <= ids,
+            timeout_s=15,
+            what="all usage in the meter",
+        )
         yield Traffic(stack, admitted)
     finally:
         stack.stop()
@@ -89,10 +109,25 @@ def _period() -> str:
 
 def _bill(stack: LocalStack, out: Path) -> subprocess.CompletedProcess[str]:
     """Run ``tollhouse bill`` for the current (still open, so ``--preview``) month."""
-    cmd = [str(find_binary("tollhouse")), "bill", "--config", str(stack.tollhouse.config_path),
-           "--period", _period(), "--preview", "--out", str(out)]
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=60, check=False,
-                          env={"PATH": str(Path(sys.executable).parent)})
+    cmd = [
+        str(find_binary("tollhouse")),
+        "bill",
+        "--config",
+        str(stack.tollhouse.config_path),
+        "--period",
+        _period(),
+        "--preview",
+        "--out",
+        str(out),
+    ]
+    return subprocess.run(
+        cmd,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        env={"PATH": str(Path(sys.executable).parent)},
+    )
 
 
 def _requests_quantity(invoice: dict[str, Any]) -> int:

@@ -38,8 +38,7 @@ class Shop:
     stack: LocalStack
     admin_token: str
 
-    def admin(self, method: str, path: str, body: dict[str, Any] | None = None
-              ) -> dict[str, Any]:
+    def admin(self, method: str, path: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
         """Call the admin API; fail unless it answers 2xx; return the JSON body."""
         return admin_call(self.stack, self.admin_token, method, path, body)
 
@@ -55,14 +54,21 @@ class Shop:
 
 
 def _no_plan_limits(config: dict[str, Any], store_url: str, token_file: Path) -> dict[str, Any]:
-    plans = {name: {k: v for k, v in plan.items() if k not in ("quotas", "rate_limits")}
-             for name, plan in config["plans"].items()}
+    plans = {
+        name: {k: v for k, v in plan.items() if k not in ("quotas", "rate_limits")}
+        for name, plan in config["plans"].items()
+    }
     plans["gauged"] = {"features": ["search", "usage"]}
     customers = {k: v for k, v in config["customers"].items() if not v.get("quota_overrides")}
     metering = {**config["metering"], "flush_interval_ms": 60_000}
-    return {**config, "plans": plans, "customers": customers, "metering": metering,
-            "store": {"url": store_url, "poll_interval_ms": 100},
-            "admin": {"token_file": str(token_file)}}
+    return {
+        **config,
+        "plans": plans,
+        "customers": customers,
+        "metering": metering,
+        "store": {"url": store_url, "poll_interval_ms": 100},
+        "admin": {"token_file": str(token_file)},
+    }
 
 
 @pytest.fixture(scope="module")
@@ -70,15 +76,22 @@ def shop(tmp_path_factory: pytest.TempPathFactory, transport: str) -> Iterator[S
     """A migrated SQLite store, then tollhouse (usage listener on) and Envoy."""
     workdir = tmp_path_factory.mktemp(f"limits-{transport}")
     store_url = f"sqlite://{workdir}/store.db"
-    migrated = subprocess.run([str(find_binary("tollhouse")), "store", "migrate",
-                               "--store-url", store_url], capture_output=True, text=True,
-                              timeout=60, check=False)
+    migrated = subprocess.run(
+        [str(find_binary("tollhouse")), "store", "migrate", "--store-url", store_url],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     assert migrated.returncode == 0, migrated.stderr[-1000:]
     token = secrets.token_urlsafe(24)
     (workdir / "admin.token").write_text(token + "\n", encoding="utf-8")
-    stack = build_stack(workdir / "stack",
-                        lambda c: _no_plan_limits(c, store_url, workdir / "admin.token"),
-                        usage_listener=True, transport=transport)
+    stack = build_stack(
+        workdir / "stack",
+        lambda c: _no_plan_limits(c, store_url, workdir / "admin.token"),
+        usage_listener=True,
+        transport=transport,
+    )
     try:
         stack.start()
         yield Shop(stack, token)
@@ -99,15 +112,21 @@ def _quota(resp: HttpResponse) -> tuple[int, int] | None:
     """``(q, r)`` of ``requests/period`` in an answer's RateLimit headers; None without them."""
     if "ratelimit-policy" not in resp.headers:
         return None
-    return (_item(resp.headers["ratelimit-policy"], "requests/period")["q"],
-            _item(resp.headers["ratelimit"], "requests/period")["r"])
+    return (
+        _item(resp.headers["ratelimit-policy"], "requests/period")["q"],
+        _item(resp.headers["ratelimit"], "requests/period")["r"],
+    )
 
 
 def _await_quota(shop: Shop, token: str, quota: int) -> HttpResponse:
     """Poll the free /v1/usage route (it spends nothing) until the store's quota is applied."""
-    return wait_until(lambda: shop.get("/v1/usage", token), lambda r: r.status == 200
-                      and _quota(r) is not None and _quota(r)[0] == quota,  # type: ignore[index]
-                      timeout_s=5, interval_s=0.05, what=f"quota {quota} applied")
+    return wait_until(
+        lambda: shop.get("/v1/usage", token),
+        lambda r: r.status == 200 and _quota(r) is not None and _quota(r)[0] == quota,  # type: ignore[index]
+        timeout_s=5,
+        interval_s=0.05,
+        what=f"quota {quota} applied",
+    )
 
 
 def test_store_override_and_topup_are_enforced_when_no_plan_sells_a_limit(shop: Shop) -> None:
@@ -132,8 +151,12 @@ def test_usage_is_live_right_after_the_quota_decision(shop: Shop) -> None:
     assert [shop.get("/v1/search", token).status for _ in range(3)] == [200, 200, 429]
     doc = shop.get("/v1/usage", token).json()
     assert doc["customer"] == cid
-    assert doc["meters"]["requests"] == {**doc["meters"]["requests"], "used": 2, "quota": 2,
-                                         "remaining": 0}
+    assert doc["meters"]["requests"] == {
+        **doc["meters"]["requests"],
+        "used": 2,
+        "quota": 2,
+        "remaining": 0,
+    }
 
 
 def test_denials_402_and_403_carry_ratelimit_headers(shop: Shop) -> None:
@@ -146,8 +169,13 @@ def test_denials_402_and_403_carry_ratelimit_headers(shop: Shop) -> None:
     assert (denied.status, denied.problem_code()) == (403, "not_entitled")
     assert _quota(denied) == (5, 4)
     shop.admin("POST", f"/customers/{cid}/status", {"status": "suspended"})
-    suspended = wait_until(lambda: shop.get("/v1/usage", token), lambda r: r.status == 402,
-                           timeout_s=5, interval_s=0.05, what="suspension applied")
+    suspended = wait_until(
+        lambda: shop.get("/v1/usage", token),
+        lambda r: r.status == 402,
+        timeout_s=5,
+        interval_s=0.05,
+        what="suspension applied",
+    )
     assert suspended.problem_code() == "payment_required"
     assert _quota(suspended) == (5, 4)
     again = shop.get("/v1/search", token)
@@ -155,8 +183,11 @@ def test_denials_402_and_403_carry_ratelimit_headers(shop: Shop) -> None:
 
 
 def _series(metrics: str, name: str) -> list[str]:
-    return [line for line in metrics.splitlines() if line.startswith(name + "{")
-            or line.startswith(name + " ")]
+    return [
+        line
+        for line in metrics.splitlines()
+        if line.startswith(name + "{") or line.startswith(name + " ")
+    ]
 
 
 def test_metrics_config_info_store_health_and_quota_gauges(shop: Shop) -> None:
@@ -165,8 +196,12 @@ def test_metrics_config_info_store_health_and_quota_gauges(shop: Shop) -> None:
     before = _series(th.metrics(), "tollhouse_config_info")
     assert len(before) == 1, before
     th.rewrite_config({**th.config, "check_deadline_ms": 149})
-    after = wait_until(lambda: _series(th.metrics(), "tollhouse_config_info"),
-                       lambda s: s != before, timeout_s=10, what="config reloaded")
+    after = wait_until(
+        lambda: _series(th.metrics(), "tollhouse_config_info"),
+        lambda s: s != before,
+        timeout_s=10,
+        what="config reloaded",
+    )
     assert len(after) == 1, after
     assert after[0].endswith(" 1.0"), after
     assert _series(th.metrics(), "tollhouse_store_healthy") == ["tollhouse_store_healthy 1.0"]

@@ -39,22 +39,23 @@ pytestmark = pytest.mark.integration
 CONFIRMED = UsageRecord.CONFIRMED
 UNCONFIRMED = UsageRecord.UNCONFIRMED
 
+
 def _case() -> str:
     return uuid.uuid4().hex[:12]
 
 
 def _fast_metering(config: dict[str, Any], **extra: Any) -> dict[str, Any]:
     """Short grace for access-log entries and a fast forwarder, so the tests wait little."""
-    metering = {**config["metering"], "unconfirmed_after_s": 1, "flush_interval_ms": 50,
-                **extra}
+    metering = {**config["metering"], "unconfirmed_after_s": 1, "flush_interval_ms": 50, **extra}
     return {**config, "metering": metering}
 
 
 @pytest.fixture(scope="module")
 def mstack(tmp_path_factory: pytest.TempPathFactory, transport: str) -> Iterator[LocalStack]:
     """The demo stack with a SQLite meter and a 1 s grace for unconfirmed records."""
-    s = build_stack(tmp_path_factory.mktemp(f"metering-{transport}"), _fast_metering,
-                    transport=transport).start()
+    s = build_stack(
+        tmp_path_factory.mktemp(f"metering-{transport}"), _fast_metering, transport=transport
+    ).start()
     try:
         yield s
     finally:
@@ -65,11 +66,16 @@ def _records_by_id(stack: LocalStack) -> dict[str, UsageRecord]:
     return {r.usage_id: r for r in sqlite_meter_records(meter_file(stack))}
 
 
-def _wait_metered(stack: LocalStack, ids: set[str], timeout_s: float = 15.0
-                  ) -> dict[str, UsageRecord]:
+def _wait_metered(
+    stack: LocalStack, ids: set[str], timeout_s: float = 15.0
+) -> dict[str, UsageRecord]:
     """Poll the meter until every id in ``ids`` is there; return the meter's records by id."""
-    return wait_until(lambda: _records_by_id(stack), lambda got: ids <= got.keys(),
-                      timeout_s=timeout_s, what=f"{len(ids)} usage ids in the meter")
+    return wait_until(
+        lambda: _records_by_id(stack),
+        lambda got: ids <= got.keys(),
+        timeout_s=timeout_s,
+        what=f"{len(ids)} usage ids in the meter",
+    )
 
 
 def _ok_usage_id(resp: Any) -> str:
@@ -132,8 +138,11 @@ def test_header_meter_bills_the_upstream_header_value(mstack: LocalStack) -> Non
 def test_usage_id_header_reaches_the_upstream(mstack: LocalStack) -> None:
     """The API receives x-tollhouse-usage-id, and it is the id of the metered record."""
     case = _case()
-    mstack.request(f"/v1/search?case={case}", token=mstack.token("alice"),
-                   headers={"x-tollhouse-usage-id": "client-chosen"})
+    mstack.request(
+        f"/v1/search?case={case}",
+        token=mstack.token("alice"),
+        headers={"x-tollhouse-usage-id": "client-chosen"},
+    )
     seen = usage_ids_seen(mstack.upstream, case)
     assert len(seen) == 1
     assert seen[0] not in ("", "client-chosen")
@@ -160,8 +169,11 @@ class _Load:
             except OSError:
                 continue
             # 200: the usage id the API saw; otherwise the problem code ("" from Envoy itself).
-            tag = (resp.json()["headers"]["x-tollhouse-usage-id"] if resp.status == 200
-                   else resp.problem_code())
+            tag = (
+                resp.json()["headers"]["x-tollhouse-usage-id"]
+                if resp.status == 200
+                else resp.problem_code()
+            )
             with self._lock:
                 self.results.append((resp.status, tag))
 
@@ -233,8 +245,9 @@ def test_sigkill_of_the_metering_worker_loses_nothing(mstack: LocalStack) -> Non
 def test_redis_meter_survives_a_redis_kill(tmp_path: Path) -> None:
     """Redis killed mid-load and restarted: every admitted usage id reaches the stream once."""
     redis_srv = RedisServer(tmp_path / "redis", appendonly=True).start()
-    stack = build_stack(tmp_path / "stack",
-                        lambda c: _fast_metering(c, meter=redis_srv.url)).start()
+    stack = build_stack(
+        tmp_path / "stack", lambda c: _fast_metering(c, meter=redis_srv.url)
+    ).start()
     case = _case()
     try:
         with _Load(stack, case, "alice") as load:
@@ -248,9 +261,12 @@ def test_redis_meter_survives_a_redis_kill(tmp_path: Path) -> None:
         admitted, refused = load.admitted(), load.refusals()
         # The meter being down refuses nobody (only a missed Check deadline on a busy machine).
         assert set(refused) <= {(503, "deadline_exceeded"), (503, "")}, refused
-        streamed = wait_until(lambda: redis_stream_records(redis_srv.url),
-                              lambda recs: admitted <= {r.usage_id for r in recs},
-                              timeout_s=20, what="every admitted usage id in the stream")
+        streamed = wait_until(
+            lambda: redis_stream_records(redis_srv.url),
+            lambda recs: admitted <= {r.usage_id for r in recs},
+            timeout_s=20,
+            what="every admitted usage id in the stream",
+        )
         deduped = {r.usage_id: r for r in streamed}
         extra = set(deduped) - admitted
         assert not extra, (f"{len(extra)} records billed for requests Envoy refused", refused)
@@ -280,11 +296,13 @@ def test_spool_write_failure_is_503_and_loses_nothing(tmp_path: Path, transport:
     case = _case()
     try:
         token = stack.token("bob")
-        statuses = [stack.request(f"/v1/search?case={case}&i={i}", token=token).status
-                    for i in range(30)]
+        statuses = [
+            stack.request(f"/v1/search?case={case}&i={i}", token=token).status for i in range(30)
+        ]
         # The client's own x-request-id goes into the reservation (Envoy keeps it from loopback).
-        resp = stack.request(f"/v1/search?case={case}", token=token,
-                             headers={"x-request-id": "r" * 58000})
+        resp = stack.request(
+            f"/v1/search?case={case}", token=token, headers={"x-request-id": "r" * 58000}
+        )
         statuses.append(resp.status)
         assert resp.status == 503, "a reservation above the limit was written"
         assert resp.json()["code"] == unavailable_code(stack, "spool_unavailable")

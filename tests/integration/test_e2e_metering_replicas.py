@@ -27,16 +27,24 @@ pytestmark = pytest.mark.integration
 
 def _redis_metering(url: str) -> Any:
     def edit(config: dict[str, Any]) -> dict[str, Any]:
-        metering = {**config["metering"], "meter": url, "unconfirmed_after_s": 20,
-                    "flush_interval_ms": 50}
+        metering = {
+            **config["metering"],
+            "meter": url,
+            "unconfirmed_after_s": 20,
+            "flush_interval_ms": 50,
+        }
         return {**config, "metering": metering}
+
     return edit
 
 
 def _checks_served(metrics: str) -> float:
     """Sum of the Check decisions a replica reports on /metrics."""
-    return sum(float(line.rsplit(" ", 1)[1]) for line in metrics.splitlines()
-               if line.startswith("tollhouse_checks_total{"))
+    return sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in metrics.splitlines()
+        if line.startswith("tollhouse_checks_total{")
+    )
 
 
 def test_access_log_to_one_replica_confirms_every_record(tmp_path: Path) -> None:
@@ -50,13 +58,15 @@ def test_access_log_to_one_replica_confirms_every_record(tmp_path: Path) -> None
         replica.start()
         tokens: dict[str, int] = {}
         for i in range(40):
-            resp = stack.request(f"/v1/reports/{case}-{i}?tokens={1000 + i}",
-                                 api_key=stack.api_key)
+            resp = stack.request(f"/v1/reports/{case}-{i}?tokens={1000 + i}", api_key=stack.api_key)
             assert resp.status == 200, (resp.status, resp.body[:200])
             tokens[str(resp.json()["headers"]["x-tollhouse-usage-id"])] = 1000 + i
-        streamed = wait_until(lambda: redis_stream_records(redis_srv.url),
-                              lambda recs: set(tokens) <= {r.usage_id for r in recs},
-                              timeout_s=20, what="every usage id in the meter stream")
+        streamed = wait_until(
+            lambda: redis_stream_records(redis_srv.url),
+            lambda recs: set(tokens) <= {r.usage_id for r in recs},
+            timeout_s=20,
+            what="every usage id in the meter stream",
+        )
         checks = [_checks_served(p.metrics()) for p in (stack.tollhouse, replica)]
         mine = [r for r in streamed if r.usage_id in tokens]
         admitted_by = Counter(r.instance for r in mine)

@@ -42,21 +42,37 @@ def _plans(config: dict[str, Any], counters: str = "memory") -> dict[str, Any]:
         "q5": {"features": ["search", "usage"], "quotas": {"requests": Q}},
         "rl": {"features": ["search"], "rate_limits": {"per_second": 2}},
         "shared": {"features": ["search"], "quotas": {"requests": 40}},
-        "fc": {"features": ["search"], "quotas": {"requests": 40},
-               "on_counter_error": "fail_closed"},
-        "loc": {"features": ["search"], "quotas": {"requests": 100_000},
-                "on_counter_error": "local"},
+        "fc": {
+            "features": ["search"],
+            "quotas": {"requests": 40},
+            "on_counter_error": "fail_closed",
+        },
+        "loc": {
+            "features": ["search"],
+            "quotas": {"requests": 100_000},
+            "on_counter_error": "local",
+        },
     }
-    customers = {**config["customers"], "carol": {"plan": "q5"}, "dave": {"plan": "rl"},
-                 "erin": {"plan": "shared"}, "frank": {"plan": "fc"}, "gina": {"plan": "loc"}}
+    customers = {
+        **config["customers"],
+        "carol": {"plan": "q5"},
+        "dave": {"plan": "rl"},
+        "erin": {"plan": "shared"},
+        "frank": {"plan": "fc"},
+        "gina": {"plan": "loc"},
+    }
     return {**config, "plans": plans, "customers": customers, "counters": counters}
 
 
 @pytest.fixture(scope="module")
 def qstack(tmp_path_factory: pytest.TempPathFactory, transport: str) -> Iterator[LocalStack]:
     """One replica, counters in memory."""
-    s = build_stack(tmp_path_factory.mktemp(f"quota-{transport}"), _plans, usage_listener=True,
-                    transport=transport).start()
+    s = build_stack(
+        tmp_path_factory.mktemp(f"quota-{transport}"),
+        _plans,
+        usage_listener=True,
+        transport=transport,
+    ).start()
     try:
         yield s
     finally:
@@ -157,8 +173,7 @@ def _hammer(stack: LocalStack, customer: str, total: int, threads: int = 4) -> l
 def test_two_replicas_sharing_redis_hold_the_quota(tmp_path: Path, transport: str) -> None:
     """Two replicas behind one Envoy, counters in Redis: admitted <= Q (over-admission bound 0)."""
     redis_srv = RedisServer(tmp_path / "redis").start()
-    stack = build_stack(tmp_path / "stack", lambda c: _plans(c, redis_srv.url),
-                        transport=transport)
+    stack = build_stack(tmp_path / "stack", lambda c: _plans(c, redis_srv.url), transport=transport)
     replica = add_replica(stack, "replica-2")
     try:
         stack.start()
@@ -190,8 +205,9 @@ def test_redis_paused_fail_closed_is_503_local_keeps_serving(
 ) -> None:
     """SIGSTOP Redis mid-load: fail_closed ends in 503, local stays 200, no ext_authz error."""
     redis_srv = RedisServer(tmp_path / "redis").start()
-    stack = build_stack(tmp_path / "stack", lambda c: _plans(c, redis_srv.url),
-                        transport=transport).start()
+    stack = build_stack(
+        tmp_path / "stack", lambda c: _plans(c, redis_srv.url), transport=transport
+    ).start()
     try:
         fc, loc = stack.token("frank"), stack.token("gina")
         for _ in range(5):  # leases taken while Redis answers
@@ -209,11 +225,15 @@ def test_redis_paused_fail_closed_is_503_local_keeps_serving(
         assert codes[-10:] == [503] * 10  # once its lease is spent, fail_closed refuses
         refused = [r for r in fc_statuses if r.status == 503]
         assert {r.problem_code() for r in refused} == {
-            unavailable_code(stack, "counters_unavailable")}
+            unavailable_code(stack, "counters_unavailable")
+        }
         assert tollhouse_checks(stack, "error", "counters_unavailable") >= len(refused)
         assert authz_failures(stack) == 0  # no Check timed out: tollhouse answered each
-        wait_until(lambda: stack.request("/v1/search", token=fc).status, lambda s: s == 200,
-                   what="fail_closed plan serving again after Redis resumed")
+        wait_until(
+            lambda: stack.request("/v1/search", token=fc).status,
+            lambda s: s == 200,
+            what="fail_closed plan serving again after Redis resumed",
+        )
     finally:
         stack.stop()
         redis_srv.stop()

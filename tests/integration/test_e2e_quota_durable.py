@@ -24,12 +24,19 @@ PROBLEM = "application/problem+json"
 
 def _plans(config: dict[str, Any], counters: str = "memory") -> dict[str, Any]:
     """The demo catalog plus small hard quotas, one customer per scenario."""
-    plans = {**config["plans"],
-             "q5": {"features": ["search"], "quotas": {"requests": 5}},
-             "q2": {"features": ["search"], "quotas": {"requests": 2}},
-             "q40": {"features": ["search"], "quotas": {"requests": 40}}}
-    customers = {**config["customers"], "rita": {"plan": "q5"}, "kurt": {"plan": "q5"},
-                 "vic": {"plan": "q2"}, "rosa": {"plan": "q40"}}
+    plans = {
+        **config["plans"],
+        "q5": {"features": ["search"], "quotas": {"requests": 5}},
+        "q2": {"features": ["search"], "quotas": {"requests": 2}},
+        "q40": {"features": ["search"], "quotas": {"requests": 40}},
+    }
+    customers = {
+        **config["customers"],
+        "rita": {"plan": "q5"},
+        "kurt": {"plan": "q5"},
+        "vic": {"plan": "q2"},
+        "rosa": {"plan": "q40"},
+    }
     return {**config, "plans": plans, "customers": customers, "counters": counters}
 
 
@@ -54,8 +61,11 @@ def _counted(stack: LocalStack, who: str) -> int:
 
 
 def _metric(stack: LocalStack, prefix: str) -> float:
-    return sum(float(line.rsplit(" ", 1)[1]) for line in stack.tollhouse.metrics().splitlines()
-               if line.startswith(prefix))
+    return sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in stack.tollhouse.metrics().splitlines()
+        if line.startswith(prefix)
+    )
 
 
 def test_embedded_quota_survives_restart_and_crash(tmp_path: Path, transport: str) -> None:
@@ -68,14 +78,17 @@ def test_embedded_quota_survives_restart_and_crash(tmp_path: Path, transport: st
         assert _statuses(stack, "rita", 4) == [200, 200, 429, 429]  # the bug: 4 x 200
 
         assert _statuses(stack, "kurt", 3) == [200] * 3
-        wait_until(lambda: _counted(stack, "kurt"), lambda n: n >= 3,
-                   what="the lease ceiling committed to the counter file")
+        wait_until(
+            lambda: _counted(stack, "kurt"),
+            lambda n: n >= 3,
+            what="the lease ceiling committed to the counter file",
+        )
         stack.tollhouse.kill()  # a crash: no stop(), the leased ceiling is what counts
         stack.tollhouse.start()
         after = _statuses(stack, "kurt", 4)
         assert after.count(200) <= 2  # over-admission after the crash: none
         assert after.count(200) >= 1  # under-admission: at most the unspent lease (1 here)
-        assert after[after.count(200):] == [429] * (4 - after.count(200))
+        assert after[after.count(200) :] == [429] * (4 - after.count(200))
     finally:
         stack.stop()
 
@@ -83,8 +96,9 @@ def test_embedded_quota_survives_restart_and_crash(tmp_path: Path, transport: st
 def test_redis_restart_without_persistence_keeps_the_quota(tmp_path: Path, transport: str) -> None:
     """Counters in a Redis without RDB/AOF: a Redis restart mid-period keeps the quota closed."""
     redis_srv = RedisServer(tmp_path / "redis").start()
-    stack = build_stack(tmp_path / "stack", lambda c: _plans(c, redis_srv.url),
-                        transport=transport).start()
+    stack = build_stack(
+        tmp_path / "stack", lambda c: _plans(c, redis_srv.url), transport=transport
+    ).start()
     try:
         assert _statuses(stack, "rosa", 30) == [200] * 30
         redis_srv.stop()
@@ -120,9 +134,13 @@ def test_voided_request_gives_its_unit_back(tmp_path: Path, transport: str) -> N
             first = _statuses(stack, "vic", 2)
             assert first == [503, 503], first  # admitted by tollhouse, not served upstream
             voided += 2
-            wait_until(lambda: _metric(stack, 'tollhouse_usage_finalized_total{billable="false",'
-                                       'state="VOIDED"}'), lambda n, v=voided: n >= v,
-                       what="both reservations finalised VOIDED")
+            wait_until(
+                lambda: _metric(
+                    stack, 'tollhouse_usage_finalized_total{billable="false",state="VOIDED"}'
+                ),
+                lambda n, v=voided: n >= v,
+                what="both reservations finalised VOIDED",
+            )
         token = stack.token("vic")
         resp = stack.request("/v1/search", token=token)
         assert resp.status == 503

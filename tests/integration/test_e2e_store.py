@@ -41,8 +41,7 @@ class Pair:
     replica: Tollhouse
     admin_token: str
 
-    def admin(self, method: str, path: str, body: dict[str, Any] | None = None
-              ) -> dict[str, Any]:
+    def admin(self, method: str, path: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
         """Call the admin API; fail unless it answers 2xx; return the JSON body."""
         return admin_call(self.stack, self.admin_token, method, path, body)
 
@@ -57,14 +56,21 @@ def pair(tmp_path: Path, postgres_server: PostgresServer) -> Iterator[Pair]:
     url = postgres_server.fresh_database_url("th_")
     token = secrets.token_urlsafe(24)
     (tmp_path / "admin.token").write_text(token + "\n", encoding="utf-8")
-    migrated = subprocess.run([str(find_binary("tollhouse")), "store", "migrate",
-                               "--store-url", url], capture_output=True, text=True, timeout=60,
-                              check=False)
+    migrated = subprocess.run(
+        [str(find_binary("tollhouse")), "store", "migrate", "--store-url", url],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     assert migrated.returncode == 0, migrated.stderr[-1000:]
 
     def edit(config: dict[str, Any]) -> dict[str, Any]:
-        return {**config, "store": {"url": url, "poll_interval_ms": 200},
-                "admin": {"token_file": str(tmp_path / "admin.token")}}
+        return {
+            **config,
+            "store": {"url": url, "poll_interval_ms": 200},
+            "admin": {"token_file": str(tmp_path / "admin.token")},
+        }
 
     stack = build_stack(tmp_path / "stack", edit)
     replica = add_replica(stack, "replica-2")
@@ -78,8 +84,13 @@ def pair(tmp_path: Path, postgres_server: PostgresServer) -> Iterator[Pair]:
 
 
 def _within(probe: Callable[[], list[int]], want: int, what: str) -> None:
-    wait_until(probe, lambda got: got == [want] * ROUND, timeout_s=PROPAGATION_S,
-               interval_s=0.02, what=what)
+    wait_until(
+        probe,
+        lambda got: got == [want] * ROUND,
+        timeout_s=PROPAGATION_S,
+        interval_s=0.02,
+        what=what,
+    )
 
 
 def _new_customer(pair: Pair, plan: str) -> tuple[str, str]:

@@ -48,19 +48,35 @@ def _month(offset: int = 0) -> str:
 
 def _catalog(config: dict[str, Any]) -> dict[str, Any]:
     """A priced plan with quota 100 and shadow_price: next (another base fee and unit price)."""
-    metered = {"features": ["search", "usage"], "quotas": {"requests": 100},
-               "shadow_price": "next",
-               "price": {"currency": "USD", "base_fee": str(BASE),
-                         "meters": {"requests": {"included": INCLUDED, "unit_price": str(UNIT)}}}}
-    nxt = {"features": ["search", "usage"],
-           "price": {"currency": "USD", "base_fee": str(SHADOW_BASE),
-                     "meters": {"requests": {"unit_price": str(SHADOW_UNIT)}}}}
+    metered = {
+        "features": ["search", "usage"],
+        "quotas": {"requests": 100},
+        "shadow_price": "next",
+        "price": {
+            "currency": "USD",
+            "base_fee": str(BASE),
+            "meters": {"requests": {"included": INCLUDED, "unit_price": str(UNIT)}},
+        },
+    }
+    nxt = {
+        "features": ["search", "usage"],
+        "price": {
+            "currency": "USD",
+            "base_fee": str(SHADOW_BASE),
+            "meters": {"requests": {"unit_price": str(SHADOW_UNIT)}},
+        },
+    }
     since = f"{_month(-1)}-01"
     metering = {**config["metering"], "unconfirmed_after_s": 1, "flush_interval_ms": 50}
     auth = {**config["auth"], "api_keys": {**config["auth"]["api_keys"], "keys": []}}
-    return {**config, "auth": auth, "plans": {**config["plans"], "metered": metered, "next": nxt},
-            "customers": {c: {"plan": "metered", "since": since} for c in SENT},
-            "default_plan": None, "metering": metering}
+    return {
+        **config,
+        "auth": auth,
+        "plans": {**config["plans"], "metered": metered, "next": nxt},
+        "customers": {c: {"plan": "metered", "since": since} for c in SENT},
+        "default_plan": None,
+        "metering": metering,
+    }
 
 
 @dataclass(frozen=True)
@@ -73,23 +89,36 @@ class Site:
 
 def _cli(stack: LocalStack, *args: str) -> subprocess.CompletedProcess[str]:
     cmd = [str(find_binary("tollhouse")), *args, "--config", str(stack.tollhouse.config_path)]
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=60, check=False,
-                          env={"PATH": str(Path(sys.executable).parent)})
+    return subprocess.run(
+        cmd,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        env={"PATH": str(Path(sys.executable).parent)},
+    )
 
 
 @pytest.fixture(scope="module")
 def site(tmp_path_factory: pytest.TempPathFactory, transport: str) -> Iterator[Site]:
     """Start the stack, send the customers' requests, wait for the meter, issue last month."""
-    stack = build_stack(tmp_path_factory.mktemp(f"usage-page-{transport}"), _catalog,
-                        usage_listener=True, transport=transport).start()
+    stack = build_stack(
+        tmp_path_factory.mktemp(f"usage-page-{transport}"),
+        _catalog,
+        usage_listener=True,
+        transport=transport,
+    ).start()
     try:
         for customer, n in SENT.items():
             token = stack.token(customer)
             for _ in range(n):
                 assert stack.request("/v1/search", token=token).status == 200
-        wait_until(lambda: [r for r in sqlite_meter_records(meter_file(stack)) if r.billable],
-                   lambda recs: len(recs) >= sum(SENT.values()), timeout_s=15,
-                   what="every request in the meter")
+        wait_until(
+            lambda: [r for r in sqlite_meter_records(meter_file(stack)) if r.billable],
+            lambda recs: len(recs) >= sum(SENT.values()),
+            timeout_s=15,
+            what="every request in the meter",
+        )
         done = _cli(stack, "bill", "--period", _month(-1))
         assert done.returncode == 0, done.stdout + done.stderr[-2000:]
         yield Site(stack, {c: f"TH-{_month(-1)}-{c}" for c in SENT})
@@ -120,8 +149,9 @@ class Visit:
 
 
 def _visit(browser: Any, site: Site, customer: str, path: str = "/v1/usage") -> Visit:
-    context = browser.new_context(extra_http_headers={
-        "authorization": f"Bearer {site.stack.token(customer)}"})
+    context = browser.new_context(
+        extra_http_headers={"authorization": f"Bearer {site.stack.token(customer)}"}
+    )
     page = context.new_page()
     errors: list[str] = []
     page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
@@ -132,8 +162,9 @@ def _visit(browser: Any, site: Site, customer: str, path: str = "/v1/usage") -> 
 
 
 def _json(site: Site, customer: str) -> dict[str, Any]:
-    resp = site.stack.request("/v1/usage", token=site.stack.token(customer),
-                              headers={"accept": "application/json"})
+    resp = site.stack.request(
+        "/v1/usage", token=site.stack.token(customer), headers={"accept": "application/json"}
+    )
     assert resp.status == 200, resp.body[:300]
     doc: dict[str, Any] = resp.json()
     return doc
@@ -151,8 +182,9 @@ def test_page_shows_the_json_numbers_and_the_meter(browser: Any, site: Site) -> 
     """
     records = sqlite_meter_records(meter_file(site.stack))
     for customer, n in SENT.items():
-        metered = sum(int(r.units["requests"]) for r in records
-                      if r.customer == customer and r.billable)
+        metered = sum(
+            int(r.units["requests"]) for r in records if r.customer == customer and r.billable
+        )
         assert metered == n
         doc = _json(site, customer)
         assert doc["meters"]["requests"]["used"] == n
@@ -168,9 +200,11 @@ def test_page_shows_the_json_numbers_and_the_meter(browser: Any, site: Site) -> 
         assert _text(v.page, '[data-field="customer"]') == customer
         assert _text(v.page, '[data-field="charges-so-far"]') == f"USD {doc['charges_so_far']}"
         assert _text(v.page, '[data-field="projected-total"]') in {
-            f"USD {d['projected_total']}" for d in (doc, after)}
+            f"USD {d['projected_total']}" for d in (doc, after)
+        }
         bars = v.page.locator(f"{meter} rect.bar").evaluate_all(
-            "els => els.map(e => Number(e.dataset.units))")
+            "els => els.map(e => Number(e.dataset.units))"
+        )
         assert sum(bars) == n
         assert v.errors == []
         v.page.context.close()
@@ -183,8 +217,7 @@ def test_two_customers_each_see_only_their_own_invoices(browser: Any, site: Site
     ivan's invoice asked for with hana's credential is the same 404 as a made-up number.
     """
     v = _visit(browser, site, "hana")
-    rows = v.page.locator("tr[data-invoice]").evaluate_all(
-        "els => els.map(e => e.dataset.invoice)")
+    rows = v.page.locator("tr[data-invoice]").evaluate_all("els => els.map(e => e.dataset.invoice)")
     assert rows == [site.invoices["hana"]]
     assert "ivan" not in v.page.content()
     v.page.locator(f'tr[data-invoice="{site.invoices["hana"]}"] a', has_text="HTML").click()
@@ -204,7 +237,8 @@ def test_two_customers_each_see_only_their_own_invoices(browser: Any, site: Site
     v.page.context.close()
     theirs = _visit(browser, site, "ivan").page
     assert theirs.locator("tr[data-invoice]").evaluate_all(
-        "els => els.map(e => e.dataset.invoice)") == [site.invoices["ivan"]]
+        "els => els.map(e => e.dataset.invoice)"
+    ) == [site.invoices["ivan"]]
     assert "hana" not in theirs.content()
     theirs.context.close()
 
@@ -228,8 +262,11 @@ def test_shadow_amounts_equal_simulate_of_the_shadow_plan(browser: Any, site: Si
         assert doc["shadow"]["plan"] == "next"
         assert Decimal(doc["shadow"]["charges_so_far"]) == expected
         assert Decimal(doc["charges_so_far"]) == BASE + (n - INCLUDED) * UNIT  # real: unchanged
-        shadow = next(ln for ln in preview.stdout.splitlines()
-                      if ln.startswith(f"SHADOW TH-{label}-{customer} "))
+        shadow = next(
+            ln
+            for ln in preview.stdout.splitlines()
+            if ln.startswith(f"SHADOW TH-{label}-{customer} ")
+        )
         assert f"under next: USD {expected}" in shadow
         assert shadow.endswith("not billed")
         v = _visit(browser, site, customer)

@@ -64,14 +64,31 @@ def stack(tmp_path: Path) -> Iterator[tuple[LocalStack, str]]:
 
     def edit(config: dict[str, Any]) -> dict[str, Any]:
         plans = {**config["plans"], "q10": {"features": ["search"], "quotas": {"requests": Q}}}
-        return {**config, "plans": plans,
-                "customers": {**config["customers"], "carol": {"plan": "q10"}},
-                "store": {"url": url, "poll_interval_ms": 200},
-                "admin": {"token_file": str(tmp_path / "admin.token")},
-                "webhooks": {"poll_interval_ms": 100, "backoff_initial_s": 0.2,
-                             "backoff_max_s": 0.5, "request_timeout_ms": 2000, "lease_s": 5},
-                "alerts": {"interval_ms": 100, "plans": {"q10": {"quota": [
-                    {"meter": "requests", "percent": 80}, {"meter": "requests", "percent": 100}]}}}}
+        return {
+            **config,
+            "plans": plans,
+            "customers": {**config["customers"], "carol": {"plan": "q10"}},
+            "store": {"url": url, "poll_interval_ms": 200},
+            "admin": {"token_file": str(tmp_path / "admin.token")},
+            "webhooks": {
+                "poll_interval_ms": 100,
+                "backoff_initial_s": 0.2,
+                "backoff_max_s": 0.5,
+                "request_timeout_ms": 2000,
+                "lease_s": 5,
+            },
+            "alerts": {
+                "interval_ms": 100,
+                "plans": {
+                    "q10": {
+                        "quota": [
+                            {"meter": "requests", "percent": 80},
+                            {"meter": "requests", "percent": 100},
+                        ]
+                    }
+                },
+            },
+        }
 
     s = build_stack(tmp_path / "stack", edit).start()
     try:
@@ -80,12 +97,16 @@ def stack(tmp_path: Path) -> Iterator[tuple[LocalStack, str]]:
         s.stop()
 
 
-def _admin(s: LocalStack, token: str, method: str, path: str,
-           body: dict[str, Any] | None = None) -> dict[str, Any]:
-    resp = http_request(s.ports.tollhouse_admin, "/admin" + path, method=method,
-                        headers={"authorization": f"Bearer {token}",
-                                 "content-type": "application/json"},
-                        body=None if body is None else json.dumps(body).encode())
+def _admin(
+    s: LocalStack, token: str, method: str, path: str, body: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    resp = http_request(
+        s.ports.tollhouse_admin,
+        "/admin" + path,
+        method=method,
+        headers={"authorization": f"Bearer {token}", "content-type": "application/json"},
+        body=None if body is None else json.dumps(body).encode(),
+    )
     assert 200 <= resp.status < 300, (path, resp.status, resp.body[:300])
     doc: dict[str, Any] = resp.json()
     return doc
@@ -99,33 +120,52 @@ def _rounds(s: LocalStack) -> float:
 
 
 def test_quota_80_and_100_percent_arrive_once_each_signed_after_an_outage(
-        stack: tuple[LocalStack, str]) -> None:
+    stack: tuple[LocalStack, str],
+) -> None:
     """80% and 100% of carol's quota: one signed webhook each, delivered after the outage."""
     s, token = stack
     port = free_port()  # nothing listens yet: the receiver is down
-    ep = _admin(s, token, "POST", "/webhooks", {"url": f"http://127.0.0.1:{port}/hook",
-                                                "events": ["quota.threshold_reached"]})
+    ep = _admin(
+        s,
+        token,
+        "POST",
+        "/webhooks",
+        {"url": f"http://127.0.0.1:{port}/hook", "events": ["quota.threshold_reached"]},
+    )
     jwt = s.token("carol")
     assert [s.request("/v1/search", token=jwt).status for _ in range(8)] == [200] * 8
 
     def deliveries() -> list[dict[str, Any]]:
-        items: list[dict[str, Any]] = _admin(s, token, "GET",
-                                             f"/webhooks/{ep['id']}/deliveries")["items"]
+        items: list[dict[str, Any]] = _admin(s, token, "GET", f"/webhooks/{ep['id']}/deliveries")[
+            "items"
+        ]
         return items
 
-    wait_until(deliveries, lambda d: len(d) == 1 and d[0]["attempts"] >= 1, timeout_s=15,
-               what="the 80% event, attempted while the receiver is down")
+    wait_until(
+        deliveries,
+        lambda d: len(d) == 1 and d[0]["attempts"] >= 1,
+        timeout_s=15,
+        what="the 80% event, attempted while the receiver is down",
+    )
     start = _rounds(s)
-    wait_until(lambda: _rounds(s), lambda n: n >= start + 5, timeout_s=15,
-               what="five more evaluations at 80%")
+    wait_until(
+        lambda: _rounds(s),
+        lambda n: n >= start + 5,
+        timeout_s=15,
+        what="five more evaluations at 80%",
+    )
     assert len(deliveries()) == 1  # sitting at 80% fired once
     statuses = [s.request("/v1/search", token=jwt).status for _ in range(Q - 8 + 3)]
     assert statuses == [200] * (Q - 8) + [429] * 3
     wait_until(deliveries, lambda d: len(d) == 2, timeout_s=15, what="the 100% event")
     sink = Sink(port)
     try:
-        wait_until(deliveries, lambda d: all(x["state"] == "delivered" for x in d),
-                   timeout_s=20, what="both delivered after the outage")
+        wait_until(
+            deliveries,
+            lambda d: all(x["state"] == "delivered" for x in d),
+            timeout_s=20,
+            what="both delivered after the outage",
+        )
     finally:
         sink.stop()
     hook = Webhook(ep["secret"])

@@ -48,8 +48,9 @@ def _seen_headers(resp: HttpResponse) -> dict[str, str]:
     return dict(doc["headers"])
 
 
-def _assert_denied(stack: LocalStack, resp: HttpResponse, status: int, code: str,
-                   case: str) -> dict[str, Any]:
+def _assert_denied(
+    stack: LocalStack, resp: HttpResponse, status: int, code: str, case: str
+) -> dict[str, Any]:
     assert resp.status == status, (resp.status, resp.body[:300])
     assert resp.headers.get("content-type", "").startswith(PROBLEM)
     problem: dict[str, Any] = resp.json()
@@ -75,8 +76,11 @@ def test_valid_es256_jwt_is_accepted(stack: LocalStack) -> None:
     ec_key = generate_ec("ec-" + _case())
     stack.jwks.set_document(jwks(stack.key, ec_key))
     try:
-        resp = wait_until(lambda: stack.request("/v1/search", token=stack.token("bob", key=ec_key)),
-                          lambda r: r.status == 200, what="ES256 key picked up")
+        resp = wait_until(
+            lambda: stack.request("/v1/search", token=stack.token("bob", key=ec_key)),
+            lambda r: r.status == 200,
+            what="ES256 key picked up",
+        )
         assert _seen_headers(resp)["x-tollhouse-customer"] == "bob"
     finally:
         stack.jwks.set_document(jwks(stack.key))
@@ -117,13 +121,26 @@ def bad_tokens(stack: LocalStack) -> dict[str, str]:
     }
 
 
-@pytest.mark.parametrize("kind", [
-    "malformed", "truncated", "expired", "nbf_in_future", "wrong_issuer", "wrong_audience",
-    "bad_signature", "tampered_payload", "alg_none", "hs256_with_rsa_public_key", "unknown_kid",
-    "no_exp",
-])
-def test_bad_jwt_is_401_invalid_token(stack: LocalStack, bad_tokens: dict[str, str],
-                                      kind: str) -> None:
+@pytest.mark.parametrize(
+    "kind",
+    [
+        "malformed",
+        "truncated",
+        "expired",
+        "nbf_in_future",
+        "wrong_issuer",
+        "wrong_audience",
+        "bad_signature",
+        "tampered_payload",
+        "alg_none",
+        "hs256_with_rsa_public_key",
+        "unknown_kid",
+        "no_exp",
+    ],
+)
+def test_bad_jwt_is_401_invalid_token(
+    stack: LocalStack, bad_tokens: dict[str, str], kind: str
+) -> None:
     """Each forged, expired or mis-addressed token is a 401 invalid_token, never a 200."""
     case = _case()
     resp = stack.request(f"/v1/search?case={case}", token=bad_tokens[kind])
@@ -152,8 +169,7 @@ def test_unknown_api_key_is_401(stack: LocalStack) -> None:
 def test_bearer_and_api_key_together_is_400(stack: LocalStack) -> None:
     """Both a bearer token and an API key: ambiguous, 400."""
     case = _case()
-    resp = stack.request(f"/v1/search?case={case}", token=stack.token("bob"),
-                         api_key=stack.api_key)
+    resp = stack.request(f"/v1/search?case={case}", token=stack.token("bob"), api_key=stack.api_key)
     _assert_denied(stack, resp, 400, "ambiguous_credentials", case)
 
 
@@ -173,8 +189,12 @@ def test_usage_route_is_guarded_by_ext_authz(stack: LocalStack) -> None:
 
 def test_spoofed_identity_headers_are_replaced(stack: LocalStack) -> None:
     """Client-sent x-tollhouse-* headers never reach the API; tollhouse's values do."""
-    spoof = {"x-tollhouse-customer": "globex", "x-tollhouse-plan": "enterprise",
-             "x-tollhouse-feature": "reports", "x-tollhouse-usage-id": "spoofed-usage-id"}
+    spoof = {
+        "x-tollhouse-customer": "globex",
+        "x-tollhouse-plan": "enterprise",
+        "x-tollhouse-feature": "reports",
+        "x-tollhouse-usage-id": "spoofed-usage-id",
+    }
     resp = stack.request("/v1/search", token=stack.token("bob"), headers=spoof)
     seen = _seen_headers(resp)
     assert seen["x-tollhouse-customer"] == "bob"
@@ -247,9 +267,11 @@ def test_jwks_url_rotation(stack: LocalStack) -> None:
 def test_access_log_stream_reaches_tollhouse(stack: LocalStack) -> None:
     """Envoy's gRPC access logger writes to tollhouse's ALS without dropping entries."""
     stack.request("/v1/search", token=stack.token("alice"))
-    stats = wait_until(stack.envoy.stats,
-                       lambda s: s.get("access_logs.grpc_access_log.logs_written", 0) > 0,
-                       what="access-log entries written")
+    stats = wait_until(
+        stack.envoy.stats,
+        lambda s: s.get("access_logs.grpc_access_log.logs_written", 0) > 0,
+        what="access-log entries written",
+    )
     assert stats.get("access_logs.grpc_access_log.logs_dropped", 0) == 0
 
 
@@ -258,14 +280,19 @@ def test_tollhouse_stopped_means_503_never_200(stack: LocalStack) -> None:
     assert stack.tollhouse.stop() == 0
     try:
         case = _case()
-        statuses = {stack.request(f"/v1/search?case={case}", token=stack.token("alice")).status
-                    for _ in range(5)}
+        statuses = {
+            stack.request(f"/v1/search?case={case}", token=stack.token("alice")).status
+            for _ in range(5)
+        }
         assert statuses == {503}
         assert upstream_saw(stack.upstream, case) == []
     finally:
         stack.tollhouse.start()
-    wait_until(lambda: stack.request("/v1/search", token=stack.token("alice")).status,
-               lambda s: s == 200, what="200 after tollhouse restart")
+    wait_until(
+        lambda: stack.request("/v1/search", token=stack.token("alice")).status,
+        lambda s: s == 200,
+        what="200 after tollhouse restart",
+    )
 
 
 def test_tollhouse_killed_means_503_never_200(stack: LocalStack) -> None:
@@ -273,11 +300,16 @@ def test_tollhouse_killed_means_503_never_200(stack: LocalStack) -> None:
     stack.tollhouse.kill()
     try:
         case = _case()
-        statuses = {stack.request(f"/v1/search?case={case}", token=stack.token("bob")).status
-                    for _ in range(5)}
+        statuses = {
+            stack.request(f"/v1/search?case={case}", token=stack.token("bob")).status
+            for _ in range(5)
+        }
         assert statuses == {503}
         assert upstream_saw(stack.upstream, case) == []
     finally:
         stack.tollhouse.start()
-    wait_until(lambda: stack.request("/v1/search", token=stack.token("bob")).status,
-               lambda s: s == 200, what="200 after tollhouse restart")
+    wait_until(
+        lambda: stack.request("/v1/search", token=stack.token("bob")).status,
+        lambda s: s == 200,
+        what="200 after tollhouse restart",
+    )

@@ -22,13 +22,23 @@ def test_demo_tour_prints_table_and_exits_0(tmp_path: Path) -> None:
 
     Its invoices land in the demo config's own ``billing.invoices_dir`` (and nowhere else).
     """
-    result = subprocess.run([str(find_binary("tollhouse")), "demo", "--workdir", str(tmp_path)],
-                            capture_output=True, text=True, timeout=120, check=False)
+    result = subprocess.run(
+        [str(find_binary("tollhouse")), "demo", "--workdir", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     out = result.stdout
     assert "expected" not in out  # no row was marked as a surprise
-    for code in ("not_entitled", "invalid_api_key", "ambiguous_credentials",
-                 "missing_credentials", "invalid_token"):
+    for code in (
+        "not_entitled",
+        "invalid_api_key",
+        "ambiguous_credentials",
+        "missing_credentials",
+        "invalid_token",
+    ):
         assert code in out
     spoof = next(line for line in out.splitlines() if "spoofs x-tollhouse-customer" in line)
     assert "API saw customer=bob plan=pro" in spoof
@@ -62,8 +72,13 @@ def _printed_block(text: str, header: str) -> list[str]:
 
 
 def _run_bash(script: str) -> str:
-    done = subprocess.run(["bash", "-c", "set -eu\n" + script], capture_output=True, text=True,
-                          timeout=60, check=False)
+    done = subprocess.run(
+        ["bash", "-c", "set -eu\n" + script],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     assert done.returncode == 0, done.stdout + done.stderr
     return done.stdout
 
@@ -74,10 +89,12 @@ def _check_keep_output(text: str, workdir: Path) -> None:
     names = [line.split("=", 1)[0].removeprefix("export ") for line in exports]
     assert names == ["ALICE", "DANA", "BOB", "GLOBEX_KEY", "ADMIN_TOKEN"]
     creds = {name: _grab(rf"export {name}='([^']+)'", text) for name in names}
-    for header, path, who in (("authorization", "/v1/search", "ALICE"),
-                              ("authorization", "/v1/usage", "DANA"),
-                              ("authorization", "/v1/export/report.csv", "BOB"),
-                              ("x-api-key", "/v1/reports/monthly", "GLOBEX_KEY")):
+    for header, path, who in (
+        ("authorization", "/v1/search", "ALICE"),
+        ("authorization", "/v1/usage", "DANA"),
+        ("authorization", "/v1/export/report.csv", "BOB"),
+        ("x-api-key", "/v1/reports/monthly", "GLOBEX_KEY"),
+    ):
         value = creds[who] if header == "x-api-key" else f"Bearer {creds[who]}"
         assert http_request(port, path, headers={header: value}).status == 200, who
     token_file = workdir / "tollhouse" / "admin-token"
@@ -93,8 +110,9 @@ def _check_keep_output(text: str, workdir: Path) -> None:
     key = workdir / "keys" / "signing-key.pem"
     assert key.stat().st_mode & 0o777 == 0o600
     minted = _run_bash(f"{find_binary('tollhouse')} dev token bob --key {key}").strip()
-    resp = http_request(port, "/v1/export/report.csv",
-                        headers={"authorization": f"Bearer {minted}"})
+    resp = http_request(
+        port, "/v1/export/report.csv", headers={"authorization": f"Bearer {minted}"}
+    )
     assert resp.status == 200
     assert resp.json()["headers"]["x-tollhouse-customer"] == "bob"
 
@@ -105,9 +123,12 @@ def test_demo_keep_serves_until_interrupted(tmp_path: Path) -> None:
     Create a customer, issue a key, call with it (200), revoke it (401); the demo signing key is
     kept in the workdir and `tollhouse dev token` signs with it; Ctrl-C stops everything with 0.
     """
-    proc = subprocess.Popen([str(find_binary("tollhouse")), "demo", "--keep", "--workdir",
-                             str(tmp_path)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True)
+    proc = subprocess.Popen(
+        [str(find_binary("tollhouse")), "demo", "--keep", "--workdir", str(tmp_path)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     assert proc.stdout is not None
     lines: list[str] = []
     try:

@@ -16,8 +16,9 @@ def test_no_tollhouse_means_503_and_upstream_untouched(
     envoy, upstream = envoy_without_tollhouse
     before = envoy.stats().get("http.ingress_http.ext_authz.error", 0)
     statuses = [
-        http_request(envoy.port, f"/v1/search?case=down-{i}",
-                     headers={"authorization": "Bearer x.y.z"}).status
+        http_request(
+            envoy.port, f"/v1/search?case=down-{i}", headers={"authorization": "Bearer x.y.z"}
+        ).status
         for i in range(5)
     ]
     assert statuses == [503] * 5

@@ -46,8 +46,12 @@ def _istio_shape(text: str) -> str:
 
 
 def _config(config: dict[str, Any]) -> dict[str, Any]:
-    metering = {**config["metering"], "unconfirmed_after_s": 30, "flush_interval_ms": 50,
-                "usage_id_from_request_header": True}
+    metering = {
+        **config["metering"],
+        "unconfirmed_after_s": 30,
+        "flush_interval_ms": 50,
+        "usage_id_from_request_header": True,
+    }
     return {**config, "metering": metering}
 
 
@@ -75,19 +79,24 @@ def test_records_are_confirmed_through_the_logged_header(istack: LocalStack) -> 
     case = uuid.uuid4().hex[:12]
     token = istack.token("globex")
     for i in range(10):
-        resp = istack.request(f"/v1/reports/{case}?tokens={100 + i}", token=token,
-                              headers={"x-tollhouse-usage-id": "f" * 32})  # a client's own
+        resp = istack.request(
+            f"/v1/reports/{case}?tokens={100 + i}",
+            token=token,
+            headers={"x-tollhouse-usage-id": "f" * 32},
+        )  # a client's own
         assert resp.status == 200, resp.body[:200]
     ids = set(usage_ids_seen(istack.upstream, case))
     assert len(ids) == 10
     assert "f" * 32 not in ids  # tollhouse overwrote the client's header upstream
 
     def confirmed() -> dict[str, UsageRecord]:
-        return {r.usage_id: r for r in sqlite_meter_records(meter_file(istack))
-                if r.usage_id in ids}
+        return {
+            r.usage_id: r for r in sqlite_meter_records(meter_file(istack)) if r.usage_id in ids
+        }
 
-    records = wait_until(confirmed, lambda got: len(got) == 10, timeout_s=15,
-                         what="10 records in the meter")
+    records = wait_until(
+        confirmed, lambda got: len(got) == 10, timeout_s=15, what="10 records in the meter"
+    )
     assert {r.state for r in records.values()} == {UsageRecord.CONFIRMED}
     assert sorted(int(r.units["tokens"]) for r in records.values()) == list(range(100, 110))
     assert all(r.response_bytes > 0 for r in records.values())

@@ -78,8 +78,10 @@ class Verdict:
 
     def summary(self) -> str:
         wins = {name: self.window(name) for name in WINDOWS}
-        return (f"visible={dict(self.visible)} metered={dict(self.metered)} "
-                f"billed={dict(self.billed)} windows={wins} violations={list(self.violations)}")
+        return (
+            f"visible={dict(self.visible)} metered={dict(self.metered)} "
+            f"billed={dict(self.billed)} windows={wins} violations={list(self.violations)}"
+        )
 
     def assert_exact(self) -> None:
         """Fail unless admitted == metered == billed with no window used."""
@@ -94,8 +96,9 @@ class Verdict:
             assert self.window(name) <= bounds.get(name, 0), self.summary()
 
 
-def invoice_requests(invoices: Iterable[Mapping[str, object]], meter: str = "requests"
-                     ) -> dict[str, int]:
+def invoice_requests(
+    invoices: Iterable[Mapping[str, object]], meter: str = "requests"
+) -> dict[str, int]:
     """The quantity each customer's invoice charges for ``meter`` (the sum over its tiers)."""
     out: dict[str, int] = {}
     for inv in invoices:
@@ -107,8 +110,12 @@ def invoice_requests(invoices: Iterable[Mapping[str, object]], meter: str = "req
     return out
 
 
-def check(outcomes: Iterable[Outcome], served: Iterable[str], records: Iterable[UsageRecord],
-          billed: Mapping[str, int]) -> Verdict:
+def check(
+    outcomes: Iterable[Outcome],
+    served: Iterable[str],
+    records: Iterable[UsageRecord],
+    billed: Mapping[str, int],
+) -> Verdict:
     """Compare clients, upstream, meter and invoices; classify every difference.
 
     ``served``: usage ids the upstream received; ``records``: the meter's final records;
@@ -123,8 +130,9 @@ def check(outcomes: Iterable[Outcome], served: Iterable[str], records: Iterable[
     final: dict[str, UsageRecord] = {}
     for rec in records:
         final.setdefault(rec.usage_id, rec)
-    billable = {uid: r.customer for uid, r in final.items()
-                if r.billable and r.state in BILLABLE_STATES}
+    billable = {
+        uid: r.customer for uid, r in final.items() if r.billable and r.state in BILLABLE_STATES
+    }
     violations += _admitted_not_billed(ok_ids, final, billable)
     windows = _extras(ok_ids, set(served), billable, violations)
     customers = sorted({o.customer for o in outs} | set(billable.values()))
@@ -137,8 +145,9 @@ def check(outcomes: Iterable[Outcome], served: Iterable[str], records: Iterable[
     return Verdict(visible, metered, invoiced, windows, tuple(violations))
 
 
-def _admitted_not_billed(ok_ids: Mapping[str, str], final: Mapping[str, UsageRecord],
-                         billable: Mapping[str, str]) -> list[str]:
+def _admitted_not_billed(
+    ok_ids: Mapping[str, str], final: Mapping[str, UsageRecord], billable: Mapping[str, str]
+) -> list[str]:
     """Every client 200 must be a billable record of the same customer."""
     out: list[str] = []
     missing = sorted(set(ok_ids) - set(final))
@@ -154,8 +163,9 @@ def _admitted_not_billed(ok_ids: Mapping[str, str], final: Mapping[str, UsageRec
     return out
 
 
-def _extras(ok_ids: Mapping[str, str], served: set[str], billable: Mapping[str, str],
-            violations: list[str]) -> dict[str, frozenset[str]]:
+def _extras(
+    ok_ids: Mapping[str, str], served: set[str], billable: Mapping[str, str], violations: list[str]
+) -> dict[str, frozenset[str]]:
     """Billable records no client got a 200 for, by window (served upstream or not)."""
     extra = set(billable) - set(ok_ids)
     unseen = frozenset(extra & served)

@@ -63,19 +63,26 @@ class MeterRow:
 
 
 def _config(root: Path) -> Config:
-    price = {"currency": "USD", "meters": {"requests": {"model": "per_unit",
-                                                        "unit_price": "0.01"}}}
-    return parse_config({
-        "meters": {"requests": {}},
-        "features": {"search": {"rules": [{"methods": ["GET"], "path": "/v1/search*"}]}},
-        "plans": {"pro": {"features": ["search"], "price": price}},
-        "customers": {c: {"plan": "pro", "since": "2026-11-01"} for c in CUSTOMERS},
-        "metering": {"spool": str(root / "spool"), "meter": f"sqlite:///{root}/meter.db",
-                     "unconfirmed_after_s": GRACE_S, "bill_unconfirmed": True,
-                     "bill_upstream_5xx": False},
-        "billing": {"ledger": f"sqlite:///{root}/ledger.db",
-                    "invoices_dir": str(root / "invoices")},
-    })
+    price = {"currency": "USD", "meters": {"requests": {"model": "per_unit", "unit_price": "0.01"}}}
+    return parse_config(
+        {
+            "meters": {"requests": {}},
+            "features": {"search": {"rules": [{"methods": ["GET"], "path": "/v1/search*"}]}},
+            "plans": {"pro": {"features": ["search"], "price": price}},
+            "customers": {c: {"plan": "pro", "since": "2026-11-01"} for c in CUSTOMERS},
+            "metering": {
+                "spool": str(root / "spool"),
+                "meter": f"sqlite:///{root}/meter.db",
+                "unconfirmed_after_s": GRACE_S,
+                "bill_unconfirmed": True,
+                "bill_upstream_5xx": False,
+            },
+            "billing": {
+                "ledger": f"sqlite:///{root}/ledger.db",
+                "invoices_dir": str(root / "invoices"),
+            },
+        }
+    )
 
 
 def _crash_hook(point: str, nth: int) -> Callable[[str], None]:
@@ -115,8 +122,13 @@ class Pipeline:
         return None
 
     def _open(self) -> tuple[Any, SqliteMeterSink]:
-        spool = Spool(self.root / "spool", finalizer=lambda: self.fin, on_applied=self._ignore,
-                      clock=lambda: self.now, instance="stateful")
+        spool = Spool(
+            self.root / "spool",
+            finalizer=lambda: self.fin,
+            on_applied=self._ignore,
+            clock=lambda: self.now,
+            instance="stateful",
+        )
         self.run(spool.open())
         return spool, SqliteMeterSink(self.root / "meter.db")
 
@@ -134,9 +146,19 @@ class Pipeline:
         return rec
 
     def _reservation(self, customer: str, request_id: str) -> UsageRecord:
-        return reservation(self.fin, self.now, "stateful", customer=customer, plan="pro",
-                           feature="search", method="GET", path="/v1/search",
-                           request_id=request_id, decision_id=f"d-{request_id}", degraded=False)
+        return reservation(
+            self.fin,
+            self.now,
+            "stateful",
+            customer=customer,
+            plan="pro",
+            feature="search",
+            method="GET",
+            path="/v1/search",
+            request_id=request_id,
+            decision_id=f"d-{request_id}",
+            degraded=False,
+        )
 
     def access_log(self, entry: LogEntry) -> None:
         """One access-log entry arrives; its served fact is durable when this returns."""
@@ -146,9 +168,15 @@ class Pipeline:
 
     def served(self, usage_id: str, request_id: str, status: int, upstream: bool) -> None:
         """Envoy logs the request: served by the upstream with ``status``, or a local reply."""
-        self.access_log(LogEntry(usage_id=usage_id, response_code=status, request_id=request_id,
-                                 upstream_served=upstream,
-                                 response_flags="" if upstream else "UAEX"))
+        self.access_log(
+            LogEntry(
+                usage_id=usage_id,
+                response_code=status,
+                request_id=request_id,
+                upstream_served=upstream,
+                response_flags="" if upstream else "UAEX",
+            )
+        )
 
     def void(self, usage_id: str, request_id: str) -> None:
         """The Check gave up after writing the reservation (deadline): a void fact."""
@@ -156,16 +184,19 @@ class Pipeline:
 
     def void_by_request(self, request_id: str) -> None:
         """An entry without tollhouse metadata for this request id (Envoy used no OK)."""
-        self.access_log(LogEntry(usage_id=None, response_code=503, request_id=request_id,
-                                 response_flags="UAEX"))
+        self.access_log(
+            LogEntry(usage_id=None, response_code=503, request_id=request_id, response_flags="UAEX")
+        )
 
     def sweep(self) -> list[UsageRecord]:
         """The grace-period sweep of the forwarder's tick: overdue reservations UNCONFIRMED."""
+
         async def go() -> list[UsageRecord]:
             await self.spool.barrier()
             cutoff = self.now_ms - GRACE_S * 1000
             records, _ = await self.spool.expire(cutoff, self.now_ms, self.fin)
             return records
+
         return self.run(go())
 
     def forward(self, *, crash_before_ack: bool = False, batch: int = 7) -> int:
@@ -213,17 +244,26 @@ class Pipeline:
         """
         self._bills += 1
         out = self.root / f"invoices-{self._bills}"
-        opts = JobOptions(batch=5) if crash_at is None else JobOptions(
-            batch=5, hook=_crash_hook(*crash_at))
+        opts = (
+            JobOptions(batch=5)
+            if crash_at is None
+            else JobOptions(batch=5, hook=_crash_hook(*crash_at))
+        )
         clock = self._clock_now
-        results = [run_billing(self.cfg, period=None, out_dir=out, preview=False, clock=clock,
-                               options=opts)]
+        results = [
+            run_billing(
+                self.cfg, period=None, out_dir=out, preview=False, clock=clock, options=opts
+            )
+        ]
         docs = _documents(out)
         for label in PERIODS:
             if any(p == label for _, p in docs):
                 continue  # issued: its document is final
-            results.append(run_billing(self.cfg, period=label, out_dir=out, preview=True,
-                                       clock=clock, options=opts))
+            results.append(
+                run_billing(
+                    self.cfg, period=label, out_dir=out, preview=True, clock=clock, options=opts
+                )
+            )
         problems = [p for r in results for p in r.problems]
         assert not problems, problems
         return _documents(out)
@@ -251,8 +291,9 @@ class Pipeline:
             tables = conn.execute("SELECT COUNT(*) FROM sqlite_master WHERE name = 'usage'")
             if tables.fetchone()[0] == 0:
                 return []
-            rows = conn.execute("SELECT usage_id, customer, state, billable, admitted_at_ms"
-                                " FROM usage ORDER BY id").fetchall()
+            rows = conn.execute(
+                "SELECT usage_id, customer, state, billable, admitted_at_ms FROM usage ORDER BY id"
+            ).fetchall()
         return [MeterRow(str(u), str(c), str(s), bool(b), int(a)) for u, c, s, b, a in rows]
 
     def close(self) -> None:
@@ -290,4 +331,3 @@ def period_of(admitted_ms: int) -> str | None:
         if p.start_ms <= admitted_ms < p.end_ms:
             return label
     return None
-

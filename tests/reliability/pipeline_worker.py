@@ -54,12 +54,17 @@ class WorkerPipeline(Pipeline):
     def _open(self) -> tuple[Any, SqliteMeterSink]:
         import os
 
-        self.writer = FactWriter(self.root / "spool", clock=lambda: self.now,
-                                 instance="stateful")
+        self.writer = FactWriter(self.root / "spool", clock=lambda: self.now, instance="stateful")
         self.run(self.writer.open())
-        tail = TailSpool(self.root / "spool", finalizer=lambda: self.fin,
-                         on_applied=self._ignore, expand=entries_of, clock=lambda: self.now,
-                         instance="stateful", writer_pid=os.getpid())
+        tail = TailSpool(
+            self.root / "spool",
+            finalizer=lambda: self.fin,
+            on_applied=self._ignore,
+            expand=entries_of,
+            clock=lambda: self.now,
+            instance="stateful",
+            writer_pid=os.getpid(),
+        )
         self.run(tail.open())
         return tail, SqliteMeterSink(self.root / "meter.db")
 

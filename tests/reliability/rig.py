@@ -39,16 +39,26 @@ from tests.integration.harness import (
 from tests.reliability.invariant import Outcome, Verdict, check, invoice_requests
 from tollhouse.demo.stack import find_binary
 
-__all__ = ["BILL_ENV", "CUSTOMERS", "Load", "bill_command", "fault_stack", "judge",
-           "meter_records", "quiesce", "run_bill", "settle", "verdict"]
+__all__ = [
+    "BILL_ENV",
+    "CUSTOMERS",
+    "Load",
+    "bill_command",
+    "fault_stack",
+    "judge",
+    "meter_records",
+    "quiesce",
+    "run_bill",
+    "settle",
+    "verdict",
+]
 
 CUSTOMERS = ("bob", "globex")  # pro (JWT) and enterprise (API key): no quota stops the load
 
 
 def fast_metering(config: dict[str, Any], **extra: Any) -> dict[str, Any]:
     """1 s grace for unconfirmed records and a fast forwarder, so verdicts come quickly."""
-    metering = {**config["metering"], "unconfirmed_after_s": 1, "flush_interval_ms": 50,
-                **extra}
+    metering = {**config["metering"], "unconfirmed_after_s": 1, "flush_interval_ms": 50, **extra}
     return {**config, "metering": metering}
 
 
@@ -62,9 +72,13 @@ class EnvTollhouse(LimitedTollhouse):
 
 
 @contextmanager
-def fault_stack(workdir: Path, edit: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
-                *, transport: str = "grpc", serve_env: Mapping[str, str] | None = None,
-                ) -> Iterator[LocalStack]:
+def fault_stack(
+    workdir: Path,
+    edit: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
+    *,
+    transport: str = "grpc",
+    serve_env: Mapping[str, str] | None = None,
+) -> Iterator[LocalStack]:
     """A started stack with fast metering (plus ``edit``), stopped on exit.
 
     ``serve_env``: extra environment for ``tollhouse serve`` (e.g. libfaketime's).
@@ -96,9 +110,13 @@ class Load:
     errors and resets are outcomes too (status 0): while Envoy is down a client sees exactly that.
     """
 
-    def __init__(self, stack: LocalStack, threads: int = 4,
-                 keys: Mapping[str, str] | None = None,
-                 customers: tuple[str, ...] = CUSTOMERS) -> None:
+    def __init__(
+        self,
+        stack: LocalStack,
+        threads: int = 4,
+        keys: Mapping[str, str] | None = None,
+        customers: tuple[str, ...] = CUSTOMERS,
+    ) -> None:
         self.stack = stack
         self._keys = dict(keys or {})
         customers = (*customers, *self._keys)
@@ -107,8 +125,10 @@ class Load:
         self._latency_s: list[float] = []  # one per outcome, same order
         self._stop = threading.Event()
         self._lock = threading.Lock()
-        self._threads = [threading.Thread(target=self._run, args=(customers[i % len(customers)],),
-                                          daemon=True) for i in range(threads)]
+        self._threads = [
+            threading.Thread(target=self._run, args=(customers[i % len(customers)],), daemon=True)
+            for i in range(threads)
+        ]
 
     @property
     def threads(self) -> int:
@@ -205,19 +225,46 @@ def _period() -> str:
 BILL_ENV = {"PATH": str(Path(sys.executable).parent) + ":/usr/bin:/bin"}
 
 
-def bill_command(stack: LocalStack, out: Path, *, prefix: tuple[str, ...] = (),
-                 period: str | None = None, preview: bool = True) -> list[str]:
+def bill_command(
+    stack: LocalStack,
+    out: Path,
+    *,
+    prefix: tuple[str, ...] = (),
+    period: str | None = None,
+    preview: bool = True,
+) -> list[str]:
     """The ``tollhouse bill`` command line :func:`run_bill` runs (run it with ``BILL_ENV``)."""
-    cmd = [*prefix, str(find_binary("tollhouse")), "bill", "--config",
-           str(stack.tollhouse.config_path), "--period", period or _period(), "--out", str(out)]
+    cmd = [
+        *prefix,
+        str(find_binary("tollhouse")),
+        "bill",
+        "--config",
+        str(stack.tollhouse.config_path),
+        "--period",
+        period or _period(),
+        "--out",
+        str(out),
+    ]
     return [*cmd, "--preview"] if preview else cmd
 
 
-def run_bill(stack: LocalStack, out: Path, *, prefix: tuple[str, ...] = (),
-             period: str | None = None, preview: bool = True) -> list[dict[str, Any]]:
+def run_bill(
+    stack: LocalStack,
+    out: Path,
+    *,
+    prefix: tuple[str, ...] = (),
+    period: str | None = None,
+    preview: bool = True,
+) -> list[dict[str, Any]]:
     """``tollhouse bill`` on the stack's config (the real meter and ledger); the invoices."""
-    done = subprocess.run(bill_command(stack, out, prefix=prefix, period=period, preview=preview),
-                          capture_output=True, text=True, timeout=120, check=False, env=BILL_ENV)
+    done = subprocess.run(
+        bill_command(stack, out, prefix=prefix, period=period, preview=preview),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+        env=BILL_ENV,
+    )
     assert done.returncode == 0, (done.returncode, done.stderr[-3000:])
     return [json.loads(p.read_text()) for p in sorted(out.glob("*.json"))]
 
@@ -233,8 +280,12 @@ def settle(stack: LocalStack, load: Load, timeout_s: float = 30.0) -> None:
     ``answer_lost`` window) land after the grace as UNCONFIRMED, so wait a little past it too.
     """
     served = set(usage_ids_seen(stack.upstream, load.case))
-    wait_until(lambda: _metered_ids(stack), lambda got: served <= got, timeout_s=timeout_s,
-               what=f"{len(served)} served usage ids in the meter")
+    wait_until(
+        lambda: _metered_ids(stack),
+        lambda got: served <= got,
+        timeout_s=timeout_s,
+        what=f"{len(served)} served usage ids in the meter",
+    )
     quiesce(stack, timeout_s)
 
 
@@ -248,8 +299,13 @@ def quiesce(stack: LocalStack, timeout_s: float = 30.0) -> None:
         return len(stable) > 3 and stable[-1] == stable[-4]
 
     time.sleep(0)  # let the sweep run
-    wait_until(settled, bool, timeout_s=timeout_s, interval_s=max(0.5, grace),
-               what="the meter stops growing")
+    wait_until(
+        settled,
+        bool,
+        timeout_s=timeout_s,
+        interval_s=max(0.5, grace),
+        what="the meter stops growing",
+    )
 
 
 def verdict(stack: LocalStack, load: Load, out: Path) -> Verdict:

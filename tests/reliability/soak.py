@@ -30,8 +30,7 @@ FD_GROWTH = 16  # allowed growth of serve + worker open fds after warm-up
 
 def _proc(pid: int) -> dict[str, int]:
     status = Path(f"/proc/{pid}/status").read_text()
-    rss_kb = next(int(line.split()[1]) for line in status.splitlines()
-                  if line.startswith("VmRSS:"))
+    rss_kb = next(int(line.split()[1]) for line in status.splitlines() if line.startswith("VmRSS:"))
     return {"rss_kib": rss_kb, "fds": len(os.listdir(f"/proc/{pid}/fd"))}
 
 
@@ -46,8 +45,11 @@ def _percentiles(latencies: list[float]) -> dict[str, float]:
 def _sample(stack: Any, load: Load, since: int, kill: bool) -> dict[str, Any]:
     serve = stack.tollhouse.proc.pid
     worker = worker_pid(stack)
-    row: dict[str, Any] = {"t_s": round(time.monotonic(), 1), "serve": _proc(serve),
-                           "worker": _proc(worker)}
+    row: dict[str, Any] = {
+        "t_s": round(time.monotonic(), 1),
+        "serve": _proc(serve),
+        "worker": _proc(worker),
+    }
     outs = load.snapshot()[since:]
     row["requests"] = len(outs)
     row["non_200"] = sum(1 for o in outs if o.status != 200)
@@ -61,8 +63,12 @@ def _sample(stack: Any, load: Load, since: int, kill: bool) -> dict[str, Any]:
 def _growth(rows: list[dict[str, Any]], minutes: float) -> dict[str, float]:
     first, last = rows[1], rows[-1]
     total = lambda r, k: r["serve"][k] + r["worker"][k]  # noqa: E731
-    return {"rss_mib_per_min": (total(last, "rss_kib") - total(first, "rss_kib")) / 1024
-            / max(minutes, 1e-9), "fds": total(last, "fds") - total(first, "fds")}
+    return {
+        "rss_mib_per_min": (total(last, "rss_kib") - total(first, "rss_kib"))
+        / 1024
+        / max(minutes, 1e-9),
+        "fds": total(last, "fds") - total(first, "fds"),
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -73,8 +79,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, default=None)
     args = p.parse_args(argv)
     rows: list[dict[str, Any]] = []
-    with tempfile.TemporaryDirectory(prefix="tollhouse-soak-") as tmp, \
-            fault_stack(Path(tmp) / "stack") as stack:
+    with (
+        tempfile.TemporaryDirectory(prefix="tollhouse-soak-") as tmp,
+        fault_stack(Path(tmp) / "stack") as stack,
+    ):
         with Load(stack, 4) as load:
             end = time.monotonic() + args.minutes * 60
             i = 0
@@ -90,9 +98,14 @@ def main(argv: list[str] | None = None) -> int:
     if args.out is not None:
         args.out.write_text(json.dumps(report, indent=2))
     print(json.dumps({"growth": growth, "verdict": v.summary()}))
-    ok = not v.violations and v.window("answer_lost") == 0 and (
-        not growth or (growth["rss_mib_per_min"] <= RSS_SLOPE_MIB_PER_MIN
-                       and growth["fds"] <= FD_GROWTH))
+    ok = (
+        not v.violations
+        and v.window("answer_lost") == 0
+        and (
+            not growth
+            or (growth["rss_mib_per_min"] <= RSS_SLOPE_MIB_PER_MIN and growth["fds"] <= FD_GROWTH)
+        )
+    )
     return 0 if ok else 1
 
 

@@ -71,22 +71,35 @@ def test_month_boundary_end_to_end(tmp_path: Path) -> None:
     with fault_stack(tmp_path / "stack", serve_env=env) as stack:
         assert fake_now() < edge - 2, "the stack took too long to start: raise LEAD_S"
         with Load(stack, 4, customers=("globex",)) as load:  # an API key: no JWT times
-            wait_until(fake_now, lambda t: t >= edge + 4, timeout_s=LEAD_S + 15,
-                       interval_s=0.2, what="the faked clock past the boundary")
+            wait_until(
+                fake_now,
+                lambda t: t >= edge + 4,
+                timeout_s=LEAD_S + 15,
+                interval_s=0.2,
+                what="the faked clock past the boundary",
+            )
         settle(stack, load)
         months = [_previous(boundary), boundary]
-        invoices = {_label(m): run_bill(stack, tmp_path / _label(m), period=_label(m))
-                    for m in months}
+        invoices = {
+            _label(m): run_bill(stack, tmp_path / _label(m), period=_label(m)) for m in months
+        }
         served = usage_ids_seen(stack.upstream, load.case)
         assert len(upstream_saw(stack.upstream, load.case)) == len(served)
         records = [r for r in meter_records(stack) if r.customer == "globex"]
-    v = check(load.snapshot(), served, records,
-              invoice_requests(i for docs in invoices.values() for i in docs))
+    v = check(
+        load.snapshot(),
+        served,
+        records,
+        invoice_requests(i for docs in invoices.values() for i in docs),
+    )
     v.assert_exact()
     edge_ms = int(edge * 1000)
     assert all(abs(r.admitted_at_ms - edge_ms) < 120_000 for r in records), "faketime not applied"
-    by_month = Counter(_label(boundary) if r.admitted_at_ms >= edge_ms else
-                       _label(months[0]) for r in records if r.billable)
+    by_month = Counter(
+        _label(boundary) if r.admitted_at_ms >= edge_ms else _label(months[0])
+        for r in records
+        if r.billable
+    )
     print(v.summary(), dict(by_month))  # shown with pytest -rP
     assert by_month[_label(months[0])] > 0, by_month
     assert by_month[_label(boundary)] > 0, by_month
@@ -97,8 +110,11 @@ def test_month_boundary_end_to_end(tmp_path: Path) -> None:
 def _requests(doc: dict[str, object], period: str | None = None) -> int:
     lines = doc["adjustments"] if period else doc["lines"]
     assert isinstance(lines, list)
-    return sum(int(ln["quantity"]) for ln in lines
-               if ln["meter"] == "requests" and (period is None or ln["period"] == period))
+    return sum(
+        int(ln["quantity"])
+        for ln in lines
+        if ln["meter"] == "requests" and (period is None or ln["period"] == period)
+    )
 
 
 def test_ntp_step_back_across_the_boundary_bills_each_request_once() -> None:
@@ -118,7 +134,9 @@ def test_ntp_step_back_across_the_boundary_bills_each_request_once() -> None:
         assert [r.usage_id for r in p.sweep()] == [november.usage_id]
         p.drain()
         assert {r.usage_id: period_of(r.admitted_at_ms) for r in p.meter()} == {
-            december.usage_id: "2026-12", november.usage_id: "2026-11"}
+            december.usage_id: "2026-12",
+            november.usage_id: "2026-11",
+        }
         docs = p.bill()  # issues November (it has ended), previews December
         assert docs[("acme", "2026-11")]["status"] == "issued"
         assert _requests(docs[("acme", "2026-11")]) == 1

@@ -43,31 +43,52 @@ NOV_2026 = 1793491200  # 2026-11-01T00:00:00Z
 FLIPS = 80
 CONFIG: dict[str, Any] = {
     "meters": {"requests": {}},
-    "plans": {p: {"price": {"currency": "USD", "meters": {"requests": {
-        "model": "per_unit", "unit_price": price}}}} for p, price in (("pro", "0.01"),
-                                                                       ("basic", "0.02"))},
-    "customers": {"acme": {"plan": "pro", "since": "2026-01-01"},
-                  "beta": {"plan": "basic", "since": "2026-01-01"}},
+    "plans": {
+        p: {
+            "price": {
+                "currency": "USD",
+                "meters": {"requests": {"model": "per_unit", "unit_price": price}},
+            }
+        }
+        for p, price in (("pro", "0.01"), ("basic", "0.02"))
+    },
+    "customers": {
+        "acme": {"plan": "pro", "since": "2026-01-01"},
+        "beta": {"plan": "basic", "since": "2026-01-01"},
+    },
     "metering": {"meter": "sqlite:///./meter.db"},
     "billing": {"ledger": "sqlite:///./ledger.db", "invoices_dir": "invoices"},
 }
 
 
 def _records(n: int) -> list[UsageRecord]:
-    return [UsageRecord(
-        usage_id=f"{i:032x}", customer="acme" if i % 3 else "beta", plan="pro",
-        feature="search", units={"requests": 1}, method="GET", path="/v1/search",
-        admitted_at_ms=(NOV_2026 + 1800 * i) * 1000, state=UsageRecord.CONFIRMED,
-        billable=True, finalized_at_ms=(NOV_2026 + 1800 * i) * 1000 + 7, response_code=200)
-        for i in range(n)]
+    return [
+        UsageRecord(
+            usage_id=f"{i:032x}",
+            customer="acme" if i % 3 else "beta",
+            plan="pro",
+            feature="search",
+            units={"requests": 1},
+            method="GET",
+            path="/v1/search",
+            admitted_at_ms=(NOV_2026 + 1800 * i) * 1000,
+            state=UsageRecord.CONFIRMED,
+            billable=True,
+            finalized_at_ms=(NOV_2026 + 1800 * i) * 1000 + 7,
+            response_code=200,
+        )
+        for i in range(n)
+    ]
 
 
 def _meter(folder: Path, n: int = 400) -> Path:
     """A meter written by the real sink, checkpointed into the main file."""
+
     async def write() -> None:
         sink = SqliteMeterSink(folder / "meter.db")
         await sink.send(_records(n))
         await sink.close()
+
     folder.mkdir(parents=True, exist_ok=True)
     asyncio.run(write())
     return folder / "meter.db"
@@ -76,15 +97,23 @@ def _meter(folder: Path, n: int = 400) -> Path:
 def _config(folder: Path) -> Config:
     doc = json.loads(json.dumps(CONFIG))
     doc["metering"]["meter"] = f"sqlite:///{folder}/meter.db"
-    doc["billing"] = {"ledger": f"sqlite:///{folder}/ledger.db",
-                      "invoices_dir": str(folder / "invoices")}
+    doc["billing"] = {
+        "ledger": f"sqlite:///{folder}/ledger.db",
+        "invoices_dir": str(folder / "invoices"),
+    }
     return parse_config(doc)
 
 
 def _bill(folder: Path) -> dict[str, Any]:
     """Preview November in batches of 50 meter rows; the invoices by customer."""
-    result = run_billing(_config(folder), period="2026-11", out_dir=folder / "out", preview=True,
-                         clock=lambda: NOV_2026 + 40 * 86400, options=JobOptions(batch=50))
+    result = run_billing(
+        _config(folder),
+        period="2026-11",
+        out_dir=folder / "out",
+        preview=True,
+        clock=lambda: NOV_2026 + 40 * 86400,
+        options=JobOptions(batch=50),
+    )
     assert result.ok, result.problems
     docs = (json.loads(p.read_text()) for p in (folder / "out").glob("*.json"))
     return {d["customer"]: (d["total"], d["lines"]) for d in docs}
@@ -96,8 +125,9 @@ def _ledger_rows(folder: Path) -> set[tuple[Any, ...]]:
         return set()
     conn = sqlite3.connect(path)
     try:
-        return set(conn.execute(
-            "SELECT usage_id, customer, admitted_at_ms, billable FROM ledger_ids"))
+        return set(
+            conn.execute("SELECT usage_id, customer, admitted_at_ms, billable FROM ledger_ids")
+        )
     finally:
         conn.close()
 
@@ -151,15 +181,21 @@ def test_bill_names_the_damaged_row_exits_3_and_issues_nothing(tmp_path: Path) -
     conn.close()
     (tmp_path / "tollhouse.yaml").write_text(yaml.safe_dump(CONFIG))
     exe = Path(sys.executable).parent / "tollhouse"
-    proc = subprocess.run([str(exe), "bill", "--config", str(tmp_path / "tollhouse.yaml"),
-                           "--period", "2026-11"], capture_output=True, text=True, timeout=120,
-                          check=False, cwd=tmp_path)
+    proc = subprocess.run(
+        [str(exe), "bill", "--config", str(tmp_path / "tollhouse.yaml"), "--period", "2026-11"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+        cwd=tmp_path,
+    )
     assert proc.returncode == EXIT_DATA == 3, proc.stderr
     lines = [ln for ln in proc.stderr.splitlines() if ln.startswith("tollhouse ")]
     assert len(lines) == 1, proc.stderr
     assert lines[0] == (
         f"tollhouse bill: cannot read sqlite://{tmp_path}/meter.db: meter row 8 (usage id "
-        f"'{7:032x}'): usage_units say {{'requests': 1025}}, its record says {{'requests': 1}}")
+        f"'{7:032x}'): usage_units say {{'requests': 1025}}, its record says {{'requests': 1}}"
+    )
     assert "Traceback" not in proc.stderr
     assert not (tmp_path / "invoices").exists() or not list((tmp_path / "invoices").iterdir())
     assert _ledger_rows(tmp_path) == set()
@@ -179,15 +215,18 @@ def ledger_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
 
 @pytest.mark.parametrize("column", ["customer", "billable", "record"])
 def test_every_ledger_refuses_a_row_that_disagrees_with_its_record(
-        tmp_path: Path, ledger_url: str, column: str) -> None:
+    tmp_path: Path, ledger_url: str, column: str
+) -> None:
     """SQLite and PostgreSQL ledgers alike: a damaged row stops the run, its batch is not copied.
 
     The batches before it (verified) are in the ledger; nothing of the damaged batch or after.
     """
     meter = _meter(tmp_path, n=120)
-    change = {"customer": "UPDATE usage SET customer = 'beta' WHERE id = 75",
-              "billable": "UPDATE usage SET billable = 0 WHERE id = 75",
-              "record": "UPDATE usage SET record = X'0aff' WHERE id = 75"}[column]
+    change = {
+        "customer": "UPDATE usage SET customer = 'beta' WHERE id = 75",
+        "billable": "UPDATE usage SET billable = 0 WHERE id = 75",
+        "record": "UPDATE usage SET record = X'0aff' WHERE id = 75",
+    }[column]
     conn = sqlite3.connect(meter)
     with conn:
         conn.execute(change)
@@ -196,8 +235,14 @@ def test_every_ledger_refuses_a_row_that_disagrees_with_its_record(
     doc["metering"]["meter"] = f"sqlite:///{meter}"
     doc["billing"] = {"ledger": ledger_url, "invoices_dir": str(tmp_path / "invoices")}
     with pytest.raises(MeterCorrupt, match=r"^meter row 75 \(usage id '0+4a'\): ") as err:
-        run_billing(parse_config(doc), period="2026-11", out_dir=tmp_path / "out", preview=True,
-                    clock=lambda: NOV_2026 + 40 * 86400, options=JobOptions(batch=50))
+        run_billing(
+            parse_config(doc),
+            period="2026-11",
+            out_dir=tmp_path / "out",
+            preview=True,
+            clock=lambda: NOV_2026 + 40 * 86400,
+            options=JobOptions(batch=50),
+        )
     assert err.value.path == meter.resolve()
     assert not (tmp_path / "out").exists()
     ledger = open_ledger(ledger_url)

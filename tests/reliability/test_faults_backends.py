@@ -56,12 +56,22 @@ def _on_redis(url: str) -> Callable[[dict[str, Any]], dict[str, Any]]:
 
     def edit(config: dict[str, Any]) -> dict[str, Any]:
         plans = dict(config["plans"])
-        plans["pro"] = {**plans["pro"], "quotas": {"requests": BOB_QUOTA},
-                        "on_counter_error": "fail_closed"}
-        plans["enterprise"] = {**plans["enterprise"], "quotas": {"requests": 10**9},
-                               "on_counter_error": "local"}
-        return {**config, "plans": plans, "counters": url,
-                "metering": {**config["metering"], "meter": url}}
+        plans["pro"] = {
+            **plans["pro"],
+            "quotas": {"requests": BOB_QUOTA},
+            "on_counter_error": "fail_closed",
+        }
+        plans["enterprise"] = {
+            **plans["enterprise"],
+            "quotas": {"requests": 10**9},
+            "on_counter_error": "local",
+        }
+        return {
+            **config,
+            "plans": plans,
+            "counters": url,
+            "metering": {**config["metering"], "meter": url},
+        }
 
     return edit
 
@@ -72,15 +82,22 @@ def _since(load: Load, start: int) -> list[Outcome]:
 
 def _refused_closed(load: Load, start: int) -> int:
     """The 503 counters_unavailable since outcome ``start`` (fail_closed doing its job)."""
-    return sum(1 for o in _since(load, start)
-               if o.customer == "bob" and (o.status, o.tag) == (503, "counters_unavailable"))
+    return sum(
+        1
+        for o in _since(load, start)
+        if o.customer == "bob" and (o.status, o.tag) == (503, "counters_unavailable")
+    )
 
 
 def _outage(load: Load, what: str) -> int:
     """Wait (under the outage) until fail_closed has refused bob; the outcome index it began."""
     start = load.count()
-    wait_until(lambda: _refused_closed(load, start), lambda n: n >= 5, timeout_s=30,
-               what=f"bob refused counters_unavailable while {what}")
+    wait_until(
+        lambda: _refused_closed(load, start),
+        lambda n: n >= 5,
+        timeout_s=30,
+        what=f"bob refused counters_unavailable while {what}",
+    )
     return start
 
 
@@ -146,10 +163,13 @@ class _Admin:
     statuses: list[int]
 
     def call(self, method: str, path: str, body: dict[str, Any] | None = None) -> HttpResponse:
-        return http_request(self.stack.ports.tollhouse_admin, "/admin" + path, method=method,
-                            headers={"authorization": f"Bearer {self.token}",
-                                     "content-type": "application/json"},
-                            body=None if body is None else json.dumps(body).encode())
+        return http_request(
+            self.stack.ports.tollhouse_admin,
+            "/admin" + path,
+            method=method,
+            headers={"authorization": f"Bearer {self.token}", "content-type": "application/json"},
+            body=None if body is None else json.dumps(body).encode(),
+        )
 
     def new_customer(self) -> tuple[str, str] | None:
         """Create a pro customer and a key for it; None when the admin API refuses."""
@@ -182,22 +202,31 @@ class _Admin:
 
 def _store_stack(tmp: Path, url: str) -> tuple[Callable[[dict[str, Any]], dict[str, Any]], str]:
     """Migrate ``url``; the config edit putting the store and the admin API on it; the token."""
-    migrated = subprocess.run([str(find_binary("tollhouse")), "store", "migrate",
-                               "--store-url", url], capture_output=True, text=True, timeout=60,
-                              check=False, env=BILL_ENV)
+    migrated = subprocess.run(
+        [str(find_binary("tollhouse")), "store", "migrate", "--store-url", url],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        env=BILL_ENV,
+    )
     assert migrated.returncode == 0, migrated.stderr[-1000:]
     token = secrets.token_urlsafe(24)
     (tmp / "admin.token").write_text(token + "\n", encoding="utf-8")
 
     def edit(config: dict[str, Any]) -> dict[str, Any]:
-        return {**config, "store": {"url": url, "poll_interval_ms": 200},
-                "admin": {"token_file": str(tmp / "admin.token")}}
+        return {
+            **config,
+            "store": {"url": url, "poll_interval_ms": 200},
+            "admin": {"token_file": str(tmp / "admin.token")},
+        }
 
     return edit, token
 
 
 def test_postgres_restart_during_store_changes_checks_answer_from_the_snapshot(
-        tmp_path: Path) -> None:
+    tmp_path: Path,
+) -> None:
     """The store's PostgreSQL stopped and started while admin changes run in a loop, under load.
 
     While it is down every Check still answers from the last snapshot (a store customer's key
@@ -214,21 +243,37 @@ def test_postgres_restart_during_store_changes_checks_answer_from_the_snapshot(
                 load.ok_after(60, "200s before PostgreSQL stops")
                 pg.stop()
                 start, refused = load.count(), len(admin.statuses)
-                wait_until(lambda: admin.statuses[refused:], lambda s: 503 in s, timeout_s=15,
-                           what="the admin API refusing a change while PostgreSQL is down")
+                wait_until(
+                    lambda: admin.statuses[refused:],
+                    lambda s: 503 in s,
+                    timeout_s=15,
+                    what="the admin API refusing a change while PostgreSQL is down",
+                )
                 load.wait_more(60, "requests while PostgreSQL is down")
                 end = load.count()
                 pg.start()
-                later = wait_until(admin.new_customer, bool, timeout_s=30, interval_s=0.2,
-                                   what="a change accepted after PostgreSQL is back")
+                later = wait_until(
+                    admin.new_customer,
+                    bool,
+                    timeout_s=30,
+                    interval_s=0.2,
+                    what="a change accepted after PostgreSQL is back",
+                )
                 assert later is not None
-                wait_until(lambda: load.send_once(*later).status, lambda s: s == 200,
-                           timeout_s=10, what="a key created after the restart through Envoy")
+                wait_until(
+                    lambda: load.send_once(*later).status,
+                    lambda s: s == 200,
+                    timeout_s=10,
+                    what="a key created after the restart through Envoy",
+                )
                 load.ok_after(40, "200s after PostgreSQL is back")
             v = verdict(stack, load, tmp_path / "bill")
     during = load.snapshot()[start:end]
-    print(v.summary(), f"during the outage: {len(during)} requests",
-          f"admin statuses: {sorted(set(admin.statuses))}")
+    print(
+        v.summary(),
+        f"during the outage: {len(during)} requests",
+        f"admin statuses: {sorted(set(admin.statuses))}",
+    )
     assert {o.status for o in during} == {200}, {(o.status, o.tag) for o in during}
     assert set(admin.statuses) <= {201, 503}, admin.statuses
     v.assert_exact()
@@ -249,8 +294,10 @@ def _table_locked(url: str, table: str) -> Iterator[None]:
 
 def _lock_waiters(url: str) -> int:
     with psycopg.connect(url, autocommit=True) as conn:
-        row = conn.execute("SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = "
-                           "'Lock' AND datname = current_database()").fetchone()
+        row = conn.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = "
+            "'Lock' AND datname = current_database()"
+        ).fetchone()
     return int(row[0]) if row else 0
 
 
@@ -274,10 +321,19 @@ def test_postgres_restart_during_billing_then_bill_again_is_exact(tmp_path: Path
                 load.ok_after(60, "200s after the first bill")
             settle(stack, load)
             with _table_locked(ledger, "ledger_ids"):
-                proc = subprocess.Popen(bill_command(stack, tmp_path / "bill-2"), env=BILL_ENV,
-                                        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-                wait_until(lambda: _lock_waiters(ledger), lambda n: n >= 1, timeout_s=30,
-                           what="the billing run waiting inside its transaction")
+                proc = subprocess.Popen(
+                    bill_command(stack, tmp_path / "bill-2"),
+                    env=BILL_ENV,
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.PIPE,
+                    text=True,
+                )
+                wait_until(
+                    lambda: _lock_waiters(ledger),
+                    lambda n: n >= 1,
+                    timeout_s=30,
+                    what="the billing run waiting inside its transaction",
+                )
                 pg.stop()
             pg.start()
             _, err = proc.communicate(timeout=60)

@@ -41,8 +41,12 @@ THREADS = 4
 def _tmpfs(path: Path, size: str = "4m") -> Iterator[Path]:
     """A tmpfs of ``size`` mounted at ``path`` for the block (root needed: fail, never skip)."""
     path.mkdir(parents=True, exist_ok=True)
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size},mode=0755", "tmpfs",
-                           str(path)], capture_output=True, text=True, check=False)
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size},mode=0755", "tmpfs", str(path)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     assert done.returncode == 0, f"a disk-full test mounts a tmpfs (as root): {done.stderr}"
     try:
         yield path
@@ -101,8 +105,12 @@ def test_spool_disk_full_is_503_never_an_unrecorded_200(tmp_path: Path) -> None:
                 load.ok_after(60, "200s before the disk fills")
                 filler = _fill(fs)
                 start = load.count()
-                wait_until(lambda: sum(1 for o in load.snapshot()[start:] if o.status == 503),
-                           lambda n: n >= 20, timeout_s=20, what="503s while the spool is full")
+                wait_until(
+                    lambda: sum(1 for o in load.snapshot()[start:] if o.status == 503),
+                    lambda n: n >= 20,
+                    timeout_s=20,
+                    what="503s while the spool is full",
+                )
                 errors = _metric(stack, "tollhouse_spool_write_errors_total")
                 end = load.count()
                 filler.unlink()
@@ -132,9 +140,12 @@ def test_meter_disk_full_fails_loudly_and_forwards_after(tmp_path: Path) -> None
                 before = _metric(stack, "tollhouse_meter_send_errors_total")
                 filler = _fill(fs)
                 start = load.count()
-                errors = wait_until(lambda: _metric(stack, "tollhouse_meter_send_errors_total"),
-                                    lambda n: n > before, timeout_s=20,
-                                    what="meter write errors while its disk is full")
+                errors = wait_until(
+                    lambda: _metric(stack, "tollhouse_meter_send_errors_total"),
+                    lambda n: n > before,
+                    timeout_s=20,
+                    what="meter write errors while its disk is full",
+                )
                 load.ok_after(40, "200s while the meter's disk is full")
                 end = load.count()
                 filler.unlink()
@@ -165,12 +176,20 @@ def test_ledger_disk_full_fails_the_bill_loudly_then_bills_exactly(tmp_path: Pat
                 load.ok_after(50, "200s for the bill on a full disk")
             settle(stack, load)
             filler = _fill(fs)
-            failed = subprocess.run(bill_command(stack, tmp_path / "bill-full"), env=BILL_ENV,
-                                    capture_output=True, text=True, timeout=120, check=False)
+            failed = subprocess.run(
+                bill_command(stack, tmp_path / "bill-full"),
+                env=BILL_ENV,
+                capture_output=True,
+                text=True,
+                timeout=120,
+                check=False,
+            )
             filler.unlink()
             v = verdict(stack, load, tmp_path / "bill")
-    print(v.summary(), f"bill on a full disk: exit {failed.returncode}: "
-          f"{failed.stderr.strip()[-300:]}")
+    print(
+        v.summary(),
+        f"bill on a full disk: exit {failed.returncode}: {failed.stderr.strip()[-300:]}",
+    )
     assert failed.returncode == 3, (failed.returncode, failed.stdout, failed.stderr[-2000:])
     assert "ledger.db" in failed.stderr, failed.stderr[-2000:]  # names the store that failed
     v.assert_exact()

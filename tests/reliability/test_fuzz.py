@@ -30,8 +30,12 @@ from tollhouse.envoy.codec import decode_check, encode_decision
 from tollhouse.envoy.http_codec import BadRequest, UnsafeHeader, decode_request
 
 EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "150"))
-FUZZ = settings(max_examples=EXAMPLES, deadline=None, derandomize=EXAMPLES <= 150,
-                suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+FUZZ = settings(
+    max_examples=EXAMPLES,
+    deadline=None,
+    derandomize=EXAMPLES <= 150,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+)
 ISS = "https://issuer.example"
 
 
@@ -40,29 +44,45 @@ def _b64(data: bytes) -> str:
 
 
 _segment = st.one_of(st.binary(max_size=80).map(_b64), st.text(max_size=40))
-_json_header = st.dictionaries(st.sampled_from(["alg", "kid", "typ", "crit", "jku", "x5u"]),
-                               st.one_of(st.text(max_size=12), st.integers(), st.none()),
-                               max_size=4).map(lambda d: _b64(json.dumps(d).encode()))
+_json_header = st.dictionaries(
+    st.sampled_from(["alg", "kid", "typ", "crit", "jku", "x5u"]),
+    st.one_of(st.text(max_size=12), st.integers(), st.none()),
+    max_size=4,
+).map(lambda d: _b64(json.dumps(d).encode()))
 tokens = st.one_of(
     st.text(max_size=200),
     st.tuples(st.one_of(_json_header, _segment), _segment, _segment).map(".".join),
     st.lists(_segment, min_size=1, max_size=6).map(".".join),
 )
-header_names = st.sampled_from(["authorization", "x-api-key", "x-request-id", "host", "cookie",
-                                "x-tollhouse-customer", "content-length"])
+header_names = st.sampled_from(
+    [
+        "authorization",
+        "x-api-key",
+        "x-request-id",
+        "host",
+        "cookie",
+        "x-tollhouse-customer",
+        "content-length",
+    ]
+)
 header_maps = st.dictionaries(header_names, st.text(max_size=120), max_size=5)
 
 
 def _auth(tmp_path: Path) -> Authenticator:
     (tmp_path / "jwks.json").write_text(json.dumps(devkeys.jwks(devkeys.generate_ec("k1"))))
-    cfg = parse_config({
-        "auth": {"jwt": [{"issuer": ISS, "audiences": ["api"],
-                          "jwks_file": str(tmp_path / "jwks.json")}],
-                 "api_keys": {"header": "x-api-key", "keys": []}},
-        "features": {"search": [{"methods": ["GET"], "path": "/v1/search*"}]},
-        "plans": {"free": {"features": ["search"]}},
-        "customers": {"acme": {"plan": "free"}},
-    })
+    cfg = parse_config(
+        {
+            "auth": {
+                "jwt": [
+                    {"issuer": ISS, "audiences": ["api"], "jwks_file": str(tmp_path / "jwks.json")}
+                ],
+                "api_keys": {"header": "x-api-key", "keys": []},
+            },
+            "features": {"search": [{"methods": ["GET"], "path": "/v1/search*"}]},
+            "plans": {"free": {"features": ["search"]}},
+            "customers": {"acme": {"plan": "free"}},
+        }
+    )
     return Authenticator(cfg.auth)
 
 
@@ -94,9 +114,15 @@ def _check_request(path: str, method: str, headers: dict[str, str]) -> ea.CheckR
 def test_check_decoder_and_check_never_allow_garbage(tmp_path: Path) -> None:
     """Random paths, methods and headers: decode, check and encode; a deny every time, no raise."""
     authn = _auth(tmp_path)
-    cfg_catalog = build_catalog(parse_config({
-        "features": {"search": [{"methods": ["GET"], "path": "/v1/search*"}]},
-        "plans": {"free": {"features": ["search"]}}, "customers": {"acme": {"plan": "free"}}}))
+    cfg_catalog = build_catalog(
+        parse_config(
+            {
+                "features": {"search": [{"methods": ["GET"], "path": "/v1/search*"}]},
+                "plans": {"free": {"features": ["search"]}},
+                "customers": {"acme": {"plan": "free"}},
+            }
+        )
+    )
     loop = asyncio.new_event_loop()
     loop.run_until_complete(authn.start())
     checker = Checker(State(cfg_catalog), authn)
@@ -129,9 +155,12 @@ def test_access_log_decoder_never_raises(data: bytes) -> None:
 
 
 @FUZZ
-@given(st.binary(max_size=12), st.binary(max_size=200),
-       st.lists(st.tuples(st.binary(max_size=30), st.binary(max_size=100)), max_size=8),
-       st.sampled_from(["", "/authz", "/x/"]))
+@given(
+    st.binary(max_size=12),
+    st.binary(max_size=200),
+    st.lists(st.tuples(st.binary(max_size=30), st.binary(max_size=100)), max_size=8),
+    st.sampled_from(["", "/authz", "/x/"]),
+)
 def test_http_request_decoder_gives_a_request_or_a_named_error(
     method: bytes, url: bytes, headers: list[tuple[bytes, bytes]], prefix: str
 ) -> None:
@@ -145,12 +174,37 @@ def test_http_request_decoder_gives_a_request_or_a_named_error(
 
 
 _scalars = st.one_of(st.none(), st.booleans(), st.integers(-10, 10**6), st.text(max_size=20))
-_docs = st.recursive(_scalars, lambda inner: st.one_of(
-    st.lists(inner, max_size=4),
-    st.dictionaries(st.sampled_from(["plans", "features", "meters", "auth", "jwt", "quotas",
-                                     "price", "listen", "metering", "customers", "rules",
-                                     "path", "methods", "plan", "currency", "x"]),
-                    inner, max_size=5)), max_leaves=25)
+_docs = st.recursive(
+    _scalars,
+    lambda inner: st.one_of(
+        st.lists(inner, max_size=4),
+        st.dictionaries(
+            st.sampled_from(
+                [
+                    "plans",
+                    "features",
+                    "meters",
+                    "auth",
+                    "jwt",
+                    "quotas",
+                    "price",
+                    "listen",
+                    "metering",
+                    "customers",
+                    "rules",
+                    "path",
+                    "methods",
+                    "plan",
+                    "currency",
+                    "x",
+                ]
+            ),
+            inner,
+            max_size=5,
+        ),
+    ),
+    max_leaves=25,
+)
 
 
 @FUZZ

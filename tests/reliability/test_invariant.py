@@ -6,18 +6,26 @@ from tests.reliability.invariant import Outcome, check, invoice_requests
 from tollhouse.metering.schema import UsageRecord
 
 
-def _rec(uid: str, customer: str, state: UsageRecord.State = UsageRecord.CONFIRMED,
-         billable: bool = True) -> UsageRecord:
+def _rec(
+    uid: str, customer: str, state: UsageRecord.State = UsageRecord.CONFIRMED, billable: bool = True
+) -> UsageRecord:
     return UsageRecord(usage_id=uid, customer=customer, state=state, billable=billable)
 
 
 def _invoice(customer: str, *quantities: int) -> dict[str, object]:
-    return {"customer": customer,
-            "lines": [{"meter": "requests", "quantity": q} for q in quantities]}
+    return {
+        "customer": customer,
+        "lines": [{"meter": "requests", "quantity": q} for q in quantities],
+    }
 
 
-OUTS = [Outcome("bob", 200, "u1"), Outcome("bob", 200, "u2"), Outcome("globex", 200, "u3"),
-        Outcome("bob", 503, "deadline_exceeded"), Outcome("globex", 0, "ConnectionResetError")]
+OUTS = [
+    Outcome("bob", 200, "u1"),
+    Outcome("bob", 200, "u2"),
+    Outcome("globex", 200, "u3"),
+    Outcome("bob", 503, "deadline_exceeded"),
+    Outcome("globex", 0, "ConnectionResetError"),
+]
 SERVED = ["u1", "u2", "u3"]
 RECORDS = [_rec("u1", "bob"), _rec("u2", "bob", UsageRecord.UNCONFIRMED), _rec("u3", "globex")]
 
@@ -67,6 +75,8 @@ def test_a_200_the_upstream_never_served_is_a_violation() -> None:
 
 def test_invoice_requests_sums_tiers_of_the_requests_meter() -> None:
     """Graduated tiers are several lines of one meter; other meters are not counted."""
-    invoices: list[dict[str, object]] = [_invoice("bob", 2, 5), {"customer": "globex",
-                                        "lines": [{"meter": "tokens", "quantity": 9}]}]
+    invoices: list[dict[str, object]] = [
+        _invoice("bob", 2, 5),
+        {"customer": "globex", "lines": [{"meter": "tokens", "quantity": 9}]},
+    ]
     assert invoice_requests(invoices) == {"bob": 7, "globex": 0}

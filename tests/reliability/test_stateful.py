@@ -50,8 +50,9 @@ STEPS = int(os.environ.get("STATEFUL_STEPS", "40"))
 START_S = datetime(2026, 11, 30, 23, 40, tzinfo=UTC).timestamp()
 
 _OUTCOMES = {"ok": (200, True), "upstream_5xx": (502, True), "local_reply": (503, False)}
-_BILL_CRASH = st.one_of(st.none(), st.tuples(st.sampled_from(["before_commit", "after_commit"]),
-                                             st.integers(1, 3)))
+_BILL_CRASH = st.one_of(
+    st.none(), st.tuples(st.sampled_from(["before_commit", "after_commit"]), st.integers(1, 3))
+)
 
 
 @dataclass(slots=True)
@@ -133,8 +134,9 @@ class MeteringMachine(RuleBasedStateMachine):
         """The grace-period sweep makes exactly the overdue pending reservations UNCONFIRMED."""
         got = {r.usage_id for r in self.p.sweep()}
         cutoff = self.p.now_ms - GRACE_S * 1000
-        due = {r.usage_id for r in self.reqs.values()
-               if r.state is None and r.admitted_ms <= cutoff}
+        due = {
+            r.usage_id for r in self.reqs.values() if r.state is None and r.admitted_ms <= cutoff
+        }
         if self.worker:  # an UNCONFIRMED the meter had before a crash is decided again
             again = {u for u, r in self.reqs.items() if r.state == "UNCONFIRMED"}
             assert due <= got <= due | again, (got, due)
@@ -217,7 +219,8 @@ class MeteringMachine(RuleBasedStateMachine):
     def _check_invoices(self, docs: dict[tuple[str, str], Any]) -> None:
         """Per customer and period: issued lines + later adjustments == billable metered."""
         metered: Counter[tuple[str, str | None]] = Counter(
-            (r.customer, period_of(r.admitted_at_ms)) for r in self.p.meter() if r.billable)
+            (r.customer, period_of(r.admitted_at_ms)) for r in self.p.meter() if r.billable
+        )
         assert all(label is not None for _, label in metered), metered
         issued = self.p.issued()
         for cust in CUSTOMERS:
@@ -227,10 +230,17 @@ class MeteringMachine(RuleBasedStateMachine):
                     assert doc == issued[(cust, label)]  # an issued invoice never changes
                 # Usage of an issued period that reached the ledger after it was issued is an
                 # adjustment on a later invoice (a preview before then counts it as its own).
-                late = 0 if (cust, label) not in issued else sum(
-                    a["quantity"] for d in docs.values() if d["customer"] == cust
-                    and d["period"] > label for a in d["adjustments"]
-                    if a["period"] == label and a["meter"] == "requests")
+                late = (
+                    0
+                    if (cust, label) not in issued
+                    else sum(
+                        a["quantity"]
+                        for d in docs.values()
+                        if d["customer"] == cust and d["period"] > label
+                        for a in d["adjustments"]
+                        if a["period"] == label and a["meter"] == "requests"
+                    )
+                )
                 assert _requests(doc) + late == metered[(cust, label)], (cust, label, doc)
 
 
@@ -239,8 +249,12 @@ def _requests(doc: dict[str, Any]) -> int:
 
 
 MeteringMachine.TestCase.settings = settings(
-    max_examples=EXAMPLES, stateful_step_count=STEPS, deadline=None,
-    derandomize="STATEFUL_EXAMPLES" not in os.environ, suppress_health_check=[HealthCheck.too_slow])
+    max_examples=EXAMPLES,
+    stateful_step_count=STEPS,
+    deadline=None,
+    derandomize="STATEFUL_EXAMPLES" not in os.environ,
+    suppress_health_check=[HealthCheck.too_slow],
+)
 
 
 class TestPipelineUnderCrashes(MeteringMachine.TestCase):

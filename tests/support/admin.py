@@ -27,22 +27,26 @@ class Admin:
         self.session = session
         self.store_url = url
 
-    async def call(self, method: str, path: str, json: object = None,
-                   token: str | None = TOKEN) -> tuple[int, dict[str, str], object]:
+    async def call(
+        self, method: str, path: str, json: object = None, token: str | None = TOKEN
+    ) -> tuple[int, dict[str, str], object]:
         headers = {"Authorization": f"Bearer {token}"} if token else {}
-        async with self.session.request(method, self.base + path, json=json,
-                                        headers=headers) as r:
+        async with self.session.request(method, self.base + path, json=json, headers=headers) as r:
             body = await r.json(content_type=None)
             return r.status, dict(r.headers), body
 
 
-async def start_admin(url: str, token_file: Path,
-                      catalog: bool = True) -> tuple[web.AppRunner, str]:
+async def start_admin(
+    url: str, token_file: Path, catalog: bool = True
+) -> tuple[web.AppRunner, str]:
     """Serve the admin sub-app at /admin on a free port; return the runner and base URL."""
     await migrate(url)
-    svc = StoreService(await open_store(url), clock=Clock(),
-                       plans={"free", "pro"} if catalog else None,
-                       meters={"requests"} if catalog else None)
+    svc = StoreService(
+        await open_store(url),
+        clock=Clock(),
+        plans={"free", "pro"} if catalog else None,
+        meters={"requests"} if catalog else None,
+    )
     root = web.Application()
     root.add_subapp("/admin", admin_routes(svc, read_token_sha256(token_file)))
     runner = web.AppRunner(root)

@@ -21,14 +21,20 @@ ISS = "https://issuer.example"
 def app_config(tmp_path: Path, jwt: dict, plan: str = "free") -> dict:  # type: ignore[type-arg]
     """A config for ``App``: free ports, plans free and pro, inline metering under ``tmp_path``."""
     return {
-        "listen": f"127.0.0.1:{free_port()}", "admin_listen": f"127.0.0.1:{free_port()}",
+        "listen": f"127.0.0.1:{free_port()}",
+        "admin_listen": f"127.0.0.1:{free_port()}",
         "auth": {"jwt": [{"issuer": ISS, "audiences": ["api"], **jwt}]},
-        "features": {"search": [{"methods": ["GET"], "path": "/v1/search"}],
-                     "export": [{"methods": ["GET"], "path": "/v1/export"}]},
+        "features": {
+            "search": [{"methods": ["GET"], "path": "/v1/search"}],
+            "export": [{"methods": ["GET"], "path": "/v1/export"}],
+        },
         "plans": {"free": {"features": ["search"]}, "pro": {"features": ["search", "export"]}},
         "customers": {"acme": {"plan": plan}},
-        "metering": {"spool": str(tmp_path / "spool"), "process": "inline",
-                     "meter": f"sqlite:///{tmp_path}/meter.db"},
+        "metering": {
+            "spool": str(tmp_path / "spool"),
+            "process": "inline",
+            "meter": f"sqlite:///{tmp_path}/meter.db",
+        },
         "shutdown_grace_s": 2,
     }
 
@@ -37,7 +43,8 @@ async def health(app: App, service: str = "") -> int:
     """The gRPC health status of ``service`` on the app's listener."""
     async with grpc.aio.insecure_channel(app.cfg.listen) as ch:
         resp = await health_pb2_grpc.HealthStub(ch).Check(
-            health_pb2.HealthCheckRequest(service=service), timeout=2)
+            health_pb2.HealthCheckRequest(service=service), timeout=2
+        )
         return int(resp.status)
 
 

@@ -24,15 +24,22 @@ async def make_checker(tmp_path: Path, key: devkeys.DevKey, **kw: Any) -> Checke
     ``extra``: more config keys; the other keywords go to ``Checker``.
     """
     (tmp_path / "jwks.json").write_text(json.dumps(devkeys.jwks(key)))
-    cfg = parse_config({
-        "auth": {"jwt": [{"issuer": ISS, "audiences": ["api"],
-                          "jwks_file": str(tmp_path / "jwks.json")}]},
-        "features": {"search": [{"methods": ["GET"], "path": "/v1/search*"}],
-                     "export": [{"methods": ["GET"], "path": "/v1/export/**"}]},
-        "plans": {"free": {"features": ["search"]}, "pro": {"features": ["search", "export"]}},
-        "customers": {"acme": {"plan": "pro"}, "bob": {"plan": "free"}},
-        **kw.pop("extra", {}),
-    })
+    cfg = parse_config(
+        {
+            "auth": {
+                "jwt": [
+                    {"issuer": ISS, "audiences": ["api"], "jwks_file": str(tmp_path / "jwks.json")}
+                ]
+            },
+            "features": {
+                "search": [{"methods": ["GET"], "path": "/v1/search*"}],
+                "export": [{"methods": ["GET"], "path": "/v1/export/**"}],
+            },
+            "plans": {"free": {"features": ["search"]}, "pro": {"features": ["search", "export"]}},
+            "customers": {"acme": {"plan": "pro"}, "bob": {"plan": "free"}},
+            **kw.pop("extra", {}),
+        }
+    )
     authn = Authenticator(cfg.auth)
     await authn.start()
     return Checker(State(build_catalog(cfg)), authn, **kw)

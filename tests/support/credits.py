@@ -14,11 +14,30 @@ __all__ = ["DIME", "Store", "grant", "memory_book"]
 DIME = 10 * MILLI  # 0.10 USD per request, in 1/1000 minor units
 
 
-def grant(amount: int, *, priority: int = 10, eff: float = T0 - 60, exp: float | None = None,
-          meters: Sequence[str] = (), gid: str = "") -> CreditGrant:
+def grant(
+    amount: int,
+    *,
+    priority: int = 10,
+    eff: float = T0 - 60,
+    exp: float | None = None,
+    meters: Sequence[str] = (),
+    gid: str = "",
+) -> CreditGrant:
     """A grant of ``amount`` minor units to customer ``c``."""
-    return CreditGrant(gid or "cg_" + secrets.token_hex(6), "c", amount, "USD", priority, eff,
-                       exp, frozenset(meters), frozenset(), "purchase", None, eff)
+    return CreditGrant(
+        gid or "cg_" + secrets.token_hex(6),
+        "c",
+        amount,
+        "USD",
+        priority,
+        eff,
+        exp,
+        frozenset(meters),
+        frozenset(),
+        "purchase",
+        None,
+        eff,
+    )
 
 
 class Store:
@@ -35,5 +54,6 @@ class Store:
 
 def memory_book(clock: Clock, store: Store) -> CreditBook:
     """A one-replica book seeded from ``store``."""
-    return CreditBook(MemoryCounters(), clock=clock, seed=lambda g: store.consumed.get(g, 0),
-                      flush=store.add)
+    return CreditBook(
+        MemoryCounters(), clock=clock, seed=lambda g: store.consumed.get(g, 0), flush=store.add
+    )

@@ -20,7 +20,18 @@ def envoy_validate(config: dict[str, Any] | str, tmp: Path) -> subprocess.Comple
     path = tmp / "envoy.yaml"
     path.write_text(text, encoding="utf-8")
     return subprocess.run(
-        [str(ENVOY), "--mode", "validate", "-c", str(path), "--use-dynamic-base-id",
-         "--log-level", "error"],
-        capture_output=True, text=True, timeout=60, cwd=tmp,
+        [
+            str(ENVOY),
+            "--mode",
+            "validate",
+            "-c",
+            str(path),
+            "--use-dynamic-base-id",
+            "--log-level",
+            "error",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=tmp,
     )

@@ -21,12 +21,17 @@ def metering_config(tmp: Path | None = None, **metering: Any) -> Config:
         },
         "features": {
             "search": [{"methods": ["GET"], "path": "/v1/search*"}],
-            "llm": {"rules": [{"path": "/v1/llm"}],
-                    "meters": ["requests", "egress", "ingress", "tokens"]},
+            "llm": {
+                "rules": [{"path": "/v1/llm"}],
+                "meters": ["requests", "egress", "ingress", "tokens"],
+            },
         },
         "metering": metering,
     }
     if tmp is not None:
-        doc["metering"] = {"spool": str(tmp / "spool"),
-                           "meter": f"sqlite:///{tmp / 'meter.db'}", **metering}
+        doc["metering"] = {
+            "spool": str(tmp / "spool"),
+            "meter": f"sqlite:///{tmp / 'meter.db'}",
+            **metering,
+        }
     return parse_config(doc)

@@ -22,11 +22,29 @@ def build_wheel(tmp: Path) -> Path:
         src.mkdir(parents=True, exist_ok=True)
         shutil.copy2(ROOT / name, src / name)
     shutil.copytree(ROOT / "envoy", src / "envoy", symlinks=True)
-    shutil.copytree(ROOT / "src", src / "src", symlinks=True,
-                    ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+    shutil.copytree(
+        ROOT / "src",
+        src / "src",
+        symlinks=True,
+        ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"),
+    )
     out = tmp / "dist"
-    subprocess.run([sys.executable, "-m", "pip", "wheel", str(src), "--no-deps",
-                    "--no-build-isolation", "-q", "-w", str(out)], check=True,
-                   capture_output=True, timeout=300)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            str(src),
+            "--no-deps",
+            "--no-build-isolation",
+            "-q",
+            "-w",
+            str(out),
+        ],
+        check=True,
+        capture_output=True,
+        timeout=300,
+    )
     [wheel] = out.glob("tollhouse-*.whl")
     return wheel

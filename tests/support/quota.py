@@ -23,8 +23,13 @@ SLACK_S = 1.0
 def limits(q: int, **kw: Any) -> Limits:
     """Plan ``free``: a quota of ``q`` requests, no rate limits, deny and fail closed."""
     base: dict[str, Any] = {
-        "plan": "free", "quotas": {"requests": q}, "per_second": None, "per_minute": None,
-        "overage": "deny", "on_counter_error": "fail_closed", "anchor": None,
+        "plan": "free",
+        "quotas": {"requests": q},
+        "per_second": None,
+        "per_minute": None,
+        "overage": "deny",
+        "on_counter_error": "fail_closed",
+        "anchor": None,
     }
     base.update(kw)
     return Limits(**base)

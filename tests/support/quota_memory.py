@@ -22,8 +22,13 @@ NOW = ts(2026, 11, 25, 12)
 def limits(q: int | None = 10, **kw: Any) -> Limits:
     """Plan ``free``: a quota of ``q`` requests (None: no quota), deny, fail closed."""
     base: dict[str, Any] = {
-        "plan": "free", "quotas": {} if q is None else {"requests": q}, "per_second": None,
-        "per_minute": None, "overage": "deny", "on_counter_error": "fail_closed", "anchor": None,
+        "plan": "free",
+        "quotas": {} if q is None else {"requests": q},
+        "per_second": None,
+        "per_minute": None,
+        "overage": "deny",
+        "on_counter_error": "fail_closed",
+        "anchor": None,
     }
     base.update(kw)
     return Limits(**base)

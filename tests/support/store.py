@@ -25,7 +25,6 @@ class Clock(_Clock):
         super().__init__(now)
 
 
-
 def fresh_pg_url(server: PostgresServer) -> str:
     """Create an empty database on ``server``; return its URL."""
     return server.fresh_database_url("t_")

@@ -12,8 +12,11 @@ from tollhouse.billing.job import BillingResult, run_billing
 from tollhouse.config import Config, load_config
 from tollhouse.metering.schema import UsageRecord
 
-CUSTOMERS: dict[str, Any] = {"acme": {"plan": "pro"}, "beta": {"plan": "starter"},
-                             "gamma": {"plan": "bulk", "period_anchor": "2026-01-15"}}
+CUSTOMERS: dict[str, Any] = {
+    "acme": {"plan": "pro"},
+    "beta": {"plan": "starter"},
+    "gamma": {"plan": "bulk", "period_anchor": "2026-01-15"},
+}
 
 
 def traced_usage() -> list[UsageRecord]:
@@ -26,9 +29,14 @@ def traced_usage() -> list[UsageRecord]:
     return out
 
 
-def write_config(tmp: Path, *, ledger: str | None = None, store: str | None = None,
-                 customers: dict[str, Any] | None = None,
-                 stripe: dict[str, Any] | None = None) -> tuple[Path, Config]:
+def write_config(
+    tmp: Path,
+    *,
+    ledger: str | None = None,
+    store: str | None = None,
+    customers: dict[str, Any] | None = None,
+    stripe: dict[str, Any] | None = None,
+) -> tuple[Path, Config]:
     """Write a config file (the billing tests' catalog) and load it as the CLI would."""
     # Customers that existed all year (as the billing tests' make_config): no first-period
     # proration from the first request, so simulate and bill price the same base fee.
@@ -38,8 +46,10 @@ def write_config(tmp: Path, *, ledger: str | None = None, store: str | None = No
         "plans": PLANS,
         "customers": {c: {"since": "2026-01-01", **v} for c, v in listed.items()},
         "metering": {"meter": f"sqlite:///{tmp}/meter.db"},
-        "billing": {"ledger": ledger or f"sqlite:///{tmp}/ledger.db",
-                    "invoices_dir": str(tmp / "invoices")},
+        "billing": {
+            "ledger": ledger or f"sqlite:///{tmp}/ledger.db",
+            "invoices_dir": str(tmp / "invoices"),
+        },
     }
     if store is not None:
         data["store"] = {"url": store}
@@ -51,8 +61,9 @@ def write_config(tmp: Path, *, ledger: str | None = None, store: str | None = No
     return path, load_config(path)
 
 
-def bill(cfg: Config, period: str | None, now: float, *, preview: bool = False,
-         out: Path | None = None) -> BillingResult:
+def bill(
+    cfg: Config, period: str | None, now: float, *, preview: bool = False, out: Path | None = None
+) -> BillingResult:
     """Run the real billing job; every customer must be billed."""
     res = run_billing(cfg, period=period, out_dir=out, preview=preview, clock=lambda: now)
     assert res.ok, res.problems

@@ -12,8 +12,15 @@ from tollhouse.webhooks import Deliverer, Outbox
 
 __all__ = ["FAST", "running", "until_delivered"]
 
-FAST = WebhooksConfig(max_attempts=50, backoff_initial_s=0.05, backoff_max_s=0.2,
-                      request_timeout_ms=2000, poll_interval_ms=20, lease_s=5, batch_size=10)
+FAST = WebhooksConfig(
+    max_attempts=50,
+    backoff_initial_s=0.05,
+    backoff_max_s=0.2,
+    request_timeout_ms=2000,
+    poll_interval_ms=20,
+    lease_s=5,
+    batch_size=10,
+)
 
 
 @contextlib.asynccontextmanager

@@ -16,7 +16,8 @@ from tollhouse.store import Directory, hash_key, migrate
 
 
 async def test_missing_or_wrong_token_is_401_and_never_logged(
-        admin: Admin, caplog: pytest.LogCaptureFixture) -> None:
+    admin: Admin, caplog: pytest.LogCaptureFixture
+) -> None:
     """No token or a wrong one gets 401 problem+json with WWW-Authenticate; no token is logged."""
     caplog.set_level(logging.DEBUG, logger="tollhouse")
     wrong = "wrong-" + TOKEN
@@ -26,8 +27,9 @@ async def test_missing_or_wrong_token_is_401_and_never_logged(
         assert headers["WWW-Authenticate"].startswith("Bearer")
         assert headers["Content-Type"].startswith("application/problem+json")
         assert body["code"] == "unauthorized"  # type: ignore[index]
-    async with admin.session.get(admin.base + "/customers",
-                                 headers={"Authorization": f"Basic {TOKEN}"}) as r:
+    async with admin.session.get(
+        admin.base + "/customers", headers={"Authorization": f"Basic {TOKEN}"}
+    ) as r:
         assert r.status == 401
     status, _, _ = await admin.call("GET", "/customers")
     assert status == 200
@@ -42,21 +44,32 @@ async def test_full_flow_reaches_a_directory(admin: Admin) -> None:
     d = Directory(admin.store_url, poll_interval_ms=100)
     await d.start()
     try:
-        status, _, c = await admin.call("POST", "/customers", {
-            "id": "acme", "name": "Acme", "plan": "free", "anchor": "2025-11-01",
-            "metadata": {"crm": 1}})
+        status, _, c = await admin.call(
+            "POST",
+            "/customers",
+            {
+                "id": "acme",
+                "name": "Acme",
+                "plan": "free",
+                "anchor": "2025-11-01",
+                "metadata": {"crm": 1},
+            },
+        )
         assert status == 201
         assert c["status"] == "active"
         status, _, k = await admin.call("POST", "/customers/acme/keys")
         assert status == 201
         key = k["key"]  # type: ignore[index]
         assert (await admin.call("POST", "/customers/acme/plan", {"plan": "pro"}))[0] == 200
-        assert (await admin.call("POST", "/customers/acme/status",
-                                 {"status": "suspended"}))[0] == 200
-        assert (await admin.call("PUT", "/customers/acme/overrides/requests",
-                                 {"units": 9}))[0] == 200
-        assert (await admin.call("POST", "/customers/acme/topups",
-                                 {"meter": "requests", "units": 5}))[0] == 201
+        assert (await admin.call("POST", "/customers/acme/status", {"status": "suspended"}))[
+            0
+        ] == 200
+        assert (await admin.call("PUT", "/customers/acme/overrides/requests", {"units": 9}))[
+            0
+        ] == 200
+        assert (
+            await admin.call("POST", "/customers/acme/topups", {"meter": "requests", "units": 5})
+        )[0] == 201
         await _until(lambda: d.api_key_customer(hash_key(key)) == "acme")
         e = d.customer("acme")
         assert e is not None
@@ -99,8 +112,9 @@ async def test_errors_are_problem_json_with_codes(admin: Admin) -> None:
         got, headers, problem = await admin.call(method, path, body)
         assert (got, problem["code"]) == (status, code), (method, path)  # type: ignore[index]
         assert headers["Content-Type"].startswith("application/problem+json")
-    async with admin.session.post(admin.base + "/customers", data=b"{not json",
-                                  headers={"Authorization": f"Bearer {TOKEN}"}) as r:
+    async with admin.session.post(
+        admin.base + "/customers", data=b"{not json", headers={"Authorization": f"Bearer {TOKEN}"}
+    ) as r:
         assert r.status == 400
         assert (await r.json(content_type=None))["code"] == "bad_json"
 
@@ -111,8 +125,14 @@ async def test_build_admin_app_from_config(tmp_path: Path) -> None:
     from tollhouse.config import parse_config
 
     (tmp_path / "tok").write_text(TOKEN)
-    cfg = parse_config({"plans": {"free": {}}, "store": {"url": "sqlite:///./s.db"},
-                        "admin": {"token_file": "tok"}}, base_dir=tmp_path)
+    cfg = parse_config(
+        {
+            "plans": {"free": {}},
+            "store": {"url": "sqlite:///./s.db"},
+            "admin": {"token_file": "tok"},
+        },
+        base_dir=tmp_path,
+    )
     assert cfg.store is not None
     await migrate(cfg.store.url)
     root = web.Application()
@@ -154,8 +174,9 @@ async def test_admin_catalog_follows_config_reloads(tmp_path: Path) -> None:
             a = Admin(f"http://127.0.0.1:{port}/admin", s, cfg.store.url)
             status, _, body = await a.call("POST", "/customers", {"name": "B", "plan": "pro"})
             assert (status, body["code"]) == (422, "unknown_plan")  # type: ignore[index]
-            live["cfg"] = parse_config({"plans": {"free": {}, "pro": {}}, **base},
-                                       base_dir=tmp_path)
+            live["cfg"] = parse_config(
+                {"plans": {"free": {}, "pro": {}}, **base}, base_dir=tmp_path
+            )
             assert (await a.call("POST", "/customers", {"name": "B", "plan": "pro"}))[0] == 201
     finally:
         await runner.cleanup()
@@ -163,8 +184,9 @@ async def test_admin_catalog_follows_config_reloads(tmp_path: Path) -> None:
 
 async def test_stripe_customer_id_is_set_kept_and_cleared(admin: Admin) -> None:
     """PATCH sets stripe_customer_id, other PATCHes keep it, null clears it, a bad one is 422."""
-    assert (await admin.call("POST", "/customers", {"id": "acme", "name": "Acme",
-                                                    "plan": "free"}))[0] == 201
+    assert (await admin.call("POST", "/customers", {"id": "acme", "name": "Acme", "plan": "free"}))[
+        0
+    ] == 201
     status, _, c = await admin.call("PATCH", "/customers/acme", {"stripe_customer_id": "cus_A1"})
     assert (status, c["stripe_customer_id"]) == (200, "cus_A1")  # type: ignore[index]
     _, _, c = await admin.call("PATCH", "/customers/acme", {"name": "Acme Ltd"})
@@ -175,5 +197,8 @@ async def test_stripe_customer_id_is_set_kept_and_cleared(admin: Admin) -> None:
     _, _, c = await admin.call("PATCH", "/customers/acme", {"stripe_customer_id": None})
     assert c["stripe_customer_id"] is None  # type: ignore[index]
     _, _, audit = await admin.call("GET", "/audit?target=acme")
-    assert [a["after"]["stripe_customer_id"] for a in audit["items"]  # type: ignore[index]
-            if a["action"] == "customer.update"] == ["cus_A1", "cus_A1", None]
+    assert [
+        a["after"]["stripe_customer_id"]
+        for a in audit["items"]  # type: ignore[index]
+        if a["action"] == "customer.update"
+    ] == ["cus_A1", "cus_A1", None]

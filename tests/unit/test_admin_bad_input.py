@@ -32,12 +32,15 @@ async def api(tmp_path: Path) -> AsyncIterator[Admin]:
     await runner.cleanup()
 
 
-async def _raw(admin: Admin, method: str, path: str, body: bytes | None = None,
-               ) -> tuple[int, str, dict[str, object]]:
+async def _raw(
+    admin: Admin,
+    method: str,
+    path: str,
+    body: bytes | None = None,
+) -> tuple[int, str, dict[str, object]]:
     """Send ``body`` as is (application/json); return status, content type and parsed body."""
     headers = {**AUTH, "Content-Type": "application/json"}
-    async with admin.session.request(method, admin.base + path, data=body,
-                                     headers=headers) as r:
+    async with admin.session.request(method, admin.base + path, data=body, headers=headers) as r:
         return r.status, r.headers.get("Content-Type", ""), await r.json(content_type=None)
 
 
@@ -50,8 +53,17 @@ async def test_deeply_nested_json_body_is_400_bad_json(api: Admin) -> None:
         assert problem["code"] == "bad_json"
 
 
-@pytest.mark.parametrize("query", ["limit=%C2%B2", "limit=%D9%A3", "after_id=%EF%BC%95",
-                                   "limit=1e3", "limit=-1", "limit=99999999999999999999999"])
+@pytest.mark.parametrize(
+    "query",
+    [
+        "limit=%C2%B2",
+        "limit=%D9%A3",
+        "after_id=%EF%BC%95",
+        "limit=1e3",
+        "limit=-1",
+        "limit=99999999999999999999999",
+    ],
+)
 async def test_non_ascii_or_bad_numbers_in_query_are_422(api: Admin, query: str) -> None:
     """``?limit=²`` (isdigit() but not int()), Arabic-Indic or full-width digits: 422 invalid."""
     path = "/audit?" + query if query.startswith("after_id") else "/customers?" + query
@@ -65,8 +77,9 @@ async def test_non_ascii_or_bad_numbers_in_query_are_422(api: Admin, query: str)
 @pytest.mark.parametrize("bad", ["evil\n", "evil\r\n", "ev\nil", "\nevil", "evil "])
 async def test_ids_with_a_newline_are_refused_everywhere(api: Admin, bad: str) -> None:
     """A customer id with a (trailing) newline is 422 on create and 404 in a path, never stored."""
-    status, _, problem = await api.call("POST", "/customers",
-                                          {"id": bad, "name": "E", "plan": "free"})
+    status, _, problem = await api.call(
+        "POST", "/customers", {"id": bad, "name": "E", "plan": "free"}
+    )
     assert (status, problem["code"]) == (422, "invalid")  # type: ignore[index]
     quoted = bad.replace("\n", "%0A").replace("\r", "%0D").replace(" ", "%20")
     status, headers, problem = await api.call("GET", f"/customers/{quoted}")
@@ -80,8 +93,10 @@ async def test_ids_with_a_newline_are_refused_everywhere(api: Admin, bad: str) -
 
 async def test_lone_surrogates_are_422_not_500(api: Admin) -> None:
     r"""JSON's ``"\ud800"`` is no UTF-8 text: a name or metadata value with it is 422 invalid."""
-    for body in (b'{"name": "\\ud800", "plan": "free"}',
-                 b'{"name": "A", "plan": "free", "metadata": {"k": "\\udfff"}}'):
+    for body in (
+        b'{"name": "\\ud800", "plan": "free"}',
+        b'{"name": "A", "plan": "free", "metadata": {"k": "\\udfff"}}',
+    ):
         status, ctype, problem = await _raw(api, "POST", "/customers", body)
         assert (status, problem["code"]) == (422, "invalid"), problem
         assert ctype.startswith("application/problem+json")

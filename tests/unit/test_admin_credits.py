@@ -34,16 +34,16 @@ class Env:
     svc: StoreService
     clock: Clock
 
-    async def ok(self, method: str, path: str, body: object = None,
-                 status: int = 200) -> dict[str, Any]:
+    async def ok(
+        self, method: str, path: str, body: object = None, status: int = 200
+    ) -> dict[str, Any]:
         """Call and assert the status; return the JSON body."""
         got, _, data = await self.api.call(method, path, body)
         assert got == status, data
         assert isinstance(data, dict)
         return data
 
-    async def problem(self, method: str, path: str, body: object, status: int,
-                      code: str) -> str:
+    async def problem(self, method: str, path: str, body: object, status: int, code: str) -> str:
         """Call, assert a problem+json of ``status`` and ``code``; return its detail."""
         got, headers, data = await self.api.call(method, path, body)
         assert isinstance(data, dict)
@@ -67,19 +67,23 @@ async def env(url: str, tmp_path: Path) -> AsyncIterator[Env]:
     token_file.write_text(TOKEN)
     await migrate(url)
     clock = Clock()
-    svc = StoreService(await open_store(url), clock=clock, plans={"free", "pro"},
-                       meters={"requests"})
+    svc = StoreService(
+        await open_store(url), clock=clock, plans={"free", "pro"}, meters={"requests"}
+    )
     root = web.Application()
-    root.add_subapp("/admin", admin_routes(svc, read_token_sha256(token_file),
-                                           CURRENCIES.get))
+    root.add_subapp("/admin", admin_routes(svc, read_token_sha256(token_file), CURRENCIES.get))
     runner = web.AppRunner(root)
     await runner.setup()
     port = free_port()
     await web.TCPSite(runner, "127.0.0.1", port).start()
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=20)) as s:
         e = Env(Admin(f"http://127.0.0.1:{port}/admin", s, url), svc, clock)
-        await e.ok("POST", "/customers", {"id": "acme", "name": "Acme", "plan": "free",
-                                          "anchor": "2025-11-01"}, 201)
+        await e.ok(
+            "POST",
+            "/customers",
+            {"id": "acme", "name": "Acme", "plan": "free", "anchor": "2025-11-01"},
+            201,
+        )
         yield e
     await runner.cleanup()
     await svc.backend.close()
@@ -91,11 +95,25 @@ async def test_grant_then_list_shows_it_with_spent_left_and_balance(env: Env) ->
     Spent and left are shown rounded down to the minor unit (and exact in ``*_milli``); the
     balance is rounded once from the exact sum, so two half-spent units make one whole unit.
     """
-    g = await env.ok("POST", "/customers/acme/credits", {
-        "amount": 100, "currency": "USD", "priority": 1, "source": "promotional",
-        "scope": {"meters": ["requests"]}, "expires_at": T0 + 3600}, 201)
-    assert (g["amount"], g["currency"], g["priority"], g["source"]) == (100, "USD", 1,
-                                                                        "promotional")
+    g = await env.ok(
+        "POST",
+        "/customers/acme/credits",
+        {
+            "amount": 100,
+            "currency": "USD",
+            "priority": 1,
+            "source": "promotional",
+            "scope": {"meters": ["requests"]},
+            "expires_at": T0 + 3600,
+        },
+        201,
+    )
+    assert (g["amount"], g["currency"], g["priority"], g["source"]) == (
+        100,
+        "USD",
+        1,
+        "promotional",
+    )
     assert g["scope"] == {"meters": ["requests"], "features": []}
     assert (g["effective_at"], g["expires_at"], g["voided_at"]) == (T0, T0 + 3600, None)
     assert (g["consumed"], g["remaining"], g["usable"]) == (0, 100, True)
@@ -121,12 +139,14 @@ async def test_void_twice_is_409_and_the_voided_grant_leaves_the_balance(env: En
     voided = await env.ok("POST", f"/customers/acme/credits/{g['id']}/void")
     assert (voided["voided_at"], voided["usable"], voided["remaining"]) == (T0 + 5, False, 30)
     assert (await env.ok("GET", "/customers/acme/credits/balance"))["amount"] == 70
-    await env.problem("POST", f"/customers/acme/credits/{g['id']}/void", None, 409,
-                      "already_voided")
+    await env.problem(
+        "POST", f"/customers/acme/credits/{g['id']}/void", None, 409, "already_voided"
+    )
     await env.problem("POST", "/customers/acme/credits/cg_nope/void", None, 404, "not_found")
     await env.ok("POST", "/customers", {"id": "other", "name": "O", "plan": "free"}, 201)
-    await env.problem("POST", f"/customers/other/credits/{keep['id']}/void", None, 404,
-                      "not_found")  # another customer's grant
+    await env.problem(
+        "POST", f"/customers/other/credits/{keep['id']}/void", None, 404, "not_found"
+    )  # another customer's grant
     items = (await env.ok("GET", "/customers/acme/credits"))["items"]
     assert {i["id"]: i["usable"] for i in items} == {keep["id"]: True, g["id"]: False}
 
@@ -134,10 +154,18 @@ async def test_void_twice_is_409_and_the_voided_grant_leaves_the_balance(env: En
 async def test_expired_and_future_grants_are_not_in_the_balance(env: Env) -> None:
     """A grant counts from effective_at until expires_at (exclusive), and never after."""
     await env.ok("POST", "/customers/acme/credits", {"amount": 100, "currency": "USD"}, 201)
-    await env.ok("POST", "/customers/acme/credits", {
-        "amount": 40, "currency": "USD", "expires_at": T0 + 60}, 201)
-    await env.ok("POST", "/customers/acme/credits", {
-        "amount": 5, "currency": "USD", "effective_at": T0 + 30}, 201)
+    await env.ok(
+        "POST",
+        "/customers/acme/credits",
+        {"amount": 40, "currency": "USD", "expires_at": T0 + 60},
+        201,
+    )
+    await env.ok(
+        "POST",
+        "/customers/acme/credits",
+        {"amount": 5, "currency": "USD", "effective_at": T0 + 30},
+        201,
+    )
     balance = "/customers/acme/credits/balance"
     assert (await env.ok("GET", balance))["amount"] == 140
     env.clock.now = T0 + 30
@@ -149,11 +177,11 @@ async def test_expired_and_future_grants_are_not_in_the_balance(env: Env) -> Non
     assert [(i["usable"], i["remaining"]) for i in expired] == [(False, 40)]
 
 
-async def test_balance_is_in_the_plans_currency_and_other_currencies_are_listed(
-        env: Env) -> None:
+async def test_balance_is_in_the_plans_currency_and_other_currencies_are_listed(env: Env) -> None:
     """On a EUR plan the balance counts EUR grants only; ``balances`` shows every currency."""
-    await env.ok("POST", "/customers/acme/credits", {"amount": 500, "currency": "USD",
-                                                     "priority": 0}, 201)
+    await env.ok(
+        "POST", "/customers/acme/credits", {"amount": 500, "currency": "USD", "priority": 0}, 201
+    )
     assert (await env.ok("GET", "/customers/acme/credits/balance"))["currency"] == "USD"
     await env.ok("POST", "/customers/acme/plan", {"plan": "pro"})
     bal = await env.ok("GET", "/customers/acme/credits/balance")
@@ -170,8 +198,9 @@ async def test_no_grants_is_a_zero_balance_and_unknown_customer_is_404(env: Env)
     assert (bal["amount"], bal["currency"], bal["balances"]) == (0, None, [])
     for path in ("/credits", "/credits/balance", "/credits/recharge", "/spend-cap"):
         await env.problem("GET", "/customers/nobody" + path, None, 404, "not_found")
-    await env.problem("POST", "/customers/nobody/credits", {"amount": 1, "currency": "USD"},
-                      404, "not_found")
+    await env.problem(
+        "POST", "/customers/nobody/credits", {"amount": 1, "currency": "USD"}, 404, "not_found"
+    )
 
 
 BAD_GRANTS = [
@@ -191,8 +220,10 @@ BAD_GRANTS = [
     ({"amount": 1, "currency": "USD", "scope": {"plans": []}}, "scope"),
     ({"amount": 1, "currency": "USD", "effective_at": "tomorrow"}, "effective_at"),
     ({"amount": 1, "currency": "USD", "expires_at": T0 - 1}, "expires_at"),
-    ({"amount": 1, "currency": "USD", "effective_at": T0 + 10, "expires_at": T0 + 10},
-     "expires_at"),
+    (
+        {"amount": 1, "currency": "USD", "effective_at": T0 + 10, "expires_at": T0 + 10},
+        "expires_at",
+    ),
 ]
 
 
@@ -205,8 +236,13 @@ async def test_bad_grant_input_is_422_naming_the_field(env: Env) -> None:
     for body, field in BAD_GRANTS:
         detail = await env.problem("POST", "/customers/acme/credits", body, 422, "invalid")
         assert detail.startswith(field), (body, detail)
-    detail = await env.problem("POST", "/customers/acme/credits", {
-        "amount": 1, "currency": "USD", "scope": {"meters": ["bytes"]}}, 422, "unknown_meter")
+    detail = await env.problem(
+        "POST",
+        "/customers/acme/credits",
+        {"amount": 1, "currency": "USD", "scope": {"meters": ["bytes"]}},
+        422,
+        "unknown_meter",
+    )
     assert "bytes" in detail
     await env.problem("POST", "/customers/acme/credits", [1], 400, "bad_json")
     assert (await env.ok("GET", "/customers/acme/credits"))["items"] == []
@@ -219,8 +255,7 @@ async def test_recharge_rule_and_spend_cap_put_get_delete(env: Env) -> None:
     rule = (await env.ok("PUT", recharge, {"threshold": 100, "target": 1000}))["rule"]
     assert (rule["threshold"], rule["target"], rule["set_at"]) == (100, 1000, T0)
     assert (await env.ok("GET", recharge))["rule"] == rule
-    detail = await env.problem("PUT", recharge, {"threshold": 100, "target": 100}, 422,
-                               "invalid")
+    detail = await env.problem("PUT", recharge, {"threshold": 100, "target": 100}, 422, "invalid")
     assert detail.startswith("target")
     detail = await env.problem("PUT", recharge, {"target": 100}, 422, "invalid")
     assert detail.startswith("threshold")
@@ -243,12 +278,21 @@ async def test_every_credit_change_is_in_the_audit_log(env: Env) -> None:
     await env.ok("PUT", "/customers/acme/credits/recharge", {"threshold": 1, "target": 2})
     await env.ok("DELETE", "/customers/acme/credits/recharge")
     await env.ok("PUT", "/customers/acme/spend-cap", {"amount": 3})
-    await env.problem("POST", f"/customers/acme/credits/{g['id']}/void", None, 409,
-                      "already_voided")  # refused: not audited
-    rows = [a for a in (await env.ok("GET", "/audit?target=acme"))["items"]
-            if a["action"] != "customer.create"]
-    assert [a["action"] for a in rows] == ["credit.grant", "credit.void", "credit.recharge_rule",
-                                           "credit.recharge_rule", "spend_cap.set"]
+    await env.problem(
+        "POST", f"/customers/acme/credits/{g['id']}/void", None, 409, "already_voided"
+    )  # refused: not audited
+    rows = [
+        a
+        for a in (await env.ok("GET", "/audit?target=acme"))["items"]
+        if a["action"] != "customer.create"
+    ]
+    assert [a["action"] for a in rows] == [
+        "credit.grant",
+        "credit.void",
+        "credit.recharge_rule",
+        "credit.recharge_rule",
+        "spend_cap.set",
+    ]
     assert {a["actor"] for a in rows} == {ACTOR}
     grant, void = rows[0], rows[1]
     assert (grant["before"], grant["after"]["id"], grant["after"]["amount"]) == (None, g["id"], 9)
@@ -266,8 +310,7 @@ async def test_a_grant_reaches_a_directory_within_a_second(env: Env) -> None:
     d = Directory(StoreConfig(url=env.api.store_url, poll_interval_ms=200), clock=env.clock)
     await d.start()
     try:
-        g = await env.ok("POST", "/customers/acme/credits", {"amount": 10, "currency": "USD"},
-                         201)
+        g = await env.ok("POST", "/customers/acme/credits", {"amount": 10, "currency": "USD"}, 201)
 
         def grants() -> list[str]:
             e = d.customer("acme")
@@ -281,15 +324,21 @@ async def test_a_grant_reaches_a_directory_within_a_second(env: Env) -> None:
 
 
 async def test_build_admin_app_shows_the_balance_in_the_plans_configured_currency(
-        tmp_path: Path) -> None:
+    tmp_path: Path,
+) -> None:
     """From a config, the balance currency is the plan's ``price.currency`` (and follows it)."""
     from tollhouse.admin import build_admin_app
     from tollhouse.config import parse_config
 
     (tmp_path / "tok").write_text(TOKEN)
-    cfg = parse_config({"plans": {"basic": {"price": {"currency": "GBP"}}},
-                        "store": {"url": "sqlite:///./s.db"}, "admin": {"token_file": "tok"}},
-                       base_dir=tmp_path)
+    cfg = parse_config(
+        {
+            "plans": {"basic": {"price": {"currency": "GBP"}}},
+            "store": {"url": "sqlite:///./s.db"},
+            "admin": {"token_file": "tok"},
+        },
+        base_dir=tmp_path,
+    )
     assert cfg.store is not None
     await migrate(cfg.store.url)
     root = web.Application()
@@ -301,11 +350,15 @@ async def test_build_admin_app_shows_the_balance_in_the_plans_configured_currenc
     try:
         async with aiohttp.ClientSession() as s:
             a = Admin(f"http://127.0.0.1:{port}/admin", s, cfg.store.url)
-            assert (await a.call("POST", "/customers", {"id": "c", "name": "C",
-                                                        "plan": "basic"}))[0] == 201
+            assert (await a.call("POST", "/customers", {"id": "c", "name": "C", "plan": "basic"}))[
+                0
+            ] == 201
             for amount, currency in ((300, "USD"), (40, "GBP")):
-                assert (await a.call("POST", "/customers/c/credits", {
-                    "amount": amount, "currency": currency}))[0] == 201
+                assert (
+                    await a.call(
+                        "POST", "/customers/c/credits", {"amount": amount, "currency": currency}
+                    )
+                )[0] == 201
             status, _, bal = await a.call("GET", "/customers/c/credits/balance")
             assert status == 200
             assert isinstance(bal, dict)

@@ -48,8 +48,12 @@ def run_schemathesis(base: str) -> list[str]:
     for op in ops:
 
         @given(case=op.as_strategy().filter(coherent), known=st.booleans())
-        @settings(max_examples=EXAMPLES, deadline=None, database=None,
-                  suppress_health_check=list(HealthCheck))
+        @settings(
+            max_examples=EXAMPLES,
+            deadline=None,
+            database=None,
+            suppress_health_check=list(HealthCheck),
+        )
         def check(case: Any, known: bool) -> None:
             if known and "customer" in (case.path_parameters or {}):
                 case.path_parameters["customer"] = "acme"  # an existing customer: 2xx paths
@@ -72,8 +76,11 @@ async def _fuzz(url: str, tmp_path: Path) -> None:
         import aiohttp
 
         async with aiohttp.ClientSession() as s:
-            await s.post(base + "/customers", json={"id": "acme", "name": "Acme", "plan": "free"},
-                         headers={"Authorization": f"Bearer {TOKEN}"})
+            await s.post(
+                base + "/customers",
+                json={"id": "acme", "name": "Acme", "plan": "free"},
+                headers={"Authorization": f"Bearer {TOKEN}"},
+            )
         failures = await asyncio.to_thread(run_schemathesis, base)
     finally:
         await runner.cleanup()

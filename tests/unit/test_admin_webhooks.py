@@ -38,15 +38,17 @@ async def _pause() -> None:
 
 
 async def test_register_test_delivery_signed_and_redeliver(
-        admin: Admin, caplog: pytest.LogCaptureFixture) -> None:
+    admin: Admin, caplog: pytest.LogCaptureFixture
+) -> None:
     """POST /webhooks returns the secret once; /test arrives signed; redelivery repeats its id.
 
     List and get never show the secret, nor does the audit log or any log line.
     """
     caplog.set_level(logging.DEBUG, logger="tollhouse")
     rx = await Receiver().start()
-    status, _, created = await admin.call("POST", "/webhooks", {"url": rx.url,
-                                                                "events": ["invoice.issued"]})
+    status, _, created = await admin.call(
+        "POST", "/webhooks", {"url": rx.url, "events": ["invoice.issued"]}
+    )
     assert status == 201
     assert isinstance(created, dict)
     wid, secret = created["id"], created["secret"]
@@ -57,8 +59,13 @@ async def test_register_test_delivery_signed_and_redeliver(
     assert status == 202
     assert isinstance(event, dict)
     backend = await open_store(admin.store_url)
-    d = Deliverer(DeliveryQueue(backend, clock=time.time), FAST, owner="t", clock=time.time,
-                  rng=random.Random(1))
+    d = Deliverer(
+        DeliveryQueue(backend, clock=time.time),
+        FAST,
+        owner="t",
+        clock=time.time,
+        rng=random.Random(1),
+    )
     try:
         async with running(d):
             await _delivered(admin, wid, 1)
@@ -89,12 +96,17 @@ async def test_webhook_errors_are_problems(admin: Admin) -> None:
     status, _, body = await admin.call("POST", "/webhooks", {"url": "ftp://x", "events": ["*"]})
     assert (status, body["code"]) == (422, "invalid")  # type: ignore[index]
     assert body["detail"].startswith("url")  # type: ignore[index]
-    status, _, body = await admin.call("POST", "/webhooks", {"url": "https://x.test",
-                                                             "events": ["nope.nope"]})
+    status, _, body = await admin.call(
+        "POST", "/webhooks", {"url": "https://x.test", "events": ["nope.nope"]}
+    )
     assert (status, body["detail"][:6]) == (422, "events")  # type: ignore[index]
-    for method, path in [("GET", "/webhooks/wh_none"), ("POST", "/webhooks/wh_none/test"),
-                         ("DELETE", "/webhooks/wh_none"), ("GET", "/webhook-events/evt_x"),
-                         ("POST", "/webhook-events/evt_x/redeliver")]:
+    for method, path in [
+        ("GET", "/webhooks/wh_none"),
+        ("POST", "/webhooks/wh_none/test"),
+        ("DELETE", "/webhooks/wh_none"),
+        ("GET", "/webhook-events/evt_x"),
+        ("POST", "/webhook-events/evt_x/redeliver"),
+    ]:
         status, _, body = await admin.call(method, path)
         assert (status, body["code"]) == (404, "not_found")  # type: ignore[index]
     _, _, created = await admin.call("POST", "/webhooks", {"url": "https://x.test/h"})

@@ -42,15 +42,21 @@ class Directory:
         self.grants, self.recharge = grants, recharge
 
     def customer(self, cid: str) -> Any:
-        return SimpleNamespace(plan="prepaid", credit_grants=tuple(self.grants),
-                               recharge=self.recharge) if cid == "c" else None
+        return (
+            SimpleNamespace(
+                plan="prepaid", credit_grants=tuple(self.grants), recharge=self.recharge
+            )
+            if cid == "c"
+            else None
+        )
 
 
 async def spend(book: CreditBook, d: Directory, clock: Clock, n: int) -> None:
     """Spend 0.10 ``n`` times."""
     for _ in range(n):
-        assert isinstance(await book.spend("c", d.grants, {"requests": DIME}, "api", clock.now),
-                          Spend)
+        assert isinstance(
+            await book.spend("c", d.grants, {"requests": DIME}, "api", clock.now), Spend
+        )
 
 
 async def events(box: Outbox) -> list[tuple[str, int]]:
@@ -69,15 +75,19 @@ async def test_low_recharge_and_exhausted_fire_once_each_across_two_replicas(box
     """
     clock = Clock()
     book, d = memory_book(clock, Store()), Directory([grant(100)], (30, 100))
-    one, two = (CreditAlerts(RULES, book=book, directory=d, emit=box.emit, clock=clock)
-                for _ in range(2))
+    one, two = (
+        CreditAlerts(RULES, book=book, directory=d, emit=box.emit, clock=clock) for _ in range(2)
+    )
     for n in (7, 1, 1, 1):
         await spend(book, d, clock, n)
         for _ in range(3):
             await one.evaluate_once()
             await two.evaluate_once()
-    assert await events(box) == [("credit.recharge_requested", 20), ("credit.low", 10),
-                                 ("credit.exhausted", 0)]
+    assert await events(box) == [
+        ("credit.recharge_requested", 20),
+        ("credit.low", 10),
+        ("credit.exhausted", 0),
+    ]
     recharge = (await box.get_event((await box.list_deliveries())[-1].event_id)).to_json()
     assert recharge["payload"]["data"]["amount"] == 80  # up to the target of 1.00
 

@@ -24,7 +24,8 @@ from tollhouse.store.backend import Backend
 from tollhouse.webhooks import Deliverer, DeliveryQueue, Outbox
 
 RULES = AlertsConfig.model_validate(
-    {"plans": {"pro": {"quota": [{"percent": 80}, {"percent": 100}]}}})
+    {"plans": {"pro": {"quota": [{"percent": 80}, {"percent": 100}]}}}
+)
 
 
 def test_usage_hovering_at_a_threshold_signals_once() -> None:
@@ -58,19 +59,31 @@ class World:
         self.cust = SimpleNamespace(id="acme", plan="pro")
 
     def limits(self, *_: Any) -> Limits:
-        return Limits(plan="pro", quotas={"requests": self.quota}, per_second=None,
-                      per_minute=None, overage="deny", on_counter_error="fail_closed",
-                      anchor=None)
+        return Limits(
+            plan="pro",
+            quotas={"requests": self.quota},
+            per_second=None,
+            per_minute=None,
+            overage="deny",
+            on_counter_error="fail_closed",
+            anchor=None,
+        )
 
     async def use(self, n: int) -> None:
         for _ in range(n):
-            assert (await self.limiter.admit("acme", ["requests"], self.limits(),
-                                             self.clock())).allowed
+            assert (
+                await self.limiter.admit("acme", ["requests"], self.limits(), self.clock())
+            ).allowed
 
     def alerts(self, outbox: Outbox) -> QuotaAlerts:
-        return QuotaAlerts(RULES, limiter=self.limiter,
-                           resolve=lambda cid: (self.cust, object()) if cid == "acme" else None,
-                           limits_for=self.limits, emit=outbox.emit, clock=self.clock)
+        return QuotaAlerts(
+            RULES,
+            limiter=self.limiter,
+            resolve=lambda cid: (self.cust, object()) if cid == "acme" else None,
+            limits_for=self.limits,
+            emit=outbox.emit,
+            clock=self.clock,
+        )
 
 
 async def _events(box: Outbox) -> list[tuple[str, str]]:
@@ -99,9 +112,14 @@ async def test_80_and_100_percent_fire_once_each_across_two_replicas(backend: Ba
     assert await two.evaluate_once() == 0
     await world.use(2)
     assert [await one.evaluate_once(), await two.evaluate_once(), await one.evaluate_once()] == [
-        1, 0, 0]
-    assert await _events(box) == [("quota.threshold_reached", "80"),
-                                  ("quota.threshold_reached", "100")]
+        1,
+        0,
+        0,
+    ]
+    assert await _events(box) == [
+        ("quota.threshold_reached", "80"),
+        ("quota.threshold_reached", "100"),
+    ]
     world.quota = 40  # a top-up: 10 used of 40 is 25%
     assert await one.evaluate_once() == 2
     assert await two.evaluate_once() == 0
@@ -117,11 +135,15 @@ async def test_alerts_arrive_signed_once_each_after_a_receiver_outage(backend: B
     box = Outbox(backend, clock=world.clock)
     rx = Receiver(status=503)
     await rx.start()
-    _, secret = await box.create_endpoint(actor="t", url=rx.url,
-                                          events=["quota.threshold_reached"])
+    _, secret = await box.create_endpoint(actor="t", url=rx.url, events=["quota.threshold_reached"])
     alerts = world.alerts(box)
-    d = Deliverer(DeliveryQueue(backend, clock=time.time), FAST, owner="r", clock=time.time,
-                  rng=random.Random(3))
+    d = Deliverer(
+        DeliveryQueue(backend, clock=time.time),
+        FAST,
+        owner="r",
+        clock=time.time,
+        rng=random.Random(3),
+    )
     try:
         async with running(d):
             await world.use(4)
@@ -140,8 +162,7 @@ async def test_alerts_arrive_signed_once_each_after_a_receiver_outage(backend: B
         await rx.stop()
     assert len(set(rx.ids())) == 2
     assert len(rx.seen) > 2  # the outage made them retry, under the same ids
-    verified = {r.headers["webhook-id"]: Webhook(secret).verify(r.body, r.headers)
-                for r in rx.seen}
+    verified = {r.headers["webhook-id"]: Webhook(secret).verify(r.body, r.headers) for r in rx.seen}
     assert sorted(p["data"]["threshold"]["percent"] for p in verified.values()) == [80, 100]
 
 
@@ -154,11 +175,22 @@ async def _pause() -> None:
 def test_alert_config_errors_name_the_field() -> None:
     """Unknown plans and meters, both or neither of percent/units, and no store are refused."""
     with pytest.raises(ConfigError) as e:
-        parse_config({"plans": {"pro": {}}, "alerts": {
-            "plans": {"gold": {"quota": [{"percent": 80}]},
-                      "pro": {"quota": [{"meter": "bytes", "percent": 80}]}}}})
+        parse_config(
+            {
+                "plans": {"pro": {}},
+                "alerts": {
+                    "plans": {
+                        "gold": {"quota": [{"percent": 80}]},
+                        "pro": {"quota": [{"meter": "bytes", "percent": 80}]},
+                    }
+                },
+            }
+        )
     assert sorted(p for p, _ in e.value.problems) == [
-        "alerts", "alerts.plans.gold", "alerts.plans.pro.quota.0.meter"]
+        "alerts",
+        "alerts.plans.gold",
+        "alerts.plans.pro.quota.0.meter",
+    ]
     with pytest.raises(ConfigError) as e:
         parse_config({"alerts": {"default": {"quota": [{"percent": 80, "units": 3}]}}})
     assert [p for p, _ in e.value.problems] == ["alerts.default.quota.0"]

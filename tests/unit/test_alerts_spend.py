@@ -16,13 +16,19 @@ from tollhouse.config import parse_config
 from tollhouse.store import migrate, open_store
 from tollhouse.webhooks import Outbox
 
-CFG = parse_config({
-    "store": {"url": "sqlite:///unused.db"},
-    "plans": {"payg": {"features": [], "price": {"base_fee": "5.00", "meters": {
-        "requests": {"unit_price": "0.10"}}}}},
-    "customers": {"acme": {"plan": "payg"}},
-    "alerts": {"plans": {"payg": {"spend": [{"amount_minor": 100}, {"amount_minor": 500}]}}},
-})
+CFG = parse_config(
+    {
+        "store": {"url": "sqlite:///unused.db"},
+        "plans": {
+            "payg": {
+                "features": [],
+                "price": {"base_fee": "5.00", "meters": {"requests": {"unit_price": "0.10"}}},
+            }
+        },
+        "customers": {"acme": {"plan": "payg"}},
+        "alerts": {"plans": {"payg": {"spend": [{"amount_minor": 100}, {"amount_minor": 500}]}}},
+    }
+)
 
 
 @pytest.fixture
@@ -54,12 +60,14 @@ class Usage:
 def alerts(box: Outbox, usage: Usage) -> SpendAlerts:
     """An evaluator over acme alone."""
     plan_of: Any = lambda cid: "payg" if cid == "acme" else None  # noqa: E731
-    return SpendAlerts(CFG.alerts, customers=lambda: ["acme"], plan_of=plan_of,
-                       lookup=usage.lookup, emit=box.emit)
+    return SpendAlerts(
+        CFG.alerts, customers=lambda: ["acme"], plan_of=plan_of, lookup=usage.lookup, emit=box.emit
+    )
 
 
 async def test_each_spend_threshold_fires_once_on_usage_charges_not_the_base_fee(
-        box: Outbox) -> None:
+    box: Outbox,
+) -> None:
     """1.00 and 5.00 of usage each fire once (the 5.00 base fee does not count), on 2 replicas."""
     usage = Usage()
     one, two = alerts(box, usage), alerts(box, usage)
@@ -69,9 +77,14 @@ async def test_each_spend_threshold_fires_once_on_usage_charges_not_the_base_fee
     assert [await one.evaluate_once(), await two.evaluate_once()] == [1, 0]
     usage.requests = 60  # 6.00
     assert [await two.evaluate_once(), await one.evaluate_once(), await one.evaluate_once()] == [
-        1, 0, 0]
-    payloads = [(await box.get_event(d.event_id)).to_json()["payload"]
-                for d in reversed(await box.list_deliveries())]
-    assert [(p["type"], p["data"]["threshold"]["amount_minor"], p["data"]["spent"])
-            for p in payloads] == [("spend.threshold_reached", 100, 100),
-                                   ("spend.threshold_reached", 500, 600)]
+        1,
+        0,
+        0,
+    ]
+    payloads = [
+        (await box.get_event(d.event_id)).to_json()["payload"]
+        for d in reversed(await box.list_deliveries())
+    ]
+    assert [
+        (p["type"], p["data"]["threshold"]["amount_minor"], p["data"]["spent"]) for p in payloads
+    ] == [("spend.threshold_reached", 100, 100), ("spend.threshold_reached", 500, 600)]

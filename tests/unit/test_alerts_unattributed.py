@@ -39,8 +39,12 @@ async def test_drops_in_one_minute_are_one_event_with_their_count(box: Outbox) -
     assert await rep.flush() == 1
     assert await rep.flush() == 0
     assert await rep.flush(all_windows=True) == 1
-    events = [(await box.get_event(d.event_id)).to_json()["payload"]
-              for d in reversed(await box.list_deliveries())]
-    assert [(e["type"], e["data"]["count"]) for e in events] == [("usage.unattributed", 5),
-                                                                 ("usage.unattributed", 7)]
+    events = [
+        (await box.get_event(d.event_id)).to_json()["payload"]
+        for d in reversed(await box.list_deliveries())
+    ]
+    assert [(e["type"], e["data"]["count"]) for e in events] == [
+        ("usage.unattributed", 5),
+        ("usage.unattributed", 7),
+    ]
     assert events[0]["data"]["window_start"] == "2027-01-15T08:00:00Z"

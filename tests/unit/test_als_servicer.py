@@ -31,8 +31,14 @@ def _metric(name: str, **labels: str) -> float:
     return REGISTRY.get_sample_value(name, labels) or 0.0
 
 
-def _entry(usage_id: str | None, *, code: int = 200, upstream: bool = True,
-           denied: bool = False, resp_body: int = 1000) -> al.HTTPAccessLogEntry:
+def _entry(
+    usage_id: str | None,
+    *,
+    code: int = 200,
+    upstream: bool = True,
+    denied: bool = False,
+    resp_body: int = 1000,
+) -> al.HTTPAccessLogEntry:
     e = al.HTTPAccessLogEntry()
     c = e.common_properties
     if usage_id is not None:
@@ -40,8 +46,11 @@ def _entry(usage_id: str | None, *, code: int = 200, upstream: bool = True,
         meta.update({"usage_id": usage_id, "customer": "acme", "feature": "export"})
         c.metadata.filter_metadata[METADATA_NAMESPACE].CopyFrom(meta)
     if upstream:
-        c.upstream_remote_address.CopyFrom(address_pb2.Address(
-            socket_address=address_pb2.SocketAddress(address="127.0.0.1", port_value=8080)))
+        c.upstream_remote_address.CopyFrom(
+            address_pb2.Address(
+                socket_address=address_pb2.SocketAddress(address="127.0.0.1", port_value=8080)
+            )
+        )
     if denied:
         c.response_flags.unauthorized_details.reason = 1
     c.duration.FromMicroseconds(2500)
@@ -64,13 +73,18 @@ def _msg(*entries: al.HTTPAccessLogEntry) -> als_pb2.StreamAccessLogsMessage:
 @pytest.fixture
 async def rig(tmp_path: Path) -> AsyncIterator[tuple[Metering, grpc.aio.Channel]]:
     """Serve a Metering's ALS servicer on a real grpc.aio server; yield it and a channel."""
-    cfg = parse_config({
-        "meters": {"requests": {}, "egress": {"from": "response_bytes"}},
-        "features": {"export": {"rules": [{"path": "/v1/export/**"}],
-                                "meters": ["requests", "egress"]}},
-        "metering": {"spool": str(tmp_path / "spool"),
-                     "meter": f"sqlite:///{tmp_path / 'meter.db'}"},
-    })
+    cfg = parse_config(
+        {
+            "meters": {"requests": {}, "egress": {"from": "response_bytes"}},
+            "features": {
+                "export": {"rules": [{"path": "/v1/export/**"}], "meters": ["requests", "egress"]}
+            },
+            "metering": {
+                "spool": str(tmp_path / "spool"),
+                "meter": f"sqlite:///{tmp_path / 'meter.db'}",
+            },
+        }
+    )
     m = Metering(cfg, instance="t", sink=SqliteMeterSink(tmp_path / "meter.db"))
     await m.spool.open()
     server = grpc.aio.server()
@@ -86,8 +100,15 @@ async def rig(tmp_path: Path) -> AsyncIterator[tuple[Metering, grpc.aio.Channel]
 
 
 async def _reserve(m: Metering, request_id: str = "r") -> str:
-    rec = m.build_reservation(customer="acme", plan="pro", feature="export", method="GET",
-                              path="/v1/export/a", request_id=request_id, decision_id="d")
+    rec = m.build_reservation(
+        customer="acme",
+        plan="pro",
+        feature="export",
+        method="GET",
+        path="/v1/export/a",
+        request_id=request_id,
+        decision_id="d",
+    )
     await m.reserve(rec)
     return rec.usage_id
 
@@ -117,8 +138,10 @@ async def test_denied_and_unrouted_entries_void(rig: tuple[Metering, grpc.aio.Ch
     """An ext_authz denial flag or no upstream host voids the reservation."""
     m, ch = rig
     a, b = await _reserve(m), await _reserve(m)
-    await _stream(ch, _msg(_entry(a, code=403, upstream=False, denied=True),
-                           _entry(b, code=503, upstream=False)))
+    await _stream(
+        ch,
+        _msg(_entry(a, code=403, upstream=False, denied=True), _entry(b, code=503, upstream=False)),
+    )
     await m.spool.counts()
     for uid in (a, b):
         rec = await m.spool.get(uid)
@@ -214,6 +237,7 @@ async def test_tcp_only_message_is_counted(rig: tuple[Metering, grpc.aio.Channel
 
 
 # --- one bad entry loses nothing else; the HTTP transport's usage-id shapes ------------------
+
 
 async def _stream_raw(channel: grpc.aio.Channel, *frames: bytes) -> None:
     call = channel.stream_unary(
@@ -325,7 +349,8 @@ async def header_rig(
 
 
 async def test_request_header_usage_id_needs_the_flag(
-    rig: tuple[Metering, grpc.aio.Channel], header_rig: tuple[Metering, grpc.aio.Channel],
+    rig: tuple[Metering, grpc.aio.Channel],
+    header_rig: tuple[Metering, grpc.aio.Channel],
 ) -> None:
     """The logged x-tollhouse-usage-id is ignored by default, and confirms with the flag on."""
     m, off = rig
@@ -366,7 +391,8 @@ async def test_metadata_wins_over_the_request_header(
 
 @pytest.mark.parametrize("bad", ["client-chosen", "A" * 32, "0" * 31, "0" * 33, " " + "0" * 31])
 async def test_malformed_usage_id_is_counted_and_ignored(
-    header_rig: tuple[Metering, grpc.aio.Channel], bad: str,
+    header_rig: tuple[Metering, grpc.aio.Channel],
+    bad: str,
 ) -> None:
     """A usage id that is not 32 lowercase hex digits (metadata or header) is counted, unused."""
     m, ch = header_rig

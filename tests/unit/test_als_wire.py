@@ -58,8 +58,11 @@ def _poison(blob: bytes, marker: bytes) -> bytes:
 
 
 def _usage_id(e: al.HTTPAccessLogEntry) -> str:
-    return str(e.common_properties.metadata.filter_metadata[METADATA_NAMESPACE]
-               .fields["usage_id"].string_value)
+    return str(
+        e.common_properties.metadata.filter_metadata[METADATA_NAMESPACE]
+        .fields["usage_id"]
+        .string_value
+    )
 
 
 def _refused(data: bytes) -> None:
@@ -135,8 +138,10 @@ def test_bad_identifier_loses_no_entry() -> None:
     """A non-UTF-8 log name in the stream identifier costs nothing: the entries are read."""
     ident = als_pb2.StreamAccessLogsMessage.Identifier(log_name="LOGNAME-tollhouse")
     entries = [_entry(i) for i in range(2)]
-    data = _wrap([e.SerializeToString() for e in entries],
-                 identifier=_poison(ident.SerializeToString(), b"LOGNAME"))
+    data = _wrap(
+        [e.SerializeToString() for e in entries],
+        identifier=_poison(ident.SerializeToString(), b"LOGNAME"),
+    )
     _refused(data)
     out = _recovered(data)
     assert list(out.entries) == entries
@@ -176,15 +181,18 @@ def test_tcp_entries_are_counted() -> None:
     assert (len(out.entries), out.tcp_entries) == (1, 2)
 
 
-@pytest.mark.parametrize("data", [
-    b"\xff\xff\xff\xff garbage",
-    b"",
-    b"\x00",
-    b"\x12\xff\xff\xff\xff\x0f",  # http_logs with an absurd length
-    b"\x12\x05\x0a\x03\xff\xfe",  # an entry that is itself cut
-    bytes(range(256)),
-    b"\x0b" * 50,  # start-group keys never closed
-])
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"\xff\xff\xff\xff garbage",
+        b"",
+        b"\x00",
+        b"\x12\xff\xff\xff\xff\x0f",  # http_logs with an absurd length
+        b"\x12\x05\x0a\x03\xff\xfe",  # an entry that is itself cut
+        bytes(range(256)),
+        b"\x0b" * 50,  # start-group keys never closed
+    ],
+)
 def test_garbage_is_none_and_never_raises(data: bytes) -> None:
     """Bytes holding not one readable entry give None (counted as garbage by the servicer)."""
     out = recover(data)
@@ -195,7 +203,7 @@ def test_iter_fields_reports_a_break_after_the_good_fields() -> None:
     """Fields before a break are yielded, then WireError; nothing is read past the end."""
     data = _frame(1, b"ab") + _frame(2, b"cd") + b"\x1a\x10xy"
     fields = iter_fields(data)
-    got = [(f.number, data[f.value_start:f.end]) for f in (next(fields), next(fields))]
+    got = [(f.number, data[f.value_start : f.end]) for f in (next(fields), next(fields))]
     assert got == [(1, b"ab"), (2, b"cd")]
     with pytest.raises(WireError):
         next(fields)
@@ -232,7 +240,8 @@ _FUZZ = settings(max_examples=150, deadline=None, suppress_health_check=[HealthC
 @_FUZZ
 @given(_messages(), st.data())
 def test_mutating_one_entry_never_costs_another(
-    entries: list[al.HTTPAccessLogEntry], data: st.DataObject,
+    entries: list[al.HTTPAccessLogEntry],
+    data: st.DataObject,
 ) -> None:
     """Random bytes overwritten inside one entry: never a raise, every other entry read intact."""
     blobs = [e.SerializeToString() for e in entries]
@@ -255,7 +264,8 @@ def test_mutating_one_entry_never_costs_another(
 @_FUZZ
 @given(_messages(), st.data())
 def test_non_utf8_strings_never_lose_an_entry(
-    entries: list[al.HTTPAccessLogEntry], data: st.DataObject,
+    entries: list[al.HTTPAccessLogEntry],
+    data: st.DataObject,
 ) -> None:
     """Any string field's bytes replaced by non-UTF-8 of the same length: every entry is read."""
     blobs = [e.SerializeToString() for e in entries]
@@ -271,7 +281,8 @@ def test_non_utf8_strings_never_lose_an_entry(
 @_FUZZ
 @given(_messages(), st.data())
 def test_any_mutation_of_a_message_never_raises(
-    entries: list[al.HTTPAccessLogEntry], data: st.DataObject,
+    entries: list[al.HTTPAccessLogEntry],
+    data: st.DataObject,
 ) -> None:
     """Random byte overwrites, cuts and insertions anywhere in a message: recover never raises."""
     raw = bytearray(_wrap([e.SerializeToString() for e in entries]))
@@ -281,7 +292,7 @@ def test_any_mutation_of_a_message_never_raises(
         if op == "set":
             raw[pos] = data.draw(st.integers(0, 255))
         elif op == "cut":
-            del raw[pos:pos + data.draw(st.integers(1, 8))]
+            del raw[pos : pos + data.draw(st.integers(1, 8))]
         else:
             raw[pos:pos] = data.draw(st.binary(min_size=1, max_size=8))
         if not raw:

@@ -106,9 +106,10 @@ async def test_unloaded_keys_mean_not_serving_and_503(tmp_path: Path) -> None:
     try:
         await asyncio.sleep(0.5)
         assert await health(app) == health_pb2.HealthCheckResponse.NOT_SERVING
-        async with aiohttp.ClientSession() as s, s.get(
-            f"http://{app.cfg.admin_listen}/readyz"
-        ) as r:
+        async with (
+            aiohttp.ClientSession() as s,
+            s.get(f"http://{app.cfg.admin_listen}/readyz") as r,
+        ):
             assert r.status == 503
         tok = devkeys.make_token(key, issuer=ISS, audience="api", subject="acme")
         resp = await check(app, tok, "/v1/search")

@@ -29,12 +29,18 @@ Running = tuple[App, devkeys.DevKey, Path, StoreService]
 
 def _doc(tmp_path: Path) -> dict[str, Any]:
     return {
-        "listen": f"127.0.0.1:{free_port()}", "admin_listen": f"127.0.0.1:{free_port()}",
-        "auth": {"jwt": [{"issuer": ISS, "audiences": ["api"],
-                          "jwks_file": str(tmp_path / "jwks.json")}]},
+        "listen": f"127.0.0.1:{free_port()}",
+        "admin_listen": f"127.0.0.1:{free_port()}",
+        "auth": {
+            "jwt": [{"issuer": ISS, "audiences": ["api"], "jwks_file": str(tmp_path / "jwks.json")}]
+        },
         "features": {"search": [{"methods": ["GET"], "path": "/v1/search"}]},
-        "plans": {"free": {"features": ["search"]}, "pro": {"features": ["search"]},
-                  "legacy": {"features": ["search"]}, "spare": {"features": ["search"]}},
+        "plans": {
+            "free": {"features": ["search"]},
+            "pro": {"features": ["search"]},
+            "legacy": {"features": ["search"]},
+            "spare": {"features": ["search"]},
+        },
         "store": {"url": f"sqlite://{tmp_path}/store.db", "poll_interval_ms": 100},
         "metering": {"enabled": False},
         "reload_settle_s": 3600,  # the watcher never applies by itself: each test reloads
@@ -149,8 +155,7 @@ async def test_start_only_keys_are_reported_and_keep_their_running_value(
     assert app.cfg.usage_listen is None
     for field in ("store", "admin", "counters", "usage_listen"):
         assert _metric("tollhouse_config_restart_needed", field=field) == 1, field
-    async with aiohttp.ClientSession() as s, s.get(
-            f"http://{app.cfg.admin_listen}/readyz") as r:
+    async with aiohttp.ClientSession() as s, s.get(f"http://{app.cfg.admin_listen}/readyz") as r:
         body = await r.json()
     assert body["restart_needed"] == ["admin", "counters", "store", "usage_listen"]
     _write(path, original)

@@ -22,8 +22,7 @@ from tollhouse.config import load_config
 
 
 async def _readyz(app: App) -> tuple[int, dict[str, Any]]:
-    async with aiohttp.ClientSession() as s, s.get(
-            f"http://{app.cfg.admin_listen}/readyz") as r:
+    async with aiohttp.ClientSession() as s, s.get(f"http://{app.cfg.admin_listen}/readyz") as r:
         return r.status, await r.json()
 
 
@@ -56,6 +55,7 @@ async def test_spool_removed_while_serving_means_not_ready_until_it_can_write(
     spool = tmp_path / "spool"
     await app.start()
     try:
+
         async def ready() -> bool:
             return (await _readyz(app))[0] == 200
 

@@ -22,7 +22,8 @@ TOKEN = "adm-webhooks-token-0123456789abcdef"
 
 
 async def test_serve_delivers_a_test_webhook_registered_through_the_admin_api(
-        tmp_path: Path) -> None:
+    tmp_path: Path,
+) -> None:
     """Register through /admin/webhooks, POST /test: the running sidecar delivers it, signed.
 
     /readyz reports the loop (store reachable, nothing pending) and /metrics its queue depth.
@@ -33,8 +34,11 @@ async def test_serve_delivers_a_test_webhook_registered_through_the_admin_api(
     store = f"sqlite:///{tmp_path}/store.db"
     await migrate(store)
     doc = app_config(tmp_path, {"jwks_file": str(tmp_path / "jwks.json")})
-    doc.update(store={"url": store}, admin={"token_file": str(tmp_path / "token")},
-               webhooks={"poll_interval_ms": 50, "backoff_initial_s": 0.1, "backoff_max_s": 1})
+    doc.update(
+        store={"url": store},
+        admin={"token_file": str(tmp_path / "token")},
+        webhooks={"poll_interval_ms": 50, "backoff_initial_s": 0.1, "backoff_max_s": 1},
+    )
     path = tmp_path / "tollhouse.yaml"
     path.write_text(yaml.safe_dump(doc))
     rx = await Receiver().start()
@@ -44,8 +48,7 @@ async def test_serve_delivers_a_test_webhook_registered_through_the_admin_api(
     auth = {"Authorization": f"Bearer {TOKEN}"}
     try:
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as s:
-            async with s.post(f"{base}/admin/webhooks", json={"url": rx.url},
-                              headers=auth) as r:
+            async with s.post(f"{base}/admin/webhooks", json={"url": rx.url}, headers=auth) as r:
                 assert r.status == 201
                 ep = await r.json()
             async with s.post(f"{base}/admin/webhooks/{ep['id']}/test", headers=auth) as r:
@@ -67,4 +70,5 @@ async def test_serve_delivers_a_test_webhook_registered_through_the_admin_api(
         await rx.stop()
     assert rx.ids() == [event["id"]]
     assert Webhook(ep["secret"]).verify(rx.seen[0].body, rx.seen[0].headers)["type"] == (
-        "webhook.test")
+        "webhook.test"
+    )

@@ -15,8 +15,10 @@ KEY_B = "tk_live_bravo_9876543210"
 
 
 def _cfg(header: str = "x-api-key") -> AuthConfig:
-    keys = (ApiKeyEntry(sha256=hash_api_key(KEY_A), customer="acme"),
-            ApiKeyEntry(sha256=hash_api_key(KEY_B).upper(), customer="bravo"))
+    keys = (
+        ApiKeyEntry(sha256=hash_api_key(KEY_A), customer="acme"),
+        ApiKeyEntry(sha256=hash_api_key(KEY_B).upper(), customer="bravo"),
+    )
     return AuthConfig(api_keys=ApiKeysConfig(header=header, keys=keys))
 
 
@@ -38,8 +40,9 @@ def test_upper_case_hash_in_config_matches() -> None:
     assert a.authenticate({"x-api-key": KEY_B}) == Principal("bravo", "api_key")
 
 
-@pytest.mark.parametrize("key", ["tk_live_unknown", KEY_A + "x", KEY_A.upper(),
-                                 hash_api_key(KEY_A)])
+@pytest.mark.parametrize(
+    "key", ["tk_live_unknown", KEY_A + "x", KEY_A.upper(), hash_api_key(KEY_A)]
+)
 def test_unknown_key_rejected(key: str) -> None:
     """An unknown key, a near miss, or the stored hash itself is a 401 invalid_api_key."""
     result = Authenticator(_cfg()).authenticate({"x-api-key": key})
@@ -56,11 +59,14 @@ def test_configured_header_only() -> None:
     assert missing.code == "missing_credentials"
 
 
-@pytest.mark.parametrize("headers", [
-    {"x-api-key": f"{KEY_A},{KEY_B}"},
-    {"x-api-key": KEY_A, "authorization": "Bearer a.b.c"},
-    {"x-api-key": KEY_A, "authorization": "Basic dXNlcjpwYXNz"},
-])
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {"x-api-key": f"{KEY_A},{KEY_B}"},
+        {"x-api-key": KEY_A, "authorization": "Bearer a.b.c"},
+        {"x-api-key": KEY_A, "authorization": "Basic dXNlcjpwYXNz"},
+    ],
+)
 def test_ambiguous_key_requests(headers: dict[str, str]) -> None:
     """Two keys, or a key with an Authorization header, is a 400."""
     result = Authenticator(_cfg()).authenticate(headers)

@@ -19,7 +19,6 @@ from tollhouse.devkeys import DevKey, generate_ec, jwks, make_token
 ISS = "https://cache.test"
 
 
-
 def _p(customer: str, exp: float | None) -> Principal:
     return Principal(customer, "jwt", ISS, None, exp)
 
@@ -95,12 +94,13 @@ def _hits() -> float:
     return REGISTRY.get_sample_value("tollhouse_token_cache_lookups_total", {"result": "hit"}) or 0
 
 
-async def test_authenticator_serves_hits(authn: tuple[Authenticator, Clock],
-                                         key: DevKey) -> None:
+async def test_authenticator_serves_hits(authn: tuple[Authenticator, Clock], key: DevKey) -> None:
     """The second check of the same token is a cache hit with the same principal."""
     a, clock = authn
-    h = {"authorization": "Bearer " + make_token(key, issuer=ISS, audience="api", subject="c1",
-                                                 now=clock.now)}
+    h = {
+        "authorization": "Bearer "
+        + make_token(key, issuer=ISS, audience="api", subject="c1", now=clock.now)
+    }
     before = _hits()
     first = a.authenticate(h)
     assert isinstance(first, Principal)
@@ -108,12 +108,12 @@ async def test_authenticator_serves_hits(authn: tuple[Authenticator, Clock],
     assert _hits() == before + 1
 
 
-async def test_authenticator_never_serves_expired_token(authn: tuple[Authenticator, Clock],
-                                                        key: DevKey) -> None:
+async def test_authenticator_never_serves_expired_token(
+    authn: tuple[Authenticator, Clock], key: DevKey
+) -> None:
     """A cached token is refused once the injected clock reaches its exp."""
     a, clock = authn
-    token = make_token(key, issuer=ISS, audience="api", subject="c1", now=clock.now,
-                       lifetime_s=60)
+    token = make_token(key, issuer=ISS, audience="api", subject="c1", now=clock.now, lifetime_s=60)
     h = {"authorization": f"Bearer {token}"}
     assert isinstance(a.authenticate(h), Principal)
     clock.now += 59
@@ -124,16 +124,20 @@ async def test_authenticator_never_serves_expired_token(authn: tuple[Authenticat
     assert result.detail == "token expired"
 
 
-async def test_reconfigure_forgets_cached_verdicts(authn: tuple[Authenticator, Clock],
-                                                   key: DevKey) -> None:
+async def test_reconfigure_forgets_cached_verdicts(
+    authn: tuple[Authenticator, Clock], key: DevKey
+) -> None:
     """After a reload that drops the audience, a cached token is re-checked and refused."""
     a, clock = authn
-    h = {"authorization": "Bearer " + make_token(key, issuer=ISS, audience="api",
-                                                 subject="c1", now=clock.now)}
+    h = {
+        "authorization": "Bearer "
+        + make_token(key, issuer=ISS, audience="api", subject="c1", now=clock.now)
+    }
     assert isinstance(a.authenticate(h), Principal)
     old = a.config.jwt[0]
-    a.reconfigure(a.config.model_copy(
-        update={"jwt": (old.model_copy(update={"audiences": ("other",)}),)}))
+    a.reconfigure(
+        a.config.model_copy(update={"jwt": (old.model_copy(update={"audiences": ("other",)}),)})
+    )
     result = a.authenticate(h)
     assert isinstance(result, AuthnFailure)
     assert result.detail == "wrong audience"

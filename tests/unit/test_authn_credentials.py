@@ -41,8 +41,9 @@ def test_api_key_configured_header() -> None:
     assert extract_credentials(headers, "x-tenant-key") == ApiKeyCredential("k-1")
 
 
-@pytest.mark.parametrize("headers", [{}, {"authorization": ""}, {"x-api-key": "  "},
-                                     {"cookie": "session=1"}])
+@pytest.mark.parametrize(
+    "headers", [{}, {"authorization": ""}, {"x-api-key": "  "}, {"cookie": "session=1"}]
+)
 def test_no_credentials(headers: dict[str, str]) -> None:
     """Absent or empty credential headers mean no credentials."""
     assert extract_credentials(headers) == NoCredentials()
@@ -60,10 +61,14 @@ def test_unsupported_scheme_alone() -> None:
         ({"authorization": "Bearer a.b.c,Bearer d.e.f"}, "more than one Authorization header"),
         ({"authorization": "Basic x,Bearer a.b.c"}, "more than one Authorization header"),
         ({"x-api-key": "k1,k2"}, "more than one API key header"),
-        ({"authorization": "Bearer a.b.c", "x-api-key": "k1"},
-         "both an Authorization header and an API key were sent"),
-        ({"authorization": "Basic dXNlcjpwYXNz", "x-api-key": "k1"},
-         "both an Authorization header and an API key were sent"),
+        (
+            {"authorization": "Bearer a.b.c", "x-api-key": "k1"},
+            "both an Authorization header and an API key were sent",
+        ),
+        (
+            {"authorization": "Basic dXNlcjpwYXNz", "x-api-key": "k1"},
+            "both an Authorization header and an API key were sent",
+        ),
     ],
 )
 def test_ambiguous(headers: dict[str, str], detail: str) -> None:
@@ -79,9 +84,12 @@ def test_ambiguous_is_400_invalid_request() -> None:
     """An ambiguous request is a 400 with bearer error invalid_request."""
     a = _authn()
     result = a.authenticate({"authorization": "Bearer a.b.c", "x-api-key": "k"})
-    assert result == AuthnFailure(400, "ambiguous_credentials",
-                                  "both an Authorization header and an API key were sent",
-                                  "invalid_request")
+    assert result == AuthnFailure(
+        400,
+        "ambiguous_credentials",
+        "both an Authorization header and an API key were sent",
+        "invalid_request",
+    )
     assert a.www_authenticate(result) == (
         'Bearer realm="tollhouse", error="invalid_request", '
         'error_description="both an Authorization header and an API key were sent"'
@@ -95,7 +103,10 @@ def test_missing_is_401_without_error_params() -> None:
         result = a.authenticate(headers)
         assert isinstance(result, AuthnFailure)
         assert (result.status, result.code, result.bearer_error) == (
-            401, "missing_credentials", None)
+            401,
+            "missing_credentials",
+            None,
+        )
         assert a.www_authenticate(result) == 'Bearer realm="tollhouse"'
 
 
@@ -114,8 +125,11 @@ def test_bearer_with_no_issuers_is_401() -> None:
 
 
 _header_text = st.text(alphabet=st.characters(codec="utf-8"), max_size=200) | st.builds(
-    lambda a, b, c: f"Bearer {a}.{b}.{c}", st.text(max_size=40), st.text(max_size=40),
-    st.text(max_size=40))
+    lambda a, b, c: f"Bearer {a}.{b}.{c}",
+    st.text(max_size=40),
+    st.text(max_size=40),
+    st.text(max_size=40),
+)
 
 
 @settings(max_examples=150, deadline=None)

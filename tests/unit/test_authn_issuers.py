@@ -22,7 +22,6 @@ A = "https://a.test"
 B = "https://b.test"
 
 
-
 @pytest.fixture(scope="module")
 def rsa_key() -> DevKey:
     """Generate issuer A's RSA key."""
@@ -64,19 +63,25 @@ def check(a: Authenticator, token: str) -> Principal | AuthnFailure:
 
 
 def hs_token(secret: str, clock: Clock, **extra: object) -> str:
-    claims = {"iss": A, "aud": "api", "sub": "hs-cust", "iat": int(clock.now),
-              "exp": int(clock.now) + 600, **extra}
+    claims = {
+        "iss": A,
+        "aud": "api",
+        "sub": "hs-cust",
+        "iat": int(clock.now),
+        "exp": int(clock.now) + 600,
+        **extra,
+    }
     return pyjwt.encode(claims, secret, algorithm="HS256", headers={"kid": "any"})
 
 
-async def test_hs_secret_issuer(tmp_path: Path, started: Start,
-                                rsa_key: DevKey) -> None:
+async def test_hs_secret_issuer(tmp_path: Path, started: Start, rsa_key: DevKey) -> None:
     """An HS256 issuer verifies with its secret file, whatever kid the token names."""
     secret = secrets.token_hex(32)
     (tmp_path / "hs.key").write_text(secret + "\n")
     clock = Clock()
-    cfg = JwtIssuerConfig(issuer=A, audiences=("api",), hs_secret_file=tmp_path / "hs.key",
-                          algorithms=("HS256",))
+    cfg = JwtIssuerConfig(
+        issuer=A, audiences=("api",), hs_secret_file=tmp_path / "hs.key", algorithms=("HS256",)
+    )
     a = await started(AuthConfig(jwt=(cfg,)), clock)
     assert a.ready
     assert check(a, hs_token(secret, clock)) == Principal("hs-cust", "jwt", A, None, T0 + 600)
@@ -96,8 +101,9 @@ async def test_rotated_hs_secret_file_is_picked_up(tmp_path: Path, started: Star
     old, new = secrets.token_hex(32), secrets.token_hex(32)
     (tmp_path / "hs.key").write_text(old + "\n")
     clock = Clock()
-    cfg = JwtIssuerConfig(issuer=A, audiences=("api",), hs_secret_file=tmp_path / "hs.key",
-                          algorithms=("HS256",))
+    cfg = JwtIssuerConfig(
+        issuer=A, audiences=("api",), hs_secret_file=tmp_path / "hs.key", algorithms=("HS256",)
+    )
     a = await started(AuthConfig(jwt=(cfg,)), clock)
     old_token = hs_token(old, clock)
     assert isinstance(check(a, old_token), Principal)
@@ -114,8 +120,9 @@ async def test_short_hs_secret_never_loads(tmp_path: Path, started: Start) -> No
     """A secret shorter than 32 bytes is refused: not ready, tokens get 503."""
     (tmp_path / "hs.key").write_text("short-secret")
     clock = Clock()
-    cfg = JwtIssuerConfig(issuer=A, audiences=("api",), hs_secret_file=tmp_path / "hs.key",
-                          algorithms=("HS256",))
+    cfg = JwtIssuerConfig(
+        issuer=A, audiences=("api",), hs_secret_file=tmp_path / "hs.key", algorithms=("HS256",)
+    )
     a = await started(AuthConfig(jwt=(cfg,)), clock)
     assert not a.ready
     result = check(a, hs_token(secrets.token_hex(32), clock))
@@ -123,13 +130,18 @@ async def test_short_hs_secret_never_loads(tmp_path: Path, started: Start) -> No
     assert (result.status, result.code) == (503, "keys_unavailable")
 
 
-async def test_iss_picks_the_issuer_keys(tmp_path: Path, started: Start,
-                                         rsa_key: DevKey, ec_key: DevKey) -> None:
+async def test_iss_picks_the_issuer_keys(
+    tmp_path: Path, started: Start, rsa_key: DevKey, ec_key: DevKey
+) -> None:
     """Each issuer only trusts its own keys: A's key cannot sign for B."""
     clock = Clock()
     fa, fb = write_jwks(tmp_path / "a", rsa_key), write_jwks(tmp_path / "b", ec_key)
-    auth = AuthConfig(jwt=(JwtIssuerConfig(issuer=A, audiences=("api",), jwks_file=fa),
-                           JwtIssuerConfig(issuer=B, audiences=("api",), jwks_file=fb)))
+    auth = AuthConfig(
+        jwt=(
+            JwtIssuerConfig(issuer=A, audiences=("api",), jwks_file=fa),
+            JwtIssuerConfig(issuer=B, audiences=("api",), jwks_file=fb),
+        )
+    )
     a = await started(auth, clock)
     for key, iss in ((rsa_key, A), (ec_key, B)):
         ok = check(a, make_token(key, issuer=iss, audience="api", subject="c", now=clock.now))
@@ -140,21 +152,29 @@ async def test_iss_picks_the_issuer_keys(tmp_path: Path, started: Start,
     assert cross.detail == "unknown key id"
 
 
-async def test_claim_options(tmp_path: Path, started: Start,
-                             ec_key: DevKey) -> None:
+async def test_claim_options(tmp_path: Path, started: Start, ec_key: DevKey) -> None:
     """customer_claim and plan_claim read the configured claims; a one-key set needs no kid."""
     clock = Clock()
     f = write_jwks(tmp_path / "b", ec_key)
-    cfg = JwtIssuerConfig(issuer=B, audiences=("api",), jwks_file=f, customer_claim="org_id",
-                          plan_claim="plan")
+    cfg = JwtIssuerConfig(
+        issuer=B, audiences=("api",), jwks_file=f, customer_claim="org_id", plan_claim="plan"
+    )
     a = await started(AuthConfig(jwt=(cfg,)), clock)
 
     def token(**extra: object) -> str:
-        return make_token(ec_key, issuer=B, audience="api", subject="user-7", now=clock.now,
-                          extra_claims=extra, headers={"kid": None})
+        return make_token(
+            ec_key,
+            issuer=B,
+            audience="api",
+            subject="user-7",
+            now=clock.now,
+            extra_claims=extra,
+            headers={"kid": None},
+        )
 
     assert check(a, token(org_id="org-1", plan="pro")) == Principal(
-        "org-1", "jwt", B, "pro", T0 + 3600)
+        "org-1", "jwt", B, "pro", T0 + 3600
+    )
     plain = check(a, token(org_id="org-1", plan=["pro"]))
     assert isinstance(plain, Principal)
     assert plain.plan_hint is None
@@ -163,9 +183,9 @@ async def test_claim_options(tmp_path: Path, started: Start,
     assert missing.detail == "missing customer claim"
 
 
-async def test_jwks_file_reloaded_when_mtime_changes(tmp_path: Path,
-                                                     started: Start,
-                                                     rsa_key: DevKey, ec_key: DevKey) -> None:
+async def test_jwks_file_reloaded_when_mtime_changes(
+    tmp_path: Path, started: Start, rsa_key: DevKey, ec_key: DevKey
+) -> None:
     """A rewritten JWKS file is picked up by the periodic refresh; unchanged files are skipped."""
     clock = Clock()
     f = write_jwks(tmp_path / "jwks.json", rsa_key)
@@ -186,9 +206,9 @@ async def test_jwks_file_reloaded_when_mtime_changes(tmp_path: Path,
     assert isinstance(check(a, token), Principal)
 
 
-async def test_reconfigure_keeps_unchanged_key_sets(tmp_path: Path,
-                                                    started: Start,
-                                                    rsa_key: DevKey, ec_key: DevKey) -> None:
+async def test_reconfigure_keeps_unchanged_key_sets(
+    tmp_path: Path, started: Start, rsa_key: DevKey, ec_key: DevKey
+) -> None:
     """Reload keeps a key set whose source did not change, and starts / drops the others."""
     clock = Clock()
     fa, fb = write_jwks(tmp_path / "a", rsa_key), write_jwks(tmp_path / "b", ec_key)
@@ -199,8 +219,10 @@ async def test_reconfigure_keeps_unchanged_key_sets(tmp_path: Path,
     cfg_b = JwtIssuerConfig(issuer=B, audiences=("api",), jwks_file=fb)
     a.reconfigure(AuthConfig(jwt=(cfg_a2, cfg_b)))
     assert a._keysets[A] is kept
-    assert isinstance(check(a, make_token(rsa_key, issuer=A, audience="v2", subject="c",
-                                          now=clock.now)), Principal)
+    assert isinstance(
+        check(a, make_token(rsa_key, issuer=A, audience="v2", subject="c", now=clock.now)),
+        Principal,
+    )
     b_token = make_token(ec_key, issuer=B, audience="api", subject="c", now=clock.now)
     for _ in range(300):
         if a.ready:

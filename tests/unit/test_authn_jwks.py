@@ -90,8 +90,7 @@ async def make(server: JwksServer, clock: Clock) -> AsyncIterator[Make]:
 
     async def _make(**issuer: Any) -> Authenticator:
         issuer.setdefault("jwks_cooldown_s", 0)
-        cfg = JwtIssuerConfig(issuer=server.url, audiences=("api",), jwks_uri=server.url,
-                              **issuer)
+        cfg = JwtIssuerConfig(issuer=server.url, audiences=("api",), jwks_uri=server.url, **issuer)
         a = Authenticator(AuthConfig(jwt=(cfg,)), clock=clock)
         made.append(a)
         await a.start()
@@ -103,8 +102,9 @@ async def make(server: JwksServer, clock: Clock) -> AsyncIterator[Make]:
 
 
 def bearer(a: Authenticator, key: DevKey, clock: Clock) -> Principal | AuthnFailure:
-    token = make_token(key, issuer=a.config.jwt[0].issuer, audience="api", subject="cust",
-                       now=clock.now)
+    token = make_token(
+        key, issuer=a.config.jwt[0].issuer, audience="api", subject="cust", now=clock.now
+    )
     return a.authenticate({"authorization": f"Bearer {token}"})
 
 
@@ -139,8 +139,9 @@ async def test_loaded_at_start(make: Make, server: JwksServer, k1: DevKey, clock
     assert REGISTRY.get_sample_value("tollhouse_jwks_keys", {"issuer": server.url}) == 1
 
 
-async def test_rotation_new_kid(make: Make, server: JwksServer, k1: DevKey, k2: DevKey,
-                                clock: Clock) -> None:
+async def test_rotation_new_kid(
+    make: Make, server: JwksServer, k1: DevKey, k2: DevKey, clock: Clock
+) -> None:
     """A new kid is refused at once (no waiting), then accepted after the refresh it triggers."""
     a = await make()
     server.publish(k1, k2)
@@ -152,8 +153,9 @@ async def test_rotation_new_kid(make: Make, server: JwksServer, k1: DevKey, k2: 
     assert server.hits == 2
 
 
-async def test_rotation_removed_kid(make: Make, server: JwksServer, k1: DevKey, k2: DevKey,
-                                    clock: Clock) -> None:
+async def test_rotation_removed_kid(
+    make: Make, server: JwksServer, k1: DevKey, k2: DevKey, clock: Clock
+) -> None:
     """A kid removed from the JWKS is refused after refresh, even if its token was cached."""
     a = await make()
     assert isinstance(bearer(a, k1, clock), Principal)  # now cached
@@ -165,16 +167,26 @@ async def test_rotation_removed_kid(make: Make, server: JwksServer, k1: DevKey, 
     assert isinstance(bearer(a, k2, clock), Principal)
 
 
-@pytest.mark.parametrize(("status", "body", "result"), [
-    (500, None, "error"),
-    (404, None, "error"),
-    (200, b"<html>not json</html>", "invalid"),
-    (200, b'{"keys": []}', "invalid"),
-    (200, b'{"keys": [{"kty": "RSA"}, {"kty": "oct", "k": "c2VjcmV0"}]}', "invalid"),
-    (200, b'["not", "a", "jwks"]', "invalid"),
-])
-async def test_failures_keep_last_good(make: Make, server: JwksServer, k1: DevKey, clock: Clock,
-                                       status: int, body: bytes | None, result: str) -> None:
+@pytest.mark.parametrize(
+    ("status", "body", "result"),
+    [
+        (500, None, "error"),
+        (404, None, "error"),
+        (200, b"<html>not json</html>", "invalid"),
+        (200, b'{"keys": []}', "invalid"),
+        (200, b'{"keys": [{"kty": "RSA"}, {"kty": "oct", "k": "c2VjcmV0"}]}', "invalid"),
+        (200, b'["not", "a", "jwks"]', "invalid"),
+    ],
+)
+async def test_failures_keep_last_good(
+    make: Make,
+    server: JwksServer,
+    k1: DevKey,
+    clock: Clock,
+    status: int,
+    body: bytes | None,
+    result: str,
+) -> None:
     """An HTTP error or a garbage document keeps the last good keys and is counted."""
     a = await make()
     before = refreshes(server.url, result)
@@ -188,8 +200,9 @@ async def test_failures_keep_last_good(make: Make, server: JwksServer, k1: DevKe
     assert isinstance(bearer(a, k1, clock), Principal)
 
 
-async def test_timeout_keeps_last_good(make: Make, server: JwksServer, k1: DevKey,
-                                       clock: Clock) -> None:
+async def test_timeout_keeps_last_good(
+    make: Make, server: JwksServer, k1: DevKey, clock: Clock
+) -> None:
     """A fetch slower than jwks_timeout_s is abandoned; the last good keys stay."""
     a = await make(jwks_timeout_s=0.2)
     before = refreshes(server.url, "timeout")
@@ -199,13 +212,18 @@ async def test_timeout_keeps_last_good(make: Make, server: JwksServer, k1: DevKe
     assert isinstance(bearer(a, k1, clock), Principal)
 
 
-async def test_bad_keys_skipped(make: Make, server: JwksServer, k1: DevKey, k2: DevKey,
-                                clock: Clock) -> None:
+async def test_bad_keys_skipped(
+    make: Make, server: JwksServer, k1: DevKey, k2: DevKey, clock: Clock
+) -> None:
     """Unusable entries in a set are skipped; the good keys load."""
     doc = jwks(k1, k2)
     doc["keys"][1]["x"] = "!!!"
-    doc["keys"] += [{"kty": "EC"}, "junk", {**k2.public_jwk(), "kid": "enc", "use": "enc"},
-                    {**k1.public_jwk(), "kid": "k1", "crv": "P-384"}]
+    doc["keys"] += [
+        {"kty": "EC"},
+        "junk",
+        {**k2.public_jwk(), "kid": "enc", "use": "enc"},
+        {**k1.public_jwk(), "kid": "k1", "crv": "P-384"},
+    ]
     server.body = json.dumps(doc).encode()
     a = await make()
     snap = keyset(a).snapshot
@@ -214,8 +232,9 @@ async def test_bad_keys_skipped(make: Make, server: JwksServer, k1: DevKey, k2: 
     assert isinstance(bearer(a, k1, clock), Principal)
 
 
-async def test_cooldown_limits_refetches(make: Make, server: JwksServer, k2: DevKey,
-                                         clock: Clock) -> None:
+async def test_cooldown_limits_refetches(
+    make: Make, server: JwksServer, k2: DevKey, clock: Clock
+) -> None:
     """Unknown kids cause at most one fetch per jwks_cooldown_s (by the injected clock)."""
     a = await make(jwks_cooldown_s=60)
     clock.now += 61  # the start-up fetch is outside the window
@@ -236,14 +255,17 @@ async def test_single_flight(make: Make, server: JwksServer, k2: DevKey, clock: 
     server.delay_s = 0.5
     ks = keyset(a)
     results = [bearer(a, k2, clock) for _ in range(50)]
-    await asyncio.gather(*(ks.refresh() for _ in range(20)),
-                         *(asyncio.to_thread(bearer, a, k2, clock) for _ in range(10)))
+    await asyncio.gather(
+        *(ks.refresh() for _ in range(20)),
+        *(asyncio.to_thread(bearer, a, k2, clock) for _ in range(10)),
+    )
     assert all(isinstance(r, AuthnFailure) for r in results)
     assert server.hits == 2
 
 
-async def test_not_loaded_is_503_until_first_fetch(make: Make, server: JwksServer, k1: DevKey,
-                                                   clock: Clock) -> None:
+async def test_not_loaded_is_503_until_first_fetch(
+    make: Make, server: JwksServer, k1: DevKey, clock: Clock
+) -> None:
     """Before any key set loads, tokens get 503 keys_unavailable; then they pass."""
     server.status = 503
     a = await make()
@@ -255,8 +277,9 @@ async def test_not_loaded_is_503_until_first_fetch(make: Make, server: JwksServe
     assert isinstance(bearer(a, k1, clock), Principal)
 
 
-async def test_periodic_refresh(make: Make, server: JwksServer, k1: DevKey, k2: DevKey,
-                                clock: Clock) -> None:
+async def test_periodic_refresh(
+    make: Make, server: JwksServer, k1: DevKey, k2: DevKey, clock: Clock
+) -> None:
     """The key set is re-fetched every jwks_refresh_s without any request asking."""
     a = await make(jwks_refresh_s=0.05)
     server.publish(k2)

@@ -29,7 +29,6 @@ ISS = "https://issuer.test/"
 AUD = "api://tollhouse"
 
 
-
 @pytest.fixture(scope="module")
 def rsa_key() -> DevKey:
     """Generate the issuer's RSA signing key."""
@@ -55,13 +54,15 @@ def clock() -> Clock:
 
 
 @pytest.fixture
-async def authn(tmp_path: Path, rsa_key: DevKey, ec_key: DevKey, clock: Clock
-                ) -> AsyncIterator[Authenticator]:
+async def authn(
+    tmp_path: Path, rsa_key: DevKey, ec_key: DevKey, clock: Clock
+) -> AsyncIterator[Authenticator]:
     """Start an Authenticator for ISS with a JWKS file of rsa-1 and ec-1, cache off."""
     f = tmp_path / "jwks.json"
     f.write_text(json.dumps(jwks(rsa_key, ec_key)))
-    issuer = JwtIssuerConfig(issuer=ISS, audiences=(AUD, "other-aud"), jwks_file=f,
-                             max_lifetime_s=7200)
+    issuer = JwtIssuerConfig(
+        issuer=ISS, audiences=(AUD, "other-aud"), jwks_file=f, max_lifetime_s=7200
+    )
     a = Authenticator(AuthConfig(jwt=(issuer,), token_cache_size=0), clock=clock)
     await a.start()
     yield a
@@ -81,8 +82,11 @@ def check(a: Authenticator, token: str) -> Principal | AuthnFailure:
 
 def assert_401(result: Principal | AuthnFailure, detail: str) -> None:
     assert isinstance(result, AuthnFailure), result
-    assert (result.status, result.code, result.bearer_error) == (401, "invalid_token",
-                                                                 "invalid_token")
+    assert (result.status, result.code, result.bearer_error) == (
+        401,
+        "invalid_token",
+        "invalid_token",
+    )
     assert result.detail == detail
 
 
@@ -99,8 +103,9 @@ async def test_es256_accepted(authn: Authenticator, ec_key: DevKey, clock: Clock
     assert result.customer == "cust-ec"
 
 
-async def test_audience_list_matches_any(authn: Authenticator, rsa_key: DevKey,
-                                         clock: Clock) -> None:
+async def test_audience_list_matches_any(
+    authn: Authenticator, rsa_key: DevKey, clock: Clock
+) -> None:
     """An aud list passes when any entry is an accepted audience."""
     result = check(authn, tok(rsa_key, clock, audience=["nope", "other-aud"]))
     assert isinstance(result, Principal)
@@ -129,8 +134,9 @@ async def test_expired(authn: Authenticator, rsa_key: DevKey, clock: Clock) -> N
 
 
 @pytest.mark.parametrize(("late_s", "ok"), [(29, True), (30, False), (31, False)])
-async def test_leeway_honoured(authn: Authenticator, rsa_key: DevKey, clock: Clock,
-                               late_s: int, ok: bool) -> None:
+async def test_leeway_honoured(
+    authn: Authenticator, rsa_key: DevKey, clock: Clock, late_s: int, ok: bool
+) -> None:
     """The default 30 s leeway accepts a token until exp + 30 s."""
     token = tok(rsa_key, clock, lifetime_s=60)
     clock.now += 60 + late_s
@@ -138,8 +144,9 @@ async def test_leeway_honoured(authn: Authenticator, rsa_key: DevKey, clock: Clo
 
 
 @pytest.mark.parametrize(("nbf_in_s", "ok"), [(10, True), (31, False), (600, False)])
-async def test_nbf_in_future(authn: Authenticator, rsa_key: DevKey, clock: Clock,
-                             nbf_in_s: int, ok: bool) -> None:
+async def test_nbf_in_future(
+    authn: Authenticator, rsa_key: DevKey, clock: Clock, nbf_in_s: int, ok: bool
+) -> None:
     """An nbf in the future beyond the leeway is refused."""
     result = check(authn, tok(rsa_key, clock, extra_claims={"nbf": int(clock.now) + nbf_in_s}))
     if ok:
@@ -154,9 +161,10 @@ async def test_iat_in_future(authn: Authenticator, rsa_key: DevKey, clock: Clock
     assert_401(check(authn, token), "token issued in the future")
 
 
-@pytest.mark.parametrize("iss", ["https://evil.test/", "https://issuer.test", "HTTPS://ISSUER.TEST/"])
-async def test_wrong_issuer(authn: Authenticator, rsa_key: DevKey, clock: Clock,
-                            iss: str) -> None:
+@pytest.mark.parametrize(
+    "iss", ["https://evil.test/", "https://issuer.test", "HTTPS://ISSUER.TEST/"]
+)
+async def test_wrong_issuer(authn: Authenticator, rsa_key: DevKey, clock: Clock, iss: str) -> None:
     """The iss must match a configured issuer exactly."""
     assert_401(check(authn, tok(rsa_key, clock, issuer=iss)), "unknown issuer")
 
@@ -168,8 +176,9 @@ async def test_missing_issuer(authn: Authenticator, rsa_key: DevKey, clock: Cloc
 
 
 @pytest.mark.parametrize("aud", ["api://elsewhere", ["a", "b"], None])
-async def test_wrong_audience(authn: Authenticator, rsa_key: DevKey, clock: Clock,
-                              aud: Any) -> None:
+async def test_wrong_audience(
+    authn: Authenticator, rsa_key: DevKey, clock: Clock, aud: Any
+) -> None:
     """A token for another audience, or with none, is refused."""
     token = tok(rsa_key, clock, extra_claims={"aud": aud})
     assert_401(check(authn, token), "wrong audience")
@@ -193,8 +202,9 @@ async def test_alg_none(authn: Authenticator, clock: Clock) -> None:
     assert_401(check(authn, unsigned_token(claims)), "algorithm not allowed")
 
 
-async def test_hs256_signed_with_rsa_public_key(authn: Authenticator, rsa_key: DevKey,
-                                                clock: Clock) -> None:
+async def test_hs256_signed_with_rsa_public_key(
+    authn: Authenticator, rsa_key: DevKey, clock: Clock
+) -> None:
     """The key-confusion attack (HS256 keyed with the public PEM) is refused at every layer."""
     claims = {"iss": ISS, "aud": AUD, "sub": "cust-1", "exp": int(clock.now) + 60}
     forged = hs256_token_with_public_key(rsa_key, claims)
@@ -216,24 +226,27 @@ async def test_unknown_kid(authn: Authenticator, rsa_key: DevKey, clock: Clock) 
     assert_401(check(authn, tok(rsa_key, clock, headers={"kid": "nobody"})), "unknown key id")
 
 
-async def test_no_kid_with_several_keys(authn: Authenticator, rsa_key: DevKey,
-                                        clock: Clock) -> None:
+async def test_no_kid_with_several_keys(
+    authn: Authenticator, rsa_key: DevKey, clock: Clock
+) -> None:
     """A token without kid is refused when the issuer has more than one key."""
     token = tok(rsa_key, clock, headers={"kid": None})
     assert_401(check(authn, token), "token has no kid and the issuer has several keys")
 
 
 @pytest.mark.parametrize("sub", [None, "", 42, ["cust"]])
-async def test_missing_customer_claim(authn: Authenticator, rsa_key: DevKey, clock: Clock,
-                                      sub: Any) -> None:
+async def test_missing_customer_claim(
+    authn: Authenticator, rsa_key: DevKey, clock: Clock, sub: Any
+) -> None:
     """The customer claim must be a non-empty string."""
     token = tok(rsa_key, clock, extra_claims={"sub": sub})
     assert_401(check(authn, token), "missing customer claim")
 
 
 @pytest.mark.parametrize("exp", [None, "soon", True, 1e400])
-async def test_missing_or_bad_exp(authn: Authenticator, rsa_key: DevKey, clock: Clock,
-                                  exp: Any) -> None:
+async def test_missing_or_bad_exp(
+    authn: Authenticator, rsa_key: DevKey, clock: Clock, exp: Any
+) -> None:
     """A token without a numeric exp is refused."""
     token = tok(rsa_key, clock, extra_claims={"exp": exp})
     assert_401(check(authn, token), "missing or invalid exp")
@@ -265,8 +278,9 @@ def _header_pointing_at(field: str, attacker: DevKey) -> dict[str, Any]:
 
 
 @pytest.mark.parametrize("field", ["jku", "x5u", "jwk", "x5c"])
-async def test_key_header_fields_ignored(authn: Authenticator, rsa_key: DevKey, attacker: DevKey,
-                                         clock: Clock, field: str) -> None:
+async def test_key_header_fields_ignored(
+    authn: Authenticator, rsa_key: DevKey, attacker: DevKey, clock: Clock, field: str
+) -> None:
     """Header fields jku / x5u / jwk / x5c never supply a key; a real token using them passes."""
     hdr = _header_pointing_at(field, attacker)
     assert_401(check(authn, tok(attacker, clock, headers=hdr)), "signature verification failed")
@@ -275,8 +289,9 @@ async def test_key_header_fields_ignored(authn: Authenticator, rsa_key: DevKey, 
     assert isinstance(check(authn, tok(rsa_key, clock, headers=hdr)), Principal)
 
 
-async def test_details_never_echo_the_token(authn: Authenticator, attacker: DevKey,
-                                            clock: Clock) -> None:
+async def test_details_never_echo_the_token(
+    authn: Authenticator, attacker: DevKey, clock: Clock
+) -> None:
     """Failure details and WWW-Authenticate never contain the presented token."""
     token = tok(attacker, clock)
     result = check(authn, token)
@@ -284,8 +299,10 @@ async def test_details_never_echo_the_token(authn: Authenticator, attacker: DevK
     challenge = authn.www_authenticate(result)
     assert token not in result.detail
     assert token.split(".")[2] not in challenge
-    assert challenge == ('Bearer realm="tollhouse", error="invalid_token", '
-                         'error_description="signature verification failed"')
+    assert challenge == (
+        'Bearer realm="tollhouse", error="invalid_token", '
+        'error_description="signature verification failed"'
+    )
 
 
 async def test_weak_rsa_key_refused(tmp_path: Path, clock: Clock) -> None:
@@ -293,8 +310,9 @@ async def test_weak_rsa_key_refused(tmp_path: Path, clock: Clock) -> None:
     weak = generate_rsa("weak", bits=1024)
     f = tmp_path / "weak.json"
     f.write_text(json.dumps(jwks(weak)))
-    a = Authenticator(AuthConfig(jwt=(JwtIssuerConfig(issuer=ISS, audiences=(AUD,), jwks_file=f),)),
-                      clock=clock)
+    a = Authenticator(
+        AuthConfig(jwt=(JwtIssuerConfig(issuer=ISS, audiences=(AUD,), jwks_file=f),)), clock=clock
+    )
     await a.start()
     try:
         with pytest.warns(pyjwt.InsecureKeyLengthWarning):

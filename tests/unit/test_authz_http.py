@@ -27,12 +27,16 @@ ISS = "https://issuer.example"
 
 def _config(tmp_path: Path, **extra: Any) -> dict[str, Any]:
     return {
-        "listen": f"127.0.0.1:{free_port()}", "admin_listen": f"127.0.0.1:{free_port()}",
+        "listen": f"127.0.0.1:{free_port()}",
+        "admin_listen": f"127.0.0.1:{free_port()}",
         "authz_http_listen": f"127.0.0.1:{free_port()}",
-        "auth": {"jwt": [{"issuer": ISS, "audiences": ["api"],
-                          "jwks_file": str(tmp_path / "jwks.json")}]},
-        "features": {"search": [{"methods": ["GET", "HEAD"], "path": "/v1/search"}],
-                     "export": [{"methods": ["GET"], "path": "/v1/export"}]},
+        "auth": {
+            "jwt": [{"issuer": ISS, "audiences": ["api"], "jwks_file": str(tmp_path / "jwks.json")}]
+        },
+        "features": {
+            "search": [{"methods": ["GET", "HEAD"], "path": "/v1/search"}],
+            "export": [{"methods": ["GET"], "path": "/v1/export"}],
+        },
         "plans": {"free": {"features": ["search"]}},
         "customers": {"acme": {"plan": "free"}},
         "metering": {"spool": str(tmp_path / "spool"), "meter": f"sqlite:///{tmp_path}/meter.db"},
@@ -54,8 +58,14 @@ async def _start(tmp_path: Path, **extra: Any) -> tuple[App, devkeys.DevKey]:
 @pytest.fixture
 async def running(tmp_path: Path) -> AsyncIterator[tuple[App, str]]:
     app, key = await _start(
-        tmp_path, authz_http={"header_timeout_s": 0.5, "idle_timeout_s": 1.0,
-                              "max_headers": 20, "max_header_bytes": 4096})
+        tmp_path,
+        authz_http={
+            "header_timeout_s": 0.5,
+            "idle_timeout_s": 1.0,
+            "max_headers": 20,
+            "max_header_bytes": 4096,
+        },
+    )
     yield app, devkeys.make_token(key, issuer=ISS, audience="api", subject="acme")
     await app.stop()
 
@@ -91,8 +101,9 @@ class _Collector:
         self._headers, self._body = {}, b""
 
 
-async def _exchange(app: App, data: bytes, *, head: bool = False,
-                    timeout_s: float = 3.0) -> tuple[list[Response], bool]:
+async def _exchange(
+    app: App, data: bytes, *, head: bool = False, timeout_s: float = 3.0
+) -> tuple[list[Response], bool]:
     """Send raw bytes, read until the server closes (or ``timeout_s``); the answers, closed."""
     assert app.cfg.authz_http_listen is not None
     host, port = app.cfg.authz_http_listen.rsplit(":", 1)
@@ -157,8 +168,11 @@ async def test_deny_is_problem_json_with_www_authenticate(running: tuple[App, st
 async def test_keep_alive_and_pipelining_answer_in_order(running: tuple[App, str]) -> None:
     """Three pipelined requests in one write: three answers, in request order, one connection."""
     app, token = running
-    data = _get("/v1/search", token) + _get("/v1/export", token) + _get("/v1/search", token,
-                                                                        close=True)
+    data = (
+        _get("/v1/search", token)
+        + _get("/v1/export", token)
+        + _get("/v1/search", token, close=True)
+    )
     responses, closed = await _exchange(app, data)
     assert [r.status for r in responses] == [200, 403, 200]
     assert json.loads(responses[1].body)["code"] == "not_entitled"
@@ -174,19 +188,29 @@ async def test_head_deny_has_no_body_bytes(running: tuple[App, str]) -> None:
     assert resp.body.endswith(b"\r\n\r\n")  # nothing after the header block
 
 
-@pytest.mark.parametrize(("name", "raw"), [
-    ("content-length with transfer-encoding",
-     b"GET /v1/search HTTP/1.1\r\nhost: a\r\ncontent-length: 4\r\n"
-     b"transfer-encoding: chunked\r\n\r\n0\r\n\r\n"),
-    ("two content-lengths",
-     b"GET /v1/search HTTP/1.1\r\nhost: a\r\ncontent-length: 0\r\ncontent-length: 5\r\n\r\n"),
-    ("non-ASCII header name", b"GET /v1/search HTTP/1.1\r\nhost: a\r\nx-\xff: 1\r\n\r\n"),
-    ("non-ASCII path", b"GET /v1/s\xc3\xa9arch HTTP/1.1\r\nhost: a\r\n\r\n"),
-    ("absolute-form target", b"GET http://evil/v1/search HTTP/1.1\r\nhost: a\r\n\r\n"),
-    ("upgrade", b"GET /v1/search HTTP/1.1\r\nhost: a\r\nconnection: upgrade\r\n"
-                b"upgrade: websocket\r\n\r\n"),
-    ("garbage", b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03 not http\r\n\r\n"),
-])
+@pytest.mark.parametrize(
+    ("name", "raw"),
+    [
+        (
+            "content-length with transfer-encoding",
+            b"GET /v1/search HTTP/1.1\r\nhost: a\r\ncontent-length: 4\r\n"
+            b"transfer-encoding: chunked\r\n\r\n0\r\n\r\n",
+        ),
+        (
+            "two content-lengths",
+            b"GET /v1/search HTTP/1.1\r\nhost: a\r\ncontent-length: 0\r\ncontent-length: 5\r\n\r\n",
+        ),
+        ("non-ASCII header name", b"GET /v1/search HTTP/1.1\r\nhost: a\r\nx-\xff: 1\r\n\r\n"),
+        ("non-ASCII path", b"GET /v1/s\xc3\xa9arch HTTP/1.1\r\nhost: a\r\n\r\n"),
+        ("absolute-form target", b"GET http://evil/v1/search HTTP/1.1\r\nhost: a\r\n\r\n"),
+        (
+            "upgrade",
+            b"GET /v1/search HTTP/1.1\r\nhost: a\r\nconnection: upgrade\r\n"
+            b"upgrade: websocket\r\n\r\n",
+        ),
+        ("garbage", b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03 not http\r\n\r\n"),
+    ],
+)
 async def test_malformed_requests_are_400_and_close(
     running: tuple[App, str], name: str, raw: bytes
 ) -> None:
@@ -232,8 +256,11 @@ async def test_idle_connection_is_closed(running: tuple[App, str]) -> None:
 async def test_non_ascii_credentials_are_401(running: tuple[App, str]) -> None:
     """A token with bytes above 0x7f never verifies: 401, never 200."""
     app, token = running
-    data = _get("/v1/search", close=True, extra=b"authorization: Bearer " +
-                token.encode()[:-4] + b"\xff\xfe\xfd\xfc\r\n")
+    data = _get(
+        "/v1/search",
+        close=True,
+        extra=b"authorization: Bearer " + token.encode()[:-4] + b"\xff\xfe\xfd\xfc\r\n",
+    )
     [resp], _ = await _exchange(app, data)
     assert resp.status == 401
 

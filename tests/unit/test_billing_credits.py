@@ -48,32 +48,45 @@ GOLDEN = Path(__file__).parent / "golden" / "credits"
 FEB_2027 = JAN_2027 + 31 * DAY
 
 
-def _customer(cid: str = "delta", plan: str = "team") -> Callable[[StoreService],
-                                                                   Awaitable[object]]:
-    return lambda s: s.create_customer(actor="t", name=cid, plan=plan, customer_id=cid,
-                                       anchor=date(2026, 11, 1))
+def _customer(
+    cid: str = "delta", plan: str = "team"
+) -> Callable[[StoreService], Awaitable[object]]:
+    return lambda s: s.create_customer(
+        actor="t", name=cid, plan=plan, customer_id=cid, anchor=date(2026, 11, 1)
+    )
 
 
 def _grant(url: str, at: float, amount: int, **kw: Any) -> CreditGrant:
     out: list[CreditGrant] = []
 
     async def go(s: StoreService) -> None:
-        out.append(await s.grant_credit(kw.pop("customer", "delta"), actor="t", amount=amount,
-                                        currency=kw.pop("currency", "USD"), **kw))
+        out.append(
+            await s.grant_credit(
+                kw.pop("customer", "delta"),
+                actor="t",
+                amount=amount,
+                currency=kw.pop("currency", "USD"),
+                **kw,
+            )
+        )
 
     in_store(url, Clock(at), go)
     return out[0]
 
 
 def _usage(tmp: Path, start: float, n: int, units: dict[str, int], cid: str = "delta") -> None:
-    write_meter(open_meter(tmp / "meter.db"),
-                [record(f"{cid}-{start}-{i}", cid, start + 3600 + i, units) for i in range(n)])
+    write_meter(
+        open_meter(tmp / "meter.db"),
+        [record(f"{cid}-{start}-{i}", cid, start + 3600 + i, units) for i in range(n)],
+    )
 
 
-def _run(tmp: Path, url: str, period: str, now: float, *, preview: bool = False,
-         out: str = "out") -> tuple[BillingResult, dict[str, Any]]:
-    res = run_billing(config(tmp, url), period=period, out_dir=tmp / out, preview=preview,
-                      clock=lambda: now)
+def _run(
+    tmp: Path, url: str, period: str, now: float, *, preview: bool = False, out: str = "out"
+) -> tuple[BillingResult, dict[str, Any]]:
+    res = run_billing(
+        config(tmp, url), period=period, out_dir=tmp / out, preview=preview, clock=lambda: now
+    )
     assert res.ok, res.problems
     inv = next(i for i in res.invoices if i.customer == "delta")
     path = next(f for f in inv.files if f.suffix == ".json")
@@ -81,8 +94,10 @@ def _run(tmp: Path, url: str, period: str, now: float, *, preview: bool = False,
 
 
 def _applied(doc: dict[str, Any]) -> list[tuple[str, str, str, str]]:
-    return [(g["grant"], g["available"], g["applied"], g["remaining"])
-            for g in doc["credits"]["applied"]]
+    return [
+        (g["grant"], g["available"], g["applied"], g["remaining"])
+        for g in doc["credits"]["applied"]
+    ]
 
 
 def test_credits_applied_and_remaining_exact(tmp_path: Path, store_url: str) -> None:
@@ -93,8 +108,10 @@ def test_credits_applied_and_remaining_exact(tmp_path: Path, store_url: str) -> 
     _usage(tmp_path, NOV_2026, 120, {"requests": 1})  # team: 19.99 + 70 x 0.003 = 20.20
     res, doc = _run(tmp_path, store_url, "2026-11", DEC_2026 + DAY)
     assert doc["total"] == "20.20"
-    assert _applied(doc) == [(first.id, "5.55", "5.55", "0.00"),
-                             (second.id, "12.34", "12.34", "0.00")]
+    assert _applied(doc) == [
+        (first.id, "5.55", "5.55", "0.00"),
+        (second.id, "12.34", "12.34", "0.00"),
+    ]
     assert (doc["credits"]["applied_total"], doc["amount_due"]) == ("17.89", "2.31")
     assert doc["credits"]["remaining_total"] == "0.00"
     assert str(res.invoices[0].amount_due) == "2.31"
@@ -131,34 +148,35 @@ def test_expired_grant_is_never_applied(tmp_path: Path, store_url: str) -> None:
     _, nov = _run(tmp_path, store_url, "2026-11", DEC_2026 + DAY)
     assert _applied(nov) == [(end.id, "7.00", "7.00", "0.00")]
     assert [(n["grant"], n["reason"]) for n in nov["credits"]["not_applied"]] == [
-        (mid.id, "expired at 2026-11-16T00:00:00Z, before the period ended")]
+        (mid.id, "expired at 2026-11-16T00:00:00Z, before the period ended")
+    ]
     assert nov["amount_due"] == "13.20"
     _, dec = _run(tmp_path, store_url, "2026-12", JAN_2027 + DAY)
     assert (dec["credits"]["applied"], dec["credits"]["not_applied"]) == ([], [])
     assert dec["amount_due"] == dec["total"] == "19.99"
 
 
-def test_voided_grant_is_not_applied_after_the_void(tmp_path: Path,
-                                                    store_url: str) -> None:
+def test_voided_grant_is_not_applied_after_the_void(tmp_path: Path, store_url: str) -> None:
     """Issued before the void, November keeps its credit; December, built after, gets none."""
     in_store(store_url, Clock(NOV_2026 + 60), _customer())
     g = _grant(store_url, NOV_2026 + 60, 5000)
     _usage(tmp_path, NOV_2026, 120, {"requests": 1})
     _, nov = _run(tmp_path, store_url, "2026-11", DEC_2026 + DAY)
     assert _applied(nov) == [(g.id, "50.00", "20.20", "29.80")]
-    in_store(store_url, Clock(DEC_2026 + 10 * DAY),
-             lambda s: s.void_grant("delta", g.id, actor="t"))
+    in_store(
+        store_url, Clock(DEC_2026 + 10 * DAY), lambda s: s.void_grant("delta", g.id, actor="t")
+    )
     _, dec = _run(tmp_path, store_url, "2026-12", JAN_2027 + DAY)
     assert dec["credits"]["applied"] == []
     assert [(n["grant"], n["reason"]) for n in dec["credits"]["not_applied"]] == [
-        (g.id, "voided at 2026-12-11T00:00:00Z")]
+        (g.id, "voided at 2026-12-11T00:00:00Z")
+    ]
     assert (dec["amount_due"], dec["credits"]["remaining_total"]) == ("19.99", "0.00")
     _, again = _run(tmp_path, store_url, "2026-11", JAN_2027 + 2 * DAY, out="again")
     assert again == nov  # the issued invoice is final: the void does not rewrite it
 
 
-def test_grant_voided_before_issue_is_not_applied(tmp_path: Path,
-                                                  store_url: str) -> None:
+def test_grant_voided_before_issue_is_not_applied(tmp_path: Path, store_url: str) -> None:
     """A grant voided after the period ended but before the invoice is built does not apply."""
     in_store(store_url, Clock(NOV_2026 + 60), _customer())
     g = _grant(store_url, NOV_2026 + 60, 5000)
@@ -181,24 +199,34 @@ def test_scoped_grant_only_covers_its_meters(tmp_path: Path, store_url: str) -> 
     assert (line["tokens"], line["requests"], doc["total"]) == ("1.50", "5.00", "55.50")
     assert _applied(doc) == [(tokens.id, "10.00", "1.50", "8.50")]
     assert [(n["grant"], n["reason"]) for n in doc["credits"]["not_applied"]] == [
-        (feat.id, "scoped to features; an invoice has no per-feature amounts")]
+        (feat.id, "scoped to features; an invoice has no per-feature amounts")
+    ]
     assert doc["amount_due"] == "54.00"
 
 
 def test_grant_in_another_currency_is_listed_and_logged(
-        tmp_path: Path, store_url: str, caplog: pytest.LogCaptureFixture) -> None:
+    tmp_path: Path, store_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
     """A EUR grant is not applied to a USD invoice: the invoice and the log both say so."""
     caplog.set_level(logging.INFO, logger="tollhouse")
     in_store(store_url, Clock(NOV_2026 + 60), _customer())
     eur = _grant(store_url, NOV_2026 + 60, 5000, currency="EUR")
     _usage(tmp_path, NOV_2026, 120, {"requests": 1})
     _, doc = _run(tmp_path, store_url, "2026-11", DEC_2026 + DAY)
-    assert doc["credits"]["not_applied"] == [{"grant": eur.id, "currency": "EUR",
-                                              "amount": "50.00",
-                                              "reason": "in EUR; this invoice is in USD"}]
+    assert doc["credits"]["not_applied"] == [
+        {
+            "grant": eur.id,
+            "currency": "EUR",
+            "amount": "50.00",
+            "reason": "in EUR; this invoice is in USD",
+        }
+    ]
     assert (doc["credits"]["applied_total"], doc["amount_due"]) == ("0.00", "20.20")
-    logged = [r.__dict__.get("fields", {}) for r in caplog.records
-              if r.getMessage() == "billing.credit_not_applied"]
+    logged = [
+        r.__dict__.get("fields", {})
+        for r in caplog.records
+        if r.getMessage() == "billing.credit_not_applied"
+    ]
     assert [(f["grant"], f["invoice"]) for f in logged] == [(eur.id, "TH-2026-11-delta")]
 
 
@@ -211,8 +239,9 @@ def test_rerun_gives_the_same_invoice(tmp_path: Path, store_url: str) -> None:
     twin.mkdir()
     _usage(twin, NOV_2026, 120, {"requests": 1})
     _, first = _run(tmp_path, store_url, "2026-11", DEC_2026 + DAY)
-    in_store(store_url, Clock(DEC_2026 + 2 * DAY),
-             lambda s: s.add_consumed([(g.id, 1_400_000)]))  # replicas flushed live spend
+    in_store(
+        store_url, Clock(DEC_2026 + 2 * DAY), lambda s: s.add_consumed([(g.id, 1_400_000)])
+    )  # replicas flushed live spend
     _, second = _run(twin, store_url, "2026-11", DEC_2026 + 9 * DAY)
     _, again = _run(tmp_path, store_url, "2026-11", DEC_2026 + 9 * DAY, out="again")
     name = "TH-2026-11-delta.json"
@@ -225,16 +254,26 @@ def test_rerun_gives_the_same_invoice(tmp_path: Path, store_url: str) -> None:
 def test_every_output_shows_the_credits(tmp_path: Path, store_url: str) -> None:
     """CSV: a negative row per grant, due, remaining; HTML: the due headline; the event: due."""
     in_store(store_url, Clock(NOV_2026 + 60), _customer())
-    in_store(store_url, Clock(NOV_2026 + 60), lambda s: Outbox(s.backend, clock=Clock(
-        NOV_2026)).create_endpoint(actor="t", url="https://hooks.test/", events=["invoice.issued"]))
+    in_store(
+        store_url,
+        Clock(NOV_2026 + 60),
+        lambda s: Outbox(s.backend, clock=Clock(NOV_2026)).create_endpoint(
+            actor="t", url="https://hooks.test/", events=["invoice.issued"]
+        ),
+    )
     g = _grant(store_url, NOV_2026 + 60, 1000)
     _usage(tmp_path, NOV_2026, 120, {"requests": 1})
     res, _ = _run(tmp_path, store_url, "2026-11", DEC_2026 + DAY)
     files = {f.suffix: f.read_text() for f in res.invoices[0].files}
     rows = [r.split(",") for r in files[".csv"].splitlines()]
     tail = [(r[0], r[8]) for r in rows[-5:]]
-    assert tail == [("total", "20.20"), ("credit", "-10.00"), ("credits_applied", "-10.00"),
-                    ("amount_due", "10.20"), ("credits_remaining", "0.00")]
+    assert tail == [
+        ("total", "20.20"),
+        ("credit", "-10.00"),
+        ("credits_applied", "-10.00"),
+        ("amount_due", "10.20"),
+        ("credits_remaining", "0.00"),
+    ]
     assert g.id in rows[-4][1]
     html = files[".html"]
     assert "<span>Amount due for 2026-11</span><strong>USD&nbsp;10.20</strong>" in html
@@ -242,44 +281,89 @@ def test_every_output_shows_the_credits(tmp_path: Path, store_url: str) -> None:
     assert "&minus;USD&nbsp;10.00" in html
     [event] = invoice_events(store_url)
     assert event["payload"]["data"] == {  # type: ignore[index]
-        "invoice": "TH-2026-11-delta", "period": "2026-11", "currency": "USD",
-        "total": "20.20", "amount_due": "10.20"}
+        "invoice": "TH-2026-11-delta",
+        "period": "2026-11",
+        "currency": "USD",
+        "total": "20.20",
+        "amount_due": "10.20",
+    }
 
 
-def _g(gid: str, amount: int, *, priority: int = 10, currency: str = "USD",
-       meters: frozenset[str] = frozenset(), created: float = NOV_2026,
-       effective: float = NOV_2026, expires: float | None = None) -> CreditGrant:
-    return CreditGrant(gid, "delta", amount, currency, priority, effective, expires, meters,
-                       frozenset(), "purchase", None, created)
+def _g(
+    gid: str,
+    amount: int,
+    *,
+    priority: int = 10,
+    currency: str = "USD",
+    meters: frozenset[str] = frozenset(),
+    created: float = NOV_2026,
+    effective: float = NOV_2026,
+    expires: float | None = None,
+) -> CreditGrant:
+    return CreditGrant(
+        gid,
+        "delta",
+        amount,
+        currency,
+        priority,
+        effective,
+        expires,
+        meters,
+        frozenset(),
+        "purchase",
+        None,
+        created,
+    )
 
 
-def _apply(grants: list[CreditGrant], buckets: dict[str, str], *, currency: str = "USD",
-           used: dict[str, int] | None = None) -> AppliedCredits:
+def _apply(
+    grants: list[CreditGrant],
+    buckets: dict[str, str],
+    *,
+    currency: str = "USD",
+    used: dict[str, int] | None = None,
+) -> AppliedCredits:
     money = {k: Decimal(v) for k, v in buckets.items()}
-    return apply_credits(grants, currency=currency, start=NOV_2026, end=DEC_2026,
-                         as_of=DEC_2026 + DAY, total=sum(money.values(), Decimal(0)),
-                         buckets=money, used_before=used or {})
+    return apply_credits(
+        grants,
+        currency=currency,
+        start=NOV_2026,
+        end=DEC_2026,
+        as_of=DEC_2026 + DAY,
+        total=sum(money.values(), Decimal(0)),
+        buckets=money,
+        used_before=used or {},
+    )
 
 
 def test_grants_apply_in_consumption_order_within_their_scope() -> None:
     """Priority first; an unscoped grant pays fees first, a scoped one only its meter's lines."""
-    res = _apply([_g("wide", 10_000, priority=20), _g("tok", 300, priority=5,
-                                                     meters=frozenset({"tokens"}))],
-                 {FEES: "49.00", "requests": "5.00", "tokens": "4.10"})
+    res = _apply(
+        [_g("wide", 10_000, priority=20), _g("tok", 300, priority=5, meters=frozenset({"tokens"}))],
+        {FEES: "49.00", "requests": "5.00", "tokens": "4.10"},
+    )
     assert res.applied == (("tok", 300), ("wide", 5510))
-    assert _applied({"credits": res.document}) == [("tok", "3.00", "3.00", "0.00"),
-                                                   ("wide", "100.00", "55.10", "44.90")]
+    assert _applied({"credits": res.document}) == [
+        ("tok", "3.00", "3.00", "0.00"),
+        ("wide", "100.00", "55.10", "44.90"),
+    ]
     assert (res.amount_due, res.document["remaining_total"]) == (Decimal("0.00"), "44.90")
 
 
 def test_earlier_invoices_and_late_usage_are_accounted() -> None:
     """What earlier invoices applied is gone; a scoped grant also covers its meter's adjustments."""
-    buckets = charge_buckets(Decimal("19.99"), [{"meter": "requests", "amount": "0.21"}],
-                             [{"meter": "requests", "amount": "0.40"}])
+    buckets = charge_buckets(
+        Decimal("19.99"),
+        [{"meter": "requests", "amount": "0.21"}],
+        [{"meter": "requests", "amount": "0.40"}],
+    )
     assert buckets == {FEES: Decimal("19.99"), "requests": Decimal("0.61")}
     scoped = _g("req", 1000, meters=frozenset({"requests"}))
-    res = _apply([scoped, _g("spent", 500)], {k: str(v) for k, v in buckets.items()},
-                 used={"req": 950, "spent": 500})
+    res = _apply(
+        [scoped, _g("spent", 500)],
+        {k: str(v) for k, v in buckets.items()},
+        used={"req": 950, "spent": 500},
+    )
     assert res.applied == (("req", 50),)
     assert _applied({"credits": res.document}) == [("req", "0.50", "0.50", "0.00")]
     assert res.amount_due == Decimal("20.10")
@@ -287,15 +371,21 @@ def test_earlier_invoices_and_late_usage_are_accounted() -> None:
 
 def test_zero_decimal_currency_and_grants_out_of_the_period() -> None:
     """JPY amounts are whole yen; future, expired-earlier and later-granted grants are handled."""
-    res = _apply([_g("yen", 700, currency="JPY"),
-                  _g("future", 900, currency="JPY", effective=DEC_2026),
-                  _g("old", 900, currency="JPY", expires=NOV_2026 - 1),
-                  _g("late", 900, currency="JPY", created=DEC_2026 + 2 * DAY)],
-                 {FEES: "1000", "requests": "234"}, currency="JPY")
+    res = _apply(
+        [
+            _g("yen", 700, currency="JPY"),
+            _g("future", 900, currency="JPY", effective=DEC_2026),
+            _g("old", 900, currency="JPY", expires=NOV_2026 - 1),
+            _g("late", 900, currency="JPY", created=DEC_2026 + 2 * DAY),
+        ],
+        {FEES: "1000", "requests": "234"},
+        currency="JPY",
+    )
     assert _applied({"credits": res.document}) == [("yen", "700", "700", "0")]
     assert res.amount_due == Decimal("534")
     assert [(n["grant"], n["reason"]) for n in res.document["not_applied"]] == [
-        ("late", "granted at 2026-12-03T00:00:00Z, after this invoice was built")]
+        ("late", "granted at 2026-12-03T00:00:00Z, after this invoice was built")
+    ]
 
 
 class _WithGrants:
@@ -314,39 +404,71 @@ class _WithGrants:
 
 def _fixed_grants() -> dict[str, tuple[CreditGrant, ...]]:
     def g(gid: str, cust: str, amount: int, currency: str = "USD", **kw: Any) -> CreditGrant:
-        return replace(_g(gid, amount, currency=currency, created=NOV_2026 - DAY,
-                          effective=NOV_2026 - DAY, **kw), customer=cust)
+        return replace(
+            _g(
+                gid,
+                amount,
+                currency=currency,
+                created=NOV_2026 - DAY,
+                effective=NOV_2026 - DAY,
+                **kw,
+            ),
+            customer=cust,
+        )
 
-    return {"acme": (replace(g("cg_promo_tokens", "acme", 5000, priority=1,
-                               meters=frozenset({"tokens"}), expires=NOV_2026 + 120 * DAY),
-                             source="promotional"),
-                     g("cg_purchase", "acme", 20000),
-                     g("cg_eur", "acme", 1000, "EUR"),
-                     g("cg_expired", "acme", 3000, expires=NOV_2026 + 19 * DAY)),
-            "gamma": (g("cg_big", "gamma", 100_000, "EUR"), g("cg_usd", "gamma", 500))}
+    return {
+        "acme": (
+            replace(
+                g(
+                    "cg_promo_tokens",
+                    "acme",
+                    5000,
+                    priority=1,
+                    meters=frozenset({"tokens"}),
+                    expires=NOV_2026 + 120 * DAY,
+                ),
+                source="promotional",
+            ),
+            g("cg_purchase", "acme", 20000),
+            g("cg_eur", "acme", 1000, "EUR"),
+            g("cg_expired", "acme", 3000, expires=NOV_2026 + 19 * DAY),
+        ),
+        "gamma": (g("cg_big", "gamma", 100_000, "EUR"), g("cg_usd", "gamma", 500)),
+    }
 
 
 def test_golden_invoices_with_credits(tmp_path: Path) -> None:
     """The golden usage set with fixed grants bills to the checked-in files, byte for byte."""
     cfg = make_config(tmp_path)
     write_meter(open_meter(tmp_path / "meter.db"), fixed_usage())
-    res = run_billing(cfg, period="2026-11", out_dir=tmp_path / "out", preview=False,
-                      clock=lambda: JAN_2027, subscriptions=_WithGrants(cfg, _fixed_grants()))
+    res = run_billing(
+        cfg,
+        period="2026-11",
+        out_dir=tmp_path / "out",
+        preview=False,
+        clock=lambda: JAN_2027,
+        subscriptions=_WithGrants(cfg, _fixed_grants()),
+    )
     assert res.ok, res.problems
-    docs = {i.customer: json.loads((tmp_path / "out" / f"{i.number}.json").read_text())
-            for i in res.invoices}
+    docs = {
+        i.customer: json.loads((tmp_path / "out" / f"{i.number}.json").read_text())
+        for i in res.invoices
+    }
     acme, gamma = docs["acme"], docs["gamma"]
     assert acme["total"] == "266.54"
-    assert _applied(acme) == [("cg_promo_tokens", "50.00", "50.00", "0.00"),
-                              ("cg_purchase", "200.00", "200.00", "0.00")]
+    assert _applied(acme) == [
+        ("cg_promo_tokens", "50.00", "50.00", "0.00"),
+        ("cg_purchase", "200.00", "200.00", "0.00"),
+    ]
     assert (acme["credits"]["applied_total"], acme["amount_due"]) == ("250.00", "16.54")
     assert [n["grant"] for n in acme["credits"]["not_applied"]] == ["cg_expired", "cg_eur"]
     assert _applied(gamma) == [("cg_big", "1000.00", "31.06", "968.94")]
     assert (gamma["amount_due"], gamma["credits"]["remaining_total"]) == ("0.00", "968.94")
     assert "credits" not in docs["beta"]
     assert "amount_due" not in docs["beta"]
-    produced = {p.name: p.read_bytes() for p in sorted((tmp_path / "out").iterdir())
-                if "beta" not in p.name}
+    produced = {
+        p.name: p.read_bytes() for p in sorted((tmp_path / "out").iterdir()) if "beta" not in p.name
+    }
     if os.environ.get("TOLLHOUSE_REGEN_GOLDEN") == "1":
         GOLDEN.mkdir(exist_ok=True)
         for name, data in produced.items():
@@ -354,8 +476,7 @@ def test_golden_invoices_with_credits(tmp_path: Path) -> None:
     assert produced == {p.name: p.read_bytes() for p in sorted(GOLDEN.glob("TH-*"))}
 
 
-def test_customer_invoice_list_shows_amount_due(tmp_path: Path,
-                                                store_url: str) -> None:
+def test_customer_invoice_list_shows_amount_due(tmp_path: Path, store_url: str) -> None:
     """The customer's invoice list (``GET /v1/usage``) gives amount_due beside total."""
     in_store(store_url, Clock(NOV_2026 + 60), _customer())
     _grant(store_url, NOV_2026 + 60, 1000)
@@ -364,6 +485,11 @@ def test_customer_invoice_list_shows_amount_due(tmp_path: Path,
     [link] = list_invoices(config(tmp_path, store_url).billing.ledger, "delta")
     assert (link.total, link.amount_due) == (Decimal("20.20"), Decimal("10.20"))
     assert {k: v for k, v in link.to_json().items() if k != "links"} == {
-        "number": "TH-2026-11-delta", "period": "2026-11", "issue_date": "2026-12-01",
-        "currency": "USD", "total": "20.20", "amount_due": "10.20"}
+        "number": "TH-2026-11-delta",
+        "period": "2026-11",
+        "issue_date": "2026-12-01",
+        "currency": "USD",
+        "total": "20.20",
+        "amount_due": "10.20",
+    }
     assert "amount_due" not in replace(link, amount_due=None).to_json()

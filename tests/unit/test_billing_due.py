@@ -61,23 +61,32 @@ def two_customers(tmp_path: Path) -> Path:
         await s.create_customer(actor="t", name="Anna", plan="team", customer_id="anna")
 
     in_store(url, Clock(OCT_15 + 3600), create)
-    (tmp_path / "tollhouse.yaml").write_text(yaml.safe_dump({
-        "meters": {"requests": {}, "tokens": {"from_response_header": "x-tokens"}},
-        "plans": json.loads(json.dumps(MY_PLANS)),
-        "customers": {"beta": {"plan": "starter"}},
-        "metering": {"meter": f"sqlite:///{tmp_path}/meter.db"},
-        "billing": {"ledger": f"sqlite:///{tmp_path}/ledger.db",
-                    "invoices_dir": str(tmp_path / "inv")},
-        "store": {"url": url}}))
-    write_meter(open_meter(tmp_path / "meter.db"),
-                [record(f"b{i}", "beta", OCT_1 + 3600 * i, {"requests": 100}) for i in range(40)]
-                + [record(f"a{i}", "anna", OCT_15 + 7200 + 36_000 * i, {"requests": 1})
-                   for i in range(60)])  # every 10 h, the last on 2020-11-08
+    (tmp_path / "tollhouse.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "meters": {"requests": {}, "tokens": {"from_response_header": "x-tokens"}},
+                "plans": json.loads(json.dumps(MY_PLANS)),
+                "customers": {"beta": {"plan": "starter"}},
+                "metering": {"meter": f"sqlite:///{tmp_path}/meter.db"},
+                "billing": {
+                    "ledger": f"sqlite:///{tmp_path}/ledger.db",
+                    "invoices_dir": str(tmp_path / "inv"),
+                },
+                "store": {"url": url},
+            }
+        )
+    )
+    write_meter(
+        open_meter(tmp_path / "meter.db"),
+        [record(f"b{i}", "beta", OCT_1 + 3600 * i, {"requests": 100}) for i in range(40)]
+        + [record(f"a{i}", "anna", OCT_15 + 7200 + 36_000 * i, {"requests": 1}) for i in range(60)],
+    )  # every 10 h, the last on 2020-11-08
     return tmp_path
 
 
-def test_nothing_ended_exits_0_and_issues_nothing(two_customers: Path,
-                                                 capsys: pytest.CaptureFixture[str]) -> None:
+def test_nothing_ended_exits_0_and_issues_nothing(
+    two_customers: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     """Nothing ended yet (2020-10-20): exit 0, no invoice, and the output says nothing is due.
 
     Neither beta's October nor anna's 10-15..11-15 has ended; no PROBLEM for an open period.
@@ -89,8 +98,9 @@ def test_nothing_ended_exits_0_and_issues_nothing(two_customers: Path,
     assert _issued(two_customers) == []
 
 
-def test_one_run_issues_every_ended_period_once(two_customers: Path,
-                                                capsys: pytest.CaptureFixture[str]) -> None:
+def test_one_run_issues_every_ended_period_once(
+    two_customers: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     """One run issues both ended periods; a second run issues nothing new and exits 0.
 
     On 2020-11-20 beta's calendar October and anna's anniversary period (10-15..11-15) have ended.
@@ -105,7 +115,8 @@ def test_one_run_issues_every_ended_period_once(two_customers: Path,
     assert (anna["period_start"][:10], anna["period_end"][:10]) == ("2020-10-15", "2020-11-15")
     # The base fee in arrears: this period's fee, on this period's invoice, issued at its end.
     assert [(b["from"][:10], b["to"][:10], b["amount"]) for b in anna["base_fees"]] == [
-        ("2020-10-15", "2020-11-15", "19.99")]
+        ("2020-10-15", "2020-11-15", "19.99")
+    ]
     assert anna["issue_date"] == "2020-11-15"
 
     assert _bill(two_customers, "--now", "2020-11-20T00:17:00") == 0
@@ -117,7 +128,8 @@ def test_one_run_issues_every_ended_period_once(two_customers: Path,
 
 
 def test_a_late_run_catches_up_every_missed_period_in_order(
-        two_customers: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    two_customers: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     """A run after missed ones (2021-01-20) issues every ended period of each, oldest first.
 
     beta: October, November, December; anna: the periods from 10-15, 11-15 and 12-15.
@@ -125,17 +137,24 @@ def test_a_late_run_catches_up_every_missed_period_in_order(
     """
     assert _bill(two_customers, "--now", "2021-01-20T00:17:00") == 0
     assert [(c, p) for c, p, _ in _issued(two_customers)] == [
-        ("anna", "2020-10"), ("anna", "2020-11"), ("anna", "2020-12"),
-        ("beta", "2020-10"), ("beta", "2020-11"), ("beta", "2020-12")]
+        ("anna", "2020-10"),
+        ("anna", "2020-11"),
+        ("anna", "2020-12"),
+        ("beta", "2020-10"),
+        ("beta", "2020-11"),
+        ("beta", "2020-12"),
+    ]
     out = capsys.readouterr().out
     assert out.index("TH-2020-10-anna") < out.index("TH-2020-11-anna")
     assert _bill(two_customers, "--period", "2020-11") == 0  # --period works as before
     assert "TH-2020-11-beta beta USD 5.00 already_issued" in " ".join(
-        capsys.readouterr().out.split())
+        capsys.readouterr().out.split()
+    )
 
 
-def test_now_later_than_the_clock_is_refused(two_customers: Path,
-                                             capsys: pytest.CaptureFixture[str]) -> None:
+def test_now_later_than_the_clock_is_refused(
+    two_customers: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     """`--now` later than the clock or malformed is a bad argument (exit 2); nothing is issued.
 
     It may only move the clock back: a later time would issue periods that are still open.
@@ -160,21 +179,32 @@ def _cancelled_fox(tmp: Path) -> None:
         await s.set_status("fox", "cancelled", actor="t")
 
     in_store(url, clock, setup)
-    (tmp / "tollhouse.yaml").write_text(yaml.safe_dump({
-        "meters": {"requests": {}, "tokens": {"from_response_header": "x-tokens"}},
-        "plans": json.loads(json.dumps(MY_PLANS)),
-        "metering": {"meter": f"sqlite:///{tmp}/meter.db"},
-        "billing": {"ledger": f"sqlite:///{tmp}/ledger.db", "invoices_dir": str(tmp / "inv")},
-        "store": {"url": url}}))
+    (tmp / "tollhouse.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "meters": {"requests": {}, "tokens": {"from_response_header": "x-tokens"}},
+                "plans": json.loads(json.dumps(MY_PLANS)),
+                "metering": {"meter": f"sqlite:///{tmp}/meter.db"},
+                "billing": {
+                    "ledger": f"sqlite:///{tmp}/ledger.db",
+                    "invoices_dir": str(tmp / "inv"),
+                },
+                "store": {"url": url},
+            }
+        )
+    )
 
 
 def _fox_usage(tmp: Path, prefix: str, day: str, n: int) -> None:
-    write_meter(open_meter(tmp / "meter.db"),
-                [record(f"{prefix}{i}", "fox", _ts(day) + i, {"requests": 1}) for i in range(n)])
+    write_meter(
+        open_meter(tmp / "meter.db"),
+        [record(f"{prefix}{i}", "fox", _ts(day) + i, {"requests": 1}) for i in range(n)],
+    )
 
 
 def test_cancelled_customer_is_billed_up_to_its_cancellation_period_only(
-        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     """Cancelled on 2020-10-25: the 10-15 period is invoiced, no later one; then nothing is due.
 
     Usage that arrives later for a cancelled period is reported (exit 1), never dropped, with
@@ -196,7 +226,8 @@ def test_cancelled_customer_is_billed_up_to_its_cancellation_period_only(
 
 
 def test_usage_after_cancellation_in_the_same_run_as_the_last_invoice_is_reported(
-        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     """Usage in a cancelled period that reaches the ledger with the last invoice's run: exit 1.
 
     It is in the generation that invoice sealed, but not on it (outside its period), and no

@@ -28,8 +28,10 @@ from tollhouse.billing.transparency_cli import subscriptions
 from tollhouse.cli import main
 from tollhouse.config import Config
 
-STRIPE = {"meters": {"requests": "api_requests", "tokens": "llm_tokens"},
-          "customers": {"acme": "cus_acme", "beta": "cus_beta"}}
+STRIPE = {
+    "meters": {"requests": "api_requests", "tokens": "llm_tokens"},
+    "customers": {"acme": "cus_acme", "beta": "cus_beta"},
+}
 API_KEY = "sk_test_" + "k3y" * 8
 
 
@@ -40,8 +42,9 @@ def _billed(tmp: Path, **stripe: Any) -> tuple[Path, Config, dict[str, Any]]:
     bill(cfg, "2026-11", JAN_2027)
     ledger = open_ledger(cfg.billing.ledger)
     try:
-        docs = {c: json.loads(ledger.get_invoice(c, "2026-11") or "")
-                for c in ("acme", "beta", "gamma")}
+        docs = {
+            c: json.loads(ledger.get_invoice(c, "2026-11") or "") for c in ("acme", "beta", "gamma")
+        }
     finally:
         ledger.close()
     return path, cfg, docs
@@ -52,12 +55,27 @@ def _jsonl(path: Path) -> list[dict[str, Any]]:
 
 
 def test_one_event_per_billable_record_and_meter_summing_to_the_invoice(
-        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     """Events = invoice lines (count, sum), unique ids; unmapped customers refused (exit 1)."""
     path, _, docs = _billed(tmp_path)
     out, refused = tmp_path / "events.jsonl", tmp_path / "refused.jsonl"
-    code = main(["export", "stripe", "--config", str(path), "--period", "2026-11", "--out",
-                 str(out), "--refused", str(refused), "--now", "2026-12-02T00:00:00"])
+    code = main(
+        [
+            "export",
+            "stripe",
+            "--config",
+            str(path),
+            "--period",
+            "2026-11",
+            "--out",
+            str(out),
+            "--refused",
+            str(refused),
+            "--now",
+            "2026-12-02T00:00:00",
+        ]
+    )
     err = capsys.readouterr().err
     assert code == 1
     events = _jsonl(out)
@@ -80,48 +98,96 @@ def test_one_event_per_billable_record_and_meter_summing_to_the_invoice(
     assert f"refused {gamma_records} event(s): the customer has no Stripe customer id" in err
 
 
-def test_events_outside_stripes_window_are_refused(tmp_path: Path,
-                                                   capsys: pytest.CaptureFixture[str]) -> None:
+def test_events_outside_stripes_window_are_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     """Older than 35 days or more than 5 minutes ahead of now: refused with the reason."""
     path, cfg, _ = _billed(tmp_path)
     ledger = open_ledger(cfg.billing.ledger)
     try:
-        recs = list(period_records(ledger, subscriptions(cfg), "2026-11", customer="beta",
-                                   billable_only=True))
+        recs = list(
+            period_records(
+                ledger, subscriptions(cfg), "2026-11", customer="beta", billable_only=True
+            )
+        )
     finally:
         ledger.close()
     for now, reason, bad in (
-            (datetime(2026, 12, 10, tzinfo=UTC), "older than Stripe's 35-day window",
-             lambda ms: ms < int(datetime(2026, 11, 5, tzinfo=UTC).timestamp() * 1000)),
-            (datetime(2026, 11, 20, tzinfo=UTC), "more than 5 minutes ahead",
-             lambda ms: ms > int(datetime(2026, 11, 20, 0, 5, tzinfo=UTC).timestamp() * 1000))):
-        ev = build_events(recs, meters=STRIPE["meters"], customers=STRIPE["customers"],
-                          now_ms=int(now.timestamp() * 1000))
+        (
+            datetime(2026, 12, 10, tzinfo=UTC),
+            "older than Stripe's 35-day window",
+            lambda ms: ms < int(datetime(2026, 11, 5, tzinfo=UTC).timestamp() * 1000),
+        ),
+        (
+            datetime(2026, 11, 20, tzinfo=UTC),
+            "more than 5 minutes ahead",
+            lambda ms: ms > int(datetime(2026, 11, 20, 0, 5, tzinfo=UTC).timestamp() * 1000),
+        ),
+    ):
+        ev = build_events(
+            recs,
+            meters=STRIPE["meters"],
+            customers=STRIPE["customers"],
+            now_ms=int(now.timestamp() * 1000),
+        )
         late = sorted(r.usage_id for r in recs if bad(r.admitted_at_ms))
         assert late
         assert sorted(r.identifier for r in ev.refused) == late
         assert all(reason in r.reason for r in ev.refused)
         assert len(ev.events) + len(ev.refused) == len(recs)
-    code = main(["export", "stripe", "--config", str(path), "--period", "2026-11",
-                 "--customer", "beta", "--now", "2026-12-10T00:00:00"])
+    code = main(
+        [
+            "export",
+            "stripe",
+            "--config",
+            str(path),
+            "--period",
+            "2026-11",
+            "--customer",
+            "beta",
+            "--now",
+            "2026-12-10T00:00:00",
+        ]
+    )
     out, err = capsys.readouterr()
     assert code == 1
     assert "older than Stripe's 35-day window" in err
     assert len(out.splitlines()) == len(recs) - sum(
-        1 for r in recs if r.admitted_at_ms < int(datetime(2026, 11, 5, tzinfo=UTC).timestamp()
-                                                  * 1000))
+        1
+        for r in recs
+        if r.admitted_at_ms < int(datetime(2026, 11, 5, tzinfo=UTC).timestamp() * 1000)
+    )
 
 
 def test_daily_aggregates_are_deterministic_and_sum_to_the_invoice(
-        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     """``--aggregate day``: one event per customer x meter x day, same identifiers every run."""
     path, _, docs = _billed(tmp_path)
     runs = []
     for n in (1, 2):
         out = tmp_path / f"agg{n}.jsonl"
-        assert main(["export", "stripe", "--config", str(path), "--period", "2026-11",
-                     "--customer", "acme", "--aggregate", "day", "--out", str(out),
-                     "--now", "2026-12-02T00:00:00"]) == 0
+        assert (
+            main(
+                [
+                    "export",
+                    "stripe",
+                    "--config",
+                    str(path),
+                    "--period",
+                    "2026-11",
+                    "--customer",
+                    "acme",
+                    "--aggregate",
+                    "day",
+                    "--out",
+                    str(out),
+                    "--now",
+                    "2026-12-02T00:00:00",
+                ]
+            )
+            == 0
+        )
         runs.append(out.read_bytes())
     capsys.readouterr()
     assert runs[0] == runs[1]
@@ -132,8 +198,10 @@ def test_daily_aggregates_are_deterministic_and_sum_to_the_invoice(
     assert all(e["timestamp"].endswith("T00:00:00.000Z") for e in events)
     for line in docs["acme"]["lines"]:
         name = STRIPE["meters"][line["meter"]]
-        assert sum(int(e["payload"]["value"]) for e in events if e["event_name"] == name) == (
-            line["quantity"])
+        assert (
+            sum(int(e["payload"]["value"]) for e in events if e["event_name"] == name)
+            == (line["quantity"])
+        )
     days = {d["date"] for d in docs["acme"]["daily_usage"]}
     assert {k[1] for k in keys} == days
 
@@ -170,17 +238,21 @@ class FakeStripe:
     def answer(self, path: str, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
         if path == "/v2/billing/meter_event_session":
             self.sessions += 1
-            return 200, {"object": "v2.billing.meter_event_session", "id": f"mes_{self.sessions}",
-                         "authentication_token": f"mest_tok{self.sessions}",
-                         "created": "2026-12-02T00:00:00.000Z",
-                         "expires_at": "2026-12-02T00:15:00.000Z", "livemode": False}
+            return 200, {
+                "object": "v2.billing.meter_event_session",
+                "id": f"mes_{self.sessions}",
+                "authentication_token": f"mest_tok{self.sessions}",
+                "created": "2026-12-02T00:00:00.000Z",
+                "expires_at": "2026-12-02T00:15:00.000Z",
+                "livemode": False,
+            }
         status = self.statuses.pop(0) if self.statuses else 200
         if status == 200:
             return 200, {}
-        kind = {401: "invalid_request_error", 400: "invalid_request_error"}.get(status,
-                                                                                 "api_error")
-        return status, {"error": {"type": kind, "code": f"http_{status}",
-                                  "message": f"status {status}"}}
+        kind = {401: "invalid_request_error", 400: "invalid_request_error"}.get(status, "api_error")
+        return status, {
+            "error": {"type": kind, "code": f"http_{status}", "message": f"status {status}"}
+        }
 
     def stream(self) -> list[tuple[dict[str, str], dict[str, Any], int]]:
         return [(h, b, s) for p, h, b, s in self.requests if p.endswith("meter_event_stream")]
@@ -200,18 +272,39 @@ def fake_stripe() -> Iterator[FakeStripe]:
 
 
 def test_push_batches_retries_with_the_same_identifiers(
-        tmp_path: Path, fake_stripe: FakeStripe, capsys: pytest.CaptureFixture[str]) -> None:
+    tmp_path: Path, fake_stripe: FakeStripe, capsys: pytest.CaptureFixture[str]
+) -> None:
     """--push: <= 100 events a request, a failed batch re-sent unchanged, each accepted once.
 
     The key opens a session whose token authenticates the stream; a 401 renews the session.
     """
     key_file = tmp_path / "stripe-key"
     key_file.write_text(API_KEY + "\n")
-    path, _, _ = _billed(tmp_path, api_key_file=str(key_file), api_base=fake_stripe.base,
-                         meter_events_base=fake_stripe.base)
+    path, _, _ = _billed(
+        tmp_path,
+        api_key_file=str(key_file),
+        api_base=fake_stripe.base,
+        meter_events_base=fake_stripe.base,
+    )
     exported = tmp_path / "events.jsonl"
-    assert main(["export", "stripe", "--config", str(path), "--period", "2026-11",
-                 "--customer", "acme", "--out", str(exported), "--push"]) == 0
+    assert (
+        main(
+            [
+                "export",
+                "stripe",
+                "--config",
+                str(path),
+                "--period",
+                "2026-11",
+                "--customer",
+                "acme",
+                "--out",
+                str(exported),
+                "--push",
+            ]
+        )
+        == 0
+    )
     captured = capsys.readouterr()
     assert API_KEY not in captured.err + captured.out
     sessions = [h for p, h, _, _ in fake_stripe.requests if p.endswith("meter_event_session")]
@@ -219,7 +312,8 @@ def test_push_batches_retries_with_the_same_identifiers(
     stream = fake_stripe.stream()
     assert [s for _, _, s in stream[:3]] == [500, 401, 200]
     assert [h["Authorization"] for h, _, _ in stream] == (
-        ["Bearer mest_tok1"] * 2 + ["Bearer mest_tok2"] * (len(stream) - 2))
+        ["Bearer mest_tok1"] * 2 + ["Bearer mest_tok2"] * (len(stream) - 2)
+    )
     assert stream[0][1] == stream[1][1] == stream[2][1]  # the same batch, the same identifiers
     assert len({h["Idempotency-Key"] for h, _, _ in stream[:3]}) == 1
     assert all(len(b["events"]) <= 100 for _, b, _ in stream)
@@ -237,13 +331,22 @@ def test_a_refused_batch_stops_the_push(tmp_path: Path) -> None:
         recs = list(period_records(ledger, subscriptions(cfg), "2026-11", billable_only=True))
     finally:
         ledger.close()
-    ev = build_events(recs, meters=STRIPE["meters"], customers=STRIPE["customers"],
-                      now_ms=int(datetime(2026, 12, 2, tzinfo=UTC).timestamp() * 1000))
+    ev = build_events(
+        recs,
+        meters=STRIPE["meters"],
+        customers=STRIPE["customers"],
+        now_ms=int(datetime(2026, 12, 2, tzinfo=UTC).timestamp() * 1000),
+    )
     fake = FakeStripe([200, 400])
     slept: list[float] = []
     try:
-        res = push_events(ev.events, api_key=API_KEY, api_base=fake.base,
-                          meter_events_base=fake.base, sleep=slept.append)
+        res = push_events(
+            ev.events,
+            api_key=API_KEY,
+            api_base=fake.base,
+            meter_events_base=fake.base,
+            sleep=slept.append,
+        )
     finally:
         fake.close()
     assert (res.sent, res.batches, res.ok) == (100, 1, False)
@@ -254,32 +357,57 @@ def test_a_refused_batch_stops_the_push(tmp_path: Path) -> None:
 
 
 def test_usage_export_formats_carry_every_final_record(
-        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     """jsonl, csv and CloudEvents: one row per final record (billable or not), id = usage id."""
     path, _, docs = _billed(tmp_path)
     usage = {r.usage_id: r for r in traced_usage() if r.customer == "acme"}
     outs = {}
     for fmt in ("jsonl", "csv", "cloudevents"):
         out = tmp_path / f"usage.{fmt}"
-        assert main(["export", "usage", "--config", str(path), "--period", "2026-11",
-                     "--customer", "acme", "--format", fmt, "--out", str(out)]) == 0
+        assert (
+            main(
+                [
+                    "export",
+                    "usage",
+                    "--config",
+                    str(path),
+                    "--period",
+                    "2026-11",
+                    "--customer",
+                    "acme",
+                    "--format",
+                    fmt,
+                    "--out",
+                    str(out),
+                ]
+            )
+            == 0
+        )
         outs[fmt] = out.read_text()
     capsys.readouterr()
     rows = [json.loads(line) for line in outs["jsonl"].splitlines()]
     assert sorted(r["usage_id"] for r in rows) == sorted(usage)
     one = next(r for r in rows if r["usage_id"] == "u-00000")
     assert (one["decision_id"], one["request_id"], one["state"], one["units"]) == (
-        "dec-00000", usage["u-00000"].request_id, "VOIDED", dict(usage["u-00000"].units))
+        "dec-00000",
+        usage["u-00000"].request_id,
+        "VOIDED",
+        dict(usage["u-00000"].units),
+    )
     events = [json.loads(line) for line in outs["cloudevents"].splitlines()]
     assert [e["id"] for e in events] == [r["usage_id"] for r in rows]
     assert {(e["specversion"], e["type"], e["subject"], e["source"]) for e in events} == {
-        ("1.0", "tollhouse.usage", "acme", "tollhouse/pod-a")}
+        ("1.0", "tollhouse.usage", "acme", "tollhouse/pod-a")
+    }
     assert events[0]["time"] == rows[0]["admitted_at"]
     table = list(csv.DictReader(io.StringIO(outs["csv"])))
     assert len(table) == len(rows)
     tokens = next(ln for ln in docs["acme"]["lines"] if ln["meter"] == "tokens")
-    assert sum(int(r["units_tokens"]) for r in table if r["billable"] == "True") == (
-        tokens["quantity"])
+    assert (
+        sum(int(r["units_tokens"]) for r in table if r["billable"] == "True")
+        == (tokens["quantity"])
+    )
     assert Counter(r["state"] for r in table) == Counter(r["state"] for r in rows)
     assert all(usage[r["usage_id"]].admitted_at_ms >= NOV_2026 * 1000 for r in table)
 

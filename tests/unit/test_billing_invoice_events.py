@@ -21,14 +21,18 @@ def test_bill_emits_invoice_issued_once_per_invoice(tmp_path: Path) -> None:
     clock = Clock(NOV_2026 + 60)
 
     async def setup(s: StoreService) -> None:
-        await s.create_customer(actor="t", name="Echo", plan="starter", customer_id="echo",
-                                anchor=date(2026, 11, 1))
+        await s.create_customer(
+            actor="t", name="Echo", plan="starter", customer_id="echo", anchor=date(2026, 11, 1)
+        )
         await Outbox(s.backend, clock=clock).create_endpoint(
-            actor="t", url="https://hooks.test/", events=["invoice.issued"])
+            actor="t", url="https://hooks.test/", events=["invoice.issued"]
+        )
 
     in_store(url, clock, setup)
-    write_meter(open_meter(tmp_path / "meter.db"),
-                [record(f"e{i}", "echo", NOV_2026 + 7200 + i, {"requests": 7}) for i in range(10)])
+    write_meter(
+        open_meter(tmp_path / "meter.db"),
+        [record(f"e{i}", "echo", NOV_2026 + 7200 + i, {"requests": 7}) for i in range(10)],
+    )
     cfg = config(tmp_path, url)
     docs = bill(cfg, tmp_path, "2026-11", JAN_2027)
     bill(cfg, tmp_path, "2026-11", JAN_2027)  # already issued: offered again, recorded once
@@ -38,9 +42,12 @@ def test_bill_emits_invoice_issued_once_per_invoice(tmp_path: Path) -> None:
     assert isinstance(payload, dict)
     assert payload["type"] == "invoice.issued"
     assert payload["customer"] == "echo"
-    assert payload["data"] == {"invoice": docs["echo"]["number"], "period": "2026-11",
-                               "currency": docs["echo"]["currency"],
-                               "total": docs["echo"]["total"]}
+    assert payload["data"] == {
+        "invoice": docs["echo"]["number"],
+        "period": "2026-11",
+        "currency": docs["echo"]["currency"],
+        "total": docs["echo"]["total"],
+    }
 
 
 def test_an_unmigrated_store_is_counted_not_raised(tmp_path: Path) -> None:
@@ -51,7 +58,8 @@ def test_an_unmigrated_store_is_counted_not_raised(tmp_path: Path) -> None:
 
     cfg = parse_config({"store": {"url": f"sqlite://{tmp_path}/never-migrated.db"}})
     before = INVOICE_EVENT_FAILURES._value.get()
-    inv = InvoiceSummary("INV-1", "echo", "2026-11", "USD", __import__("decimal").Decimal("1"),
-                         "issued", ())
+    inv = InvoiceSummary(
+        "INV-1", "echo", "2026-11", "USD", __import__("decimal").Decimal("1"), "issued", ()
+    )
     assert emit_invoice_events(cfg, [inv], Clock()) == 0
     assert INVOICE_EVENT_FAILURES._value.get() == before + 1

@@ -35,8 +35,11 @@ from tollhouse.config import Config
 from tollhouse.metering.schema import UsageRecord
 
 FIXTURE = Path(__file__).parent / "data" / "ledger_v1.json"
-CUSTOMERS = {"acme": {"plan": "pro"}, "beta": {"plan": "starter"},
-             "gamma": {"plan": "bulk", "period_anchor": "2026-01-15"}}
+CUSTOMERS = {
+    "acme": {"plan": "pro"},
+    "beta": {"plan": "starter"},
+    "gamma": {"plan": "bulk", "period_anchor": "2026-01-15"},
+}
 NOV_AT, PREVIEW_AT, DEC_AT = DEC_2026 + 16 * 86400, DEC_2026 + 20 * 86400, JAN_2027 + 16 * 86400
 
 
@@ -45,16 +48,32 @@ def _part1() -> list[UsageRecord]:
     for i in range(90):
         cust = ("acme", "beta", "gamma")[i % 3]
         units = {"requests": 40 + i} | ({"tokens": 300 + 7 * i} if cust == "acme" else {})
-        out.append(record(f"{i:012x}{'a' * 20}", cust, NOV_2026 - 20 * 86400 + i * 40000, units,
-                          billable=i % 11 != 0))
+        out.append(
+            record(
+                f"{i:012x}{'a' * 20}",
+                cust,
+                NOV_2026 - 20 * 86400 + i * 40000,
+                units,
+                billable=i % 11 != 0,
+            )
+        )
     return out
 
 
 def _part2() -> list[UsageRecord]:
-    late = [record(f"late-{i}", ("acme", "beta", "gamma")[i % 3], NOV_2026 + 3600 * (i + 1),
-                   {"requests": 500 + i}) for i in range(6)]
-    return late + [record(f"dec-{i}", ("acme", "beta")[i % 2], DEC_2026 + 7200 * (i + 1),
-                          {"requests": 30 + i}) for i in range(4)]
+    late = [
+        record(
+            f"late-{i}",
+            ("acme", "beta", "gamma")[i % 3],
+            NOV_2026 + 3600 * (i + 1),
+            {"requests": 500 + i},
+        )
+        for i in range(6)
+    ]
+    return late + [
+        record(f"dec-{i}", ("acme", "beta")[i % 2], DEC_2026 + 7200 * (i + 1), {"requests": 30 + i})
+        for i in range(4)
+    ]
 
 
 def _load_v1(url: str, meter: Path) -> dict[str, Any]:
@@ -64,17 +83,23 @@ def _load_v1(url: str, meter: Path) -> dict[str, Any]:
     sqlite = url.startswith("sqlite:")
     ddl = (V1_DDL + ";" + COMMON_DDL).format(
         serial="INTEGER PRIMARY KEY AUTOINCREMENT" if sqlite else "BIGSERIAL PRIMARY KEY",
-        without_rowid=" WITHOUT ROWID" if sqlite else "")
-    conn: Any = (sqlite3.connect(url.removeprefix("sqlite:///"), isolation_level=None) if sqlite
-                 else psycopg.connect(url, autocommit=True))
+        without_rowid=" WITHOUT ROWID" if sqlite else "",
+    )
+    conn: Any = (
+        sqlite3.connect(url.removeprefix("sqlite:///"), isolation_level=None)
+        if sqlite
+        else psycopg.connect(url, autocommit=True)
+    )
     mark = "?" if sqlite else "%s"
     try:
         for stmt in ddl.split(";"):
             conn.execute(stmt)
         for table in ("ledger_usage", "ledger_units", "meter_cursor", "invoices", "billed"):
             cols = data[table]["columns"]
-            sql = (f"INSERT INTO {table} ({', '.join(cols)}) VALUES"  # noqa: S608 - test data
-                   f" ({', '.join([mark] * len(cols))})")
+            sql = (
+                f"INSERT INTO {table} ({', '.join(cols)}) VALUES"  # noqa: S608 - test data
+                f" ({', '.join([mark] * len(cols))})"
+            )
             conn.cursor().executemany(sql, data[table]["rows"])
     finally:
         conn.close()
@@ -101,7 +126,8 @@ def test_v1_ledger_migrates_without_loss(ledger_url: str, tmp_path: Path) -> Non
     assert nov.consumed == 0  # the v1 cursor still holds
     assert [i.status for i in nov.invoices] == ["already_issued"] * 3
     assert {n: hashlib.sha256(b).hexdigest() for n, b in _files(tmp_path / "nov").items()} == (
-        data["files_sha256"])
+        data["files_sha256"]
+    )
     _bill(cfg, "2026-12", DEC_AT, tmp_path / "dec")
     ref = tmp_path / "ref"  # the same history on a ledger that was v2 from the start
     ref_meter = open_meter(ref / "meter.db")
@@ -143,21 +169,36 @@ def test_line_digest_is_the_sum_of_its_usage_id_hashes(tmp_path: Path) -> None:
     _bill(cfg, "2026-11", JAN_2027, tmp_path / "out")
     doc = json.loads((tmp_path / "out" / "TH-2026-11-acme.json").read_text())
     for line in doc["lines"]:
-        ids = [r.usage_id for r in usage if r.customer == "acme" and r.billable
-               and line["meter"] in r.units and r.admitted_at_ms < DEC_2026 * 1000]
+        ids = [
+            r.usage_id
+            for r in usage
+            if r.customer == "acme"
+            and r.billable
+            and line["meter"] in r.units
+            and r.admitted_at_ms < DEC_2026 * 1000
+        ]
         assert line["digest"] == digest(reversed(ids)) == digest(sorted(ids))
         assert line["records"] == len(ids)
 
 
-def test_meter_rows_already_in_the_ledger_are_counted_once(ledger_url: str,
-                                                           tmp_path: Path) -> None:
+def test_meter_rows_already_in_the_ledger_are_counted_once(ledger_url: str, tmp_path: Path) -> None:
     """Usage ids that reached the ledger another way first are skipped in a batch, the rest kept."""
     cfg = make_config(tmp_path, ledger=ledger_url)
     usage = fixed_usage()[:300]
     ledger = open_ledger(ledger_url)
     try:
-        ledger.insert_rows([LedgerRow(r.usage_id, r.customer, r.admitted_at_ms, r.billable,
-                                      tuple(sorted(r.units.items()))) for r in usage[100:150]])
+        ledger.insert_rows(
+            [
+                LedgerRow(
+                    r.usage_id,
+                    r.customer,
+                    r.admitted_at_ms,
+                    r.billable,
+                    tuple(sorted(r.units.items())),
+                )
+                for r in usage[100:150]
+            ]
+        )
     finally:
         ledger.close()
     write_meter(open_meter(tmp_path / "meter.db"), usage)
@@ -191,8 +232,10 @@ def test_v2_ledger_gains_records_in_place(ledger_url: str, tmp_path: Path) -> No
         before = ledger.get_invoice("acme", "2026-11")
     finally:
         ledger.close()
-    write_meter(meter, [record(f"dec-{i}", "acme", DEC_2026 + 7200 * (i + 1), {"requests": 3})
-                        for i in range(4)])
+    write_meter(
+        meter,
+        [record(f"dec-{i}", "acme", DEC_2026 + 7200 * (i + 1), {"requests": 3}) for i in range(4)],
+    )
     _bill(cfg, "2026-12", DEC_AT, None)
     ledger = open_ledger(ledger_url)
     try:
@@ -208,8 +251,7 @@ def test_v2_ledger_gains_records_in_place(ledger_url: str, tmp_path: Path) -> No
     assert dec.found_records == 4
 
 
-def test_v3_ledger_gains_credits_applied_in_place(ledger_url: str,
-                                                  tmp_path: Path) -> None:
+def test_v3_ledger_gains_credits_applied_in_place(ledger_url: str, tmp_path: Path) -> None:
     """A v3 ledger gets the empty credits table: invoices unchanged, credit recorded on issue."""
     cfg = make_config(tmp_path, ledger=ledger_url, customers=CUSTOMERS)
     write_meter(open_meter(tmp_path / "meter.db"), _part1())
@@ -226,8 +268,15 @@ def test_v3_ledger_gains_credits_applied_in_place(ledger_url: str,
         version = ledger.one("SELECT value FROM ledger_meta WHERE key = 'schema_version'")[0]
         assert (version, ledger.get_invoice("acme", "2026-11")) == (4, before)
         assert ledger.credits_used("acme") == {}
-        assert ledger.issue("TH-2026-12-acme", "acme", "2026-12", ledger.seal(), "{}", (),
-                            [("cg_a", 120), ("cg_b", 5)])
+        assert ledger.issue(
+            "TH-2026-12-acme",
+            "acme",
+            "2026-12",
+            ledger.seal(),
+            "{}",
+            (),
+            [("cg_a", 120), ("cg_b", 5)],
+        )
         assert ledger.credits_used("acme") == {"cg_a": 120, "cg_b": 5}
         assert ledger.credits_used("beta") == {}
     finally:

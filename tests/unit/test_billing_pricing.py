@@ -21,10 +21,15 @@ from tollhouse.billing.pricing import (
 from tollhouse.billing.subscriptions import PlanChange, segments
 from tollhouse.config import MeterPrice, Tier
 
-GRAD = MeterPrice(model="graduated", included=100, tiers=(
-    Tier(up_to=1000, unit_price=Decimal("0.01")),
-    Tier(up_to=5000, unit_price=Decimal("0.005"), flat_fee=Decimal("2")),
-    Tier(unit_price=Decimal("0.001"))))
+GRAD = MeterPrice(
+    model="graduated",
+    included=100,
+    tiers=(
+        Tier(up_to=1000, unit_price=Decimal("0.01")),
+        Tier(up_to=5000, unit_price=Decimal("0.005"), flat_fee=Decimal("2")),
+        Tier(unit_price=Decimal("0.001")),
+    ),
+)
 VOL = MeterPrice(model="volume", tiers=GRAD.tiers)
 
 
@@ -104,16 +109,24 @@ def test_graduated_and_volume_exact_at_each_boundary(boundary: int) -> None:
     assert v_next.tiers[0].first == boundary + 1
 
 
-_TIERS = st.lists(st.tuples(st.integers(min_value=1, max_value=10**6),
-                            st.decimals(min_value=0, max_value=5, places=4),
-                            st.decimals(min_value=0, max_value=50, places=2)),
-                  min_size=1, max_size=5, unique_by=lambda t: t[0])
+_TIERS = st.lists(
+    st.tuples(
+        st.integers(min_value=1, max_value=10**6),
+        st.decimals(min_value=0, max_value=5, places=4),
+        st.decimals(min_value=0, max_value=50, places=2),
+    ),
+    min_size=1,
+    max_size=5,
+    unique_by=lambda t: t[0],
+)
 
 
 def _tiers(raw: list[tuple[int, Decimal, Decimal]], last: Decimal) -> tuple[Tier, ...]:
     ordered = sorted(raw)
-    return (*(Tier(up_to=u, unit_price=p, flat_fee=f) for u, p, f in ordered),
-            Tier(unit_price=last))
+    return (
+        *(Tier(up_to=u, unit_price=p, flat_fee=f) for u, p, f in ordered),
+        Tier(unit_price=last),
+    )
 
 
 @settings(max_examples=200, deadline=None)
@@ -128,20 +141,27 @@ def test_tier_boundaries_exact(raw: list[tuple[int, Decimal, Decimal]], last: De
         cumulative += (t.up_to - lower) * t.unit_price + t.flat_fee
         nxt = tiers[i + 1]
         assert price_meter("r", grad, t.up_to, "USD").exact == cumulative
-        assert (price_meter("r", grad, t.up_to + 1, "USD").exact
-                == cumulative + nxt.unit_price + nxt.flat_fee)
+        assert (
+            price_meter("r", grad, t.up_to + 1, "USD").exact
+            == cumulative + nxt.unit_price + nxt.flat_fee
+        )
         assert price_meter("r", vol, t.up_to, "USD").exact == t.up_to * t.unit_price + t.flat_fee
-        assert (price_meter("r", vol, t.up_to + 1, "USD").exact
-                == (t.up_to + 1) * nxt.unit_price + nxt.flat_fee)
+        assert (
+            price_meter("r", vol, t.up_to + 1, "USD").exact
+            == (t.up_to + 1) * nxt.unit_price + nxt.flat_fee
+        )
         lower = t.up_to
 
 
 @settings(max_examples=300, deadline=None)
-@given(st.lists(st.integers(min_value=1, max_value=10**6), min_size=1, max_size=6),
-       st.decimals(min_value=0, max_value=10**5, places=2, allow_nan=False),
-       st.sampled_from(["USD", "JPY", "KWD"]))
-def test_proration_of_split_period_sums_to_full_fee(cuts: list[int], fee: Decimal,
-                                                    currency: str) -> None:
+@given(
+    st.lists(st.integers(min_value=1, max_value=10**6), min_size=1, max_size=6),
+    st.decimals(min_value=0, max_value=10**5, places=2, allow_nan=False),
+    st.sampled_from(["USD", "JPY", "KWD"]),
+)
+def test_proration_of_split_period_sums_to_full_fee(
+    cuts: list[int], fee: Decimal, currency: str
+) -> None:
     """Property: a period split at any instants prorates to exactly the full fee."""
     total = sum(cuts)
     segs, start = [], 0
@@ -154,14 +174,25 @@ def test_proration_of_split_period_sums_to_full_fee(cuts: list[int], fee: Decima
 
 
 @settings(max_examples=200, deadline=None)
-@given(st.lists(st.tuples(st.sampled_from(["per_unit", "graduated", "volume", "package"]),
-                          st.integers(min_value=0, max_value=50_000)), min_size=1, max_size=5),
-       st.decimals(min_value=0, max_value=1000, places=2))
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from(["per_unit", "graduated", "volume", "package"]),
+            st.integers(min_value=0, max_value=50_000),
+        ),
+        min_size=1,
+        max_size=5,
+    ),
+    st.decimals(min_value=0, max_value=1000, places=2),
+)
 def test_total_equals_sum_of_lines(lines: list[tuple[str, int]], minimum: Decimal) -> None:
     """Property: subtotal and total are the sums of the rounded lines (and the top-up)."""
-    prices = {"per_unit": MeterPrice(unit_price=Decimal("0.0003")), "graduated": GRAD,
-              "volume": VOL, "package": MeterPrice(model="package", package_size=7,
-                                                   package_price=Decimal("0.333"))}
+    prices = {
+        "per_unit": MeterPrice(unit_price=Decimal("0.0003")),
+        "graduated": GRAD,
+        "volume": VOL,
+        "package": MeterPrice(model="package", package_size=7, package_price=Decimal("0.333")),
+    }
     amounts = [price_meter("m", prices[model], q, "USD").amount for model, q in lines]
     subtotal = sum(amounts, Decimal(0))
     topup = minimum_topup(subtotal, minimum, "USD")
@@ -176,8 +207,9 @@ def test_plan_change_segments_and_proration() -> None:
     segs = segments([PlanChange("starter", 0), PlanChange("pro", mid)], p)
     assert segs == [("starter", p.start_s, mid), ("pro", mid, p.end_s)]
     fees = {"starter": Decimal("10.00"), "pro": Decimal("49.00")}
-    amounts = prorate_segments([BaseFeeSegment(n, fees[n], s, e, p.seconds) for n, s, e in segs],
-                               "USD")
+    amounts = prorate_segments(
+        [BaseFeeSegment(n, fees[n], s, e, p.seconds) for n, s, e in segs], "USD"
+    )
     assert amounts == [Decimal("3.33"), Decimal("32.67")]
 
 

@@ -33,25 +33,38 @@ def keys() -> tuple[str, str]:
 
 
 def _xadd(r: redis.Redis, stream: str, records: list) -> list[str]:  # type: ignore[type-arg]
-    return [r.xadd(stream, {FIELD_USAGE_ID: rec.usage_id, FIELD_RECORD: rec.SerializeToString()}
-                   ).decode() for rec in records]
+    return [
+        r.xadd(
+            stream, {FIELD_USAGE_ID: rec.usage_id, FIELD_RECORD: rec.SerializeToString()}
+        ).decode()
+        for rec in records
+    ]
 
 
-def _run(cfg: Config, keys: tuple[str, str], out: Path | None, consumer: str,
-         hook: CrashAt | None = None) -> BillingResult:
-    opts = JobOptions(stream_key=keys[0], dead_key=keys[1], consumer=consumer, batch=300,
-                      claim_idle_ms=0, redis_timeout_s=5.0,
-                      **({"hook": hook} if hook else {}))  # type: ignore[arg-type]
-    return run_billing(cfg, period="2026-11", out_dir=out, preview=False, clock=lambda: JAN_2027,
-                       options=opts)
+def _run(
+    cfg: Config, keys: tuple[str, str], out: Path | None, consumer: str, hook: CrashAt | None = None
+) -> BillingResult:
+    opts = JobOptions(
+        stream_key=keys[0],
+        dead_key=keys[1],
+        consumer=consumer,
+        batch=300,
+        claim_idle_ms=0,
+        redis_timeout_s=5.0,
+        **({"hook": hook} if hook else {}),
+    )  # type: ignore[arg-type]
+    return run_billing(
+        cfg, period="2026-11", out_dir=out, preview=False, clock=lambda: JAN_2027, options=opts
+    )
 
 
 def _files(res: BillingResult) -> dict[str, bytes]:
     return {f.name: f.read_bytes() for inv in res.invoices for f in inv.files}
 
 
-def test_consumer_group_exactly_once_across_crashes(redis_server: RedisServer,
-                                                    keys: tuple[str, str], tmp_path: Path) -> None:
+def test_consumer_group_exactly_once_across_crashes(
+    redis_server: RedisServer, keys: tuple[str, str], tmp_path: Path
+) -> None:
     """Crash after commit, reclaim and crash before commit, rerun twice: billed once, same bytes."""
     r = redis.Redis.from_url(redis_server.url)
     usage = fixed_usage()
@@ -78,15 +91,23 @@ def test_consumer_group_exactly_once_across_crashes(redis_server: RedisServer,
     assert got == {"requests": (sum(u.units["requests"] for u in beta), len(beta))}
     assert r.xlen(keys[0]) == len(usage)  # the baseline group has read nothing: nothing trimmed
     base_cfg = make_config(tmp_path / "base", meter=redis_server.url).model_copy(
-        update={"billing": cfg.billing.model_copy(update={
-            "consumer_group": "baseline", "ledger": f"sqlite:///{tmp_path}/base/ledger.db"})})
+        update={
+            "billing": cfg.billing.model_copy(
+                update={
+                    "consumer_group": "baseline",
+                    "ledger": f"sqlite:///{tmp_path}/base/ledger.db",
+                }
+            )
+        }
+    )
     clean = _run(base_cfg, keys, tmp_path / "c", "b1")
     assert _files(first) == _files(second) == _files(clean)
     assert r.xlen(keys[0]) == 0  # every group acked everything: trimmed by MINID
 
 
 def test_poison_and_overdelivered_records_are_dead_lettered(
-        redis_server: RedisServer, keys: tuple[str, str], tmp_path: Path) -> None:
+    redis_server: RedisServer, keys: tuple[str, str], tmp_path: Path
+) -> None:
     """Unparsable and too-often-delivered entries go to the dead-letter stream, acked, counted."""
     r = redis.Redis.from_url(redis_server.url)
     cfg = make_config(tmp_path, meter=redis_server.url)
@@ -99,9 +120,10 @@ def test_poison_and_overdelivered_records_are_dead_lettered(
         r.xautoclaim(keys[0], group, "dead-pod", 0, start_id="0-0")
     bad = r.xadd(keys[0], {FIELD_USAGE_ID: "junk", FIELD_RECORD: b"\xff\xfe not a proto"}).decode()
     _xadd(r, keys[0], [record("good", "beta", NOV_2026 + 6, {"requests": 3})])
-    before = {k: REGISTRY.get_sample_value("tollhouse_billing_dead_lettered_total",
-                                           {"reason": k}) or 0.0
-              for k in ("unparsable", "max_deliveries")}
+    before = {
+        k: REGISTRY.get_sample_value("tollhouse_billing_dead_lettered_total", {"reason": k}) or 0.0
+        for k in ("unparsable", "max_deliveries")
+    }
     res = _run(cfg, keys, None, "c1")
     assert res.dead_lettered == 2
     dead = {e[1][b"source_id"].decode(): e[1] for e in r.xrange(keys[1])}
@@ -110,23 +132,25 @@ def test_poison_and_overdelivered_records_are_dead_lettered(
     assert dead[sticky][FIELD_USAGE_ID.encode()] == b"sticky"
     assert r.xpending(keys[0], group)["pending"] == 0
     for reason in before:
-        after = REGISTRY.get_sample_value("tollhouse_billing_dead_lettered_total",
-                                          {"reason": reason})
+        after = REGISTRY.get_sample_value(
+            "tollhouse_billing_dead_lettered_total", {"reason": reason}
+        )
         assert after == before[reason] + 1
     ledger = open_ledger(cfg.billing.ledger)
     try:
-        assert ledger.meter_totals("beta", NOV_2026 * 1000, DEC_2026 * 1000) == {
-            "requests": (3, 1)}
+        assert ledger.meter_totals("beta", NOV_2026 * 1000, DEC_2026 * 1000) == {"requests": (3, 1)}
     finally:
         ledger.close()
 
 
 def test_trim_keeps_what_another_group_still_needs(
-        redis_server: RedisServer, keys: tuple[str, str], tmp_path: Path) -> None:
+    redis_server: RedisServer, keys: tuple[str, str], tmp_path: Path
+) -> None:
     """XTRIM MINID stops at the oldest entry another group still has pending."""
     r = redis.Redis.from_url(redis_server.url)
-    ids = _xadd(r, keys[0], [record(f"t{i}", "beta", NOV_2026 + i, {"requests": 1})
-                             for i in range(20)])
+    ids = _xadd(
+        r, keys[0], [record(f"t{i}", "beta", NOV_2026 + i, {"requests": 1}) for i in range(20)]
+    )
     r.xgroup_create(keys[0], "slow", id="0")
     r.xreadgroup("slow", "s1", {keys[0]: ">"}, count=5)
     r.xack(keys[0], "slow", *ids[:3])  # slow group: 3 acked, 2 pending, 15 unread

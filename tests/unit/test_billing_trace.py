@@ -32,9 +32,14 @@ from tollhouse.metering.schema import FIELD_RECORD, FIELD_USAGE_ID
 
 
 def _nov_ids(usage: list, customer: str, meter: str) -> list[tuple[str, str, str, int]]:  # type: ignore[type-arg]
-    return sorted((r.usage_id, r.decision_id, r.request_id, r.units[meter]) for r in usage
-                  if r.customer == customer and r.billable and meter in r.units
-                  and NOV_2026 * 1000 <= r.admitted_at_ms < DEC_2026 * 1000)
+    return sorted(
+        (r.usage_id, r.decision_id, r.request_id, r.units[meter])
+        for r in usage
+        if r.customer == customer
+        and r.billable
+        and meter in r.units
+        and NOV_2026 * 1000 <= r.admitted_at_ms < DEC_2026 * 1000
+    )
 
 
 def test_every_line_is_the_sum_of_its_requests(ledger_url: str, tmp_path: Path) -> None:
@@ -55,7 +60,10 @@ def test_every_line_is_the_sum_of_its_requests(ledger_url: str, tmp_path: Path) 
             for t, ln in zip(regular, doc["lines"], strict=True):
                 assert t.ok, t
                 assert (t.found_digest, t.found_units, t.found_records) == (
-                    ln["digest"], ln["quantity"], ln["records"])
+                    ln["digest"],
+                    ln["quantity"],
+                    ln["records"],
+                )
         acme = {t.meter: t for t in trace_invoice(ledger, "TH-2026-11-acme")}
         gamma = trace_invoice(ledger, "TH-2026-11-gamma")  # anchored on the 15th
     finally:
@@ -66,8 +74,10 @@ def test_every_line_is_the_sum_of_its_requests(ledger_url: str, tmp_path: Path) 
         assert {r.state for r in acme[meter].rows} == {"CONFIRMED"}
     # gamma's usage of Nov 1-14 precedes its first period: an adjustment of a never-invoiced
     # period, whose bounds come from the anchor
-    assert [(t.kind, t.period, t.ok) for t in gamma] == [("line", "2026-11", True),
-                                                        ("adjustment", "2026-10", True)]
+    assert [(t.kind, t.period, t.ok) for t in gamma] == [
+        ("line", "2026-11", True),
+        ("adjustment", "2026-10", True),
+    ]
     assert gamma[1].found_records > 0
 
 
@@ -77,8 +87,10 @@ def test_adjustment_lines_trace_to_the_late_records(ledger_url: str, tmp_path: P
     meter = open_meter(tmp_path / "meter.db")
     write_meter(meter, traced_usage())
     bill(cfg, "2026-11", DEC_2026 + 16 * 86400)
-    late = [record(f"late-{i}", "acme", NOV_2026 + 3600 * (i + 1), {"requests": 7 + i})
-            for i in range(5)]
+    late = [
+        record(f"late-{i}", "acme", NOV_2026 + 3600 * (i + 1), {"requests": 7 + i})
+        for i in range(5)
+    ]
     for i, r in enumerate(late):
         r.decision_id = f"late-dec-{i}"
     write_meter(meter, [*late, record("dec-1", "acme", DEC_2026 + 60, {"requests": 3})])
@@ -97,8 +109,9 @@ def test_adjustment_lines_trace_to_the_late_records(ledger_url: str, tmp_path: P
     assert one == adj
 
 
-def test_a_line_that_is_not_its_records_is_reported(tmp_path: Path,
-                                                    capsys: pytest.CaptureFixture[str]) -> None:
+def test_a_line_that_is_not_its_records_is_reported(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     """A ledger row gone from under an issued line: trace shows the mismatch and exits 1."""
     path, cfg = write_config(tmp_path)
     usage = traced_usage()
@@ -123,7 +136,8 @@ def test_a_line_that_is_not_its_records_is_reported(tmp_path: Path,
 
 
 def test_cli_lists_a_lines_requests_and_refuses_unknown_input(
-        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     """``trace INVOICE METER`` prints each request; an unknown invoice or line exits 2."""
     path, cfg = write_config(tmp_path)
     usage = traced_usage()
@@ -149,7 +163,8 @@ def test_cli_lists_a_lines_requests_and_refuses_unknown_input(
 
 
 def test_distributed_mode_traces_after_the_stream_is_trimmed(
-        redis_server: RedisServer, postgres_server: PostgresServer, tmp_path: Path) -> None:
+    redis_server: RedisServer, postgres_server: PostgresServer, tmp_path: Path
+) -> None:
     """Redis meter + PostgreSQL ledger: once billing trimmed the stream, trace still proves it."""
     base = f"test:{uuid.uuid4().hex[:10]}"
     keys = (f"{base}:usage", f"{base}:dead")
@@ -159,9 +174,20 @@ def test_distributed_mode_traces_after_the_stream_is_trimmed(
         r.xadd(keys[0], {FIELD_USAGE_ID: rec.usage_id, FIELD_RECORD: rec.SerializeToString()})
     pg_url = postgres_server.fresh_database_url("tr_")
     cfg = make_config(tmp_path, meter=redis_server.url, ledger=pg_url)
-    res = run_billing(cfg, period="2026-11", out_dir=None, preview=False, clock=lambda: JAN_2027,
-                      options=JobOptions(stream_key=keys[0], dead_key=keys[1], consumer="c1",
-                                         claim_idle_ms=0, redis_timeout_s=5.0))
+    res = run_billing(
+        cfg,
+        period="2026-11",
+        out_dir=None,
+        preview=False,
+        clock=lambda: JAN_2027,
+        options=JobOptions(
+            stream_key=keys[0],
+            dead_key=keys[1],
+            consumer="c1",
+            claim_idle_ms=0,
+            redis_timeout_s=5.0,
+        ),
+    )
     assert res.ok, res.problems
     assert r.xlen(keys[0]) == 0  # acknowledged by the only group: trimmed
     ledger = open_ledger(pg_url)
@@ -173,4 +199,5 @@ def test_distributed_mode_traces_after_the_stream_is_trimmed(
     assert all(t.ok for t in lines)
     tokens = next(t for t in lines if t.meter == "tokens")
     assert sorted((x.usage_id, x.decision_id, x.request_id, x.units) for x in tokens.rows) == (
-        _nov_ids(usage, "acme", "tokens"))
+        _nov_ids(usage, "acme", "tokens")
+    )

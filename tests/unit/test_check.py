@@ -73,14 +73,19 @@ class _Statuses:
         self.status, self.since = status, since
 
     def customer(self, cid: str) -> Customer:
-        return Customer(id=cid, plan="pro", status=self.status, status_since=self.since,
-                        source="store")
+        return Customer(
+            id=cid, plan="pro", status=self.status, status_since=self.since, source="store"
+        )
 
 
 @pytest.mark.parametrize(
     ("status", "since", "code"),
-    [("suspended", 0.0, "payment_required"), ("cancelled", 0.0, "subscription_cancelled"),
-     ("past_due", 0.0, "payment_required"), ("past_due", 1e12, "")],
+    [
+        ("suspended", 0.0, "payment_required"),
+        ("cancelled", 0.0, "subscription_cancelled"),
+        ("past_due", 0.0, "payment_required"),
+        ("past_due", 1e12, ""),
+    ],
 )
 async def test_subscription_status(
     tmp_path: Path, key: devkeys.DevKey, status: str, since: float, code: str

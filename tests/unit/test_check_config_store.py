@@ -44,8 +44,9 @@ def _store(tmp_path: Path) -> None:
 
 def _check(*args: str) -> subprocess.CompletedProcess[str]:
     exe = Path(sys.executable).parent / "tollhouse"
-    return subprocess.run([str(exe), "check-config", *args], capture_output=True, text=True,
-                          timeout=60, check=False)
+    return subprocess.run(
+        [str(exe), "check-config", *args], capture_output=True, text=True, timeout=60, check=False
+    )
 
 
 def test_a_plan_renamed_under_store_customers_fails_with_its_dotted_path(tmp_path: Path) -> None:
@@ -57,8 +58,10 @@ def test_a_plan_renamed_under_store_customers_fails_with_its_dotted_path(tmp_pat
     config = _config(tmp_path, ["free", "gold"])
     proc = _check(str(config))
     assert proc.returncode == 1, proc.stdout + proc.stderr
-    assert "plans.pro: not in this config, but 2 store customer(s) are on it (acme, beta)" \
+    assert (
+        "plans.pro: not in this config, but 2 store customer(s) are on it (acme, beta)"
         in proc.stderr
+    )
     assert "legacy" not in proc.stderr
     assert _check(str(_config(tmp_path, ["free", "pro"]))).returncode == 0
 

@@ -20,9 +20,12 @@ from tollhouse.metering.schema import METER_SQLITE_DDL
 
 
 def _config(tmp_path: Path) -> Path:
-    doc = {"plans": {"free": {}}, "customers": {"acme": {"plan": "free"}},
-           "metering": {"spool": "spool", "meter": "sqlite:///./meter.db"},
-           "billing": {"ledger": "sqlite:///./ledger.db", "invoices_dir": "invoices"}}
+    doc = {
+        "plans": {"free": {}},
+        "customers": {"acme": {"plan": "free"}},
+        "metering": {"spool": "spool", "meter": "sqlite:///./meter.db"},
+        "billing": {"ledger": "sqlite:///./ledger.db", "invoices_dir": "invoices"},
+    }
     path = tmp_path / "tollhouse.yaml"
     path.write_text(yaml.safe_dump(doc))
     return path
@@ -30,8 +33,9 @@ def _config(tmp_path: Path) -> Path:
 
 def _run(*args: str) -> subprocess.CompletedProcess[str]:
     exe = Path(sys.executable).parent / "tollhouse"
-    return subprocess.run([str(exe), *args], capture_output=True, text=True, timeout=120,
-                          check=False)
+    return subprocess.run(
+        [str(exe), *args], capture_output=True, text=True, timeout=120, check=False
+    )
 
 
 def _garbage(path: Path) -> None:
@@ -46,8 +50,11 @@ def _malformed(path: Path) -> None:
             "INSERT INTO usage (usage_id, customer, plan, feature, state, billable,"
             " admitted_at_ms, finalized_at_ms, record) VALUES (?, 'acme', 'free', 'f',"
             " 'CONFIRMED', 1, ?, ?, ?)",
-            [(f"u{i:06d}", 1_700_000_000_000 + i, 1_700_000_000_000 + i, b"x" * 200)
-             for i in range(3000)])
+            [
+                (f"u{i:06d}", 1_700_000_000_000 + i, 1_700_000_000_000 + i, b"x" * 200)
+                for i in range(3000)
+            ],
+        )
     conn.close()
     size = path.stat().st_size
     with path.open("r+b") as f:
@@ -56,11 +63,17 @@ def _malformed(path: Path) -> None:
 
 
 @pytest.mark.parametrize("damage", [_garbage, _malformed])
-@pytest.mark.parametrize("command", [["usage", "--since", "2023-01-01"],
-                                     ["usage", "--since", "2023-01-01", "--reconcile"],
-                                     ["bill"]])
-def test_corrupt_meter_is_one_line_and_exit_3(tmp_path: Path, damage: object,
-                                              command: list[str]) -> None:
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["usage", "--since", "2023-01-01"],
+        ["usage", "--since", "2023-01-01", "--reconcile"],
+        ["bill"],
+    ],
+)
+def test_corrupt_meter_is_one_line_and_exit_3(
+    tmp_path: Path, damage: object, command: list[str]
+) -> None:
     """Garbage or a damaged page in the SQLite meter: exit 3 and one stderr line naming it."""
     config = _config(tmp_path)
     damage(tmp_path / "meter.db")  # type: ignore[operator]
@@ -85,7 +98,8 @@ def test_healthy_meter_still_exits_0(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("command", [["usage"], ["bill"]])
 def test_unreachable_redis_meter_is_exit_3_without_its_password(
-        tmp_path: Path, command: list[str]) -> None:
+    tmp_path: Path, command: list[str]
+) -> None:
     """A Redis meter nobody listens on: exit 3, one line naming it, the URL's password masked."""
     config = _config(tmp_path)
     doc = yaml.safe_load(config.read_text())

@@ -40,7 +40,10 @@ def test_request_id_is_the_x_request_id_header_the_access_log_carries() -> None:
 def test_allow_overwrites_identity_headers_and_sets_metadata() -> None:
     """OK carries identity headers with OVERWRITE_IF_EXISTS_OR_ADD and removes empty ones."""
     allow = Allow(
-        customer="acme", plan="pro", feature="search", decision_id="d1",
+        customer="acme",
+        plan="pro",
+        feature="search",
+        decision_id="d1",
         upstream_headers=(("x-tollhouse-customer", "acme"), ("x-tollhouse-usage-id", "")),
         response_headers=(("ratelimit", "limit=10, remaining=9, reset=1"),),
         metadata={"customer": "acme", "usage_id": "u1"},
@@ -50,8 +53,9 @@ def test_allow_overwrites_identity_headers_and_sets_metadata() -> None:
     ok = resp.ok_response
     pairs = [(h.header.key, h.header.value) for h in ok.headers]
     assert pairs == [("x-tollhouse-customer", "acme")]
-    assert all(h.append_action == base_pb2.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD
-               for h in ok.headers)
+    assert all(
+        h.append_action == base_pb2.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD for h in ok.headers
+    )
     assert list(ok.headers_to_remove) == ["x-tollhouse-usage-id"]
     assert ok.response_headers_to_add[0].header.key == "ratelimit"
     # Flat: Envoy itself files it under the ext_authz namespace for the access log.
@@ -62,8 +66,13 @@ def test_allow_overwrites_identity_headers_and_sets_metadata() -> None:
 
 def test_deny_has_status_problem_body_and_headers() -> None:
     """A deny sets the HTTP status, problem+json body with code, and extra headers."""
-    deny = Deny(401, "invalid_token", "Unauthorized", "token expired",
-                headers=(("www-authenticate", 'Bearer realm="t", error="invalid_token"'),))
+    deny = Deny(
+        401,
+        "invalid_token",
+        "Unauthorized",
+        "token expired",
+        headers=(("www-authenticate", 'Bearer realm="t", error="invalid_token"'),),
+    )
     resp = encode_decision(deny)
     assert resp.status.code == code_pb2.UNAUTHENTICATED
     d = resp.denied_response

@@ -71,11 +71,13 @@ def test_unknown_key_has_dotted_path() -> None:
 
 def test_dangling_references_are_reported() -> None:
     """Plans naming unknown features and customers naming unknown plans are rejected."""
-    probs = _problems({
-        "features": {"s": [{"path": "/s"}]},
-        "plans": {"free": {"features": ["s", "nope"]}},
-        "customers": {"acme": {"plan": "gold"}},
-    })
+    probs = _problems(
+        {
+            "features": {"s": [{"path": "/s"}]},
+            "plans": {"free": {"features": ["s", "nope"]}},
+            "customers": {"acme": {"plan": "gold"}},
+        }
+    )
     assert probs == ["plans.free.features.1", "customers.acme.plan"]
 
 
@@ -83,7 +85,8 @@ def test_alg_none_and_hs_without_secret_rejected() -> None:
     """`none` is never allowed; HS256 needs a shared secret file."""
     base = {"issuer": "i", "audiences": ["a"], "jwks_file": "k.json"}
     assert _problems({"auth": {"jwt": [{**base, "algorithms": ["none"]}]}}) == [
-        "auth.jwt.0.algorithms"]
+        "auth.jwt.0.algorithms"
+    ]
     assert _problems({"auth": {"jwt": [{**base, "algorithms": ["HS256"]}]}}) == ["auth.jwt.0"]
 
 
@@ -163,8 +166,10 @@ def test_key_files_are_checked_when_asked(tmp_path: Path, kind: str) -> None:
     if kind == "directory":
         secret.mkdir()
     f = tmp_path / "c.yaml"
-    f.write_text("auth:\n  jwt:\n    - {issuer: i, audiences: [a], hs_secret_file: hs.key,"
-                 " algorithms: [HS256]}\n")
+    f.write_text(
+        "auth:\n  jwt:\n    - {issuer: i, audiences: [a], hs_secret_file: hs.key,"
+        " algorithms: [HS256]}\n"
+    )
     load_config(f)
     with pytest.raises(ConfigError) as exc:
         load_config(f, key_files=True)
@@ -182,9 +187,27 @@ def test_prepaid_plans_need_a_store_a_price_and_flat_per_unit_prices() -> None:
     assert _problems({"store": store, "plans": {"p": {"prepaid": True}}}) == ["plans.p.price"]
     tiers = {"model": "graduated", "tiers": [{"unit_price": "0.01"}]}
     free_first = {"included": 10, "unit_price": "0.01"}
-    assert _problems({"store": store, "meters": {"tokens": {}}, "plans": {"p": {
-        "prepaid": True, "price": {"meters": {"requests": tiers, "tokens": free_first}}}}}) == [
-        "plans.p.price.meters.requests.model", "plans.p.price.meters.tokens.model"]
-    ok = parse_config({"store": store, "plans": {"p": {"prepaid": True, "price": {
-        "currency": "JPY", "meters": {"requests": {"unit_price": "3"}}}}}})
+    assert _problems(
+        {
+            "store": store,
+            "meters": {"tokens": {}},
+            "plans": {
+                "p": {
+                    "prepaid": True,
+                    "price": {"meters": {"requests": tiers, "tokens": free_first}},
+                }
+            },
+        }
+    ) == ["plans.p.price.meters.requests.model", "plans.p.price.meters.tokens.model"]
+    ok = parse_config(
+        {
+            "store": store,
+            "plans": {
+                "p": {
+                    "prepaid": True,
+                    "price": {"currency": "JPY", "meters": {"requests": {"unit_price": "3"}}},
+                }
+            },
+        }
+    )
     assert ok.plans["p"].on_credit_exhausted == "deny"

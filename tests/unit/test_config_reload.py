@@ -96,16 +96,23 @@ def test_start_only_keys_keep_their_running_value_and_are_reported() -> None:
     The catalog change in the same file, and a live metering key, are applied.
     """
     running = parse_config({"plans": {"free": {}}, "counters": "memory"})
-    new = parse_config({
-        "plans": {"free": {}, "pro": {}},
-        "listen": "127.0.0.1:7001",
-        "counters": "redis://127.0.0.1:6379/0",
-        "store": {"url": "sqlite:///x.db"},
-        "admin": {"token_file": "/run/admin-token"},
-        "metering": {"spool": "/elsewhere", "bill_unconfirmed": False},
-    })
+    new = parse_config(
+        {
+            "plans": {"free": {}, "pro": {}},
+            "listen": "127.0.0.1:7001",
+            "counters": "redis://127.0.0.1:6379/0",
+            "store": {"url": "sqlite:///x.db"},
+            "admin": {"token_file": "/run/admin-token"},
+            "metering": {"spool": "/elsewhere", "bill_unconfirmed": False},
+        }
+    )
     assert restart_needed(running, new) == [
-        "listen", "counters", "store", "admin", "metering.spool"]
+        "listen",
+        "counters",
+        "store",
+        "admin",
+        "metering.spool",
+    ]
     applied = keep_start_only(running, new)
     assert set(applied.plans) == {"free", "pro"}
     assert applied.metering.bill_unconfirmed is False  # a live key: applied

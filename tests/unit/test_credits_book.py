@@ -13,8 +13,13 @@ from tollhouse.credits import CreditBook, RedisCounters, Shortfall, Spend
 from tollhouse.store.credit_models import MILLI, CreditGrant
 
 
-async def spend_until_refused(book: CreditBook, grants: Sequence[CreditGrant], now: float,
-                              cost: int = DIME, meter: str = "requests") -> tuple[int, Shortfall]:
+async def spend_until_refused(
+    book: CreditBook,
+    grants: Sequence[CreditGrant],
+    now: float,
+    cost: int = DIME,
+    meter: str = "requests",
+) -> tuple[int, Shortfall]:
     """Spend ``cost`` per request until refused: (requests admitted, the refusal)."""
     n = 0
     while True:
@@ -110,13 +115,21 @@ async def test_post_response_cost_is_charged_and_may_go_past_the_balance_as_a_de
 def redis_book(url: str, name: str, store: Store, lease_minor: int = 30) -> CreditBook:
     """A book whose grant totals are shared through Redis (real time: Redis TIME decides)."""
     counters = RedisCounters(url, clock=time.time, instance=name, timeout_s=0.5)
-    return CreditBook(counters, clock=time.time, seed=lambda g: store.consumed.get(g, 0),
-                      flush=store.add, lease_milli=lease_minor * MILLI, timeout_s=0.5,
-                      idle_return_s=0.0, recheck_s=0.0)
+    return CreditBook(
+        counters,
+        clock=time.time,
+        seed=lambda g: store.consumed.get(g, 0),
+        flush=store.add,
+        lease_milli=lease_minor * MILLI,
+        timeout_s=0.5,
+        idle_return_s=0.0,
+        recheck_s=0.0,
+    )
 
 
 async def test_two_replicas_sharing_redis_never_spend_more_than_the_grant(
-        redis_server: RedisServer) -> None:
+    redis_server: RedisServer,
+) -> None:
     """Two replicas spending one grant in turn admit at most its amount, and all of it at last."""
     store, now = Store(), time.time()
     g = grant(100, eff=now - 60)
@@ -125,8 +138,9 @@ async def test_two_replicas_sharing_redis_never_spend_more_than_the_grant(
     for _ in range(3):  # leases left idle in one replica come back on its flush
         for book in (a, b, a, b):
             for _ in range(3):
-                admitted += isinstance(await book.spend("c", [g], {"requests": DIME}, "api",
-                                                        time.time()), Spend)
+                admitted += isinstance(
+                    await book.spend("c", [g], {"requests": DIME}, "api", time.time()), Spend
+                )
         await a.flush()
         await b.flush()
         assert admitted <= 10
@@ -137,16 +151,18 @@ async def test_two_replicas_sharing_redis_never_spend_more_than_the_grant(
 
 
 async def test_concurrent_spend_on_two_replicas_stays_within_the_grant(
-        redis_server: RedisServer) -> None:
+    redis_server: RedisServer,
+) -> None:
     """Many concurrent requests on two replicas: request-time spend never passes the grant."""
     store, now = Store(), time.time()
     g = grant(1000, eff=now - 60)
-    a, b = redis_book(redis_server.url, "a", store, 100), redis_book(redis_server.url, "b", store,
-                                                                     100)
+    a, b = (
+        redis_book(redis_server.url, "a", store, 100),
+        redis_book(redis_server.url, "b", store, 100),
+    )
 
     async def one(book: CreditBook) -> bool:
-        return isinstance(await book.spend("c", [g], {"requests": DIME}, "api", time.time()),
-                          Spend)
+        return isinstance(await book.spend("c", [g], {"requests": DIME}, "api", time.time()), Spend)
 
     results = await asyncio.gather(*(one(a if i % 2 else b) for i in range(300)))
     await a.stop()
@@ -159,8 +175,9 @@ async def test_unreachable_counters_are_a_shortfall_of_kind_unavailable() -> Non
     """With Redis down the book cannot decide: 'unavailable' (the Check answers 503), not 402."""
     store = Store()
     book = redis_book(f"redis://127.0.0.1:{free_port()}/0", "x", store)
-    got = await book.spend("c", [grant(100, eff=time.time() - 60)], {"requests": DIME}, "api",
-                           time.time())
+    got = await book.spend(
+        "c", [grant(100, eff=time.time() - 60)], {"requests": DIME}, "api", time.time()
+    )
     assert isinstance(got, Shortfall)
     assert got.reason == "unavailable"
     await book.stop()
@@ -171,13 +188,29 @@ def test_prices_are_exact_in_thousandths_of_the_currencys_minor_unit() -> None:
     from tollhouse.config import parse_config
     from tollhouse.credits import build_credit_prices
 
-    cfg = parse_config({"store": {"url": "sqlite:///tmp/s.db"}, "meters": {"tokens": {
-        "from_response_header": "x-tokens"}}, "plans": {
-        "usd": {"prepaid": True, "price": {"meters": {"requests": {"unit_price": "0.10"},
-                                                      "tokens": {"unit_price": "0.000015"}}}},
-        "jpy": {"prepaid": True, "on_credit_exhausted": "allow", "price": {
-            "currency": "JPY", "meters": {"requests": {"unit_price": "3"}}}},
-        "postpaid": {"price": {"meters": {"requests": {"unit_price": "1"}}}}}})
+    cfg = parse_config(
+        {
+            "store": {"url": "sqlite:///tmp/s.db"},
+            "meters": {"tokens": {"from_response_header": "x-tokens"}},
+            "plans": {
+                "usd": {
+                    "prepaid": True,
+                    "price": {
+                        "meters": {
+                            "requests": {"unit_price": "0.10"},
+                            "tokens": {"unit_price": "0.000015"},
+                        }
+                    },
+                },
+                "jpy": {
+                    "prepaid": True,
+                    "on_credit_exhausted": "allow",
+                    "price": {"currency": "JPY", "meters": {"requests": {"unit_price": "3"}}},
+                },
+                "postpaid": {"price": {"meters": {"requests": {"unit_price": "1"}}}},
+            },
+        }
+    )
     prices = build_credit_prices(cfg)
     assert sorted(prices) == ["jpy", "usd"]
     usd, jpy = prices["usd"], prices["jpy"]
@@ -185,11 +218,15 @@ def test_prices_are_exact_in_thousandths_of_the_currencys_minor_unit() -> None:
     assert usd.cost("tokens", 1) == 2  # 1.5 rounded up
     assert usd.cost("tokens", 1000) == 1500
     assert (jpy.cost("requests", 1), jpy.deny_when_exhausted, usd.deny_when_exhausted) == (
-        3 * MILLI, False, True)
+        3 * MILLI,
+        False,
+        True,
+    )
 
 
 async def test_a_burst_on_one_replica_spends_the_whole_grant_and_no_more(
-        redis_server: RedisServer) -> None:
+    redis_server: RedisServer,
+) -> None:
     """300 concurrent requests on one replica: exactly the 100 the grant pays for are admitted.
 
     Requests that find their lease spent by others lease again instead of being refused early.
@@ -199,8 +236,7 @@ async def test_a_burst_on_one_replica_spends_the_whole_grant_and_no_more(
     book = redis_book(redis_server.url, "solo", store, 100)
 
     async def one() -> bool:
-        return isinstance(await book.spend("c", [g], {"requests": DIME}, "api", time.time()),
-                          Spend)
+        return isinstance(await book.spend("c", [g], {"requests": DIME}, "api", time.time()), Spend)
 
     results = await asyncio.gather(*(one() for _ in range(300)))
     await book.stop()

@@ -22,7 +22,8 @@ def _run(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]
 
 
 def test_jwks_generate_writes_a_private_key_readable_by_its_owner_only(
-        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     """`dev jwks --generate` creates the PEM (0600) and prints its public JWKS, kid = thumbprint."""
     key = tmp_path / "k" / "signing.pem"
     rc, out, err = _run(capsys, "jwks", "--key", str(key), "--generate")
@@ -37,13 +38,27 @@ def test_jwks_generate_writes_a_private_key_readable_by_its_owner_only(
     assert json.loads(again) == doc  # an existing key is never replaced
 
 
-def test_token_verifies_against_the_printed_jwks(tmp_path: Path,
-                                                 capsys: pytest.CaptureFixture[str]) -> None:
+def test_token_verifies_against_the_printed_jwks(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     """A `dev token` JWT verifies with the `dev jwks` key: kid, iss, aud, sub and extra claims."""
     key = tmp_path / "signing.pem"
     jwks_doc = json.loads(_run(capsys, "jwks", "--key", str(key), "--generate")[1])
-    rc, out, err = _run(capsys, "token", "acme", "--key", str(key), "--issuer", "https://i/",
-                        "--audience", "api", "--lifetime-s", "600", "--claim", "tier=3")
+    rc, out, err = _run(
+        capsys,
+        "token",
+        "acme",
+        "--key",
+        str(key),
+        "--issuer",
+        "https://i/",
+        "--audience",
+        "api",
+        "--lifetime-s",
+        "600",
+        "--claim",
+        "tier=3",
+    )
     assert rc == 0, err
     token = out.strip()
     header = jwt.get_unverified_header(token)
@@ -65,15 +80,22 @@ def test_token_with_an_ec_key_is_es256(tmp_path: Path, capsys: pytest.CaptureFix
     assert header["kid"] == load_private_key(pem).kid
 
 
-@pytest.mark.parametrize(("args", "message"), [
-    (["token", "x", "--key", "missing.pem"], "cannot read missing.pem"),
-    (["token", "x", "--key", "{bad}", "--claim", "novalue"], "not an unencrypted PEM"),
-    (["jwks", "--key", "missing.pem"], "cannot read missing.pem"),
-    (["hash-key"], "give the API key"),
-])
-def test_bad_input_is_exit_2_with_a_message(tmp_path: Path, capsys: pytest.CaptureFixture[str],
-                                            monkeypatch: pytest.MonkeyPatch, args: list[str],
-                                            message: str) -> None:
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["token", "x", "--key", "missing.pem"], "cannot read missing.pem"),
+        (["token", "x", "--key", "{bad}", "--claim", "novalue"], "not an unencrypted PEM"),
+        (["jwks", "--key", "missing.pem"], "cannot read missing.pem"),
+        (["hash-key"], "give the API key"),
+    ],
+)
+def test_bad_input_is_exit_2_with_a_message(
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    args: list[str],
+    message: str,
+) -> None:
     """A missing or unusable key file, or no API key, is exit 2 with one line on stderr."""
     monkeypatch.chdir(tmp_path)
     (tmp_path / "bad.pem").write_text("not a key", encoding="utf-8")
@@ -85,7 +107,8 @@ def test_bad_input_is_exit_2_with_a_message(tmp_path: Path, capsys: pytest.Captu
 
 
 def test_hash_key_is_what_the_config_and_the_authenticator_expect(
-        capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
     """`dev hash-key KEY` (or from stdin) prints the SHA-256 hex the API-key lookup uses."""
     assert _run(capsys, "hash-key", "th_abc")[1].strip() == hash_key("th_abc")
     monkeypatch.setattr("sys.stdin", io.StringIO("th_from_stdin\n"))
@@ -93,7 +116,8 @@ def test_hash_key_is_what_the_config_and_the_authenticator_expect(
 
 
 def test_hash_key_new_prints_a_fresh_key_and_its_config_line(
-        capsys: pytest.CaptureFixture[str]) -> None:
+    capsys: pytest.CaptureFixture[str],
+) -> None:
     """`--new` prints a random th_ key and the `{sha256, customer}` entry that matches it."""
     out = _run(capsys, "hash-key", "--new", "--customer", "acme")[1]
     key = out.splitlines()[0].removeprefix("key: ")

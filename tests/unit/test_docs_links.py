@@ -24,9 +24,12 @@ def test_readme_points_at_the_architecture_doc_not_a_file_outside_the_repo() -> 
 def test_relative_links_resolve(doc: Path) -> None:
     """Every relative Markdown link of the doc names a file or folder of the repository."""
     text = doc.read_text(encoding="utf-8")
-    broken = [target for target in LINK.findall(text)
-              if not target.startswith(("http://", "https://", "mailto:"))
-              and not (doc.parent / target).exists()]
+    broken = [
+        target
+        for target in LINK.findall(text)
+        if not target.startswith(("http://", "https://", "mailto:"))
+        and not (doc.parent / target).exists()
+    ]
     assert not broken, broken
 
 
@@ -35,6 +38,10 @@ def test_the_docs_agree_on_the_access_log_flush_interval() -> None:
     values = set()
     for path in [*ROOT.glob("envoy/*"), *ROOT.glob("k8s/**/*.yaml"), *DOCS]:
         if path.is_file():
-            values |= set(re.findall(r"buffer_flush_interval[`:| ]+`?(\d+(?:\.\d+)?s)",
-                                     path.read_text(encoding="utf-8")))
+            values |= set(
+                re.findall(
+                    r"buffer_flush_interval[`:| ]+`?(\d+(?:\.\d+)?s)",
+                    path.read_text(encoding="utf-8"),
+                )
+            )
     assert values == {"0.1s"}

@@ -29,15 +29,22 @@ def test_pattern_semantics(pattern: str, path: str, expected: bool) -> None:
 
 
 def _catalog():  # type: ignore[no-untyped-def]
-    return build_catalog(parse_config({
-        "features": {
-            "search": [{"methods": ["GET"], "path": "/v1/search*"}],
-            "export": [{"methods": ["GET", "POST"], "path": "/v1/export/**"}],
-            "any": [{"methods": ["*"], "path": "/v1/any"}],
-        },
-        "plans": {"free": {"features": ["search"]}, "pro": {"features": ["search", "export"]}},
-        "customers": {"acme": {"plan": "pro", "period_anchor": "2026-01-15"}},
-    }))
+    return build_catalog(
+        parse_config(
+            {
+                "features": {
+                    "search": [{"methods": ["GET"], "path": "/v1/search*"}],
+                    "export": [{"methods": ["GET", "POST"], "path": "/v1/export/**"}],
+                    "any": [{"methods": ["*"], "path": "/v1/any"}],
+                },
+                "plans": {
+                    "free": {"features": ["search"]},
+                    "pro": {"features": ["search", "export"]},
+                },
+                "customers": {"acme": {"plan": "pro", "period_anchor": "2026-01-15"}},
+            }
+        )
+    )
 
 
 def test_method_must_match() -> None:

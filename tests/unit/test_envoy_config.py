@@ -19,9 +19,21 @@ HCM = "envoy.filters.network.http_connection_manager"
 def _validate(path: Path) -> subprocess.CompletedProcess[str]:
     base_id = 20_000 + os.getpid() % 10_000 * 3 + len(path.name) % 3
     return subprocess.run(
-        [str(find_binary("envoy")), "--mode", "validate", "-c", str(path),
-         "--base-id", str(base_id), "--log-level", "error"],
-        capture_output=True, text=True, timeout=60, check=False,
+        [
+            str(find_binary("envoy")),
+            "--mode",
+            "validate",
+            "-c",
+            str(path),
+            "--base-id",
+            str(base_id),
+            "--log-level",
+            "error",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
     )
 
 

@@ -61,15 +61,19 @@ def serve(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Serve]:
     (d / "admin-token").write_text(ADMIN_TOKEN + "\n")
     admin, usage = free_port(), free_port()
     doc = {
-        "listen": f"127.0.0.1:{free_port()}", "admin_listen": f"127.0.0.1:{admin}",
+        "listen": f"127.0.0.1:{free_port()}",
+        "admin_listen": f"127.0.0.1:{admin}",
         "usage_listen": f"127.0.0.1:{usage}",
-        "auth": {"jwt": [{"issuer": "https://issuer.example", "audiences": ["api"],
-                          "jwks_file": "jwks.json"}]},
-        "features": {"usage": {"rules": [{"methods": ["GET"], "path": "/v1/usage"}],
-                               "meters": []}},
+        "auth": {
+            "jwt": [
+                {"issuer": "https://issuer.example", "audiences": ["api"], "jwks_file": "jwks.json"}
+            ]
+        },
+        "features": {"usage": {"rules": [{"methods": ["GET"], "path": "/v1/usage"}], "meters": []}},
         "plans": {"free": {"features": ["usage"]}},
         "metering": {"spool": "spool", "meter": "sqlite:///./meter.db"},
-        "store": {"url": "sqlite:///./store.db"}, "admin": {"token_file": "admin-token"},
+        "store": {"url": "sqlite:///./store.db"},
+        "admin": {"token_file": "admin-token"},
         "shutdown_grace_s": 1,
     }
     (d / "tollhouse.yaml").write_text(yaml.safe_dump(doc))
@@ -77,8 +81,12 @@ def serve(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Serve]:
     log = d / "stderr.log"
     exe = Path(sys.executable).parent / "tollhouse"
     with log.open("wb") as err:
-        proc = subprocess.Popen([str(exe), "serve", "--config", str(d / "tollhouse.yaml")],
-                                stdout=subprocess.DEVNULL, stderr=err, cwd=d)
+        proc = subprocess.Popen(
+            [str(exe), "serve", "--config", str(d / "tollhouse.yaml")],
+            stdout=subprocess.DEVNULL,
+            stderr=err,
+            cwd=d,
+        )
     try:
         wait_port(admin, 30)
         wait_port(usage, 30)
@@ -101,8 +109,7 @@ def _send(port: int, raw: bytes) -> tuple[int, dict[str, str], bytes]:
             data += chunk
     head, _, body = data.partition(b"\r\n\r\n")
     status_line, *header_lines = head.decode("latin-1").split("\r\n")
-    headers = {k.strip().lower(): v.strip() for k, _, v in
-               (h.partition(":") for h in header_lines)}
+    headers = {k.strip().lower(): v.strip() for k, _, v in (h.partition(":") for h in header_lines)}
     return int(status_line.split()[1]), headers, body
 
 
@@ -127,7 +134,8 @@ SECRETS = {
 @pytest.mark.parametrize("listener", ["admin", "usage"])
 @pytest.mark.parametrize("secret", sorted(SECRETS))
 def test_oversized_authorization_is_431_never_echoed_nor_logged(
-        serve: Serve, listener: str, secret: str) -> None:
+    serve: Serve, listener: str, secret: str
+) -> None:
     """An Authorization header over 8 KiB: 431 problem+json, no secret in the body or the log.
 
     Neither the admin token nor the JWT prefix is echoed or logged; the log line says what
@@ -171,9 +179,11 @@ def test_unknown_paths_and_large_bodies_are_problem_json(serve: Serve) -> None:
         status, headers, body = _send(port, _get(path))
         assert (status, _problem(headers, body)["code"]) == (404, "not_found")
     payload = b'{"name": "' + b"a" * 70000 + b'", "plan": "free"}'
-    raw = (f"POST /admin/customers HTTP/1.1\r\nHost: t\r\nConnection: close\r\n"
-           f"Authorization: Bearer {ADMIN_TOKEN}\r\nContent-Type: application/json\r\n"
-           f"Content-Length: {len(payload)}\r\n\r\n").encode() + payload
+    raw = (
+        f"POST /admin/customers HTTP/1.1\r\nHost: t\r\nConnection: close\r\n"
+        f"Authorization: Bearer {ADMIN_TOKEN}\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(payload)}\r\n\r\n"
+    ).encode() + payload
     status, headers, body = _send(serve.admin, raw)
     assert (status, _problem(headers, body)["code"]) == (413, "body_too_large")
 

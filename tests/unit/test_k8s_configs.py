@@ -22,8 +22,12 @@ ROOT = Path(__file__).resolve().parents[2]
 K8S = ROOT / "k8s"
 ENVOY = Path(sys.executable).parent / "envoy"
 TOLLHOUSE = Path(sys.executable).parent / "tollhouse"
-BUILDS = {"base": K8S / "base", "distributed": K8S / "overlays" / "distributed",
-          "istio": K8S / "overlays" / "istio", "istio-http": K8S / "overlays" / "istio-http"}
+BUILDS = {
+    "base": K8S / "base",
+    "distributed": K8S / "overlays" / "distributed",
+    "istio": K8S / "overlays" / "istio",
+    "istio-http": K8S / "overlays" / "istio-http",
+}
 
 
 @pytest.fixture(scope="module")
@@ -72,14 +76,20 @@ def test_envoy_config_has_the_required_ext_authz_and_log_settings(
     cfg = yaml.safe_load(_envoy_text(rendered["base"]))
     f = _http_filters(cfg)
     authz = f["envoy.filters.http.ext_authz"]
-    assert authz["grpc_service"] == {"envoy_grpc": {"cluster_name": "tollhouse"},
-                                     "timeout": "0.25s"}
+    assert authz["grpc_service"] == {
+        "envoy_grpc": {"cluster_name": "tollhouse"},
+        "timeout": "0.25s",
+    }
     assert authz["failure_mode_allow"] is False
     assert authz["status_on_error"] == {"code": 503}
     assert authz["transport_api_version"] == "V3"
     assert "with_request_body" not in authz
     assert [p["exact"] for p in authz["allowed_headers"]["patterns"]] == [
-        "authorization", "x-api-key", "x-request-id", "host"]
+        "authorization",
+        "x-api-key",
+        "x-request-id",
+        "host",
+    ]
     hcm = f["hcm"]
     assert hcm["normalize_path"] is True
     assert hcm["merge_slashes"] is True
@@ -100,12 +110,15 @@ def test_envoy_talks_to_tollhouse_on_localhost_over_http2(rendered: dict[str, li
     clusters = {c["name"]: c for c in cfg["static_resources"]["clusters"]}
     th = clusters["tollhouse"]
     opts = th["typed_extension_protocol_options"][
-        "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"]
+        "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
+    ]
     assert "http2_protocol_options" in opts["explicit_http_config"]
     addr = th["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"]
     tcfg = yaml.safe_load(find(docs, "ConfigMap", "tollhouse-config")["data"]["config.yaml"])
-    assert addr["socket_address"] == {"address": "127.0.0.1",
-                                      "port_value": int(tcfg["listen"].rsplit(":", 1)[1])}
+    assert addr["socket_address"] == {
+        "address": "127.0.0.1",
+        "port_value": int(tcfg["listen"].rsplit(":", 1)[1]),
+    }
     app = clusters["app"]["load_assignment"]["endpoints"][0]["lb_endpoints"][0]
     api_args = container(find(docs, "Deployment", "demo-api"), "api")["args"]
     port = app["endpoint"]["address"]["socket_address"]["port_value"]
@@ -190,24 +203,30 @@ def test_tollhouse_configmaps_pass_check_config(
     """`tollhouse check-config FILE` accepts each build's config (once the command exists)."""
     if shutil.which(str(TOLLHOUSE)) is None:
         pytest.skip("the tollhouse console script is not installed")
-    probe = subprocess.run([str(TOLLHOUSE), "check-config", "--help"], capture_output=True,
-                           text=True, timeout=60)
+    probe = subprocess.run(
+        [str(TOLLHOUSE), "check-config", "--help"], capture_output=True, text=True, timeout=60
+    )
     if probe.returncode != 0:
         pytest.skip(f"tollhouse check-config is not available yet: {probe.stderr[-200:]}")
     path = _materialise(rendered[build], tmp_path)
-    result = subprocess.run([str(TOLLHOUSE), "check-config", str(path)], capture_output=True,
-                            text=True, timeout=60)
+    result = subprocess.run(
+        [str(TOLLHOUSE), "check-config", str(path)], capture_output=True, text=True, timeout=60
+    )
     assert result.returncode == 0, result.stdout + result.stderr
 
 
-@pytest.mark.parametrize(("command", "flags"), [
-    ("serve", ["--config"]),
-    ("bill", ["--config", "--period"]),
-])
+@pytest.mark.parametrize(
+    ("command", "flags"),
+    [
+        ("serve", ["--config"]),
+        ("bill", ["--config", "--period"]),
+    ],
+)
 def test_manifest_commands_exist_in_the_cli(command: str, flags: list[str]) -> None:
     """The subcommands and flags the manifests run are the CLI's (bill: once it exists)."""
-    result = subprocess.run([str(TOLLHOUSE), command, "--help"], capture_output=True, text=True,
-                            timeout=60)
+    result = subprocess.run(
+        [str(TOLLHOUSE), command, "--help"], capture_output=True, text=True, timeout=60
+    )
     if command == "bill" and "invalid choice" in result.stderr:
         pytest.skip("tollhouse bill is not in the CLI yet")
     assert result.returncode == 0, result.stderr

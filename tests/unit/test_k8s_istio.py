@@ -24,81 +24,229 @@ ISTIO = ROOT / "k8s" / "overlays" / "istio"
 
 
 def _obj(props: dict[str, Any], required: list[str] | None = None) -> dict[str, Any]:
-    return {"type": "object", "properties": props, "required": required or [],
-            "additionalProperties": False}
+    return {
+        "type": "object",
+        "properties": props,
+        "required": required or [],
+        "additionalProperties": False,
+    }
 
 
 _STR = {"type": "string"}
 _STRS = {"type": "array", "items": _STR}
-_LABELS = _obj({"matchLabels": {"type": "object", "additionalProperties": _STR}},
-               ["matchLabels"])
+_LABELS = _obj({"matchLabels": {"type": "object", "additionalProperties": _STR}}, ["matchLabels"])
 _META = {"type": "object", "required": ["name", "namespace"]}
 _PORT = {"type": "integer", "minimum": 1, "maximum": 65535}
 
 
 def _kind(api: str, kind: str, spec: dict[str, Any]) -> dict[str, Any]:
-    return _obj({"apiVersion": {"const": api}, "kind": {"const": kind}, "metadata": _META,
-                 "spec": spec}, ["apiVersion", "kind", "metadata", "spec"])
+    return _obj(
+        {"apiVersion": {"const": api}, "kind": {"const": kind}, "metadata": _META, "spec": spec},
+        ["apiVersion", "kind", "metadata", "spec"],
+    )
 
 
 SCHEMAS = {
-    "ServiceEntry": _kind("networking.istio.io/v1", "ServiceEntry", _obj({
-        "hosts": _STRS, "exportTo": _STRS,
-        "location": {"enum": ["MESH_INTERNAL", "MESH_EXTERNAL"]},
-        "resolution": {"enum": ["NONE", "STATIC", "DNS", "DNS_ROUND_ROBIN"]},
-        "endpoints": {"type": "array", "items": _obj({"address": _STR}, ["address"])},
-        "ports": {"type": "array", "items": _obj(
-            {"name": _STR, "number": _PORT, "protocol": {"enum": ["GRPC", "HTTP2", "HTTP",
-                                                                  "TCP"]}},
-            ["name", "number", "protocol"])},
-    }, ["hosts", "ports", "resolution"])),
-    "AuthorizationPolicy": _kind("security.istio.io/v1", "AuthorizationPolicy", _obj({
-        "selector": _LABELS, "action": {"const": "CUSTOM"},
-        "provider": _obj({"name": _STR}, ["name"]),
-        "rules": {"type": "array", "minItems": 1, "items": _obj({"to": {"type": "array",
-                  "items": _obj({"operation": _obj({"ports": _STRS, "paths": _STRS})})}})},
-    }, ["selector", "action", "provider", "rules"])),
-    "Telemetry": _kind("telemetry.istio.io/v1", "Telemetry", _obj({
-        "selector": _LABELS,
-        "accessLogging": {"type": "array", "items": _obj({
-            "providers": {"type": "array", "items": _obj({"name": _STR}, ["name"])},
-            "match": _obj({"mode": {"enum": ["CLIENT_AND_SERVER", "CLIENT", "SERVER"]}}),
-            "disabled": {"type": "boolean"},
-        }, ["providers"])},
-    }, ["selector", "accessLogging"])),
-    "EnvoyFilter": _kind("networking.istio.io/v1alpha3", "EnvoyFilter", _obj({
-        "workloadSelector": _obj({"labels": {"type": "object"}}, ["labels"]),
-        "configPatches": {"type": "array", "minItems": 1, "items": _obj({
-            "applyTo": {"enum": ["HTTP_FILTER", "NETWORK_FILTER", "LISTENER", "CLUSTER"]},
-            "match": _obj({"context": {"enum": ["SIDECAR_INBOUND", "SIDECAR_OUTBOUND",
-                                                "GATEWAY", "ANY"]},
-                           "listener": {"type": "object"}}),
-            "patch": _obj({"operation": {"enum": ["MERGE", "ADD", "REMOVE", "INSERT_BEFORE",
-                                                  "INSERT_AFTER", "INSERT_FIRST", "REPLACE"]},
-                           "value": {"type": "object"}}, ["operation"]),
-        }, ["applyTo", "match", "patch"])},
-    }, ["workloadSelector", "configPatches"])),
+    "ServiceEntry": _kind(
+        "networking.istio.io/v1",
+        "ServiceEntry",
+        _obj(
+            {
+                "hosts": _STRS,
+                "exportTo": _STRS,
+                "location": {"enum": ["MESH_INTERNAL", "MESH_EXTERNAL"]},
+                "resolution": {"enum": ["NONE", "STATIC", "DNS", "DNS_ROUND_ROBIN"]},
+                "endpoints": {"type": "array", "items": _obj({"address": _STR}, ["address"])},
+                "ports": {
+                    "type": "array",
+                    "items": _obj(
+                        {
+                            "name": _STR,
+                            "number": _PORT,
+                            "protocol": {"enum": ["GRPC", "HTTP2", "HTTP", "TCP"]},
+                        },
+                        ["name", "number", "protocol"],
+                    ),
+                },
+            },
+            ["hosts", "ports", "resolution"],
+        ),
+    ),
+    "AuthorizationPolicy": _kind(
+        "security.istio.io/v1",
+        "AuthorizationPolicy",
+        _obj(
+            {
+                "selector": _LABELS,
+                "action": {"const": "CUSTOM"},
+                "provider": _obj({"name": _STR}, ["name"]),
+                "rules": {
+                    "type": "array",
+                    "minItems": 1,
+                    "items": _obj(
+                        {
+                            "to": {
+                                "type": "array",
+                                "items": _obj(
+                                    {"operation": _obj({"ports": _STRS, "paths": _STRS})}
+                                ),
+                            }
+                        }
+                    ),
+                },
+            },
+            ["selector", "action", "provider", "rules"],
+        ),
+    ),
+    "Telemetry": _kind(
+        "telemetry.istio.io/v1",
+        "Telemetry",
+        _obj(
+            {
+                "selector": _LABELS,
+                "accessLogging": {
+                    "type": "array",
+                    "items": _obj(
+                        {
+                            "providers": {"type": "array", "items": _obj({"name": _STR}, ["name"])},
+                            "match": _obj(
+                                {"mode": {"enum": ["CLIENT_AND_SERVER", "CLIENT", "SERVER"]}}
+                            ),
+                            "disabled": {"type": "boolean"},
+                        },
+                        ["providers"],
+                    ),
+                },
+            },
+            ["selector", "accessLogging"],
+        ),
+    ),
+    "EnvoyFilter": _kind(
+        "networking.istio.io/v1alpha3",
+        "EnvoyFilter",
+        _obj(
+            {
+                "workloadSelector": _obj({"labels": {"type": "object"}}, ["labels"]),
+                "configPatches": {
+                    "type": "array",
+                    "minItems": 1,
+                    "items": _obj(
+                        {
+                            "applyTo": {
+                                "enum": ["HTTP_FILTER", "NETWORK_FILTER", "LISTENER", "CLUSTER"]
+                            },
+                            "match": _obj(
+                                {
+                                    "context": {
+                                        "enum": [
+                                            "SIDECAR_INBOUND",
+                                            "SIDECAR_OUTBOUND",
+                                            "GATEWAY",
+                                            "ANY",
+                                        ]
+                                    },
+                                    "listener": {"type": "object"},
+                                }
+                            ),
+                            "patch": _obj(
+                                {
+                                    "operation": {
+                                        "enum": [
+                                            "MERGE",
+                                            "ADD",
+                                            "REMOVE",
+                                            "INSERT_BEFORE",
+                                            "INSERT_AFTER",
+                                            "INSERT_FIRST",
+                                            "REPLACE",
+                                        ]
+                                    },
+                                    "value": {"type": "object"},
+                                },
+                                ["operation"],
+                            ),
+                        },
+                        ["applyTo", "match", "patch"],
+                    ),
+                },
+            },
+            ["workloadSelector", "configPatches"],
+        ),
+    ),
 }
 
 # istio.mesh.v1alpha1.MeshConfig.ExtensionProvider, the two provider types used here.
-MESH_SCHEMA = _obj({"meshConfig": _obj({
-    "pathNormalization": _obj({"normalization": {"enum": [
-        "DEFAULT", "NONE", "BASE", "MERGE_SLASHES", "DECODE_AND_MERGE_SLASHES"]}}),
-    "extensionProviders": {"type": "array", "items": {"oneOf": [
-        _obj({"name": _STR, "envoyExtAuthzGrpc": _obj({
-            "service": _STR, "port": _PORT,
-            "timeout": {"type": "string", "pattern": r"^\d+(\.\d+)?s$"},
-            "failOpen": {"type": "boolean"}, "statusOnError": {"type": "string",
-                                                               "pattern": r"^[1-5]\d\d$"},
-            "includeRequestBodyInCheck": {"type": "object"},
-        }, ["service", "port"])}, ["name", "envoyExtAuthzGrpc"]),
-        _obj({"name": _STR, "envoyHttpAls": _obj({
-            "service": _STR, "port": _PORT, "logName": _STR, "filterStateObjectsToLog": _STRS,
-            "additionalRequestHeadersToLog": _STRS, "additionalResponseHeadersToLog": _STRS,
-            "additionalResponseTrailersToLog": _STRS,
-        }, ["service", "port"])}, ["name", "envoyHttpAls"]),
-    ]}},
-}, ["extensionProviders"])}, ["meshConfig"])
+MESH_SCHEMA = _obj(
+    {
+        "meshConfig": _obj(
+            {
+                "pathNormalization": _obj(
+                    {
+                        "normalization": {
+                            "enum": [
+                                "DEFAULT",
+                                "NONE",
+                                "BASE",
+                                "MERGE_SLASHES",
+                                "DECODE_AND_MERGE_SLASHES",
+                            ]
+                        }
+                    }
+                ),
+                "extensionProviders": {
+                    "type": "array",
+                    "items": {
+                        "oneOf": [
+                            _obj(
+                                {
+                                    "name": _STR,
+                                    "envoyExtAuthzGrpc": _obj(
+                                        {
+                                            "service": _STR,
+                                            "port": _PORT,
+                                            "timeout": {
+                                                "type": "string",
+                                                "pattern": r"^\d+(\.\d+)?s$",
+                                            },
+                                            "failOpen": {"type": "boolean"},
+                                            "statusOnError": {
+                                                "type": "string",
+                                                "pattern": r"^[1-5]\d\d$",
+                                            },
+                                            "includeRequestBodyInCheck": {"type": "object"},
+                                        },
+                                        ["service", "port"],
+                                    ),
+                                },
+                                ["name", "envoyExtAuthzGrpc"],
+                            ),
+                            _obj(
+                                {
+                                    "name": _STR,
+                                    "envoyHttpAls": _obj(
+                                        {
+                                            "service": _STR,
+                                            "port": _PORT,
+                                            "logName": _STR,
+                                            "filterStateObjectsToLog": _STRS,
+                                            "additionalRequestHeadersToLog": _STRS,
+                                            "additionalResponseHeadersToLog": _STRS,
+                                            "additionalResponseTrailersToLog": _STRS,
+                                        },
+                                        ["service", "port"],
+                                    ),
+                                },
+                                ["name", "envoyHttpAls"],
+                            ),
+                        ]
+                    },
+                },
+            },
+            ["extensionProviders"],
+        )
+    },
+    ["meshConfig"],
+)
 
 
 @pytest.fixture(scope="module")
@@ -138,25 +286,23 @@ def test_mesh_providers_fail_closed_with_503(mesh: dict[str, Any]) -> None:
     assert als["logName"] == "tollhouse"
 
 
-def test_providers_point_at_the_tollhouse_container(
-    docs: list[Doc], mesh: dict[str, Any]
-) -> None:
+def test_providers_point_at_the_tollhouse_container(docs: list[Doc], mesh: dict[str, Any]) -> None:
     """Both providers name the ServiceEntry host and port, which is 127.0.0.1:<listen port>."""
     se = find(docs, "ServiceEntry")["spec"]
     cfg = yaml.safe_load(find(docs, "ConfigMap", "tollhouse-config")["data"]["config.yaml"])
     port = int(cfg["listen"].rsplit(":", 1)[1])
     assert se["endpoints"] == [{"address": "127.0.0.1"}]
     assert se["ports"] == [{"name": "grpc", "number": port, "protocol": "GRPC"}]
-    for name, kind in (("tollhouse-ext-authz", "envoyExtAuthzGrpc"),
-                       ("tollhouse-als", "envoyHttpAls")):
+    for name, kind in (
+        ("tollhouse-ext-authz", "envoyExtAuthzGrpc"),
+        ("tollhouse-als", "envoyHttpAls"),
+    ):
         provider = mesh[name][kind]
         assert provider["service"] in se["hosts"]
         assert provider["port"] == port
 
 
-def test_policy_and_telemetry_use_the_mesh_providers(
-    docs: list[Doc], mesh: dict[str, Any]
-) -> None:
+def test_policy_and_telemetry_use_the_mesh_providers(docs: list[Doc], mesh: dict[str, Any]) -> None:
     """CUSTOM policy -> the ext_authz provider on the API port; SERVER-side ALS -> tollhouse."""
     dep = find(docs, "Deployment", "demo-api")
     labels = dep["spec"]["template"]["metadata"]["labels"]
@@ -187,8 +333,9 @@ def test_istio_pod_has_no_envoy_of_its_own(docs: list[Doc]) -> None:
 def test_tollhouse_outlives_the_proxy_drain(docs: list[Doc]) -> None:
     """Tollhouse's preStop outlasts istio-proxy's drain; the grace period covers both."""
     dep = find(docs, "Deployment", "demo-api")
-    proxy = yaml.safe_load(dep["spec"]["template"]["metadata"]["annotations"]
-                           ["proxy.istio.io/config"])
+    proxy = yaml.safe_load(
+        dep["spec"]["template"]["metadata"]["annotations"]["proxy.istio.io/config"]
+    )
     match = re.fullmatch(r"(\d+)s", proxy["terminationDrainDuration"])
     assert match is not None
     drain = int(match.group(1))
@@ -206,7 +353,8 @@ def test_envoyfilter_patch_is_valid_envoy_config(
     ef = find(docs, "EnvoyFilter")["spec"]
     [patch] = ef["configPatches"]
     assert patch["match"]["listener"]["filterChain"]["filter"]["subFilter"]["name"] == (
-        "envoy.filters.http.ext_authz")
+        "envoy.filters.http.ext_authz"
+    )
     assert patch["patch"]["operation"] == "MERGE"
     value = patch["patch"]["value"]["typed_config"]
     provider = mesh["tollhouse-ext-authz"]["envoyExtAuthzGrpc"]
@@ -214,8 +362,10 @@ def test_envoyfilter_patch_is_valid_envoy_config(
     merged = {
         "@type": value["@type"],
         "transport_api_version": "V3",
-        "grpc_service": {"envoy_grpc": {"cluster_name": "tollhouse"},
-                         "timeout": provider["timeout"]},
+        "grpc_service": {
+            "envoy_grpc": {"cluster_name": "tollhouse"},
+            "timeout": provider["timeout"],
+        },
         "failure_mode_allow": provider["failOpen"],
         "status_on_error": {"code": int(provider["statusOnError"])},
         **{k: v for k, v in value.items() if k != "@type"},

@@ -17,27 +17,43 @@ from tests.k8s_render import Doc, find, render
 
 ROOT = Path(__file__).resolve().parents[2]
 OVERLAY = ROOT / "k8s" / "overlays" / "istio-http"
-IDENTITY = ["x-tollhouse-customer", "x-tollhouse-plan", "x-tollhouse-feature",
-            "x-tollhouse-usage-id"]
+IDENTITY = [
+    "x-tollhouse-customer",
+    "x-tollhouse-plan",
+    "x-tollhouse-feature",
+    "x-tollhouse-usage-id",
+]
 
 _STR = {"type": "string"}
 _STRS = {"type": "array", "items": _STR}
 
 
 def _obj(props: dict[str, Any], required: list[str]) -> dict[str, Any]:
-    return {"type": "object", "properties": props, "required": required,
-            "additionalProperties": False}
+    return {
+        "type": "object",
+        "properties": props,
+        "required": required,
+        "additionalProperties": False,
+    }
 
 
-HTTP_PROVIDER = _obj({
-    "service": _STR, "port": {"type": "integer", "minimum": 1, "maximum": 65535},
-    "timeout": {"type": "string", "pattern": r"^\d+(\.\d+)?s$"}, "pathPrefix": _STR,
-    "failOpen": {"type": "boolean"}, "statusOnError": {"type": "string",
-                                                       "pattern": r"^[1-5]\d\d$"},
-    "includeRequestHeadersInCheck": _STRS, "includeAdditionalHeadersInCheck": {"type": "object"},
-    "includeRequestBodyInCheck": {"type": "object"}, "headersToUpstreamOnAllow": _STRS,
-    "headersToDownstreamOnDeny": _STRS, "headersToDownstreamOnAllow": _STRS,
-}, ["service", "port"])
+HTTP_PROVIDER = _obj(
+    {
+        "service": _STR,
+        "port": {"type": "integer", "minimum": 1, "maximum": 65535},
+        "timeout": {"type": "string", "pattern": r"^\d+(\.\d+)?s$"},
+        "pathPrefix": _STR,
+        "failOpen": {"type": "boolean"},
+        "statusOnError": {"type": "string", "pattern": r"^[1-5]\d\d$"},
+        "includeRequestHeadersInCheck": _STRS,
+        "includeAdditionalHeadersInCheck": {"type": "object"},
+        "includeRequestBodyInCheck": {"type": "object"},
+        "headersToUpstreamOnAllow": _STRS,
+        "headersToDownstreamOnDeny": _STRS,
+        "headersToDownstreamOnAllow": _STRS,
+    },
+    ["service", "port"],
+)
 
 
 @pytest.fixture(scope="module")
@@ -71,10 +87,15 @@ def test_provider_fails_closed_and_passes_the_answer_headers(providers: dict[str
     assert p["statusOnError"] == "503"
     assert p["headersToUpstreamOnAllow"] == IDENTITY
     assert {"content-type", "www-authenticate", "retry-after"} <= set(
-        p["headersToDownstreamOnDeny"])
+        p["headersToDownstreamOnDeny"]
+    )
     assert set(p["headersToDownstreamOnAllow"]) == {"ratelimit", "ratelimit-policy"}
-    assert p["includeRequestHeadersInCheck"] == ["authorization", "x-api-key", "x-request-id",
-                                                 "host"]
+    assert p["includeRequestHeadersInCheck"] == [
+        "authorization",
+        "x-api-key",
+        "x-request-id",
+        "host",
+    ]
 
 
 def test_provider_and_service_entry_reach_the_http_listener(
@@ -89,8 +110,10 @@ def test_provider_and_service_entry_reach_the_http_listener(
     se = find(docs, "ServiceEntry")["spec"]
     assert p["service"] in se["hosts"]
     assert p["port"] == http_port
-    assert {(x["number"], x["protocol"]) for x in se["ports"]} == {(grpc_port, "GRPC"),
-                                                                 (http_port, "HTTP")}
+    assert {(x["number"], x["protocol"]) for x in se["ports"]} == {
+        (grpc_port, "GRPC"),
+        (http_port, "HTTP"),
+    }
     assert providers["tollhouse-als"]["envoyHttpAls"]["port"] == grpc_port
 
 

@@ -15,8 +15,12 @@ from tests.k8s_render import Doc, container, find, pod_spec, render, render_kube
 
 ROOT = Path(__file__).resolve().parents[2]
 K8S = ROOT / "k8s"
-OVERLAYS = {"base": K8S / "base", "distributed": K8S / "overlays" / "distributed",
-            "istio": K8S / "overlays" / "istio", "istio-http": K8S / "overlays" / "istio-http"}
+OVERLAYS = {
+    "base": K8S / "base",
+    "distributed": K8S / "overlays" / "distributed",
+    "istio": K8S / "overlays" / "istio",
+    "istio-http": K8S / "overlays" / "istio-http",
+}
 ISTIO_GROUPS = ("networking.istio.io/", "security.istio.io/", "telemetry.istio.io/")
 K8S_VERSION = kubernetes_validate.latest_version()
 # Created by the operator before the first apply, never generated from the repository (a token
@@ -268,7 +272,8 @@ def test_redis_never_evicts_and_keeps_an_aof(rendered: dict[str, list[Doc]]) -> 
     sts = find(docs, "StatefulSet", "redis")
     conf_map = find(docs, "ConfigMap", "redis-config")
     conf = dict(
-        line.split(None, 1) for line in conf_map["data"]["redis.conf"].splitlines()
+        line.split(None, 1)
+        for line in conf_map["data"]["redis.conf"].splitlines()
         if line.strip() and not line.startswith("#")
     )
     assert conf["maxmemory-policy"] == "noeviction"
@@ -281,7 +286,8 @@ def test_redis_never_evicts_and_keeps_an_aof(rendered: dict[str, list[Doc]]) -> 
 
 
 def test_billing_cronjob_runs_daily_and_bills_whatever_is_due(
-        rendered: dict[str, list[Doc]]) -> None:
+    rendered: dict[str, list[Doc]],
+) -> None:
     """The CronJob runs every day (UTC) `tollhouse bill` without `--period`.
 
     Daily, not on the 1st: store customers have anniversary periods (anchored on their creation

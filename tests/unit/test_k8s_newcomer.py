@@ -28,8 +28,12 @@ from tollhouse.devkeys import generate_rsa, jwks
 ROOT = Path(__file__).resolve().parents[2]
 K8S = ROOT / "k8s"
 TOLLHOUSE = Path(sys.executable).parent / "tollhouse"
-BUILDS = {"base": K8S / "base", "distributed": K8S / "overlays" / "distributed",
-          "istio": K8S / "overlays" / "istio", "istio-http": K8S / "overlays" / "istio-http"}
+BUILDS = {
+    "base": K8S / "base",
+    "distributed": K8S / "overlays" / "distributed",
+    "istio": K8S / "overlays" / "istio",
+    "istio-http": K8S / "overlays" / "istio-http",
+}
 CONFIG = "/etc/tollhouse/config.yaml"
 
 
@@ -50,7 +54,8 @@ def _port(address: str) -> int:
 
 @pytest.mark.parametrize("build", list(BUILDS))
 def test_the_store_is_migrated_by_an_init_container_before_serve(
-        rendered: dict[str, list[Doc]], build: str) -> None:
+    rendered: dict[str, list[Doc]], build: str
+) -> None:
     """`migrate` runs `tollhouse store migrate` with serve's image, config and data mounts.
 
     Where the store is PostgreSQL it gets the same PGPASSWORD as serve.
@@ -77,14 +82,22 @@ def test_the_store_is_migrated_by_an_init_container_before_serve(
 
 @pytest.mark.parametrize("build", list(BUILDS))
 def test_the_admin_api_reads_its_token_from_the_admin_secret(
-        rendered: dict[str, list[Doc]], build: str) -> None:
+    rendered: dict[str, list[Doc]], build: str
+) -> None:
     """`admin.token_file` is the projected item of Secret tollhouse-admin; nothing ships a token."""
     docs = rendered[build]
     token_file = _config(docs)["admin"]["token_file"]
-    volume = next(v for v in pod_spec(find(docs, "Deployment", "demo-api"))["volumes"]
-                  if v["name"] == "config")
-    items = {i["path"]: s["secret"]["name"] for s in volume["projected"]["sources"]
-             if "secret" in s for i in s["secret"]["items"]}
+    volume = next(
+        v
+        for v in pod_spec(find(docs, "Deployment", "demo-api"))["volumes"]
+        if v["name"] == "config"
+    )
+    items = {
+        i["path"]: s["secret"]["name"]
+        for s in volume["projected"]["sources"]
+        if "secret" in s
+        for i in s["secret"]["items"]
+    }
     assert items[token_file] == "tollhouse-admin"
     assert not [d for d in docs if d["metadata"]["name"].startswith("tollhouse-admin")]
 
@@ -92,8 +105,8 @@ def test_the_admin_api_reads_its_token_from_the_admin_secret(
 def test_the_walkthrough_creates_the_admin_secret_and_names_the_istio_version() -> None:
     """k8s/README.md's first deploy creates tollhouse-admin, migrates, port-forwards, verifies."""
     text = (K8S / "README.md").read_text(encoding="utf-8")
-    walk = text[text.index("## First deploy with Istio"):]
-    walk = walk[:walk.index("\n## ", 4)]
+    walk = text[text.index("## First deploy with Istio") :]
+    walk = walk[: walk.index("\n## ", 4)]
     assert "kubectl -n tollhouse-demo create secret generic tollhouse-admin" in walk
     assert "kubectl -n tollhouse-demo port-forward" in walk
     assert "/admin/customers" in walk
@@ -104,8 +117,7 @@ def test_the_walkthrough_creates_the_admin_secret_and_names_the_istio_version() 
 
 
 @pytest.mark.parametrize("build", list(BUILDS))
-def test_metrics_have_their_own_port_everywhere(rendered: dict[str, list[Doc]],
-                                                build: str) -> None:
+def test_metrics_have_their_own_port_everywhere(rendered: dict[str, list[Doc]], build: str) -> None:
     """Config metrics_listen, the container port, the Service and the scrape annotation agree."""
     docs = rendered[build]
     cfg = _config(docs)
@@ -114,8 +126,9 @@ def test_metrics_have_their_own_port_everywhere(rendered: dict[str, list[Doc]],
     dep = find(docs, "Deployment", "demo-api")
     ports = {p["name"]: p["containerPort"] for p in container(dep, "tollhouse")["ports"]}
     assert ports["metrics"] == port
-    svc = next(p for p in find(docs, "Service", "demo-api")["spec"]["ports"]
-               if p["name"] == "metrics")
+    svc = next(
+        p for p in find(docs, "Service", "demo-api")["spec"]["ports"] if p["name"] == "metrics"
+    )
     assert svc["targetPort"] == "metrics"
     assert dep["spec"]["template"]["metadata"]["annotations"]["prometheus.io/port"] == str(port)
 
@@ -143,8 +156,9 @@ def _local_copy(docs: list[Doc], root: Path) -> tuple[Path, dict[str, int]]:
 
 
 def _run(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([str(TOLLHOUSE), *args], capture_output=True, text=True, timeout=60,
-                          check=False)
+    return subprocess.run(
+        [str(TOLLHOUSE), *args], capture_output=True, text=True, timeout=60, check=False
+    )
 
 
 def _wait_ready(port: int, proc: subprocess.Popen[str]) -> None:
@@ -158,7 +172,8 @@ def _wait_ready(port: int, proc: subprocess.Popen[str]) -> None:
 
 
 def test_the_pod_sequence_unmigrated_fails_then_migrate_then_serve(
-        rendered: dict[str, list[Doc]], tmp_path: Path) -> None:
+    rendered: dict[str, list[Doc]], tmp_path: Path
+) -> None:
     """Base config: serve exits 2 before `migrate`; after it, /readyz, /admin and /metrics work."""
     config, ports = _local_copy(rendered["base"], tmp_path)
     (tmp_path / "data").mkdir()
@@ -168,8 +183,12 @@ def test_the_pod_sequence_unmigrated_fails_then_migrate_then_serve(
     [init] = pod_spec(find(rendered["base"], "Deployment", "demo-api"))["initContainers"]
     migrated = _run(*[str(config) if a == CONFIG else a for a in init["args"]])
     assert migrated.returncode == 0, migrated.stderr
-    proc = subprocess.Popen([str(TOLLHOUSE), "serve", "--config", str(config)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [str(TOLLHOUSE), "serve", "--config", str(config)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         _wait_ready(ports["admin_listen"], proc)
         admin = {"authorization": "Bearer s3cret-admin-token"}

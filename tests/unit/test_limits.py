@@ -40,23 +40,32 @@ def test_needs_limiter_only_when_something_is_sold() -> None:
 async def _setup(tmp_path: Path) -> tuple[Checker, str, Any]:
     key = devkeys.generate_ec("k1")
     (tmp_path / "jwks.json").write_text(json.dumps(devkeys.jwks(key)))
-    cfg = parse_config({
-        "auth": {"jwt": [{"issuer": ISS, "audiences": ["api"],
-                          "jwks_file": str(tmp_path / "jwks.json")}]},
-        "meters": {"egress": {"from": "response_bytes"}},
-        "features": {"search": {"rules": [{"path": "/v1/search"}],
-                                "meters": ["requests", "egress"]}},
-        "plans": {"free": {"features": ["search"], "quotas": {"requests": 3}}},
-        "customers": {"acme": {"plan": "free", "quota_overrides": {"requests": 5}},
-                      "bob": {"plan": "free"}},
-    })
+    cfg = parse_config(
+        {
+            "auth": {
+                "jwt": [
+                    {"issuer": ISS, "audiences": ["api"], "jwks_file": str(tmp_path / "jwks.json")}
+                ]
+            },
+            "meters": {"egress": {"from": "response_bytes"}},
+            "features": {
+                "search": {"rules": [{"path": "/v1/search"}], "meters": ["requests", "egress"]}
+            },
+            "plans": {"free": {"features": ["search"], "quotas": {"requests": 3}}},
+            "customers": {
+                "acme": {"plan": "free", "quota_overrides": {"requests": 5}},
+                "bob": {"plan": "free"},
+            },
+        }
+    )
     authn = Authenticator(cfg.auth)
     await authn.start()
     state = State(build_catalog(cfg))
     limiter = open_limiter("memory", clock=time.time, instance="t")
     builder = LimitsBuilder(state)
-    checker = Checker(state, authn, limiter=limiter, limits_for=builder.for_customer,
-                      clock=time.time)
+    checker = Checker(
+        state, authn, limiter=limiter, limits_for=builder.for_customer, clock=time.time
+    )
     return checker, ISS, key
 
 
@@ -82,8 +91,9 @@ async def test_denied_answer_names_limit_and_carries_headers(tmp_path: Path) -> 
     checker, _, key = await _setup(tmp_path)
     await _run(checker, key, "bob", 3)
     tok = devkeys.make_token(key, issuer=ISS, audience="api", subject="bob")
-    d = await checker.check(RequestInfo(method="GET", path="/v1/search",
-                                        headers={"authorization": f"Bearer {tok}"}))
+    d = await checker.check(
+        RequestInfo(method="GET", path="/v1/search", headers={"authorization": f"Bearer {tok}"})
+    )
     assert isinstance(d, Deny)
     names = dict(d.headers)
     assert int(names["retry-after"]) > 0
@@ -108,8 +118,7 @@ def test_topup_on_an_unlimited_meter_does_not_cap_it() -> None:
 async def _store_directory(tmp_path: Path) -> tuple[StoreService, Directory]:
     url = f"sqlite:///{tmp_path}/store.db"
     await migrate(url)
-    svc = StoreService(await open_store(url), clock=time.time, plans={"free"},
-                       meters={"requests"})
+    svc = StoreService(await open_store(url), clock=time.time, plans={"free"}, meters={"requests"})
     await svc.create_customer(actor="t", name="Zed", plan="free", customer_id="zed")
     directory = Directory(StoreConfig(url=url, poll_interval_ms=50))
     await directory.start()
@@ -150,14 +159,16 @@ async def test_limits_cache_hits_for_store_entries_and_follows_changes(tmp_path:
 
 async def test_limits_cache_is_dropped_with_the_catalog(tmp_path: Path) -> None:
     """A new catalog version (hot reload) rebuilds limits: a changed plan quota applies."""
-    cfg = parse_config({"plans": {"free": {"quotas": {"requests": 10}}},
-                        "customers": {"bob": {"plan": "free"}}})
+    cfg = parse_config(
+        {"plans": {"free": {"quotas": {"requests": 10}}}, "customers": {"bob": {"plan": "free"}}}
+    )
     state = State(build_catalog(cfg, b"v1"))
     builder = LimitsBuilder(state)
     bob = state.catalog.customers["bob"]
     assert builder.for_customer(bob, cfg.plans["free"]).quotas == {"requests": 10}
-    cfg2 = parse_config({"plans": {"free": {"quotas": {"requests": 20}}},
-                         "customers": {"bob": {"plan": "free"}}})
+    cfg2 = parse_config(
+        {"plans": {"free": {"quotas": {"requests": 20}}}, "customers": {"bob": {"plan": "free"}}}
+    )
     state.catalog = build_catalog(cfg2, b"v2")
     bob2 = state.catalog.customers["bob"]
     assert builder.for_customer(bob2, cfg2.plans["free"]).quotas == {"requests": 20}
@@ -168,26 +179,45 @@ async def test_answers_that_spend_nothing_carry_ratelimit_headers(tmp_path: Path
     """403 not_entitled / unknown_route and a free feature carry the plan's limits, unspent."""
     key = devkeys.generate_ec("k1")
     (tmp_path / "jwks.json").write_text(json.dumps(devkeys.jwks(key)))
-    cfg = parse_config({
-        "auth": {"jwt": [{"issuer": ISS, "audiences": ["api"],
-                          "jwks_file": str(tmp_path / "jwks.json")}]},
-        "features": {"search": [{"path": "/v1/search"}], "export": [{"path": "/v1/export"}],
-                     "usage": {"rules": [{"path": "/v1/usage"}], "meters": []}},
-        "plans": {"free": {"features": ["search", "usage"], "quotas": {"requests": 3},
-                           "rate_limits": {"per_second": 5}}},
-        "customers": {"bob": {"plan": "free"}},
-    })
+    cfg = parse_config(
+        {
+            "auth": {
+                "jwt": [
+                    {"issuer": ISS, "audiences": ["api"], "jwks_file": str(tmp_path / "jwks.json")}
+                ]
+            },
+            "features": {
+                "search": [{"path": "/v1/search"}],
+                "export": [{"path": "/v1/export"}],
+                "usage": {"rules": [{"path": "/v1/usage"}], "meters": []},
+            },
+            "plans": {
+                "free": {
+                    "features": ["search", "usage"],
+                    "quotas": {"requests": 3},
+                    "rate_limits": {"per_second": 5},
+                }
+            },
+            "customers": {"bob": {"plan": "free"}},
+        }
+    )
     authn = Authenticator(cfg.auth)
     await authn.start()
     state = State(build_catalog(cfg))
     clock = Clock(time.time())  # frozen: no rate token comes back between the checks
-    checker = Checker(state, authn, limiter=open_limiter("memory", clock=clock, instance="t"),
-                      limits_for=LimitsBuilder(state).for_customer, clock=clock)
+    checker = Checker(
+        state,
+        authn,
+        limiter=open_limiter("memory", clock=clock, instance="t"),
+        limits_for=LimitsBuilder(state).for_customer,
+        clock=clock,
+    )
     tok = devkeys.make_token(key, issuer=ISS, audience="api", subject="bob")
 
     async def check(path: str) -> Any:
-        return await checker.check(RequestInfo(method="GET", path=path,
-                                               headers={"authorization": f"Bearer {tok}"}))
+        return await checker.check(
+            RequestInfo(method="GET", path=path, headers={"authorization": f"Bearer {tok}"})
+        )
 
     assert isinstance(await check("/v1/search"), Allow)  # one unit and one token spent
     for path, want in (("/v1/export", 403), ("/v1/nowhere", 403), ("/v1/usage", 200)):

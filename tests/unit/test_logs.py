@@ -67,21 +67,29 @@ def test_credentials_in_messages_and_fields_are_cut_out(out: io.StringIO) -> Non
     """A JWT, a Bearer value or an API key in a message, a traceback or a field is redacted."""
     log = get_logger("tollhouse.test_logs")
     _log_error(f"bad token {JWT} and key {API_KEY}", event=f"event Bearer {JWT[:20]}")
-    log.warning("test.field", path=f"/x?access_token={JWT}", note=f"prefix {JWT[:12]}",
-                header="Authorization: Basic dXNlcjpwYXNzd29yZA==")
+    log.warning(
+        "test.field",
+        path=f"/x?access_token={JWT}",
+        note=f"prefix {JWT[:12]}",
+        header="Authorization: Basic dXNlcjpwYXNzd29yZA==",
+    )
     text = out.getvalue()
     assert text.count("\n") == 2
     for secret in (JWT, JWT[:12], API_KEY, "dXNlcjpwYXNzd29yZA==", JWT.split(".")[-1]):
         assert secret not in text, secret
-    assert "RuntimeError: bad token [redacted] and key [redacted]" in json.loads(
-        text.splitlines()[0])["traceback"]
+    assert (
+        "RuntimeError: bad token [redacted] and key [redacted]"
+        in json.loads(text.splitlines()[0])["traceback"]
+    )
 
 
 def test_library_messages_that_quote_input_are_withheld(out: io.StringIO) -> None:
     """PyJWT's and aiohttp's parser exceptions quote the raw request: their message is withheld."""
     log = get_logger("tollhouse.test_logs")
-    for exc in (pyjwt.DecodeError("Invalid payload: zzSECRETzz"),
-                LineTooLong(b"Authorization: Bearer zzSECRETzz", 8190)):
+    for exc in (
+        pyjwt.DecodeError("Invalid payload: zzSECRETzz"),
+        LineTooLong(b"Authorization: Bearer zzSECRETzz", 8190),
+    ):
         try:
             raise exc
         except Exception:
@@ -95,7 +103,8 @@ def test_library_messages_that_quote_input_are_withheld(out: io.StringIO) -> Non
 def test_scrub_keeps_ordinary_text() -> None:
     """Ordinary words, ids and paths are left alone; only credential shapes are replaced."""
     assert scrub("customer acme on /v1/search: key_3f9c revoked") == (
-        "customer acme on /v1/search: key_3f9c revoked")
+        "customer acme on /v1/search: key_3f9c revoked"
+    )
     assert scrub(f"Bearer {JWT}") == "Bearer [redacted]"
 
 
@@ -123,8 +132,9 @@ def test_aiohttp_asyncio_and_grpc_records_are_json_lines() -> None:
         logging.getLogger("aiohttp.access").info("not shown: below warning")
         logging.getLogger("some.library").warning("third party %s", "warning")
     """)
-    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
-                          timeout=60, check=False)
+    proc = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=False
+    )
     assert proc.returncode == 0, proc.stderr
     docs = [json.loads(line) for line in proc.stderr.splitlines()]
     by_logger = {d["logger"]: d for d in docs}

@@ -53,5 +53,4 @@ def test_the_sink_creates_its_schema_in_one_transaction(tmp_path: Path) -> None:
         assert meter_ready(conn)
     finally:
         conn.close()
-    assert SqliteMeterTotals(f"sqlite:///{path}")("acme", 0, 2**62) == {"requests": 1,
-                                                                        "tokens": 7}
+    assert SqliteMeterTotals(f"sqlite:///{path}")("acme", 0, 2**62) == {"requests": 1, "tokens": 7}

@@ -43,7 +43,7 @@ async def test_records_read_back_in_order(tmp_path: Path) -> None:
     assert [p for _, p in scan(tmp_path, repair=False)] == payloads
     data = segment_path(tmp_path, flog.active).read_bytes()
     assert data.startswith(MAGIC)
-    assert data[len(MAGIC):len(MAGIC) + 8] == struct.pack("<II", 6, zlib.crc32(b"fact-0"))
+    assert data[len(MAGIC) : len(MAGIC) + 8] == struct.pack("<II", 6, zlib.crc32(b"fact-0"))
 
 
 async def test_torn_tail_is_cut_on_open(tmp_path: Path) -> None:
@@ -85,26 +85,38 @@ async def test_segments_rotate_by_size(tmp_path: Path) -> None:
 
 
 def _cfg(tmp: Path) -> object:
-    return parse_config({"metering": {"spool": str(tmp / "spool"),
-                                      "meter": f"sqlite:///{tmp / 'meter.db'}"}})
+    return parse_config(
+        {"metering": {"spool": str(tmp / "spool"), "meter": f"sqlite:///{tmp / 'meter.db'}"}}
+    )
 
 
 async def test_segments_are_deleted_once_every_fact_is_acknowledged(tmp_path: Path) -> None:
     """Sealed segments go once the meter has every record of theirs; unacknowledged ones stay."""
-    m = Metering(_cfg(tmp_path), instance="i",  # type: ignore[arg-type]
-                 sink=SqliteMeterSink(tmp_path / "meter.db"))
+    m = Metering(
+        _cfg(tmp_path),
+        instance="i",  # type: ignore[arg-type]
+        sink=SqliteMeterSink(tmp_path / "meter.db"),
+    )
     m.spool.log._segment_bytes = 1024
     await m.spool.open()
     recs = []
     for _ in range(120):
-        rec = m.build_reservation(customer="acme", plan="p", feature="any", method="GET",
-                                  path="/", request_id="", decision_id="d")
+        rec = m.build_reservation(
+            customer="acme",
+            plan="p",
+            feature="any",
+            method="GET",
+            path="/",
+            request_id="",
+            decision_id="d",
+        )
         await m.reserve(rec)
         recs.append(rec)
     spool_dir = tmp_path / "spool"
     segments_before = len(list(spool_dir.glob("facts-*.log")))
-    await m.ingest([LogEntry(r.usage_id, response_code=200, upstream_served=True)
-                    for r in recs[:60]])
+    await m.ingest(
+        [LogEntry(r.usage_id, response_code=200, upstream_served=True) for r in recs[:60]]
+    )
     await m.spool.counts()
     while await m.forward_once():
         pass

@@ -126,8 +126,13 @@ def test_file_size_limit_fails_a_batch_then_a_fresh_segment_takes_writes(tmp_pat
     """
     script = tmp_path / "child.py"
     script.write_text(_FSIZE_CHILD)
-    out = subprocess.run([sys.executable, str(script), str(tmp_path / "spool")],
-                         capture_output=True, text=True, timeout=60, check=True).stdout
+    out = subprocess.run(
+        [sys.executable, str(script), str(tmp_path / "spool")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    ).stdout
     lines = out.splitlines()
     assert "FAILED False" in lines
     first = lines.index("FAILED False")

@@ -14,14 +14,28 @@ from tollhouse.metering.sinks import SqliteMeterSink
 
 
 def _reserved(feature: str = "llm") -> UsageRecord:
-    return UsageRecord(usage_id="u1", customer="acme", plan="pro", feature=feature,
-                       admitted_at_ms=1000, state=UsageRecord.RESERVED, units={"requests": 1})
+    return UsageRecord(
+        usage_id="u1",
+        customer="acme",
+        plan="pro",
+        feature=feature,
+        admitted_at_ms=1000,
+        state=UsageRecord.RESERVED,
+        units={"requests": 1},
+    )
 
 
 def _served(code: int = 200, tokens: str | None = "42") -> LogEntry:
     headers = {} if tokens is None else {"x-usage-tokens": tokens}
-    return LogEntry("u1", response_code=code, request_bytes=300, response_bytes=5000,
-                    duration_us=1200, upstream_served=True, response_headers=headers)
+    return LogEntry(
+        "u1",
+        response_code=code,
+        request_bytes=300,
+        response_bytes=5000,
+        duration_us=1200,
+        upstream_served=True,
+        response_headers=headers,
+    )
 
 
 def test_confirmed_counts_every_meter_source() -> None:
@@ -58,8 +72,9 @@ def test_5xx_on_request_only_feature_is_not_billable() -> None:
 
 def test_void_is_never_billable() -> None:
     """An entry the upstream did not serve voids the record with no units."""
-    entry = LogEntry("u1", response_code=403, upstream_served=False,
-                     response_flags="unauthorized_details")
+    entry = LogEntry(
+        "u1", response_code=403, upstream_served=False, response_flags="unauthorized_details"
+    )
     out = Finalizer(metering_config()).confirm(_reserved(), entry, 5)
     assert out.state == UsageRecord.VOIDED
     assert not out.billable
@@ -68,9 +83,11 @@ def test_void_is_never_billable() -> None:
 
 def test_garbage_or_missing_header_gives_zero_units_and_is_counted() -> None:
     """A missing or non-numeric meter header is 0 units and increments the error metric."""
+
     def errors() -> float:
-        v = REGISTRY.get_sample_value("tollhouse_usage_header_unit_errors_total",
-                                      {"meter": "tokens"})
+        v = REGISTRY.get_sample_value(
+            "tollhouse_usage_header_unit_errors_total", {"meter": "tokens"}
+        )
         return v or 0.0
 
     before = errors()
@@ -101,11 +118,19 @@ async def test_grace_period_expires_with_injected_clock(tmp_path: Path) -> None:
     """A reservation with no log entry turns UNCONFIRMED only once the clock passes the grace."""
     now = [1_800_000_000.0]
     cfg = metering_config(tmp_path, unconfirmed_after_s=60)
-    m = Metering(cfg, clock=lambda: now[0], instance="i1",
-                 sink=SqliteMeterSink(tmp_path / "meter.db"))
+    m = Metering(
+        cfg, clock=lambda: now[0], instance="i1", sink=SqliteMeterSink(tmp_path / "meter.db")
+    )
     await m.spool.open()
-    rec = m.build_reservation(customer="acme", plan="pro", feature="search", method="GET",
-                              path="/v1/search", request_id="r1", decision_id="d1")
+    rec = m.build_reservation(
+        customer="acme",
+        plan="pro",
+        feature="search",
+        method="GET",
+        path="/v1/search",
+        request_id="r1",
+        decision_id="d1",
+    )
     await m.reserve(rec)
     now[0] += 59
     await m.tick()
@@ -131,13 +156,34 @@ async def test_on_confirmed_hook_sees_final_units(tmp_path: Path) -> None:
     seen: list[UsageRecord] = []
     m.on_confirmed = seen.append
     await m.spool.open()
-    rec = m.build_reservation(customer="acme", plan="pro", feature="llm", method="POST",
-                              path="/v1/llm", request_id="r", decision_id="d")
+    rec = m.build_reservation(
+        customer="acme",
+        plan="pro",
+        feature="llm",
+        method="POST",
+        path="/v1/llm",
+        request_id="r",
+        decision_id="d",
+    )
     await m.reserve(rec)
     entry = _served()
-    await m.ingest([LogEntry(rec.usage_id, **{k: getattr(entry, k) for k in (
-        "response_code", "request_bytes", "response_bytes", "upstream_served",
-        "response_headers")})])
+    await m.ingest(
+        [
+            LogEntry(
+                rec.usage_id,
+                **{
+                    k: getattr(entry, k)
+                    for k in (
+                        "response_code",
+                        "request_bytes",
+                        "response_bytes",
+                        "upstream_served",
+                        "response_headers",
+                    )
+                },
+            )
+        ]
+    )
     await m.spool.counts()  # queued after the entries: they are applied when this returns
     await m.stop(deadline_s=1)
     assert [r.usage_id for r in seen] == [rec.usage_id]

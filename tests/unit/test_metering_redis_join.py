@@ -24,10 +24,13 @@ async def url(redis_server: RedisServer) -> str:
 
 
 def _cfg(tmp: Path, name: str, url: str) -> Config:
-    return parse_config({
-        "meters": {"requests": {}, "tokens": {"from_response_header": "x-usage-tokens"}},
-        "features": {"llm": {"rules": [{"path": "/v1/llm"}], "meters": ["requests", "tokens"]}},
-        "metering": {"spool": str(tmp / name), "meter": url, "unconfirmed_after_s": 30}})
+    return parse_config(
+        {
+            "meters": {"requests": {}, "tokens": {"from_response_header": "x-usage-tokens"}},
+            "features": {"llm": {"rules": [{"path": "/v1/llm"}], "meters": ["requests", "tokens"]}},
+            "metering": {"spool": str(tmp / name), "meter": url, "unconfirmed_after_s": 30},
+        }
+    )
 
 
 async def _stream(url: str) -> list[UsageRecord]:
@@ -40,21 +43,33 @@ async def _stream(url: str) -> list[UsageRecord]:
 async def _reserve(m: Metering, n: int) -> list[UsageRecord]:
     out = []
     for i in range(n):
-        rec = m.build_reservation(customer="acme", plan="pro", feature="llm", method="POST",
-                                  path="/v1/llm", request_id=f"rid-{m.remote}-{i}",
-                                  decision_id="d")
+        rec = m.build_reservation(
+            customer="acme",
+            plan="pro",
+            feature="llm",
+            method="POST",
+            path="/v1/llm",
+            request_id=f"rid-{m.remote}-{i}",
+            decision_id="d",
+        )
         await m.reserve(rec)
         out.append(rec)
     return out
 
 
 def _served(uid: str | None, tokens: int, request_id: str = "") -> LogEntry:
-    return LogEntry(uid, response_code=200, upstream_served=True, request_id=request_id,
-                    response_headers={"x-usage-tokens": str(tokens)})
+    return LogEntry(
+        uid,
+        response_code=200,
+        upstream_served=True,
+        request_id=request_id,
+        response_headers={"x-usage-tokens": str(tokens)},
+    )
 
 
 async def test_access_log_on_the_other_replica_confirms_with_header_units(
-    tmp_path: Path, url: str,
+    tmp_path: Path,
+    url: str,
 ) -> None:
     """A admits, B receives the access log: every record CONFIRMED once, tokens included.
 
@@ -105,8 +120,12 @@ async def test_grace_sweep_and_orphans_are_decided_once(tmp_path: Path, url: str
     await b.start()
     recs = await _reserve(a, 6)
     await a.tick()
-    await b.ingest([LogEntry(None, response_code=503, request_id=recs[0].request_id),
-                    _served("0123456789abcdef0123456789abcdef", 5)])
+    await b.ingest(
+        [
+            LogEntry(None, response_code=503, request_id=recs[0].request_id),
+            _served("0123456789abcdef0123456789abcdef", 5),
+        ]
+    )
     await b.tick()
     now[0] += 31
     for m in (a, b, a, b):
@@ -128,8 +147,15 @@ async def test_void_by_request_id_before_its_reservation_arrives(tmp_path: Path,
     b = Metering(_cfg(tmp_path, "b", url), clock=lambda: now[0], instance="b")
     await a.start()
     await b.start()
-    rec = a.build_reservation(customer="acme", plan="pro", feature="llm", method="POST",
-                              path="/v1/llm", request_id="rid-late", decision_id="d")
+    rec = a.build_reservation(
+        customer="acme",
+        plan="pro",
+        feature="llm",
+        method="POST",
+        path="/v1/llm",
+        request_id="rid-late",
+        decision_id="d",
+    )
     await b.ingest([LogEntry(None, response_code=503, request_id="rid-late")])
     await b.tick()  # the void waits in Redis under its request id
     await a.reserve(rec)
@@ -139,11 +165,13 @@ async def test_void_by_request_id_before_its_reservation_arrives(tmp_path: Path,
     await b.stop(deadline_s=2)
     got = await _stream(url)
     assert [(r.usage_id, r.state, r.billable) for r in got] == [
-        (rec.usage_id, UsageRecord.VOIDED, False)]
+        (rec.usage_id, UsageRecord.VOIDED, False)
+    ]
 
 
 async def test_a_redis_restarted_empty_gets_its_consumer_group_back(
-    tmp_path: Path, url: str,
+    tmp_path: Path,
+    url: str,
 ) -> None:
     """Redis loses everything (restart without persistence, FLUSHALL) under a running replica.
 

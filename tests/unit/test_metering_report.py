@@ -21,11 +21,20 @@ from tollhouse.metering.report import (
 from tollhouse.metering.schema import STREAM_KEY, UsageRecord
 
 
-def _rec(uid: str, customer: str, at_ms: int, state: int = UsageRecord.CONFIRMED,
-         **units: int) -> UsageRecord:
-    return UsageRecord(usage_id=uid, customer=customer, plan="p", feature="f", units=units,
-                       admitted_at_ms=at_ms, state=state, billable=bool(units),
-                       finalized_at_ms=at_ms + 1)
+def _rec(
+    uid: str, customer: str, at_ms: int, state: int = UsageRecord.CONFIRMED, **units: int
+) -> UsageRecord:
+    return UsageRecord(
+        usage_id=uid,
+        customer=customer,
+        plan="p",
+        feature="f",
+        units=units,
+        admitted_at_ms=at_ms,
+        state=state,
+        billable=bool(units),
+        finalized_at_ms=at_ms + 1,
+    )
 
 
 _RECORDS = [
@@ -44,8 +53,11 @@ async def test_usage_report_sqlite_meter(tmp_path: Path) -> None:
     await sink.close()
     url = f"sqlite:///{tmp_path / 'm.db'}"
     rows = await usage_report(url, 0, 1000, None)
-    assert rows == [UsageRow("acme", "egress", 1200, 2), UsageRow("acme", "requests", 2, 2),
-                    UsageRow("bolt", "requests", 1, 1)]
+    assert rows == [
+        UsageRow("acme", "egress", 1200, 2),
+        UsageRow("acme", "requests", 2, 2),
+        UsageRow("bolt", "requests", 1, 1),
+    ]
     assert await usage_report(url, 0, 1000, "bolt") == [UsageRow("bolt", "requests", 1, 1)]
     text = format_usage(rows)
     assert "1,200" in text
@@ -79,8 +91,14 @@ async def test_reconcile_joins_spool_and_meter(tmp_path: Path) -> None:
     await spool.expire(310, 400, fin)  # u1 and a1 -> UNCONFIRMED
     await spool.close()
     got = await reconcile(tmp_path / "spool", f"sqlite:///{tmp_path / 'm.db'}", 0, 1000)
-    assert got == ReconcileReport(reserved=1, confirmed=3, voided=1, unconfirmed=1, unsent=1,
-                                  billed_units={"egress": 1200, "requests": 3})
+    assert got == ReconcileReport(
+        reserved=1,
+        confirmed=3,
+        voided=1,
+        unconfirmed=1,
+        unsent=1,
+        billed_units={"egress": 1200, "requests": 3},
+    )
     assert "reserved (pending)" in format_reconcile(got)
 
 

@@ -29,9 +29,15 @@ async def _reserve(path: Path, n: int) -> list[str]:
     ids = []
     for i in range(n):
         uid = new_usage_id()
-        await spool.reserve(UsageRecord(usage_id=uid, customer="c", feature="f",
-                                        admitted_at_ms=1_700_000_000_000 + i,
-                                        state=UsageRecord.RESERVED))
+        await spool.reserve(
+            UsageRecord(
+                usage_id=uid,
+                customer="c",
+                feature="f",
+                admitted_at_ms=1_700_000_000_000 + i,
+                state=UsageRecord.RESERVED,
+            )
+        )
         ids.append(uid)
     await spool.close()
     return ids
@@ -47,8 +53,9 @@ async def _replayed(path: Path, ids: list[str]) -> list[str]:
 
 def _cli(*args: str) -> subprocess.CompletedProcess[str]:
     exe = Path(sys.executable).parent / "tollhouse"
-    return subprocess.run([str(exe), "spool", *args], capture_output=True, text=True,
-                          timeout=60, check=False)
+    return subprocess.run(
+        [str(exe), "spool", *args], capture_output=True, text=True, timeout=60, check=False
+    )
 
 
 def test_clean_spool_checks_ok(tmp_path: Path) -> None:
@@ -92,7 +99,7 @@ def test_corrupt_record_is_reported_and_the_rest_kept(tmp_path: Path) -> None:
     seg = segment_path(spool, 1)
     data = bytearray(seg.read_bytes())
     mid = len(data) // 2
-    data[mid:mid + 16] = b"\xff" * 16
+    data[mid : mid + 16] = b"\xff" * 16
     seg.write_bytes(bytes(data))
     proc = _cli("check", str(spool))
     assert proc.returncode == 1

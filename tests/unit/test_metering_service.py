@@ -17,9 +17,17 @@ from tollhouse.metering.report import UsageRow, reconcile, usage_report
 
 
 def _cfg(tmp: Path) -> Config:
-    return parse_config({"metering": {
-        "spool": str(tmp / "spool"), "meter": f"sqlite:///{tmp / 'meter.db'}",
-        "unconfirmed_after_s": 30, "flush_interval_ms": 10, "batch_size": 16}})
+    return parse_config(
+        {
+            "metering": {
+                "spool": str(tmp / "spool"),
+                "meter": f"sqlite:///{tmp / 'meter.db'}",
+                "unconfirmed_after_s": 30,
+                "flush_interval_ms": 10,
+                "batch_size": 16,
+            }
+        }
+    )
 
 
 def _msg(usage_ids: list[str]) -> als_pb2.StreamAccessLogsMessage:
@@ -29,8 +37,11 @@ def _msg(usage_ids: list[str]) -> als_pb2.StreamAccessLogsMessage:
         meta = struct_pb2.Struct()
         meta.update({"usage_id": uid})
         e.common_properties.metadata.filter_metadata[METADATA_NAMESPACE].CopyFrom(meta)
-        e.common_properties.upstream_remote_address.CopyFrom(address_pb2.Address(
-            socket_address=address_pb2.SocketAddress(address="10.0.0.1", port_value=80)))
+        e.common_properties.upstream_remote_address.CopyFrom(
+            address_pb2.Address(
+                socket_address=address_pb2.SocketAddress(address="10.0.0.1", port_value=80)
+            )
+        )
         e.response.response_code.value = 200
         e.response.response_code_details = "via_upstream"
     return m
@@ -39,8 +50,15 @@ def _msg(usage_ids: list[str]) -> als_pb2.StreamAccessLogsMessage:
 async def _reserve(m: Metering, n: int, customer: str = "acme") -> list[str]:
     ids = []
     for _ in range(n):
-        rec = m.build_reservation(customer=customer, plan="p", feature="any", method="GET",
-                                  path="/", request_id="", decision_id="d")
+        rec = m.build_reservation(
+            customer=customer,
+            plan="p",
+            feature="any",
+            method="GET",
+            path="/",
+            request_id="",
+            decision_id="d",
+        )
         await m.reserve(rec)
         ids.append(rec.usage_id)
     return ids
@@ -78,8 +96,9 @@ async def test_stop_keeps_unsent_records_and_restart_delivers(tmp_path: Path) ->
     """With the meter down, stop keeps final records in the spool; a restart delivers them."""
     now = [2_000_000_000.0]
     dead = RedisStreamSink(f"redis://127.0.0.1:{free_port()}/0", timeout_s=0.5)
-    first = Metering(_cfg(tmp_path), clock=lambda: now[0], instance="i", sink=dead,
-                     max_backoff_s=0.1)
+    first = Metering(
+        _cfg(tmp_path), clock=lambda: now[0], instance="i", sink=dead, max_backoff_s=0.1
+    )
     await first.start()
     ids = await _reserve(first, 20)
     await AccessLogServicer(first).handle(_msg(ids))

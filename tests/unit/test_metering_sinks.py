@@ -19,9 +19,15 @@ from tollhouse.metering.schema import FIELD_RECORD, FIELD_USAGE_ID, STREAM_KEY, 
 
 def _final(i: int, customer: str = "acme") -> UsageRecord:
     return UsageRecord(
-        usage_id=f"u{i:06d}", customer=customer, plan="pro", feature="search",
-        units={"requests": 1, "egress": 10 * i}, admitted_at_ms=1_000 + i,
-        state=UsageRecord.CONFIRMED, billable=True, finalized_at_ms=2_000 + i,
+        usage_id=f"u{i:06d}",
+        customer=customer,
+        plan="pro",
+        feature="search",
+        units={"requests": 1, "egress": 10 * i},
+        admitted_at_ms=1_000 + i,
+        state=UsageRecord.CONFIRMED,
+        billable=True,
+        finalized_at_ms=2_000 + i,
     )
 
 
@@ -88,9 +94,18 @@ async def test_redis_outage_loses_nothing(tmp_path: Path) -> None:
     """Kill Redis mid-forwarding, restart it on the same port: every record reaches the stream."""
     server = RedisServer(Path(tempfile.mkdtemp(prefix="th-redis-outage-")), appendonly=True)
     server.start()
-    cfg = parse_config({"metering": {
-        "spool": str(tmp_path / "spool"), "meter": server.url, "unconfirmed_after_s": 1,
-        "batch_size": 25, "flush_interval_ms": 10, "group_commit_ms": 1}})
+    cfg = parse_config(
+        {
+            "metering": {
+                "spool": str(tmp_path / "spool"),
+                "meter": server.url,
+                "unconfirmed_after_s": 1,
+                "batch_size": 25,
+                "flush_interval_ms": 10,
+                "group_commit_ms": 1,
+            }
+        }
+    )
     now = [1_900_000_000.0]
     m = Metering(cfg, clock=lambda: now[0], instance="t", max_backoff_s=0.3, send_timeout_s=2)
     r = aioredis.Redis.from_url(server.url, socket_timeout=2)
@@ -98,8 +113,15 @@ async def test_redis_outage_loses_nothing(tmp_path: Path) -> None:
 
     async def load(n: int) -> None:
         for _ in range(n):
-            rec = m.build_reservation(customer="acme", plan="p", feature="search", method="GET",
-                                      path="/x", request_id="", decision_id="d")
+            rec = m.build_reservation(
+                customer="acme",
+                plan="p",
+                feature="search",
+                method="GET",
+                path="/x",
+                request_id="",
+                decision_id="d",
+            )
             await m.reserve(rec)
             ids.append(rec.usage_id)
         now[0] += 5  # past the grace: the sweep finalises them as UNCONFIRMED (billed)

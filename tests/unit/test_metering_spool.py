@@ -22,8 +22,13 @@ from tollhouse.metering.spool import Spool, SpoolError, new_usage_id
 
 def _rec(i: int = 0) -> UsageRecord:
     return UsageRecord(
-        usage_id=new_usage_id(), customer=f"c{i % 3}", plan="pro", feature="search",
-        units={"requests": 1}, admitted_at_ms=1_700_000_000_000 + i, state=UsageRecord.RESERVED,
+        usage_id=new_usage_id(),
+        customer=f"c{i % 3}",
+        plan="pro",
+        feature="search",
+        units={"requests": 1},
+        admitted_at_ms=1_700_000_000_000 + i,
+        state=UsageRecord.RESERVED,
     )
 
 
@@ -81,8 +86,9 @@ async def test_duplicate_usage_id_is_refused_and_original_kept(tmp_path: Path) -
     clash = UsageRecord()
     clash.CopyFrom(rec)
     clash.customer = "mallory"
-    results = await asyncio.gather(spool.reserve(clash), spool.reserve(other),
-                                   return_exceptions=True)
+    results = await asyncio.gather(
+        spool.reserve(clash), spool.reserve(other), return_exceptions=True
+    )
     got = await spool.get(rec.usage_id)
     await spool.close()
     assert isinstance(results[0], SpoolError)
@@ -129,8 +135,13 @@ def test_full_disk_raises_and_keeps_what_was_acknowledged(tmp_path: Path) -> Non
     """
     script = tmp_path / "child.py"
     script.write_text(_FULL_CHILD)
-    out = subprocess.run([sys.executable, str(script), str(tmp_path / "spool")],
-                         capture_output=True, text=True, timeout=60, check=True).stdout.split()
+    out = subprocess.run(
+        [sys.executable, str(script), str(tmp_path / "spool")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    ).stdout.split()
     ok = [u for u in out if u != "FAILED"]
     assert out.count("FAILED") == 3
     assert len(ok) > 10
@@ -176,8 +187,9 @@ def test_sigkill_loses_no_acknowledged_reservation(tmp_path: Path) -> None:
     script = tmp_path / "child.py"
     script.write_text(_CHILD)
     spool_dir = tmp_path / "spool"
-    proc = subprocess.Popen([sys.executable, str(script), str(spool_dir)],
-                            stdout=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, str(script), str(spool_dir)], stdout=subprocess.PIPE, text=True
+    )
     assert proc.stdout is not None
     lines: list[str] = []
     while len(lines) < 400:

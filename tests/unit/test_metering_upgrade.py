@@ -28,8 +28,10 @@ CREATE INDEX IF NOT EXISTS spool_unsent ON spool (finalized_at_ms)
     WHERE state != 1 AND sent_at_ms IS NULL;
 CREATE INDEX IF NOT EXISTS spool_sent ON spool (sent_at_ms) WHERE sent_at_ms IS NOT NULL;
 """
-_OLD_RESERVE = ("INSERT OR IGNORE INTO spool (usage_id, state, admitted_at_ms, request_id, record)"
-                " VALUES (?, ?, ?, ?, ?)")
+_OLD_RESERVE = (
+    "INSERT OR IGNORE INTO spool (usage_id, state, admitted_at_ms, request_id, record)"
+    " VALUES (?, ?, ?, ?, ?)"
+)
 _OLD_FINAL = "UPDATE spool SET state = ?, finalized_at_ms = ?, record = ? WHERE usage_id = ?"
 _OLD_SENT = "UPDATE spool SET sent_at_ms = ? WHERE usage_id = ? AND state != 1"
 
@@ -37,9 +39,17 @@ T0 = 1_900_000_000_000
 
 
 def _rec(uid: str, state: int = UsageRecord.RESERVED) -> UsageRecord:
-    return UsageRecord(usage_id=uid, customer="acme", plan="pro", feature="search",
-                       units={"requests": 1}, admitted_at_ms=T0, state=state,
-                       request_id=f"r-{uid}", billable=state == UsageRecord.CONFIRMED)
+    return UsageRecord(
+        usage_id=uid,
+        customer="acme",
+        plan="pro",
+        feature="search",
+        units={"requests": 1},
+        admitted_at_ms=T0,
+        state=state,
+        request_id=f"r-{uid}",
+        billable=state == UsageRecord.CONFIRMED,
+    )
 
 
 def _write_old_spool(spool_dir: Path) -> None:
@@ -62,9 +72,16 @@ def _write_old_spool(spool_dir: Path) -> None:
 
 
 def _cfg(tmp: Path) -> Config:
-    return parse_config({"metering": {
-        "spool": str(tmp / "spool"), "meter": f"sqlite:///{tmp / 'meter.db'}",
-        "unconfirmed_after_s": 30, "flush_interval_ms": 10}})
+    return parse_config(
+        {
+            "metering": {
+                "spool": str(tmp / "spool"),
+                "meter": f"sqlite:///{tmp / 'meter.db'}",
+                "unconfirmed_after_s": 30,
+                "flush_interval_ms": 10,
+            }
+        }
+    )
 
 
 def _meter(tmp: Path) -> dict[str, UsageRecord]:
@@ -84,24 +101,41 @@ async def test_previous_spool_is_drained_on_first_start(tmp_path: Path) -> None:
     """
     _write_old_spool(tmp_path / "spool")
     now = [T0 / 1000 + 1]
-    m = Metering(_cfg(tmp_path), clock=lambda: now[0], instance="new",
-                 sink=SqliteMeterSink(tmp_path / "meter.db"))
+    m = Metering(
+        _cfg(tmp_path),
+        clock=lambda: now[0],
+        instance="new",
+        sink=SqliteMeterSink(tmp_path / "meter.db"),
+    )
     await m.start()
-    await m.ingest([LogEntry("res1", response_code=200, upstream_served=True),
-                    LogEntry(None, response_code=503, request_id="r-res2")])
+    await m.ingest(
+        [
+            LogEntry("res1", response_code=200, upstream_served=True),
+            LogEntry(None, response_code=503, request_id="r-res2"),
+        ]
+    )
     now[0] += 31
     await m.tick()
     await m.stop(deadline_s=2)
-    again = Metering(_cfg(tmp_path), clock=lambda: now[0], instance="new",
-                     sink=SqliteMeterSink(tmp_path / "meter.db"))
+    again = Metering(
+        _cfg(tmp_path),
+        clock=lambda: now[0],
+        instance="new",
+        sink=SqliteMeterSink(tmp_path / "meter.db"),
+    )
     await again.start()
     await again.tick()
     counts = await again.spool.counts()
     await again.stop(deadline_s=2)
     got = _meter(tmp_path)
     states = {uid: UsageRecord.State.Name(r.state) for uid, r in got.items()}
-    assert states == {"fin1": "CONFIRMED", "fin2": "CONFIRMED", "res1": "CONFIRMED",
-                      "res2": "VOIDED", "res3": "UNCONFIRMED"}
+    assert states == {
+        "fin1": "CONFIRMED",
+        "fin2": "CONFIRMED",
+        "res1": "CONFIRMED",
+        "res2": "VOIDED",
+        "res3": "UNCONFIRMED",
+    }
     assert not (tmp_path / "spool" / "spool.db").exists()
     assert (tmp_path / "spool" / "spool.db.migrated").exists()
     assert (counts["RESERVED"], counts["unsent"]) == (0, 0)

@@ -13,9 +13,15 @@ from tollhouse.metering.sinks import SqliteMeterSink
 
 
 def _entry(usage_id: str, served: bool) -> LogEntry:
-    return LogEntry(usage_id, response_code=200 if served else 503, request_bytes=10,
-                    response_bytes=20, duration_us=5, upstream_served=served,
-                    response_flags="" if served else "UF")
+    return LogEntry(
+        usage_id,
+        response_code=200 if served else 503,
+        request_bytes=10,
+        response_bytes=20,
+        duration_us=5,
+        upstream_served=served,
+        response_flags="" if served else "UF",
+    )
 
 
 async def test_voided_records_go_to_on_voided_confirmed_to_on_confirmed(tmp_path: Path) -> None:
@@ -23,8 +29,9 @@ async def test_voided_records_go_to_on_voided_confirmed_to_on_confirmed(tmp_path
 
     A hook that raises is counted (tollhouse_usage_hook_errors_total) and costs no other record.
     """
-    m = Metering(metering_config(tmp_path), instance="i1",
-                 sink=SqliteMeterSink(tmp_path / "meter.db"))
+    m = Metering(
+        metering_config(tmp_path), instance="i1", sink=SqliteMeterSink(tmp_path / "meter.db")
+    )
     confirmed: list[UsageRecord] = []
     voided: list[UsageRecord] = []
 
@@ -36,13 +43,27 @@ async def test_voided_records_go_to_on_voided_confirmed_to_on_confirmed(tmp_path
     m.on_confirmed, m.on_voided = confirmed.append, on_voided
     errors = REGISTRY.get_sample_value("tollhouse_usage_hook_errors_total") or 0.0
     await m.spool.open()
-    recs = [m.build_reservation(customer="acme", plan="pro", feature="search", method="GET",
-                                path="/v1/search", request_id=rid, decision_id=rid)
-            for rid in ("ok", "boom", "void")]
+    recs = [
+        m.build_reservation(
+            customer="acme",
+            plan="pro",
+            feature="search",
+            method="GET",
+            path="/v1/search",
+            request_id=rid,
+            decision_id=rid,
+        )
+        for rid in ("ok", "boom", "void")
+    ]
     for rec in recs:
         await m.reserve(rec)
-    await m.ingest([_entry(recs[0].usage_id, True), _entry(recs[1].usage_id, False),
-                    _entry(recs[2].usage_id, False)])
+    await m.ingest(
+        [
+            _entry(recs[0].usage_id, True),
+            _entry(recs[1].usage_id, False),
+            _entry(recs[2].usage_id, False),
+        ]
+    )
     await m.spool.counts()  # queued after the entries: they are applied when this returns
     await m.stop(deadline_s=1)
     assert [r.usage_id for r in confirmed] == [recs[0].usage_id]

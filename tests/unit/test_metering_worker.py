@@ -86,16 +86,26 @@ async def test_tail_skips_a_torn_tail_and_goes_on_to_the_next_segment(tmp_path: 
 
 def _config(tmp_path: Path, **metering: Any) -> dict[str, Any]:
     return {
-        "listen": f"127.0.0.1:{free_port()}", "admin_listen": f"127.0.0.1:{free_port()}",
-        "auth": {"jwt": [{"issuer": ISS, "audiences": ["api"],
-                          "jwks_file": str(tmp_path / "jwks.json")}]},
+        "listen": f"127.0.0.1:{free_port()}",
+        "admin_listen": f"127.0.0.1:{free_port()}",
+        "auth": {
+            "jwt": [{"issuer": ISS, "audiences": ["api"], "jwks_file": str(tmp_path / "jwks.json")}]
+        },
         "meters": {"tokens": {"from_response_header": "x-usage-tokens"}},
-        "features": {"search": {"rules": [{"methods": ["GET"], "path": "/v1/search"}],
-                                "meters": ["requests", "tokens"]}},
+        "features": {
+            "search": {
+                "rules": [{"methods": ["GET"], "path": "/v1/search"}],
+                "meters": ["requests", "tokens"],
+            }
+        },
         "plans": {"free": {"features": ["search"], "quotas": {"tokens": 100}}},
         "customers": {"acme": {"plan": "free"}},
-        "metering": {"spool": str(tmp_path / "spool"), "meter": f"sqlite:///{tmp_path}/meter.db",
-                     "flush_interval_ms": 50, **metering},
+        "metering": {
+            "spool": str(tmp_path / "spool"),
+            "meter": f"sqlite:///{tmp_path}/meter.db",
+            "flush_interval_ms": 50,
+            **metering,
+        },
         "shutdown_grace_s": 3,
     }
 
@@ -280,8 +290,13 @@ async def test_reconcile_reads_a_worker_log_with_raw_access_log(tmp_path: Path) 
 
     writer = FactWriter(tmp_path / "spool")
     await writer.open()
-    rec = UsageRecord(usage_id="a" * 32, customer="acme", admitted_at_ms=10,
-                      state=UsageRecord.RESERVED, units={"requests": 1})
+    rec = UsageRecord(
+        usage_id="a" * 32,
+        customer="acme",
+        admitted_at_ms=10,
+        state=UsageRecord.RESERVED,
+        units={"requests": 1},
+    )
     await writer.reserve(rec)
     writer.access_log(_served(rec.usage_id, 1).SerializeToString())
     await writer.close()

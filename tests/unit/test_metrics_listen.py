@@ -28,11 +28,14 @@ def test_metrics_listen_on_the_admin_address_is_refused() -> None:
     assert problems == {"metrics_listen": "127.0.0.1:9002 clashes with admin_listen (port 9002)"}
 
 
-@pytest.mark.parametrize(("first", "second"), [
-    ("0.0.0.0:9002", "127.0.0.1:9002"),
-    ("127.0.0.1:9002", "0.0.0.0:9002"),
-    ("0.0.0.0:9002", "10.0.0.1:9002"),
-])
+@pytest.mark.parametrize(
+    ("first", "second"),
+    [
+        ("0.0.0.0:9002", "127.0.0.1:9002"),
+        ("127.0.0.1:9002", "0.0.0.0:9002"),
+        ("0.0.0.0:9002", "10.0.0.1:9002"),
+    ],
+)
 def test_a_wildcard_host_clashes_with_every_host_on_its_port(first: str, second: str) -> None:
     """0.0.0.0:P takes P on every address, so another listener on P is refused."""
     problems = _problems({"admin_listen": first, "metrics_listen": second})
@@ -41,8 +44,14 @@ def test_a_wildcard_host_clashes_with_every_host_on_its_port(first: str, second:
 
 def test_other_ports_or_other_hosts_do_not_clash() -> None:
     """Distinct ports, or the same port on two specific hosts, are accepted."""
-    cfg = parse_config({"admin_listen": "0.0.0.0:9002", "metrics_listen": "0.0.0.0:9005",
-                        "usage_listen": "127.0.0.1:9003", "authz_http_listen": "127.0.0.2:9003"})
+    cfg = parse_config(
+        {
+            "admin_listen": "0.0.0.0:9002",
+            "metrics_listen": "0.0.0.0:9005",
+            "usage_listen": "127.0.0.1:9003",
+            "authz_http_listen": "127.0.0.2:9003",
+        }
+    )
     assert cfg.metrics_listen == "0.0.0.0:9005"
     assert parse_config({}).metrics_listen is None
 
@@ -51,13 +60,20 @@ def test_other_ports_or_other_hosts_do_not_clash() -> None:
 async def app(tmp_path: Path) -> AsyncIterator[App]:
     (tmp_path / "jwks.json").write_text(json.dumps(devkeys.jwks(devkeys.generate_ec("k1"))))
     path = tmp_path / "tollhouse.yaml"
-    path.write_text(yaml.safe_dump({
-        "listen": f"127.0.0.1:{free_port()}", "admin_listen": f"127.0.0.1:{free_port()}",
-        "metrics_listen": f"127.0.0.1:{free_port()}",
-        "auth": {"jwt": [{"issuer": "https://i", "audiences": ["api"],
-                          "jwks_file": "jwks.json"}]},
-        "metering": {"enabled": False}, "shutdown_grace_s": 1,
-    }))
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "listen": f"127.0.0.1:{free_port()}",
+                "admin_listen": f"127.0.0.1:{free_port()}",
+                "metrics_listen": f"127.0.0.1:{free_port()}",
+                "auth": {
+                    "jwt": [{"issuer": "https://i", "audiences": ["api"], "jwks_file": "jwks.json"}]
+                },
+                "metering": {"enabled": False},
+                "shutdown_grace_s": 1,
+            }
+        )
+    )
     running = App(path, load_config(path))
     await running.start()
     yield running

@@ -18,8 +18,9 @@ from tollhouse.quota.memory import MemoryLimiter
 
 
 def lim(path: Path, lease_size: int = 1000, now: float = NOW) -> MemoryLimiter:
-    out = open_limiter("memory", clock=lambda: now, instance="t", counters_file=path,
-                       lease_size=lease_size)
+    out = open_limiter(
+        "memory", clock=lambda: now, instance="t", counters_file=path, lease_size=lease_size
+    )
     assert isinstance(out, MemoryLimiter)
     return out
 
@@ -103,8 +104,9 @@ async def test_leases_shrink_near_the_quota_and_hot_path_commits_rarely(tmp_path
         got = rows(path)
         assert got[("small", "requests", "2026-11")] == 7
         assert 1000 <= got[("big", "requests", "2026-11")] <= 1100
-        commits = (REGISTRY.get_sample_value("tollhouse_quota_counter_file_writes_total")
-                   or 0.0) - writes
+        commits = (
+            REGISTRY.get_sample_value("tollhouse_quota_counter_file_writes_total") or 0.0
+        ) - writes
         assert commits <= 30  # ~2 per 100 units (a lease of 100, renewed at half)
     finally:
         await m.stop()

@@ -78,11 +78,14 @@ async def test_two_replicas_share_the_quota(redis_server: RedisServer) -> None:
     try:
         admitted = 0
         for _ in range(40):  # 40 rounds x 20 concurrent admits, split over both replicas
-            batch = [(a if i % 2 else b).admit(c, ["requests"], lm, time.time())
-                     for i in range(20)]
+            batch = [(a if i % 2 else b).admit(c, ["requests"], lm, time.time()) for i in range(20)]
             admitted += sum(x.allowed for x in await asyncio.gather(*batch))
-            held = sum(ctr.left for lim in (a, b) for cu in lim._customers.values()
-                       for ctr in cu.counters.values())
+            held = sum(
+                ctr.left
+                for lim in (a, b)
+                for cu in lim._customers.values()
+                for ctr in cu.counters.values()
+            )
             # Proven bound: over-admission 0; under-admission = units leased but unspent.
             assert admitted <= q
             assert admitted + held <= q
@@ -126,11 +129,16 @@ async def test_release_returns_unit_to_lease(one: RedisLeaseLimiter) -> None:
 async def test_plan_upgrade_keeps_usage_in_redis(one: RedisLeaseLimiter) -> None:
     """A larger quota mid-period applies at once and counts the units already used."""
     c = customer()
-    assert sum([(await one.admit(c, ["requests"], limits(20), time.time())).allowed
-                for _ in range(30)]) == 20
+    assert (
+        sum(
+            [(await one.admit(c, ["requests"], limits(20), time.time())).allowed for _ in range(30)]
+        )
+        == 20
+    )
     pro = limits(50, plan="pro")
-    assert sum([(await one.admit(c, ["requests"], pro, time.time())).allowed
-                for _ in range(60)]) == 30
+    assert (
+        sum([(await one.admit(c, ["requests"], pro, time.time())).allowed for _ in range(60)]) == 30
+    )
 
 
 async def test_overage_allow_in_redis(one: RedisLeaseLimiter) -> None:
@@ -174,8 +182,11 @@ async def timed_admits(
 
 def held(lim: RedisLeaseLimiter, lease_size: int = 20) -> int:
     """Units this replica may still spend: its leases, plus a lease whose reply is in flight."""
-    return sum(ctr.left + (lease_size if ctr.refill is not None else 0)
-               for cu in lim._customers.values() for ctr in cu.counters.values())
+    return sum(
+        ctr.left + (lease_size if ctr.refill is not None else 0)
+        for cu in lim._customers.values()
+        for ctr in cu.counters.values()
+    )
 
 
 async def load_with_pause(
@@ -268,8 +279,10 @@ async def test_paused_redis_local_policy_degrades(own_redis: RedisServer) -> Non
     lim = make(own_redis.url, "loc", lease_size=20, timeout_s=0.05)
     await lim.start()
     c, lm = customer(), limits(100, on_counter_error="local")
-    degraded = REGISTRY.get_sample_value(
-        "tollhouse_quota_degraded_decisions_total", {"allowed": "true"}) or 0.0
+    degraded = (
+        REGISTRY.get_sample_value("tollhouse_quota_degraded_decisions_total", {"allowed": "true"})
+        or 0.0
+    )
     try:
         first = await warm(lim, c, lm)
         before, after, _, worst = await load_with_pause(lim, c, lm, own_redis)
@@ -311,8 +324,15 @@ async def test_dead_redis_fails_closed_fast(own_redis: RedisServer) -> None:
 async def test_downgrade_gives_back_lease_and_applies_at_once(one: RedisLeaseLimiter) -> None:
     """A smaller quota mid-period drops the lease taken under the old one: no over-admission."""
     c = customer()
-    assert sum([(await one.admit(c, ["requests"], limits(400), time.time())).allowed
-                for _ in range(30)]) == 30
+    assert (
+        sum(
+            [
+                (await one.admit(c, ["requests"], limits(400), time.time())).allowed
+                for _ in range(30)
+            ]
+        )
+        == 30
+    )
     small = limits(35, plan="tiny")
     admitted = 0
     for _ in range(60):  # the returned units reach Redis with the next background tick

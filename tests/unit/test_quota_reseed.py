@@ -79,8 +79,14 @@ async def test_restart_without_persistence_does_not_reopen_the_quota(
 
 async def test_the_background_flush_reseeds_too(volatile_redis: RedisServer) -> None:
     """A counter this replica only flushes to (no lease asked) is re-seeded, not restarted at 0."""
-    lim = RedisLeaseLimiter(volatile_redis.url, clock=time.time, instance="flush", lease_size=50,
-                            timeout_s=SLACK_S, heartbeat_s=0.2)
+    lim = RedisLeaseLimiter(
+        volatile_redis.url,
+        clock=time.time,
+        instance="flush",
+        lease_size=50,
+        timeout_s=SLACK_S,
+        heartbeat_s=0.2,
+    )
     await lim.start()
     c, lm = customer(), limits(100)
     try:
@@ -97,9 +103,18 @@ async def test_the_background_flush_reseeds_too(volatile_redis: RedisServer) -> 
 async def test_refund_returns_a_unit_to_the_shared_counter(volatile_redis: RedisServer) -> None:
     """A voided request's unit goes back to Redis: another replica can then admit one more."""
     # recheck_s=0: an exhausted replica asks Redis again at once (the default waits up to 1 s)
-    a, b = (RedisLeaseLimiter(volatile_redis.url, clock=time.time, instance=name, lease_size=5,
-                              timeout_s=SLACK_S, heartbeat_s=0.2, recheck_s=0)
-            for name in ("refund-a", "refund-b"))
+    a, b = (
+        RedisLeaseLimiter(
+            volatile_redis.url,
+            clock=time.time,
+            instance=name,
+            lease_size=5,
+            timeout_s=SLACK_S,
+            heartbeat_s=0.2,
+            recheck_s=0,
+        )
+        for name in ("refund-a", "refund-b")
+    )
     await a.start()
     await b.start()
     c, lm = customer(), limits(6)

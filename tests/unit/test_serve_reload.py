@@ -29,9 +29,13 @@ from tollhouse.store import StoreService, migrate, open_store
 def _doc(tmp_path: Path, **extra: Any) -> dict[str, Any]:
     (tmp_path / "jwks.json").write_text(json.dumps(devkeys.jwks(devkeys.generate_ec("k1"))))
     return {
-        "listen": f"127.0.0.1:{free_port()}", "admin_listen": f"127.0.0.1:{free_port()}",
-        "auth": {"jwt": [{"issuer": "https://issuer.example", "audiences": ["api"],
-                          "jwks_file": "jwks.json"}]},
+        "listen": f"127.0.0.1:{free_port()}",
+        "admin_listen": f"127.0.0.1:{free_port()}",
+        "auth": {
+            "jwt": [
+                {"issuer": "https://issuer.example", "audiences": ["api"], "jwks_file": "jwks.json"}
+            ]
+        },
         "features": {"search": [{"methods": ["GET"], "path": "/v1/search"}]},
         "plans": {"free": {"features": ["search"]}, "pro": {"features": ["search"]}},
         "customers": {"acme": {"plan": "pro"}},
@@ -50,14 +54,14 @@ class Serve:
         self.log = config.parent / "serve.log"
         exe = Path(sys.executable).parent / "tollhouse"
         with self.log.open("wb") as err:
-            self.proc = subprocess.Popen([str(exe), "serve", "--config", str(config)],
-                                         stdout=subprocess.DEVNULL, stderr=err)
+            self.proc = subprocess.Popen(
+                [str(exe), "serve", "--config", str(config)], stdout=subprocess.DEVNULL, stderr=err
+            )
         wait_port(int(self.doc["admin_listen"].rsplit(":", 1)[1]))
 
     def get(self, path: str) -> tuple[int, str]:
         try:
-            with urllib.request.urlopen(f"http://{self.doc['admin_listen']}{path}",
-                                        timeout=5) as r:
+            with urllib.request.urlopen(f"http://{self.doc['admin_listen']}{path}", timeout=5) as r:
                 return r.status, r.read().decode()
         except urllib.error.HTTPError as e:
             return e.code, e.read().decode()

@@ -25,8 +25,11 @@ def _config(tmp_path: Path, *, jwks: bool = True) -> Path:
         (tmp_path / "jwks.json").write_text(json.dumps(devkeys.jwks(devkeys.generate_ec("k1"))))
     doc = {
         **{name: f"127.0.0.1:{free_port()}" for name in LISTENERS},
-        "auth": {"jwt": [{"issuer": "https://issuer.example", "audiences": ["api"],
-                          "jwks_file": "jwks.json"}]},
+        "auth": {
+            "jwt": [
+                {"issuer": "https://issuer.example", "audiences": ["api"], "jwks_file": "jwks.json"}
+            ]
+        },
         "metering": {"spool": "spool", "meter": "sqlite:///./meter.db"},
         "shutdown_grace_s": 1,
     }
@@ -37,8 +40,13 @@ def _config(tmp_path: Path, *, jwks: bool = True) -> Path:
 
 def _serve(config: Path) -> subprocess.CompletedProcess[str]:
     exe = Path(sys.executable).parent / "tollhouse"
-    return subprocess.run([str(exe), "serve", "--config", str(config)], capture_output=True,
-                          text=True, timeout=60, check=False)
+    return subprocess.run(
+        [str(exe), "serve", "--config", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
 
 
 @pytest.mark.parametrize("setting", LISTENERS)

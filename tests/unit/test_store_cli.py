@@ -22,25 +22,38 @@ def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, object]:
     return code, json.loads(out) if code == 0 else err
 
 
-def test_cli_manages_customers_and_keys(tmp_path: Path,
-                                        capsys: pytest.CaptureFixture[str]) -> None:
+def test_cli_manages_customers_and_keys(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """Migrate, create, change plan, issue and revoke a key, read the audit log from a config."""
     (tmp_path / "tollhouse.yaml").write_text(
-        "plans: {free: {}, pro: {}}\nstore: {url: 'sqlite:///./store.db'}\n")
+        "plans: {free: {}, pro: {}}\nstore: {url: 'sqlite:///./store.db'}\n"
+    )
     cfg = ["--config", str(tmp_path / "tollhouse.yaml")]
     code, out = run(capsys, "customers", "list", *cfg)
     assert code == 2
     assert "not migrated" in str(out)
     assert run(capsys, "store", "migrate", *cfg) == (0, {"schema_version": SCHEMA_VERSION})
-    code, c = run(capsys, "customers", "create", "--name", "Acme", "--plan", "free",
-                  "--id", "acme", "--anchor", "2025-11-03", *cfg)
+    code, c = run(
+        capsys,
+        "customers",
+        "create",
+        "--name",
+        "Acme",
+        "--plan",
+        "free",
+        "--id",
+        "acme",
+        "--anchor",
+        "2025-11-03",
+        *cfg,
+    )
     assert code == 0
     assert c["anchor"] == "2025-11-03"
     code, out = run(capsys, "customers", "plan", "acme", "gold", *cfg)
     assert code == 1
     assert "unknown_plan" in str(out)
-    code, out = run(capsys, "customers", "plan", "acme", "pro", "--effective",
-                    "2020-01-01T00:00:00", *cfg)
+    code, out = run(
+        capsys, "customers", "plan", "acme", "pro", "--effective", "2020-01-01T00:00:00", *cfg
+    )
     assert code == 1
     assert "effective_at_too_early" in str(out)
     code, c = run(capsys, "customers", "plan", "acme", "pro", *cfg)
@@ -57,7 +70,11 @@ def test_cli_manages_customers_and_keys(tmp_path: Path,
     assert r["revoked_at"] is not None
     code, audit = run(capsys, "customers", "audit", *cfg)
     assert [a["action"] for a in audit] == [  # type: ignore[attr-defined]
-        "customer.create", "subscription.change_plan", "key.issue", "key.revoke"]
+        "customer.create",
+        "subscription.change_plan",
+        "key.issue",
+        "key.revoke",
+    ]
     assert {a["actor"] for a in audit} == {"cli"}  # type: ignore[attr-defined]
     assert (tmp_path / "store.db").exists()
 
@@ -66,8 +83,9 @@ def test_cli_store_url_and_status(tmp_path: Path, capsys: pytest.CaptureFixture[
     """--store-url works without a config; status and overrides change; bad input exits non-zero."""
     url = ["--store-url", f"sqlite://{tmp_path}/s.db"]
     assert run(capsys, "store", "migrate", *url)[0] == 0
-    assert run(capsys, "customers", "create", "--name", "A", "--plan", "x", "--id", "a",
-               *url)[0] == 0
+    assert (
+        run(capsys, "customers", "create", "--name", "A", "--plan", "x", "--id", "a", *url)[0] == 0
+    )
     code, c = run(capsys, "customers", "status", "a", "suspended", *url)
     assert code == 0
     assert c["status"] == "suspended"

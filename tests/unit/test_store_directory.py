@@ -21,8 +21,9 @@ async def sqlite_setup(tmp_path: Path) -> AsyncIterator[tuple[StoreService, Dire
     url = f"sqlite://{tmp_path}/store.db"
     clock = Clock()
     svc = await make_service(url, clock)
-    await svc.create_customer(actor="cli", name="A", plan="free", customer_id="a",
-                              anchor=date(2025, 11, 1))
+    await svc.create_customer(
+        actor="cli", name="A", plan="free", customer_id="a", anchor=date(2025, 11, 1)
+    )
     d = Directory(StoreConfig(url=url), clock=clock)
     await d.start()
     yield svc, d, clock
@@ -37,7 +38,8 @@ async def test_not_migrated_store_is_refused(tmp_path: Path) -> None:
 
 
 async def test_sqlite_key_issue_and_revoke_within_a_second(
-        sqlite_setup: tuple[StoreService, Directory, Clock]) -> None:
+    sqlite_setup: tuple[StoreService, Directory, Clock],
+) -> None:
     """A new key appears and a revoked key disappears within 1 s by the version poll."""
     svc, d, _ = sqlite_setup
     assert d.ready
@@ -53,7 +55,8 @@ async def test_sqlite_key_issue_and_revoke_within_a_second(
 
 
 async def test_sqlite_status_plan_overrides_topups(
-        sqlite_setup: tuple[StoreService, Directory, Clock]) -> None:
+    sqlite_setup: tuple[StoreService, Directory, Clock],
+) -> None:
     """Suspend/reactivate, a future plan change, an override and a top-up all reach memory."""
     svc, d, clock = sqlite_setup
 
@@ -106,7 +109,8 @@ async def test_pg_two_replicas_follow_notify(postgres_server: PostgresServer) ->
         for r in replicas:
             assert await eventually(lambda r=r: r.api_key_customer(digest) is None, 1.0)
             assert await eventually(
-                lambda r=r: getattr(r.customer("a"), "status", "") == "suspended", 1.0)
+                lambda r=r: getattr(r.customer("a"), "status", "") == "suspended", 1.0
+            )
     finally:
         for r in replicas:
             await r.stop()

@@ -98,7 +98,8 @@ async def test_server_stop_keeps_snapshot_and_recovers(own_pg: PostgresServer) -
 
 
 async def test_change_while_cut_off_arrives_after_reconnect(
-        postgres_server: PostgresServer, proxy: CutProxy) -> None:
+    postgres_server: PostgresServer, proxy: CutProxy
+) -> None:
     """A replica cut off from the store misses nothing: the change arrives once it reconnects."""
     url = fresh_pg_url(postgres_server)
     via_proxy = url.replace(f":{postgres_server.port}/", f":{proxy.port}/")

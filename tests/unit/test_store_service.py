@@ -55,11 +55,18 @@ async def test_newer_schema_is_refused(store_url: str) -> None:
 
 
 async def test_customer_lifecycle_writes_audit_and_changes(
-        service: tuple[StoreService, Clock]) -> None:
+    service: tuple[StoreService, Clock],
+) -> None:
     """Create, update, read and list customers; each write has one audit row and one change."""
     svc, _ = service
-    c = await svc.create_customer(actor="cli", name="Acme", plan="free", customer_id="acme",
-                                  email="ops@acme.test", metadata={"crm": "42"})
+    c = await svc.create_customer(
+        actor="cli",
+        name="Acme",
+        plan="free",
+        customer_id="acme",
+        email="ops@acme.test",
+        metadata={"crm": "42"},
+    )
     assert (c.plan, c.status, c.anchor) == ("free", "active", date(2025, 11, 24))
     c2 = await svc.update_customer("acme", actor="adm1", name="Acme Inc")
     assert c2.name == "Acme Inc"
@@ -68,14 +75,19 @@ async def test_customer_lifecycle_writes_audit_and_changes(
     assert [x.id for x in await svc.list_customers()] == ["acme", "beta"]
     assert [x.id for x in await svc.list_customers(after="acme")] == ["beta"]
     audit = await svc.audit_log(target="acme")
-    assert [(a.actor, a.action) for a in audit] == [("cli", "customer.create"),
-                                                    ("adm1", "customer.update")]
+    assert [(a.actor, a.action) for a in audit] == [
+        ("cli", "customer.create"),
+        ("adm1", "customer.update"),
+    ]
     assert audit[1].before["name"] == "Acme"
     assert audit[1].after["name"] == "Acme Inc"
     async with svc.backend.transaction(readonly=True) as tx:
         rows = await tx.execute("SELECT entity, entity_id FROM changes ORDER BY version")
-    assert [tuple(r) for r in rows] == [("customer", "acme"), ("customer", "acme"),
-                                        ("customer", "beta")]
+    assert [tuple(r) for r in rows] == [
+        ("customer", "acme"),
+        ("customer", "acme"),
+        ("customer", "beta"),
+    ]
 
 
 async def test_errors_have_stable_codes(service: tuple[StoreService, Clock]) -> None:
@@ -83,8 +95,10 @@ async def test_errors_have_stable_codes(service: tuple[StoreService, Clock]) -> 
     svc, _ = service
     await svc.create_customer(actor="cli", name="A", plan="free", customer_id="a")
     cases = [
-        (svc.create_customer(actor="cli", name="A", plan="free", customer_id="a"),
-         "already_exists"),
+        (
+            svc.create_customer(actor="cli", name="A", plan="free", customer_id="a"),
+            "already_exists",
+        ),
         (svc.get_customer("nobody"), "not_found"),
         (svc.change_plan("a", "gold", actor="cli"), "unknown_plan"),
         (svc.set_override("a", "bytes", 5, actor="cli"), "unknown_meter"),
@@ -98,21 +112,23 @@ async def test_errors_have_stable_codes(service: tuple[StoreService, Clock]) -> 
 
 
 async def test_plan_change_keeps_history_and_applies_at_effective_time(
-        service: tuple[StoreService, Clock]) -> None:
+    service: tuple[StoreService, Clock],
+) -> None:
     """A future plan change is recorded at once and becomes the plan when its time comes."""
     svc, clock = service
     await svc.create_customer(actor="cli", name="A", plan="free", customer_id="a")
     c = await svc.change_plan("a", "pro", actor="cli", effective_at=T0 + 3600)
     assert c.plan == "free"
-    assert [(p.plan, p.effective_from) for p in c.plan_changes] == [("free", T0),
-                                                                    ("pro", T0 + 3600)]
+    assert [(p.plan, p.effective_from) for p in c.plan_changes] == [
+        ("free", T0),
+        ("pro", T0 + 3600),
+    ]
     clock.t = T0 + 3600
     assert (await svc.get_customer("a")).plan == "pro"
     later = await svc.change_plan("a", "free", actor="cli", effective_at=T0 + 7200)
     superseding = await svc.change_plan("a", "free", actor="cli", effective_at=T0 + 5000)
     assert len(later.plan_changes) == 3
-    assert [p.effective_from for p in superseding.plan_changes
-                                              ] == [T0, T0 + 3600, T0 + 5000]
+    assert [p.effective_from for p in superseding.plan_changes] == [T0, T0 + 3600, T0 + 5000]
     with pytest.raises(ServiceError) as e:
         await svc.change_plan("a", "free", actor="cli", effective_at=T0 + 10)
     assert e.value.code == "effective_at_too_early"
@@ -142,20 +158,27 @@ async def test_keys_store_only_hashes_and_revoke(service: tuple[StoreService, Cl
 async def test_status_overrides_and_topups(service: tuple[StoreService, Clock]) -> None:
     """Status changes record status_since; overrides set and clear; top-ups key on the period."""
     svc, clock = service
-    await svc.create_customer(actor="cli", name="A", plan="free", customer_id="a",
-                              anchor=date(2025, 10, 31))
+    await svc.create_customer(
+        actor="cli", name="A", plan="free", customer_id="a", anchor=date(2025, 10, 31)
+    )
     clock.t += 10
     c = await svc.set_status("a", "suspended", actor="cli")
     assert (c.status, c.status_since) == ("suspended", T0 + 10)
     assert (await svc.set_override("a", "requests", 5000, actor="cli")).quota_overrides == {
-        "requests": 5000}
+        "requests": 5000
+    }
     assert (await svc.set_override("a", "requests", None, actor="cli")).quota_overrides == {}
     t = await svc.add_topup("a", "requests", 100, actor="cli")
     assert t.period == "2025-10-31"  # Nov has 30 days: the period started on Oct 31
     assert [x.units for x in await svc.list_topups("a")] == [100]
     actions = [a.action for a in await svc.audit_log(target="a")]
-    assert actions == ["customer.create", "subscription.set_status", "override.set",
-                       "override.set", "topup.add"]
+    assert actions == [
+        "customer.create",
+        "subscription.set_status",
+        "override.set",
+        "override.set",
+        "topup.add",
+    ]
 
 
 def test_period_start_clamps_to_month_end() -> None:
@@ -176,12 +199,21 @@ async def test_v1_store_migrates_to_v2_keeping_customers(store_url: str) -> None
             await tx.execute(stmt)
         await tx.execute("CREATE TABLE tollhouse_schema (version INTEGER NOT NULL)")
         await tx.execute("INSERT INTO tollhouse_schema (version) VALUES (1)")
-        await tx.execute("INSERT INTO customers (id, name, email, metadata, created_at)"
-                         " VALUES ('acme', 'Acme', '', '{}', ?)", (T0,))
-        await tx.execute("INSERT INTO subscriptions (customer, anchor, status, status_since)"
-                         " VALUES ('acme', '2025-11-01', 'active', ?)", (T0,))
-        await tx.execute("INSERT INTO plan_changes (customer, plan, effective_from, created_at)"
-                         " VALUES ('acme', 'pro', ?, ?)", (T0, T0))
+        await tx.execute(
+            "INSERT INTO customers (id, name, email, metadata, created_at)"
+            " VALUES ('acme', 'Acme', '', '{}', ?)",
+            (T0,),
+        )
+        await tx.execute(
+            "INSERT INTO subscriptions (customer, anchor, status, status_since)"
+            " VALUES ('acme', '2025-11-01', 'active', ?)",
+            (T0,),
+        )
+        await tx.execute(
+            "INSERT INTO plan_changes (customer, plan, effective_from, created_at)"
+            " VALUES ('acme', 'pro', ?, ?)",
+            (T0, T0),
+        )
     await backend.close()
     with pytest.raises(SchemaError, match=f"older than {SCHEMA_VERSION}"):
         await open_store(store_url)

@@ -31,8 +31,9 @@ def test_sigterm_of_the_test_process_stops_its_postgresql_and_redis() -> None:
     root = Path(__file__).resolve().parents[2]
     d = Path(tempfile.mkdtemp(prefix="th-pg-term-"))
     os.chmod(d, 0o755)  # noqa: S103 - the postgres user must reach its data dir
-    child = subprocess.Popen([sys.executable, "-c", _CHILD, str(d)], cwd=root,
-                             stdout=subprocess.PIPE, text=True)
+    child = subprocess.Popen(
+        [sys.executable, "-c", _CHILD, str(d)], cwd=root, stdout=subprocess.PIPE, text=True
+    )
     try:
         assert child.stdout is not None
         pg_port, redis_port = (int(p) for p in child.stdout.readline().split())
@@ -41,8 +42,9 @@ def test_sigterm_of_the_test_process_stops_its_postgresql_and_redis() -> None:
         child.send_signal(signal.SIGTERM)
         assert child.wait(30) == -signal.SIGTERM  # it still dies of the signal
         deadline = time.monotonic() + 10
-        while time.monotonic() < deadline and not (port_is_free(pg_port)
-                                                   and port_is_free(redis_port)):
+        while time.monotonic() < deadline and not (
+            port_is_free(pg_port) and port_is_free(redis_port)
+        ):
             time.sleep(0.1)
         assert port_is_free(pg_port), "PostgreSQL outlived its test process"
         assert port_is_free(redis_port), "redis-server outlived its test process"

@@ -25,12 +25,17 @@ async def test_store_customer_sees_override_and_topup(tmp_path: Path) -> None:
     await svc.set_override("zed", "requests", 50, actor="t")
     await svc.add_topup("zed", "requests", 7, actor="t")
     await backend.close()
-    cfg = parse_config({
-        "plans": {"free": {"quotas": {"requests": 10},
-                           "price": {"meters": {"requests": {"included": 3,
-                                                             "unit_price": "0.01"}}}}},
-        "metering": {"meter": f"sqlite:///{tmp_path}/meter.db"},
-    })
+    cfg = parse_config(
+        {
+            "plans": {
+                "free": {
+                    "quotas": {"requests": 10},
+                    "price": {"meters": {"requests": {"included": 3, "unit_price": "0.01"}}},
+                }
+            },
+            "metering": {"meter": f"sqlite:///{tmp_path}/meter.db"},
+        }
+    )
     directory = Directory(StoreConfig(url=url))
     await directory.start()
     try:
@@ -54,12 +59,14 @@ async def test_store_customer_sees_override_and_topup(tmp_path: Path) -> None:
 async def test_unreachable_redis_meter_is_503_not_a_stale_answer(tmp_path: Path) -> None:
     """A Redis meter nobody answers on: /v1/usage is 503 usage_unavailable (counted), not 500."""
     port = free_port()  # checked free: nothing listens there
-    cfg = parse_config({
-        "plans": {"free": {"quotas": {"requests": 10}}},
-        "customers": {"zed": {"plan": "free"}},
-        "metering": {"meter": f"redis://127.0.0.1:{port}/0"},
-        "billing": {"ledger": f"sqlite:///{tmp_path}/ledger.db"},
-    })
+    cfg = parse_config(
+        {
+            "plans": {"free": {"quotas": {"requests": 10}}},
+            "customers": {"zed": {"plan": "free"}},
+            "metering": {"meter": f"redis://127.0.0.1:{port}/0"},
+            "billing": {"ledger": f"sqlite:///{tmp_path}/ledger.db"},
+        }
+    )
     app = SimpleNamespace(cfg=cfg, clock=time.time, directory=None)
     before = LOOKUP_FAILED._value.get()  # type: ignore[attr-defined]
     async with TestClient(TestServer(build_usage_app(app))) as client:

@@ -40,8 +40,9 @@ async def backend(tmp_path: Path) -> AsyncIterator[Backend]:
 
 
 def _deliverer(b: Backend, cfg: WebhooksConfig = FAST, owner: str = "r1") -> Deliverer:
-    return Deliverer(DeliveryQueue(b, clock=time.time), cfg, owner=owner, clock=time.time,
-                     rng=random.Random(7))
+    return Deliverer(
+        DeliveryQueue(b, clock=time.time), cfg, owner=owner, clock=time.time, rng=random.Random(7)
+    )
 
 
 async def test_deliveries_are_signed_per_standard_webhooks(backend: Backend) -> None:
@@ -64,8 +65,7 @@ async def test_deliveries_are_signed_per_standard_webhooks(backend: Backend) -> 
         Webhook(secret).verify(got.body.replace("80", "81"), got.headers)
 
 
-async def test_receiver_stopped_and_restarted_mid_delivery_loses_nothing(
-        backend: Backend) -> None:
+async def test_receiver_stopped_and_restarted_mid_delivery_loses_nothing(backend: Backend) -> None:
     """Requests cut off by a receiver restart are retried: nothing lost, duplicates identical.
 
     Every event arrives, and every duplicate carries the same webhook-id and the same body.
@@ -129,7 +129,8 @@ def test_backoff_is_exponential_capped_and_jittered() -> None:
 
 
 async def test_two_loops_on_postgresql_never_deliver_one_event_concurrently(
-        postgres_server: PostgresServer) -> None:
+    postgres_server: PostgresServer,
+) -> None:
     """Two replicas' loops on one PostgreSQL store never send one event twice at once.
 
     No attempt failed, so each event arrives exactly once, and both loops took part.
@@ -163,8 +164,16 @@ def test_config_errors_name_the_dotted_field() -> None:
     from tollhouse.config import ConfigError, parse_config
 
     with pytest.raises(ConfigError) as e:
-        parse_config({"webhooks": {"lease_s": 1, "request_timeout_ms": 5000,
-                                   "backoff_initial_s": 10, "backoff_max_s": 1}})
+        parse_config(
+            {
+                "webhooks": {
+                    "lease_s": 1,
+                    "request_timeout_ms": 5000,
+                    "backoff_initial_s": 10,
+                    "backoff_max_s": 1,
+                }
+            }
+        )
     assert [p for p, _ in e.value.problems] == ["webhooks.backoff_max_s", "webhooks.lease_s"]
 
 

@@ -37,11 +37,13 @@ async def outbox(store_url: str) -> AsyncIterator[tuple[Outbox, DeliveryQueue, C
 
 
 async def test_endpoint_lifecycle_is_audited_without_the_secret(
-        outbox: tuple[Outbox, DeliveryQueue, Clock]) -> None:
+    outbox: tuple[Outbox, DeliveryQueue, Clock],
+) -> None:
     """Create, disable, enable, delete: each in the audit log; the secret is in none of them."""
     box, _, clock = outbox
-    ep, secret = await box.create_endpoint(actor="t", url="https://example.test/h",
-                                           events=["quota.threshold_reached"])
+    ep, secret = await box.create_endpoint(
+        actor="t", url="https://example.test/h", events=["quota.threshold_reached"]
+    )
     assert secret.startswith("whsec_")
     assert ep.enabled
     assert [e.id for e in await box.list_endpoints()] == [ep.id]
@@ -53,18 +55,30 @@ async def test_endpoint_lifecycle_is_audited_without_the_secret(
         await box.get_endpoint(ep.id)
     assert e.value.code == "not_found"
     audit = await StoreService(box.backend, clock=clock).audit_log(target=ep.id)
-    assert [a.action for a in audit] == ["webhook.create", "webhook.disable", "webhook.enable",
-                                         "webhook.delete"]
+    assert [a.action for a in audit] == [
+        "webhook.create",
+        "webhook.disable",
+        "webhook.enable",
+        "webhook.delete",
+    ]
     assert secret not in json.dumps([a.to_json() for a in audit])
 
 
-@pytest.mark.parametrize(("field", "value"), [
-    ("url", "ftp://example.test/"), ("url", "https://user:pw@example.test/"), ("url", "nohost"),
-    ("events", []), ("events", ["no.such_event"]), ("secret", "plain"),
-    ("secret", "whsec_c2hvcnQ="),
-])
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("url", "ftp://example.test/"),
+        ("url", "https://user:pw@example.test/"),
+        ("url", "nohost"),
+        ("events", []),
+        ("events", ["no.such_event"]),
+        ("secret", "plain"),
+        ("secret", "whsec_c2hvcnQ="),
+    ],
+)
 async def test_bad_endpoint_input_is_refused_by_field(
-        outbox: tuple[Outbox, DeliveryQueue, Clock], field: str, value: object) -> None:
+    outbox: tuple[Outbox, DeliveryQueue, Clock], field: str, value: object
+) -> None:
     """A bad url, events filter or secret is ``invalid`` and names the field."""
     box, _, _ = outbox
     args: dict[str, object] = {"url": "https://example.test/h", "events": ["*"], "secret": None}
@@ -76,11 +90,13 @@ async def test_bad_endpoint_input_is_refused_by_field(
 
 
 async def test_emit_records_once_per_dedupe_key_with_deliveries_by_filter(
-        outbox: tuple[Outbox, DeliveryQueue, Clock]) -> None:
+    outbox: tuple[Outbox, DeliveryQueue, Clock],
+) -> None:
     """The same dedupe key is recorded once; deliveries go to subscribed, enabled endpoints."""
     box, _, _ = outbox
-    quota, _ = await box.create_endpoint(actor="t", url="https://a.test/",
-                                         events=["quota.threshold_reached"])
+    quota, _ = await box.create_endpoint(
+        actor="t", url="https://a.test/", events=["quota.threshold_reached"]
+    )
     other, _ = await box.create_endpoint(actor="t", url="https://b.test/", events=["credit.low"])
     every, _ = await box.create_endpoint(actor="t", url="https://c.test/", events=["*"])
     off, _ = await box.create_endpoint(actor="t", url="https://d.test/", events=["*"])
@@ -97,7 +113,8 @@ async def test_emit_records_once_per_dedupe_key_with_deliveries_by_filter(
 
 
 async def test_claims_are_exclusive_until_the_lease_expires_and_settling_is_fenced(
-        outbox: tuple[Outbox, DeliveryQueue, Clock]) -> None:
+    outbox: tuple[Outbox, DeliveryQueue, Clock],
+) -> None:
     """A claimed delivery is not claimed again until its lease ends; the old owner can't settle."""
     box, queue, clock = outbox
     await box.create_endpoint(actor="t", url="https://a.test/", events=["*"])
@@ -108,17 +125,24 @@ async def test_claims_are_exclusive_until_the_lease_expires_and_settling_is_fenc
     clock.now += 31
     second = await queue.claim("r2", 10, lease_s=30)
     assert [c.event_id for c in second] == [first[0].event_id]
-    assert await queue.settle(first[0], "r1", status=200, error=None, next_attempt_at=None,
-                              dead=False) is False
-    assert await queue.settle(second[0], "r2", status=200, error=None, next_attempt_at=None,
-                              dead=False) is True
+    assert (
+        await queue.settle(first[0], "r1", status=200, error=None, next_attempt_at=None, dead=False)
+        is False
+    )
+    assert (
+        await queue.settle(
+            second[0], "r2", status=200, error=None, next_attempt_at=None, dead=False
+        )
+        is True
+    )
     [d] = await box.list_deliveries()
     assert (d.state, d.attempts, d.last_status) == ("delivered", 1, 200)
     assert (await queue.stats()).pending == 0
 
 
 async def test_redelivery_of_an_event_and_of_dead_deliveries(
-        outbox: tuple[Outbox, DeliveryQueue, Clock]) -> None:
+    outbox: tuple[Outbox, DeliveryQueue, Clock],
+) -> None:
     """A delivered event can be sent again; dead deliveries of an endpoint go back to pending."""
     box, queue, _ = outbox
     ep, _ = await box.create_endpoint(actor="t", url="https://a.test/", events=["*"])
@@ -126,8 +150,9 @@ async def test_redelivery_of_an_event_and_of_dead_deliveries(
     await box.emit("credit.low", "acme", "c2", {})
     claimed = await queue.claim("r", 10, lease_s=30)
     await queue.settle(claimed[0], "r", status=200, error=None, next_attempt_at=None, dead=False)
-    await queue.settle(claimed[1], "r", status=500, error="HTTP 500", next_attempt_at=None,
-                       dead=True)
+    await queue.settle(
+        claimed[1], "r", status=500, error="HTTP 500", next_attempt_at=None, dead=True
+    )
     assert (await queue.stats()).dead == 1
     again = await box.redeliver_event(claimed[0].event_id, actor="t")
     assert [(d.state, d.attempts) for d in again] == [("pending", 0)]
@@ -139,7 +164,8 @@ async def test_redelivery_of_an_event_and_of_dead_deliveries(
 
 
 async def test_test_event_goes_only_to_its_endpoint(
-        outbox: tuple[Outbox, DeliveryQueue, Clock]) -> None:
+    outbox: tuple[Outbox, DeliveryQueue, Clock],
+) -> None:
     """``send_test`` queues a webhook.test for that endpoint only; a disabled one is refused."""
     box, _, _ = outbox
     a, _ = await box.create_endpoint(actor="t", url="https://a.test/", events=["credit.low"])

@@ -33,15 +33,34 @@ log = get_logger(__name__)
 OPENAPI_PATH = Path(__file__).with_name("openapi.yaml")
 SERVICE_KEY: web.AppKey[StoreService] = web.AppKey("service", StoreService)
 ACTOR_KEY: web.RequestKey[str] = web.RequestKey("actor", str)
-_STATUS = {"not_found": 404, "already_exists": 409, "already_revoked": 409,
-           "already_voided": 409, "conflict": 409,
-           "effective_at_too_early": 409,
-           "invalid": 422, "unknown_plan": 422, "unknown_meter": 422, "bad_json": 400,
-           "unauthorized": 401, "method_not_allowed": 405, "body_too_large": 413,
-           "store_unavailable": 503, "internal_error": 500}
-_TITLES = {404: "Not found", 409: "Conflict", 422: "Invalid request", 400: "Bad request",
-           401: "Unauthorized", 405: "Method not allowed", 413: "Content too large",
-           503: "Store unavailable", 500: "Internal error"}
+_STATUS = {
+    "not_found": 404,
+    "already_exists": 409,
+    "already_revoked": 409,
+    "already_voided": 409,
+    "conflict": 409,
+    "effective_at_too_early": 409,
+    "invalid": 422,
+    "unknown_plan": 422,
+    "unknown_meter": 422,
+    "bad_json": 400,
+    "unauthorized": 401,
+    "method_not_allowed": 405,
+    "body_too_large": 413,
+    "store_unavailable": 503,
+    "internal_error": 500,
+}
+_TITLES = {
+    404: "Not found",
+    409: "Conflict",
+    422: "Invalid request",
+    400: "Bad request",
+    401: "Unauthorized",
+    405: "Method not allowed",
+    413: "Content too large",
+    503: "Store unavailable",
+    500: "Internal error",
+}
 _HTTP_CODES = {404: "not_found", 405: "method_not_allowed", 413: "body_too_large"}
 _DIGITS = re.compile(r"[0-9]{1,19}")  # str.isdigit() also takes "²" and "٣", which int() refuses
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -55,8 +74,9 @@ def read_token_sha256(path: Path) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
-def problem(code: str, detail: str = "", status: int | None = None,
-            headers: dict[str, str] | None = None) -> web.Response:
+def problem(
+    code: str, detail: str = "", status: int | None = None, headers: dict[str, str] | None = None
+) -> web.Response:
     """Return an RFC 9457 problem+json response with a stable ``code``."""
     status = status or _STATUS.get(code, 500)
     return problem_response(status, code, _TITLES.get(status, "Error"), detail, headers)
@@ -76,10 +96,17 @@ def _auth_middleware(token_sha256: str) -> Any:
         scheme, _, token = header.partition(" ")
         given = hashlib.sha256(token.strip().encode()).hexdigest().encode()
         if scheme.lower() != "bearer" or not hmac.compare_digest(given, expected):
-            log.warning("admin.unauthorized", method=request.method, path=request.path,
-                        had_credentials=bool(header))
-            return problem("unauthorized", "a valid admin bearer token is required",
-                           headers={"WWW-Authenticate": 'Bearer realm="tollhouse-admin"'})
+            log.warning(
+                "admin.unauthorized",
+                method=request.method,
+                path=request.path,
+                had_credentials=bool(header),
+            )
+            return problem(
+                "unauthorized",
+                "a valid admin bearer token is required",
+                headers={"WWW-Authenticate": 'Bearer realm="tollhouse-admin"'},
+            )
         request[ACTOR_KEY] = actor
         return await handler(request)
 
@@ -99,16 +126,20 @@ async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
         resp.headers.update({k: v for k, v in e.headers.items() if k.lower() == "allow"})
     except StoreUnavailable:
         log.warning("admin.store_unavailable", exc=True, path=request.path)
-        resp = problem("store_unavailable", "the entitlement store is unreachable",
-                       headers={"Retry-After": "1"})
+        resp = problem(
+            "store_unavailable",
+            "the entitlement store is unreachable",
+            headers={"Retry-After": "1"},
+        )
     except INTEGRITY_ERRORS:
         resp = problem("conflict", "a concurrent change conflicts; retry")
     except Exception:  # a bug: never a bare 500 text/plain, always logged with its traceback
         log.error("admin.internal_error", exc=True, method=request.method, path=request.path)
         resp = problem("internal_error", "the request failed; see the tollhouse log")
     route = request.match_info.route.resource
-    ADMIN_REQUESTS.labels(route=route.canonical if route else "unmatched",
-                          status=str(resp.status)).inc()
+    ADMIN_REQUESTS.labels(
+        route=route.canonical if route else "unmatched", status=str(resp.status)
+    ).inc()
     return resp
 
 
@@ -165,9 +196,14 @@ async def create_customer(request: web.Request) -> web.Response:
     if cid is not None and not v.check_id(cid):
         raise ServiceError("invalid", "id: must match " + v.ID.pattern)
     c = await _svc(request).create_customer(
-        actor=request[ACTOR_KEY], name=v.req_str(b, "name"), plan=v.req_str(b, "plan", 128),
-        email=v.opt_str(b, "email", 320) or "", metadata=v.opt_object(b, "metadata"),
-        anchor=v.opt_date(b, "anchor"), customer_id=cid)
+        actor=request[ACTOR_KEY],
+        name=v.req_str(b, "name"),
+        plan=v.req_str(b, "plan", 128),
+        email=v.opt_str(b, "email", 320) or "",
+        metadata=v.opt_object(b, "metadata"),
+        anchor=v.opt_date(b, "anchor"),
+        customer_id=cid,
+    )
     return _ok(c.to_json(), 201)
 
 
@@ -183,11 +219,19 @@ async def update_customer(request: web.Request) -> web.Response:
     name = v.opt_str(b, "name")
     if name == "":
         raise ServiceError("invalid", "name: must not be empty")
-    extra = {"stripe_customer_id": v.opt_str(b, "stripe_customer_id", 254)} if (
-        "stripe_customer_id" in b) else {}  # null removes it; absent: unchanged
+    extra = (
+        {"stripe_customer_id": v.opt_str(b, "stripe_customer_id", 254)}
+        if ("stripe_customer_id" in b)
+        else {}
+    )  # null removes it; absent: unchanged
     c = await _svc(request).update_customer(
-        cid, actor=request[ACTOR_KEY], name=name,
-        email=v.opt_str(b, "email", 320), metadata=v.opt_object(b, "metadata"), **extra)
+        cid,
+        actor=request[ACTOR_KEY],
+        name=name,
+        email=v.opt_str(b, "email", 320),
+        metadata=v.opt_object(b, "metadata"),
+        **extra,
+    )
     return _ok(c.to_json())
 
 
@@ -195,8 +239,12 @@ async def change_plan(request: web.Request) -> web.Response:
     """POST /customers/{customer}/plan."""
     cid = _path_id(request, "customer")
     b = await _body(request)
-    c = await _svc(request).change_plan(cid, v.req_str(b, "plan", 128), actor=request[ACTOR_KEY],
-                                        effective_at=v.opt_number(b, "effective_at"))
+    c = await _svc(request).change_plan(
+        cid,
+        v.req_str(b, "plan", 128),
+        actor=request[ACTOR_KEY],
+        effective_at=v.opt_number(b, "effective_at"),
+    )
     return _ok(c.to_json())
 
 
@@ -219,8 +267,7 @@ async def list_keys(request: web.Request) -> web.Response:
 
 async def issue_key(request: web.Request) -> web.Response:
     """POST /customers/{customer}/keys: the only response that ever contains the key."""
-    issued = await _svc(request).issue_key(_path_id(request, "customer"),
-                                           actor=request[ACTOR_KEY])
+    issued = await _svc(request).issue_key(_path_id(request, "customer"), actor=request[ACTOR_KEY])
     return _ok({**issued.info.to_json(), "key": issued.key}, 201)
 
 
@@ -257,8 +304,12 @@ async def add_topup(request: web.Request) -> web.Response:
     b = await _body(request)
     period = v.opt_date(b, "period")
     t = await _svc(request).add_topup(
-        cid, v.req_str(b, "meter", 128), v.req_int(b, "units", 1), actor=request[ACTOR_KEY],
-        period=period.isoformat() if period else None)
+        cid,
+        v.req_str(b, "meter", 128),
+        v.req_int(b, "units", 1),
+        actor=request[ACTOR_KEY],
+        period=period.isoformat() if period else None,
+    )
     return _ok(t.to_json(), 201)
 
 
@@ -268,20 +319,24 @@ async def audit_log(request: web.Request) -> web.Response:
     if target is not None and not v.check_id(target):
         raise ServiceError("invalid", "target must be a customer or key id")
     entries = await _svc(request).audit_log(
-        target=target, after_id=_q_int(request, "after_id", 0, 0, 2**62),
-        limit=_q_int(request, "limit", 100, 1, 1000))
+        target=target,
+        after_id=_q_int(request, "after_id", 0, 0, 2**62),
+        limit=_q_int(request, "limit", 100, 1, 1000),
+    )
     return _ok({"items": [e.to_json() for e in entries]})
 
 
-def admin_routes(service: StoreService, token_sha256: str,
-                 currency_of: Callable[[str], str | None] | None = None) -> web.Application:
+def admin_routes(
+    service: StoreService, token_sha256: str, currency_of: Callable[[str], str | None] | None = None
+) -> web.Application:
     """Return the admin sub-application (mount it at ``/admin``).
 
     ``currency_of(plan)``: the currency of a plan's price, the currency credit balances are shown
     in (None: that of the customer's first usable grant).
     """
-    app = web.Application(middlewares=[_auth_middleware(token_sha256), _errors],
-                          client_max_size=64 * 1024)
+    app = web.Application(
+        middlewares=[_auth_middleware(token_sha256), _errors], client_max_size=64 * 1024
+    )
     app[SERVICE_KEY] = service
     r = app.router
     r.add_get("/customers", list_customers)
@@ -323,8 +378,9 @@ class _LiveNames:
         return len(self._names())
 
 
-def build_admin_app(cfg: Config, clock: Callable[[], float] = time.time,
-                    current: Callable[[], Config] | None = None) -> web.Application:
+def build_admin_app(
+    cfg: Config, clock: Callable[[], float] = time.time, current: Callable[[], Config] | None = None
+) -> web.Application:
     """Return the admin sub-app for ``cfg`` (needs ``store`` and ``admin.token_file``).
 
     The store connection is opened lazily and closed on the app's cleanup; the schema check is
@@ -335,8 +391,12 @@ def build_admin_app(cfg: Config, clock: Callable[[], float] = time.time,
         raise ValueError("the admin API needs store.url and admin.token_file")
     backend = connect_backend(cfg.store.url)
     now = current or (lambda: cfg)
-    service = StoreService(backend, clock=clock, plans=_LiveNames(lambda: now().plans.keys()),
-                           meters=_LiveNames(lambda: now().meters.keys()))
+    service = StoreService(
+        backend,
+        clock=clock,
+        plans=_LiveNames(lambda: now().plans.keys()),
+        meters=_LiveNames(lambda: now().meters.keys()),
+    )
 
     def currency_of(plan: str) -> str | None:
         p = now().plans.get(plan)

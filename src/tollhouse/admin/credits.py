@@ -30,10 +30,14 @@ def _ids(scope: dict[str, Any], key: str) -> list[str]:
     vals = scope.get(key)
     if vals is None:
         return []
-    if (not isinstance(vals, list) or len(vals) > 64
-            or not all(isinstance(x, str) and v.check_id(x) for x in vals)):
-        raise ServiceError("invalid", f"scope.{key}: must be a list of at most 64 names "
-                                      f"matching {v.ID.pattern}")
+    if (
+        not isinstance(vals, list)
+        or len(vals) > 64
+        or not all(isinstance(x, str) and v.check_id(x) for x in vals)
+    ):
+        raise ServiceError(
+            "invalid", f"scope.{key}: must be a list of at most 64 names matching {v.ID.pattern}"
+        )
     return vals
 
 
@@ -55,10 +59,16 @@ def _grant_args(b: dict[str, Any]) -> dict[str, Any]:
         raise ServiceError("invalid", f"source: must be one of {', '.join(GRANT_SOURCES)}")
     priority = v.opt_int(b, "priority", 0, 1000)
     meters, features = _scope(b)
-    return {"amount": v.req_int(b, "amount", 1, MAX_AMOUNT), "currency": currency,
-            "priority": 10 if priority is None else priority, "source": source,
-            "effective_at": v.opt_number(b, "effective_at"),
-            "expires_at": v.opt_number(b, "expires_at"), "meters": meters, "features": features}
+    return {
+        "amount": v.req_int(b, "amount", 1, MAX_AMOUNT),
+        "currency": currency,
+        "priority": 10 if priority is None else priority,
+        "source": source,
+        "effective_at": v.opt_number(b, "effective_at"),
+        "expires_at": v.opt_number(b, "expires_at"),
+        "meters": meters,
+        "features": features,
+    }
 
 
 async def grant_credit(request: web.Request) -> web.Response:
@@ -118,8 +128,7 @@ async def put_recharge(request: web.Request) -> web.Response:
     target = v.req_int(b, "target", 1, MAX_AMOUNT)
     if target <= threshold:
         raise ServiceError("invalid", "target: must be greater than threshold")
-    rule = await _svc(request).set_recharge_rule(cid, threshold, target,
-                                                 actor=request[ACTOR_KEY])
+    rule = await _svc(request).set_recharge_rule(cid, threshold, target, actor=request[ACTOR_KEY])
     return _ok({"customer": cid, "rule": rule and rule.to_json()})
 
 

@@ -7,4 +7,5 @@ from prometheus_client import Counter
 __all__ = ["ADMIN_REQUESTS"]
 
 ADMIN_REQUESTS = Counter(
-    "tollhouse_admin_requests_total", "Admin API requests by route and status", ["route", "status"])
+    "tollhouse_admin_requests_total", "Admin API requests by route and status", ["route", "status"]
+)

@@ -9,8 +9,17 @@ from typing import Any
 
 from tollhouse.store.models import ServiceError
 
-__all__ = ["ID", "check_id", "opt_date", "opt_int", "opt_number", "opt_object", "opt_str",
-           "req_int", "req_str"]
+__all__ = [
+    "ID",
+    "check_id",
+    "opt_date",
+    "opt_int",
+    "opt_number",
+    "opt_object",
+    "opt_str",
+    "req_int",
+    "req_str",
+]
 
 ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}$")
 MAX_UNITS = 10**15
@@ -80,8 +89,12 @@ def opt_number(body: dict[str, Any], field: str) -> float | None:
     v = body.get(field)
     if v is None:
         return None
-    if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v) \
-            or not 0 <= v <= MAX_EPOCH:
+    if (
+        isinstance(v, bool)
+        or not isinstance(v, int | float)
+        or not math.isfinite(v)
+        or not 0 <= v <= MAX_EPOCH
+    ):
         raise _bad(field, f"must be Unix seconds from 0 to {MAX_EPOCH:.0f}")
     return float(v)
 

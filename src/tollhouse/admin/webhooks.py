@@ -25,9 +25,12 @@ def _box(request: web.Request) -> Outbox:
 
 def _events(b: dict[str, Any]) -> list[str]:
     events = b.get("events", ["*"])
-    if (not isinstance(events, list) or not 1 <= len(events) <= 32
-            or not all(isinstance(e, str) and 0 < len(e) <= 64 for e in events)):
-        raise ServiceError("invalid", "events: a list of 1 to 32 event types (or \"*\")")
+    if (
+        not isinstance(events, list)
+        or not 1 <= len(events) <= 32
+        or not all(isinstance(e, str) and 0 < len(e) <= 64 for e in events)
+    ):
+        raise ServiceError("invalid", 'events: a list of 1 to 32 event types (or "*")')
     return events
 
 
@@ -37,8 +40,11 @@ async def create_webhook(request: web.Request) -> web.Response:
 
     b = await _body(request)
     ep, secret = await _box(request).create_endpoint(
-        actor=request[ACTOR_KEY], url=v.req_str(b, "url", 2048), events=_events(b),
-        secret=v.opt_str(b, "secret", 200))
+        actor=request[ACTOR_KEY],
+        url=v.req_str(b, "url", 2048),
+        events=_events(b),
+        secret=v.opt_str(b, "secret", 200),
+    )
     return _ok({**ep.to_json(), "secret": secret}, 201)
 
 
@@ -60,8 +66,7 @@ async def delete_webhook(request: web.Request) -> web.Response:
     """DELETE /webhooks/{webhook}: its pending deliveries become dead."""
     from tollhouse.admin.api import ACTOR_KEY, _ok, _path_id
 
-    ep = await _box(request).delete_endpoint(_path_id(request, "webhook"),
-                                             actor=request[ACTOR_KEY])
+    ep = await _box(request).delete_endpoint(_path_id(request, "webhook"), actor=request[ACTOR_KEY])
     return _ok(ep.to_json())
 
 
@@ -69,8 +74,9 @@ def _set_enabled(enabled: bool) -> Any:
     async def handler(request: web.Request) -> web.Response:
         from tollhouse.admin.api import ACTOR_KEY, _ok, _path_id
 
-        ep = await _box(request).set_enabled(_path_id(request, "webhook"), enabled,
-                                             actor=request[ACTOR_KEY])
+        ep = await _box(request).set_enabled(
+            _path_id(request, "webhook"), enabled, actor=request[ACTOR_KEY]
+        )
         return _ok(ep.to_json())
 
     return handler
@@ -90,8 +96,11 @@ async def list_deliveries(request: web.Request) -> web.Response:
 
     box = _box(request)
     ep = await box.get_endpoint(_path_id(request, "webhook"))
-    items = await box.list_deliveries(endpoint_id=ep.id, state=request.query.get("state"),
-                                      limit=_q_int(request, "limit", 100, 1, 1000))
+    items = await box.list_deliveries(
+        endpoint_id=ep.id,
+        state=request.query.get("state"),
+        limit=_q_int(request, "limit", 100, 1, 1000),
+    )
     return _ok({"items": [d.to_json() for d in items]})
 
 
@@ -117,8 +126,9 @@ async def redeliver_event(request: web.Request) -> web.Response:
     """POST /webhook-events/{event}/redeliver: send the event again to each of its endpoints."""
     from tollhouse.admin.api import ACTOR_KEY, _ok, _path_id
 
-    items = await _box(request).redeliver_event(_path_id(request, "event"),
-                                                actor=request[ACTOR_KEY])
+    items = await _box(request).redeliver_event(
+        _path_id(request, "event"), actor=request[ACTOR_KEY]
+    )
     return _ok({"items": [d.to_json() for d in items]})
 
 

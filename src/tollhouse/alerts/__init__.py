@@ -5,5 +5,11 @@ from tollhouse.alerts.quota import QuotaAlerts, crossing
 from tollhouse.alerts.spend import SpendAlerts
 from tollhouse.alerts.unattributed import UnattributedUsage
 
-__all__ = ["CreditAlerts", "QuotaAlerts", "SpendAlerts", "UnattributedUsage", "credit_threshold",
-           "crossing"]
+__all__ = [
+    "CreditAlerts",
+    "QuotaAlerts",
+    "SpendAlerts",
+    "UnattributedUsage",
+    "credit_threshold",
+    "crossing",
+]

@@ -35,8 +35,16 @@ def credit_threshold(t: CreditThreshold, granted: int) -> tuple[str, int]:
 class CreditAlerts:
     """One evaluator per replica; ``emit`` is the outbox's (dedupe across replicas)."""
 
-    def __init__(self, cfg: AlertsConfig, *, book: Any, directory: Any, emit: EmitEvent,
-                 clock: Callable[[], float], interval_s: float = 1.0) -> None:
+    def __init__(
+        self,
+        cfg: AlertsConfig,
+        *,
+        book: Any,
+        directory: Any,
+        emit: EmitEvent,
+        clock: Callable[[], float],
+        interval_s: float = 1.0,
+    ) -> None:
         self.cfg = cfg
         self._book = book
         self._directory = directory
@@ -67,31 +75,52 @@ class CreditAlerts:
             grants = [g for g in grants if g.currency == currency]
             balance = self._book.balance(grants, now) // MILLI
             for event, label, data in self._due(cid, ent, grants, balance):
-                new += await self._send(event, cid, label, grants, {
-                    "balance": balance, "currency": currency, **data})
+                new += await self._send(
+                    event, cid, label, grants, {"balance": balance, "currency": currency, **data}
+                )
         return new
 
-    def _due(self, cid: str, ent: Any, grants: Sequence[CreditGrant], balance: int
-             ) -> list[tuple[str, str, dict[str, object]]]:
+    def _due(
+        self, cid: str, ent: Any, grants: Sequence[CreditGrant], balance: int
+    ) -> list[tuple[str, str, dict[str, object]]]:
         """The events the balance calls for now: (type, label, data)."""
         granted = sum(g.amount for g in grants)
         out: list[tuple[str, str, dict[str, object]]] = []
         for t in self.cfg.rules_for(cid, ent.plan).credit:
             label, at = credit_threshold(t, granted)
             if balance < at:
-                out.append(("credit.low", label, {"threshold": {
-                    "percent": t.percent, "amount_minor": t.amount_minor}, "below": at,
-                    "granted": granted}))
+                out.append(
+                    (
+                        "credit.low",
+                        label,
+                        {
+                            "threshold": {"percent": t.percent, "amount_minor": t.amount_minor},
+                            "below": at,
+                            "granted": granted,
+                        },
+                    )
+                )
         if balance <= 0:
             out.append(("credit.exhausted", "zero", {"granted": granted}))
         if ent.recharge is not None and balance < ent.recharge[0]:
             threshold, target = ent.recharge
-            out.append(("credit.recharge_requested", "rule", {
-                "threshold": threshold, "target": target, "amount": target - balance}))
+            out.append(
+                (
+                    "credit.recharge_requested",
+                    "rule",
+                    {"threshold": threshold, "target": target, "amount": target - balance},
+                )
+            )
         return out
 
-    async def _send(self, event: str, cid: str, label: str, grants: Sequence[CreditGrant],
-                    data: dict[str, object]) -> int:
+    async def _send(
+        self,
+        event: str,
+        cid: str,
+        label: str,
+        grants: Sequence[CreditGrant],
+        data: dict[str, object],
+    ) -> int:
         epoch = max(grants, key=lambda g: (g.created_at, g.id)).id
         seen_epoch, keys = self._sent.get(cid, ("", set()))
         if seen_epoch != epoch:

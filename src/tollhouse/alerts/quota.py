@@ -28,9 +28,11 @@ __all__ = ["QuotaAlerts", "crossing", "threshold_units"]
 log = get_logger(__name__)
 Kind = Literal["reached", "recovered"]
 Resolve = Callable[[str], tuple[Any, Any] | None]
-ALERT_ROUNDS = Counter("tollhouse_alert_rounds_total",
-                       "Alert evaluation rounds by result (ok, error: retried next round)",
-                       ["result"])
+ALERT_ROUNDS = Counter(
+    "tollhouse_alert_rounds_total",
+    "Alert evaluation rounds by result (ok, error: retried next round)",
+    ["result"],
+)
 
 
 def threshold_units(t: QuotaThreshold, quota: int) -> int:
@@ -48,9 +50,16 @@ def crossing(used: int, at: int, *, reached: bool, recover_below_percent: float)
 class QuotaAlerts:
     """One evaluator per replica; ``emit`` is the outbox's (dedupe across replicas)."""
 
-    def __init__(self, cfg: AlertsConfig, *, limiter: Any, resolve: Resolve,
-                 limits_for: Callable[[Any, Any], Any], emit: EmitEvent,
-                 clock: Callable[[], float]) -> None:
+    def __init__(
+        self,
+        cfg: AlertsConfig,
+        *,
+        limiter: Any,
+        resolve: Resolve,
+        limits_for: Callable[[Any, Any], Any],
+        emit: EmitEvent,
+        clock: Callable[[], float],
+    ) -> None:
         self.cfg = cfg
         self._limiter = limiter
         self._resolve = resolve
@@ -101,8 +110,9 @@ class QuotaAlerts:
         for keys in (self._reached, self._recovered):
             keys.difference_update([k for k in keys if k.rsplit(":", 1)[1] not in periods])
 
-    async def _evaluate(self, cid: str, t: QuotaThreshold, used: int, quota: int,
-                        period: str) -> int:
+    async def _evaluate(
+        self, cid: str, t: QuotaThreshold, used: int, quota: int, period: str
+    ) -> int:
         at = threshold_units(t, quota)
         if at <= 0:
             return 0
@@ -111,16 +121,33 @@ class QuotaAlerts:
         recovered_key = f"quota.threshold_recovered:{tail}"
         if recovered_key in self._recovered:
             return 0
-        kind = crossing(used, at, reached=reached_key in self._reached,
-                        recover_below_percent=self.cfg.recover_below_percent)
+        kind = crossing(
+            used,
+            at,
+            reached=reached_key in self._reached,
+            recover_below_percent=self.cfg.recover_below_percent,
+        )
         if kind is None:
             return 0
-        data = {"meter": t.meter, "threshold": {"percent": t.percent, "units": t.units},
-                "threshold_units": at, "used": used, "quota": quota, "period": period}
+        data = {
+            "meter": t.meter,
+            "threshold": {"percent": t.percent, "units": t.units},
+            "threshold_units": at,
+            "used": used,
+            "quota": quota,
+            "period": period,
+        }
         key = reached_key if kind == "reached" else recovered_key
         fresh = await self._emit(f"quota.threshold_{kind}", cid, key, data)
         (self._reached if kind == "reached" else self._recovered).add(key)
         if fresh:
-            log.info("alerts.quota_threshold", kind=kind, customer=cid, meter=t.meter,
-                     threshold=t.label, used=used, quota=quota)
+            log.info(
+                "alerts.quota_threshold",
+                kind=kind,
+                customer=cid,
+                meter=t.meter,
+                threshold=t.label,
+                used=used,
+                quota=quota,
+            )
         return int(fresh)

@@ -28,9 +28,15 @@ log = get_logger(__name__)
 class SpendAlerts:
     """One evaluator per replica; ``lookup`` prices a customer's open period (a UsageReport)."""
 
-    def __init__(self, cfg: AlertsConfig, *, customers: Callable[[], list[str]],
-                 plan_of: Callable[[str], str | None],
-                 lookup: Callable[[str], Awaitable[Any]], emit: EmitEvent) -> None:
+    def __init__(
+        self,
+        cfg: AlertsConfig,
+        *,
+        customers: Callable[[], list[str]],
+        plan_of: Callable[[str], str | None],
+        lookup: Callable[[str], Awaitable[Any]],
+        emit: EmitEvent,
+    ) -> None:
         self.cfg = cfg
         self._customers = customers
         self._plan_of = plan_of
@@ -66,8 +72,12 @@ class SpendAlerts:
                 key = f"spend.threshold_reached:{cid}:{t.amount_minor}minor:{report.period}"
                 if spent < t.amount_minor or key in self._sent:
                     continue
-                data = {"threshold": {"amount_minor": t.amount_minor}, "spent": spent,
-                        "currency": report.currency, "period": report.period}
+                data = {
+                    "threshold": {"amount_minor": t.amount_minor},
+                    "spent": spent,
+                    "currency": report.currency,
+                    "period": report.period,
+                }
                 new += int(await self._emit("spend.threshold_reached", cid, key, data))
                 self._sent.add(key)
         return new

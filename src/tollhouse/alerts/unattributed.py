@@ -26,8 +26,9 @@ log = get_logger(__name__)
 class UnattributedUsage:
     """Counts dropped served facts (``add``, on the loop) and emits them once a window."""
 
-    def __init__(self, *, emit: EmitEvent, instance: str, clock: Callable[[], float],
-                 window_s: float = 60.0) -> None:
+    def __init__(
+        self, *, emit: EmitEvent, instance: str, clock: Callable[[], float], window_s: float = 60.0
+    ) -> None:
         self._emit = emit
         self._instance = instance
         self._clock = clock
@@ -46,8 +47,12 @@ class UnattributedUsage:
             if not all_windows and start + self.window_s > now:
                 continue
             count = self._pending[start]
-            data = {"count": count, "instance": self._instance,
-                    "window_start": _iso(start), "window_end": _iso(start + self.window_s)}
+            data = {
+                "count": count,
+                "instance": self._instance,
+                "window_start": _iso(start),
+                "window_end": _iso(start + self.window_s),
+            }
             key = f"usage.unattributed:{self._instance}:{start}"
             new += int(await self._emit("usage.unattributed", None, key, data))
             del self._pending[start]  # only once recorded: a failed emit is retried

@@ -118,8 +118,12 @@ class Authenticator:
             for ks in stopped:
                 self._spawn(ks.stop())
         if started or stopped:
-            log.info("authn.reconfigured", started=len(started), stopped=len(stopped),
-                     issuers=len(keysets))
+            log.info(
+                "authn.reconfigured",
+                started=len(started),
+                stopped=len(stopped),
+                issuers=len(keysets),
+            )
 
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         loop = self._loop

@@ -149,8 +149,15 @@ def _read_if_changed(path: Path, last: tuple[int, int] | None) -> tuple[tuple[in
 
 def source_settings(cfg: JwtIssuerConfig) -> tuple[Any, ...]:
     """Return the settings that define a key source; equal settings keep a loaded set."""
-    return (cfg.issuer, cfg.jwks_file, cfg.jwks_uri, cfg.hs_secret_file, cfg.jwks_refresh_s,
-            cfg.jwks_cooldown_s, cfg.jwks_timeout_s)
+    return (
+        cfg.issuer,
+        cfg.jwks_file,
+        cfg.jwks_uri,
+        cfg.hs_secret_file,
+        cfg.jwks_refresh_s,
+        cfg.jwks_cooldown_s,
+        cfg.jwks_timeout_s,
+    )
 
 
 class JwksKeySet:
@@ -282,8 +289,13 @@ class JwksKeySet:
 
     def _failed(self, result: str, reason: str) -> None:
         JWKS_REFRESHES.labels(self.cfg.issuer, result).inc()
-        log.warning("jwks.load_failed", issuer=self.cfg.issuer, result=result, reason=reason,
-                    keeping=len(self._snapshot.keys) if self._snapshot else 0)
+        log.warning(
+            "jwks.load_failed",
+            issuer=self.cfg.issuer,
+            result=result,
+            reason=reason,
+            keeping=len(self._snapshot.keys) if self._snapshot else 0,
+        )
 
     def _install(self, snap: KeySnapshot) -> None:
         old = self._snapshot

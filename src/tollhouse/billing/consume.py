@@ -23,8 +23,9 @@ def _noop(_: str) -> None:
     return None
 
 
-def consume_sqlite_meter(ledger: Ledger, meter_url: str, *, batch: int = 50_000,
-                         hook: FailureHook = _noop) -> int:
+def consume_sqlite_meter(
+    ledger: Ledger, meter_url: str, *, batch: int = 50_000, hook: FailureHook = _noop
+) -> int:
     """Copy new rows of the SQLite meter into ``ledger``; return how many meter rows were read."""
     path = sqlite_path(meter_url).resolve()
     if not path.exists() or not _ready(path):
@@ -56,19 +57,31 @@ def _copy_generic(ledger: Ledger, path: Path, source: str, batch: int, hook: Fai
             last = ledger.get_cursor(source)
             rows = meter.execute(
                 "SELECT id, usage_id, customer, admitted_at_ms, billable, record FROM usage"
-                " WHERE id > ? ORDER BY id LIMIT ?", (last, batch)).fetchall()
+                " WHERE id > ? ORDER BY id LIMIT ?",
+                (last, batch),
+            ).fetchall()
             if not rows:
                 return total
             top = int(rows[-1][0])
             verify_rows(meter, path, last, top)  # a damaged row: MeterCorrupt, nothing copied
             units: dict[str, list[tuple[str, int]]] = {}
             for uid, m, u in meter.execute(
-                    "SELECT uu.usage_id, uu.meter, uu.units FROM usage u JOIN usage_units uu"
-                    " ON uu.usage_id = u.usage_id WHERE u.id > ? AND u.id <= ?", (last, top)):
+                "SELECT uu.usage_id, uu.meter, uu.units FROM usage u JOIN usage_units uu"
+                " ON uu.usage_id = u.usage_id WHERE u.id > ? AND u.id <= ?",
+                (last, top),
+            ):
                 units.setdefault(str(uid), []).append((str(m), int(u)))
-            out = [LedgerRow(str(uid), str(c), int(at), bool(b), tuple(sorted(units.get(uid, []))),
-                             bytes(rec))
-                   for _, uid, c, at, b, rec in rows]
+            out = [
+                LedgerRow(
+                    str(uid),
+                    str(c),
+                    int(at),
+                    bool(b),
+                    tuple(sorted(units.get(uid, []))),
+                    bytes(rec),
+                )
+                for _, uid, c, at, b, rec in rows
+            ]
             ledger.insert_rows(out, cursor=(source, top), hook=hook)
             total += len(rows)
     finally:
@@ -93,7 +106,9 @@ class SqliteMeterTotals:
                 "SELECT uu.meter, SUM(uu.units) FROM usage u JOIN usage_units uu"
                 " ON uu.usage_id = u.usage_id WHERE u.customer = ? AND u.billable = 1"
                 " AND u.admitted_at_ms >= ? AND u.admitted_at_ms < ?"
-                " GROUP BY uu.meter ORDER BY uu.meter", (customer, start_ms, end_ms)).fetchall()
+                " GROUP BY uu.meter ORDER BY uu.meter",
+                (customer, start_ms, end_ms),
+            ).fetchall()
         finally:
             conn.close()
         return {str(m): int(u) for m, u in rows}
@@ -111,7 +126,8 @@ class SqliteMeterTotals:
                 " JOIN usage_units uu ON uu.usage_id = u.usage_id WHERE u.customer = ?"
                 " AND u.billable = 1 AND u.admitted_at_ms >= ? AND u.admitted_at_ms < ?"
                 " GROUP BY day, uu.meter ORDER BY day, uu.meter",
-                (customer, start_ms, end_ms)).fetchall()
+                (customer, start_ms, end_ms),
+            ).fetchall()
         finally:
             conn.close()
         return [(int(d), str(m), int(u)) for d, m, u in rows]

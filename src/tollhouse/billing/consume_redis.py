@@ -81,8 +81,9 @@ class RedisConsumer:
     async def ensure_group(self) -> None:
         """Create the group at the stream's start (MKSTREAM); an existing group is kept."""
         try:
-            await self._t(self.client.xgroup_create(self.stream_key, self.group, id="0",
-                                                    mkstream=True))
+            await self._t(
+                self.client.xgroup_create(self.stream_key, self.group, id="0", mkstream=True)
+            )
         except aioredis.ResponseError as e:
             if "BUSYGROUP" not in str(e):
                 raise
@@ -93,9 +94,16 @@ class RedisConsumer:
         await self.ensure_group()
         start = "0-0"
         while True:
-            res = await self._t(self.client.xautoclaim(
-                self.stream_key, self.group, self.consumer, self.claim_idle_ms,
-                start_id=start, count=self.batch))
+            res = await self._t(
+                self.client.xautoclaim(
+                    self.stream_key,
+                    self.group,
+                    self.consumer,
+                    self.claim_idle_ms,
+                    start_id=start,
+                    count=self.batch,
+                )
+            )
             start, entries = _s(res[0]), list(res[1])
             entries = [e for e in entries if e is not None and e[1] is not None]
             if entries:
@@ -103,24 +111,40 @@ class RedisConsumer:
             if start == "0-0":
                 break
         while True:
-            resp: Any = await self._t(self.client.xreadgroup(
-                self.group, self.consumer, {self.stream_key: ">"}, count=self.batch))
+            resp: Any = await self._t(
+                self.client.xreadgroup(
+                    self.group, self.consumer, {self.stream_key: ">"}, count=self.batch
+                )
+            )
             entries = [e for _, es in resp for e in es] if resp else []
             if not entries:
                 break
             await self._process(entries, {}, stats)
         stats.trimmed = await self.trim()
         RECORDS_CONSUMED.labels("redis").inc(stats.read)
-        log.info("billing.consumed", source="redis", records=stats.read, new=stats.inserted,
-                 dead_lettered=stats.dead_lettered, trimmed=stats.trimmed)
+        log.info(
+            "billing.consumed",
+            source="redis",
+            records=stats.read,
+            new=stats.inserted,
+            dead_lettered=stats.dead_lettered,
+            trimmed=stats.trimmed,
+        )
         return stats
 
     async def _deliveries(self, entries: list[Entry]) -> dict[str, int]:
         ids = [_s(e[0]) for e in entries]
         lo, hi = min(ids, key=_id_key), max(ids, key=_id_key)
-        pend = await self._t(self.client.xpending_range(
-            self.stream_key, self.group, min=lo, max=hi, count=len(ids) + self.batch,
-            consumername=self.consumer))
+        pend = await self._t(
+            self.client.xpending_range(
+                self.stream_key,
+                self.group,
+                min=lo,
+                max=hi,
+                count=len(ids) + self.batch,
+                consumername=self.consumer,
+            )
+        )
         return {_s(p["message_id"]): int(p["times_delivered"]) for p in pend}
 
     def _parse(self, fields: dict[bytes, bytes]) -> LedgerRow | str:
@@ -137,11 +161,18 @@ class RedisConsumer:
         units = tuple(sorted((str(k), int(v)) for k, v in rec.units.items()))
         if any(v < 0 for _, v in units):
             return "invalid"
-        return LedgerRow(rec.usage_id, rec.customer, int(rec.admitted_at_ms), bool(rec.billable),
-                         units, bytes(raw))
+        return LedgerRow(
+            rec.usage_id,
+            rec.customer,
+            int(rec.admitted_at_ms),
+            bool(rec.billable),
+            units,
+            bytes(raw),
+        )
 
-    async def _process(self, entries: list[Entry], deliveries: dict[str, int],
-                       stats: ConsumeStats) -> None:
+    async def _process(
+        self, entries: list[Entry], deliveries: dict[str, int], stats: ConsumeStats
+    ) -> None:
         rows: list[LedgerRow] = []
         dead: list[tuple[str, dict[bytes, bytes], str, int]] = []
         for raw_id, fields in entries:
@@ -153,20 +184,25 @@ class RedisConsumer:
                 rows.append(parsed)
         stats.read += len(entries)
         if rows:
-            stats.inserted += await asyncio.to_thread(self.ledger.insert_rows, rows,
-                                                      hook=self.hook)
+            stats.inserted += await asyncio.to_thread(self.ledger.insert_rows, rows, hook=self.hook)
         pipe = self.client.pipeline(transaction=True)
         for eid, fields, reason, n in dead:
             doc: dict[Any, Any] = dict(fields)
-            doc.update({"source_id": eid, "reason": reason, "deliveries": str(n),
-                        "group": self.group})
+            doc.update(
+                {"source_id": eid, "reason": reason, "deliveries": str(n), "group": self.group}
+            )
             pipe.xadd(self.dead_key, doc)
         pipe.xack(self.stream_key, self.group, *[_s(e[0]) for e in entries])
         await self._t(pipe.execute())
         for eid, _, reason, n in dead:
             DEAD_LETTERED.labels(reason).inc()
-            log.error("billing.dead_lettered", entry_id=eid, reason=reason, deliveries=n,
-                      stream=self.stream_key)
+            log.error(
+                "billing.dead_lettered",
+                entry_id=eid,
+                reason=reason,
+                deliveries=n,
+                stream=self.stream_key,
+            )
         stats.dead_lettered += len(dead)
 
     async def trim(self) -> int:
@@ -181,8 +217,11 @@ class RedisConsumer:
                 floors.append(_successor(_s(g["last-delivered-id"])))
         if not floors:
             return 0
-        return int(await self._t(self.client.xtrim(
-            self.stream_key, minid=safe_trim_id(floors), approximate=False)))
+        return int(
+            await self._t(
+                self.client.xtrim(self.stream_key, minid=safe_trim_id(floors), approximate=False)
+            )
+        )
 
 
 def _successor(entry_id: str) -> str:

@@ -27,11 +27,15 @@ __all__ = ["add_invoice_route", "html_response", "invoice_handler", "wants_html"
 log = get_logger(__name__)
 INVOICE_LOOKUP_FAILED = Counter(
     "tollhouse_customer_invoice_failures_total",
-    "GET /v1/invoices answers 503 because the ledger could not be read")
+    "GET /v1/invoices answers 503 because the ledger could not be read",
+)
 _FILE = re.compile(r"^(?P<number>[A-Za-z0-9][A-Za-z0-9_.\-]{0,200})\.(?P<ext>html|csv|json)$")
 _TYPES = {"html": "text/html", "csv": "text/csv", "json": "application/json"}
 _RENDER: dict[str, Callable[[dict[str, Any]], str]] = {
-    "html": render_html, "csv": render_csv, "json": render_json}
+    "html": render_html,
+    "csv": render_csv,
+    "json": render_json,
+}
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
@@ -57,10 +61,18 @@ def wants_html(accept: str) -> bool:
 
 def html_response(text: str) -> web.Response:
     """An HTML page with a strict CSP (its inline styles by hash) and no caching."""
-    return web.Response(text=text, content_type="text/html", charset="utf-8", headers={
-        "content-security-policy": content_security_policy(text),
-        "cache-control": "no-store", "x-content-type-options": "nosniff",
-        "referrer-policy": "no-referrer", "vary": "Accept"})
+    return web.Response(
+        text=text,
+        content_type="text/html",
+        charset="utf-8",
+        headers={
+            "content-security-policy": content_security_policy(text),
+            "cache-control": "no-store",
+            "x-content-type-options": "nosniff",
+            "referrer-policy": "no-referrer",
+            "vary": "Accept",
+        },
+    )
 
 
 def _not_found() -> web.Response:
@@ -78,13 +90,15 @@ def invoice_handler(ledger_url: str, customer_header: str, *, timeout_s: float =
         if m is None:
             return _not_found()
         try:
-            doc = await asyncio.wait_for(asyncio.to_thread(
-                invoice_document, ledger_url, customer, m["number"]), timeout_s)
+            doc = await asyncio.wait_for(
+                asyncio.to_thread(invoice_document, ledger_url, customer, m["number"]), timeout_s
+            )
         except Exception as e:  # ledger unreachable (or too slow): say so, never a guess
             INVOICE_LOOKUP_FAILED.inc()
             log.error("usage.invoice_failed", error=type(e).__name__, customer=customer)
-            return problem_response(503, "usage_unavailable", "Invoices are temporarily "
-                                    "unavailable")
+            return problem_response(
+                503, "usage_unavailable", "Invoices are temporarily unavailable"
+            )
         if doc is None:
             return _not_found()
         text = _RENDER[m["ext"]](doc)
@@ -93,8 +107,9 @@ def invoice_handler(ledger_url: str, customer_header: str, *, timeout_s: float =
         headers = {"cache-control": "no-store", "x-content-type-options": "nosniff"}
         if m["ext"] == "csv":
             headers["content-disposition"] = f'attachment; filename="{m["number"]}.csv"'
-        return web.Response(text=text, content_type=_TYPES[m["ext"]], charset="utf-8",
-                            headers=headers)
+        return web.Response(
+            text=text, content_type=_TYPES[m["ext"]], charset="utf-8", headers=headers
+        )
 
     return handle
 

@@ -30,15 +30,24 @@ def list_invoices(ledger_url: str, customer: str, *, limit: int = 24) -> tuple[I
     if ledger is None:
         return ()
     try:
-        rows = ledger.exec("SELECT document FROM invoices WHERE customer = ?"
-                           " ORDER BY period DESC LIMIT ?", (customer, limit))
+        rows = ledger.exec(
+            "SELECT document FROM invoices WHERE customer = ? ORDER BY period DESC LIMIT ?",
+            (customer, limit),
+        )
         docs = [json.loads(str(doc)) for (doc,) in rows]
     finally:
         ledger.close()
-    return tuple(InvoiceLink(str(d["number"]), str(d["period"]), str(d["issue_date"]),
-                             str(d["currency"]), Decimal(str(d["total"])),
-                             None if "amount_due" not in d else Decimal(str(d["amount_due"])))
-                 for d in docs)
+    return tuple(
+        InvoiceLink(
+            str(d["number"]),
+            str(d["period"]),
+            str(d["issue_date"]),
+            str(d["currency"]),
+            Decimal(str(d["total"])),
+            None if "amount_due" not in d else Decimal(str(d["amount_due"])),
+        )
+        for d in docs
+    )
 
 
 def invoice_document(ledger_url: str, customer: str, number: str) -> dict[str, Any] | None:
@@ -47,8 +56,9 @@ def invoice_document(ledger_url: str, customer: str, number: str) -> dict[str, A
     if ledger is None:
         return None
     try:
-        row = ledger.one("SELECT document FROM invoices WHERE number = ? AND customer = ?",
-                         (number, customer))
+        row = ledger.one(
+            "SELECT document FROM invoices WHERE number = ? AND customer = ?", (number, customer)
+        )
     finally:
         ledger.close()
     if row is None:

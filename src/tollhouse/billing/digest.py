@@ -29,8 +29,9 @@ def id_hash(usage_id: str) -> int:
 
 def sql_id_hash(usage_id: str) -> int:
     """``h(usage_id)`` as a signed 64-bit integer (SQLite's integer); the SQL splits it in lanes."""
-    return int.from_bytes(hashlib.blake2b(usage_id.encode(), digest_size=8).digest(), "big",
-                          signed=True)
+    return int.from_bytes(
+        hashlib.blake2b(usage_id.encode(), digest_size=8).digest(), "big", signed=True
+    )
 
 
 def from_lanes(hi: int, lo: int) -> str:

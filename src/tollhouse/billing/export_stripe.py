@@ -54,10 +54,12 @@ class MeterEvent:
 
     def to_json(self) -> dict[str, Any]:
         """The event as Stripe's meter event stream takes it (payload values are strings)."""
-        return {"event_name": self.event_name, "identifier": self.identifier,
-                "timestamp": iso_ms(self.timestamp_ms),
-                "payload": {"stripe_customer_id": self.stripe_customer_id,
-                            "value": str(self.value)}}
+        return {
+            "event_name": self.event_name,
+            "identifier": self.identifier,
+            "timestamp": iso_ms(self.timestamp_ms),
+            "payload": {"stripe_customer_id": self.stripe_customer_id, "value": str(self.value)},
+        }
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,8 +73,12 @@ class Refused:
 
     def to_json(self) -> dict[str, str]:
         """The JSON form of the report."""
-        return {"identifier": self.identifier, "customer": self.customer, "meter": self.meter,
-                "reason": self.reason}
+        return {
+            "identifier": self.identifier,
+            "customer": self.customer,
+            "meter": self.meter,
+            "reason": self.reason,
+        }
 
 
 @dataclass
@@ -97,13 +103,18 @@ def _agg_id(customer: str, meter: str, size: str, start_ms: int) -> str:
     return f"th-{size}-{h.hexdigest()}"
 
 
-def _per_record(records: Iterable[StoredRecord], meters: Mapping[str, str]
-                ) -> Iterable[tuple[str, str, str, int, int] | Refused]:
+def _per_record(
+    records: Iterable[StoredRecord], meters: Mapping[str, str]
+) -> Iterable[tuple[str, str, str, int, int] | Refused]:
     """``(identifier, customer, meter, value, timestamp_ms)`` per mapped meter of each record."""
     for r in records:
         if r.record is None:
-            yield Refused(r.usage_id, r.customer, "", "no stored record (consumed before"
-                          " ledger schema 3); export it from the meter")
+            yield Refused(
+                r.usage_id,
+                r.customer,
+                "",
+                "no stored record (consumed before ledger schema 3); export it from the meter",
+            )
             continue
         units = r.units()
         mapped = [m for m in sorted(units) if m in meters]
@@ -112,9 +123,14 @@ def _per_record(records: Iterable[StoredRecord], meters: Mapping[str, str]
             yield ident, r.customer, m, units[m], r.admitted_at_ms
 
 
-def build_events(records: Iterable[StoredRecord], *, meters: Mapping[str, str],
-                 customers: Mapping[str, str], now_ms: int,
-                 aggregate: Literal["hour", "day"] | None = None) -> StripeEvents:
+def build_events(
+    records: Iterable[StoredRecord],
+    *,
+    meters: Mapping[str, str],
+    customers: Mapping[str, str],
+    now_ms: int,
+    aggregate: Literal["hour", "day"] | None = None,
+) -> StripeEvents:
     """Turn billable records into meter events; refuse what Stripe would not take."""
     out = StripeEvents()
     items: list[tuple[str, str, str, int, int]] = []
@@ -129,12 +145,17 @@ def build_events(records: Iterable[StoredRecord], *, meters: Mapping[str, str],
         for _, cust, m, value, ts in items:
             key = (cust, m, ts - ts % size)
             acc[key] = acc.get(key, 0) + value
-        items = [(_agg_id(c, m, aggregate, start), c, m, v, start)
-                 for (c, m, start), v in sorted(acc.items())]
+        items = [
+            (_agg_id(c, m, aggregate, start), c, m, v, start)
+            for (c, m, start), v in sorted(acc.items())
+        ]
     for ident, cust, m, value, ts in items:
         stripe_id = customers.get(cust)
-        why = _window(ts, now_ms) if stripe_id is not None else (
-            "the customer has no Stripe customer id")
+        why = (
+            _window(ts, now_ms)
+            if stripe_id is not None
+            else ("the customer has no Stripe customer id")
+        )
         if why is not None or stripe_id is None:
             out.refused.append(Refused(ident, cust, m, why or ""))
             continue
@@ -142,8 +163,9 @@ def build_events(records: Iterable[StoredRecord], *, meters: Mapping[str, str],
     return out
 
 
-def _counting(records: Iterable[StoredRecord], meters: Mapping[str, str],
-              out: StripeEvents) -> Iterable[StoredRecord]:
+def _counting(
+    records: Iterable[StoredRecord], meters: Mapping[str, str], out: StripeEvents
+) -> Iterable[StoredRecord]:
     for r in records:
         for m, u in r.units().items():
             if m not in meters:

@@ -34,18 +34,42 @@ __all__ = ["UsageExport", "export_usage", "period_records", "record_json"]
 
 Format = Literal["jsonl", "csv", "cloudevents"]
 _WIDEN_MS = 32 * 86_400_000  # anchored periods start up to a month off the calendar month
-_CSV = ("usage_id", "customer", "plan", "feature", "state", "billable", "admitted_at",
-        "finalized_at", "decision_id", "request_id", "method", "path", "response_code", "instance")
+_CSV = (
+    "usage_id",
+    "customer",
+    "plan",
+    "feature",
+    "state",
+    "billable",
+    "admitted_at",
+    "finalized_at",
+    "decision_id",
+    "request_id",
+    "method",
+    "path",
+    "response_code",
+    "instance",
+)
 
 
-def period_records(ledger: Ledger, subs: SubscriptionSource, label: str, *,
-                   customer: str | None = None, billable_only: bool = False
-                   ) -> Iterator[StoredRecord]:
+def period_records(
+    ledger: Ledger,
+    subs: SubscriptionSource,
+    label: str,
+    *,
+    customer: str | None = None,
+    billable_only: bool = False,
+) -> Iterator[StoredRecord]:
     """Yield the ledger's records of each customer's period ``label`` (``YYYY-MM``)."""
     cal = period_for_label(label, None)
     bounds: dict[str, tuple[int, int]] = {}
-    for r in stored_records(ledger, cal.start_ms - _WIDEN_MS, cal.end_ms + _WIDEN_MS,
-                            customer=customer, billable_only=billable_only):
+    for r in stored_records(
+        ledger,
+        cal.start_ms - _WIDEN_MS,
+        cal.end_ms + _WIDEN_MS,
+        customer=customer,
+        billable_only=billable_only,
+    ):
         if r.customer not in bounds:
             sub = subs.subscription(r.customer)
             p = period_for_label(label, None if sub is None else sub.anchor)
@@ -59,20 +83,37 @@ def record_json(r: StoredRecord) -> dict[str, Any]:
     """The exported fields of one record (its ``record`` must be kept)."""
     rec = r.record
     assert rec is not None
-    return {"usage_id": r.usage_id, "customer": r.customer, "plan": rec.plan,
-            "feature": rec.feature, "state": r.state, "billable": r.billable,
-            "admitted_at": iso_ms(r.admitted_at_ms), "finalized_at": iso_ms(rec.finalized_at_ms),
-            "decision_id": rec.decision_id, "request_id": rec.request_id, "method": rec.method,
-            "path": rec.path, "response_code": rec.response_code, "instance": rec.instance,
-            "units": r.units()}
+    return {
+        "usage_id": r.usage_id,
+        "customer": r.customer,
+        "plan": rec.plan,
+        "feature": rec.feature,
+        "state": r.state,
+        "billable": r.billable,
+        "admitted_at": iso_ms(r.admitted_at_ms),
+        "finalized_at": iso_ms(rec.finalized_at_ms),
+        "decision_id": rec.decision_id,
+        "request_id": rec.request_id,
+        "method": rec.method,
+        "path": rec.path,
+        "response_code": rec.response_code,
+        "instance": rec.instance,
+        "units": r.units(),
+    }
 
 
 def _cloudevent(r: StoredRecord) -> dict[str, Any]:
     data = record_json(r)
-    return {"specversion": "1.0", "id": r.usage_id,
-            "source": f"tollhouse/{data['instance'] or 'unknown'}", "type": "tollhouse.usage",
-            "subject": r.customer, "time": data["admitted_at"],
-            "datacontenttype": "application/json", "data": data}
+    return {
+        "specversion": "1.0",
+        "id": r.usage_id,
+        "source": f"tollhouse/{data['instance'] or 'unknown'}",
+        "type": "tollhouse.usage",
+        "subject": r.customer,
+        "time": data["admitted_at"],
+        "datacontenttype": "application/json",
+        "data": data,
+    }
 
 
 @dataclass
@@ -88,8 +129,9 @@ def _jsonl(rows: Iterable[dict[str, Any]], out: io.TextIOBase | Any) -> None:
         out.write(json.dumps(row, sort_keys=True, separators=(",", ":")) + "\n")
 
 
-def export_usage(records: Iterable[StoredRecord], fmt: Format, out: Any,
-                 meters: Sequence[str]) -> UsageExport:
+def export_usage(
+    records: Iterable[StoredRecord], fmt: Format, out: Any, meters: Sequence[str]
+) -> UsageExport:
     """Write ``records`` to the text stream ``out`` in ``fmt``; ``meters``: the CSV columns."""
     res = UsageExport()
 
@@ -110,8 +152,10 @@ def export_usage(records: Iterable[StoredRecord], fmt: Format, out: Any,
             units = row.pop("units")
             extra = sorted(set(units) - set(meters))
             if extra:
-                raise ValueError(f"record {r.usage_id} has units of {extra[0]!r}, a meter the "
-                                 "config does not name")
+                raise ValueError(
+                    f"record {r.usage_id} has units of {extra[0]!r}, a meter the "
+                    "config does not name"
+                )
             w.writerow({**row, **{f"units_{m}": units.get(m, "") for m in meters}})
     elif fmt == "cloudevents":
         _jsonl((_cloudevent(r) for r in kept()), out)

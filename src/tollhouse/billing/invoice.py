@@ -95,12 +95,23 @@ def _price(plans: Mapping[str, PlanConfig], plan: str) -> PriceConfig:
 
 def _charge_doc(c: MeterCharge) -> dict[str, Any]:
     return {
-        "meter": c.meter, "model": c.model, "quantity": c.quantity, "included": c.included,
+        "meter": c.meter,
+        "model": c.model,
+        "quantity": c.quantity,
+        "included": c.included,
         "billable_quantity": c.billable,
         "unit_price": None if c.unit_price is None else _m(c.unit_price),
-        "tiers": [{"first_unit": t.first, "last_unit": t.last, "quantity": t.quantity,
-                   "unit_price": _m(t.unit_price), "flat_fee": _m(t.flat_fee),
-                   "amount": _m(t.amount)} for t in c.tiers],
+        "tiers": [
+            {
+                "first_unit": t.first,
+                "last_unit": t.last,
+                "quantity": t.quantity,
+                "unit_price": _m(t.unit_price),
+                "flat_fee": _m(t.flat_fee),
+                "amount": _m(t.amount),
+            }
+            for t in c.tiers
+        ],
         "amount": _m(c.amount),
     }
 
@@ -133,20 +144,32 @@ class BuildInput:
 
 def _base_fees(inp: BuildInput, currency: str) -> tuple[list[dict[str, Any]], Decimal]:
     p = inp.period
-    segs = [BaseFeeSegment(plan, _price(inp.plans, plan).base_fee, s, e, p.seconds)
-            for plan, s, e in segments(inp.sub.changes, p)]
+    segs = [
+        BaseFeeSegment(plan, _price(inp.plans, plan).base_fee, s, e, p.seconds)
+        for plan, s, e in segments(inp.sub.changes, p)
+    ]
     amounts = prorate_segments(segs, currency)
     lines = []
     for seg, amount in zip(segs, amounts, strict=True):
         prorated = seg.seconds != p.seconds
-        lines.append({"plan": seg.plan, "fee": _m(seg.fee), "from": _iso(seg.start_s),
-                      "to": _iso(seg.end_s), "seconds": seg.seconds,
-                      "period_seconds": p.seconds, "prorated": prorated, "amount": _m(amount)})
+        lines.append(
+            {
+                "plan": seg.plan,
+                "fee": _m(seg.fee),
+                "from": _iso(seg.start_s),
+                "to": _iso(seg.end_s),
+                "seconds": seg.seconds,
+                "period_seconds": p.seconds,
+                "prorated": prorated,
+                "amount": _m(amount),
+            }
+        )
     return lines, sum(amounts, Decimal(0))
 
 
-def _usage_lines(ledger: Ledger, inp: BuildInput, price: PriceConfig
-                 ) -> tuple[list[dict[str, Any]], Decimal]:
+def _usage_lines(
+    ledger: Ledger, inp: BuildInput, price: PriceConfig
+) -> tuple[list[dict[str, Any]], Decimal]:
     p, cust = inp.period, inp.sub.customer
     totals = ledger.meter_lines(cust, p.start_ms, p.end_ms, max_seq=inp.upto_seq)
     topups = inp.sub.topups_for(p)
@@ -168,14 +191,18 @@ def _usage_lines(ledger: Ledger, inp: BuildInput, price: PriceConfig
     return lines, subtotal
 
 
-def _adjustments(ledger: Ledger, inp: BuildInput, currency: str
-                 ) -> list[dict[str, Any]] | str:
+def _adjustments(ledger: Ledger, inp: BuildInput, currency: str) -> list[dict[str, Any]] | str:
     cust = inp.sub.customer
     out: list[dict[str, Any]] = []
     after = -(2**62)
     while True:
-        at = ledger.first_admitted_ms(cust, inp.period.start_ms, min_seq=inp.prev_upto_seq,
-                                      max_seq=inp.upto_seq, after_ms=after)
+        at = ledger.first_admitted_ms(
+            cust,
+            inp.period.start_ms,
+            min_seq=inp.prev_upto_seq,
+            max_seq=inp.upto_seq,
+            after_ms=after,
+        )
         if at is None:
             return out
         px = period_containing(at // 1000, inp.sub.anchor)
@@ -183,18 +210,30 @@ def _adjustments(ledger: Ledger, inp: BuildInput, currency: str
         price = _price(inp.plans, plan)
         if price.currency != currency:
             return f"late usage of {px.label} is priced in {price.currency}, not {currency}"
-        totals = ledger.meter_lines(cust, px.start_ms, px.end_ms, min_seq=inp.prev_upto_seq,
-                                    max_seq=inp.upto_seq)
+        totals = ledger.meter_lines(
+            cust, px.start_ms, px.end_ms, min_seq=inp.prev_upto_seq, max_seq=inp.upto_seq
+        )
         topups = inp.sub.topups_for(px)
         for meter, line in sorted(totals.items()):
             qty, records = line.units, line.records
             before = ledger.billed_quantity(cust, px.label, meter)
             extra = topups.get(meter, 0)
-            delta = (_charge(meter, price, before + qty, extra).exact
-                     - _charge(meter, price, before, extra).exact)
-            out.append({"period": px.label, "plan": plan, "meter": meter, "quantity": qty,
-                        "previously_billed": before, "records": records,
-                        "amount": _m(round_money(delta, currency)), "digest": line.digest})
+            delta = (
+                _charge(meter, price, before + qty, extra).exact
+                - _charge(meter, price, before, extra).exact
+            )
+            out.append(
+                {
+                    "period": px.label,
+                    "plan": plan,
+                    "meter": meter,
+                    "quantity": qty,
+                    "previously_billed": before,
+                    "records": records,
+                    "amount": _m(round_money(delta, currency)),
+                    "digest": line.digest,
+                }
+            )
         after = px.end_ms
 
 
@@ -204,17 +243,23 @@ def _daily(ledger: Ledger, inp: BuildInput) -> list[dict[str, Any]]:
     return [{"date": _day(p.start_s + d * 86400), "meter": m, "units": u} for d, m, u in rows]
 
 
-def _credits(ledger: Ledger, inp: BuildInput, doc: dict[str, Any], total: Decimal,
-             fees: Decimal) -> AppliedCredits | None:
+def _credits(
+    ledger: Ledger, inp: BuildInput, doc: dict[str, Any], total: Decimal, fees: Decimal
+) -> AppliedCredits | None:
     """Apply the customer's grants (``None``: it has none, the invoice shows no credits)."""
     if not inp.sub.grants:
         return None
     p = inp.period
     return apply_credits(
-        inp.sub.grants, currency=doc["currency"], start=p.start_s, end=p.end_s,
-        as_of=p.end_s if inp.as_of is None else inp.as_of, total=total,
+        inp.sub.grants,
+        currency=doc["currency"],
+        start=p.start_s,
+        end=p.end_s,
+        as_of=p.end_s if inp.as_of is None else inp.as_of,
+        total=total,
         buckets=charge_buckets(fees, doc["lines"], doc["adjustments"]),
-        used_before=ledger.credits_used(inp.sub.customer))
+        used_before=ledger.credits_used(inp.sub.customer),
+    )
 
 
 def build_invoice(ledger: Ledger, inp: BuildInput) -> Invoice | InvoiceProblem:
@@ -240,21 +285,35 @@ def build_invoice(ledger: Ledger, inp: BuildInput) -> Invoice | InvoiceProblem:
     total = subtotal + topup + adj_total
     number = invoice_number(p.label, cust)
     doc: dict[str, Any] = {
-        "number": number, "status": inp.status, "customer": cust, "plan": plan,
-        "period": p.label, "period_start": _iso(p.start_s), "period_end": _iso(p.end_s),
-        "issue_date": _day(p.end_s), "currency": cur, "base_fees": base, "lines": lines,
-        "subtotal": _m(round_money(subtotal, cur)), "minimum": _m(round_money(price.minimum, cur)),
-        "minimum_topup": _m(topup), "adjustments": adjustments,
+        "number": number,
+        "status": inp.status,
+        "customer": cust,
+        "plan": plan,
+        "period": p.label,
+        "period_start": _iso(p.start_s),
+        "period_end": _iso(p.end_s),
+        "issue_date": _day(p.end_s),
+        "currency": cur,
+        "base_fees": base,
+        "lines": lines,
+        "subtotal": _m(round_money(subtotal, cur)),
+        "minimum": _m(round_money(price.minimum, cur)),
+        "minimum_topup": _m(topup),
+        "adjustments": adjustments,
         "adjustments_total": _m(round_money(adj_total, cur)),
-        "total": _m(round_money(total, cur)), "daily_usage": _daily(ledger, inp),
+        "total": _m(round_money(total, cur)),
+        "daily_usage": _daily(ledger, inp),
         "rounding": "each line rounded to the minor unit, ROUND_HALF_EVEN; total = sum of lines",
     }
-    billed = tuple([(p.label, ln["meter"], int(ln["quantity"])) for ln in lines]
-                   + [(a["period"], a["meter"], int(a["quantity"])) for a in adjustments])
+    billed = tuple(
+        [(p.label, ln["meter"], int(ln["quantity"])) for ln in lines]
+        + [(a["period"], a["meter"], int(a["quantity"])) for a in adjustments]
+    )
     late = sum(int(a["records"]) for a in adjustments)
     credits = _credits(ledger, inp, doc, total, base_total + topup)
     if credits is None:
         return Invoice(number, cust, p.label, total, cur, doc, billed, late, total)
     doc["credits"], doc["amount_due"] = credits.document, _m(credits.amount_due)
-    return Invoice(number, cust, p.label, total, cur, doc, billed, late, credits.amount_due,
-                   credits.applied)
+    return Invoice(
+        number, cust, p.label, total, cur, doc, billed, late, credits.amount_due, credits.applied
+    )

@@ -54,8 +54,9 @@ def _iso(ts: float | None) -> str | None:
     return None if ts is None else datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def charge_buckets(fees: Decimal, lines: Iterable[dict[str, Any]],
-                   adjustments: Iterable[dict[str, Any]]) -> dict[str, Decimal]:
+def charge_buckets(
+    fees: Decimal, lines: Iterable[dict[str, Any]], adjustments: Iterable[dict[str, Any]]
+) -> dict[str, Decimal]:
     """``{FEES: base fees + minimum top-up, meter: its line + its adjustments}``."""
     out = {FEES: fees}
     for item in (*lines, *adjustments):
@@ -63,8 +64,9 @@ def charge_buckets(fees: Decimal, lines: Iterable[dict[str, Any]],
     return out
 
 
-def _refusal(g: CreditGrant, currency: str, start: float, end: float, as_of: float
-             ) -> tuple[str | None, bool]:
+def _refusal(
+    g: CreditGrant, currency: str, start: float, end: float, as_of: float
+) -> tuple[str | None, bool]:
     """``(reason, listed)``: why ``g`` does not apply (``None``: it does), and whether to say so.
 
     Grants whose story ended before the period (expired or voided before it started) or that
@@ -86,13 +88,24 @@ def _refusal(g: CreditGrant, currency: str, start: float, end: float, as_of: flo
 
 
 def _covered(g: CreditGrant, buckets: Mapping[str, int]) -> list[str]:
-    return [k for k in sorted(buckets) if (k == FEES and not g.meters)
-            or (k != FEES and (not g.meters or k in g.meters))]
+    return [
+        k
+        for k in sorted(buckets)
+        if (k == FEES and not g.meters) or (k != FEES and (not g.meters or k in g.meters))
+    ]
 
 
-def apply_credits(grants: Sequence[CreditGrant], *, currency: str, start: float, end: float,
-                  as_of: float, total: Decimal, buckets: Mapping[str, Decimal],
-                  used_before: Mapping[str, int]) -> AppliedCredits:
+def apply_credits(
+    grants: Sequence[CreditGrant],
+    *,
+    currency: str,
+    start: float,
+    end: float,
+    as_of: float,
+    total: Decimal,
+    buckets: Mapping[str, Decimal],
+    used_before: Mapping[str, int],
+) -> AppliedCredits:
     """Apply the customer's grants to one invoice (see the module's rules)."""
     unit = minor_unit(currency)
     unpaid = {k: max(0, int(v / unit)) for k, v in buckets.items()}
@@ -104,8 +117,14 @@ def apply_credits(grants: Sequence[CreditGrant], *, currency: str, start: float,
         reason, listed = _refusal(g, currency, start, end, as_of)
         if reason is not None:
             if listed:
-                refused.append({"grant": g.id, "currency": g.currency,
-                                "amount": _money(g.amount, g.currency), "reason": reason})
+                refused.append(
+                    {
+                        "grant": g.id,
+                        "currency": g.currency,
+                        "amount": _money(g.amount, g.currency),
+                        "reason": reason,
+                    }
+                )
             continue
         available = max(0, g.amount - used_before.get(g.id, 0))
         if available == 0:
@@ -118,17 +137,29 @@ def apply_credits(grants: Sequence[CreditGrant], *, currency: str, start: float,
         if take:
             applied.append((g.id, take))
         remaining += available - take
-        applied_docs.append({
-            "grant": g.id, "source": g.source, "priority": g.priority,
-            "scope": {"meters": sorted(g.meters), "features": sorted(g.features)},
-            "expires_at": _iso(g.expires_at), "granted": _money(g.amount, currency),
-            "available": _money(available, currency), "applied": _money(take, currency),
-            "remaining": _money(available - take, currency)})
+        applied_docs.append(
+            {
+                "grant": g.id,
+                "source": g.source,
+                "priority": g.priority,
+                "scope": {"meters": sorted(g.meters), "features": sorted(g.features)},
+                "expires_at": _iso(g.expires_at),
+                "granted": _money(g.amount, currency),
+                "available": _money(available, currency),
+                "applied": _money(take, currency),
+                "remaining": _money(available - take, currency),
+            }
+        )
     applied_total = sum(t for _, t in applied) * unit
-    doc = {"applied": applied_docs, "applied_total": _money(sum(t for _, t in applied), currency),
-           "remaining_total": _money(remaining, currency), "not_applied": refused}
-    return AppliedCredits(doc, max(Decimal(0), total - applied_total).quantize(unit),
-                          tuple(applied))
+    doc = {
+        "applied": applied_docs,
+        "applied_total": _money(sum(t for _, t in applied), currency),
+        "remaining_total": _money(remaining, currency),
+        "not_applied": refused,
+    }
+    return AppliedCredits(
+        doc, max(Decimal(0), total - applied_total).quantize(unit), tuple(applied)
+    )
 
 
 def _money(minor: int, currency: str) -> str:
@@ -138,5 +169,10 @@ def _money(minor: int, currency: str) -> str:
 def log_not_applied(doc: dict[str, Any]) -> None:
     """Log each grant an invoice document lists as not applied (it says so on the invoice too)."""
     for g in doc.get("credits", {}).get("not_applied", ()):
-        log.warning("billing.credit_not_applied", invoice=doc["number"], customer=doc["customer"],
-                    grant=g["grant"], reason=g["reason"])
+        log.warning(
+            "billing.credit_not_applied",
+            invoice=doc["number"],
+            customer=doc["customer"],
+            grant=g["grant"],
+            reason=g["reason"],
+        )

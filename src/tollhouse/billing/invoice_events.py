@@ -26,29 +26,35 @@ __all__ = ["INVOICE_EVENT_FAILURES", "emit_invoice_events"]
 log = get_logger(__name__)
 INVOICE_EVENT_FAILURES = Counter(
     "tollhouse_invoice_event_failures_total",
-    "Billing runs whose invoice.issued events could not be recorded (offered again next run)")
+    "Billing runs whose invoice.issued events could not be recorded (offered again next run)",
+)
 
 
-async def _emit_all(url: str, invoices: Sequence[Any], clock: Callable[[], float],
-                    deadline_s: float) -> int:
+async def _emit_all(
+    url: str, invoices: Sequence[Any], clock: Callable[[], float], deadline_s: float
+) -> int:
     backend = await open_store(url)
     try:
         box = Outbox(backend, clock=clock, emit_deadline_s=deadline_s)
         new = 0
         for inv in invoices:
-            data = {"invoice": inv.number, "period": inv.period, "currency": inv.currency,
-                    "total": str(inv.total)}
+            data = {
+                "invoice": inv.number,
+                "period": inv.period,
+                "currency": inv.currency,
+                "total": str(inv.total),
+            }
             if getattr(inv, "amount_due", None) is not None:  # prepaid credits applied
                 data["amount_due"] = str(inv.amount_due)
-            new += await box.emit("invoice.issued", inv.customer, f"invoice.issued:{inv.number}",
-                                  data)
+            new += await box.emit(
+                "invoice.issued", inv.customer, f"invoice.issued:{inv.number}", data
+            )
         return new
     finally:
         await backend.close()
 
 
-def emit_invoice_events(cfg: Config, invoices: Sequence[Any],
-                        clock: Callable[[], float]) -> int:
+def emit_invoice_events(cfg: Config, invoices: Sequence[Any], clock: Callable[[], float]) -> int:
     """Offer ``invoice.issued`` for each issued invoice; return how many were new.
 
     Needs ``store`` (else 0). A store that cannot record them is logged and counted, never
@@ -58,8 +64,9 @@ def emit_invoice_events(cfg: Config, invoices: Sequence[Any],
     if cfg.store is None or not issued:
         return 0
     try:
-        return asyncio.run(_emit_all(cfg.store.url, issued, clock,
-                                     cfg.webhooks.emit_deadline_ms / 1000))
+        return asyncio.run(
+            _emit_all(cfg.store.url, issued, clock, cfg.webhooks.emit_deadline_ms / 1000)
+        )
     except (StoreUnavailable, SchemaError, TimeoutError, OSError) as e:
         INVOICE_EVENT_FAILURES.inc()
         log.error("billing.invoice_events_failed", invoices=len(issued), error=str(e)[:300])

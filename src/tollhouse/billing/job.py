@@ -106,15 +106,25 @@ async def _consume_redis(cfg: Config, ledger: Ledger, opts: JobOptions) -> tuple
 
     from tollhouse.billing.consume_redis import RedisConsumer
 
-    client = aioredis.from_url(cfg.metering.meter, socket_timeout=opts.redis_timeout_s,
-                               socket_connect_timeout=opts.redis_timeout_s)
+    client = aioredis.from_url(
+        cfg.metering.meter,
+        socket_timeout=opts.redis_timeout_s,
+        socket_connect_timeout=opts.redis_timeout_s,
+    )
     try:
         consumer = RedisConsumer(
-            client, ledger, cfg.billing.consumer_group,
+            client,
+            ledger,
+            cfg.billing.consumer_group,
             opts.consumer or cfg.instance or socket.gethostname(),
-            max_deliveries=cfg.billing.max_deliveries, stream_key=opts.stream_key,
-            dead_key=opts.dead_key, batch=min(opts.batch, 5000),
-            claim_idle_ms=opts.claim_idle_ms, timeout_s=opts.redis_timeout_s, hook=opts.hook)
+            max_deliveries=cfg.billing.max_deliveries,
+            stream_key=opts.stream_key,
+            dead_key=opts.dead_key,
+            batch=min(opts.batch, 5000),
+            claim_idle_ms=opts.claim_idle_ms,
+            timeout_s=opts.redis_timeout_s,
+            hook=opts.hook,
+        )
         stats = await consumer.run()
     finally:
         await client.aclose()
@@ -151,12 +161,14 @@ def _unbilled_after_cancel(run: _Run, sub: Subscription, p: Period) -> int | Non
     starts after the cancellation (never invoiced), whatever its generation.
     """
     last = run.ledger.last_invoice(sub.customer)
-    late = run.ledger.first_admitted_ms(sub.customer, p.end_ms,
-                                        min_seq=0 if last is None else last[1], max_seq=run.upto)
+    late = run.ledger.first_admitted_ms(
+        sub.customer, p.end_ms, min_seq=0 if last is None else last[1], max_seq=run.upto
+    )
     since = sub.status_since_s if sub.status_since_s is not None else p.start_s
     first_off = period_containing(since - 1, sub.anchor).next(sub.anchor)
-    after = run.ledger.first_admitted_ms(sub.customer, p.end_ms, min_seq=0, max_seq=run.upto,
-                                         after_ms=first_off.start_ms)
+    after = run.ledger.first_admitted_ms(
+        sub.customer, p.end_ms, min_seq=0, max_seq=run.upto, after_ms=first_off.start_ms
+    )
     return min((t for t in (late, after) if t is not None), default=None)
 
 
@@ -170,12 +182,16 @@ def _gate(run: _Run, sub: Subscription, p: Period) -> InvoiceProblem | Literal[T
     pending = _unbilled_after_cancel(run, sub, p)
     if pending is None:
         return None
-    return InvoiceProblem(sub.customer, f"cancelled before {p.label} but has unbilled usage "
-                          f"(admitted at {iso_utc(pending / 1000)}); reactivate to bill it")
+    return InvoiceProblem(
+        sub.customer,
+        f"cancelled before {p.label} but has unbilled usage "
+        f"(admitted at {iso_utc(pending / 1000)}); reactivate to bill it",
+    )
 
 
-def _bill_period(run: _Run, sub: Subscription, p: Period
-                 ) -> InvoiceSummary | InvoiceProblem | Notice | None:
+def _bill_period(
+    run: _Run, sub: Subscription, p: Period
+) -> InvoiceSummary | InvoiceProblem | Notice | None:
     cust = sub.customer
     stored = run.ledger.get_invoice(cust, p.label)
     if stored is not None:
@@ -186,30 +202,52 @@ def _bill_period(run: _Run, sub: Subscription, p: Period
     if gate is not True:
         return gate
     if not run.preview and p.end_s > run.now:
-        return InvoiceProblem(cust, f"{p.label} is still open until {iso_utc(p.end_s)}; "
-                              "use --preview")
+        return InvoiceProblem(
+            cust, f"{p.label} is still open until {iso_utc(p.end_s)}; use --preview"
+        )
     problem = _order_problem(run.ledger, sub, p)
     if problem is not None and not run.preview:
         return InvoiceProblem(cust, problem)
     last = run.ledger.last_invoice(cust)
-    inp = BuildInput(run.cfg.plans, sub, p, run.upto, 0 if last is None else last[1],
-                     "preview" if run.preview else "issued", run.now)
+    inp = BuildInput(
+        run.cfg.plans,
+        sub,
+        p,
+        run.upto,
+        0 if last is None else last[1],
+        "preview" if run.preview else "issued",
+        run.now,
+    )
     inv = build_invoice(run.ledger, inp)
     log_not_applied(inv.document if isinstance(inv, Invoice) else {})
     if isinstance(inv, InvoiceProblem) or run.preview:
-        return inv if isinstance(inv, InvoiceProblem) else dataclasses.replace(
-            _summary(inv.document, "preview", run.out_dir),
-            shadow=shadow_simulation(run.ledger, run.cfg.plans, sub, p.label, inv.document["plan"]))
-    if not run.ledger.issue(inv.number, cust, p.label, run.upto, render_json(inv.document),
-                            inv.billed, inv.credits):
+        return (
+            inv
+            if isinstance(inv, InvoiceProblem)
+            else dataclasses.replace(
+                _summary(inv.document, "preview", run.out_dir),
+                shadow=shadow_simulation(
+                    run.ledger, run.cfg.plans, sub, p.label, inv.document["plan"]
+                ),
+            )
+        )
+    if not run.ledger.issue(
+        inv.number, cust, p.label, run.upto, render_json(inv.document), inv.billed, inv.credits
+    ):
         stored = run.ledger.get_invoice(cust, p.label)  # a concurrent run issued it first
         if stored is None:
             return InvoiceProblem(cust, f"invoice number {inv.number} is taken")
         return _summary(json.loads(stored), "already_issued", run.out_dir)
     INVOICES_ISSUED.inc()
     LATE_RECORDS.inc(inv.late_records)
-    log.info("billing.issued", invoice=inv.number, customer=cust, total=str(inv.total),
-             amount_due=str(inv.amount_due), late_records=inv.late_records)
+    log.info(
+        "billing.issued",
+        invoice=inv.number,
+        customer=cust,
+        total=str(inv.total),
+        amount_due=str(inv.amount_due),
+        late_records=inv.late_records,
+    )
     return _summary(inv.document, "issued", run.out_dir)
 
 
@@ -242,13 +280,23 @@ def _bill_due(run: _Run, sub: Subscription) -> list[_Outcome]:
     return out
 
 
-def _summary(doc: dict[str, object], status: Literal["issued", "already_issued", "preview"],
-             out_dir: Path | None) -> InvoiceSummary:
+def _summary(
+    doc: dict[str, object],
+    status: Literal["issued", "already_issued", "preview"],
+    out_dir: Path | None,
+) -> InvoiceSummary:
     files = tuple(write_invoice_files(doc, out_dir)) if out_dir is not None else ()
     due = None if "amount_due" not in doc else Decimal(str(doc["amount_due"]))
-    return InvoiceSummary(str(doc["number"]), str(doc["customer"]), str(doc["period"]),
-                          str(doc["currency"]), Decimal(str(doc["total"])), status, files,
-                          amount_due=due)
+    return InvoiceSummary(
+        str(doc["number"]),
+        str(doc["customer"]),
+        str(doc["period"]),
+        str(doc["currency"]),
+        Decimal(str(doc["total"])),
+        status,
+        files,
+        amount_due=due,
+    )
 
 
 def _unknown_customers(run: _Run, subs: SubscriptionSource, known: set[str]) -> list[str]:
@@ -269,9 +317,16 @@ def _subscriptions(cfg: Config, clock: Callable[[], float]) -> SubscriptionSourc
     return StoreSubscriptions(cfg.store.url, cfg, clock=clock)
 
 
-def run_billing(cfg: Config, *, period: str | None, out_dir: Path | None, preview: bool,
-                clock: Callable[[], float], subscriptions: SubscriptionSource | None = None,
-                options: JobOptions | None = None) -> BillingResult:
+def run_billing(
+    cfg: Config,
+    *,
+    period: str | None,
+    out_dir: Path | None,
+    preview: bool,
+    clock: Callable[[], float],
+    subscriptions: SubscriptionSource | None = None,
+    options: JobOptions | None = None,
+) -> BillingResult:
     """Consume the meter, then issue (or preview) every customer's invoice for ``period``.
 
     ``period`` is ``YYYY-MM``. ``None`` means, when previewing, each customer's open period; when
@@ -296,8 +351,11 @@ def run_billing(cfg: Config, *, period: str | None, out_dir: Path | None, previe
         problems: list[InvoiceProblem] = []
         notices = list(roster.notices)
         for cust, sub in roster.entries:
-            for res in ([InvoiceProblem(cust, "no subscription")] if sub is None
-                        else _bill_customer(run, sub)):
+            for res in (
+                [InvoiceProblem(cust, "no subscription")]
+                if sub is None
+                else _bill_customer(run, sub)
+            ):
                 if isinstance(res, InvoiceProblem):
                     problems.append(res)
                 elif isinstance(res, Notice):
@@ -313,15 +371,26 @@ def run_billing(cfg: Config, *, period: str | None, out_dir: Path | None, previe
 
         emit_invoice_events(cfg, invoices, clock)
     _log_outcome(roster.default_plan, notices, problems)
-    return BillingResult(consumed, dead, tuple(invoices), tuple(problems), roster.default_plan,
-                         tuple(sorted(notices, key=lambda n: n.customer)))
+    return BillingResult(
+        consumed,
+        dead,
+        tuple(invoices),
+        tuple(problems),
+        roster.default_plan,
+        tuple(sorted(notices, key=lambda n: n.customer)),
+    )
 
 
-def _log_outcome(defaults: tuple[Subscription, ...], notices: list[Notice],
-                 problems: list[InvoiceProblem]) -> None:
+def _log_outcome(
+    defaults: tuple[Subscription, ...], notices: list[Notice], problems: list[InvoiceProblem]
+) -> None:
     for sub in defaults:
-        log.info("billing.default_plan_customer", customer=sub.customer,
-                 plan=sub.changes[0].plan, since=iso_utc(sub.start_s))
+        log.info(
+            "billing.default_plan_customer",
+            customer=sub.customer,
+            plan=sub.changes[0].plan,
+            since=iso_utc(sub.start_s),
+        )
     for n in notices:
         log.warning("billing.not_invoiced", customer=n.customer, reason=n.message)
     for pr in problems:

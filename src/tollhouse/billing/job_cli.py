@@ -25,14 +25,25 @@ __all__ = ["add_bill_arguments", "main_bill"]
 def add_bill_arguments(parser: argparse.ArgumentParser) -> None:
     """Add ``--config FILE [--period YYYY-MM] [--out DIR] [--preview] [--now TIME]``."""
     parser.add_argument("--config", required=True, type=Path, help="tollhouse YAML config")
-    parser.add_argument("--period", help="billing period YYYY-MM (default: every ended period "
-                        "not issued yet; with --preview: the open one)")
-    parser.add_argument("--out", type=Path, default=None,
-                        help="invoice directory (default: billing.invoices_dir)")
-    parser.add_argument("--preview", action="store_true",
-                        help="price without issuing anything (the open period by default)")
-    parser.add_argument("--now", type=_parse_now, default=None,
-                        help="bill as of this earlier UTC time (ISO 8601; default: the clock)")
+    parser.add_argument(
+        "--period",
+        help="billing period YYYY-MM (default: every ended period "
+        "not issued yet; with --preview: the open one)",
+    )
+    parser.add_argument(
+        "--out", type=Path, default=None, help="invoice directory (default: billing.invoices_dir)"
+    )
+    parser.add_argument(
+        "--preview",
+        action="store_true",
+        help="price without issuing anything (the open period by default)",
+    )
+    parser.add_argument(
+        "--now",
+        type=_parse_now,
+        default=None,
+        help="bill as of this earlier UTC time (ISO 8601; default: the clock)",
+    )
 
 
 def _parse_now(text: str) -> float:
@@ -58,8 +69,9 @@ def main_bill(args: argparse.Namespace) -> int:
     try:
         clock = _clock(args.now)
         cfg = load_config(args.config)
-        result = run_billing(cfg, period=args.period, out_dir=args.out, preview=args.preview,
-                             clock=clock)
+        result = run_billing(
+            cfg, period=args.period, out_dir=args.out, preview=args.preview, clock=clock
+        )
     except ConfigError as e:
         print(f"config error: {e}", file=sys.stderr)
         return 2

@@ -33,16 +33,22 @@ if TYPE_CHECKING:
 
 __all__ = ["copy_sqlite_meter"]
 
-_IDS = ("INSERT INTO ledger_ids (usage_id, customer, admitted_at_ms, gen, billable, record)"
-        " SELECT usage_id, customer, admitted_at_ms, ?, billable, record FROM m.usage u"
-        " WHERE {where} ORDER BY id ON CONFLICT DO NOTHING")
-_B = ("SELECT usage_id, customer, admitted_at_ms, th_id_hash(usage_id) AS hv"
-      " FROM {schema}.usage u WHERE {where} AND billable = 1")
-_SELECT = ("SELECT b.customer, uu.meter, b.admitted_at_ms / 86400000{gen}, SUM(uu.units),"
-           " COUNT(*), MIN(b.admitted_at_ms), (SUM((hv >> 32) & 4294967295)"
-           " + SUM(hv & 4294967295) / 4294967296) % 4294967296, SUM(hv & 4294967295) % 4294967296"
-           " FROM b CROSS JOIN {schema}.usage_units uu ON uu.usage_id = b.usage_id WHERE true"
-           " GROUP BY 1, 2, 3")
+_IDS = (
+    "INSERT INTO ledger_ids (usage_id, customer, admitted_at_ms, gen, billable, record)"
+    " SELECT usage_id, customer, admitted_at_ms, ?, billable, record FROM m.usage u"
+    " WHERE {where} ORDER BY id ON CONFLICT DO NOTHING"
+)
+_B = (
+    "SELECT usage_id, customer, admitted_at_ms, th_id_hash(usage_id) AS hv"
+    " FROM {schema}.usage u WHERE {where} AND billable = 1"
+)
+_SELECT = (
+    "SELECT b.customer, uu.meter, b.admitted_at_ms / 86400000{gen}, SUM(uu.units),"
+    " COUNT(*), MIN(b.admitted_at_ms), (SUM((hv >> 32) & 4294967295)"
+    " + SUM(hv & 4294967295) / 4294967296) % 4294967296, SUM(hv & 4294967295) % 4294967296"
+    " FROM b CROSS JOIN {schema}.usage_units uu ON uu.usage_id = b.usage_id WHERE true"
+    " GROUP BY 1, 2, 3"
+)
 _RANGE = "u.id > ? AND u.id <= ?"
 _NEW = _RANGE + " AND u.id IN (SELECT id FROM temp.th_new)"  # noqa: S608 - constant SQL pieces, values bound
 
@@ -64,8 +70,9 @@ class _Readers:
     def _conn(self) -> sqlite3.Connection:
         conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
         if conn is None:
-            conn = sqlite3.connect(self._uri, uri=True, isolation_level=None,
-                                   check_same_thread=False, timeout=10.0)
+            conn = sqlite3.connect(
+                self._uri, uri=True, isolation_level=None, check_same_thread=False, timeout=10.0
+            )
             conn.execute("PRAGMA cache_size=-16384")
             conn.create_function("th_id_hash", 1, sql_id_hash, deterministic=True)
             self._local.conn = conn
@@ -81,7 +88,8 @@ class _Readers:
         conn = self._conn()
         verify_rows(conn, self._path, last, top)
         sql = "WITH b AS MATERIALIZED ({}) {}".format(
-            _B.format(where=_RANGE, schema="main"), _SELECT.format(gen="", schema="main"))
+            _B.format(where=_RANGE, schema="main"), _SELECT.format(gen="", schema="main")
+        )
         return conn.execute(sql, (last, top)).fetchall()
 
     def close(self) -> None:
@@ -100,8 +108,9 @@ def _attached(ledger: Ledger, uri: str) -> Iterator[None]:
         ledger.conn.execute("DETACH DATABASE m")
 
 
-def copy_sqlite_meter(ledger: Ledger, meter_path: str, source: str, *, batch: int,
-                      hook: FailureHook, readers: int = 2) -> int:
+def copy_sqlite_meter(
+    ledger: Ledger, meter_path: str, source: str, *, batch: int, hook: FailureHook, readers: int = 2
+) -> int:
     """Copy meter rows past the cursor, ``batch`` ids a transaction; return rows read."""
     if ledger.dialect != "sqlite":
         raise ValueError("copy_sqlite_meter needs a SQLite ledger")
@@ -115,14 +124,17 @@ def copy_sqlite_meter(ledger: Ledger, meter_path: str, source: str, *, batch: in
         pool.close()
 
 
-def _batches(ledger: Ledger, pool: _Readers, source: str, batch: int, hook: FailureHook,
-             ahead: int) -> int:
+def _batches(
+    ledger: Ledger, pool: _Readers, source: str, batch: int, hook: FailureHook, ahead: int
+) -> int:
     total, last = 0, ledger.get_cursor(source)
     queue: deque[tuple[int, int, Future[Aggregates]]] = deque()
     while True:
         while len(queue) < ahead:  # keep the readers busy with the next batches
-            top = ledger.one("SELECT MAX(id) FROM (SELECT id FROM m.usage WHERE id > ? "
-                             "ORDER BY id LIMIT ?)", (last, batch))[0]
+            top = ledger.one(
+                "SELECT MAX(id) FROM (SELECT id FROM m.usage WHERE id > ? ORDER BY id LIMIT ?)",
+                (last, batch),
+            )[0]
             if top is None:
                 break
             queue.append((last, int(top), pool.pool.submit(pool.aggregate, last, int(top))))
@@ -131,11 +143,15 @@ def _batches(ledger: Ledger, pool: _Readers, source: str, batch: int, hook: Fail
             return total
         lo, top, future = queue.popleft()
         with ledger.transaction():
-            n = int(ledger.one("SELECT COUNT(*) FROM m.usage WHERE id > ? AND id <= ?",
-                               (lo, top))[0])
+            n = int(
+                ledger.one("SELECT COUNT(*) FROM m.usage WHERE id > ? AND id <= ?", (lo, top))[0]
+            )
             _copy(ledger, lo, top, n, future)
-            ledger.exec("INSERT INTO meter_cursor (source, last_id) VALUES (?, ?) ON CONFLICT"
-                        " (source) DO UPDATE SET last_id = excluded.last_id", (source, top))
+            ledger.exec(
+                "INSERT INTO meter_cursor (source, last_id) VALUES (?, ?) ON CONFLICT"
+                " (source) DO UPDATE SET last_id = excluded.last_id",
+                (source, top),
+            )
             hook("before_commit")
         hook("after_commit")
         total += n
@@ -154,11 +170,16 @@ def _copy(ledger: Ledger, last: int, top: int, n: int, ahead: Future[Aggregates]
     ledger.exec("RELEASE th_batch")
     ledger.exec("CREATE TEMP TABLE IF NOT EXISTS th_new (id INTEGER PRIMARY KEY)")
     ledger.exec("DELETE FROM temp.th_new")
-    ledger.exec("INSERT INTO temp.th_new SELECT u.id FROM m.usage u WHERE u.id > ? AND u.id <= ?"
-                " AND NOT EXISTS (SELECT 1 FROM ledger_ids l WHERE l.usage_id = u.usage_id)",
-                (last, top))
+    ledger.exec(
+        "INSERT INTO temp.th_new SELECT u.id FROM m.usage u WHERE u.id > ? AND u.id <= ?"
+        " AND NOT EXISTS (SELECT 1 FROM ledger_ids l WHERE l.usage_id = u.usage_id)",
+        (last, top),
+    )
     ledger.exec(_IDS.format(where=_NEW), (gen, last, top))
     select = _SELECT.format(gen=", ?", schema="m")
-    ledger.exec(f"WITH b AS MATERIALIZED ({_B.format(where=_NEW, schema='m')}) "
-                + ledger.upsert_sql(select), (last, top, gen))
+    ledger.exec(
+        f"WITH b AS MATERIALIZED ({_B.format(where=_NEW, schema='m')}) "
+        + ledger.upsert_sql(select),
+        (last, top, gen),
+    )
     ledger.exec("DELETE FROM temp.th_new")

@@ -40,8 +40,11 @@ class StoredRecord:
 
     def units(self) -> dict[str, int]:
         """Meter -> units of the final record (empty when no record is kept)."""
-        return {} if self.record is None else {str(k): int(v) for k, v in
-                                               sorted(self.record.units.items())}
+        return (
+            {}
+            if self.record is None
+            else {str(k): int(v) for k, v in sorted(self.record.units.items())}
+        )
 
 
 def iso_ms(ms: int) -> str:
@@ -62,17 +65,26 @@ def _parse(raw: bytes | memoryview | None, usage_id: str) -> UsageRecord | None:
     return rec
 
 
-def stored_records(ledger: Ledger, start_ms: int, end_ms: int, *, customer: str | None = None,
-                   min_seq: int = 0, max_seq: int | None = None,
-                   billable_only: bool = False) -> Iterator[StoredRecord]:
+def stored_records(
+    ledger: Ledger,
+    start_ms: int,
+    end_ms: int,
+    *,
+    customer: str | None = None,
+    min_seq: int = 0,
+    max_seq: int | None = None,
+    billable_only: bool = False,
+) -> Iterator[StoredRecord]:
     """Yield records admitted in ``[start_ms, end_ms)`` with ``min_seq < gen <= max_seq``.
 
     Ordered by admission time, then usage id. A stored record that does not parse, or names
     another usage id, raises ``ValueError`` (a damaged ledger is never exported quietly).
     """
     top = ledger.max_seq() if max_seq is None else max_seq
-    sql = ("SELECT usage_id, customer, admitted_at_ms, gen, billable, record FROM ledger_ids"
-           " WHERE admitted_at_ms >= ? AND admitted_at_ms < ? AND gen > ? AND gen <= ?")
+    sql = (
+        "SELECT usage_id, customer, admitted_at_ms, gen, billable, record FROM ledger_ids"
+        " WHERE admitted_at_ms >= ? AND admitted_at_ms < ? AND gen > ? AND gen <= ?"
+    )
     params: list[object] = [start_ms, end_ms, min_seq, top]
     if customer is not None:
         sql += " AND customer = ?"
@@ -85,5 +97,6 @@ def stored_records(ledger: Ledger, start_ms: int, end_ms: int, *, customer: str 
         if not rows:
             return
         for uid, cust, at, gen, billable, raw in rows:
-            yield StoredRecord(str(uid), str(cust), int(at), int(gen), bool(billable),
-                               _parse(raw, str(uid)))
+            yield StoredRecord(
+                str(uid), str(cust), int(at), int(gen), bool(billable), _parse(raw, str(uid))
+            )

@@ -88,18 +88,25 @@ def run_ddl(ledger: Ledger, ddl: str) -> None:
     sqlite = ledger.dialect == "sqlite"
     for stmt in ddl.split(";"):
         if stmt.strip():
-            ledger.exec(stmt.format(
-                serial="INTEGER PRIMARY KEY AUTOINCREMENT" if sqlite else "BIGSERIAL PRIMARY KEY",
-                without_rowid=" WITHOUT ROWID" if sqlite else "",
-                blob="BLOB" if sqlite else "BYTEA"))
+            ledger.exec(
+                stmt.format(
+                    serial="INTEGER PRIMARY KEY AUTOINCREMENT"
+                    if sqlite
+                    else "BIGSERIAL PRIMARY KEY",
+                    without_rowid=" WITHOUT ROWID" if sqlite else "",
+                    blob="BLOB" if sqlite else "BYTEA",
+                )
+            )
 
 
 def _has_table(ledger: Ledger, name: str) -> bool:
     if ledger.dialect == "sqlite":
         sql = "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?"
     else:
-        sql = ("SELECT 1 FROM information_schema.tables WHERE table_name = ?"
-               " AND table_schema = current_schema()")
+        sql = (
+            "SELECT 1 FROM information_schema.tables WHERE table_name = ?"
+            " AND table_schema = current_schema()"
+        )
     return ledger.one(sql, (name,)) is not None
 
 
@@ -113,20 +120,26 @@ def ensure_schema(ledger: Ledger) -> None:
         run_ddl(ledger, V2_DDL)
         version = ledger.one("SELECT value FROM ledger_meta WHERE key = 'schema_version'")
         if version is not None and int(version[0]) > SCHEMA_VERSION:
-            raise ValueError(f"ledger schema version {version[0]} is newer than this release's"
-                             f" ({SCHEMA_VERSION}); upgrade tollhouse")
+            raise ValueError(
+                f"ledger schema version {version[0]} is newer than this release's"
+                f" ({SCHEMA_VERSION}); upgrade tollhouse"
+            )
         if version is not None and int(version[0]) == SCHEMA_VERSION:
             return
         if version is None:
-            next_gen = (_migrate_v1(ledger) if not has_meta and _has_table(ledger, "ledger_usage")
-                        else 1)
-            ledger.exec("INSERT INTO ledger_meta (key, value) VALUES ('schema_version', 2),"
-                        " ('gen', ?)", (next_gen,))
+            next_gen = (
+                _migrate_v1(ledger) if not has_meta and _has_table(ledger, "ledger_usage") else 1
+            )
+            ledger.exec(
+                "INSERT INTO ledger_meta (key, value) VALUES ('schema_version', 2), ('gen', ?)",
+                (next_gen,),
+            )
         if version is None or int(version[0]) < 3:
             run_ddl(ledger, V3_DDL)  # v2 -> v3
         run_ddl(ledger, V4_DDL)  # v3 -> v4
-        ledger.exec("UPDATE ledger_meta SET value = ? WHERE key = 'schema_version'",
-                    (SCHEMA_VERSION,))
+        ledger.exec(
+            "UPDATE ledger_meta SET value = ? WHERE key = 'schema_version'", (SCHEMA_VERSION,)
+        )
 
 
 def _pages(ledger: Ledger, table: str, cols: tuple[str, ...], nkey: int) -> Iterator[list[Any]]:
@@ -151,14 +164,21 @@ def _migrate_v1(ledger: Ledger) -> int:
     def gen_of(seq: int) -> int:
         return bounds[min(bisect.bisect_left(bounds, seq), len(bounds) - 1)]
 
-    for rows in _pages(ledger, "ledger_usage",
-                       ("seq", "usage_id", "customer", "admitted_at_ms", "billable"), 1):
-        ledger.executemany("INSERT INTO ledger_ids (usage_id, customer, admitted_at_ms, gen,"
-                           " billable) VALUES (?, ?, ?, ?, ?)",
-                           [(u, c, int(at), gen_of(int(s)), int(b)) for s, u, c, at, b in rows])
+    for rows in _pages(
+        ledger, "ledger_usage", ("seq", "usage_id", "customer", "admitted_at_ms", "billable"), 1
+    ):
+        ledger.executemany(
+            "INSERT INTO ledger_ids (usage_id, customer, admitted_at_ms, gen,"
+            " billable) VALUES (?, ?, ?, ?, ?)",
+            [(u, c, int(at), gen_of(int(s)), int(b)) for s, u, c, at, b in rows],
+        )
     buckets: dict[tuple[str, str, int, int], list[int]] = {}
-    for rows in _pages(ledger, "ledger_units",
-                       ("usage_id", "meter", "units", "customer", "admitted_at_ms", "seq"), 2):
+    for rows in _pages(
+        ledger,
+        "ledger_units",
+        ("usage_id", "meter", "units", "customer", "admitted_at_ms", "seq"),
+        2,
+    ):
         for uid, meter, units, cust, at, seq in rows:
             key = (str(cust), str(meter), int(at) // DAY_MS, gen_of(int(seq)))
             b = buckets.setdefault(key, [0, 0, int(at), 0])
@@ -166,8 +186,12 @@ def _migrate_v1(ledger: Ledger) -> int:
             b[1] += 1
             b[2] = min(b[2], int(at))
             b[3] += id_hash(str(uid))
-    ledger.upsert_buckets([(*k, u, n, first, *divmod(h % (LANE * LANE), LANE))
-                           for k, (u, n, first, h) in buckets.items()])
+    ledger.upsert_buckets(
+        [
+            (*k, u, n, first, *divmod(h % (LANE * LANE), LANE))
+            for k, (u, n, first, h) in buckets.items()
+        ]
+    )
     ledger.exec("DROP TABLE ledger_units")
     ledger.exec("DROP TABLE ledger_usage")
     return bounds[-1] + 1

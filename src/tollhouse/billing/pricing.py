@@ -31,8 +31,26 @@ __all__ = [
     "round_money",
 ]
 
-_ZERO_DECIMAL = frozenset({"BIF", "CLP", "DJF", "GNF", "ISK", "JPY", "KMF", "KRW", "PYG", "RWF",
-                           "UGX", "VND", "VUV", "XAF", "XOF", "XPF"})
+_ZERO_DECIMAL = frozenset(
+    {
+        "BIF",
+        "CLP",
+        "DJF",
+        "GNF",
+        "ISK",
+        "JPY",
+        "KMF",
+        "KRW",
+        "PYG",
+        "RWF",
+        "UGX",
+        "VND",
+        "VUV",
+        "XAF",
+        "XOF",
+        "XPF",
+    }
+)
 _THREE_DECIMAL = frozenset({"BHD", "IQD", "JOD", "KWD", "LYD", "OMR", "TND"})
 _CTX = Context(prec=50)
 ZERO = Decimal(0)
@@ -127,13 +145,23 @@ def price_meter(meter: str, price: MeterPrice, quantity: int, currency: str) -> 
             tiers = _volume(price.tiers, billable)
             exact = sum((e for _, e in tiers), ZERO)
     shown = tuple(
-        TierCharge(t.first, t.last, t.quantity, t.unit_price, t.flat_fee,
-                   round_money(t.amount, currency))
+        TierCharge(
+            t.first, t.last, t.quantity, t.unit_price, t.flat_fee, round_money(t.amount, currency)
+        )
         for t, _ in tiers
     )
     unit = price.unit_price if price.model == "per_unit" else price.package_price
-    return MeterCharge(meter, price.model, quantity, min(quantity, price.included), billable,
-                       unit, shown, exact, round_money(exact, currency))
+    return MeterCharge(
+        meter,
+        price.model,
+        quantity,
+        min(quantity, price.included),
+        billable,
+        unit,
+        shown,
+        exact,
+        round_money(exact, currency),
+    )
 
 
 @dataclass(frozen=True, slots=True)

@@ -61,16 +61,22 @@ def _chart(meter: str, days: list[str], units: dict[str, int]) -> str:
         u = units.get(day, 0)
         bh = round((h - bottom - 10) * u / top, 1)
         x = round(left + i * slot + slot * 0.15, 1)
-        bars.append(f'<rect class="bar" x="{x}" y="{round(h - bottom - bh, 1)}" '
-                    f'width="{round(slot * 0.7, 1)}" height="{bh}" rx="1.5">'
-                    f"<title>{day}: {_qty(u)}</title></rect>")
+        bars.append(
+            f'<rect class="bar" x="{x}" y="{round(h - bottom - bh, 1)}" '
+            f'width="{round(slot * 0.7, 1)}" height="{bh}" rx="1.5">'
+            f"<title>{day}: {_qty(u)}</title></rect>"
+        )
         if i % 7 == 0:
             bars.append(f'<text x="{x}" y="{h - 5}">{day[5:]}</text>')
-    axis = (f'<text x="0" y="14">{_qty(top)}</text><text x="0" y="{h - bottom}">0</text>'
-            f'<line x1="{left}" y1="{h - bottom}" x2="{w}" y2="{h - bottom}" stroke="#e5e7eb"/>')
-    return (f'<div class="chart"><h3>{escape(meter)} per day</h3>'
-            f'<svg viewBox="0 0 {w} {h}" width="100%" role="img" '
-            f'aria-label="{escape(meter)} per day">{axis}{"".join(bars)}</svg></div>')
+    axis = (
+        f'<text x="0" y="14">{_qty(top)}</text><text x="0" y="{h - bottom}">0</text>'
+        f'<line x1="{left}" y1="{h - bottom}" x2="{w}" y2="{h - bottom}" stroke="#e5e7eb"/>'
+    )
+    return (
+        f'<div class="chart"><h3>{escape(meter)} per day</h3>'
+        f'<svg viewBox="0 0 {w} {h}" width="100%" role="img" '
+        f'aria-label="{escape(meter)} per day">{axis}{"".join(bars)}</svg></div>'
+    )
 
 
 def _charts(doc: dict[str, Any]) -> str:
@@ -89,26 +95,33 @@ def _charge_rows(doc: dict[str, Any]) -> list[str]:
         what = f"{escape(b['plan'])} plan, base fee"
         if b["prorated"]:
             what += f' <span class="note">prorated {b["from"][:10]} to {b["to"][:10]}</span>'
-        rows.append(f'<tr><td>{what}</td><td class="n"></td><td class="n">'
-                    f'{_money(cur, b["fee"])}</td>'
-                    f'<td class="n">{_money(cur, b["amount"])}</td></tr>')
+        rows.append(
+            f'<tr><td>{what}</td><td class="n"></td><td class="n">'
+            f"{_money(cur, b['fee'])}</td>"
+            f'<td class="n">{_money(cur, b["amount"])}</td></tr>'
+        )
     for ln in doc["lines"]:
-        inc = (f' <span class="note">{_qty(ln["included"])} included</span>'
-               if ln["included"] else "")
+        inc = (
+            f' <span class="note">{_qty(ln["included"])} included</span>' if ln["included"] else ""
+        )
         unit = _money(cur, ln["unit_price"]) if ln["unit_price"] is not None else ""
         if ln.get("package_size"):
             unit += f" per {_qty(ln['package_size'])}"
-        rows.append(f'<tr><td>{escape(ln["meter"])}{inc}<br><code>{_digest(ln["digest"])}</code>'
-                    f'</td><td class="n">{_qty(ln["quantity"])}</td><td class="n">{unit}</td>'
-                    f'<td class="n">{_money(cur, ln["amount"])}</td></tr>')
+        rows.append(
+            f"<tr><td>{escape(ln['meter'])}{inc}<br><code>{_digest(ln['digest'])}</code>"
+            f'</td><td class="n">{_qty(ln["quantity"])}</td><td class="n">{unit}</td>'
+            f'<td class="n">{_money(cur, ln["amount"])}</td></tr>'
+        )
         for t in ln["tiers"]:
             last = "+" if t["last_unit"] is None else f"&ndash;{_qty(t['last_unit'])}"
             fee = f" + {_money(cur, t['flat_fee'])}" if Decimal(t["flat_fee"]) else ""
             what = "all units at tier" if ln["model"] == "volume" else "units"
-            rows.append(f'<tr class="tier"><td>{what} {_qty(t["first_unit"])}{last}</td>'
-                        f'<td class="n">{_qty(t["quantity"])}</td><td class="n">'
-                        f'{_money(cur, t["unit_price"])}{fee}</td>'
-                        f'<td class="n">{_money(cur, t["amount"])}</td></tr>')
+            rows.append(
+                f'<tr class="tier"><td>{what} {_qty(t["first_unit"])}{last}</td>'
+                f'<td class="n">{_qty(t["quantity"])}</td><td class="n">'
+                f"{_money(cur, t['unit_price'])}{fee}</td>"
+                f'<td class="n">{_money(cur, t["amount"])}</td></tr>'
+            )
     return rows
 
 
@@ -119,18 +132,26 @@ def _digest(d: str) -> str:
 
 def _total_rows(doc: dict[str, Any]) -> list[str]:
     cur = doc["currency"]
-    rows = [f'<tr class="sum"><td colspan="3">Subtotal</td>'
-            f'<td class="n">{_money(cur, doc["subtotal"])}</td></tr>']
+    rows = [
+        f'<tr class="sum"><td colspan="3">Subtotal</td>'
+        f'<td class="n">{_money(cur, doc["subtotal"])}</td></tr>'
+    ]
     if Decimal(doc["minimum_topup"]):
-        rows.append(f'<tr><td colspan="3">Minimum charge of {_money(cur, doc["minimum"])}</td>'
-                    f'<td class="n">{_money(cur, doc["minimum_topup"])}</td></tr>')
+        rows.append(
+            f'<tr><td colspan="3">Minimum charge of {_money(cur, doc["minimum"])}</td>'
+            f'<td class="n">{_money(cur, doc["minimum_topup"])}</td></tr>'
+        )
     for a in doc["adjustments"]:
-        rows.append(f'<tr><td colspan="2">Usage of {escape(a["period"])} not billed before: '
-                    f'{_qty(a["quantity"])} {escape(a["meter"])}<br>'
-                    f'<code>{_digest(a["digest"])}</code></td><td></td>'
-                    f'<td class="n">{_money(cur, a["amount"])}</td></tr>')
-    rows.append(f'<tr class="sum total"><td colspan="3">Total</td>'
-                f'<td class="n">{_money(cur, doc["total"])}</td></tr>')
+        rows.append(
+            f'<tr><td colspan="2">Usage of {escape(a["period"])} not billed before: '
+            f"{_qty(a['quantity'])} {escape(a['meter'])}<br>"
+            f"<code>{_digest(a['digest'])}</code></td><td></td>"
+            f'<td class="n">{_money(cur, a["amount"])}</td></tr>'
+        )
+    rows.append(
+        f'<tr class="sum total"><td colspan="3">Total</td>'
+        f'<td class="n">{_money(cur, doc["total"])}</td></tr>'
+    )
     if "credits" in doc:
         rows.extend(_credit_rows(doc))
     return rows
@@ -141,11 +162,15 @@ def _credit_rows(doc: dict[str, Any]) -> list[str]:
     cur, rows = doc["currency"], []
     for g in doc["credits"]["applied"]:
         if Decimal(g["applied"]):
-            rows.append(f'<tr><td colspan="3">Prepaid credit <code>{escape(g["grant"])}</code> '
-                        f'<span class="note">{escape(g["source"])}</span></td>'
-                        f'<td class="n">&minus;{_money(cur, g["applied"])}</td></tr>')
-    rows.append(f'<tr class="sum total"><td colspan="3">Amount due</td>'
-                f'<td class="n">{_money(cur, doc["amount_due"])}</td></tr>')
+            rows.append(
+                f'<tr><td colspan="3">Prepaid credit <code>{escape(g["grant"])}</code> '
+                f'<span class="note">{escape(g["source"])}</span></td>'
+                f'<td class="n">&minus;{_money(cur, g["applied"])}</td></tr>'
+            )
+    rows.append(
+        f'<tr class="sum total"><td colspan="3">Amount due</td>'
+        f'<td class="n">{_money(cur, doc["amount_due"])}</td></tr>'
+    )
     return rows
 
 
@@ -154,21 +179,32 @@ def _credits_section(doc: dict[str, Any]) -> list[str]:
     if "credits" not in doc:
         return []
     cur, c = doc["currency"], doc["credits"]
-    rows = [f'<tr><td><code>{escape(g["grant"])}</code> <span class="note">'
-            f'{escape(g["source"])}{_scope(g)}{_expiry(g)}</span></td>'
-            f'<td class="n">{_money(cur, g["available"])}</td>'
-            f'<td class="n">{_money(cur, g["applied"])}</td>'
-            f'<td class="n">{_money(cur, g["remaining"])}</td></tr>' for g in c["applied"]]
-    rows.append(f'<tr class="sum"><td>Total</td><td></td>'
-                f'<td class="n">{_money(cur, c["applied_total"])}</td>'
-                f'<td class="n">{_money(cur, c["remaining_total"])}</td></tr>')
-    notes = [f'<p class="note">Not applied: <code>{escape(g["grant"])}</code> '
-             f'({escape(g["currency"])}&nbsp;{escape(g["amount"])}): {escape(g["reason"])}.</p>'
-             for g in c["not_applied"]]
-    return ['<h2>Prepaid credits</h2><table><thead><tr><th>Grant</th>'
-            '<th class="n">Available</th><th class="n">Applied</th>'
-            '<th class="n">Remaining</th></tr></thead><tbody>', *rows, "</tbody></table>",
-            *notes]
+    rows = [
+        f'<tr><td><code>{escape(g["grant"])}</code> <span class="note">'
+        f"{escape(g['source'])}{_scope(g)}{_expiry(g)}</span></td>"
+        f'<td class="n">{_money(cur, g["available"])}</td>'
+        f'<td class="n">{_money(cur, g["applied"])}</td>'
+        f'<td class="n">{_money(cur, g["remaining"])}</td></tr>'
+        for g in c["applied"]
+    ]
+    rows.append(
+        f'<tr class="sum"><td>Total</td><td></td>'
+        f'<td class="n">{_money(cur, c["applied_total"])}</td>'
+        f'<td class="n">{_money(cur, c["remaining_total"])}</td></tr>'
+    )
+    notes = [
+        f'<p class="note">Not applied: <code>{escape(g["grant"])}</code> '
+        f"({escape(g['currency'])}&nbsp;{escape(g['amount'])}): {escape(g['reason'])}.</p>"
+        for g in c["not_applied"]
+    ]
+    return [
+        "<h2>Prepaid credits</h2><table><thead><tr><th>Grant</th>"
+        '<th class="n">Available</th><th class="n">Applied</th>'
+        '<th class="n">Remaining</th></tr></thead><tbody>',
+        *rows,
+        "</tbody></table>",
+        *notes,
+    ]
 
 
 def _scope(g: dict[str, Any]) -> str:
@@ -183,35 +219,53 @@ def _expiry(g: dict[str, Any]) -> str:
 def render_html(doc: dict[str, Any]) -> str:
     """Return the invoice page (deterministic: no clock, no randomness)."""
     title = "Invoice" if doc["status"] == "issued" else "Preview (not an invoice)"
-    meta = "".join(f"<dt>{k}</dt><dd>{escape(str(v))}</dd>" for k, v in (
-        ("Number", doc["number"]), ("Issue date", doc["issue_date"]),
-        ("Period", f"{doc['period_start'][:10]} to {_last_day(doc['period_end'])}"),
-        ("Customer", doc["customer"]), ("Plan", doc["plan"])))
-    return "\n".join([
-        "<!doctype html>", '<html lang="en"><head><meta charset="utf-8">',
-        '<meta name="viewport" content="width=device-width,initial-scale=1">',
-        f"<title>{escape(title)} {escape(doc['number'])}</title><style>{_CSS}</style></head>",
-        '<body><main class="sheet">',
-        f'<header><div class="brand">tollhouse</div><div><h1>{escape(title)}</h1>'
-        f"<dl>{meta}</dl></div></header>",
-        _due(doc),
-        '<h2>Charges</h2><table><thead><tr><th>Item</th><th class="n">Quantity</th>'
-        '<th class="n">Unit price</th><th class="n">Amount</th></tr></thead><tbody>',
-        *_charge_rows(doc), *_total_rows(doc), "</tbody></table>", *_credits_section(doc),
-        "<h2>Usage over time</h2>", _charts(doc),
-        '<footer><p class="note">Amounts are rounded per line to the currency\'s minor unit '
-        "(half to even); the total is the sum of the rounded lines. Each usage line carries the "
-        "SHA-256 of the sorted request ids behind it, so any charge can be traced to the requests "
-        "that made it.</p></footer>",
-        "</main></body></html>", ""])
+    meta = "".join(
+        f"<dt>{k}</dt><dd>{escape(str(v))}</dd>"
+        for k, v in (
+            ("Number", doc["number"]),
+            ("Issue date", doc["issue_date"]),
+            ("Period", f"{doc['period_start'][:10]} to {_last_day(doc['period_end'])}"),
+            ("Customer", doc["customer"]),
+            ("Plan", doc["plan"]),
+        )
+    )
+    return "\n".join(
+        [
+            "<!doctype html>",
+            '<html lang="en"><head><meta charset="utf-8">',
+            '<meta name="viewport" content="width=device-width,initial-scale=1">',
+            f"<title>{escape(title)} {escape(doc['number'])}</title><style>{_CSS}</style></head>",
+            '<body><main class="sheet">',
+            f'<header><div class="brand">tollhouse</div><div><h1>{escape(title)}</h1>'
+            f"<dl>{meta}</dl></div></header>",
+            _due(doc),
+            '<h2>Charges</h2><table><thead><tr><th>Item</th><th class="n">Quantity</th>'
+            '<th class="n">Unit price</th><th class="n">Amount</th></tr></thead><tbody>',
+            *_charge_rows(doc),
+            *_total_rows(doc),
+            "</tbody></table>",
+            *_credits_section(doc),
+            "<h2>Usage over time</h2>",
+            _charts(doc),
+            '<footer><p class="note">Amounts are rounded per line to the currency\'s minor unit '
+            "(half to even); the total is the sum of the rounded lines. Each usage line carries "
+            "the SHA-256 of the sorted request ids behind it, so any charge can be traced to the "
+            "requests that made it.</p></footer>",
+            "</main></body></html>",
+            "",
+        ]
+    )
 
 
 def _due(doc: dict[str, Any]) -> str:
     """The headline: the total, or with prepaid credits the amount due after them."""
-    what, amount = (("Amount due", doc["amount_due"]) if "credits" in doc
-                    else ("Total", doc["total"]))
-    return (f'<section class="due"><span>{what} for {escape(doc["period"])}</span>'
-            f"<strong>{_money(doc['currency'], amount)}</strong></section>")
+    what, amount = (
+        ("Amount due", doc["amount_due"]) if "credits" in doc else ("Total", doc["total"])
+    )
+    return (
+        f'<section class="due"><span>{what} for {escape(doc["period"])}</span>'
+        f"<strong>{_money(doc['currency'], amount)}</strong></section>"
+    )
 
 
 def _last_day(period_end_iso: str) -> str:

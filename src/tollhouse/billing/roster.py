@@ -40,8 +40,11 @@ class Roster:
 
 
 def _waiting(customer: str) -> Notice:
-    return Notice(customer, "not billed: no billable usage yet and no `since:` (set "
-                  f"customers.{customer}.since to bill its base fee from a date)")
+    return Notice(
+        customer,
+        "not billed: no billable usage yet and no `since:` (set "
+        f"customers.{customer}.since to bill its base fee from a date)",
+    )
 
 
 def _start_s(sub: Subscription, first_ms: int | None, first_invoice: str | None) -> int | None:
@@ -51,8 +54,9 @@ def _start_s(sub: Subscription, first_ms: int | None, first_invoice: str | None)
     return min(starts, default=None)
 
 
-def build_roster(subs: SubscriptionSource, first_ms: Mapping[str, int],
-                 first_invoices: Mapping[str, str]) -> Roster:
+def build_roster(
+    subs: SubscriptionSource, first_ms: Mapping[str, int], first_invoices: Mapping[str, str]
+) -> Roster:
     """Resolve every listed customer's start, and add the ``default_plan`` callers of the ledger.
 
     ``first_ms``: each customer's earliest billable admission (``Ledger.first_admissions``);
@@ -80,5 +84,6 @@ def build_roster(subs: SubscriptionSource, first_ms: Mapping[str, int],
 
 def not_subscribed(sub: Subscription, label: str) -> Notice:
     """The notice for a period that ends before ``sub`` starts (nothing to invoice)."""
-    return Notice(sub.customer, f"{label}: not invoiced, the subscription starts "
-                  f"{iso_utc(sub.start_s)}")
+    return Notice(
+        sub.customer, f"{label}: not invoiced, the subscription starts {iso_utc(sub.start_s)}"
+    )

@@ -32,8 +32,14 @@ from tollhouse.billing.subscriptions import (
 )
 from tollhouse.config import Config, ConfigError, PlanConfig
 
-__all__ = ["LineChange", "Simulation", "load_plan_file", "shadow_simulation", "simulate_customer",
-           "simulate_period"]
+__all__ = [
+    "LineChange",
+    "Simulation",
+    "load_plan_file",
+    "shadow_simulation",
+    "simulate_customer",
+    "simulate_period",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,14 +76,22 @@ class Simulation:
     def to_json(self) -> dict[str, Any]:
         """Return the JSON form (money as decimal strings)."""
         diff = self.difference
-        return {"customer": self.customer, "period": self.period,
-                "current_plan": self.current_plan, "candidate_plan": self.candidate_plan,
-                "currency": self.currency, "candidate_currency": self.candidate_currency,
-                "current_total": str(self.current_total),
-                "candidate_total": str(self.candidate_total),
-                "difference": None if diff is None else str(diff), "issued": self.issued,
-                "changes": [{"what": c.what, "current": str(c.current),
-                             "candidate": str(c.candidate)} for c in self.changes]}
+        return {
+            "customer": self.customer,
+            "period": self.period,
+            "current_plan": self.current_plan,
+            "candidate_plan": self.candidate_plan,
+            "currency": self.currency,
+            "candidate_currency": self.candidate_currency,
+            "current_total": str(self.current_total),
+            "candidate_total": str(self.candidate_total),
+            "difference": None if diff is None else str(diff),
+            "issued": self.issued,
+            "changes": [
+                {"what": c.what, "current": str(c.current), "candidate": str(c.candidate)}
+                for c in self.changes
+            ],
+        }
 
 
 def load_plan_file(path: Path, cfg: Config) -> tuple[str, PlanConfig]:
@@ -97,21 +111,28 @@ def load_plan_file(path: Path, cfg: Config) -> tuple[str, PlanConfig]:
     try:
         plan = PlanConfig.model_validate(body)
     except ValidationError as e:
-        raise ConfigError([(".".join(str(p) for p in (name, *err["loc"])), err["msg"])
-                           for err in e.errors()], src) from None
+        raise ConfigError(
+            [(".".join(str(p) for p in (name, *err["loc"])), err["msg"]) for err in e.errors()], src
+        ) from None
     unknown = [m for m in (plan.price.meters if plan.price else {}) if m not in cfg.meters]
     if unknown:
-        raise ConfigError([(f"{name}.price.meters.{m}", f"unknown meter {m!r}")
-                           for m in unknown], src)
+        raise ConfigError(
+            [(f"{name}.price.meters.{m}", f"unknown meter {m!r}") for m in unknown], src
+        )
     return str(name), plan
 
 
 def _upto(ledger: Ledger, customer: str, label: str) -> tuple[dict[str, Any] | None, int, int]:
     """The issued document (if any), the generation it (or a preview) covers, the previous one."""
-    row = ledger.one("SELECT document, upto_seq FROM invoices WHERE customer = ? AND period = ?",
-                     (customer, label))
-    prev = ledger.one("SELECT upto_seq FROM invoices WHERE customer = ? AND period < ?"
-                      " ORDER BY period DESC LIMIT 1", (customer, label))
+    row = ledger.one(
+        "SELECT document, upto_seq FROM invoices WHERE customer = ? AND period = ?",
+        (customer, label),
+    )
+    prev = ledger.one(
+        "SELECT upto_seq FROM invoices WHERE customer = ? AND period < ?"
+        " ORDER BY period DESC LIMIT 1",
+        (customer, label),
+    )
     before = 0 if prev is None else int(prev[0])
     if row is None:
         return None, ledger.max_seq(), before
@@ -130,8 +151,11 @@ def _amounts(doc: Mapping[str, Any]) -> dict[str, Decimal]:
 def _changes(cur: Mapping[str, Any], cand: Mapping[str, Any]) -> tuple[LineChange, ...]:
     a, b = _amounts(cur), _amounts(cand)
     keys = list(a) + [k for k in b if k not in a]
-    return tuple(LineChange(k, a.get(k, Decimal(0)), b.get(k, Decimal(0))) for k in keys
-                 if a.get(k, Decimal(0)) != b.get(k, Decimal(0)))
+    return tuple(
+        LineChange(k, a.get(k, Decimal(0)), b.get(k, Decimal(0)))
+        for k in keys
+        if a.get(k, Decimal(0)) != b.get(k, Decimal(0))
+    )
 
 
 def _not_billed(plans: Mapping[str, PlanConfig], sub: Subscription, p: Period) -> str | None:
@@ -144,8 +168,9 @@ def _not_billed(plans: Mapping[str, PlanConfig], sub: Subscription, p: Period) -
     return None
 
 
-def simulate_customer(ledger: Ledger, plans: Mapping[str, PlanConfig], sub: Subscription,
-                      label: str, candidate: str) -> Simulation | InvoiceProblem:
+def simulate_customer(
+    ledger: Ledger, plans: Mapping[str, PlanConfig], sub: Subscription, label: str, candidate: str
+) -> Simulation | InvoiceProblem:
     """Price ``sub``'s period ``label`` as it is and under ``candidate`` (a name in ``plans``)."""
     p: Period = period_for_label(label, sub.anchor)
     issued, upto, prev = _upto(ledger, sub.customer, p.label)
@@ -160,20 +185,30 @@ def simulate_customer(ledger: Ledger, plans: Mapping[str, PlanConfig], sub: Subs
         if isinstance(built, InvoiceProblem):
             return built
         current = built.document
-    alt = dataclasses.replace(sub, changes=tuple(PlanChange(candidate, c.effective_from_s)
-                                                 for c in sub.changes))
+    alt = dataclasses.replace(
+        sub, changes=tuple(PlanChange(candidate, c.effective_from_s) for c in sub.changes)
+    )
     cand = build_invoice(ledger, BuildInput(plans, alt, p, upto, prev, "preview"))
     if isinstance(cand, InvoiceProblem):
         return cand
     doc = cand.document
-    return Simulation(sub.customer, p.label, str(current["plan"]), candidate,
-                      str(current["currency"]), str(doc["currency"]),
-                      Decimal(current["total"]), Decimal(doc["total"]), issued is not None,
-                      _changes(current, doc))
+    return Simulation(
+        sub.customer,
+        p.label,
+        str(current["plan"]),
+        candidate,
+        str(current["currency"]),
+        str(doc["currency"]),
+        Decimal(current["total"]),
+        Decimal(doc["total"]),
+        issued is not None,
+        _changes(current, doc),
+    )
 
 
-def shadow_simulation(ledger: Ledger, plans: Mapping[str, PlanConfig], sub: Subscription,
-                      label: str, plan: str) -> Simulation | InvoiceProblem | None:
+def shadow_simulation(
+    ledger: Ledger, plans: Mapping[str, PlanConfig], sub: Subscription, label: str, plan: str
+) -> Simulation | InvoiceProblem | None:
     """``plan``'s ``shadow_price:`` applied to the period: exactly ``simulate --plan <shadow>``.
 
     ``None`` when ``plan`` names no shadow. Nothing is issued or stored.
@@ -184,9 +219,16 @@ def shadow_simulation(ledger: Ledger, plans: Mapping[str, PlanConfig], sub: Subs
     return simulate_customer(ledger, plans, sub, label, current.shadow_price)
 
 
-def simulate_period(ledger: Ledger, cfg: Config, subs: SubscriptionSource, label: str,
-                    candidates: Sequence[str], *, extra: Mapping[str, PlanConfig] | None = None,
-                    customer: str | None = None) -> list[Simulation | InvoiceProblem]:
+def simulate_period(
+    ledger: Ledger,
+    cfg: Config,
+    subs: SubscriptionSource,
+    label: str,
+    candidates: Sequence[str],
+    *,
+    extra: Mapping[str, PlanConfig] | None = None,
+    customer: str | None = None,
+) -> list[Simulation | InvoiceProblem]:
     """Every subscribed customer (or one) x every candidate plan, in that order."""
     period_for_label(label, None)  # validates the label
     plans = {**cfg.plans, **(extra or {})}

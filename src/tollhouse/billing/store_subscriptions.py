@@ -48,17 +48,27 @@ def midnight_s(d: date) -> int:
     return int(datetime(d.year, d.month, d.day, tzinfo=UTC).timestamp())
 
 
-def to_subscription(c: Customer, topups: Sequence[TopUp] = (),
-                    grants: Sequence[CreditGrant] = ()) -> Subscription:
+def to_subscription(
+    c: Customer, topups: Sequence[TopUp] = (), grants: Sequence[CreditGrant] = ()
+) -> Subscription:
     """Turn a store customer (with its top-ups and credit grants) into a plain value."""
-    changes = [PlanChange(pc.plan, math.floor(pc.effective_from)) for pc in
-               sorted(c.plan_changes, key=lambda pc: pc.effective_from)]
+    changes = [
+        PlanChange(pc.plan, math.floor(pc.effective_from))
+        for pc in sorted(c.plan_changes, key=lambda pc: pc.effective_from)
+    ]
     if changes and c.anchor is not None:
         start = midnight_s(c.anchor)
         if start < changes[0].effective_from_s:
             changes[0] = PlanChange(changes[0].plan, start)
-    return Subscription(c.id, tuple(changes), c.anchor, c.status, math.floor(c.status_since),
-                        tuple(topups), grants=tuple(sorted(grants, key=grant_order)))
+    return Subscription(
+        c.id,
+        tuple(changes),
+        c.anchor,
+        c.status,
+        math.floor(c.status_since),
+        tuple(topups),
+        grants=tuple(sorted(grants, key=grant_order)),
+    )
 
 
 async def _load_topups(backend: Backend) -> dict[str, list[TopUp]]:
@@ -67,7 +77,8 @@ async def _load_topups(backend: Backend) -> dict[str, list[TopUp]]:
         async for rows in tx.chunks(_TOPUPS_SQL):
             for customer, period, meter, units in rows:
                 out.setdefault(customer, []).append(
-                    TopUp(date.fromisoformat(period), meter, int(units)))
+                    TopUp(date.fromisoformat(period), meter, int(units))
+                )
     return out
 
 
@@ -81,8 +92,9 @@ async def _load_grants(backend: Backend) -> dict[str, list[CreditGrant]]:
     return out
 
 
-async def load_store_subscriptions(backend: Backend, *, clock: Callable[[], float],
-                                   timeout_s: float = 30.0) -> dict[str, Subscription]:
+async def load_store_subscriptions(
+    backend: Backend, *, clock: Callable[[], float], timeout_s: float = 30.0
+) -> dict[str, Subscription]:
     """Read every customer of the store (pages of 1000, by id) with its top-ups and grants.
 
     ``timeout_s`` bounds each read (all top-ups; all grants; each page of customers).
@@ -101,8 +113,7 @@ async def load_store_subscriptions(backend: Backend, *, clock: Callable[[], floa
         after = page[-1].id
 
 
-async def _load(url: str, clock: Callable[[], float], timeout_s: float
-                ) -> dict[str, Subscription]:
+async def _load(url: str, clock: Callable[[], float], timeout_s: float) -> dict[str, Subscription]:
     backend = await asyncio.wait_for(open_store(url), timeout_s)
     try:
         return await load_store_subscriptions(backend, clock=clock, timeout_s=timeout_s)
@@ -119,8 +130,14 @@ class StoreSubscriptions:
     :meth:`from_loaded`.
     """
 
-    def __init__(self, store_url: str, cfg: Config, *, clock: Callable[[], float] = time.time,
-                 timeout_s: float = 30.0) -> None:
+    def __init__(
+        self,
+        store_url: str,
+        cfg: Config,
+        *,
+        clock: Callable[[], float] = time.time,
+        timeout_s: float = 30.0,
+    ) -> None:
         self._config = ConfigSubscriptions(cfg)
         self._cfg_customers = set(cfg.customers)
         self._store: Mapping[str, Subscription] = asyncio.run(_load(store_url, clock, timeout_s))

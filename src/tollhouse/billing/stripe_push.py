@@ -59,23 +59,30 @@ def read_api_key(path: str) -> str:
 class _Session:
     def __init__(self, api_key: str, bases: dict[str, str]) -> None:
         self._bases = bases
-        self._root = stripe.StripeClient(api_key, base_addresses=bases,  # type: ignore[arg-type]
-                                         max_network_retries=0)
+        self._root = stripe.StripeClient(
+            api_key,
+            base_addresses=bases,  # type: ignore[arg-type]
+            max_network_retries=0,
+        )
         self._stream: stripe.StripeClient | None = None
 
     def stream(self) -> stripe.StripeClient:
         if self._stream is None:
             token = self._root.v2.billing.meter_event_session.create().authentication_token
-            self._stream = stripe.StripeClient(token, base_addresses=self._bases,  # type: ignore[arg-type]
-                                               max_network_retries=0)
+            self._stream = stripe.StripeClient(
+                token,
+                base_addresses=self._bases,  # type: ignore[arg-type]
+                max_network_retries=0,
+            )
         return self._stream
 
     def expire(self) -> None:
         self._stream = None
 
 
-def _send(session: _Session, batch: Sequence[MeterEvent], attempts: int,
-          sleep: Callable[[float], None]) -> tuple[int, str | None]:
+def _send(
+    session: _Session, batch: Sequence[MeterEvent], attempts: int, sleep: Callable[[float], None]
+) -> tuple[int, str | None]:
     """Send one batch; return the attempts made and the error that stopped it (``None``: sent)."""
     events = [e.to_json() for e in batch]
     key = "th-" + hashlib.sha256("\n".join(e.identifier for e in batch).encode()).hexdigest()
@@ -83,7 +90,8 @@ def _send(session: _Session, batch: Sequence[MeterEvent], attempts: int,
         try:
             session.stream().v2.billing.meter_event_stream.create(
                 {"events": events},  # type: ignore[typeddict-item]
-                options={"idempotency_key": key})
+                options={"idempotency_key": key},
+            )
             return n, None
         except stripe.AuthenticationError as e:
             session.expire()  # the session token expired: a new one, same events
@@ -98,14 +106,20 @@ def _send(session: _Session, batch: Sequence[MeterEvent], attempts: int,
     return attempts, f"gave up after {attempts} attempts: {err}"
 
 
-def push_events(events: Sequence[MeterEvent], *, api_key: str, api_base: str,
-                meter_events_base: str, max_attempts: int = 5,
-                sleep: Callable[[float], None] = time.sleep) -> PushResult:
+def push_events(
+    events: Sequence[MeterEvent],
+    *,
+    api_key: str,
+    api_base: str,
+    meter_events_base: str,
+    max_attempts: int = 5,
+    sleep: Callable[[float], None] = time.sleep,
+) -> PushResult:
     """Send ``events`` in order, ``BATCH`` per request; stop at the first batch that fails."""
     session = _Session(api_key, {"api": api_base, "meter_events": meter_events_base})
     sent = batches = attempts = 0
     for i in range(0, len(events), BATCH):
-        batch = events[i:i + BATCH]
+        batch = events[i : i + BATCH]
         try:
             n, error = _send(session, batch, max_attempts, sleep)
         except stripe.StripeError as e:  # the session itself could not be opened

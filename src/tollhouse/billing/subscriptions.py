@@ -18,8 +18,14 @@ from tollhouse.billing.periods import Period, parse_anchor
 from tollhouse.config import Config
 from tollhouse.store.credit_models import CreditGrant
 
-__all__ = ["ConfigSubscriptions", "PlanChange", "Subscription", "SubscriptionSource", "TopUp",
-           "segments"]
+__all__ = [
+    "ConfigSubscriptions",
+    "PlanChange",
+    "Subscription",
+    "SubscriptionSource",
+    "TopUp",
+    "segments",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,8 +75,9 @@ class Subscription:
         """Return this subscription with its first plan in effect from ``start_s``, known."""
         first, *rest = sorted(self.changes, key=lambda c: c.effective_from_s)
         later = tuple(c for c in rest if c.effective_from_s > start_s)
-        return replace(self, changes=(PlanChange(first.plan, start_s), *later),
-                       from_first_usage=False)
+        return replace(
+            self, changes=(PlanChange(first.plan, start_s), *later), from_first_usage=False
+        )
 
     def topups_for(self, period: Period) -> dict[str, int]:
         """Return ``meter -> extra included units`` for ``period`` (keyed by its start date)."""
@@ -83,8 +90,11 @@ class Subscription:
 
     def cancelled_before(self, period: Period) -> bool:
         """Tell whether the subscription was cancelled at or before ``period`` started."""
-        return (self.status == "cancelled" and self.status_since_s is not None
-                and self.status_since_s <= period.start_s)
+        return (
+            self.status == "cancelled"
+            and self.status_since_s is not None
+            and self.status_since_s <= period.start_s
+        )
 
     def plan_at(self, ts_s: int) -> str | None:
         """Return the plan in effect at ``ts_s``, or ``None`` before the first change."""
@@ -127,11 +137,16 @@ class ConfigSubscriptions:
         c = self._cfg.customers.get(customer)
         if c is not None:
             since = c.since_s
-            return Subscription(customer, (PlanChange(c.plan, since or 0),),
-                                parse_anchor(c.period_anchor), from_first_usage=since is None)
+            return Subscription(
+                customer,
+                (PlanChange(c.plan, since or 0),),
+                parse_anchor(c.period_anchor),
+                from_first_usage=since is None,
+            )
         if self._cfg.default_plan is not None:
-            return Subscription(customer, (PlanChange(self._cfg.default_plan, 0),), None,
-                                from_first_usage=True)
+            return Subscription(
+                customer, (PlanChange(self._cfg.default_plan, 0),), None, from_first_usage=True
+            )
         return None
 
 

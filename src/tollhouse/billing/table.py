@@ -33,8 +33,10 @@ def format_invoices(invoices: Iterable[Any]) -> str:
     widths = [max(len(r[i]) for r in rows) for i in range(n)]
     lines = []
     for k, row in enumerate(rows):
-        cells = [c.rjust(w) if i in money and k else c.ljust(w)
-                 for i, (c, w) in enumerate(zip(row[:n], widths, strict=True))]
+        cells = [
+            c.rjust(w) if i in money and k else c.ljust(w)
+            for i, (c, w) in enumerate(zip(row[:n], widths, strict=True))
+        ]
         lines.append("  ".join([*cells, row[n]]))
         if k == 0:
             lines.append("  ".join(["-" * w for w in widths] + ["-" * len(header[n])]))
@@ -56,7 +58,9 @@ def format_shadows(invoices: Iterable[Any]) -> list[str]:
             out.append(f"SHADOW {inv.number}  {inv.customer}: cannot be priced: {s.message}\n")
             continue
         diff = "n/a (other currency)" if s.difference is None else f"{s.difference:+}"
-        out.append(f"SHADOW {inv.number}  {inv.customer}  under {s.candidate_plan}: "
-                   f"{s.candidate_currency} {s.candidate_total} (invoice {inv.currency} "
-                   f"{inv.total}, difference {diff}); not billed\n")
+        out.append(
+            f"SHADOW {inv.number}  {inv.customer}  under {s.candidate_plan}: "
+            f"{s.candidate_currency} {s.candidate_total} (invoice {inv.currency} "
+            f"{inv.total}, difference {diff}); not billed\n"
+        )
     return out

@@ -61,22 +61,41 @@ class LineTrace:
     @property
     def ok(self) -> bool:
         """The records are exactly the line: same units, count and digest, none untraceable."""
-        return (self.untraceable == 0 and self.found_digest == self.digest
-                and self.found_units == self.quantity and self.found_records == self.records)
+        return (
+            self.untraceable == 0
+            and self.found_digest == self.digest
+            and self.found_units == self.quantity
+            and self.found_records == self.records
+        )
 
     def to_json(self, *, rows: bool = True) -> dict[str, Any]:
         """Return the JSON form (``rows``: with the requests)."""
         out: dict[str, Any] = {
-            "line": self.index, "kind": self.kind, "period": self.period, "meter": self.meter,
-            "invoice": {"quantity": self.quantity, "records": self.records,
-                        "digest": self.digest},
-            "recomputed": {"quantity": self.found_units, "records": self.found_records,
-                           "digest": self.found_digest},
-            "untraceable_records": self.untraceable, "ok": self.ok}
+            "line": self.index,
+            "kind": self.kind,
+            "period": self.period,
+            "meter": self.meter,
+            "invoice": {"quantity": self.quantity, "records": self.records, "digest": self.digest},
+            "recomputed": {
+                "quantity": self.found_units,
+                "records": self.found_records,
+                "digest": self.found_digest,
+            },
+            "untraceable_records": self.untraceable,
+            "ok": self.ok,
+        }
         if rows:
-            out["requests"] = [{"usage_id": r.usage_id, "decision_id": r.decision_id,
-                                "admitted_at_ms": r.admitted_at_ms, "request_id": r.request_id,
-                                "state": r.state, "units": r.units} for r in self.rows]
+            out["requests"] = [
+                {
+                    "usage_id": r.usage_id,
+                    "decision_id": r.decision_id,
+                    "admitted_at_ms": r.admitted_at_ms,
+                    "request_id": r.request_id,
+                    "state": r.state,
+                    "units": r.units,
+                }
+                for r in self.rows
+            ]
         return out
 
 
@@ -86,19 +105,24 @@ def _ms(iso: str) -> int:
 
 def _invoice(ledger: Ledger, number: str) -> tuple[dict[str, Any], int, int]:
     """The document, its ``upto_seq`` and the previous invoice's ``upto_seq`` (0: none)."""
-    row = ledger.one("SELECT document, upto_seq, customer, period FROM invoices WHERE number = ?",
-                     (number,))
+    row = ledger.one(
+        "SELECT document, upto_seq, customer, period FROM invoices WHERE number = ?", (number,)
+    )
     if row is None:
         raise TraceError(f"no issued invoice {number!r} in the ledger")
-    prev = ledger.one("SELECT upto_seq FROM invoices WHERE customer = ? AND period < ?"
-                      " ORDER BY period DESC LIMIT 1", (row[2], row[3]))
+    prev = ledger.one(
+        "SELECT upto_seq FROM invoices WHERE customer = ? AND period < ?"
+        " ORDER BY period DESC LIMIT 1",
+        (row[2], row[3]),
+    )
     return json.loads(str(row[0])), int(row[1]), 0 if prev is None else int(prev[0])
 
 
 def _period_ms(ledger: Ledger, customer: str, label: str, anchor: date | None) -> tuple[int, int]:
     """An earlier period's bounds: from its own invoice when issued, else from the anchor."""
-    row = ledger.one("SELECT document FROM invoices WHERE customer = ? AND period = ?",
-                     (customer, label))
+    row = ledger.one(
+        "SELECT document FROM invoices WHERE customer = ? AND period = ?", (customer, label)
+    )
     if row is not None:
         doc = json.loads(str(row[0]))
         return _ms(doc["period_start"]), _ms(doc["period_end"])
@@ -106,8 +130,9 @@ def _period_ms(ledger: Ledger, customer: str, label: str, anchor: date | None) -
     return p.start_ms, p.end_ms
 
 
-def _trace(index: int, kind: str, period: str, line: dict[str, Any],
-           records: Iterable[StoredRecord]) -> LineTrace:
+def _trace(
+    index: int, kind: str, period: str, line: dict[str, Any], records: Iterable[StoredRecord]
+) -> LineTrace:
     meter = str(line["meter"])
     rows, untraceable = [], 0
     for r in records:
@@ -116,15 +141,35 @@ def _trace(index: int, kind: str, period: str, line: dict[str, Any],
             continue
         if meter not in r.record.units:
             continue
-        rows.append(TraceRow(r.usage_id, r.record.decision_id, r.admitted_at_ms,
-                             r.record.request_id, r.state, int(r.record.units[meter])))
-    return LineTrace(index, kind, period, meter, int(line["quantity"]), int(line["records"]),
-                     str(line["digest"]), sum(r.units for r in rows), len(rows),
-                     digest(r.usage_id for r in rows), untraceable, tuple(rows))
+        rows.append(
+            TraceRow(
+                r.usage_id,
+                r.record.decision_id,
+                r.admitted_at_ms,
+                r.record.request_id,
+                r.state,
+                int(r.record.units[meter]),
+            )
+        )
+    return LineTrace(
+        index,
+        kind,
+        period,
+        meter,
+        int(line["quantity"]),
+        int(line["records"]),
+        str(line["digest"]),
+        sum(r.units for r in rows),
+        len(rows),
+        digest(r.usage_id for r in rows),
+        untraceable,
+        tuple(rows),
+    )
 
 
-def trace_invoice(ledger: Ledger, number: str, *, anchor: date | None = None,
-                  line: str | None = None) -> list[LineTrace]:
+def trace_invoice(
+    ledger: Ledger, number: str, *, anchor: date | None = None, line: str | None = None
+) -> list[LineTrace]:
     """Trace every line of issued invoice ``number`` (or one: its 1-based number or meter).
 
     ``anchor``: the customer's period anchor, for adjustments of periods never invoiced
@@ -139,11 +184,15 @@ def trace_invoice(ledger: Ledger, number: str, *, anchor: date | None = None,
     wanted += [("adjustment", str(a["period"]), a) for a in doc["adjustments"]]
     picked = list(enumerate(wanted, 1))
     if line is not None:
-        picked = [(i, w) for i, w in picked
-                  if str(i) == line or (w[0] == "line" and w[2]["meter"] == line)]
+        picked = [
+            (i, w)
+            for i, w in picked
+            if str(i) == line or (w[0] == "line" and w[2]["meter"] == line)
+        ]
         if not picked:
-            raise TraceError(f"invoice {number} has no line {line!r} (1..{len(wanted)} or a"
-                             " meter of its lines)")
+            raise TraceError(
+                f"invoice {number} has no line {line!r} (1..{len(wanted)} or a meter of its lines)"
+            )
     cache: dict[tuple[str, str], list[StoredRecord]] = {}
     out = []
     for i, (kind, period, ln) in picked:
@@ -153,8 +202,16 @@ def trace_invoice(ledger: Ledger, number: str, *, anchor: date | None = None,
             else:
                 lo, hi = _period_ms(ledger, cust, period, anchor)
                 gens = (prev, upto)
-            cache[(kind, period)] = list(stored_records(
-                ledger, lo, hi, customer=cust, min_seq=gens[0], max_seq=gens[1],
-                billable_only=True))
+            cache[(kind, period)] = list(
+                stored_records(
+                    ledger,
+                    lo,
+                    hi,
+                    customer=cust,
+                    min_seq=gens[0],
+                    max_seq=gens[1],
+                    billable_only=True,
+                )
+            )
         out.append(_trace(i, kind, period, ln, cache[(kind, period)]))
     return out

@@ -42,8 +42,9 @@ async def _store_stripe_ids(url: str) -> dict[str, str]:
     backend = await open_store(url)
     try:
         async with backend.transaction(readonly=True) as tx:
-            rows = await tx.execute("SELECT id, stripe_customer_id FROM customers"
-                                    " WHERE stripe_customer_id IS NOT NULL")
+            rows = await tx.execute(
+                "SELECT id, stripe_customer_id FROM customers WHERE stripe_customer_id IS NOT NULL"
+            )
     finally:
         await backend.close()
     return {str(c): str(s) for c, s in rows}
@@ -94,8 +95,7 @@ def _run(handler: Handler) -> Callable[[argparse.Namespace], int]:
         try:
             return handler(args, cfg, ledger)
         except ConfigError as e:
-            print(f"{e.source}: " + "; ".join(f"{w}: {m}" for w, m in e.problems),
-                  file=sys.stderr)
+            print(f"{e.source}: " + "; ".join(f"{w}: {m}" for w, m in e.problems), file=sys.stderr)
             return 2
         except (SchemaError, StoreUnavailable) as e:
             print(f"store error: {e}", file=sys.stderr)
@@ -105,6 +105,7 @@ def _run(handler: Handler) -> Callable[[argparse.Namespace], int]:
             return 2
         finally:
             ledger.close()
+
     return main
 
 
@@ -124,13 +125,23 @@ def add_cli(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = kinds.add_parser("stripe", help="Stripe billing meter events (JSONL), optionally pushed")
     _common(p)
     p.add_argument("--out", type=Path, help="JSONL file (default: stdout)")
-    p.add_argument("--aggregate", choices=("hour", "day"),
-                   help="one event per customer x meter x bucket (no per-request identifier)")
+    p.add_argument(
+        "--aggregate",
+        choices=("hour", "day"),
+        help="one event per customer x meter x bucket (no per-request identifier)",
+    )
     p.add_argument("--refused", type=Path, help="write every refused event here (JSONL)")
-    p.add_argument("--push", action="store_true",
-                   help="send the events with the stripe SDK (export.stripe.api_key_file)")
-    p.add_argument("--now", type=_parse_time, default=None,
-                   help="judge Stripe's window as of this UTC time (not with --push)")
+    p.add_argument(
+        "--push",
+        action="store_true",
+        help="send the events with the stripe SDK (export.stripe.api_key_file)",
+    )
+    p.add_argument(
+        "--now",
+        type=_parse_time,
+        default=None,
+        help="judge Stripe's window as of this UTC time (not with --push)",
+    )
     p.set_defaults(func=_run(cmds.cmd_export_stripe))
     p = kinds.add_parser("usage", help="final usage records: JSONL, CSV or CloudEvents")
     _common(p)
@@ -152,8 +163,11 @@ def add_cli(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     _common(p, period=False)
     p.add_argument("invoice", help="invoice number, e.g. TH-2026-11-acme")
     p.add_argument("line", nargs="?", help="line number (1..) or meter; default: every line")
-    p.add_argument("--verify", action="store_true",
-                   help="check every line's units, records and digest; print no requests")
+    p.add_argument(
+        "--verify",
+        action="store_true",
+        help="check every line's units, records and digest; print no requests",
+    )
     p.add_argument("--json", action="store_true", help="JSON instead of text")
     p.set_defaults(func=_run(cmds.cmd_trace))
 

@@ -20,8 +20,17 @@ from tollhouse.billing.pricing import BaseFeeSegment, minimum_topup, price_meter
 from tollhouse.billing.subscriptions import ConfigSubscriptions, SubscriptionSource, segments
 from tollhouse.config import Config, MeterPrice, PlanConfig, PriceConfig
 
-__all__ = ["DailyTotals", "DayUsage", "InvoiceLink", "MeterTotals", "MeterUsage", "PlanPricing",
-           "UsageReport", "current_usage", "price_open_period"]
+__all__ = [
+    "DailyTotals",
+    "DayUsage",
+    "InvoiceLink",
+    "MeterTotals",
+    "MeterUsage",
+    "PlanPricing",
+    "UsageReport",
+    "current_usage",
+    "price_open_period",
+]
 
 MeterTotals = Callable[[str, int, int], Mapping[str, int]]
 """``(customer, start_ms, end_ms) -> {meter: billable units}``; blocking (call it in a thread)."""
@@ -71,9 +80,14 @@ class InvoiceLink:
 
     def to_json(self) -> dict[str, Any]:
         """The invoice as ``GET /v1/usage`` lists it (``amount_due`` only with credits)."""
-        out: dict[str, Any] = {"number": self.number, "period": self.period,
-                               "issue_date": self.issue_date, "currency": self.currency,
-                               "total": format(self.total, "f"), "links": self.links()}
+        out: dict[str, Any] = {
+            "number": self.number,
+            "period": self.period,
+            "issue_date": self.issue_date,
+            "currency": self.currency,
+            "total": format(self.total, "f"),
+            "links": self.links(),
+        }
         if self.amount_due is not None:
             out["amount_due"] = format(self.amount_due, "f")
         return out
@@ -97,12 +111,15 @@ class PlanPricing:
 
     def to_json(self) -> dict[str, Any]:
         """The shadow block of the JSON (money as decimal strings)."""
-        return {"plan": self.plan, "currency": self.currency,
-                "base_fee": format(self.base_fee, "f"),
-                "meters": {m: {"charges": format(a, "f")} for m, a in self.meters},
-                "minimum": format(self.minimum, "f"),
-                "charges_so_far": format(self.charges_so_far, "f"),
-                "projected_total": format(self.projected_total, "f")}
+        return {
+            "plan": self.plan,
+            "currency": self.currency,
+            "base_fee": format(self.base_fee, "f"),
+            "meters": {m: {"charges": format(a, "f")} for m, a in self.meters},
+            "minimum": format(self.minimum, "f"),
+            "charges_so_far": format(self.charges_so_far, "f"),
+            "projected_total": format(self.projected_total, "f"),
+        }
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,15 +154,27 @@ class UsageReport:
     def to_json(self) -> dict[str, Any]:
         """Return the JSON body of ``GET /v1/usage`` (money as decimal strings)."""
         out: dict[str, Any] = {
-            "customer": self.customer, "plan": self.plan, "currency": self.currency,
-            "period": {"label": self.period, "start": self.period_start_s,
-                       "end": self.period_end_s},
+            "customer": self.customer,
+            "plan": self.plan,
+            "currency": self.currency,
+            "period": {
+                "label": self.period,
+                "start": self.period_start_s,
+                "end": self.period_end_s,
+            },
             "as_of": self.as_of_s,
-            "meters": {m.meter: {"used": m.used, "quota": m.quota, "remaining": m.remaining,
-                                 "included": m.included,
-                                 "included_remaining": m.included_remaining,
-                                 "charges": format(m.amount, "f"),
-                                 "projected": m.projected} for m in self.meters},
+            "meters": {
+                m.meter: {
+                    "used": m.used,
+                    "quota": m.quota,
+                    "remaining": m.remaining,
+                    "included": m.included,
+                    "included_remaining": m.included_remaining,
+                    "charges": format(m.amount, "f"),
+                    "projected": m.projected,
+                }
+                for m in self.meters
+            },
             "base_fee": format(self.base_fee, "f"),
             "minimum": format(self.minimum, "f"),
             "charges_so_far": format(self.charges_so_far, "f"),
@@ -179,8 +208,9 @@ def _meter_price(price: PriceConfig, meter: str, topup: int) -> MeterPrice:
     return mp.model_copy(update={"included": mp.included + topup}) if topup else mp
 
 
-def price_open_period(cfg: Config, usage: _Usage, plan_name: str, *,
-                      every_segment: bool = False) -> PlanPricing:
+def price_open_period(
+    cfg: Config, usage: _Usage, plan_name: str, *, every_segment: bool = False
+) -> PlanPricing:
     """Price ``usage`` with ``plan_name``'s prices, by the invoice's pricing code.
 
     The base fee is prorated over the segments, then each meter is priced (the included
@@ -190,22 +220,36 @@ def price_open_period(cfg: Config, usage: _Usage, plan_name: str, *,
     ``tollhouse simulate`` replaces them); else each segment keeps its own plan's base fee.
     """
     price = _price(cfg.plans.get(plan_name))
-    segs = [BaseFeeSegment(plan_name if every_segment else pl,
-                           _price(cfg.plans.get(plan_name if every_segment else pl)).base_fee,
-                           s, e, usage.period.seconds) for pl, s, e in usage.plans]
+    segs = [
+        BaseFeeSegment(
+            plan_name if every_segment else pl,
+            _price(cfg.plans.get(plan_name if every_segment else pl)).base_fee,
+            s,
+            e,
+            usage.period.seconds,
+        )
+        for pl, s, e in usage.plans
+    ]
     base = sum(prorate_segments(segs, price.currency), Decimal(0))
     meters, projected = [], base
     for meter in sorted(set(usage.used) | set(price.meters)):
         mp = _meter_price(price, meter, usage.topups.get(meter, 0))
-        meters.append((meter, price_meter(meter, mp, usage.used.get(meter, 0),
-                                          price.currency).amount))
+        meters.append(
+            (meter, price_meter(meter, mp, usage.used.get(meter, 0), price.currency).amount)
+        )
         projected += price_meter(meter, mp, usage.projected.get(meter, 0), price.currency).amount
     projected += minimum_topup(projected, price.minimum, price.currency)
     return PlanPricing(plan_name, price.currency, base, tuple(meters), price.minimum, projected)
 
 
-def _projected(used: Mapping[str, int], quotas: Mapping[str, int], plan: PlanConfig | None,
-               from_s: float, now: float, p: Period) -> dict[str, int]:
+def _projected(
+    used: Mapping[str, int],
+    quotas: Mapping[str, int],
+    plan: PlanConfig | None,
+    from_s: float,
+    now: float,
+    p: Period,
+) -> dict[str, int]:
     """Units at the end of the period at the current rate (capped at a denying quota)."""
     elapsed = max(1, int(now - from_s))
     left = max(0, p.end_s - int(now))
@@ -219,8 +263,9 @@ def _projected(used: Mapping[str, int], quotas: Mapping[str, int], plan: PlanCon
     return out
 
 
-def _days(daily: Sequence[tuple[int, str, int]], used: Mapping[str, int], now: float
-          ) -> tuple[DayUsage, ...]:
+def _days(
+    daily: Sequence[tuple[int, str, int]], used: Mapping[str, int], now: float
+) -> tuple[DayUsage, ...]:
     """Per-day units; what the meter has not recorded yet (live counters ahead) is today's."""
     per: dict[tuple[int, str], int] = {}
     for day, meter, units in daily:
@@ -230,14 +275,22 @@ def _days(daily: Sequence[tuple[int, str, int]], used: Mapping[str, int], now: f
         behind = n - sum(u for (_, m), u in per.items() if m == meter)
         if behind > 0:
             per[(today, meter)] = per.get((today, meter), 0) + behind
-    return tuple(DayUsage(datetime.fromtimestamp(d * DAY_S, UTC).strftime("%Y-%m-%d"), m, u)
-                 for (d, m), u in sorted(per.items()))
+    return tuple(
+        DayUsage(datetime.fromtimestamp(d * DAY_S, UTC).strftime("%Y-%m-%d"), m, u)
+        for (d, m), u in sorted(per.items())
+    )
 
 
-def current_usage(cfg: Config, customer: str, *, totals: MeterTotals, clock: Callable[[], float],
-                  subscriptions: SubscriptionSource | None = None,
-                  quota_overrides: Mapping[str, int] | None = None,
-                  daily: DailyTotals | None = None) -> UsageReport | None:
+def current_usage(
+    cfg: Config,
+    customer: str,
+    *,
+    totals: MeterTotals,
+    clock: Callable[[], float],
+    subscriptions: SubscriptionSource | None = None,
+    quota_overrides: Mapping[str, int] | None = None,
+    daily: DailyTotals | None = None,
+) -> UsageReport | None:
     """Price ``customer``'s open period so far; ``None`` for an unknown customer. Blocking.
 
     The base fee is the period's, prorated as on the invoice from the subscription's start (a
@@ -259,8 +312,9 @@ def current_usage(cfg: Config, customer: str, *, totals: MeterTotals, clock: Cal
     end_ms = min(p.end_ms, int(now * 1000) + 1)
     used = dict(totals(customer, p.start_ms, end_ms))
     if quota_overrides is None:
-        quota_overrides = (cfg.customers[customer].quota_overrides
-                           if customer in cfg.customers else {})
+        quota_overrides = (
+            cfg.customers[customer].quota_overrides if customer in cfg.customers else {}
+        )
     topups = sub.topups_for(p)
     quotas = {**(plan.quotas if plan is not None else {}), **quota_overrides}
     for meter, units in topups.items():
@@ -274,13 +328,34 @@ def current_usage(cfg: Config, customer: str, *, totals: MeterTotals, clock: Cal
     for meter in sorted(set(used) | set(charged) | set(quotas)):
         q, n = quotas.get(meter), used.get(meter, 0)
         included = _meter_price(_price(plan), meter, topups.get(meter, 0)).included
-        meters.append(MeterUsage(meter, n, q, None if q is None else max(0, q - n), included,
-                                 max(0, included - n), charged.get(meter, Decimal(0)),
-                                 usage.projected.get(meter, 0)))
+        meters.append(
+            MeterUsage(
+                meter,
+                n,
+                q,
+                None if q is None else max(0, q - n),
+                included,
+                max(0, included - n),
+                charged.get(meter, Decimal(0)),
+                usage.projected.get(meter, 0),
+            )
+        )
     shadow = None
     if plan is not None and plan.shadow_price is not None:
         shadow = price_open_period(cfg, usage, plan.shadow_price, every_segment=True)
     days = _days(daily(customer, p.start_ms, end_ms) if daily is not None else (), used, now)
-    return UsageReport(customer, plan_name, p.label, p.start_s, p.end_s, int(now),
-                       real.currency, real.base_fee, tuple(meters), real.minimum,
-                       real.projected_total, shadow, days)
+    return UsageReport(
+        customer,
+        plan_name,
+        p.label,
+        p.start_s,
+        p.end_s,
+        int(now),
+        real.currency,
+        real.base_fee,
+        tuple(meters),
+        real.minimum,
+        real.projected_total,
+        shadow,
+        days,
+    )

@@ -31,9 +31,19 @@ from tollhouse.config import Config
 from tollhouse.logs import get_logger
 from tollhouse.problems import problem_response
 
-__all__ = ["CUSTOMER_HEADER", "LiveUsed", "RedisMeterTotals", "UsageLookup", "add_usage_route",
-           "daily_of", "meter_totals", "meter_usage_lookup", "usage_handler", "with_invoices",
-           "with_live"]
+__all__ = [
+    "CUSTOMER_HEADER",
+    "LiveUsed",
+    "RedisMeterTotals",
+    "UsageLookup",
+    "add_usage_route",
+    "daily_of",
+    "meter_totals",
+    "meter_usage_lookup",
+    "usage_handler",
+    "with_invoices",
+    "with_live",
+]
 
 CUSTOMER_HEADER = "x-tollhouse-customer"
 UsageLookup = Callable[[str, Mapping[str, int]], UsageReport | None]
@@ -45,18 +55,21 @@ Handler = Callable[[web.Request], Awaitable[web.Response]]
 log = get_logger(__name__)
 LOOKUP_FAILED = Counter(
     "tollhouse_usage_lookup_failures_total",
-    "GET /v1/usage answers 503 because the meter, ledger or Redis could not be read")
+    "GET /v1/usage answers 503 because the meter, ledger or Redis could not be read",
+)
 TAIL_SKIPPED = Counter(
     "tollhouse_usage_tail_skipped_total",
-    "Redis meter entries GET /v1/usage could not read (counted by the billing job's dead letters)")
+    "Redis meter entries GET /v1/usage could not read (counted by the billing job's dead letters)",
+)
 
 
 def _no_live(_: str) -> Mapping[str, int]:
     return {}
 
 
-def usage_handler(lookup: UsageLookup, *, live: LiveUsed = _no_live,
-                  timeout_s: float = 5.0) -> Handler:
+def usage_handler(
+    lookup: UsageLookup, *, live: LiveUsed = _no_live, timeout_s: float = 5.0
+) -> Handler:
     """Return the ``GET /v1/usage`` handler; ``lookup`` runs in a thread with a timeout."""
 
     async def handle(request: web.Request) -> web.Response:
@@ -70,8 +83,7 @@ def usage_handler(lookup: UsageLookup, *, live: LiveUsed = _no_live,
             log.error("usage.live_failed", exc=True, customer=customer)
             return problem_response(503, "usage_unavailable", "Usage is temporarily unavailable")
         try:
-            report = await asyncio.wait_for(asyncio.to_thread(lookup, customer, counted),
-                                            timeout_s)
+            report = await asyncio.wait_for(asyncio.to_thread(lookup, customer, counted), timeout_s)
         except TimeoutError:
             log.warning("usage.timeout", customer=customer)
             return problem_response(503, "usage_unavailable", "Usage is temporarily unavailable")
@@ -83,14 +95,21 @@ def usage_handler(lookup: UsageLookup, *, live: LiveUsed = _no_live,
             return problem_response(404, "unknown_customer", "No subscription for this customer")
         if wants_html(request.headers.get("accept", "")):
             return html_response(render_usage_page(report))
-        return web.json_response(report.to_json(), headers={"cache-control": "no-store",
-                                                            "vary": "Accept"})
+        return web.json_response(
+            report.to_json(), headers={"cache-control": "no-store", "vary": "Accept"}
+        )
 
     return handle
 
 
-def add_usage_route(app: web.Application, lookup: UsageLookup, *, live: LiveUsed = _no_live,
-                    timeout_s: float = 5.0, ledger_url: str | None = None) -> None:
+def add_usage_route(
+    app: web.Application,
+    lookup: UsageLookup,
+    *,
+    live: LiveUsed = _no_live,
+    timeout_s: float = 5.0,
+    ledger_url: str | None = None,
+) -> None:
     """Mount ``GET /v1/usage`` on ``app`` (and, with ``ledger_url``, ``GET /v1/invoices/...``)."""
     app.router.add_get("/v1/usage", usage_handler(lookup, live=live, timeout_s=timeout_s))
     if ledger_url is not None:
@@ -116,14 +135,16 @@ def with_live(totals: MeterTotals, live: Mapping[str, int]) -> MeterTotals:
     return merged
 
 
-def meter_usage_lookup(cfg: Config, clock: Callable[[], float],
-                       totals: MeterTotals | None = None) -> UsageLookup:
+def meter_usage_lookup(
+    cfg: Config, clock: Callable[[], float], totals: MeterTotals | None = None
+) -> UsageLookup:
     """Wire :func:`current_usage` to the configured meter (:func:`meter_totals`)."""
     source = meter_totals(cfg) if totals is None else totals
 
     def lookup(customer: str, live: Mapping[str, int]) -> UsageReport | None:
-        report = current_usage(cfg, customer, totals=with_live(source, live), clock=clock,
-                               daily=daily_of(source))
+        report = current_usage(
+            cfg, customer, totals=with_live(source, live), clock=clock, daily=daily_of(source)
+        )
         return with_invoices(cfg, report)
 
     return lookup
@@ -139,8 +160,7 @@ def with_invoices(cfg: Config, report: UsageReport | None) -> UsageReport | None
     """``report`` with the customer's issued invoices from the ledger (blocking)."""
     if report is None:
         return None
-    return dataclasses.replace(report, invoices=list_invoices(cfg.billing.ledger,
-                                                              report.customer))
+    return dataclasses.replace(report, invoices=list_invoices(cfg.billing.ledger, report.customer))
 
 
 def meter_totals(cfg: Config) -> MeterTotals:
@@ -197,8 +217,11 @@ class RedisMeterTotals:
         out = [(first + d, m, u) for d, m, u in rows]
         with self._lock:
             self._catch_up()
-            out += [(day, meter, units) for (meter, day), units
-                    in self._days.get(customer, {}).items() if first <= day < last]
+            out += [
+                (day, meter, units)
+                for (meter, day), units in self._days.get(customer, {}).items()
+                if first <= day < last
+            ]
         return out
 
     def _from_ledger(self, customer: str, start_ms: int, end_ms: int) -> dict[str, int]:
@@ -214,8 +237,9 @@ class RedisMeterTotals:
         if self._client is None:
             import redis
 
-            self._client = redis.Redis.from_url(self._meter_url, socket_timeout=2,
-                                                socket_connect_timeout=2)
+            self._client = redis.Redis.from_url(
+                self._meter_url, socket_timeout=2, socket_connect_timeout=2
+            )
         return self._client
 
     def _group_floor(self) -> str:
@@ -241,8 +265,9 @@ class RedisMeterTotals:
         if floor != self._floor:
             self._floor, self._cursor, self._days = floor, floor, {}
         for _ in range(self._max_pages):
-            entries = self._redis().xrange(STREAM_KEY, min="(" + self._cursor, max="+",
-                                           count=self._page)
+            entries = self._redis().xrange(
+                STREAM_KEY, min="(" + self._cursor, max="+", count=self._page
+            )
             for entry_id, fields in entries:
                 self._add(_text(entry_id), fields)
             if len(entries) < self._page:

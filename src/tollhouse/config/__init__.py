@@ -74,7 +74,6 @@ __all__ = [
 ]
 
 
-
 COUNTERS_FILE = "tollhouse-counters.db"  # the default name, beside the spool directory
 
 
@@ -158,9 +157,7 @@ class Config(_Model):
             if plan.price is not None:
                 for m in plan.price.meters:
                     if m not in self.meters:
-                        problems.append(
-                            (f"plans.{pname}.price.meters.{m}", f"unknown meter {m!r}")
-                        )
+                        problems.append((f"plans.{pname}.price.meters.{m}", f"unknown meter {m!r}"))
             problems.extend(self._shadow_problems(pname, plan.shadow_price))
             problems.extend(self._prepaid_problems(pname, plan))
         for cname, cust in self.customers.items():
@@ -172,8 +169,11 @@ class Config(_Model):
                         (f"customers.{cname}.quota_overrides.{m}", f"unknown meter {m!r}")
                     )
         if self.export.stripe is not None:
-            problems += [(f"export.stripe.meters.{m}", f"unknown meter {m!r}")
-                         for m in self.export.stripe.meters if m not in self.meters]
+            problems += [
+                (f"export.stripe.meters.{m}", f"unknown meter {m!r}")
+                for m in self.export.stripe.meters
+                if m not in self.meters
+            ]
         for i, key in enumerate(self.auth.api_keys.keys):
             if key.customer not in self.customers and self.default_plan is None:
                 problems.append(
@@ -189,21 +189,25 @@ class Config(_Model):
             raise ConfigError(problems)
         return self
 
-
     def _prepaid_problems(self, pname: str, plan: PlanConfig) -> list[tuple[str, str]]:
         """A prepaid plan charges fixed per-unit prices against credit kept in the store."""
         if not plan.prepaid:
             return []
         where = f"plans.{pname}"
         if self.store is None:
-            return [(f"{where}.prepaid", "credit grants live in the entitlement store:"
-                                         " set store.url")]
+            return [
+                (f"{where}.prepaid", "credit grants live in the entitlement store: set store.url")
+            ]
         if plan.price is None:
             return [(f"{where}.price", "a prepaid plan needs a price to charge against credit")]
-        return [(f"{where}.price.meters.{m}.model",
-                 "a prepaid plan charges per_unit prices with nothing included")
-                for m, p in plan.price.meters.items()
-                if p.model != "per_unit" or p.included]
+        return [
+            (
+                f"{where}.price.meters.{m}.model",
+                "a prepaid plan charges per_unit prices with nothing included",
+            )
+            for m, p in plan.price.meters.items()
+            if p.model != "per_unit" or p.included
+        ]
 
     def _shadow_problems(self, pname: str, shadow: str | None) -> list[tuple[str, str]]:
         where = f"plans.{pname}.shadow_price"
@@ -264,8 +268,10 @@ def _resolve_paths(cfg: Config, base: Path) -> Config:
         for i in cfg.auth.jwt
     )
     metering = cfg.metering.model_copy(
-        update={"spool": fix(cfg.metering.spool) or cfg.metering.spool,
-                "meter": _fix_url(cfg.metering.meter, base)}
+        update={
+            "spool": fix(cfg.metering.spool) or cfg.metering.spool,
+            "meter": _fix_url(cfg.metering.meter, base),
+        }
     )
     billing = cfg.billing.model_copy(
         update={
@@ -280,13 +286,19 @@ def _resolve_paths(cfg: Config, base: Path) -> Config:
             "billing": billing,
             "counters_file": fix(cfg.counters_file),
             # the entitlement store URL and the admin token file
-            "store": None if cfg.store is None else cfg.store.model_copy(
-                update={"url": _fix_url(cfg.store.url, base)}
-            ),
+            "store": None
+            if cfg.store is None
+            else cfg.store.model_copy(update={"url": _fix_url(cfg.store.url, base)}),
             "admin": cfg.admin.model_copy(update={"token_file": fix(cfg.admin.token_file)}),
-            "export": cfg.export if cfg.export.stripe is None else cfg.export.model_copy(
-                update={"stripe": cfg.export.stripe.model_copy(
-                    update={"api_key_file": fix(cfg.export.stripe.api_key_file)})}),
+            "export": cfg.export
+            if cfg.export.stripe is None
+            else cfg.export.model_copy(
+                update={
+                    "stripe": cfg.export.stripe.model_copy(
+                        update={"api_key_file": fix(cfg.export.stripe.api_key_file)}
+                    )
+                }
+            ),
         }
     )
 
@@ -294,7 +306,7 @@ def _resolve_paths(cfg: Config, base: Path) -> Config:
 def _fix_url(url: str, base: Path) -> str:
     """``sqlite:///./x.db`` and ``sqlite:///../x.db`` are relative to the config file's folder."""
     prefix = "sqlite:///"
-    rest = url[len(prefix):]
+    rest = url[len(prefix) :]
     if url.startswith(prefix) and rest.startswith(("./", "../")):
         return "sqlite://" + str((base / rest).resolve())
     return url
@@ -304,7 +316,7 @@ def sqlite_path(url: str) -> Path:
     """The file of a ``sqlite:///...`` URL: ``sqlite:///var/x.db`` is ``/var/x.db``."""
     if not url.startswith("sqlite:///"):
         raise ValueError(f"not a sqlite:/// URL: {url}")
-    return Path(url[len("sqlite://"):])
+    return Path(url[len("sqlite://") :])
 
 
 def load_config(path: str | Path, *, key_files: bool = False) -> Config:
@@ -387,8 +399,9 @@ def _with_keys_file(cfg: Config, source: str) -> Config:
     try:
         data = yaml.safe_load(api_keys.keys_file.read_text(encoding="utf-8")) or []
     except OSError as e:
-        raise ConfigError([(where, f"cannot read {api_keys.keys_file}: {e.strerror}")],
-                          source) from None
+        raise ConfigError(
+            [(where, f"cannot read {api_keys.keys_file}: {e.strerror}")], source
+        ) from None
     except yaml.YAMLError:
         raise ConfigError([(where, "invalid YAML")], source) from None
     if not isinstance(data, list):
@@ -398,9 +411,13 @@ def _with_keys_file(cfg: Config, source: str) -> Config:
         try:
             entries.append(ApiKeyEntry.model_validate(item))
         except ValidationError as e:
-            problems += [(f"{where}[{i}.{_dotted(err['loc'])}]",
-                          friendly_message(ApiKeyEntry, tuple(err["loc"]), err["type"],
-                                           err["msg"])) for err in e.errors()]
+            problems += [
+                (
+                    f"{where}[{i}.{_dotted(err['loc'])}]",
+                    friendly_message(ApiKeyEntry, tuple(err["loc"]), err["type"], err["msg"]),
+                )
+                for err in e.errors()
+            ]
     if problems:
         raise ConfigError(problems, source)
     extra = tuple(entries)

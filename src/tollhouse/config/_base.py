@@ -16,8 +16,18 @@ _NAME = r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}$"
 Name = Annotated[str, Field(pattern=_NAME)]
 _HTTP_METHODS = {"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE", "CONNECT"}
 _HS_ALGS = {"HS256", "HS384", "HS512"}
-_ASYM_ALGS = {"RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512",
-              "EdDSA"}
+_ASYM_ALGS = {
+    "RS256",
+    "RS384",
+    "RS512",
+    "PS256",
+    "PS384",
+    "PS512",
+    "ES256",
+    "ES384",
+    "ES512",
+    "EdDSA",
+}
 Money = Annotated[Decimal, Field(ge=0, allow_inf_nan=False)]
 
 
@@ -35,16 +45,17 @@ class _Model(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid", str_strip_whitespace=True)
 
 
-
-
 # --- messages a person can act on ------------------------------------------------------------
 
-_PYDANTIC_WORDS = (("a valid tuple", "a list"), ("Tuple should", "List should"),
-                   ("a valid dictionary", "a mapping"), ("Dictionary should", "Mapping should"))
+_PYDANTIC_WORDS = (
+    ("a valid tuple", "a list"),
+    ("Tuple should", "List should"),
+    ("a valid dictionary", "a mapping"),
+    ("Dictionary should", "Mapping should"),
+)
 
 
-def friendly_message(root: type[BaseModel], loc: tuple[int | str, ...], kind: str,
-                     msg: str) -> str:
+def friendly_message(root: type[BaseModel], loc: tuple[int | str, ...], kind: str, msg: str) -> str:
     """Reword a pydantic error for a YAML author: YAML has lists and mappings, not tuples.
 
     An unknown key (``extra_forbidden``) names the closest allowed key at that place, when one

@@ -83,23 +83,25 @@ class AlertsConfig(_Model):
     @property
     def any_spend(self) -> bool:
         """Whether any spend threshold is configured."""
-        return any(r.spend for r in (self.default, *self.plans.values(),
-                                     *self.customers.values()))
+        return any(r.spend for r in (self.default, *self.plans.values(), *self.customers.values()))
 
     @property
     def any_quota(self) -> bool:
         """Whether any quota threshold is configured."""
-        return any(r.quota for r in (self.default, *self.plans.values(),
-                                     *self.customers.values()))
+        return any(r.quota for r in (self.default, *self.plans.values(), *self.customers.values()))
 
-    def problems(self, plans: Mapping[str, object],
-                 meters: Mapping[str, object]) -> list[tuple[str, str]]:
+    def problems(
+        self, plans: Mapping[str, object], meters: Mapping[str, object]
+    ) -> list[tuple[str, str]]:
         """Unknown plans and meters, as (dotted path, message)."""
         out = [(f"alerts.plans.{p}", f"unknown plan {p!r}") for p in self.plans if p not in plans]
         scopes = [("alerts.default", self.default)]
         scopes += [(f"alerts.plans.{p}", r) for p, r in self.plans.items()]
         scopes += [(f"alerts.customers.{c}", r) for c, r in self.customers.items()]
         for where, rules in scopes:
-            out += [(f"{where}.quota.{i}.meter", f"unknown meter {t.meter!r}")
-                    for i, t in enumerate(rules.quota) if t.meter not in meters]
+            out += [
+                (f"{where}.quota.{i}.meter", f"unknown meter {t.meter!r}")
+                for i, t in enumerate(rules.quota)
+                if t.meter not in meters
+            ]
         return out

@@ -97,5 +97,3 @@ class AuthConfig(_Model):
         if len(seen) != len(set(seen)):
             raise ValueError("issuers must be unique")
         return self
-
-

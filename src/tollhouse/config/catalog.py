@@ -161,8 +161,10 @@ def _utc_instant(v: Any) -> datetime:
         try:
             v = datetime.fromisoformat(v.strip())
         except ValueError:
-            raise ValueError("must be an ISO 8601 date or date-time (UTC), e.g. 2026-11-03 or "
-                             "2026-11-03T09:30:00Z") from None
+            raise ValueError(
+                "must be an ISO 8601 date or date-time (UTC), e.g. 2026-11-03 or "
+                "2026-11-03T09:30:00Z"
+            ) from None
     if isinstance(v, date) and not isinstance(v, datetime):
         v = datetime(v.year, v.month, v.day, tzinfo=UTC)
     if not isinstance(v, datetime):
@@ -194,5 +196,3 @@ class CustomerConfig(_Model):
     def since_s(self) -> int | None:
         """``since`` in Unix seconds, or ``None``."""
         return None if self.since is None else int(self.since.timestamp())
-
-

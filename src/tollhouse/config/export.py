@@ -23,8 +23,9 @@ class StripeExportConfig(_Model):
     customers: Mapping[Name, str] = Field(default_factory=dict)
     api_key_file: Path | None = None  # holds the secret key (sk_...); needed by --push only
     api_base: str = Field(default="https://api.stripe.com", pattern=r"^https?://[^\s/]+(/.*)?$")
-    meter_events_base: str = Field(default="https://meter-events.stripe.com",
-                                   pattern=r"^https?://[^\s/]+(/.*)?$")
+    meter_events_base: str = Field(
+        default="https://meter-events.stripe.com", pattern=r"^https?://[^\s/]+(/.*)?$"
+    )
     max_attempts: int = Field(default=5, ge=1, le=20)  # per batch of 100, same identifiers
 
 

@@ -21,11 +21,26 @@ __all__ = ["START_ONLY", "SettledFiles", "keep_start_only", "restart_needed"]
 
 # Dotted keys whose running value stays until a restart (README: "Keys read only at start").
 START_ONLY: tuple[str, ...] = (
-    "listen", "admin_listen", "usage_listen", "authz_http_listen", "authz_http",
-    "metrics_listen", "instance", "check_deadline_ms", "counters", "counters_file", "store",
-    "admin", "webhooks", "alerts",
-    "metering.enabled", "metering.spool", "metering.meter", "metering.join",
-    "metering.process", "metering.group_commit_ms",
+    "listen",
+    "admin_listen",
+    "usage_listen",
+    "authz_http_listen",
+    "authz_http",
+    "metrics_listen",
+    "instance",
+    "check_deadline_ms",
+    "counters",
+    "counters_file",
+    "store",
+    "admin",
+    "webhooks",
+    "alerts",
+    "metering.enabled",
+    "metering.spool",
+    "metering.meter",
+    "metering.join",
+    "metering.process",
+    "metering.group_commit_ms",
 )
 
 
@@ -70,8 +85,13 @@ class SettledFiles:
     (measured on ``clock``); a change that is undone before that is never due.
     """
 
-    def __init__(self, paths: Callable[[], Sequence[Path]], settle_s: Callable[[], float],
-                 *, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        paths: Callable[[], Sequence[Path]],
+        settle_s: Callable[[], float],
+        *,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self._paths = paths
         self._settle_s = settle_s
         self._clock = clock

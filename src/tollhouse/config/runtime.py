@@ -11,8 +11,15 @@ from pydantic import Field, field_validator
 
 from tollhouse.config._base import _Model
 
-__all__ = ["LISTENERS", "AdminConfig", "AuthzHttpConfig", "BillingConfig", "MeteringConfig",
-           "StoreConfig", "listener_clashes"]
+__all__ = [
+    "LISTENERS",
+    "AdminConfig",
+    "AuthzHttpConfig",
+    "BillingConfig",
+    "MeteringConfig",
+    "StoreConfig",
+    "listener_clashes",
+]
 
 # Every address setting that ``serve`` binds, in start-up order.
 LISTENERS = ("listen", "admin_listen", "metrics_listen", "usage_listen", "authz_http_listen")

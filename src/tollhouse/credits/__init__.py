@@ -10,5 +10,15 @@ from tollhouse.credits.counters import (
 )
 from tollhouse.credits.prices import CreditPrices, build_credit_prices
 
-__all__ = ["CreditBook", "CreditCounters", "CreditPrices", "GrantCounter", "MemoryCounters",
-           "RedisCounters", "Shortfall", "Spend", "build_credit_prices", "open_counters"]
+__all__ = [
+    "CreditBook",
+    "CreditCounters",
+    "CreditPrices",
+    "GrantCounter",
+    "MemoryCounters",
+    "RedisCounters",
+    "Shortfall",
+    "Spend",
+    "build_credit_prices",
+    "open_counters",
+]

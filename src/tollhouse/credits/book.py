@@ -31,10 +31,14 @@ __all__ = ["CreditBook", "Shortfall", "Spend"]
 log = get_logger(__name__)
 Flush = Callable[[Sequence[tuple[str, int]]], Awaitable[None]]
 SPENDS = Counter("tollhouse_credit_spends_total", "Prepaid admissions by result", ["result"])
-FLUSH_ERRORS = Counter("tollhouse_credit_flush_errors_total",
-                       "Flushes of spent credit to the store that failed (retried next interval)")
-UNPAID = Counter("tollhouse_credit_unpaid_milli_total",
-                 "Post-response cost (1/1000 minor units) no usable grant could take")
+FLUSH_ERRORS = Counter(
+    "tollhouse_credit_flush_errors_total",
+    "Flushes of spent credit to the store that failed (retried next interval)",
+)
+UNPAID = Counter(
+    "tollhouse_credit_unpaid_milli_total",
+    "Post-response cost (1/1000 minor units) no usable grant could take",
+)
 
 
 @dataclass(slots=True)
@@ -57,11 +61,20 @@ class Shortfall:
 class CreditBook:
     """Per process: the grant counters of every prepaid customer seen."""
 
-    def __init__(self, counters: CreditCounters, *, clock: Callable[[], float],
-                 seed: Callable[[str], int], flush: Flush | None, lease_milli: int = 100_000,
-                 timeout_s: float = 0.05, flush_interval_s: float = 1.0,
-                 idle_return_s: float = 5.0, recheck_s: float = 1.0,
-                 on_stop: Callable[[], Awaitable[None]] | None = None) -> None:
+    def __init__(
+        self,
+        counters: CreditCounters,
+        *,
+        clock: Callable[[], float],
+        seed: Callable[[str], int],
+        flush: Flush | None,
+        lease_milli: int = 100_000,
+        timeout_s: float = 0.05,
+        flush_interval_s: float = 1.0,
+        idle_return_s: float = 5.0,
+        recheck_s: float = 1.0,
+        on_stop: Callable[[], Awaitable[None]] | None = None,
+    ) -> None:
         self.counters = counters
         self._clock = clock
         self._seed = seed
@@ -86,12 +99,14 @@ class CreditBook:
             ctr = self._grants[g.id] = GrantCounter(g, self._seed(g.id))
         return ctr
 
-    def _usable(self, grants: Sequence[CreditGrant], meter: str, feature: str,
-                now: float) -> list[GrantCounter]:
+    def _usable(
+        self, grants: Sequence[CreditGrant], meter: str, feature: str, now: float
+    ) -> list[GrantCounter]:
         return [self.counter(g) for g in grants if g.usable(now) and g.covers(meter, feature)]
 
-    def _plan(self, grants: Sequence[CreditGrant], costs: Mapping[str, int], feature: str,
-              now: float) -> tuple[dict[GrantCounter, int], list[GrantCounter] | None]:
+    def _plan(
+        self, grants: Sequence[CreditGrant], costs: Mapping[str, int], feature: str, now: float
+    ) -> tuple[dict[GrantCounter, int], list[GrantCounter] | None]:
         """Units to take per counter; and None, or the counters to refill (maybe none) if short."""
         take: dict[GrantCounter, int] = {}
         short: list[GrantCounter] | None = None
@@ -110,8 +125,14 @@ class CreditBook:
                 short.extend(c for c in usable if c not in short)
         return {c: t for c, t in take.items() if t > 0}, short
 
-    async def spend(self, customer: str, grants: Sequence[CreditGrant], costs: Mapping[str, int],
-                    feature: str, now: float) -> Spend | Shortfall:
+    async def spend(
+        self,
+        customer: str,
+        grants: Sequence[CreditGrant],
+        costs: Mapping[str, int],
+        feature: str,
+        now: float,
+    ) -> Spend | Shortfall:
         """Take ``costs`` (meter -> 1/1000 minor units) from the usable grants, or say why not."""
         take, short = self._plan(grants, costs, feature, now)
         ok, started = True, self._clock()
@@ -148,15 +169,21 @@ class CreditBook:
     def _used_up(self, short: list[GrantCounter], since: float) -> bool:
         """Every short counter was found empty by a lease since ``since`` or within recheck_s."""
         now = self._clock()
-        return all(c.state == "exhausted" and c.refill is None
-                   and (c.checked_at >= since or now - c.checked_at < self._recheck_s)
-                   for c in short)
+        return all(
+            c.state == "exhausted"
+            and c.refill is None
+            and (c.checked_at >= since or now - c.checked_at < self._recheck_s)
+            for c in short
+        )
 
     async def _obtain(self, short: list[GrantCounter], need: int) -> bool:
         """Refill the short counters (or wait for their refill); False if one could not ask."""
         now = self._clock()
-        waits = [c.refill or self._start_refill(c, need) for c in short
-                 if not (c.state == "exhausted" and now - c.checked_at < self._recheck_s)]
+        waits = [
+            c.refill or self._start_refill(c, need)
+            for c in short
+            if not (c.state == "exhausted" and now - c.checked_at < self._recheck_s)
+        ]
         if waits:  # shielded: a refill cut off by the deadline still lands its units
             await asyncio.shield(asyncio.gather(*waits))
         return not any(c.state == "error" for c in short)
@@ -187,8 +214,9 @@ class CreditBook:
 
     # --- after the response ----------------------------------------------------------------
 
-    def charge(self, grants: Sequence[CreditGrant], meter: str, feature: str, cost: int,
-               now: float) -> None:
+    def charge(
+        self, grants: Sequence[CreditGrant], meter: str, feature: str, cost: int, now: float
+    ) -> None:
         """Spend known only from the access log: from leases first, then as a debt (may pass 0)."""
         usable = self._usable(grants, meter, feature, now)
         for ctr in usable:
@@ -206,8 +234,9 @@ class CreditBook:
         ctr.unflushed += cost
         self._debts[ctr] = self._debts.get(ctr, 0) + cost
 
-    def refund(self, grants: Sequence[CreditGrant], meter: str, feature: str, cost: int,
-               now: float) -> None:
+    def refund(
+        self, grants: Sequence[CreditGrant], meter: str, feature: str, cost: int, now: float
+    ) -> None:
         """A reservation never served: its cost goes back to the first usable grant it could use."""
         usable = self._usable(grants, meter, feature, now)
         if usable and cost > 0:
@@ -224,8 +253,11 @@ class CreditBook:
         for g in grants:
             if g.usable(now):
                 ctr = self._grants.get(g.id)
-                total += (ctr.remaining() if ctr is not None
-                          else max(0, g.amount * MILLI - self._seed(g.id)))
+                total += (
+                    ctr.remaining()
+                    if ctr is not None
+                    else max(0, g.amount * MILLI - self._seed(g.id))
+                )
         return total
 
     def customer_ids(self) -> list[str]:
@@ -262,8 +294,13 @@ class CreditBook:
     async def flush(self, *, return_all: bool = False) -> None:
         """Give back idle leases, add debts to the totals, and record spend in the store."""
         now = self._clock()
-        back = [(c, -c.left) for c in self._grants.values() if c.left > 0 and c.refill is None
-                and (return_all or now - c.last_spend >= self._idle_return_s)]
+        back = [
+            (c, -c.left)
+            for c in self._grants.values()
+            if c.left > 0
+            and c.refill is None
+            and (return_all or now - c.last_spend >= self._idle_return_s)
+        ]
         for ctr, delta in back:  # out of reach of the Check before the await
             ctr.left += delta
             ctr.last_grant = 0

@@ -30,9 +30,23 @@ NO_EXPIRY_S = 4_102_444_800  # 2100-01-01: the window end of a grant that never 
 class GrantCounter:
     """One grant's counting state in this replica (all in 1/1000 minor units)."""
 
-    __slots__ = ("amount", "checked_at", "customer", "end_s", "grant_id", "key", "last_grant",
-                 "last_spend", "left", "refill", "seed", "start_s", "state", "total",
-                 "unflushed")
+    __slots__ = (
+        "amount",
+        "checked_at",
+        "customer",
+        "end_s",
+        "grant_id",
+        "key",
+        "last_grant",
+        "last_spend",
+        "left",
+        "refill",
+        "seed",
+        "start_s",
+        "state",
+        "total",
+        "unflushed",
+    )
 
     def __init__(self, g: CreditGrant, seed: int) -> None:
         self.grant_id = g.id
@@ -106,8 +120,9 @@ class MemoryCounters:
 class RedisCounters:
     """Totals in Redis, shared by every replica; each call bounded by ``timeout_s``."""
 
-    def __init__(self, url: str, *, clock: Callable[[], float], instance: str,
-                 timeout_s: float = 0.05) -> None:
+    def __init__(
+        self, url: str, *, clock: Callable[[], float], instance: str, timeout_s: float = 0.05
+    ) -> None:
         from tollhouse.quota.redis_io import RedisIO
 
         self._io = RedisIO(url, clock=clock, timeout_s=timeout_s)
@@ -122,8 +137,16 @@ class RedisCounters:
             return None
         self._seq += 1
         receipt = f"tollhouse:credit:receipt:{self._instance}:{self._seq}"
-        res = await self._io.lease(ctr.key, receipt, ctr.amount, want, ctr.start_s, ctr.end_s,
-                                   "deny", max(ctr.total, ctr.seed))
+        res = await self._io.lease(
+            ctr.key,
+            receipt,
+            ctr.amount,
+            want,
+            ctr.start_s,
+            ctr.end_s,
+            "deny",
+            max(ctr.total, ctr.seed),
+        )
         if res is None:
             self._lost.append((ctr, receipt, 0))
             return None
@@ -137,8 +160,9 @@ class RedisCounters:
         """Add the deltas in one round trip; the new totals are read back."""
         from tollhouse.quota.redis_io import RETAIN_S
 
-        res = await self._io.add([(c.key, d, c.end_s + RETAIN_S, max(c.total, c.seed))
-                                  for c, d in items])
+        res = await self._io.add(
+            [(c.key, d, c.end_s + RETAIN_S, max(c.total, c.seed)) for c, d in items]
+        )
         if res is None:
             return False
         for (ctr, _), total in zip(items, res, strict=True):
@@ -167,8 +191,7 @@ class RedisCounters:
         await self._io.close()
 
 
-def open_counters(counters: str, *, clock: Callable[[], float], instance: str
-                  ) -> CreditCounters:
+def open_counters(counters: str, *, clock: Callable[[], float], instance: str) -> CreditCounters:
     """``counters: memory`` -> this process; ``redis://`` -> shared through Redis."""
     if counters.startswith("redis://"):
         return RedisCounters(counters, clock=clock, instance=instance)

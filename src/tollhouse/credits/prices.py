@@ -41,8 +41,11 @@ class CreditPrices:
         A request meter costs one unit; a priced meter known only after the response (bytes,
         tokens) costs 0 here, but still needs a balance above zero (see ``CreditBook.spend``).
         """
-        return {m: self.cost(m, 1) if m in self.request_meters else 0
-                for m in meters if m in self.unit_milli}
+        return {
+            m: self.cost(m, 1) if m in self.request_meters else 0
+            for m in meters
+            if m in self.unit_milli
+        }
 
 
 def build_credit_prices(cfg: Config) -> dict[str, CreditPrices]:
@@ -53,8 +56,12 @@ def build_credit_prices(cfg: Config) -> dict[str, CreditPrices]:
         if not plan.prepaid or plan.price is None:
             continue
         scale = Decimal(MILLI) / minor_unit(plan.price.currency)
-        unit = {m: (p.unit_price or Decimal(0)) * scale for m, p in plan.price.meters.items()
-                if p.unit_price}
-        out[name] = CreditPrices(name, plan.price.currency, unit,
-                                 plan.on_credit_exhausted == "deny", per_request)
+        unit = {
+            m: (p.unit_price or Decimal(0)) * scale
+            for m, p in plan.price.meters.items()
+            if p.unit_price
+        }
+        out[name] = CreditPrices(
+            name, plan.price.currency, unit, plan.on_credit_exhausted == "deny", per_request
+        )
     return out

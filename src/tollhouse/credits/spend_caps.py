@@ -42,8 +42,15 @@ class Capped:
 class SpendCaps:
     """The evaluator and the Check's view of who is capped."""
 
-    def __init__(self, directory: Any, lookup: Lookup, *, emit: EmitEvent | None,
-                 interval_s: float = 1.0, timeout_s: float = 10.0) -> None:
+    def __init__(
+        self,
+        directory: Any,
+        lookup: Lookup,
+        *,
+        emit: EmitEvent | None,
+        interval_s: float = 1.0,
+        timeout_s: float = 10.0,
+    ) -> None:
         self._directory = directory
         self._lookup = lookup
         self._emit = emit

@@ -26,11 +26,18 @@ __all__ = ["add_demo_arguments", "main_demo"]
 
 def add_demo_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the ``tollhouse demo`` options to ``parser``."""
-    parser.add_argument("--keep", action="store_true",
-                        help="leave the stack running and print curl commands until Ctrl-C")
-    parser.add_argument("--workdir", type=Path, default=None,
-                        help="put configs, keys, logs and data here and keep them "
-                             "(default: a temp dir, removed at exit)")
+    parser.add_argument(
+        "--keep",
+        action="store_true",
+        help="leave the stack running and print curl commands until Ctrl-C",
+    )
+    parser.add_argument(
+        "--workdir",
+        type=Path,
+        default=None,
+        help="put configs, keys, logs and data here and keep them "
+        "(default: a temp dir, removed at exit)",
+    )
 
 
 def _parse(argv: list[str] | argparse.Namespace | None) -> argparse.Namespace:
@@ -71,8 +78,10 @@ def _tour(stack: LocalStack, out: TextIO) -> int:
     run_reports(DemoContext(stack, tuple(outcomes), out))
     bad = [o for o in outcomes if not o.as_expected]
     if bad:
-        out.write(f"\n{len(bad)} request(s) did not get the expected status "
-                  f"(logs: {stack.tollhouse.log_path})\n")
+        out.write(
+            f"\n{len(bad)} request(s) did not get the expected status "
+            f"(logs: {stack.tollhouse.log_path})\n"
+        )
     return 1 if bad else 0
 
 

@@ -88,8 +88,12 @@ class _Background:
         server = _QuietServer(("127.0.0.1", self.port), self._handler)
         server.owner = self  # type: ignore[attr-defined]
         self._server = server
-        self._thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.1},
-                                        name=f"httpd-{self.port}", daemon=True)
+        self._thread = threading.Thread(
+            target=server.serve_forever,
+            kwargs={"poll_interval": 0.1},
+            name=f"httpd-{self.port}",
+            daemon=True,
+        )
         self._thread.start()
         return self
 

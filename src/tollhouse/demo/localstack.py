@@ -76,10 +76,18 @@ class LocalStack:
     and the admin API on the admin port, with a fresh token in :attr:`admin_token_file`.
     """
 
-    def __init__(self, workdir: Path, ports: StackPorts, *, jwks_refresh_s: float = 300.0,
-                 jwks_cooldown_s: float = 10.0, key: DevKey | None = None,
-                 overrides: Mapping[str, Any] | None = None, transport: str = "grpc",
-                 admin: bool = False) -> None:
+    def __init__(
+        self,
+        workdir: Path,
+        ports: StackPorts,
+        *,
+        jwks_refresh_s: float = 300.0,
+        jwks_cooldown_s: float = 10.0,
+        key: DevKey | None = None,
+        overrides: Mapping[str, Any] | None = None,
+        transport: str = "grpc",
+        admin: bool = False,
+    ) -> None:
         if transport not in TRANSPORTS:
             raise ValueError(f"transport must be one of {TRANSPORTS}, not {transport!r}")
         self.workdir = workdir
@@ -106,16 +114,23 @@ class LocalStack:
         self.admin_token_file = workdir / "tollhouse" / "admin-token"
         if admin:
             self.admin_token = secrets.token_urlsafe(32)
-            config["store"] = {"url": f"sqlite://{workdir / 'tollhouse' / 'store.db'}",
-                               "poll_interval_ms": 200}
+            config["store"] = {
+                "url": f"sqlite://{workdir / 'tollhouse' / 'store.db'}",
+                "poll_interval_ms": 200,
+            }
             config["admin"] = {"token_file": str(self.admin_token_file)}
         if overrides:  # top-level sections replaced whole, e.g. {"metering": {...}}
             config = {**config, **overrides}
             parse_config(config, source="demo config with overrides")
         self.tollhouse = TollhouseProcess(workdir / "tollhouse", config)
-        envoy_ports = EnvoyPorts(listen=ports.envoy, admin=ports.envoy_admin,
-                                 tollhouse=ports.tollhouse, upstream=ports.upstream,
-                                 usage=ports.usage, authz_http=ports.authz_http)
+        envoy_ports = EnvoyPorts(
+            listen=ports.envoy,
+            admin=ports.envoy_admin,
+            tollhouse=ports.tollhouse,
+            upstream=ports.upstream,
+            usage=ports.usage,
+            authz_http=ports.authz_http,
+        )
         template = sidecar_http_config_path().read_text() if transport == "http" else None
         self.envoy = EnvoyProcess(workdir / "envoy", envoy_ports, template)
 
@@ -183,8 +198,15 @@ class LocalStack:
         kwargs.setdefault("audience", AUDIENCE)
         return make_token(key or self.key, subject=subject, **kwargs)
 
-    def request(self, path: str, *, method: str = "GET", headers: dict[str, str] | None = None,
-                token: str | None = None, api_key: str | None = None) -> HttpResponse:
+    def request(
+        self,
+        path: str,
+        *,
+        method: str = "GET",
+        headers: dict[str, str] | None = None,
+        token: str | None = None,
+        api_key: str | None = None,
+    ) -> HttpResponse:
         """One HTTP request through Envoy's listener."""
         hdrs = dict(headers or {})
         if token is not None:

@@ -62,8 +62,9 @@ def _month_start_ms(now_s: float) -> int:
     return int(datetime(now.year, now.month, 1, tzinfo=UTC).timestamp() * 1000)
 
 
-def wait_for_meter(cfg: Config, *, clock: Clock = time.time, sleep: Callable[[float], None]
-                   = time.sleep) -> bool:
+def wait_for_meter(
+    cfg: Config, *, clock: Clock = time.time, sleep: Callable[[float], None] = time.sleep
+) -> bool:
     """Wait until the spool holds no pending or unsent record of this month; True if it settled.
 
     A record is final once its access-log entry arrives (or, at the latest, after
@@ -76,8 +77,15 @@ def wait_for_meter(cfg: Config, *, clock: Clock = time.time, sleep: Callable[[fl
     while True:
         now = clock()
         try:
-            rep = asyncio.run(reconcile(cfg.metering.spool, cfg.metering.meter,
-                                        _month_start_ms(now), int(now * 1000) + 1, entries_of))
+            rep = asyncio.run(
+                reconcile(
+                    cfg.metering.spool,
+                    cfg.metering.meter,
+                    _month_start_ms(now),
+                    int(now * 1000) + 1,
+                    entries_of,
+                )
+            )
             settled = rep.reserved == 0 and rep.unsent == 0
         except sqlite3.OperationalError:  # the meter file exists, its table not yet: in flight
             settled = False
@@ -95,10 +103,12 @@ def print_usage(ctx: DemoContext, *, clock: Clock = time.time) -> None:
     cfg = load_config(ctx.config_path)
     settled = wait_for_meter(cfg, clock=clock)
     now = clock()
-    rows = asyncio.run(usage_report(cfg.metering.meter, _month_start_ms(now),
-                                    int(now * 1000) + 1, None))
-    ctx.out.write("\nUsage this month per customer, from the meter (denied requests are not "
-                  "billed):\n")
+    rows = asyncio.run(
+        usage_report(cfg.metering.meter, _month_start_ms(now), int(now * 1000) + 1, None)
+    )
+    ctx.out.write(
+        "\nUsage this month per customer, from the meter (denied requests are not billed):\n"
+    )
     ctx.out.write(format_usage(rows) + "\n")
     if not settled:
         ctx.out.write("(some records were still in flight: see `tollhouse usage --reconcile`)\n")
@@ -116,11 +126,15 @@ def print_invoices(ctx: DemoContext, *, clock: Clock = time.time) -> None:
     cfg = load_config(ctx.config_path)
     out_dir = cfg.billing.invoices_dir
     result = run_billing(cfg, period=None, out_dir=out_dir, preview=True, clock=clock)
-    ctx.out.write(f"\nBilling job: {result.consumed} meter records into the ledger; this "
-                  "month's invoices so far (previews: the month is still open):\n")
+    ctx.out.write(
+        f"\nBilling job: {result.consumed} meter records into the ledger; this "
+        "month's invoices so far (previews: the month is still open):\n"
+    )
     ctx.out.write(format_invoices(result.invoices) + "\n")
-    ctx.out.write(f"(JSON, CSV and HTML in {out_dir}; a temp workdir is removed at exit, "
-                  "keep it with --workdir DIR)\n")
+    ctx.out.write(
+        f"(JSON, CSV and HTML in {out_dir}; a temp workdir is removed at exit, "
+        "keep it with --workdir DIR)\n"
+    )
     for problem in result.problems:
         ctx.out.write(f"billing problem for {problem.customer}: {problem.message}\n")
     ctx.out.flush()
@@ -138,7 +152,8 @@ def print_customer_view(ctx: DemoContext) -> None:
         f"\nGET /v1/usage as alice (through Envoy): plan {doc.get('plan')}, "
         f"{req.get('used')} of {req.get('quota')} requests used, "
         f"{req.get('remaining')} left, charges so far {doc.get('currency')} "
-        f"{doc.get('charges_so_far')}\n")
+        f"{doc.get('charges_so_far')}\n"
+    )
     ctx.out.flush()
 
 

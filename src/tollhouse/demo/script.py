@@ -51,26 +51,52 @@ def scripted_steps(stack: LocalStack) -> list[Step]:
     return [
         Step("alice (free)", "free feature", "/v1/search?q=envoy", 200, headers=alice),
         Step("alice (free)", "pro-only feature", "/v1/export/report.csv", 403, headers=alice),
-        Step("alice (free)", "dot-segments to a pro feature", "/v1/search/../export", 403,
-             headers=alice),
-        Step("dana (free, 2/month)", "1st request this month", "/v1/search?q=a", 200,
-             headers=dana),
-        Step("dana (free, 2/month)", "2nd request this month", "/v1/search?q=b", 200,
-             headers=dana),
-        Step("dana (free, 2/month)", "3rd request: over the quota", "/v1/search?q=c", 429,
-             headers=dana),
+        Step(
+            "alice (free)",
+            "dot-segments to a pro feature",
+            "/v1/search/../export",
+            403,
+            headers=alice,
+        ),
+        Step("dana (free, 2/month)", "1st request this month", "/v1/search?q=a", 200, headers=dana),
+        Step("dana (free, 2/month)", "2nd request this month", "/v1/search?q=b", 200, headers=dana),
+        Step(
+            "dana (free, 2/month)",
+            "3rd request: over the quota",
+            "/v1/search?q=c",
+            429,
+            headers=dana,
+        ),
         Step("bob (pro)", "pro feature", "/v1/export/report.csv", 200, headers=bob),
-        Step("bob (pro)", "spoofs x-tollhouse-customer: globex", "/v1/search", 200,
-             headers={**bob, "x-tollhouse-customer": "globex"}),
-        Step("bob (pro)", "enterprise-only feature", "/v1/reports/monthly", 403,
-             headers=bob),
-        Step("globex (enterprise)", "API key, enterprise feature",
-             "/v1/reports/monthly?tokens=1200",
-             200, headers=key),
-        Step("someone", "unknown API key", "/v1/search", 401,
-             headers={"x-api-key": "th_demo_not-a-real-key"}),
-        Step("bob + globex key", "bearer token AND API key", "/v1/search", 400,
-             headers={**bob, **key}),
+        Step(
+            "bob (pro)",
+            "spoofs x-tollhouse-customer: globex",
+            "/v1/search",
+            200,
+            headers={**bob, "x-tollhouse-customer": "globex"},
+        ),
+        Step("bob (pro)", "enterprise-only feature", "/v1/reports/monthly", 403, headers=bob),
+        Step(
+            "globex (enterprise)",
+            "API key, enterprise feature",
+            "/v1/reports/monthly?tokens=1200",
+            200,
+            headers=key,
+        ),
+        Step(
+            "someone",
+            "unknown API key",
+            "/v1/search",
+            401,
+            headers={"x-api-key": "th_demo_not-a-real-key"},
+        ),
+        Step(
+            "bob + globex key",
+            "bearer token AND API key",
+            "/v1/search",
+            400,
+            headers={**bob, **key},
+        ),
         Step("anonymous", "no credentials", "/v1/search", 401),
         Step("mallory", "tampered signature", "/v1/search", 401, headers=_bearer(forged)),
         Step("alice (free)", "expired token", "/v1/search", 401, headers=expired),
@@ -86,9 +112,11 @@ def _reason(status: int, body: bytes) -> str:
         return "-"
     if status == 200 and isinstance(doc.get("headers"), dict):
         seen = doc["headers"]
-        return (f"API saw customer={seen.get('x-tollhouse-customer', '?')} "
-                f"plan={seen.get('x-tollhouse-plan', '?')} "
-                f"feature={seen.get('x-tollhouse-feature', '?')}")
+        return (
+            f"API saw customer={seen.get('x-tollhouse-customer', '?')} "
+            f"plan={seen.get('x-tollhouse-plan', '?')} "
+            f"feature={seen.get('x-tollhouse-feature', '?')}"
+        )
     return str(doc.get("code", "-"))
 
 
@@ -106,8 +134,15 @@ def format_table(outcomes: list[Outcome]) -> str:
     rows = [("customer", "scenario", "request", "status", "reason")]
     for o in outcomes:
         mark = "" if o.as_expected else f"   <-- expected {o.step.expect}"
-        rows.append((o.step.who, o.step.what, f"{o.step.method} {o.step.path}", str(o.status),
-                     o.reason + mark))
+        rows.append(
+            (
+                o.step.who,
+                o.step.what,
+                f"{o.step.method} {o.step.path}",
+                str(o.status),
+                o.reason + mark,
+            )
+        )
     widths = [max(len(r[i]) for r in rows) for i in range(4)]
     lines = []
     for n, row in enumerate(rows):

@@ -72,8 +72,9 @@ def find_binary(name: str) -> Path:
         return here
     found = shutil.which(name)
     if found is None:
-        raise StackError(f"{name} not found next to {sys.executable} nor on PATH"
-                         f"{_INSTALL_HINT.get(name, '')}")
+        raise StackError(
+            f"{name} not found next to {sys.executable} nor on PATH{_INSTALL_HINT.get(name, '')}"
+        )
     return Path(found)
 
 
@@ -160,17 +161,21 @@ def render_envoy_config(template: str, ports: EnvoyPorts) -> str:
     listener = doc["static_resources"]["listeners"][0]["address"]["socket_address"]
     listener["address"] = "127.0.0.1"
     listener["port_value"] = ports.listen
-    by_cluster = {"tollhouse": ports.tollhouse, "app": ports.upstream,
-                  "tollhouse_usage": ports.usage, "tollhouse_authz": ports.authz_http}
+    by_cluster = {
+        "tollhouse": ports.tollhouse,
+        "app": ports.upstream,
+        "tollhouse_usage": ports.usage,
+        "tollhouse_authz": ports.authz_http,
+    }
     _set_http_authz_uri(doc, ports.authz_http)
     for cluster in doc["static_resources"]["clusters"]:
         if cluster["name"] not in by_cluster:
             continue
         for group in cluster["load_assignment"]["endpoints"]:
             for ep in group["lb_endpoints"]:
-                ep["endpoint"]["address"]["socket_address"]["port_value"] = (
-                    by_cluster[cluster["name"]]
-                )
+                ep["endpoint"]["address"]["socket_address"]["port_value"] = by_cluster[
+                    cluster["name"]
+                ]
     return str(yaml.safe_dump(doc, sort_keys=False))
 
 
@@ -223,9 +228,14 @@ class _Process:
     def _spawn(self, args: list[str]) -> None:
         self.workdir.mkdir(parents=True, exist_ok=True)
         self._log = self.log_path.open("ab")
-        self.proc = subprocess.Popen(args, stdout=self._log, stderr=subprocess.STDOUT,
-                                     stdin=subprocess.DEVNULL, cwd=self.workdir,
-                                     start_new_session=True)  # Ctrl-C reaches the parent only
+        self.proc = subprocess.Popen(
+            args,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            cwd=self.workdir,
+            start_new_session=True,
+        )  # Ctrl-C reaches the parent only
 
     @property
     def running(self) -> bool:
@@ -284,8 +294,13 @@ class EnvoyProcess(_Process):
 
     name = "envoy"
 
-    def __init__(self, workdir: Path, ports: EnvoyPorts, template: str | None = None,
-                 base_id: int | None = None) -> None:
+    def __init__(
+        self,
+        workdir: Path,
+        ports: EnvoyPorts,
+        template: str | None = None,
+        base_id: int | None = None,
+    ) -> None:
         super().__init__(workdir)
         self.ports = ports
         text = template if template is not None else sidecar_config_path().read_text()
@@ -299,9 +314,19 @@ class EnvoyProcess(_Process):
         _require_free(self.ports.listen, self.ports.admin)
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.config_path.write_text(self._config_text, encoding="utf-8")
-        self._spawn([str(find_binary("envoy")), "-c", str(self.config_path),
-                     "--concurrency", "1", "--base-id", str(self.base_id),
-                     "--log-level", "warning"])
+        self._spawn(
+            [
+                str(find_binary("envoy")),
+                "-c",
+                str(self.config_path),
+                "--concurrency",
+                "1",
+                "--base-id",
+                str(self.base_id),
+                "--log-level",
+                "warning",
+            ]
+        )
         self._wait_ready(f"http://127.0.0.1:{self.ports.admin}/ready", timeout_s)
         return self
 

@@ -13,7 +13,7 @@ from tollhouse.demo.localstack import LocalStack
 
 __all__ = ["ADMIN_HEADER", "admin_lines", "credential_lines", "keep_help"]
 
-ADMIN_HEADER = "The admin API (README \"Getting credentials\"), paste these lines in order:"
+ADMIN_HEADER = 'The admin API (README "Getting credentials"), paste these lines in order:'
 TOKEN_HOURS = 8
 _JSON_FIELD = "python3 -c 'import json,sys; print(json.load(sys.stdin)[\"{}\"])'"
 
@@ -21,13 +21,15 @@ _JSON_FIELD = "python3 -c 'import json,sys; print(json.load(sys.stdin)[\"{}\"])'
 def credential_lines(stack: LocalStack) -> list[str]:
     """``export`` lines: a JWT per demo JWT customer, globex's API key, the admin token."""
     life = TOKEN_HOURS * 3600
-    lines = [f"export {who.upper()}='{stack.token(who, lifetime_s=life)}'"
-             f"   # {plan}" for who, plan in (("alice", "free"), ("dana", "free, 2 requests a "
-                                                "month"), ("bob", "pro"))]
+    lines = [
+        f"export {who.upper()}='{stack.token(who, lifetime_s=life)}'   # {plan}"
+        for who, plan in (("alice", "free"), ("dana", "free, 2 requests a month"), ("bob", "pro"))
+    ]
     lines.append(f"export GLOBEX_KEY='{stack.api_key}'   # enterprise, an API key")
     if stack.admin_token is not None:
-        lines.append(f"export ADMIN_TOKEN='{stack.admin_token}'"
-                     f"   # also in {stack.admin_token_file}")
+        lines.append(
+            f"export ADMIN_TOKEN='{stack.admin_token}'   # also in {stack.admin_token_file}"
+        )
     return lines
 
 
@@ -38,15 +40,15 @@ def admin_lines(stack: LocalStack) -> list[str]:
     return [
         'ADMIN="Authorization: Bearer $ADMIN_TOKEN"',
         f"curl -s -X POST {admin}/customers -H \"$ADMIN\" -H 'Content-Type: application/json' "
-        "-d '{\"id\": \"acme\", \"name\": \"Acme Ltd\", \"plan\": \"pro\"}'; echo",
+        '-d \'{"id": "acme", "name": "Acme Ltd", "plan": "pro"}\'; echo',
         f'ISSUED=$(curl -s -X POST {admin}/customers/acme/keys -H "$ADMIN"); echo "$ISSUED"',
         f"ACME_KEY=$(printf '%s' \"$ISSUED\" | {field('key')})",
         f"ACME_KEY_ID=$(printf '%s' \"$ISSUED\" | {field('id')})",
         "sleep 1   # a new key works within a second, on every replica",
-        f"curl -si {base}/v1/export/report.csv -H \"x-api-key: $ACME_KEY\"; echo   # 200, acme",
+        f'curl -si {base}/v1/export/report.csv -H "x-api-key: $ACME_KEY"; echo   # 200, acme',
         f'curl -s -X POST {admin}/keys/$ACME_KEY_ID/revoke -H "$ADMIN"; echo',
         "sleep 1   # a revoked key is refused within a second",
-        f"curl -si {base}/v1/export/report.csv -H \"x-api-key: $ACME_KEY\"; echo   # 401",
+        f'curl -si {base}/v1/export/report.csv -H "x-api-key: $ACME_KEY"; echo   # 401',
     ]
 
 
@@ -59,8 +61,10 @@ def keep_help(stack: LocalStack, key_file: Path | None) -> str:
     base = stack.base_url
     mint = ""
     if key_file is not None:
-        mint = (f"\nMore tokens, for any customer id (signed with the demo key):\n"
-                f"  tollhouse dev token carol --key {key_file}\n")
+        mint = (
+            f"\nMore tokens, for any customer id (signed with the demo key):\n"
+            f"  tollhouse dev token carol --key {key_file}\n"
+        )
     admin = ""
     if stack.admin_token is not None:
         admin = f"\n{ADMIN_HEADER}\n{_indent(admin_lines(stack))}\n"

@@ -61,15 +61,32 @@ _METADATA_KEYS = ("usage_id", USAGE_ID_HEADER)
 _USAGE_ID = re.compile(r"[0-9a-f]{32}")  # tollhouse.metering.spool.new_usage_id
 
 # Response flags meaning Envoy answered itself (or no upstream was reached): the entry voids.
-_LOCAL_REPLY_FLAGS = frozenset({
-    "failed_local_healthcheck", "no_healthy_upstream", "upstream_request_timeout", "local_reset",
-    "upstream_connection_failure", "upstream_overflow", "no_route_found", "fault_injected",
-    "rate_limited", "unauthorized_details", "rate_limit_service_error",
-    "upstream_retry_limit_exceeded", "stream_idle_timeout", "invalid_envoy_request_headers",
-    "downstream_protocol_error", "upstream_max_stream_duration_reached",
-    "response_from_cache_filter", "no_filter_config_found", "duration_timeout",
-    "no_cluster_found", "overload_manager", "dns_resolution_failure",
-})
+_LOCAL_REPLY_FLAGS = frozenset(
+    {
+        "failed_local_healthcheck",
+        "no_healthy_upstream",
+        "upstream_request_timeout",
+        "local_reset",
+        "upstream_connection_failure",
+        "upstream_overflow",
+        "no_route_found",
+        "fault_injected",
+        "rate_limited",
+        "unauthorized_details",
+        "rate_limit_service_error",
+        "upstream_retry_limit_exceeded",
+        "stream_idle_timeout",
+        "invalid_envoy_request_headers",
+        "downstream_protocol_error",
+        "upstream_max_stream_duration_reached",
+        "response_from_cache_filter",
+        "no_filter_config_found",
+        "duration_timeout",
+        "no_cluster_found",
+        "overload_manager",
+        "dns_resolution_failure",
+    }
+)
 
 
 class Ingest(Protocol):
@@ -180,8 +197,12 @@ def _unpack(msg: Decoded) -> Sequence[al.HTTPAccessLogEntry] | None:
         if n:
             counter.labels(label).inc(n)
     if msg.unreadable or msg.truncated:
-        log.warning("als.entries_lost", unreadable=msg.unreadable, truncated=msg.truncated,
-                    recovered=len(msg.entries))
+        log.warning(
+            "als.entries_lost",
+            unreadable=msg.unreadable,
+            truncated=msg.truncated,
+            recovered=len(msg.entries),
+        )
     return msg.entries
 
 

@@ -126,8 +126,9 @@ def _skip_group(buf: bytes, pos: int, end: int, number: int) -> int:
     return pos
 
 
-def iter_fields(buf: bytes, start: int = 0, end: int | None = None, *,
-                clip: bool = False) -> Iterator[WireField]:
+def iter_fields(
+    buf: bytes, start: int = 0, end: int | None = None, *, clip: bool = False
+) -> Iterator[WireField]:
     """Yield the fields of the message in ``buf[start:end]``; raise :class:`WireError` at a break.
 
     Fields already yielded stay valid when a later one turns out to be broken. ``clip``: a
@@ -166,7 +167,7 @@ def repair_utf8(buf: bytes, desc: Descriptor, _depth: int = 0) -> tuple[bytes | 
         fd = desc.fields_by_number.get(f.number) if f.wire_type == _LEN else None
         if fd is None:
             continue  # unknown fields and other wire types: protobuf keeps them as they are
-        payload = buf[f.value_start:f.end]
+        payload = buf[f.value_start : f.end]
         new: bytes | None = None
         n = 0
         if fd.type == FieldDescriptor.TYPE_STRING:
@@ -179,8 +180,12 @@ def repair_utf8(buf: bytes, desc: Descriptor, _depth: int = 0) -> tuple[bytes | 
         if new is None:
             continue
         fixed += n
-        parts += (buf[copied:f.start], _encode_varint((f.number << 3) | _LEN),
-                  _encode_varint(len(new)), new)
+        parts += (
+            buf[copied : f.start],
+            _encode_varint((f.number << 3) | _LEN),
+            _encode_varint(len(new)),
+            new,
+        )
         copied = f.end
     if not parts:
         return None, 0
@@ -239,7 +244,7 @@ def _inner(data: bytes, outer: WireField, entry_number: int, walk: _Walk, *, htt
             if f.number != entry_number or f.wire_type != _LEN:
                 continue
             if http:
-                _entry(data[f.value_start:f.end], walk)
+                _entry(data[f.value_start : f.end], walk)
             else:
                 walk.tcp_entries += 1
     except WireError:
@@ -261,5 +266,6 @@ def recover(data: bytes) -> Recovered | None:
         walk.truncated = True
     if not (walk.entries or walk.tcp_entries or walk.unreadable):
         return None  # not one entry in it, whatever else it holds
-    return Recovered(tuple(walk.entries), walk.tcp_entries, walk.invalid_utf8, walk.unreadable,
-                     walk.truncated)
+    return Recovered(
+        tuple(walk.entries), walk.tcp_entries, walk.invalid_utf8, walk.unreadable, walk.truncated
+    )

@@ -30,10 +30,47 @@ PROBLEM_CONTENT_TYPE = "application/problem+json"
 METADATA_HEADER_PREFIX = "x-tollhouse-"
 
 # The statuses Envoy forwards to the client on a deny; anything else is a bug and answers 503.
-_DENY_STATUSES = frozenset({
-    400, 401, 402, 403, 404, 405, 406, 407, 408, 409, 410, 411, 412, 413, 414, 415, 416, 417,
-    421, 422, 423, 424, 426, 428, 429, 431, 500, 501, 502, 503, 504, 505, 506, 507, 508, 510, 511,
-})
+_DENY_STATUSES = frozenset(
+    {
+        400,
+        401,
+        402,
+        403,
+        404,
+        405,
+        406,
+        407,
+        408,
+        409,
+        410,
+        411,
+        412,
+        413,
+        414,
+        415,
+        416,
+        417,
+        421,
+        422,
+        423,
+        424,
+        426,
+        428,
+        429,
+        431,
+        500,
+        501,
+        502,
+        503,
+        504,
+        505,
+        506,
+        507,
+        508,
+        510,
+        511,
+    }
+)
 
 
 @dataclass(frozen=True, slots=True)

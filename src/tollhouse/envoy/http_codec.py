@@ -54,7 +54,7 @@ def decode_request(
     if path_prefix:
         if not target.startswith(path_prefix):
             raise BadRequest("the request target is not under the configured path_prefix")
-        target = target[len(path_prefix):] or "/"
+        target = target[len(path_prefix) :] or "/"
         if not target.startswith("/"):
             target = "/" + target
     path, _, query = target.partition("?")

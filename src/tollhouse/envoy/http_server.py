@@ -154,8 +154,15 @@ class _Connection(asyncio.Protocol):
         """Queue the request; one task answers the queue in order."""
         self.in_message = False
         parser = self.parser
-        self.queue.append((parser.get_method(), self.url, self.headers,
-                           parser.should_keep_alive(), time.perf_counter()))
+        self.queue.append(
+            (
+                parser.get_method(),
+                self.url,
+                self.headers,
+                parser.should_keep_alive(),
+                time.perf_counter(),
+            )
+        )
         if len(self.queue) >= self.cfg.max_pipelined and self.transport is not None:
             self.transport.pause_reading()
         if self.worker is None:
@@ -178,8 +185,14 @@ class _Connection(asyncio.Protocol):
         finally:
             self.worker = None
 
-    async def _answer(self, method: bytes, url: bytes, raw: list[tuple[bytes, bytes]],
-                      keep_alive: bool, started: float) -> None:
+    async def _answer(
+        self,
+        method: bytes,
+        url: bytes,
+        raw: list[tuple[bytes, bytes]],
+        keep_alive: bool,
+        started: float,
+    ) -> None:
         server = self.server
         server.in_flight += 1
         try:
@@ -228,8 +241,11 @@ class _Connection(asyncio.Protocol):
         if self.in_message and now - self.message_started > self.cfg.header_timeout_s:
             AUTHZ_HTTP_REFUSED.labels("header_timeout").inc()
             self._fail(Deny(408, "request_timeout", "Request timeout", "headers too slow"))
-        elif (self.worker is None and not self.in_message
-              and now - self.last_activity > self.cfg.idle_timeout_s):
+        elif (
+            self.worker is None
+            and not self.in_message
+            and now - self.last_activity > self.cfg.idle_timeout_s
+        ):
             self.closing = True
             self.transport.close()
 
@@ -256,8 +272,12 @@ class HttpAuthzServer:
         host, _, port = self.listen.rpartition(":")
         loop = asyncio.get_running_loop()
         self._server = await loop.create_server(
-            lambda: _Connection(self), host.strip("[]"), int(port),
-            reuse_address=True, reuse_port=False, backlog=1024,
+            lambda: _Connection(self),
+            host.strip("[]"),
+            int(port),
+            reuse_address=True,
+            reuse_port=False,
+            backlog=1024,
         )
         self._sweeper = asyncio.create_task(self._sweep(), name="tollhouse-authz-http-sweep")
         log.info("authz_http.started", listen=self.listen)

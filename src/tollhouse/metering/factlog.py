@@ -340,8 +340,9 @@ class FactLog:
             with contextlib.suppress(OSError):
                 os.ftruncate(self._fd, self._size)  # no torn record stays behind a failure
             SPOOL_WRITE_ERRORS.inc()
-            log.error("factlog.write_failed", error=type(e).__name__, detail=str(e),
-                      bytes=len(data))
+            log.error(
+                "factlog.write_failed", error=type(e).__name__, detail=str(e), bytes=len(data)
+            )
             self._health.failed("write", e, retry_now=True)  # a fresh segment, tried at once
             return SpoolError(f"fact log write failed: {e}")
         self._size += len(data)

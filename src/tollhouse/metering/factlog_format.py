@@ -19,8 +19,16 @@ from tollhouse.logs import get_logger
 from tollhouse.metering.metrics import FACTLOG_CORRUPT
 
 __all__ = [
-    "HEADER", "MAGIC", "MAX_RECORD", "SegmentRead", "frame", "parse", "read_segment", "scan",
-    "segment_path", "segments",
+    "HEADER",
+    "MAGIC",
+    "MAX_RECORD",
+    "SegmentRead",
+    "frame",
+    "parse",
+    "read_segment",
+    "scan",
+    "segment_path",
+    "segments",
 ]
 
 log = get_logger(__name__)
@@ -50,9 +58,11 @@ def _next_good(data: bytes, start: int) -> int | None:
     for off in range(start, end - HEADER.size + 1):
         length, crc = HEADER.unpack_from(data, off)
         stop = off + HEADER.size + length
-        if 0 < length <= MAX_RECORD and stop <= end and zlib.crc32(
-            data[off + HEADER.size : stop]
-        ) == crc:
+        if (
+            0 < length <= MAX_RECORD
+            and stop <= end
+            and zlib.crc32(data[off + HEADER.size : stop]) == crc
+        ):
             return off
     return None
 
@@ -102,8 +112,7 @@ def parse(data: bytes, path: Path, start: int = len(MAGIC)) -> tuple[list[bytes]
     read = read_segment(data, start)
     for off, n in read.skipped:
         FACTLOG_CORRUPT.inc()
-        log.error("factlog.corrupt_record_skipped", segment=path.name, offset=off,
-                  skipped_bytes=n)
+        log.error("factlog.corrupt_record_skipped", segment=path.name, offset=off, skipped_bytes=n)
     return read.payloads, read.good_end
 
 

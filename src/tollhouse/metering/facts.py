@@ -110,21 +110,32 @@ def served_message(fact: Served, meter_headers: Iterable[str]) -> ServedFact:
     e = fact.entry
     headers = {h: e.response_headers[h] for h in meter_headers if h in e.response_headers}
     return ServedFact(
-        usage_id=e.usage_id or "", response_code=e.response_code,
-        request_bytes=e.request_bytes, response_bytes=e.response_bytes,
-        duration_us=e.duration_us, upstream_served=e.upstream_served,
-        response_flags=e.response_flags, request_id=e.request_id, meter_headers=headers,
-        received_at_ms=fact.received_ms, instance=fact.instance,
+        usage_id=e.usage_id or "",
+        response_code=e.response_code,
+        request_bytes=e.request_bytes,
+        response_bytes=e.response_bytes,
+        duration_us=e.duration_us,
+        upstream_served=e.upstream_served,
+        response_flags=e.response_flags,
+        request_id=e.request_id,
+        meter_headers=headers,
+        received_at_ms=fact.received_ms,
+        instance=fact.instance,
     )
 
 
 def served_from_message(s: ServedFact) -> Served:
     """The plain fact of a ``ServedFact`` message (an empty usage id stays None)."""
     entry = LogEntry(
-        usage_id=s.usage_id or None, response_code=s.response_code, request_id=s.request_id,
-        request_bytes=s.request_bytes, response_bytes=s.response_bytes,
-        duration_us=s.duration_us, upstream_served=s.upstream_served,
-        response_flags=s.response_flags, response_headers=dict(s.meter_headers),
+        usage_id=s.usage_id or None,
+        response_code=s.response_code,
+        request_id=s.request_id,
+        request_bytes=s.request_bytes,
+        response_bytes=s.response_bytes,
+        duration_us=s.duration_us,
+        upstream_served=s.upstream_served,
+        response_flags=s.response_flags,
+        response_headers=dict(s.meter_headers),
     )
     return Served(entry, s.received_at_ms, s.instance)
 

@@ -50,10 +50,15 @@ class MeteringFront(ReservationBuilder):
         self._clock = clock
         self._instance = instance
         self._finalizer = Finalizer(cfg)
-        self.writer = FactWriter(cfg.metering.spool or DEFAULT_SPOOL_DIR, clock=clock,
-                                 instance=instance, group_commit_ms=cfg.metering.group_commit_ms)
-        self.worker = WorkerProcess(config_path, instance=instance, on_record=self._record,
-                                    on_orphans=self._orphans)
+        self.writer = FactWriter(
+            cfg.metering.spool or DEFAULT_SPOOL_DIR,
+            clock=clock,
+            instance=instance,
+            group_commit_ms=cfg.metering.group_commit_ms,
+        )
+        self.worker = WorkerProcess(
+            config_path, instance=instance, on_record=self._record, on_orphans=self._orphans
+        )
         self.on_confirmed: Callable[[UsageRecord], None] | None = None
         self.on_voided: Callable[[UsageRecord], None] | None = None
         self.on_orphans: Callable[[int], None] | None = None
@@ -105,8 +110,11 @@ class MeteringFront(ReservationBuilder):
         self._applied[rec.usage_id] = None
         if len(self._applied) > _APPLIED_MAX:
             self._applied.popitem(last=False)
-        hook = self.on_confirmed if rec.state == UsageRecord.CONFIRMED else (
-            self.on_voided if rec.state == UsageRecord.VOIDED else None)
+        hook = (
+            self.on_confirmed
+            if rec.state == UsageRecord.CONFIRMED
+            else (self.on_voided if rec.state == UsageRecord.VOIDED else None)
+        )
         if hook is None:
             return
         try:

@@ -121,9 +121,7 @@ class Join:
         """The usage id of the pending reservation of this Envoy request id, if any."""
         return self._by_request.get(request_id) if request_id else None
 
-    def apply(
-        self, facts: Sequence[Fact], segment: int, fin: Finalizer, now_ms: int
-    ) -> Applied:
+    def apply(self, facts: Sequence[Fact], segment: int, fin: Finalizer, now_ms: int) -> Applied:
         """Apply durable facts written in ``segment``; return what they finalised."""
         out = Applied()
         for fact in facts:
@@ -153,8 +151,11 @@ class Join:
         orphan = self._orphans.pop(uid, None)
         if orphan is not None:
             served, served_seg = orphan
-            self._finish(fin.confirm(UsageRecord.FromString(fact.record), served.entry, now_ms),
-                         (seg, served_seg), out)
+            self._finish(
+                fin.confirm(UsageRecord.FromString(fact.record), served.entry, now_ms),
+                (seg, served_seg),
+                out,
+            )
             return
         self._pending[uid] = _Pending(fact, seg)
         if fact.request_id:
@@ -205,8 +206,9 @@ class Join:
 
     # ---- the grace period -------------------------------------------------------------------
 
-    def expire(self, cutoff_ms: int, now_ms: int, fin: Finalizer, limit: int = 5000
-               ) -> tuple[list[UsageRecord], int]:
+    def expire(
+        self, cutoff_ms: int, now_ms: int, fin: Finalizer, limit: int = 5000
+    ) -> tuple[list[UsageRecord], int]:
         """Finalise reservations admitted at or before ``cutoff_ms`` as UNCONFIRMED.
 
         Also drops served facts received at or before it whose reservation never came; returns
@@ -298,5 +300,6 @@ class Join:
 
 def void_entry(usage_id: str, request_id: str, reason: str) -> LogEntry:
     """A served entry that voids a reservation (Envoy never used the OK, or the Check gave up)."""
-    return LogEntry(usage_id=usage_id, request_id=request_id, upstream_served=False,
-                    response_flags=reason)
+    return LogEntry(
+        usage_id=usage_id, request_id=request_id, upstream_served=False, response_flags=reason
+    )

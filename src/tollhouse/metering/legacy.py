@@ -45,10 +45,14 @@ def read_legacy(directory: Path) -> list[Fact] | None:
         has = conn.execute(
             "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'spool'"
         ).fetchone()
-        rows = [] if has is None else conn.execute(
-            "SELECT state, record FROM spool WHERE state = 1 OR sent_at_ms IS NULL"
-            " ORDER BY admitted_at_ms"
-        ).fetchall()
+        rows = (
+            []
+            if has is None
+            else conn.execute(
+                "SELECT state, record FROM spool WHERE state = 1 OR sent_at_ms IS NULL"
+                " ORDER BY admitted_at_ms"
+            ).fetchall()
+        )
     finally:
         conn.close()
     facts: list[Fact] = []
@@ -79,5 +83,8 @@ def retire_legacy(directory: Path) -> None:
 
 def legacy_payloads(facts: list[Fact]) -> list[bytes]:
     """The fact-log payloads of a legacy spool's facts (reserved and final ones)."""
-    return [encode_final(f.record) if isinstance(f, Final) else encode_reserved(f.record)
-            for f in facts if isinstance(f, Final | Reserved)]
+    return [
+        encode_final(f.record) if isinstance(f, Final) else encode_reserved(f.record)
+        for f in facts
+        if isinstance(f, Final | Reserved)
+    ]

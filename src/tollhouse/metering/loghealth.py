@@ -39,8 +39,12 @@ class LogHealth:
 
     def detail(self) -> dict[str, object]:
         """What ``/readyz`` shows."""
-        return {"writable": self.ok, "error": self.error, "since": self.since,
-                "failures": self.failures}
+        return {
+            "writable": self.ok,
+            "error": self.error,
+            "since": self.since,
+            "failures": self.failures,
+        }
 
 
 class HealthTracker:
@@ -58,8 +62,14 @@ class HealthTracker:
         h = self.state
         error = f"{op}: {e.strerror or e}" + (f" ({e.filename})" if e.filename else "")
         if h.ok or h.error != error:
-            log.error("factlog.unwritable", op=op, error=type(e).__name__, detail=error,
-                      directory=str(self.directory), failures=h.failures + 1)
+            log.error(
+                "factlog.unwritable",
+                op=op,
+                error=type(e).__name__,
+                detail=error,
+                directory=str(self.directory),
+                failures=h.failures + 1,
+            )
         since = time.time() if h.ok else h.since
         self.state = LogHealth(False, error, since, h.failures + 1)
         if retry_now:
@@ -83,8 +93,12 @@ class HealthTracker:
 
     def recovered(self, segment: int) -> None:
         """A fresh segment was opened: healthy again."""
-        log.info("factlog.recovered", segment=segment, failures=self.state.failures,
-                 error=self.state.error)
+        log.info(
+            "factlog.recovered",
+            segment=segment,
+            failures=self.state.failures,
+            error=self.state.error,
+        )
         self.state = LogHealth()
 
 

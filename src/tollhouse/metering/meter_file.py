@@ -23,8 +23,7 @@ from google.protobuf.message import DecodeError
 
 from tollhouse.metering.schema import UsageRecord
 
-__all__ = ["METER_TABLES", "MeterCorrupt", "connect_ro", "has_tables", "meter_ready",
-           "verify_rows"]
+__all__ = ["METER_TABLES", "MeterCorrupt", "connect_ro", "has_tables", "meter_ready", "verify_rows"]
 
 METER_TABLES = ("usage", "usage_units")
 
@@ -32,8 +31,9 @@ METER_TABLES = ("usage", "usage_units")
 def connect_ro(path: Path, *, busy_timeout_s: float = 10.0) -> sqlite3.Connection:
     """Open ``path`` read-only (never creates or changes it), usable from any thread."""
     uri = "file:" + urllib.parse.quote(str(path.resolve())) + "?mode=ro"
-    return sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False,
-                           timeout=busy_timeout_s)
+    return sqlite3.connect(
+        uri, uri=True, isolation_level=None, check_same_thread=False, timeout=busy_timeout_s
+    )
 
 
 def has_tables(conn: sqlite3.Connection, *names: str) -> bool:
@@ -41,7 +41,8 @@ def has_tables(conn: sqlite3.Connection, *names: str) -> bool:
     marks = ", ".join("?" * len(names))
     row = conn.execute(
         f"SELECT COUNT(*) FROM sqlite_master WHERE type = 'table' AND name IN ({marks})",  # noqa: S608 - placeholders only
-        names).fetchone()
+        names,
+    ).fetchone()
     return int(row[0]) == len(set(names))
 
 
@@ -58,11 +59,15 @@ class MeterCorrupt(sqlite3.DatabaseError):
         self.path = path
 
 
-_UNITS = ("SELECT uu.usage_id, uu.meter, uu.units FROM usage u JOIN usage_units uu"
-          " ON uu.usage_id = u.usage_id WHERE u.id > ? AND u.id <= ?")
+_UNITS = (
+    "SELECT uu.usage_id, uu.meter, uu.units FROM usage u JOIN usage_units uu"
+    " ON uu.usage_id = u.usage_id WHERE u.id > ? AND u.id <= ?"
+)
 _NAMES = ("usage_id", "customer", "admitted_at_ms", "billable")
-_ROWS = ("SELECT id, usage_id, customer, admitted_at_ms, billable, record FROM usage"
-         " WHERE id > ? AND id <= ? ORDER BY id")
+_ROWS = (
+    "SELECT id, usage_id, customer, admitted_at_ms, billable, record FROM usage"
+    " WHERE id > ? AND id <= ? ORDER BY id"
+)
 
 
 def verify_rows(conn: sqlite3.Connection, path: Path, last: int, top: int) -> int:
@@ -83,8 +88,9 @@ def verify_rows(conn: sqlite3.Connection, path: Path, last: int, top: int) -> in
     return count
 
 
-def _row_problem(columns: tuple[object, ...], blob: object,
-                 units: Mapping[object, object]) -> str | None:
+def _row_problem(
+    columns: tuple[object, ...], blob: object, units: Mapping[object, object]
+) -> str | None:
     if not isinstance(blob, bytes):
         return "its record is not a blob"
     try:

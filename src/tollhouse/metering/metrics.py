@@ -74,9 +74,7 @@ SPOOL_WRITE_ERRORS = Counter(
 SPOOL_PENDING = Gauge(
     "tollhouse_spool_reserved", "Reservations waiting for their served fact (access-log entry)."
 )
-SPOOL_UNSENT = Gauge(
-    "tollhouse_spool_unsent", "Final records not yet acknowledged by the meter."
-)
+SPOOL_UNSENT = Gauge("tollhouse_spool_unsent", "Final records not yet acknowledged by the meter.")
 SINK_SENT = Counter(
     "tollhouse_meter_records_sent_total", "Final usage records acknowledged by the meter sink."
 )
@@ -99,7 +97,20 @@ SERVED_ORPHANS = Counter(
 
 # The families the metering worker process updates (``metering.process: worker``): ``serve``
 # exposes the worker's samples of these instead of its own (base names, no _total/_created).
-WORKER_FAMILIES = frozenset(m._name for m in (
-    USAGE_FINALIZED, ENTRIES_IGNORED, HEADER_UNIT_ERRORS, ALS_MESSAGES, ALS_ENTRIES, ALS_MALFORMED,
-    SPOOL_PENDING, SPOOL_UNSENT, SINK_SENT, SINK_ERRORS, FACTLOG_CORRUPT, SERVED_ORPHANS,
-))
+WORKER_FAMILIES = frozenset(
+    m._name
+    for m in (
+        USAGE_FINALIZED,
+        ENTRIES_IGNORED,
+        HEADER_UNIT_ERRORS,
+        ALS_MESSAGES,
+        ALS_ENTRIES,
+        ALS_MALFORMED,
+        SPOOL_PENDING,
+        SPOOL_UNSENT,
+        SINK_SENT,
+        SINK_ERRORS,
+        FACTLOG_CORRUPT,
+        SERVED_ORPHANS,
+    )
+)

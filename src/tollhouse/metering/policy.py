@@ -60,10 +60,15 @@ class Finalizer:
         self._features = {name: f.meters for name, f in cfg.features.items()}
         self._bill_5xx = cfg.metering.bill_upstream_5xx
         self._bill_unconfirmed = cfg.metering.bill_unconfirmed
-        self.header_names: tuple[str, ...] = tuple(sorted({
-            m.source.removeprefix("header:") for m in self._meters.values()
-            if m.source.startswith("header:")
-        }))  # the response headers a served fact must keep
+        self.header_names: tuple[str, ...] = tuple(
+            sorted(
+                {
+                    m.source.removeprefix("header:")
+                    for m in self._meters.values()
+                    if m.source.startswith("header:")
+                }
+            )
+        )  # the response headers a served fact must keep
 
     def meters_of(self, feature: str) -> tuple[str, ...]:
         """Return the meters a feature counts (``requests`` for an unknown feature)."""

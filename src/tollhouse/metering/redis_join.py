@@ -163,13 +163,17 @@ def _args(fact: Fact, headers: Sequence[str]) -> list[bytes | str | int]:
     if isinstance(fact, Served):
         e = fact.entry
         msg = ServedFact(
-            usage_id=e.usage_id or "", response_code=e.response_code,
-            request_bytes=e.request_bytes, response_bytes=e.response_bytes,
-            duration_us=e.duration_us, upstream_served=e.upstream_served,
-            response_flags=e.response_flags, request_id=e.request_id,
-            meter_headers={h: e.response_headers[h] for h in headers
-                           if h in e.response_headers},
-            received_at_ms=fact.received_ms, instance=fact.instance,
+            usage_id=e.usage_id or "",
+            response_code=e.response_code,
+            request_bytes=e.request_bytes,
+            response_bytes=e.response_bytes,
+            duration_us=e.duration_us,
+            upstream_served=e.upstream_served,
+            response_flags=e.response_flags,
+            request_id=e.request_id,
+            meter_headers={h: e.response_headers[h] for h in headers if h in e.response_headers},
+            received_at_ms=fact.received_ms,
+            instance=fact.instance,
         )
         return ["s", e.usage_id or "", fact.received_ms, msg.SerializeToString(), e.request_id]
     assert isinstance(fact, Final)
@@ -193,10 +197,19 @@ def final_record(entry_id: str, fields: dict[bytes, bytes], fin: Finalizer) -> U
 class RedisJoin:
     """One replica's client of the shared join (facts in, final records out)."""
 
-    def __init__(self, url: str, *, consumer: str, ttl_s: float, void_ttl_s: float,
-                 timeout_s: float = 5.0, claim_idle_ms: int = 30_000) -> None:
+    def __init__(
+        self,
+        url: str,
+        *,
+        consumer: str,
+        ttl_s: float,
+        void_ttl_s: float,
+        timeout_s: float = 5.0,
+        claim_idle_ms: int = 30_000,
+    ) -> None:
         self._redis: aioredis.Redis = aioredis.Redis.from_url(
-            url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s)
+            url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s
+        )
         self._consumer = consumer
         self._ttl = max(1, int(ttl_s))
         self._void_ttl = max(1, int(void_ttl_s))
@@ -222,8 +235,9 @@ class RedisJoin:
 
     async def sweep(self, cutoff_ms: int, limit: int = 1000) -> tuple[int, int]:
         """Finalise overdue reservations (joined alone) and drop overdue orphans; counts."""
-        res = await self._t(self._sweep(
-            keys=[], args=[PREFIX, cutoff_ms, limit, self._ttl, JOINED_KEY]))
+        res = await self._t(
+            self._sweep(keys=[], args=[PREFIX, cutoff_ms, limit, self._ttl, JOINED_KEY])
+        )
         return int(res[0]), int(res[1])
 
     async def _ensure_group(self) -> None:
@@ -238,16 +252,21 @@ class RedisJoin:
 
     async def _read(self, count: int) -> list[tuple[bytes, dict[bytes, bytes]]]:
         """Own pending entries first (a restart), then others' idle ones (a crash), then new."""
-        got = await self._t(self._redis.xreadgroup(
-            GROUP, self._consumer, {JOINED_KEY: "0"}, count=count))
+        got = await self._t(
+            self._redis.xreadgroup(GROUP, self._consumer, {JOINED_KEY: "0"}, count=count)
+        )
         entries = list(got[0][1]) if got else []
         if not entries:
-            claimed = await self._t(self._redis.xautoclaim(
-                JOINED_KEY, GROUP, self._consumer, self._claim_idle_ms, "0-0", count=count))
+            claimed = await self._t(
+                self._redis.xautoclaim(
+                    JOINED_KEY, GROUP, self._consumer, self._claim_idle_ms, "0-0", count=count
+                )
+            )
             entries = list(claimed[1]) if claimed else []
         if not entries:
-            got = await self._t(self._redis.xreadgroup(
-                GROUP, self._consumer, {JOINED_KEY: ">"}, count=count))
+            got = await self._t(
+                self._redis.xreadgroup(GROUP, self._consumer, {JOINED_KEY: ">"}, count=count)
+            )
             entries = list(got[0][1]) if got else []
         return [(e_id, f) for e_id, f in entries if f]
 
@@ -280,8 +299,9 @@ class RedisJoin:
         ids = [_s(e_id) for e_id, _ in entries]
         async with self._redis.pipeline(transaction=True) as pipe:
             for r in records:
-                pipe.xadd(STREAM_KEY, {FIELD_USAGE_ID: r.usage_id,
-                                       FIELD_RECORD: r.SerializeToString()})
+                pipe.xadd(
+                    STREAM_KEY, {FIELD_USAGE_ID: r.usage_id, FIELD_RECORD: r.SerializeToString()}
+                )
             for fields in poison:
                 pipe.xadd(DEAD_LETTER_KEY, fields)  # type: ignore[arg-type]
             pipe.xack(JOINED_KEY, GROUP, *ids)

@@ -52,11 +52,11 @@ class UsageRow:
 class ReconcileReport:
     """Admitted vs metered: record counts by state, and the billable units in the meter."""
 
-    reserved: int = 0      # still waiting for an access-log entry (in the spool)
+    reserved: int = 0  # still waiting for an access-log entry (in the spool)
     confirmed: int = 0
     voided: int = 0
     unconfirmed: int = 0
-    unsent: int = 0        # final, in the spool, not yet acknowledged by the meter
+    unsent: int = 0  # final, in the spool, not yet acknowledged by the meter
     billed_units: Mapping[str, int] = field(default_factory=dict)
 
 
@@ -84,9 +84,7 @@ async def _read_redis(url: str) -> list[bytes]:
     start = "-"
     try:
         while True:
-            page = await asyncio.wait_for(
-                r.xrange(STREAM_KEY, min=start, count=_PAGE), _TIMEOUT_S
-            )
+            page = await asyncio.wait_for(r.xrange(STREAM_KEY, min=start, count=_PAGE), _TIMEOUT_S)
             entries = list(page or [])
             for _, fields in entries:
                 blob = (fields or {}).get(FIELD_RECORD.encode())
@@ -182,7 +180,10 @@ def _read_spool(
 
 
 async def reconcile(
-    spool_dir: Path | str, meter_url: str, since_ms: int, until_ms: int,
+    spool_dir: Path | str,
+    meter_url: str,
+    since_ms: int,
+    until_ms: int,
     expand: Expand | None = None,
 ) -> ReconcileReport:
     """Count records by state across the spool and the meter (each usage_id once).
@@ -211,9 +212,12 @@ async def reconcile(
             for meter, n in rec.units.items():
                 billed[meter] += n
     return ReconcileReport(
-        reserved=states[UsageRecord.RESERVED], confirmed=states[UsageRecord.CONFIRMED],
-        voided=states[UsageRecord.VOIDED], unconfirmed=states[UsageRecord.UNCONFIRMED],
-        unsent=unsent, billed_units=dict(sorted(billed.items())),
+        reserved=states[UsageRecord.RESERVED],
+        confirmed=states[UsageRecord.CONFIRMED],
+        voided=states[UsageRecord.VOIDED],
+        unconfirmed=states[UsageRecord.UNCONFIRMED],
+        unsent=unsent,
+        billed_units=dict(sorted(billed.items())),
     )
 
 
@@ -222,8 +226,10 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     lines = ["  ".join(h.ljust(w) for h, w in zip(header, widths, strict=True))]
     lines.append("  ".join("-" * w for w in widths))
     for row in rows:
-        cells = [c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in
-                 enumerate(zip(row, widths, strict=True))]
+        cells = [
+            c.ljust(w) if i < 2 else c.rjust(w)
+            for i, (c, w) in enumerate(zip(row, widths, strict=True))
+        ]
         lines.append("  ".join(cells))
     return "\n".join(line.rstrip() for line in lines)
 
@@ -239,8 +245,10 @@ def format_usage(rows: Sequence[UsageRow]) -> str:
 def format_reconcile(report: ReconcileReport) -> str:
     """Render a reconciliation report as a readable two-part table."""
     counts = [
-        ("reserved (pending)", report.reserved), ("confirmed", report.confirmed),
-        ("voided", report.voided), ("unconfirmed", report.unconfirmed),
+        ("reserved (pending)", report.reserved),
+        ("confirmed", report.confirmed),
+        ("voided", report.voided),
+        ("unconfirmed", report.unconfirmed),
         ("unsent (in spool)", report.unsent),
     ]
     top = _table(("records", "", "count"), [(k, "", f"{v:,}") for k, v in counts])

@@ -189,8 +189,10 @@ def _salvage(directory: Path, damaged: list[SegmentReport]) -> int:
         return 0
     pid = _open_by(directory)
     if pid is not None:
-        print(f"tollhouse: spool {directory} is open in process {pid}: stop tollhouse first",
-              file=sys.stderr)
+        print(
+            f"tollhouse: spool {directory} is open in process {pid}: stop tollhouse first",
+            file=sys.stderr,
+        )
         return 2
     try:
         done = salvage_spool(directory)
@@ -198,13 +200,18 @@ def _salvage(directory: Path, damaged: list[SegmentReport]) -> int:
         print(f"tollhouse: spool {directory}: salvage failed: {e}", file=sys.stderr)
         return 2
     for rep in done:
-        print(f"salvaged {rep.path.name}: {len(rep.good)} records kept, original in "
-              f"{directory / DAMAGED_DIR}")
+        print(
+            f"salvaged {rep.path.name}: {len(rep.good)} records kept, original in "
+            f"{directory / DAMAGED_DIR}"
+        )
     return 0
 
 
 def add_spool_arguments(p: argparse.ArgumentParser) -> None:
     """The arguments of ``tollhouse spool``."""
-    p.add_argument("action", choices=["check", "salvage"],
-                   help="check: report, change nothing; salvage: rewrite damaged segments")
+    p.add_argument(
+        "action",
+        choices=["check", "salvage"],
+        help="check: report, change nothing; salvage: rewrite damaged segments",
+    )
     p.add_argument("dir", help="the spool directory (metering.spool)")

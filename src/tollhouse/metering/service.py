@@ -32,7 +32,11 @@ from tollhouse.metering.spool import Expand, Spool, SpoolError, new_usage_id
 from tollhouse.metering.tail import TailSpool
 
 __all__ = [
-    "DEFAULT_SPOOL_DIR", "Metering", "ReservationBuilder", "reservation", "warn_restart_needed",
+    "DEFAULT_SPOOL_DIR",
+    "Metering",
+    "ReservationBuilder",
+    "reservation",
+    "warn_restart_needed",
 ]
 
 log = get_logger(__name__)
@@ -58,16 +62,34 @@ def warn_restart_needed(old: Config, new: Config) -> None:
 
 
 def reservation(
-    fin: Finalizer, now: float, instance: str, *, customer: str, plan: str, feature: str,
-    method: str, path: str, request_id: str, decision_id: str, degraded: bool,
+    fin: Finalizer,
+    now: float,
+    instance: str,
+    *,
+    customer: str,
+    plan: str,
+    feature: str,
+    method: str,
+    path: str,
+    request_id: str,
+    decision_id: str,
+    degraded: bool,
 ) -> UsageRecord:
     """A RESERVED record with a fresh usage id admitted at ``now`` by ``instance``."""
     return UsageRecord(
-        usage_id=new_usage_id(now), customer=customer, plan=plan, feature=feature,
-        units=fin.request_units(feature), method=method, path=path,
-        request_id=request_id, decision_id=decision_id,
-        admitted_at_ms=int(now * 1000), state=UsageRecord.RESERVED,
-        instance=instance, degraded=degraded,
+        usage_id=new_usage_id(now),
+        customer=customer,
+        plan=plan,
+        feature=feature,
+        units=fin.request_units(feature),
+        method=method,
+        path=path,
+        request_id=request_id,
+        decision_id=decision_id,
+        admitted_at_ms=int(now * 1000),
+        state=UsageRecord.RESERVED,
+        instance=instance,
+        degraded=degraded,
     )
 
 
@@ -105,9 +127,18 @@ class ReservationBuilder:
     ) -> UsageRecord:
         """Build a RESERVED record with a fresh usage_id, the admission time and this instance."""
         return reservation(
-            self._finalizer, self._clock(), self._instance, customer=customer, plan=plan,
-            feature=feature, method=method, path=path, request_id=request_id,
-            decision_id=decision_id, degraded=degraded)
+            self._finalizer,
+            self._clock(),
+            self._instance,
+            customer=customer,
+            plan=plan,
+            feature=feature,
+            method=method,
+            path=path,
+            request_id=request_id,
+            decision_id=decision_id,
+            degraded=degraded,
+        )
 
 
 class Metering(ReservationBuilder):
@@ -138,15 +169,25 @@ class Metering(ReservationBuilder):
         self.spool: Spool | TailSpool
         if writer_pid is None:
             self.spool = Spool(
-                directory, finalizer=lambda: self._finalizer, on_applied=self._applied,
-                clock=clock, instance=instance, group_commit_ms=cfg.metering.group_commit_ms,
-                remote=self.remote, expand=expand,
+                directory,
+                finalizer=lambda: self._finalizer,
+                on_applied=self._applied,
+                clock=clock,
+                instance=instance,
+                group_commit_ms=cfg.metering.group_commit_ms,
+                remote=self.remote,
+                expand=expand,
             )
         else:
             assert expand is not None
             self.spool = TailSpool(
-                directory, finalizer=lambda: self._finalizer, on_applied=self._applied,
-                expand=expand, clock=clock, instance=instance, remote=self.remote,
+                directory,
+                finalizer=lambda: self._finalizer,
+                on_applied=self._applied,
+                expand=expand,
+                clock=clock,
+                instance=instance,
+                remote=self.remote,
                 writer_pid=writer_pid,
             )
         self._sink = sink
@@ -170,9 +211,12 @@ class Metering(ReservationBuilder):
         if self.remote:
             grace = self._cfg.metering.unconfirmed_after_s
             self._rjoin = RedisJoin(
-                self._cfg.metering.meter, consumer=self._instance,
-                ttl_s=max(_DONE_TTL_S, 2 * grace), void_ttl_s=min(grace, 60.0),
-                timeout_s=self._send_timeout_s)
+                self._cfg.metering.meter,
+                consumer=self._instance,
+                ttl_s=max(_DONE_TTL_S, 2 * grace),
+                void_ttl_s=min(grace, 60.0),
+                timeout_s=self._send_timeout_s,
+            )
         elif self._sink is None:
             self._sink = open_sink(self._cfg.metering.meter)
         self._task = asyncio.create_task(self._run(), name="tollhouse-metering")

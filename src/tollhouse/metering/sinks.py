@@ -66,8 +66,17 @@ class SqliteMeterSink:
     def _write(self, records: Sequence[UsageRecord]) -> None:
         conn = self._connection()
         rows = [
-            (r.usage_id, r.customer, r.plan, r.feature, state_name(r.state), int(r.billable),
-             r.admitted_at_ms, r.finalized_at_ms, r.SerializeToString())
+            (
+                r.usage_id,
+                r.customer,
+                r.plan,
+                r.feature,
+                state_name(r.state),
+                int(r.billable),
+                r.admitted_at_ms,
+                r.finalized_at_ms,
+                r.SerializeToString(),
+            )
             for r in records
         ]
         units = [(r.usage_id, m, n) for r in records for m, n in r.units.items()]

@@ -51,7 +51,13 @@ from tollhouse.metering.policy import Finalizer, LogEntry
 from tollhouse.metering.schema import UsageRecord
 
 __all__ = [
-    "LEGACY_SPOOL_FILE", "Expand", "Joining", "Spool", "SpoolError", "expand_facts", "new_usage_id",
+    "LEGACY_SPOOL_FILE",
+    "Expand",
+    "Joining",
+    "Spool",
+    "SpoolError",
+    "expand_facts",
+    "new_usage_id",
 ]
 
 log = get_logger(__name__)
@@ -90,8 +96,11 @@ def _replay(directory: Path) -> tuple[list[tuple[int, Fact]], list[int], list[Fa
         FACTLOG_CORRUPT.inc(bad)
         log.error("spool.undecodable_facts", facts=bad)
     # A segment with an unreadable header is not tracked, so it is kept (logged), never deleted.
-    segments = sorted(int(p.name[6:-4]) for p in directory.glob("facts-*.log")
-                      if p.name[6:-4].isdigit() and _has_magic(p))
+    segments = sorted(
+        int(p.name[6:-4])
+        for p in directory.glob("facts-*.log")
+        if p.name[6:-4].isdigit() and _has_magic(p)
+    )
     return facts, segments, read_legacy(directory)
 
 
@@ -195,14 +204,23 @@ class Spool(Joining):
         remote: bool = False,
         expand: Expand | None = None,
     ) -> None:
-        super().__init__(finalizer=finalizer, on_applied=on_applied, clock=clock,
-                         instance=instance, remote=remote, expand=expand)
+        super().__init__(
+            finalizer=finalizer,
+            on_applied=on_applied,
+            clock=clock,
+            instance=instance,
+            remote=remote,
+            expand=expand,
+        )
         self.directory = Path(directory)
         self.path = self.directory  # what logs and reports name
         self._deadlines = Deadlines()
-        self.log = FactLog(self.directory, on_durable=self._durable,
-                           group_commit_ms=group_commit_ms,
-                           segment_bytes=segment_bytes or DEFAULT_SEGMENT_BYTES)
+        self.log = FactLog(
+            self.directory,
+            on_durable=self._durable,
+            group_commit_ms=group_commit_ms,
+            segment_bytes=segment_bytes or DEFAULT_SEGMENT_BYTES,
+        )
 
     # ---- lifecycle -------------------------------------------------------------------------
 
@@ -224,8 +242,12 @@ class Spool(Joining):
             self._take(group, seq, fin, now_ms)
         self.join.seal(self.log.active)
         if facts:
-            log.info("spool.replayed", facts=len(facts), pending=self.join.pending_count,
-                     unsent=self.join.unsent_count)
+            log.info(
+                "spool.replayed",
+                facts=len(facts),
+                pending=self.join.pending_count,
+                unsent=self.join.unsent_count,
+            )
         if legacy is not None:
             await self._carry_over(legacy)
 
@@ -261,8 +283,10 @@ class Spool(Joining):
         if self.join.known(uid):
             raise SpoolError(f"duplicate usage_id {uid}")
         blob = record.SerializeToString()
-        fut = self.log.append((encode_reserved(blob),),
-                              (Reserved(uid, record.admitted_at_ms, record.request_id, blob),))
+        fut = self.log.append(
+            (encode_reserved(blob),),
+            (Reserved(uid, record.admitted_at_ms, record.request_id, blob),),
+        )
         assert fut is not None
         if deadline_s is not None:
             self._deadlines.add(fut, deadline_s)

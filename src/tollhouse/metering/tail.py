@@ -157,8 +157,14 @@ class TailSpool(Joining):
         remote: bool = False,
         writer_pid: int = 0,
     ) -> None:
-        super().__init__(finalizer=finalizer, on_applied=on_applied, clock=clock,
-                         instance=instance, remote=remote, expand=expand)
+        super().__init__(
+            finalizer=finalizer,
+            on_applied=on_applied,
+            clock=clock,
+            instance=instance,
+            remote=remote,
+            expand=expand,
+        )
         self.directory = self.path = Path(directory)
         self._tail = LogTail(self.directory, writer_pid=writer_pid)
         self._lock = asyncio.Lock()
@@ -169,8 +175,9 @@ class TailSpool(Joining):
         self._closed = False
         await self.barrier()
         if self.join.pending_count or self.join.unsent_count:
-            log.info("spool.replayed", pending=self.join.pending_count,
-                     unsent=self.join.unsent_count)
+            log.info(
+                "spool.replayed", pending=self.join.pending_count, unsent=self.join.unsent_count
+            )
 
     async def close(self) -> None:
         """Stop reading."""

@@ -90,6 +90,7 @@ def _blocks(text: str) -> list[tuple[str, str]]:
 
 def merge_exposition(own: bytes, worker: bytes | None, worker_families: frozenset[str]) -> bytes:
     """``own`` without the families the worker owns, plus the worker's samples of those."""
+
     def owned(name: str) -> bool:
         return name.removesuffix("_total").removesuffix("_created") in worker_families
 
@@ -142,8 +143,7 @@ class WorkerProcess:
             try:
                 code = await asyncio.wait_for(proc.wait(), budget_s + 1.0)
             except TimeoutError:
-                log.error("metering.worker_kill", reason="did not drain in time",
-                          budget_s=budget_s)
+                log.error("metering.worker_kill", reason="did not drain in time", budget_s=budget_s)
                 with contextlib.suppress(ProcessLookupError):
                     proc.kill()
                 await proc.wait()
@@ -193,11 +193,23 @@ class WorkerProcess:
         ours, theirs = socket.socketpair()
         try:
             proc = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "tollhouse.worker", "--config", str(self._config_path),
-                "--instance", self._instance, "--fd", str(theirs.fileno()),
-                "--writer-pid", str(os.getpid()), "--log-level", _log_level(),
-                "--effects-since-ms", str(self._started_ms),
-                pass_fds=(theirs.fileno(),), start_new_session=True,
+                sys.executable,
+                "-m",
+                "tollhouse.worker",
+                "--config",
+                str(self._config_path),
+                "--instance",
+                self._instance,
+                "--fd",
+                str(theirs.fileno()),
+                "--writer-pid",
+                str(os.getpid()),
+                "--log-level",
+                _log_level(),
+                "--effects-since-ms",
+                str(self._started_ms),
+                pass_fds=(theirs.fileno(),),
+                start_new_session=True,
             )
         finally:
             theirs.close()

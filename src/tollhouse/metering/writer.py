@@ -56,8 +56,9 @@ class FactWriter:
         self._clock = clock
         self._instance = instance
         self._deadlines = Deadlines()
-        self.log = FactLog(self.directory, on_durable=_ignore, group_commit_ms=group_commit_ms,
-                           watermark=True)
+        self.log = FactLog(
+            self.directory, on_durable=_ignore, group_commit_ms=group_commit_ms, watermark=True
+        )
 
     async def open(self) -> None:
         """Open a warmed segment, start writing, carry over a previous release's spool.db."""

@@ -23,13 +23,15 @@ __all__ = ["MemoryLimiter"]
 class MemoryLimiter:
     """In-process quotas and rate limits for a single replica."""
 
-    def __init__(self, *, clock: Callable[[], float], path: Path | None = None,
-                 lease_size: int = 1000) -> None:
+    def __init__(
+        self, *, clock: Callable[[], float], path: Path | None = None, lease_size: int = 1000
+    ) -> None:
         self._clock = clock
         self._customers: dict[str, CustomerCounts] = {}
         self._gauges = GaugeBoard()
-        self.saver = None if path is None else CounterSaver(path, clock=clock,
-                                                            lease_size=lease_size)
+        self.saver = (
+            None if path is None else CounterSaver(path, clock=clock, lease_size=lease_size)
+        )
 
     async def start(self) -> None:
         """Load the counter file, if any (before the process serves)."""

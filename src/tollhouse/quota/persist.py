@@ -35,8 +35,9 @@ class CustomerCounts:
 
     __slots__ = ("anchor", "ceil", "grant", "name", "period", "plan", "quotas", "rate", "used")
 
-    def __init__(self, name: str, period: Period, anchor: date | None,
-                 used: Mapping[str, int]) -> None:
+    def __init__(
+        self, name: str, period: Period, anchor: date | None, used: Mapping[str, int]
+    ) -> None:
         self.name = name
         self.period = period
         self.anchor = anchor
@@ -56,8 +57,9 @@ class CustomerCounts:
 class CounterSaver:
     """The counter file's writer: loads at start, commits leases in the background."""
 
-    def __init__(self, path: Path, *, clock: Callable[[], float], lease_size: int,
-                 flush_s: float = 1.0) -> None:
+    def __init__(
+        self, path: Path, *, clock: Callable[[], float], lease_size: int, flush_s: float = 1.0
+    ) -> None:
         self.file = CounterFile(path)
         self._clock = clock
         self._lease = max(1, lease_size)
@@ -112,8 +114,10 @@ class CounterSaver:
             if not self._dirty:
                 continue
             batch, self._dirty = self._dirty, {}
-            rows = [(name, m, c.period.key, c.period.end_s, max(c.used.get(m, 0), c.ceil.get(m, 0)))
-                    for (name, m), c in batch.items()]
+            rows = [
+                (name, m, c.period.key, c.period.end_s, max(c.used.get(m, 0), c.ceil.get(m, 0)))
+                for (name, m), c in batch.items()
+            ]
             if not await self._write(rows):
                 for key, c in batch.items():
                     self._dirty.setdefault(key, c)
@@ -139,8 +143,11 @@ class CounterSaver:
         if self._task is not None:
             await self._task
             self._task = None
-        rows = [(c.name, m, c.period.key, c.period.end_s, units)
-                for c in customers for m, units in c.used.items()]
+        rows = [
+            (c.name, m, c.period.key, c.period.end_s, units)
+            for c in customers
+            for m, units in c.used.items()
+        ]
         if rows:
             await self._write(rows)
         await asyncio.to_thread(self.file.close)

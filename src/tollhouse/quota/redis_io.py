@@ -47,7 +47,9 @@ end
 # receipt_s, seed.
 # Redis TIME decides whether the period is current, so replicas with skewed clocks cannot take
 # units from a period that Redis says is over (or not begun): they get {-1, 0, 0, now} instead.
-LEASE_LUA = RESEED_LUA + """
+LEASE_LUA = (
+    RESEED_LUA
+    + """
 local now = tonumber(redis.call('TIME')[1])
 local quota = tonumber(ARGV[1])
 local want = tonumber(ARGV[2])
@@ -72,14 +74,18 @@ local in_quota = grant
 if in_quota > room then in_quota = room end
 return {grant, used, in_quota, now, reseeded}
 """
+)
 
 # KEYS[1]: one counter. ARGV: seed, delta, expire_at_s. Returns {new total, re-seeded 0|1}.
-ADD_LUA = RESEED_LUA + """
+ADD_LUA = (
+    RESEED_LUA
+    + """
 local reseeded = reseed(KEYS[1], tonumber(ARGV[1]))
 local total = redis.call('INCRBY', KEYS[1], ARGV[2])
 redis.call('EXPIREAT', KEYS[1], tonumber(ARGV[3]))
 return {total, reseeded}
 """
+)
 
 # KEYS[1]: sorted set of live replicas. ARGV: instance, live_s. Returns the number of live ones.
 HEARTBEAT_LUA = """
@@ -151,15 +157,21 @@ class RedisIO:
             return None
 
     async def lease(
-        self, key: str, receipt: str, quota: int, want: int, start_s: int, end_s: int, overage: str,
+        self,
+        key: str,
+        receipt: str,
+        quota: int,
+        want: int,
+        start_s: int,
+        end_s: int,
+        overage: str,
         seed: int = 0,
     ) -> tuple[int, int, int, int] | None:
         """``(granted, total_granted, granted_within_quota, redis_now_s)``, or None on failure.
 
         ``seed``: the total this replica last saw (re-seeds the counter if Redis lost it).
         """
-        args: list[str | int] = [quota, want, start_s, end_s, overage, 2, RETAIN_S, RECEIPT_S,
-                                 seed]
+        args: list[str | int] = [quota, want, start_s, end_s, overage, 2, RETAIN_S, RECEIPT_S, seed]
         res = await self._run("lease", lambda: self._lease(keys=[key, receipt], args=args))
         if res is None:
             return None

@@ -33,9 +33,17 @@ log = get_logger(__name__)
 class RedisLeaseLimiter:
     """Quotas shared by all replicas through Redis leases; rate limits split per replica."""
 
-    def __init__(self, url: str, *, clock: Callable[[], float], instance: str,
-                 lease_size: int = 1000, timeout_s: float = 0.05, heartbeat_s: float = 1.0,
-                 recheck_s: float = 1.0) -> None:
+    def __init__(
+        self,
+        url: str,
+        *,
+        clock: Callable[[], float],
+        instance: str,
+        lease_size: int = 1000,
+        timeout_s: float = 0.05,
+        heartbeat_s: float = 1.0,
+        recheck_s: float = 1.0,
+    ) -> None:
         self._clock = clock
         self._instance = instance
         self._lease_size = max(1, lease_size)
@@ -101,9 +109,12 @@ class RedisLeaseLimiter:
         now = self._clock() + self._offset
         if self._gauges.due(now):
             self._gauges.publish(
-                (c.plan, m, ctr.used(), q) for c in self._customers.values()
-                if c.period.contains(now) for m, q in c.quotas.items()
-                if (ctr := c.counters.get(m)) is not None)
+                (c.plan, m, ctr.used(), q)
+                for c in self._customers.values()
+                if c.period.contains(now)
+                for m, q in c.quotas.items()
+                if (ctr := c.counters.get(m)) is not None
+            )
 
     async def _reclaim(self) -> None:
         """Give back units of leases whose reply was lost (they were granted but never seen)."""
@@ -167,12 +178,15 @@ class RedisLeaseLimiter:
         started = self._clock()
         while True:
             empty = [
-                ctr for m in meters if m in limits.quotas and m in limits.request_meters
+                ctr
+                for m in meters
+                if m in limits.quotas and m in limits.request_meters
                 if self._spendable(ctr := self._counter(c, customer, m, True), limits.quotas[m])
                 <= 0
             ]
-            if not empty or all(c.state == "exhausted" and c.checked_at >= started
-                                for c in empty):  # Redis said no units are left
+            if not empty or all(
+                c.state == "exhausted" and c.checked_at >= started for c in empty
+            ):  # Redis said no units are left
                 break
             if not await self._obtain(empty, limits, now, deadline):
                 break
@@ -190,8 +204,9 @@ class RedisLeaseLimiter:
             self._dirty.add(ctr)
         return ctr.left
 
-    async def _obtain(self, empty: list[Counter], limits: Limits, now: float,
-                      deadline: float) -> bool:
+    async def _obtain(
+        self, empty: list[Counter], limits: Limits, now: float, deadline: float
+    ) -> bool:
         """Fetch leases for empty counters; False when there is nothing worth waiting for."""
         waits: list[asyncio.Task[None]] = []
         for ctr in empty:
@@ -235,8 +250,16 @@ class RedisLeaseLimiter:
             self._seq += 1
             receipt = f"tollhouse:quota:receipt:{self._instance}:{self._seq}"
             async with self._refills:
-                res = await self._io.lease(ctr.key, receipt, quota, want, ctr.start_s, ctr.end_s,
-                                           limits.overage, ctr.total or 0)
+                res = await self._io.lease(
+                    ctr.key,
+                    receipt,
+                    quota,
+                    want,
+                    ctr.start_s,
+                    ctr.end_s,
+                    limits.overage,
+                    ctr.total or 0,
+                )
             if res is None:
                 self._lost.append((ctr, receipt, 0))
                 ctr.state = "error"
@@ -259,8 +282,9 @@ class RedisLeaseLimiter:
         finally:
             ctr.refill = None
 
-    def _consume(self, c: CustomerState, customer: str, meters: Sequence[str], limits: Limits,
-                 now: float) -> Admission:
+    def _consume(
+        self, c: CustomerState, customer: str, meters: Sequence[str], limits: Limits, now: float
+    ) -> Admission:
         """Decide from local state, then spend (no await between check and spend)."""
         plan: list[tuple[Counter, int]] = []
         over = degraded = False
@@ -278,8 +302,12 @@ class RedisLeaseLimiter:
                 kind = 0 if ctr.quota_left > 0 else 1
             elif ctr.state in ("error", "skew") or not self._io.available():
                 if limits.on_counter_error == "fail_closed":
-                    return denied("counters_unavailable", f"{m}/period", 1,
-                                  self._headers(c, meters, limits, now))
+                    return denied(
+                        "counters_unavailable",
+                        f"{m}/period",
+                        1,
+                        self._headers(c, meters, limits, now),
+                    )
                 degraded = True
                 kind = 2 if self._degraded_room(ctr, quota) > 0 else -1
             else:
@@ -287,8 +315,13 @@ class RedisLeaseLimiter:
             if kind == -1:
                 if limits.overage == "deny":
                     retry = int(c.period.end_s - now + 0.999999)
-                    return denied("quota_exceeded", f"{m}/period", retry,
-                                  self._headers(c, meters, limits, now), degraded=degraded)
+                    return denied(
+                        "quota_exceeded",
+                        f"{m}/period",
+                        retry,
+                        self._headers(c, meters, limits, now),
+                        degraded=degraded,
+                    )
                 kind = 2 if m in limits.request_meters else -1
             over = over or kind == 1 or (kind in (-1, 2) and ctr.used() >= quota)
             plan.append((ctr, kind))
@@ -301,9 +334,17 @@ class RedisLeaseLimiter:
             ctr.budget = max(0, known) // self.replicas
         return ctr.budget - ctr.degraded_used
 
-    def _spend(self, c: CustomerState, customer: str, meters: Sequence[str], limits: Limits,
-               now: float, plan: list[tuple[Counter, int]], over: bool,
-               degraded: bool) -> Admission:
+    def _spend(
+        self,
+        c: CustomerState,
+        customer: str,
+        meters: Sequence[str],
+        limits: Limits,
+        now: float,
+        plan: list[tuple[Counter, int]],
+        over: bool,
+        degraded: bool,
+    ) -> Admission:
         ps, pm = share(limits.per_second, self.replicas), share(limits.per_minute, self.replicas)
         c.rate.take(ps, pm)
         units: list[tuple[str, int]] = []

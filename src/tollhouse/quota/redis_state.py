@@ -16,9 +16,23 @@ __all__ = ["Counter", "CustomerState", "share"]
 class Counter:
     """One (customer, meter, period) counter as seen by this replica."""
 
-    __slots__ = ("budget", "checked_at", "degraded_used", "end_s", "key", "last_grant", "left",
-                 "meter", "pending", "quota_left", "quota_seen", "refill", "start_s", "state",
-                 "total")
+    __slots__ = (
+        "budget",
+        "checked_at",
+        "degraded_used",
+        "end_s",
+        "key",
+        "last_grant",
+        "left",
+        "meter",
+        "pending",
+        "quota_left",
+        "quota_seen",
+        "refill",
+        "start_s",
+        "state",
+        "total",
+    )
 
     def __init__(self, key: str, meter: str, period: Period) -> None:
         self.key, self.meter = key, meter

@@ -208,10 +208,10 @@ class PostgresBackend:
                 async with conn.transaction():
                     if readonly:
                         await _PgTx(conn).execute(
-                            "SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
+                            "SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY"
+                        )
                     yield _PgTx(conn)
-            except (psycopg.OperationalError, psycopg.InterfaceError, OSError,
-                    TimeoutError) as e:
+            except (psycopg.OperationalError, psycopg.InterfaceError, OSError, TimeoutError) as e:
                 await self._drop()
                 raise StoreUnavailable(f"postgresql: {type(e).__name__}: {e}") from e
 

@@ -68,8 +68,9 @@ def run_service(op: Op) -> Callable[[argparse.Namespace], int]:
             url, plans, meters = _target(args)
             backend = await open_store(url)
             try:
-                return await op(StoreService(backend, clock=time.time, plans=plans,
-                                             meters=meters), args)
+                return await op(
+                    StoreService(backend, clock=time.time, plans=plans, meters=meters), args
+                )
             finally:
                 await backend.close()
 
@@ -107,8 +108,17 @@ def _meta(raw: str | None) -> dict[str, Any] | None:
 
 async def _create(s: StoreService, a: argparse.Namespace) -> Any:
     meta = _meta(a.metadata)
-    return (await s.create_customer(actor=ACTOR, name=a.name, plan=a.plan, email=a.email,
-                                    metadata=meta, anchor=a.anchor, customer_id=a.id)).to_json()
+    return (
+        await s.create_customer(
+            actor=ACTOR,
+            name=a.name,
+            plan=a.plan,
+            email=a.email,
+            metadata=meta,
+            anchor=a.anchor,
+            customer_id=a.id,
+        )
+    ).to_json()
 
 
 async def _list(s: StoreService, a: argparse.Namespace) -> Any:
@@ -117,10 +127,16 @@ async def _list(s: StoreService, a: argparse.Namespace) -> Any:
 
 async def _update(s: StoreService, a: argparse.Namespace) -> Any:
     meta = _meta(a.metadata)
-    extra = {} if a.stripe_customer is None else {
-        "stripe_customer_id": None if a.stripe_customer == "clear" else a.stripe_customer}
-    return (await s.update_customer(a.customer, actor=ACTOR, name=a.name, email=a.email,
-                                    metadata=meta, **extra)).to_json()
+    extra = (
+        {}
+        if a.stripe_customer is None
+        else {"stripe_customer_id": None if a.stripe_customer == "clear" else a.stripe_customer}
+    )
+    return (
+        await s.update_customer(
+            a.customer, actor=ACTOR, name=a.name, email=a.email, metadata=meta, **extra
+        )
+    ).to_json()
 
 
 async def _override(s: StoreService, a: argparse.Namespace) -> Any:
@@ -129,8 +145,7 @@ async def _override(s: StoreService, a: argparse.Namespace) -> Any:
 
 
 async def _topup(s: StoreService, a: argparse.Namespace) -> Any:
-    return (await s.add_topup(a.customer, a.meter, a.units, actor=ACTOR,
-                              period=a.period)).to_json()
+    return (await s.add_topup(a.customer, a.meter, a.units, actor=ACTOR, period=a.period)).to_json()
 
 
 async def _issue(s: StoreService, a: argparse.Namespace) -> Any:
@@ -177,13 +192,19 @@ def _subscriptions(c: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     p.add_argument("customer")
     p.add_argument("plan")
     p.add_argument("--effective", type=_when, help="Unix seconds or ISO 8601 (UTC)")
-    p.set_defaults(func=run_service(lambda s, a: _json(
-        s.change_plan(a.customer, a.plan, actor=ACTOR, effective_at=a.effective))))
+    p.set_defaults(
+        func=run_service(
+            lambda s, a: _json(
+                s.change_plan(a.customer, a.plan, actor=ACTOR, effective_at=a.effective)
+            )
+        )
+    )
     p = _common(c.add_parser("status", help="set the subscription status"))
     p.add_argument("customer")
     p.add_argument("status", choices=STATUSES)
-    p.set_defaults(func=run_service(lambda s, a: _json(
-        s.set_status(a.customer, a.status, actor=ACTOR))))
+    p.set_defaults(
+        func=run_service(lambda s, a: _json(s.set_status(a.customer, a.status, actor=ACTOR)))
+    )
     p = _common(c.add_parser("override", help="override a meter's quota (UNITS or 'clear')"))
     p.add_argument("customer")
     p.add_argument("meter")
@@ -198,8 +219,9 @@ def _subscriptions(c: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     p = _common(c.add_parser("audit", help="show the audit log"))
     p.add_argument("--target")
     p.add_argument("--limit", type=int, default=100)
-    p.set_defaults(func=run_service(lambda s, a: _listing(
-        s.audit_log(target=a.target, limit=a.limit))))
+    p.set_defaults(
+        func=run_service(lambda s, a: _listing(s.audit_log(target=a.target, limit=a.limit)))
+    )
 
 
 async def _json(aw: Awaitable[Any]) -> Any:

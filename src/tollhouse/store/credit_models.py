@@ -13,8 +13,17 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
-__all__ = ["GRANT_SOURCES", "MILLI", "CreditGrant", "GrantSource", "RechargeRule", "SpendCap",
-           "balance_milli", "grant_order", "remaining_milli"]
+__all__ = [
+    "GRANT_SOURCES",
+    "MILLI",
+    "CreditGrant",
+    "GrantSource",
+    "RechargeRule",
+    "SpendCap",
+    "balance_milli",
+    "grant_order",
+    "remaining_milli",
+]
 
 GrantSource = Literal["purchase", "promotional", "refund"]
 GRANT_SOURCES: tuple[GrantSource, ...] = ("purchase", "promotional", "refund")
@@ -44,22 +53,32 @@ class CreditGrant:
 
     def usable(self, now: float) -> bool:
         """Not voided, in effect, and not expired at ``now`` (an expired grant is never used)."""
-        return (self.voided_at is None and self.effective_at <= now
-                and (self.expires_at is None or now < self.expires_at))
+        return (
+            self.voided_at is None
+            and self.effective_at <= now
+            and (self.expires_at is None or now < self.expires_at)
+        )
 
     def covers(self, meter: str, feature: str) -> bool:
         """Whether spend on ``meter`` through ``feature`` may use this grant."""
-        return ((not self.meters or meter in self.meters)
-                and (not self.features or feature in self.features))
+        return (not self.meters or meter in self.meters) and (
+            not self.features or feature in self.features
+        )
 
     def to_json(self) -> dict[str, Any]:
         """Return the JSON form (admin API, audit log)."""
         return {
-            "id": self.id, "customer": self.customer, "amount": self.amount,
-            "currency": self.currency, "priority": self.priority,
-            "effective_at": self.effective_at, "expires_at": self.expires_at,
+            "id": self.id,
+            "customer": self.customer,
+            "amount": self.amount,
+            "currency": self.currency,
+            "priority": self.priority,
+            "effective_at": self.effective_at,
+            "expires_at": self.expires_at,
             "scope": {"meters": sorted(self.meters), "features": sorted(self.features)},
-            "source": self.source, "voided_at": self.voided_at, "created_at": self.created_at,
+            "source": self.source,
+            "voided_at": self.voided_at,
+            "created_at": self.created_at,
         }
 
 
@@ -93,8 +112,12 @@ class RechargeRule:
 
     def to_json(self) -> dict[str, Any]:
         """Return the JSON form."""
-        return {"customer": self.customer, "threshold": self.threshold, "target": self.target,
-                "set_at": self.set_at}
+        return {
+            "customer": self.customer,
+            "threshold": self.threshold,
+            "target": self.target,
+            "set_at": self.set_at,
+        }
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,5 +131,9 @@ class SpendCap:
 
     def to_json(self) -> dict[str, Any]:
         """Return the JSON form."""
-        return {"customer": self.customer, "period": self.period, "amount": self.amount,
-                "set_at": self.set_at}
+        return {
+            "customer": self.customer,
+            "period": self.period,
+            "amount": self.amount,
+            "set_at": self.set_at,
+        }

@@ -43,21 +43,27 @@ async def load_credit_rows(tx: Tx, ids: list[str] | None, now: float) -> CreditR
     grants: dict[str, list[CreditGrant]] = {}
     rows = await tx.execute(
         f"{GRANT_SQL} WHERE voided_at IS NULL AND (expires_at IS NULL OR expires_at > ?){where}",
-        [now - _EXPIRED_KEEP_S, *params])
+        [now - _EXPIRED_KEEP_S, *params],
+    )
     for r in rows:
         g = grant_from_row(r)
         grants.setdefault(sys.intern(g.customer), []).append(g)
     out.grants = {c: tuple(sorted(gs, key=grant_order)) for c, gs in grants.items()}
     gwhere, gparams = _in(ids, "g.customer")
     for gid, consumed in await tx.execute(
-            "SELECT c.grant_id, c.consumed FROM credit_consumed c JOIN credit_grants g"  # noqa: S608 - constant SQL pieces, values bound
-            f" ON g.id = c.grant_id WHERE g.voided_at IS NULL{gwhere}", gparams):
+        "SELECT c.grant_id, c.consumed FROM credit_consumed c JOIN credit_grants g"  # noqa: S608 - constant SQL pieces, values bound
+        f" ON g.id = c.grant_id WHERE g.voided_at IS NULL{gwhere}",
+        gparams,
+    ):
         out.consumed[gid] = int(consumed)
     for cid, period, amount in await tx.execute(
-            f"SELECT customer, period, amount FROM spend_caps WHERE 1 = 1{where}", params):  # noqa: S608 - constant SQL pieces, values bound
+        f"SELECT customer, period, amount FROM spend_caps WHERE 1 = 1{where}",  # noqa: S608 - constant SQL pieces, values bound
+        params,
+    ):
         out.caps.setdefault(sys.intern(cid), {})[period] = int(amount)
     for cid, threshold, target in await tx.execute(
-            f"SELECT customer, threshold, target FROM credit_recharge_rules WHERE 1 = 1{where}",  # noqa: S608 - constant SQL pieces, values bound
-            params):
+        f"SELECT customer, threshold, target FROM credit_recharge_rules WHERE 1 = 1{where}",  # noqa: S608 - constant SQL pieces, values bound
+        params,
+    ):
         out.recharge[sys.intern(cid)] = (int(threshold), int(target))
     return out

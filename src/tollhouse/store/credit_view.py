@@ -28,12 +28,19 @@ CurrencyOf = Callable[[str], str | None]  # plan name -> its price's currency (N
 def grant_json(g: CreditGrant, consumed_milli: int, now: float) -> dict[str, Any]:
     """The grant with what is spent and left of it (minor units rounded down, and exact)."""
     left = remaining_milli(g, consumed_milli)
-    return {**g.to_json(), "consumed": consumed_milli // MILLI, "remaining": left // MILLI,
-            "consumed_milli": consumed_milli, "remaining_milli": left, "usable": g.usable(now)}
+    return {
+        **g.to_json(),
+        "consumed": consumed_milli // MILLI,
+        "remaining": left // MILLI,
+        "consumed_milli": consumed_milli,
+        "remaining_milli": left,
+        "usable": g.usable(now),
+    }
 
 
-def balance_json(grants: Sequence[CreditGrant], consumed: Mapping[str, int], now: float,
-                 currency: str | None) -> dict[str, Any]:
+def balance_json(
+    grants: Sequence[CreditGrant], consumed: Mapping[str, int], now: float, currency: str | None
+) -> dict[str, Any]:
     """``{amount, amount_milli, currency}``: what is left of the usable grants in ``currency``."""
     exact = balance_milli((g for g in grants if g.currency == currency), consumed, now)
     return {"amount": exact // MILLI, "amount_milli": exact, "currency": currency}
@@ -46,20 +53,27 @@ def _currency(grants: Sequence[CreditGrant], now: float, plan_currency: str | No
     return pool[0].currency if pool else None
 
 
-def credit_report(customer: str, grants: Sequence[CreditGrant], consumed: Mapping[str, int],
-                  now: float, plan_currency: str | None = None) -> dict[str, Any]:
+def credit_report(
+    customer: str,
+    grants: Sequence[CreditGrant],
+    consumed: Mapping[str, int],
+    now: float,
+    plan_currency: str | None = None,
+) -> dict[str, Any]:
     """The JSON of ``GET /admin/customers/{id}/credits`` (``grants`` in consumption order)."""
     currencies = sorted({g.currency for g in grants if g.usable(now)})
     return {
-        "customer": customer, "at": now,
+        "customer": customer,
+        "at": now,
         "items": [grant_json(g, consumed.get(g.id, 0), now) for g in grants],
         "balance": balance_json(grants, consumed, now, _currency(grants, now, plan_currency)),
         "balances": [balance_json(grants, consumed, now, c) for c in currencies],
     }
 
 
-async def load_credit_report(svc: StoreService, customer_id: str,
-                             currency_of: CurrencyOf | None = None) -> dict[str, Any]:
+async def load_credit_report(
+    svc: StoreService, customer_id: str, currency_of: CurrencyOf | None = None
+) -> dict[str, Any]:
     """Read the customer's grants and consumption from the store and report them."""
     plan_currency = None
     if currency_of is not None:

@@ -39,8 +39,10 @@ def major_to_minor(amount: Decimal, currency: str) -> int:
     """``1.50`` USD -> 150: exact, or ValueError when ``amount`` is finer than the minor unit."""
     units = amount / minor_unit(currency)
     if units != units.to_integral_value():
-        raise ValueError(f"--amount-major {amount} is finer than the minor unit of {currency}"
-                         f" ({minor_unit(currency)})")
+        raise ValueError(
+            f"--amount-major {amount} is finer than the minor unit of {currency}"
+            f" ({minor_unit(currency)})"
+        )
     return int(units)
 
 
@@ -58,10 +60,18 @@ def _currency_of(a: argparse.Namespace) -> CurrencyOf | None:
 
 async def _grant(s: StoreService, a: argparse.Namespace) -> Any:
     amount = a.amount if a.amount_major is None else major_to_minor(a.amount_major, a.currency)
-    g = await s.grant_credit(a.customer, actor=ACTOR, amount=amount, currency=a.currency,
-                             priority=a.priority, effective_at=a.effective,
-                             expires_at=a.expires, meters=a.meter, features=a.feature,
-                             source=a.source)
+    g = await s.grant_credit(
+        a.customer,
+        actor=ACTOR,
+        amount=amount,
+        currency=a.currency,
+        priority=a.priority,
+        effective_at=a.effective,
+        expires_at=a.expires,
+        meters=a.meter,
+        features=a.feature,
+        source=a.source,
+    )
     return grant_json(g, 0, s.clock())
 
 
@@ -111,15 +121,19 @@ def _grant_parser(c: Sub) -> None:
     p.add_argument("customer")
     amount = p.add_mutually_exclusive_group(required=True)
     amount.add_argument("--amount", type=int, help="integer minor units (150 = 1.50 USD)")
-    amount.add_argument("--amount-major", type=_decimal,
-                        help="major units (1.50), converted exactly with the currency's exponent")
+    amount.add_argument(
+        "--amount-major",
+        type=_decimal,
+        help="major units (1.50), converted exactly with the currency's exponent",
+    )
     p.add_argument("--currency", required=True, help="ISO 4217 code, e.g. USD")
     p.add_argument("--priority", type=int, default=10, help="lower is consumed first (10)")
     p.add_argument("--effective", type=_when, help="Unix seconds or ISO 8601 (UTC); default now")
     p.add_argument("--expires", type=_when, help="Unix seconds or ISO 8601 (UTC); default never")
     p.add_argument("--meter", action="append", default=[], help="scope: only this meter (repeat)")
-    p.add_argument("--feature", action="append", default=[],
-                   help="scope: only this feature (repeat)")
+    p.add_argument(
+        "--feature", action="append", default=[], help="scope: only this feature (repeat)"
+    )
     p.add_argument("--source", choices=GRANT_SOURCES, default="purchase")
     p.set_defaults(func=run_service(_grant))
 
@@ -139,15 +153,22 @@ def add_credits_cli(sub: Sub) -> None:
     p = _common(c.add_parser("balance", help="what is left, rounded down to the minor unit"))
     p.add_argument("customer")
     p.set_defaults(func=run_service(_balance))
-    p = _common(c.add_parser("recharge", help="show, set (--threshold, --target) or --clear the"
-                                              " auto-recharge rule"))
+    p = _common(
+        c.add_parser(
+            "recharge", help="show, set (--threshold, --target) or --clear the auto-recharge rule"
+        )
+    )
     p.add_argument("customer")
     p.add_argument("--threshold", type=int, help="minor units")
     p.add_argument("--target", type=int, help="minor units, above the threshold")
     p.add_argument("--clear", action="store_true")
     p.set_defaults(func=run_service(_recharge))
-    p = _common(c.add_parser("spend-cap", help="show, set (AMOUNT minor units) or `clear` the"
-                                               " current period's spend cap"))
+    p = _common(
+        c.add_parser(
+            "spend-cap",
+            help="show, set (AMOUNT minor units) or `clear` the current period's spend cap",
+        )
+    )
     p.add_argument("customer")
     p.add_argument("amount", nargs="?")
     p.set_defaults(func=run_service(_spend_cap))

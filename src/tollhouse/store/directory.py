@@ -66,9 +66,14 @@ class Directory:
     ``store``: the config's ``StoreConfig`` (its url and poll interval) or a store URL.
     """
 
-    def __init__(self, store: StoreConfig | str, *, poll_interval_ms: int = 500,
-                 clock: Callable[[], float] = time.time,
-                 pg_check_interval_s: float = 5.0) -> None:
+    def __init__(
+        self,
+        store: StoreConfig | str,
+        *,
+        poll_interval_ms: int = 500,
+        clock: Callable[[], float] = time.time,
+        pg_check_interval_s: float = 5.0,
+    ) -> None:
         if isinstance(store, StoreConfig):
             poll_interval_ms = store.poll_interval_ms
             store = store.url
@@ -152,11 +157,19 @@ class Directory:
         credits = snap.credits
         caps = credits.caps.get(customer_id)
         cap = caps.get(period_start(anchor, now).isoformat()) if caps else None
-        return Entitlement(customer_id, plan, status, since, anchor,  # type: ignore[arg-type]
-                           snap.overrides.get(customer_id, _EMPTY),
-                           self._topups(customer_id, anchor, now), changes,
-                           credits.grants.get(customer_id, ()), cap,
-                           credits.recharge.get(customer_id))
+        return Entitlement(
+            customer_id,
+            plan,
+            status,  # type: ignore[arg-type]
+            since,
+            anchor,
+            snap.overrides.get(customer_id, _EMPTY),
+            self._topups(customer_id, anchor, now),
+            changes,
+            credits.grants.get(customer_id, ()),
+            cap,
+            credits.recharge.get(customer_id),
+        )
 
     def capped_customers(self) -> list[str]:
         """Customers that have set a spend cap (for any period; ``customer()`` says which now)."""
@@ -177,8 +190,9 @@ class Directory:
                 out[meter] = out.get(meter, 0) + units
         return out
 
-    async def customers_on(self, plans: Collection[str] | None, sample: int = 5
-                           ) -> dict[str, tuple[int, list[str]]]:
+    async def customers_on(
+        self, plans: Collection[str] | None, sample: int = 5
+    ) -> dict[str, tuple[int, list[str]]]:
         """Per plan of ``plans`` (None: every plan): customers (not cancelled) on it, a few ids.
 
         A customer is on the plan in effect now and on every plan of a scheduled change. Reads a
@@ -189,7 +203,7 @@ class Directory:
         out: dict[str, tuple[int, list[str]]] = {}
         items = list(self._snap.customers.items())
         for i in range(0, len(items), 20_000):
-            for cid, (changes, status, _, _) in items[i:i + 20_000]:
+            for cid, (changes, status, _, _) in items[i : i + 20_000]:
                 if status == "cancelled":
                     continue
                 current = changes[0][0]
@@ -220,9 +234,13 @@ class Directory:
         """Return the replica's state for ``/readyz`` detail."""
         age = None if self._last_sync is None else round(self._clock() - self._last_sync, 3)
         return {
-            "ready": self.ready, "healthy": self.healthy, "version": self._snap.version,
-            "customers": len(self._snap.customers), "api_keys": len(self._snap.keys),
-            "last_sync_age_s": age, "error": self._error,
+            "ready": self.ready,
+            "healthy": self.healthy,
+            "version": self._snap.version,
+            "customers": len(self._snap.customers),
+            "api_keys": len(self._snap.keys),
+            "last_sync_age_s": age,
+            "error": self._error,
         }
 
     # --- the sync side ---------------------------------------------------------------------
@@ -256,7 +274,8 @@ class Directory:
             # as the inner await completes, and stop() would then wait on a task that runs on.
             async with asyncio.timeout(6):
                 fresh: psycopg.AsyncConnection[Any] = await psycopg.AsyncConnection.connect(
-                    pg_conninfo(self._url), autocommit=True, connect_timeout=5)
+                    pg_conninfo(self._url), autocommit=True, connect_timeout=5
+                )
             self._listen = fresh
             async with asyncio.timeout(5):
                 await fresh.execute(f"LISTEN {NOTIFY_CHANNEL}")
@@ -280,8 +299,13 @@ class Directory:
         self._snap = snap
         elapsed = time.perf_counter() - started
         m.STORE_FULL_LOAD_SECONDS.set(elapsed)
-        log.info("store.loaded", version=snap.version, customers=len(snap.customers),
-                 api_keys=len(snap.keys), seconds=round(elapsed, 3))
+        log.info(
+            "store.loaded",
+            version=snap.version,
+            customers=len(snap.customers),
+            api_keys=len(snap.keys),
+            seconds=round(elapsed, 3),
+        )
         self._loaded = True
         self._ready_event.set()
         self._ok()

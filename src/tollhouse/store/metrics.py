@@ -19,20 +19,26 @@ __all__ = [
 # Not registered at import: a process without an entitlement store must not report it unhealthy.
 # ``Directory`` registers it (once per process) when a store is configured.
 STORE_HEALTHY = Gauge(
-    "tollhouse_store_healthy", "1 while the store answers, 0 while serving a stale copy",
-    registry=None)
+    "tollhouse_store_healthy",
+    "1 while the store answers, 0 while serving a stale copy",
+    registry=None,
+)
 _exported: list[bool] = []
 STORE_VERSION = Gauge("tollhouse_store_version", "Change version of the in-memory entitlements")
 STORE_LAST_SYNC = Gauge(
-    "tollhouse_store_last_sync_timestamp_seconds", "When the replica last reached the store")
+    "tollhouse_store_last_sync_timestamp_seconds", "When the replica last reached the store"
+)
 STORE_CUSTOMERS = Gauge("tollhouse_store_customers", "Customers held in memory")
 STORE_KEYS = Gauge("tollhouse_store_api_keys", "Active (unrevoked) API keys held in memory")
 STORE_SYNC_ERRORS = Counter(
-    "tollhouse_store_sync_errors_total", "Failed attempts to reach the entitlement store")
+    "tollhouse_store_sync_errors_total", "Failed attempts to reach the entitlement store"
+)
 STORE_CHANGES_APPLIED = Counter(
-    "tollhouse_store_changes_applied_total", "Customers and keys reloaded incrementally")
+    "tollhouse_store_changes_applied_total", "Customers and keys reloaded incrementally"
+)
 STORE_FULL_LOAD_SECONDS = Gauge(
-    "tollhouse_store_full_load_seconds", "Duration of the last full load of the entitlement set")
+    "tollhouse_store_full_load_seconds", "Duration of the last full load of the entitlement set"
+)
 
 
 def export_store_healthy() -> None:

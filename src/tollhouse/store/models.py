@@ -48,8 +48,11 @@ class PlanChange:
 
     def to_json(self) -> dict[str, Any]:
         """Return the JSON form."""
-        return {"plan": self.plan, "effective_from": self.effective_from,
-                "created_at": self.created_at}
+        return {
+            "plan": self.plan,
+            "effective_from": self.effective_from,
+            "created_at": self.created_at,
+        }
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,10 +75,15 @@ class Customer:
     def to_json(self) -> dict[str, Any]:
         """Return the JSON form (admin API, audit log)."""
         return {
-            "id": self.id, "name": self.name, "email": self.email,
-            "metadata": dict(self.metadata), "created_at": self.created_at,
-            "plan": self.plan, "anchor": self.anchor.isoformat() if self.anchor else None,
-            "status": self.status, "status_since": self.status_since,
+            "id": self.id,
+            "name": self.name,
+            "email": self.email,
+            "metadata": dict(self.metadata),
+            "created_at": self.created_at,
+            "plan": self.plan,
+            "anchor": self.anchor.isoformat() if self.anchor else None,
+            "status": self.status,
+            "status_since": self.status_since,
             "plan_changes": [c.to_json() for c in self.plan_changes],
             "quota_overrides": dict(self.quota_overrides),
             "stripe_customer_id": self.stripe_customer_id,
@@ -94,8 +102,13 @@ class ApiKeyInfo:
 
     def to_json(self) -> dict[str, Any]:
         """Return the JSON form."""
-        return {"id": self.id, "customer": self.customer, "prefix": self.prefix,
-                "created_at": self.created_at, "revoked_at": self.revoked_at}
+        return {
+            "id": self.id,
+            "customer": self.customer,
+            "prefix": self.prefix,
+            "created_at": self.created_at,
+            "revoked_at": self.revoked_at,
+        }
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,8 +132,14 @@ class TopUp:
 
     def to_json(self) -> dict[str, Any]:
         """Return the JSON form."""
-        return {"id": self.id, "customer": self.customer, "meter": self.meter,
-                "units": self.units, "period": self.period, "created_at": self.created_at}
+        return {
+            "id": self.id,
+            "customer": self.customer,
+            "meter": self.meter,
+            "units": self.units,
+            "period": self.period,
+            "created_at": self.created_at,
+        }
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,8 +156,15 @@ class AuditEntry:
 
     def to_json(self) -> dict[str, Any]:
         """Return the JSON form."""
-        return {"id": self.id, "actor": self.actor, "action": self.action,
-                "target": self.target, "before": self.before, "after": self.after, "at": self.at}
+        return {
+            "id": self.id,
+            "actor": self.actor,
+            "action": self.action,
+            "target": self.target,
+            "before": self.before,
+            "after": self.after,
+            "at": self.at,
+        }
 
 
 def period_start(anchor: date | None, at: float) -> date:

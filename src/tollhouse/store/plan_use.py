@@ -14,15 +14,18 @@ from tollhouse.store.schema import SchemaError
 __all__ = ["plan_problems", "store_plan_problems"]
 
 
-def plan_problems(on: dict[str, tuple[int, list[str]]], source: str
-                  ) -> list[tuple[str, str]]:
+def plan_problems(on: dict[str, tuple[int, list[str]]], source: str) -> list[tuple[str, str]]:
     """Config problems for plans store customers are on (``on``: plan -> count, sample ids)."""
     out = []
     for plan, (n, ids) in sorted(on.items()):
         more = ", ..." if n > len(ids) else ""
-        out.append((f"plans.{plan}",
-                    f"{source}, but {n} store customer(s) are on it ({', '.join(ids)}{more}): "
-                    f"keep the plan, or move them first (`tollhouse customers plan`)"))
+        out.append(
+            (
+                f"plans.{plan}",
+                f"{source}, but {n} store customer(s) are on it ({', '.join(ids)}{more}): "
+                f"keep the plan, or move them first (`tollhouse customers plan`)",
+            )
+        )
     return out
 
 

@@ -162,21 +162,28 @@ async def migrate(url: str) -> int:
                 for stmt in _STEPS[step](backend.dialect):
                     await tx.execute(stmt)
             if current == 0:
-                await tx.execute("INSERT INTO tollhouse_schema (version) VALUES (?)",
-                                 (SCHEMA_VERSION,))
+                await tx.execute(
+                    "INSERT INTO tollhouse_schema (version) VALUES (?)", (SCHEMA_VERSION,)
+                )
             elif current < SCHEMA_VERSION:
                 await tx.execute("UPDATE tollhouse_schema SET version = ?", (SCHEMA_VERSION,))
         if current != SCHEMA_VERSION:
-            log.info("store.migrated", dialect=backend.dialect, from_version=current,
-                     to_version=SCHEMA_VERSION)
+            log.info(
+                "store.migrated",
+                dialect=backend.dialect,
+                from_version=current,
+                to_version=SCHEMA_VERSION,
+            )
         return SCHEMA_VERSION
     finally:
         await backend.close()
 
 
 def _newer(found: int) -> str:
-    return (f"store schema version {found} is newer than this tollhouse knows "
-            f"({SCHEMA_VERSION}); upgrade tollhouse")
+    return (
+        f"store schema version {found} is newer than this tollhouse knows "
+        f"({SCHEMA_VERSION}); upgrade tollhouse"
+    )
 
 
 async def open_store(url: str) -> Backend:
@@ -193,6 +200,8 @@ async def open_store(url: str) -> Backend:
             raise SchemaError("store is not migrated: run `tollhouse store migrate`")
         if found > SCHEMA_VERSION:
             raise SchemaError(_newer(found))
-        raise SchemaError(f"store schema version {found} is older than {SCHEMA_VERSION}: "
-                          "run `tollhouse store migrate`")
+        raise SchemaError(
+            f"store schema version {found} is older than {SCHEMA_VERSION}: "
+            "run `tollhouse store migrate`"
+        )
     return backend

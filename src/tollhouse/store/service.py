@@ -63,9 +63,14 @@ class StoreService(CreditOps):
     names another plan or meter is refused (``unknown_plan`` / ``unknown_meter``).
     """
 
-    def __init__(self, backend: Backend, *, clock: Callable[[], float],
-                 plans: Collection[str] | None = None,
-                 meters: Collection[str] | None = None) -> None:
+    def __init__(
+        self,
+        backend: Backend,
+        *,
+        clock: Callable[[], float],
+        plans: Collection[str] | None = None,
+        meters: Collection[str] | None = None,
+    ) -> None:
         self.backend = backend
         self._clock = clock
         self._plans = plans
@@ -88,7 +93,8 @@ class StoreService(CreditOps):
         limit = max(1, min(limit, 1000))
         async with self.backend.transaction(readonly=True) as tx:
             rows = await tx.execute(
-                f"{_CUSTOMER_SQL} WHERE c.id > ? ORDER BY c.id LIMIT ?", (after or "", limit))
+                f"{_CUSTOMER_SQL} WHERE c.id > ? ORDER BY c.id LIMIT ?", (after or "", limit)
+            )
             return [await self._assemble(tx, r) for r in rows]
 
     async def list_keys(self, customer_id: str) -> list[ApiKeyInfo]:
@@ -97,7 +103,9 @@ class StoreService(CreditOps):
             await self._customer(tx, customer_id)
             rows = await tx.execute(
                 "SELECT id, customer, prefix, created_at, revoked_at FROM api_keys"
-                " WHERE customer = ? ORDER BY created_at, id", (customer_id,))
+                " WHERE customer = ? ORDER BY created_at, id",
+                (customer_id,),
+            )
             return [ApiKeyInfo(*r) for r in rows]
 
     async def list_topups(self, customer_id: str) -> list[TopUp]:
@@ -106,11 +114,14 @@ class StoreService(CreditOps):
             await self._customer(tx, customer_id)
             rows = await tx.execute(
                 "SELECT id, customer, meter, units, period, created_at FROM topups"
-                " WHERE customer = ? ORDER BY id", (customer_id,))
+                " WHERE customer = ? ORDER BY id",
+                (customer_id,),
+            )
             return [TopUp(int(r[0]), r[1], r[2], int(r[3]), r[4], r[5]) for r in rows]
 
-    async def audit_log(self, *, target: str | None = None, after_id: int = 0,
-                        limit: int = 100) -> list[AuditEntry]:
+    async def audit_log(
+        self, *, target: str | None = None, after_id: int = 0, limit: int = 100
+    ) -> list[AuditEntry]:
         """Return audit entries with ids above ``after_id`` (optionally for one target), by id."""
         limit = max(1, min(limit, 1000))
         sql = "SELECT id, actor, action, target, before, after, at FROM audit_log WHERE id > ?"
@@ -120,14 +131,21 @@ class StoreService(CreditOps):
             params.append(target)
         async with self.backend.transaction(readonly=True) as tx:
             rows = await tx.execute(sql + " ORDER BY id LIMIT ?", [*params, limit])
-        return [AuditEntry(int(r[0]), r[1], r[2], r[3], _loads(r[4]), _loads(r[5]), r[6])
-                for r in rows]
+        return [
+            AuditEntry(int(r[0]), r[1], r[2], r[3], _loads(r[4]), _loads(r[5]), r[6]) for r in rows
+        ]
 
     # --- customers and subscriptions -----------------------------------------------------
 
     async def create_customer(
-        self, *, actor: str, name: str, plan: str, email: str = "",
-        metadata: Mapping[str, Any] | None = None, anchor: date | None = None,
+        self,
+        *,
+        actor: str,
+        name: str,
+        plan: str,
+        email: str = "",
+        metadata: Mapping[str, Any] | None = None,
+        anchor: date | None = None,
         customer_id: str | None = None,
     ) -> Customer:
         """Create a customer with an active subscription to ``plan`` (anchor: today, UTC)."""
@@ -141,46 +159,74 @@ class StoreService(CreditOps):
         async with self.backend.transaction() as tx:
             if await tx.execute("SELECT 1 FROM customers WHERE id = ?", (cid,)):
                 raise ServiceError("already_exists", f"customer {cid!r} exists")
-            await tx.execute("INSERT INTO customers (id, name, email, metadata, created_at)"
-                             " VALUES (?, ?, ?, ?, ?)", (cid, name, email, meta, now))
-            await tx.execute("INSERT INTO subscriptions (customer, anchor, status, status_since)"
-                             " VALUES (?, ?, 'active', ?)", (cid, anchor.isoformat(), now))
-            await tx.execute("INSERT INTO plan_changes (customer, plan, effective_from,"
-                             " created_at) VALUES (?, ?, ?, ?)", (cid, plan, now, now))
+            await tx.execute(
+                "INSERT INTO customers (id, name, email, metadata, created_at)"
+                " VALUES (?, ?, ?, ?, ?)",
+                (cid, name, email, meta, now),
+            )
+            await tx.execute(
+                "INSERT INTO subscriptions (customer, anchor, status, status_since)"
+                " VALUES (?, ?, 'active', ?)",
+                (cid, anchor.isoformat(), now),
+            )
+            await tx.execute(
+                "INSERT INTO plan_changes (customer, plan, effective_from,"
+                " created_at) VALUES (?, ?, ?, ?)",
+                (cid, plan, now, now),
+            )
             after = await self._customer(tx, cid)
             await self._record(tx, actor, "customer.create", cid, None, after.to_json())
         return after
 
-    async def update_customer(self, customer_id: str, *, actor: str, name: str | None = None,
-                              email: str | None = None,
-                              metadata: Mapping[str, Any] | None = None,
-                              stripe_customer_id: str | None = _KEEP) -> Customer:
+    async def update_customer(
+        self,
+        customer_id: str,
+        *,
+        actor: str,
+        name: str | None = None,
+        email: str | None = None,
+        metadata: Mapping[str, Any] | None = None,
+        stripe_customer_id: str | None = _KEEP,
+    ) -> Customer:
         """Change a customer's name, email, metadata (``None``: unchanged) or Stripe customer id.
 
         ``stripe_customer_id``: ``cus_...``, or ``None`` to remove it; left out: unchanged.
         """
-        if stripe_customer_id is not _KEEP and stripe_customer_id is not None and (
-                not isinstance(stripe_customer_id, str)
-                or not _STRIPE_ID.match(stripe_customer_id)):
+        if (
+            stripe_customer_id is not _KEEP
+            and stripe_customer_id is not None
+            and (
+                not isinstance(stripe_customer_id, str) or not _STRIPE_ID.match(stripe_customer_id)
+            )
+        ):
             raise ServiceError("invalid", f"stripe_customer_id must match {_STRIPE_ID.pattern}")
         async with self.backend.transaction() as tx:
             before = await self._customer(tx, customer_id)
-            stripe_id = (before.stripe_customer_id if stripe_customer_id is _KEEP
-                         else stripe_customer_id)
+            stripe_id = (
+                before.stripe_customer_id if stripe_customer_id is _KEEP else stripe_customer_id
+            )
             await tx.execute(
                 "UPDATE customers SET name = ?, email = ?, metadata = ?, stripe_customer_id = ?"
                 " WHERE id = ?",
-                (before.name if name is None else name,
-                 before.email if email is None else email,
-                 json.dumps(dict(before.metadata if metadata is None else metadata),
-                            sort_keys=True), stripe_id, customer_id))
+                (
+                    before.name if name is None else name,
+                    before.email if email is None else email,
+                    json.dumps(
+                        dict(before.metadata if metadata is None else metadata), sort_keys=True
+                    ),
+                    stripe_id,
+                    customer_id,
+                ),
+            )
             after = await self._customer(tx, customer_id)
-            await self._record(tx, actor, "customer.update", customer_id, before.to_json(),
-                               after.to_json())
+            await self._record(
+                tx, actor, "customer.update", customer_id, before.to_json(), after.to_json()
+            )
         return after
 
-    async def change_plan(self, customer_id: str, plan: str, *, actor: str,
-                          effective_at: float | None = None) -> Customer:
+    async def change_plan(
+        self, customer_id: str, plan: str, *, actor: str, effective_at: float | None = None
+    ) -> Customer:
         """Move the customer to ``plan`` from ``effective_at`` (default now).
 
         Past changes are history and stay; ``effective_at`` may not precede the start of the
@@ -194,16 +240,27 @@ class StoreService(CreditOps):
             before = await self._customer(tx, customer_id)
             started = max(c.effective_from for c in before.plan_changes if c.effective_from <= now)
             if effective < started:
-                raise ServiceError("effective_at_too_early",
-                                   "effective_at precedes the current plan's start")
-            await tx.execute("DELETE FROM plan_changes WHERE customer = ? AND effective_from > ?",
-                             (customer_id, effective))
-            await tx.execute("INSERT INTO plan_changes (customer, plan, effective_from,"
-                             " created_at) VALUES (?, ?, ?, ?)",
-                             (customer_id, plan, effective, now))
+                raise ServiceError(
+                    "effective_at_too_early", "effective_at precedes the current plan's start"
+                )
+            await tx.execute(
+                "DELETE FROM plan_changes WHERE customer = ? AND effective_from > ?",
+                (customer_id, effective),
+            )
+            await tx.execute(
+                "INSERT INTO plan_changes (customer, plan, effective_from,"
+                " created_at) VALUES (?, ?, ?, ?)",
+                (customer_id, plan, effective, now),
+            )
             after = await self._customer(tx, customer_id)
-            await self._record(tx, actor, "subscription.change_plan", customer_id,
-                               before.to_json(), {**after.to_json(), "effective_from": effective})
+            await self._record(
+                tx,
+                actor,
+                "subscription.change_plan",
+                customer_id,
+                before.to_json(),
+                {**after.to_json(), "effective_from": effective},
+            )
         return after
 
     async def set_status(self, customer_id: str, status: str, *, actor: str) -> Customer:
@@ -213,11 +270,14 @@ class StoreService(CreditOps):
         async with self.backend.transaction() as tx:
             before = await self._customer(tx, customer_id)
             if before.status != status:
-                await tx.execute("UPDATE subscriptions SET status = ?, status_since = ?"
-                                 " WHERE customer = ?", (status, self._clock(), customer_id))
+                await tx.execute(
+                    "UPDATE subscriptions SET status = ?, status_since = ? WHERE customer = ?",
+                    (status, self._clock(), customer_id),
+                )
             after = await self._customer(tx, customer_id)
-            await self._record(tx, actor, "subscription.set_status", customer_id,
-                               before.to_json(), after.to_json())
+            await self._record(
+                tx, actor, "subscription.set_status", customer_id, before.to_json(), after.to_json()
+            )
         return after
 
     # --- API keys --------------------------------------------------------------------------
@@ -225,16 +285,15 @@ class StoreService(CreditOps):
     async def issue_key(self, customer_id: str, *, actor: str) -> IssuedKey:
         """Issue a key (``th_`` + 32 random bytes, urlsafe); only its SHA-256 is stored."""
         key = "th_" + secrets.token_urlsafe(32)
-        info = ApiKeyInfo("key_" + secrets.token_hex(8), customer_id, key[:10],
-                          self._clock(), None)
+        info = ApiKeyInfo("key_" + secrets.token_hex(8), customer_id, key[:10], self._clock(), None)
         async with self.backend.transaction() as tx:
             await self._customer(tx, customer_id)
             await tx.execute(
                 "INSERT INTO api_keys (id, customer, sha256, prefix, created_at, revoked_at)"
                 " VALUES (?, ?, ?, ?, ?, NULL)",
-                (info.id, customer_id, hash_key(key), info.prefix, info.created_at))
-            await self._record(tx, actor, "key.issue", info.id, None, info.to_json(),
-                               entity="key")
+                (info.id, customer_id, hash_key(key), info.prefix, info.created_at),
+            )
+            await self._record(tx, actor, "key.issue", info.id, None, info.to_json(), entity="key")
         return IssuedKey(key, info)
 
     async def revoke_key(self, key_id: str, *, actor: str) -> ApiKeyInfo:
@@ -243,35 +302,43 @@ class StoreService(CreditOps):
             before = await self._key(tx, key_id)
             if before.revoked_at is not None:
                 raise ServiceError("already_revoked", f"key {key_id!r} is already revoked")
-            await tx.execute("UPDATE api_keys SET revoked_at = ? WHERE id = ?",
-                             (self._clock(), key_id))
+            await tx.execute(
+                "UPDATE api_keys SET revoked_at = ? WHERE id = ?", (self._clock(), key_id)
+            )
             after = await self._key(tx, key_id)
-            await self._record(tx, actor, "key.revoke", key_id, before.to_json(),
-                               after.to_json(), entity="key")
+            await self._record(
+                tx, actor, "key.revoke", key_id, before.to_json(), after.to_json(), entity="key"
+            )
         return after
 
     # --- overrides and top-ups -------------------------------------------------------------
 
-    async def set_override(self, customer_id: str, meter: str, units: int | None, *,
-                           actor: str) -> Customer:
+    async def set_override(
+        self, customer_id: str, meter: str, units: int | None, *, actor: str
+    ) -> Customer:
         """Override the plan's quota of ``meter`` for this customer (``None`` removes it)."""
         self._check_meter(meter)
         if units is not None and (isinstance(units, bool) or units < 0):
             raise ServiceError("invalid", "units must be an integer >= 0")
         async with self.backend.transaction() as tx:
             before = await self._customer(tx, customer_id)
-            await tx.execute("DELETE FROM quota_overrides WHERE customer = ? AND meter = ?",
-                             (customer_id, meter))
+            await tx.execute(
+                "DELETE FROM quota_overrides WHERE customer = ? AND meter = ?", (customer_id, meter)
+            )
             if units is not None:
-                await tx.execute("INSERT INTO quota_overrides (customer, meter, units)"
-                                 " VALUES (?, ?, ?)", (customer_id, meter, units))
+                await tx.execute(
+                    "INSERT INTO quota_overrides (customer, meter, units) VALUES (?, ?, ?)",
+                    (customer_id, meter, units),
+                )
             after = await self._customer(tx, customer_id)
-            await self._record(tx, actor, "override.set", customer_id, before.to_json(),
-                               after.to_json())
+            await self._record(
+                tx, actor, "override.set", customer_id, before.to_json(), after.to_json()
+            )
         return after
 
-    async def add_topup(self, customer_id: str, meter: str, units: int, *, actor: str,
-                        period: str | None = None) -> TopUp:
+    async def add_topup(
+        self, customer_id: str, meter: str, units: int, *, actor: str, period: str | None = None
+    ) -> TopUp:
         """Add ``units`` to the customer's allowance of ``meter`` for one period (default now)."""
         self._check_meter(meter)
         if isinstance(units, bool) or units <= 0:
@@ -284,7 +351,9 @@ class StoreService(CreditOps):
             key = period or period_start(cust.anchor, now).isoformat()
             rows = await tx.execute(
                 "INSERT INTO topups (customer, meter, units, period, created_at)"
-                " VALUES (?, ?, ?, ?, ?) RETURNING id", (customer_id, meter, units, key, now))
+                " VALUES (?, ?, ?, ?, ?) RETURNING id",
+                (customer_id, meter, units, key, now),
+            )
             topup = TopUp(int(rows[0][0]), customer_id, meter, units, key, now)
             await self._record(tx, actor, "topup.add", customer_id, None, topup.to_json())
         return topup
@@ -308,28 +377,60 @@ class StoreService(CreditOps):
         return await self._assemble(tx, rows[0])
 
     async def _assemble(self, tx: Tx, r: Row) -> Customer:
-        changes = tuple(PlanChange(p, e, c) for p, e, c in await tx.execute(
-            "SELECT plan, effective_from, created_at FROM plan_changes WHERE customer = ?"
-            " ORDER BY effective_from, id", (r[0],)))
-        overrides = {m: int(u) for m, u in await tx.execute(
-            "SELECT meter, units FROM quota_overrides WHERE customer = ? ORDER BY meter", (r[0],))}
+        changes = tuple(
+            PlanChange(p, e, c)
+            for p, e, c in await tx.execute(
+                "SELECT plan, effective_from, created_at FROM plan_changes WHERE customer = ?"
+                " ORDER BY effective_from, id",
+                (r[0],),
+            )
+        )
+        overrides = {
+            m: int(u)
+            for m, u in await tx.execute(
+                "SELECT meter, units FROM quota_overrides WHERE customer = ? ORDER BY meter",
+                (r[0],),
+            )
+        }
         now = self._clock()
         current = [c.plan for c in changes if c.effective_from <= now]
         plan = current[-1] if current else changes[0].plan
         status: Status = r[6]
-        return Customer(r[0], r[1], r[2], json.loads(r[3]), r[4], plan,
-                        date.fromisoformat(r[5]) if r[5] else None, status, r[7], changes,
-                        overrides, r[8])
+        return Customer(
+            r[0],
+            r[1],
+            r[2],
+            json.loads(r[3]),
+            r[4],
+            plan,
+            date.fromisoformat(r[5]) if r[5] else None,
+            status,
+            r[7],
+            changes,
+            overrides,
+            r[8],
+        )
 
     async def _key(self, tx: Tx, key_id: str) -> ApiKeyInfo:
-        rows = await tx.execute("SELECT id, customer, prefix, created_at, revoked_at"
-                                " FROM api_keys WHERE id = ?", (key_id,))
+        rows = await tx.execute(
+            "SELECT id, customer, prefix, created_at, revoked_at FROM api_keys WHERE id = ?",
+            (key_id,),
+        )
         if not rows:
             raise ServiceError("not_found", f"no key {key_id!r}")
         return ApiKeyInfo(*rows[0])
 
-    async def _record(self, tx: Tx, actor: str, action: str, target: str, before: Any,
-                      after: Any, *, entity: str = "customer") -> None:
+    async def _record(
+        self,
+        tx: Tx,
+        actor: str,
+        action: str,
+        target: str,
+        before: Any,
+        after: Any,
+        *,
+        entity: str = "customer",
+    ) -> None:
         now = self._clock()
         if self.backend.dialect == "postgresql":
             # Writers take versions in commit order, so a replica never skips a late commit.
@@ -337,13 +438,17 @@ class StoreService(CreditOps):
         await tx.execute(
             "INSERT INTO audit_log (actor, action, target, before, after, at)"
             " VALUES (?, ?, ?, ?, ?, ?)",
-            (actor, action, target, _dumps(before), _dumps(after), now))
-        rows = await tx.execute("INSERT INTO changes (entity, entity_id, at) VALUES (?, ?, ?)"
-                                " RETURNING version", (entity, target, now))
+            (actor, action, target, _dumps(before), _dumps(after), now),
+        )
+        rows = await tx.execute(
+            "INSERT INTO changes (entity, entity_id, at) VALUES (?, ?, ?) RETURNING version",
+            (entity, target, now),
+        )
         if self.backend.dialect == "postgresql":
             await tx.execute("SELECT pg_notify(?, ?)", (NOTIFY_CHANNEL, str(rows[0][0])))
-        log.info("store.changed", actor=actor, action=action, target=target,
-                 version=int(rows[0][0]))
+        log.info(
+            "store.changed", actor=actor, action=action, target=target, version=int(rows[0][0])
+        )
 
 
 def _dumps(v: Any) -> str | None:

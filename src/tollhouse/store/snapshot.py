@@ -137,11 +137,13 @@ async def load_full(backend: Backend, now: float) -> Snapshot:
             b.customers(rows, snap.customers)
         keys = snap.keys
         async for rows in tx.chunks(
-                "SELECT sha256, customer FROM api_keys WHERE revoked_at IS NULL"):
+            "SELECT sha256, customer FROM api_keys WHERE revoked_at IS NULL"
+        ):
             for sha, cid in rows:
                 keys[fromhex(sha)] = intern(cid)
         for cid, meter, units in await tx.execute(
-                "SELECT customer, meter, units FROM quota_overrides"):
+            "SELECT customer, meter, units FROM quota_overrides"
+        ):
             snap.overrides.setdefault(intern(cid), {})[intern(meter)] = int(units)
         snap.topups = await _topups(tx, None, now)
         snap.credits = await load_credit_rows(tx, None, now)
@@ -160,8 +162,9 @@ async def _topups(tx: Tx, ids: list[str] | None, now: float) -> dict[str, tuple[
     return {k: tuple(v) for k, v in out.items()}
 
 
-async def load_delta(backend: Backend, since: int, now: float,
-                     max_entities: int = 10_000) -> Delta | None:
+async def load_delta(
+    backend: Backend, since: int, now: float, max_entities: int = 10_000
+) -> Delta | None:
     """Reload what changed after ``since``; ``None`` when so much changed that a full load is due.
 
     SQL below interpolates only ``?`` placeholders, never values.
@@ -169,7 +172,9 @@ async def load_delta(backend: Backend, since: int, now: float,
     async with backend.transaction(readonly=True) as tx:
         rows = await tx.execute(
             "SELECT version, entity, entity_id FROM changes WHERE version > ? ORDER BY version"
-            " LIMIT ?", (since, max_entities + 1))
+            " LIMIT ?",
+            (since, max_entities + 1),
+        )
         if len(rows) > max_entities:
             return None
         if not rows:
@@ -178,9 +183,9 @@ async def load_delta(backend: Backend, since: int, now: float,
         kids = sorted({r[2] for r in rows if r[1] == "key"})
         delta = Delta(int(rows[-1][0]), {c: None for c in cids}, {}, {}, [])
         for i in range(0, len(cids), _IN_CHUNK):
-            await _delta_customers(tx, cids[i:i + _IN_CHUNK], delta, now)
+            await _delta_customers(tx, cids[i : i + _IN_CHUNK], delta, now)
         for i in range(0, len(kids), _IN_CHUNK):
-            part = kids[i:i + _IN_CHUNK]
+            part = kids[i : i + _IN_CHUNK]
             sql = f"SELECT sha256, customer, revoked_at FROM api_keys WHERE id IN {_marks(part)}"  # noqa: S608
             for sha, cid, revoked in await tx.execute(sql, part):
                 delta.keys.append((bytes.fromhex(sha), None if revoked else sys.intern(cid)))
@@ -190,7 +195,8 @@ async def load_delta(backend: Backend, since: int, now: float,
 async def _delta_customers(tx: Tx, ids: list[str], delta: Delta, now: float) -> None:
     marks = _marks(ids)
     rows = await tx.execute(
-        f"{_SUBS} WHERE s.customer IN {marks} ORDER BY p.customer, p.effective_from, p.id", ids)
+        f"{_SUBS} WHERE s.customer IN {marks} ORDER BY p.customer, p.effective_from, p.id", ids
+    )
     fresh: dict[str, CustomerRecord] = {}
     _Builder().customers(rows, fresh)
     delta.customers.update(fresh)

@@ -5,5 +5,17 @@ from tollhouse.webhooks.models import EVENT_TYPES, Delivery, EmitEvent, Endpoint
 from tollhouse.webhooks.outbox import Outbox, new_secret
 from tollhouse.webhooks.queue import DeliveryQueue, QueueStats
 
-__all__ = ["EVENT_TYPES", "Deliverer", "Delivery", "DeliveryQueue", "EmitEvent", "Endpoint",
-           "Event", "Outbox", "QueueStats", "backoff_s", "new_secret", "signed_headers"]
+__all__ = [
+    "EVENT_TYPES",
+    "Deliverer",
+    "Delivery",
+    "DeliveryQueue",
+    "EmitEvent",
+    "Endpoint",
+    "Event",
+    "Outbox",
+    "QueueStats",
+    "backoff_s",
+    "new_secret",
+    "signed_headers",
+]

@@ -38,8 +38,9 @@ def _read_secret(path: str | None) -> str | None:
 
 
 async def _add(s: StoreService, a: argparse.Namespace) -> Any:
-    ep, secret = await _box(s).create_endpoint(actor=ACTOR, url=a.url, events=a.events or ["*"],
-                                               secret=_read_secret(a.secret_file))
+    ep, secret = await _box(s).create_endpoint(
+        actor=ACTOR, url=a.url, events=a.events or ["*"], secret=_read_secret(a.secret_file)
+    )
     return {**ep.to_json(), "secret": secret}
 
 
@@ -71,13 +72,15 @@ async def _redeliver(s: StoreService, a: argparse.Namespace) -> Any:
 
 
 async def _deliveries(s: StoreService, a: argparse.Namespace) -> Any:
-    items = await _box(s).list_deliveries(endpoint_id=a.webhook, event_id=a.event,
-                                          state=a.state, limit=a.limit)
+    items = await _box(s).list_deliveries(
+        endpoint_id=a.webhook, event_id=a.event, state=a.state, limit=a.limit
+    )
     return [d.to_json() for d in items]
 
 
-def _with_id(w: argparse._SubParsersAction[argparse.ArgumentParser], name: str, help_: str,
-             op: Any) -> None:
+def _with_id(
+    w: argparse._SubParsersAction[argparse.ArgumentParser], name: str, help_: str, op: Any
+) -> None:
     p = _common(w.add_parser(name, help=help_))
     p.add_argument("webhook", help="the endpoint id (wh_...)")
     p.set_defaults(func=run_service(op))
@@ -89,10 +92,17 @@ def add_webhooks_cli(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -
     w = ws.add_subparsers(dest="webhooks_command", required=True)
     p = _common(w.add_parser("add", help="register an endpoint (prints its secret once)"))
     p.add_argument("url")
-    p.add_argument("--event", dest="events", action="append",
-                   help="an event type to deliver (repeat; default: every type)")
-    p.add_argument("--secret-file", metavar="PATH",
-                   help="a file holding whsec_<base64> ('-': stdin; default: generated)")
+    p.add_argument(
+        "--event",
+        dest="events",
+        action="append",
+        help="an event type to deliver (repeat; default: every type)",
+    )
+    p.add_argument(
+        "--secret-file",
+        metavar="PATH",
+        help="a file holding whsec_<base64> ('-': stdin; default: generated)",
+    )
     p.set_defaults(func=run_service(_add))
     p = _common(w.add_parser("list", help="list endpoints (never their secrets)"))
     p.set_defaults(func=run_service(_list))

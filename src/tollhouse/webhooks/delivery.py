@@ -46,16 +46,27 @@ def backoff_s(cfg: WebhooksConfig, attempt: int, rng: random.Random) -> float:
 def signed_headers(secret: str, event_id: str, at: float, body: str) -> dict[str, str]:
     """The Standard Webhooks headers for ``body`` sent at ``at`` (Unix seconds)."""
     ts = datetime.fromtimestamp(int(at), UTC)
-    return {"webhook-id": event_id, "webhook-timestamp": str(int(at)),
-            "webhook-signature": Webhook(secret).sign(event_id, ts, body),
-            "content-type": "application/json", "user-agent": USER_AGENT}
+    return {
+        "webhook-id": event_id,
+        "webhook-timestamp": str(int(at)),
+        "webhook-signature": Webhook(secret).sign(event_id, ts, body),
+        "content-type": "application/json",
+        "user-agent": USER_AGENT,
+    }
 
 
 class Deliverer:
     """One delivery loop (``owner``: this replica's instance name)."""
 
-    def __init__(self, queue: DeliveryQueue, cfg: WebhooksConfig, *, owner: str,
-                 clock: Callable[[], float], rng: random.Random | None = None) -> None:
+    def __init__(
+        self,
+        queue: DeliveryQueue,
+        cfg: WebhooksConfig,
+        *,
+        owner: str,
+        clock: Callable[[], float],
+        rng: random.Random | None = None,
+    ) -> None:
         self.queue = queue
         self.cfg = cfg
         self.owner = owner
@@ -106,15 +117,31 @@ class Deliverer:
         self.attempted += 1
         attempt = c.attempts + 1
         dead = error is not None and attempt >= self.cfg.max_attempts
-        nxt = None if error is None or dead else self._clock() + backoff_s(
-            self.cfg, attempt, self._rng)
-        kept = await self.queue.settle(c, self.owner, status=status, error=error,
-                                       next_attempt_at=nxt, dead=dead)
-        outcome = ("lease_lost" if not kept else "delivered" if error is None
-                   else "dead" if dead else "retry")
+        nxt = (
+            None
+            if error is None or dead
+            else self._clock() + backoff_s(self.cfg, attempt, self._rng)
+        )
+        kept = await self.queue.settle(
+            c, self.owner, status=status, error=error, next_attempt_at=nxt, dead=dead
+        )
+        outcome = (
+            "lease_lost"
+            if not kept
+            else "delivered"
+            if error is None
+            else "dead"
+            if dead
+            else "retry"
+        )
         WEBHOOK_DELIVERIES.labels(outcome=outcome).inc()
-        fields: dict[str, Any] = {"event_id": c.event_id, "endpoint_id": c.endpoint_id,
-                                  "attempt": attempt, "status": status, "outcome": outcome}
+        fields: dict[str, Any] = {
+            "event_id": c.event_id,
+            "endpoint_id": c.endpoint_id,
+            "attempt": attempt,
+            "status": status,
+            "outcome": outcome,
+        }
         if error is None:
             log.info("webhooks.delivered", **fields)
         else:
@@ -124,8 +151,9 @@ class Deliverer:
         headers = signed_headers(c.secret, c.event_id, self._clock(), c.body)
         timeout = aiohttp.ClientTimeout(total=self.cfg.request_timeout_ms / 1000)
         try:
-            async with self._client().post(c.url, data=c.body.encode(), headers=headers,
-                                           timeout=timeout, allow_redirects=False) as resp:
+            async with self._client().post(
+                c.url, data=c.body.encode(), headers=headers, timeout=timeout, allow_redirects=False
+            ) as resp:
                 if 200 <= resp.status < 300:
                     return resp.status, None
                 return resp.status, f"HTTP {resp.status}"
@@ -147,6 +175,9 @@ class Deliverer:
 
     def status(self) -> dict[str, object]:
         """What /readyz reports (delivery does not gate readiness: the Check never uses it)."""
-        return {"store_ok": self.store_ok, "last_error": self.last_error,
-                "pending": self.pending,
-                "oldest_pending_age_s": round(self.oldest_pending_age_s, 3)}
+        return {
+            "store_ok": self.store_ok,
+            "last_error": self.last_error,
+            "pending": self.pending,
+            "oldest_pending_age_s": round(self.oldest_pending_age_s, 3),
+        }

@@ -9,8 +9,17 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal
 
-__all__ = ["EVENT_TYPES", "TEST_EVENT", "Claimed", "Delivery", "EmitEvent", "Endpoint", "Event",
-           "State", "event_body"]
+__all__ = [
+    "EVENT_TYPES",
+    "TEST_EVENT",
+    "Claimed",
+    "Delivery",
+    "EmitEvent",
+    "Endpoint",
+    "Event",
+    "State",
+    "event_body",
+]
 
 #: emit(event_type, customer_id, dedupe_key, data) -> True if newly recorded, False if the
 #: dedupe_key was already recorded (at most once per key, across replicas).
@@ -18,8 +27,14 @@ EmitEvent = Callable[[str, str | None, str, Mapping[str, object]], Awaitable[boo
 
 TEST_EVENT = "webhook.test"
 EVENT_TYPES = (
-    "quota.threshold_reached", "quota.threshold_recovered", "credit.low", "credit.exhausted",
-    "credit.recharge_requested", "spend_cap.reached", "spend.threshold_reached", "invoice.issued",
+    "quota.threshold_reached",
+    "quota.threshold_recovered",
+    "credit.low",
+    "credit.exhausted",
+    "credit.recharge_requested",
+    "spend_cap.reached",
+    "spend.threshold_reached",
+    "invoice.issued",
     "usage.unattributed",
     TEST_EVENT,
 )
@@ -28,14 +43,27 @@ State = Literal["pending", "delivered", "dead"]
 STATES: tuple[State, ...] = ("pending", "delivered", "dead")
 
 
-def event_body(event_id: str, event_type: str, customer: str | None, occurred_at: float,
-               data: Mapping[str, object]) -> str:
+def event_body(
+    event_id: str,
+    event_type: str,
+    customer: str | None,
+    occurred_at: float,
+    data: Mapping[str, object],
+) -> str:
     """The JSON body sent (and signed) for an event: stored once, so every retry is identical."""
-    return json.dumps({
-        "id": event_id, "type": event_type, "customer": customer,
-        "timestamp": datetime.fromtimestamp(occurred_at, UTC).isoformat().replace("+00:00", "Z"),
-        "data": dict(data),
-    }, sort_keys=True, separators=(",", ":"))
+    return json.dumps(
+        {
+            "id": event_id,
+            "type": event_type,
+            "customer": customer,
+            "timestamp": datetime.fromtimestamp(occurred_at, UTC)
+            .isoformat()
+            .replace("+00:00", "Z"),
+            "data": dict(data),
+        },
+        sort_keys=True,
+        separators=(",", ":"),
+    )
 
 
 @dataclass(frozen=True)
@@ -54,8 +82,13 @@ class Endpoint:
 
     def to_json(self) -> dict[str, Any]:
         """The API representation (no secret)."""
-        return {"id": self.id, "url": self.url, "events": list(self.events),
-                "enabled": self.enabled, "created_at": self.created_at}
+        return {
+            "id": self.id,
+            "url": self.url,
+            "events": list(self.events),
+            "enabled": self.enabled,
+            "created_at": self.created_at,
+        }
 
 
 @dataclass(frozen=True)
@@ -71,9 +104,14 @@ class Event:
 
     def to_json(self) -> dict[str, Any]:
         """The API representation: the body as sent, plus the dedupe key."""
-        return {"id": self.id, "type": self.type, "customer": self.customer,
-                "dedupe_key": self.dedupe_key, "occurred_at": self.occurred_at,
-                "payload": json.loads(self.body)}
+        return {
+            "id": self.id,
+            "type": self.type,
+            "customer": self.customer,
+            "dedupe_key": self.dedupe_key,
+            "occurred_at": self.occurred_at,
+            "payload": json.loads(self.body),
+        }
 
 
 @dataclass(frozen=True)
@@ -93,11 +131,18 @@ class Delivery:
 
     def to_json(self) -> dict[str, Any]:
         """The API representation."""
-        return {"id": self.id, "event_id": self.event_id, "endpoint_id": self.endpoint_id,
-                "state": self.state, "attempts": self.attempts,
-                "next_attempt_at": self.next_attempt_at, "last_status": self.last_status,
-                "last_error": self.last_error, "last_attempt_at": self.last_attempt_at,
-                "delivered_at": self.delivered_at}
+        return {
+            "id": self.id,
+            "event_id": self.event_id,
+            "endpoint_id": self.endpoint_id,
+            "state": self.state,
+            "attempts": self.attempts,
+            "next_attempt_at": self.next_attempt_at,
+            "last_status": self.last_status,
+            "last_error": self.last_error,
+            "last_attempt_at": self.last_attempt_at,
+            "delivered_at": self.delivered_at,
+        }
 
 
 @dataclass(frozen=True)

@@ -58,8 +58,16 @@ class DeliveryQueue:
             rows = await tx.execute(sql, [int(r[0]) for r in ids])
         return [Claimed(int(r[0]), int(r[1]), r[2], r[3], r[4], r[5], r[6]) for r in rows]
 
-    async def settle(self, claimed: Claimed, owner: str, *, status: int | None,
-                     error: str | None, next_attempt_at: float | None, dead: bool) -> bool:
+    async def settle(
+        self,
+        claimed: Claimed,
+        owner: str,
+        *,
+        status: int | None,
+        error: str | None,
+        next_attempt_at: float | None,
+        dead: bool,
+    ) -> bool:
         """Record an attempt's outcome; False if ``owner`` no longer holds the lease.
 
         Delivered: ``error`` is None and not ``dead``; retry: ``next_attempt_at``; dead: ``dead``.
@@ -73,9 +81,18 @@ class DeliveryQueue:
                 " delivered_at = CASE WHEN ? = 'delivered' THEN ? ELSE delivered_at END,"
                 " next_attempt_at = ?, lease_owner = NULL, lease_until = NULL"
                 " WHERE id = ? AND lease_owner = ? AND state = 'pending' RETURNING id",
-                (state, status, error, now, state, now,
-                 next_attempt_at if next_attempt_at is not None else now,
-                 claimed.delivery_id, owner))
+                (
+                    state,
+                    status,
+                    error,
+                    now,
+                    state,
+                    now,
+                    next_attempt_at if next_attempt_at is not None else now,
+                    claimed.delivery_id,
+                    owner,
+                ),
+            )
         return bool(rows)
 
     async def stats(self) -> QueueStats:
@@ -84,7 +101,8 @@ class DeliveryQueue:
             rows = await tx.execute(
                 "SELECT count(*), min(d.created_at) FROM webhook_deliveries d"
                 " JOIN webhook_endpoints e ON e.id = d.endpoint_id"
-                " WHERE d.state = 'pending' AND e.enabled = 1 AND e.deleted_at IS NULL")
+                " WHERE d.state = 'pending' AND e.enabled = 1 AND e.deleted_at IS NULL"
+            )
             dead = await tx.execute("SELECT count(*) FROM webhook_deliveries WHERE state = 'dead'")
         pending, oldest = int(rows[0][0]), rows[0][1]
         age = max(0.0, self._clock() - float(oldest)) if oldest is not None else 0.0

@@ -26,21 +26,29 @@ __all__ = ["WebhookRunner"]
 class WebhookRunner:
     """Runs one delivery loop in the background while ``serve`` runs."""
 
-    def __init__(self, store_url: str, cfg: WebhooksConfig, *, clock: Callable[[], float],
-                 owner: str, rng: random.Random | None = None) -> None:
+    def __init__(
+        self,
+        store_url: str,
+        cfg: WebhooksConfig,
+        *,
+        clock: Callable[[], float],
+        owner: str,
+        rng: random.Random | None = None,
+    ) -> None:
         self.backend = connect_backend(store_url)
-        self.outbox = Outbox(self.backend, clock=clock,
-                             emit_deadline_s=cfg.emit_deadline_ms / 1000)
+        self.outbox = Outbox(self.backend, clock=clock, emit_deadline_s=cfg.emit_deadline_ms / 1000)
         # The lease owner is unique per process: two replicas given one instance name (the same
         # hostname, say) must not release or complete each other's claimed deliveries.
         self.owner = f"{owner}:{os.getpid()}:{secrets.token_hex(4)}"
-        self.deliverer = Deliverer(DeliveryQueue(self.backend, clock=clock), cfg,
-                                   owner=self.owner, clock=clock, rng=rng)
+        self.deliverer = Deliverer(
+            DeliveryQueue(self.backend, clock=clock), cfg, owner=self.owner, clock=clock, rng=rng
+        )
         self._stop = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
 
-    async def emit(self, event_type: str, customer_id: str | None, dedupe_key: str,
-                   data: Mapping[str, object]) -> bool:
+    async def emit(
+        self, event_type: str, customer_id: str | None, dedupe_key: str, data: Mapping[str, object]
+    ) -> bool:
         """Record an event for delivery (see :meth:`Outbox.emit`)."""
         return await self.outbox.emit(event_type, customer_id, dedupe_key, data)
 

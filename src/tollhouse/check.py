@@ -15,19 +15,25 @@ import os
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from tollhouse.authn import AuthnFailure, Principal
-from tollhouse.credits.book import CreditBook, Shortfall
-from tollhouse.credits.spend_caps import SpendCaps
+from tollhouse.config import PlanConfig
+from tollhouse.credits.book import CreditBook, Shortfall, Spend
+from tollhouse.credits.prices import CreditPrices
+from tollhouse.credits.spend_caps import Capped, SpendCaps
 from tollhouse.decision import Allow, Decision, Deny, RequestInfo, unavailable
-from tollhouse.entitlements import Catalog, Customer
+from tollhouse.entitlements import Catalog
 from tollhouse.limits import standing_headers
 from tollhouse.logs import get_logger
-from tollhouse.quota.limiter import Admission, Limiter
+from tollhouse.quota.limiter import Admission, Limiter, Limits
 from tollhouse.store.credit_models import MILLI
+from tollhouse.subscriber import Subscriber
 
-__all__ = ["Checker", "CustomerSource", "State"]
+if TYPE_CHECKING:
+    from tollhouse._pb.tollhouse.v1.usage_pb2 import UsageRecord
+
+__all__ = ["Checker", "CustomerSource", "Recorder", "State"]
 
 log = get_logger(__name__)
 Headers = tuple[tuple[str, str], ...]
@@ -42,8 +48,31 @@ IDENTITY_HEADERS = (H_CUSTOMER, H_PLAN, H_FEATURE, H_USAGE_ID)
 class CustomerSource(Protocol):
     """The live entitlement store's in-memory view (``store.Directory``)."""
 
-    def customer(self, customer_id: str) -> Any:
-        """The customer entry, or None if the store does not know it."""
+    def customer(self, customer_id: str) -> Subscriber | None:
+        """The customer's subscription, or None if the store does not know it."""
+
+
+class Recorder(Protocol):
+    """What the Checker needs of metering: a reservation, written durably before the OK."""
+
+    def build_reservation(
+        self,
+        *,
+        customer: str,
+        plan: str,
+        feature: str,
+        method: str,
+        path: str,
+        request_id: str,
+        decision_id: str,
+        degraded: bool = False,
+    ) -> UsageRecord:
+        """A RESERVED record with a fresh usage id, for the request being admitted."""
+        ...
+
+    async def reserve(self, record: UsageRecord, deadline_s: float | None = None) -> None:
+        """Write ``record`` durably, or raise (``TimeoutError`` past ``deadline_s``)."""
+        ...
 
 
 class AuthnLike(Protocol):
@@ -71,11 +100,11 @@ class Checker:
         authenticator: AuthnLike,
         *,
         limiter: Limiter | None = None,
-        metering: Any = None,
+        metering: Recorder | None = None,
         credits: CreditBook | None = None,
         spend_caps: SpendCaps | None = None,
         directory: CustomerSource | None = None,
-        limits_for: Callable[[Customer | Any, Any], Any] | None = None,
+        limits_for: Callable[[Subscriber, PlanConfig], Limits] | None = None,
         clock: Callable[[], float] = time.time,
         past_due_grace_s: float = 7 * 86400,
         deadline_s: float = 0.15,
@@ -127,8 +156,8 @@ class Checker:
     async def _charge(
         self,
         snap: Catalog,
-        cust: Any,
-        plan: Any,
+        cust: Subscriber,
+        plan: PlanConfig,
         feature: str,
         meters: Sequence[str],
         req: RequestInfo,
@@ -137,22 +166,24 @@ class Checker:
         capped = self.spend_caps.blocked(cust.id) if self.spend_caps is not None else None
         if capped is not None:
             return self._with_limits(self._capped(cust.id, capped), cust, plan)
-        admission = None
+        admission: Admission | None = None
         if self.limiter is not None and self.limits_for is not None:
-            admission = await self._admit(self.limiter, self.limits_for(cust, plan), cust, meters)
-            if isinstance(admission, Deny):
-                return admission
-        credit = None
+            admitted = await self._admit(self.limiter, self.limits_for(cust, plan), cust, meters)
+            if isinstance(admitted, Deny):
+                return admitted
+            admission = admitted
+        credit: Spend | None = None
         prices = snap.credit_prices.get(cust.plan)
         if prices is not None:
-            credit = await self._spend_credit(cust, prices, feature, meters)
-            if isinstance(credit, Deny):
+            paid = await self._spend_credit(cust, prices, feature, meters)
+            if isinstance(paid, Deny):
                 self._undo(admission, None)
-                return self._with_limits(credit, cust, plan)
+                return self._with_limits(paid, cust, plan)
+            credit = paid
         return await self._record_and_answer(cust, feature, req, admission, credit)
 
     @staticmethod
-    def _capped(cid: str, c: Any) -> Deny:
+    def _capped(cid: str, c: Capped) -> Deny:
         return Deny(
             402,
             "spend_cap_reached",
@@ -163,15 +194,14 @@ class Checker:
         )
 
     async def _spend_credit(
-        self, cust: Any, prices: Any, feature: str, meters: Sequence[str]
-    ) -> Any:
+        self, cust: Subscriber, prices: CreditPrices, feature: str, meters: Sequence[str]
+    ) -> Spend | Deny | None:
         """Take the request's price from the prepaid balance: a Spend, None (allowed) or Deny."""
         if self.credits is None:
             return unavailable("credits_unavailable", "prepaid credit cannot be checked")
-        grants = getattr(cust, "credit_grants", ())
         now = self.clock()
         got = await self.credits.spend(
-            cust.id, grants, prices.admission_costs(meters), feature, now
+            cust.id, cust.credit_grants, prices.admission_costs(meters), feature, now
         )
         if not isinstance(got, Shortfall):
             return got
@@ -188,13 +218,13 @@ class Checker:
             extra={"balance": got.balance // MILLI, "currency": prices.currency},
         )
 
-    def _standing(self, cust: Any, plan: Any) -> Headers:
+    def _standing(self, cust: Subscriber, plan: PlanConfig | None) -> Headers:
         """RateLimit headers for an answer that spends nothing (the customer's plan is known)."""
         if self.limiter is None or self.limits_for is None or plan is None:
             return ()
         return standing_headers(self.limiter, cust.id, self.limits_for(cust, plan), self.clock())
 
-    def _with_limits(self, deny: Deny, cust: Any, plan: Any) -> Deny:
+    def _with_limits(self, deny: Deny, cust: Subscriber, plan: PlanConfig | None) -> Deny:
         """A 402 / 403 of a known customer also carries its RateLimit headers."""
         headers = self._standing(cust, plan)
         return replace(deny, headers=deny.headers + headers) if headers else deny
@@ -208,7 +238,7 @@ class Checker:
         title = "Unauthorized" if f.status == 401 else "Bad request"
         return Deny(f.status, f.code, title, f.detail, headers=headers)
 
-    def identify(self, snap: Catalog, cid: str) -> Customer | Any | Deny:
+    def identify(self, snap: Catalog, cid: str) -> Subscriber | Deny:
         """The customer entry (store, then config, then default plan), or why it is refused."""
         cust = self.lookup(snap, cid)
         if isinstance(cust, Deny):
@@ -216,19 +246,19 @@ class Checker:
         refusal = self._refusal(cust)
         return cust if refusal is None else refusal
 
-    def lookup(self, snap: Catalog, cid: str) -> Customer | Any | Deny:
+    def lookup(self, snap: Catalog, cid: str) -> Subscriber | Deny:
         """The customer entry (store, then config, then default plan), whatever its status."""
-        cust: Any = self.directory.customer(cid) if self.directory is not None else None
+        cust = self.directory.customer(cid) if self.directory is not None else None
         if cust is None:
             cust = snap.customers.get(cid)
         if cust is None:
             default = snap.config.default_plan
             if default is None:
                 return Deny(403, "unknown_customer", "Forbidden", "no subscription for caller")
-            return Customer(id=cid, plan=default, source="default_plan")
+            return Subscriber.on_default_plan(cid, default)
         return cust
 
-    def _refusal(self, cust: Any) -> Deny | None:
+    def _refusal(self, cust: Subscriber) -> Deny | None:
         """Why the subscription's status refuses service now (402 / 403), or None."""
         status = cust.status
         if status == "active":
@@ -250,7 +280,12 @@ class Checker:
                 "the subscription is cancelled",
                 customer=cid,
             )
-        if status == "past_due" and self.clock() - cust.status_since <= self.past_due_grace_s:
+        since = cust.status_since_s
+        if (
+            status == "past_due"
+            and since is not None
+            and self.clock() - since <= self.past_due_grace_s
+        ):
             return None
         return Deny(
             402,
@@ -260,7 +295,7 @@ class Checker:
             customer=cid,
         )
 
-    def _entitle(self, snap: Catalog, cust: Any, req: RequestInfo) -> str | Deny:
+    def _entitle(self, snap: Catalog, cust: Subscriber, req: RequestInfo) -> str | Deny:
         candidates = snap.matcher.features_for(req.method, req.path)
         if not candidates:
             return Deny(
@@ -284,7 +319,7 @@ class Checker:
         return feature
 
     async def _admit(
-        self, limiter: Limiter, limits: Any, cust: Any, meters: Sequence[str]
+        self, limiter: Limiter, limits: Limits, cust: Subscriber, meters: Sequence[str]
     ) -> Admission | Deny:
         adm = await limiter.admit(cust.id, meters, limits, self.clock())
         if adm.allowed:
@@ -312,7 +347,7 @@ class Checker:
             extra=extra,
         )
 
-    def _undo(self, adm: Any, credit: Any) -> None:
+    def _undo(self, adm: Admission | None, credit: Spend | None) -> None:
         """Give back what an admission took; its request is not let through."""
         if adm is not None and self.limiter is not None:
             self.limiter.release(adm)
@@ -320,7 +355,12 @@ class Checker:
             self.credits.release(credit)
 
     async def _record_and_answer(
-        self, cust: Any, feature: str, req: RequestInfo, adm: Any, credit: Any = None
+        self,
+        cust: Subscriber,
+        feature: str,
+        req: RequestInfo,
+        adm: Admission | None,
+        credit: Spend | None = None,
     ) -> Decision:
         decision_id = f"{self._prefix}-{next(self._ids):x}"
         usage_id = ""
@@ -353,10 +393,10 @@ class Checker:
 
     def _answer(
         self,
-        cust: Any,
+        cust: Subscriber,
         feature: str,
         usage_id: str,
-        adm: Any,
+        adm: Admission | None,
         decision_id: str = "",
         headers: Headers = (),
     ) -> Allow:

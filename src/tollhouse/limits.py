@@ -7,7 +7,7 @@ without meters), and the live quota counters that ``GET /v1/usage`` shows.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from tollhouse.config import Config, PlanConfig
@@ -15,6 +15,7 @@ from tollhouse.quota import Limits, period_for
 from tollhouse.quota.limiter import Headers
 from tollhouse.quota.machinery import RateBuckets, format_headers, quota_items
 from tollhouse.quota.redis_state import share
+from tollhouse.subscriber import Subscriber, TopUp
 
 if TYPE_CHECKING:
     from tollhouse.check import State
@@ -45,46 +46,36 @@ def needs_limiter(cfg: Config) -> bool:
     )
 
 
-def _pairs(value: Any) -> Mapping[str, int]:
-    if not value:
-        return {}
-    return value if isinstance(value, Mapping) else dict(value)
-
-
-def effective_quotas(plan: PlanConfig, overrides: Any, topups: Any) -> dict[str, int]:
+def effective_quotas(
+    plan: PlanConfig, overrides: Mapping[str, int], topups: Iterable[TopUp]
+) -> dict[str, int]:
     """Plan quotas, each replaced by an override if one exists, plus top-ups.
 
-    A top-up adds to a quota; on a meter without one (unlimited) it changes nothing, as in
-    ``GET /v1/usage`` and on the invoice: a top-up never turns an unlimited meter into a cap.
+    ``topups``: the ones of the period the limits are for (the directory gives a Subscriber the
+    current period's only). A top-up adds to a quota; on a meter without one (unlimited) it
+    changes nothing, as in ``GET /v1/usage`` and on the invoice: a top-up never turns an
+    unlimited meter into a cap.
     """
     quotas = dict(plan.quotas)
-    quotas.update(_pairs(overrides))
-    for meter, units in _pairs(topups).items():
-        if meter in quotas:
-            quotas[meter] += units
+    quotas.update(overrides)
+    for t in topups:
+        if t.meter in quotas:
+            quotas[t.meter] += t.units
     return quotas
 
 
-def _frozen(value: Any) -> tuple[tuple[str, int], ...]:
-    """A hashable, order-independent form of an overrides / top-ups mapping (or pairs)."""
-    if not value:
-        return ()
-    if isinstance(value, tuple):  # a config customer's pairs: fixed for the catalog version
-        return value
-    return tuple(sorted(value.items() if isinstance(value, Mapping) else value))
-
-
-def limits_key(cust: Any) -> tuple[Any, ...]:
+def limits_key(cust: Subscriber) -> tuple[object, ...]:
     """Everything a customer's :class:`Limits` depends on besides the catalog version.
 
-    A value, not an object identity: the store's directory builds a new entry on every lookup,
-    and two customers with equal inputs share one Limits (it names no customer).
+    A value, not an object identity: the store's directory builds a new Subscriber on every
+    lookup, and two customers with equal inputs share one Limits (it names no customer).
     """
+    overrides = cust.quota_overrides
     return (
         cust.plan,
-        getattr(cust, "anchor", None),
-        _frozen(getattr(cust, "quota_overrides", None)),
-        _frozen(getattr(cust, "topups", None)),
+        cust.anchor,
+        tuple(sorted(overrides.items())) if overrides else (),
+        cust.topups,
     )
 
 
@@ -96,7 +87,7 @@ class LimitsBuilder:
         self.max_entries = max_entries
         self.hits = 0
         self.misses = 0
-        self._cache: dict[tuple[Any, ...], Limits] = {}
+        self._cache: dict[tuple[object, ...], Limits] = {}
         self._version = ""
         self._req_meters: frozenset[str] = frozenset()
 
@@ -113,7 +104,7 @@ class LimitsBuilder:
             )
             self._version = cat.version
 
-    def for_customer(self, cust: Any, plan: PlanConfig) -> Limits:
+    def for_customer(self, cust: Subscriber, plan: PlanConfig) -> Limits:
         """The Limits object the limiter takes."""
         self._sync_version()
         key = limits_key(cust)
@@ -124,14 +115,12 @@ class LimitsBuilder:
         self.misses += 1
         limits = Limits(
             plan=cust.plan,
-            quotas=effective_quotas(
-                plan, getattr(cust, "quota_overrides", None), getattr(cust, "topups", None)
-            ),
+            quotas=effective_quotas(plan, cust.quota_overrides, cust.topups),
             per_second=plan.rate_limits.per_second,
             per_minute=plan.rate_limits.per_minute,
             overage=plan.overage,
             on_counter_error=plan.on_counter_error,
-            anchor=getattr(cust, "anchor", None),
+            anchor=cust.anchor,
             request_meters=self._req_meters,
         )
         if len(self._cache) >= self.max_entries:

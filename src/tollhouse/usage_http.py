@@ -10,23 +10,14 @@ are never behind the quota counters the Check decides on (:func:`live_counters`)
 from __future__ import annotations
 
 import asyncio
-import math
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import replace
-from datetime import UTC, datetime
 from typing import Any
 
 from aiohttp import web
 
-from tollhouse.billing.periods import period_containing
 from tollhouse.billing.pricing import minor_unit
-from tollhouse.billing.store_subscriptions import midnight_s
-from tollhouse.billing.subscriptions import (
-    ConfigSubscriptions,
-    PlanChange,
-    Subscription,
-    TopUp,
-)
+from tollhouse.billing.subscriptions import ConfigSubscriptions
 from tollhouse.billing.usage import UsageReport, current_usage
 from tollhouse.billing.usage_api import (
     add_usage_route,
@@ -39,6 +30,7 @@ from tollhouse.decision import Deny
 from tollhouse.http import problems_middleware
 from tollhouse.limits import live_used
 from tollhouse.store.credit_models import MILLI
+from tollhouse.subscriber import Subscriber
 
 __all__ = [
     "LiveSubscriptions",
@@ -60,29 +52,15 @@ class LiveSubscriptions:
         """Return the config's customers (the store's are looked up one by one)."""
         return sorted(self.app.cfg.customers)
 
-    def entry(self, customer: str) -> Any:
+    def entry(self, customer: str) -> Subscriber | None:
         """The store's in-memory entry for ``customer``, if a store is configured."""
         directory = self.app.directory
         return directory.customer(customer) if directory is not None else None
 
-    def subscription(self, customer: str) -> Subscription | None:
-        """The store's subscription (with this period's top-ups), else the config's."""
-        ent = self.entry(customer)
-        if ent is None:
-            return ConfigSubscriptions(self.app.cfg).subscription(customer)
-        changes = [
-            PlanChange(p, math.floor(t)) for p, t in sorted(ent.plan_changes, key=lambda c: c[1])
-        ]
-        if not changes:
-            changes = [PlanChange(ent.plan, 0)]
-        if ent.anchor is not None and midnight_s(ent.anchor) < changes[0].effective_from_s:
-            changes[0] = PlanChange(changes[0].plan, midnight_s(ent.anchor))
-        period = period_containing(self.app.clock(), ent.anchor)
-        start = datetime.fromtimestamp(period.start_s, UTC).date()
-        topups = tuple(TopUp(start, m, int(u)) for m, u in ent.topups.items())
-        return Subscription(
-            customer, tuple(changes), ent.anchor, ent.status, math.floor(ent.status_since), topups
-        )
+    def subscription(self, customer: str) -> Subscriber | None:
+        """The store's subscriber (with this period's top-ups), else the config's."""
+        sub = self.entry(customer)
+        return sub if sub is not None else ConfigSubscriptions(self.app.cfg).subscription(customer)
 
 
 def live_counters(app: Any) -> Callable[[str], Mapping[str, int]]:
@@ -102,7 +80,7 @@ def live_counters(app: Any) -> Callable[[str], Mapping[str, int]]:
     return live
 
 
-def with_credit(app: Any, ent: Any, report: UsageReport | None) -> UsageReport | None:
+def with_credit(app: Any, ent: Subscriber | None, report: UsageReport | None) -> UsageReport | None:
     """The report with the live credit balance, for a customer with grants or a prepaid plan.
 
     The balance is this replica's view (``CreditBook.balance``), rounded down to the minor unit.
@@ -124,7 +102,7 @@ def report_lookup(app: Any) -> Callable[[str, Mapping[str, int]], UsageReport | 
     totals = meter_totals(app.cfg)
 
     def lookup(customer: str, live: Mapping[str, int]) -> UsageReport | None:
-        ent = subs.entry(customer)
+        ent = subs.subscription(customer)  # the store's, else the config's (overrides too)
         overrides = dict(ent.quota_overrides) if ent is not None else None
         report = current_usage(
             app.cfg,

@@ -118,7 +118,7 @@ async def test_a_scheduled_plan_change_keeps_its_plan_in_use(running: Running) -
 
     async def synced() -> bool:
         ent = app.directory.customer("beta")
-        return ent is not None and len(ent.plan_changes) == 2
+        return ent is not None and len(ent.changes) == 2
 
     assert await wait_for(synced)
     doc = yaml.safe_load(path.read_text())

@@ -37,10 +37,11 @@ from tollhouse.billing.customer_invoices import list_invoices
 from tollhouse.billing.invoice_credits import FEES, AppliedCredits, apply_credits, charge_buckets
 from tollhouse.billing.job import BillingResult, run_billing
 from tollhouse.billing.ledger import open_ledger
-from tollhouse.billing.subscriptions import ConfigSubscriptions, Subscription
+from tollhouse.billing.subscriptions import ConfigSubscriptions
 from tollhouse.config import Config
 from tollhouse.store import StoreService
 from tollhouse.store.credit_models import CreditGrant
+from tollhouse.subscriber import Subscriber
 from tollhouse.webhooks import Outbox
 
 DAY = 86400
@@ -397,9 +398,9 @@ class _WithGrants:
     def customers(self) -> list[str]:
         return list(self._subs.customers())
 
-    def subscription(self, customer: str) -> Subscription | None:
+    def subscription(self, customer: str) -> Subscriber | None:
         sub = self._subs.subscription(customer)
-        return None if sub is None else replace(sub, grants=self._grants.get(customer, ()))
+        return None if sub is None else replace(sub, credit_grants=self._grants.get(customer, ()))
 
 
 def _fixed_grants() -> dict[str, tuple[CreditGrant, ...]]:

@@ -23,8 +23,8 @@ from tests.support.billing import (
 from tests.support.ledger import Crash, CrashAt
 from tollhouse.billing.job import BillingResult, JobOptions, run_billing
 from tollhouse.billing.ledger import LedgerRow, open_ledger
-from tollhouse.billing.subscriptions import PlanChange, Subscription
 from tollhouse.config import Config
+from tollhouse.subscriber import PlanChange, Subscriber
 
 
 def _bill(cfg: Config, period: str, out: Path | None, now: float, **kw: object) -> BillingResult:
@@ -166,9 +166,9 @@ def test_plan_change_prorates_base_fee(tmp_path: Path) -> None:
         def customers(self) -> list[str]:
             return ["acme"]
 
-        def subscription(self, customer: str) -> Subscription | None:
-            return Subscription(
-                customer, (PlanChange("starter", 0), PlanChange("pro", change)), None
+        def subscription(self, customer: str) -> Subscriber | None:
+            return Subscriber(
+                customer, "pro", (PlanChange("starter", 0), PlanChange("pro", change))
             )
 
     res = run_billing(

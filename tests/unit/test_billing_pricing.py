@@ -18,8 +18,9 @@ from tollhouse.billing.pricing import (
     prorate_segments,
     round_money,
 )
-from tollhouse.billing.subscriptions import PlanChange, segments
+from tollhouse.billing.subscriptions import segments
 from tollhouse.config import MeterPrice, Tier
+from tollhouse.subscriber import PlanChange
 
 GRAD = MeterPrice(
     model="graduated",

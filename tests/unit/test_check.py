@@ -10,7 +10,7 @@ import pytest
 from tests.support.check import ISS, get_request, make_checker
 from tollhouse import devkeys
 from tollhouse.decision import Allow, Deny
-from tollhouse.entitlements import Customer
+from tollhouse.subscriber import Status, Subscriber
 
 
 @pytest.fixture
@@ -69,13 +69,11 @@ async def test_missing_credentials_401_without_error(tmp_path: Path, key: devkey
 class _Statuses:
     """A stand-in for the store's in-memory directory: customer -> status."""
 
-    def __init__(self, status: str, since: float = 0.0) -> None:
+    def __init__(self, status: Status, since: float = 0.0) -> None:
         self.status, self.since = status, since
 
-    def customer(self, cid: str) -> Customer:
-        return Customer(
-            id=cid, plan="pro", status=self.status, status_since=self.since, source="store"
-        )
+    def customer(self, cid: str) -> Subscriber:
+        return Subscriber(cid, "pro", status=self.status, status_since_s=self.since, source="store")
 
 
 @pytest.mark.parametrize(

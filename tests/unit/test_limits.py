@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from datetime import date
 from pathlib import Path
 from typing import Any
 
@@ -18,17 +19,22 @@ from tollhouse.entitlements import build_catalog
 from tollhouse.limits import LimitsBuilder, effective_quotas, needs_limiter
 from tollhouse.quota import open_limiter
 from tollhouse.store import Directory, StoreService, migrate, open_store
+from tollhouse.subscriber import TopUp
 
 ISS = "https://issuer.example"
+
+
+def _topup(units: int) -> TopUp:
+    return TopUp(date(2026, 11, 1), "requests", units)
 
 
 def test_effective_quotas_override_then_topup() -> None:
     """An override replaces the plan's quota for its meter; a top-up adds to the result."""
     cfg = parse_config({"plans": {"free": {"quotas": {"requests": 100}}}})
     plan = cfg.plans["free"]
-    assert effective_quotas(plan, None, None) == {"requests": 100}
-    assert effective_quotas(plan, {"requests": 500}, None) == {"requests": 500}
-    assert effective_quotas(plan, (("requests", 500),), {"requests": 25}) == {"requests": 525}
+    assert effective_quotas(plan, {}, ()) == {"requests": 100}
+    assert effective_quotas(plan, {"requests": 500}, ()) == {"requests": 500}
+    assert effective_quotas(plan, {"requests": 500}, (_topup(25),)) == {"requests": 525}
 
 
 def test_needs_limiter_only_when_something_is_sold() -> None:
@@ -111,8 +117,8 @@ def test_needs_limiter_when_a_store_is_configured() -> None:
 def test_topup_on_an_unlimited_meter_does_not_cap_it() -> None:
     """A top-up adds to a quota; on a meter the plan does not limit, it sets no cap."""
     plan = parse_config({"plans": {"pro": {}}}).plans["pro"]
-    assert effective_quotas(plan, None, {"requests": 25}) == {}
-    assert effective_quotas(plan, {"requests": 5}, {"requests": 3}) == {"requests": 8}
+    assert effective_quotas(plan, {}, (_topup(25),)) == {}
+    assert effective_quotas(plan, {"requests": 5}, (_topup(3),)) == {"requests": 8}
 
 
 async def _store_directory(tmp_path: Path) -> tuple[StoreService, Directory]:

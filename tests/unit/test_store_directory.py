@@ -13,6 +13,7 @@ from tests.servers import PostgresServer
 from tests.support.store import T0, Clock, eventually, fresh_pg_url, make_service
 from tollhouse.config import StoreConfig
 from tollhouse.store import Directory, SchemaError, StoreService, hash_key
+from tollhouse.subscriber import PlanChange, TopUp
 
 
 @pytest.fixture
@@ -75,9 +76,14 @@ async def test_sqlite_status_plan_overrides_topups(
     assert await eventually(lambda: bool(d.customer("a") and d.customer("a").topups), 1.0)
     e = d.customer("a")
     assert e is not None
-    assert (e.plan, e.plan_changes) == ("free", (("free", T0), ("pro", T0 + 60)))
+    # The plan history as billing reads it: the first plan from the anchor's midnight UTC.
+    nov_1 = 1_761_955_200  # 2025-11-01T00:00:00Z, the anchor
+    assert (e.plan, e.changes) == (
+        "free",
+        (PlanChange("free", nov_1), PlanChange("pro", int(T0) + 60)),
+    )
     assert dict(e.quota_overrides) == {"requests": 7}
-    assert dict(e.topups) == {"requests": 100}
+    assert e.topups == (TopUp(date(2025, 11, 1), "requests", 100),)  # this period's only
     clock.t = T0 + 60
     assert d.customer("a").plan == "pro"  # type: ignore[union-attr]
     detail = d.status_detail()

@@ -18,6 +18,7 @@ from typing import Any
 from tollhouse.config.alerts import AlertsConfig, CreditThreshold
 from tollhouse.logs import get_logger
 from tollhouse.store.credit_models import MILLI, CreditGrant
+from tollhouse.subscriber import Subscriber
 from tollhouse.webhooks.models import EmitEvent
 
 __all__ = ["CreditAlerts", "credit_threshold"]
@@ -81,7 +82,7 @@ class CreditAlerts:
         return new
 
     def _due(
-        self, cid: str, ent: Any, grants: Sequence[CreditGrant], balance: int
+        self, cid: str, ent: Subscriber, grants: Sequence[CreditGrant], balance: int
     ) -> list[tuple[str, str, dict[str, object]]]:
         """The events the balance calls for now: (type, label, data)."""
         granted = sum(g.amount for g in grants)

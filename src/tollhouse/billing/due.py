@@ -16,26 +16,26 @@ from __future__ import annotations
 
 from tollhouse.billing.ledger import Ledger
 from tollhouse.billing.periods import Period, period_containing, period_for_label
-from tollhouse.billing.subscriptions import Subscription
+from tollhouse.subscriber import Subscriber
 
 __all__ = ["due_periods"]
 
 
-def _first_period(sub: Subscription, ledger: Ledger, now_s: int, upto: int) -> Period:
+def _first_period(sub: Subscriber, ledger: Ledger, now_s: int, upto: int) -> Period:
     anchor = sub.anchor
-    last = ledger.last_invoice(sub.customer)
+    last = ledger.last_invoice(sub.id)
     if last is not None:
         return period_for_label(last[0], anchor).next(anchor)
     start_s = sub.start_s
     if start_s > 0:
         return period_containing(start_s, anchor)
-    first_ms = ledger.first_admitted_ms(sub.customer, now_s * 1000, min_seq=0, max_seq=upto)
+    first_ms = ledger.first_admitted_ms(sub.id, now_s * 1000, min_seq=0, max_seq=upto)
     if first_ms is None:
         return period_containing(now_s, anchor).previous(anchor)
     return period_containing(first_ms // 1000, anchor)
 
 
-def due_periods(sub: Subscription, ledger: Ledger, now_s: float, upto: int) -> list[Period]:
+def due_periods(sub: Subscriber, ledger: Ledger, now_s: float, upto: int) -> list[Period]:
     """Return ``sub``'s ended periods not yet issued at ``now_s``, oldest first.
 
     ``upto`` is the run's sealed generation (the usage the run may see).

@@ -38,8 +38,9 @@ from tollhouse.billing.pricing import (
     prorate_segments,
     round_money,
 )
-from tollhouse.billing.subscriptions import Subscription, segments
+from tollhouse.billing.subscriptions import segments
 from tollhouse.config import MeterPrice, PlanConfig, PriceConfig
+from tollhouse.subscriber import Subscriber
 
 __all__ = ["Invoice", "InvoiceProblem", "build_invoice", "digest", "invoice_number"]
 
@@ -134,7 +135,7 @@ class BuildInput:
     """
 
     plans: Mapping[str, PlanConfig]
-    sub: Subscription
+    sub: Subscriber
     period: Period
     upto_seq: int
     prev_upto_seq: int
@@ -170,7 +171,7 @@ def _base_fees(inp: BuildInput, currency: str) -> tuple[list[dict[str, Any]], De
 def _usage_lines(
     ledger: Ledger, inp: BuildInput, price: PriceConfig
 ) -> tuple[list[dict[str, Any]], Decimal]:
-    p, cust = inp.period, inp.sub.customer
+    p, cust = inp.period, inp.sub.id
     totals = ledger.meter_lines(cust, p.start_ms, p.end_ms, max_seq=inp.upto_seq)
     topups = inp.sub.topups_for(p)
     lines, subtotal = [], Decimal(0)
@@ -192,7 +193,7 @@ def _usage_lines(
 
 
 def _adjustments(ledger: Ledger, inp: BuildInput, currency: str) -> list[dict[str, Any]] | str:
-    cust = inp.sub.customer
+    cust = inp.sub.id
     out: list[dict[str, Any]] = []
     after = -(2**62)
     while True:
@@ -239,7 +240,7 @@ def _adjustments(ledger: Ledger, inp: BuildInput, currency: str) -> list[dict[st
 
 def _daily(ledger: Ledger, inp: BuildInput) -> list[dict[str, Any]]:
     p = inp.period
-    rows = ledger.daily_totals(inp.sub.customer, p.start_ms, p.end_ms, inp.upto_seq)
+    rows = ledger.daily_totals(inp.sub.id, p.start_ms, p.end_ms, inp.upto_seq)
     return [{"date": _day(p.start_s + d * 86400), "meter": m, "units": u} for d, m, u in rows]
 
 
@@ -247,24 +248,24 @@ def _credits(
     ledger: Ledger, inp: BuildInput, doc: dict[str, Any], total: Decimal, fees: Decimal
 ) -> AppliedCredits | None:
     """Apply the customer's grants (``None``: it has none, the invoice shows no credits)."""
-    if not inp.sub.grants:
+    if not inp.sub.credit_grants:
         return None
     p = inp.period
     return apply_credits(
-        inp.sub.grants,
+        inp.sub.credit_grants,
         currency=doc["currency"],
         start=p.start_s,
         end=p.end_s,
         as_of=p.end_s if inp.as_of is None else inp.as_of,
         total=total,
         buckets=charge_buckets(fees, doc["lines"], doc["adjustments"]),
-        used_before=ledger.credits_used(inp.sub.customer),
+        used_before=ledger.credits_used(inp.sub.id),
     )
 
 
 def build_invoice(ledger: Ledger, inp: BuildInput) -> Invoice | InvoiceProblem:
     """Price one customer's period; nothing is written (the job issues it)."""
-    cust, p = inp.sub.customer, inp.period
+    cust, p = inp.sub.id, inp.period
     segs = segments(inp.sub.changes, p)
     if not segs:
         return InvoiceProblem(cust, f"no plan in effect during {p.label}")

@@ -26,15 +26,11 @@ from tollhouse.billing.render import render_json, write_invoice_files
 from tollhouse.billing.roster import Notice, build_roster, not_subscribed
 from tollhouse.billing.simulate import Simulation, shadow_simulation
 from tollhouse.billing.store_subscriptions import StoreSubscriptions
-from tollhouse.billing.subscriptions import (
-    ConfigSubscriptions,
-    Subscription,
-    SubscriptionSource,
-    segments,
-)
+from tollhouse.billing.subscriptions import ConfigSubscriptions, SubscriptionSource, segments
 from tollhouse.config import Config
 from tollhouse.logs import get_logger
 from tollhouse.metering.schema import DEAD_LETTER_KEY, STREAM_KEY
+from tollhouse.subscriber import Subscriber
 
 __all__ = ["BillingResult", "InvoiceSummary", "JobOptions", "run_billing"]
 
@@ -85,7 +81,7 @@ class BillingResult:
     dead_lettered: int
     invoices: tuple[InvoiceSummary, ...]
     problems: tuple[InvoiceProblem, ...]
-    default_plan: tuple[Subscription, ...] = ()
+    default_plan: tuple[Subscriber, ...] = ()
     notices: tuple[Notice, ...] = ()
 
     @property
@@ -142,8 +138,8 @@ class _Run:
     out_dir: Path | None
 
 
-def _order_problem(ledger: Ledger, sub: Subscription, p: Period) -> str | None:
-    last = ledger.last_invoice(sub.customer)
+def _order_problem(ledger: Ledger, sub: Subscriber, p: Period) -> str | None:
+    last = ledger.last_invoice(sub.id)
     if last is None:
         return None
     if last[0] >= p.label:
@@ -154,45 +150,45 @@ def _order_problem(ledger: Ledger, sub: Subscription, p: Period) -> str | None:
     return None
 
 
-def _unbilled_after_cancel(run: _Run, sub: Subscription, p: Period) -> int | None:
+def _unbilled_after_cancel(run: _Run, sub: Subscriber, p: Period) -> int | None:
     """Earliest unbilled usage (ms) admitted before ``p`` ends, of a cancelled subscription.
 
     Unbilled: in a generation after the last invoice (late usage), or admitted in a period that
     starts after the cancellation (never invoiced), whatever its generation.
     """
-    last = run.ledger.last_invoice(sub.customer)
+    last = run.ledger.last_invoice(sub.id)
     late = run.ledger.first_admitted_ms(
-        sub.customer, p.end_ms, min_seq=0 if last is None else last[1], max_seq=run.upto
+        sub.id, p.end_ms, min_seq=0 if last is None else last[1], max_seq=run.upto
     )
     since = sub.status_since_s if sub.status_since_s is not None else p.start_s
     first_off = period_containing(since - 1, sub.anchor).next(sub.anchor)
     after = run.ledger.first_admitted_ms(
-        sub.customer, p.end_ms, min_seq=0, max_seq=run.upto, after_ms=first_off.start_ms
+        sub.id, p.end_ms, min_seq=0, max_seq=run.upto, after_ms=first_off.start_ms
     )
     return min((t for t in (late, after) if t is not None), default=None)
 
 
-def _gate(run: _Run, sub: Subscription, p: Period) -> InvoiceProblem | Literal[True] | None:
+def _gate(run: _Run, sub: Subscriber, p: Period) -> InvoiceProblem | Literal[True] | None:
     """``True``: bill ``p``; ``None``: nothing to bill (cancelled before ``p``); or a problem."""
     unknown = sorted({plan for plan, _, _ in segments(sub.changes, p)} - set(run.cfg.plans))
     if unknown:
-        return InvoiceProblem(sub.customer, f"plan {unknown[0]!r} is not in the config's catalog")
+        return InvoiceProblem(sub.id, f"plan {unknown[0]!r} is not in the config's catalog")
     if not sub.cancelled_before(p):
         return True
     pending = _unbilled_after_cancel(run, sub, p)
     if pending is None:
         return None
     return InvoiceProblem(
-        sub.customer,
+        sub.id,
         f"cancelled before {p.label} but has unbilled usage "
         f"(admitted at {iso_utc(pending / 1000)}); reactivate to bill it",
     )
 
 
 def _bill_period(
-    run: _Run, sub: Subscription, p: Period
+    run: _Run, sub: Subscriber, p: Period
 ) -> InvoiceSummary | InvoiceProblem | Notice | None:
-    cust = sub.customer
+    cust = sub.id
     stored = run.ledger.get_invoice(cust, p.label)
     if stored is not None:
         return _summary(json.loads(stored), "already_issued", run.out_dir)
@@ -254,7 +250,7 @@ def _bill_period(
 _Outcome = InvoiceSummary | InvoiceProblem | Notice
 
 
-def _bill_customer(run: _Run, sub: Subscription) -> list[_Outcome]:
+def _bill_customer(run: _Run, sub: Subscriber) -> list[_Outcome]:
     """``--period``: that period; preview: the open one; else every ended, unissued period."""
     if run.label is not None:
         res = _bill_period(run, sub, period_for_label(run.label, sub.anchor))
@@ -265,7 +261,7 @@ def _bill_customer(run: _Run, sub: Subscription) -> list[_Outcome]:
     return [] if res is None else [res]
 
 
-def _bill_due(run: _Run, sub: Subscription) -> list[_Outcome]:
+def _bill_due(run: _Run, sub: Subscriber) -> list[_Outcome]:
     """Issue ``sub``'s due periods in order; stop at the first problem (order is kept)."""
     due = due_periods(sub, run.ledger, run.now, run.upto)
     out: list[_Outcome] = []
@@ -382,12 +378,12 @@ def run_billing(
 
 
 def _log_outcome(
-    defaults: tuple[Subscription, ...], notices: list[Notice], problems: list[InvoiceProblem]
+    defaults: tuple[Subscriber, ...], notices: list[Notice], problems: list[InvoiceProblem]
 ) -> None:
     for sub in defaults:
         log.info(
             "billing.default_plan_customer",
-            customer=sub.customer,
+            customer=sub.id,
             plan=sub.changes[0].plan,
             since=iso_utc(sub.start_s),
         )

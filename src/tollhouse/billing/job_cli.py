@@ -91,7 +91,7 @@ def main_bill(args: argparse.Namespace) -> int:
         print(format_invoices(result.invoices))
         print(*format_shadows(result.invoices), sep="\n", end="")
     for sub in result.default_plan:
-        print(f"default_plan  {sub.customer}  {sub.changes[0].plan}  since {iso_utc(sub.start_s)}")
+        print(f"default_plan  {sub.id}  {sub.changes[0].plan}  since {iso_utc(sub.start_s)}")
     for note in result.notices:
         print(f"NOTE {note.customer}: {note.message}")
     if args.period is None and not args.preview and not result.invoices and result.ok:

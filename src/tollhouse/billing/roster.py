@@ -2,7 +2,7 @@
 
 A subscription's start is its first plan change: a store customer's anchor (or creation), a
 config customer's ``since:``. Where that is not known (a config customer without ``since:``, a
-caller served through ``default_plan``: ``Subscription.from_first_usage``), it is the customer's
+caller served through ``default_plan``: ``Subscriber.from_first_usage``), it is the customer's
 first billable request in the ledger, over every generation the run may see, or the start of its
 first issued invoice's period if that is earlier (a customer invoiced before this rule, or before
 its ``since:`` was removed, has started, usage or not). Callers in the
@@ -17,7 +17,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from tollhouse.billing.periods import iso_utc, period_for_label
-from tollhouse.billing.subscriptions import Subscription, SubscriptionSource
+from tollhouse.billing.subscriptions import SubscriptionSource
+from tollhouse.subscriber import Subscriber
 
 __all__ = ["Notice", "Roster", "build_roster", "not_subscribed"]
 
@@ -34,8 +35,8 @@ class Notice:
 class Roster:
     """The run's customers, sorted: a subscription (start resolved) or ``None`` (unknown)."""
 
-    entries: tuple[tuple[str, Subscription | None], ...]
-    default_plan: tuple[Subscription, ...]  # callers billed on ``default_plan``
+    entries: tuple[tuple[str, Subscriber | None], ...]
+    default_plan: tuple[Subscriber, ...]  # callers billed on ``default_plan``
     notices: tuple[Notice, ...]  # config customers not started yet
 
 
@@ -47,7 +48,7 @@ def _waiting(customer: str) -> Notice:
     )
 
 
-def _start_s(sub: Subscription, first_ms: int | None, first_invoice: str | None) -> int | None:
+def _start_s(sub: Subscriber, first_ms: int | None, first_invoice: str | None) -> int | None:
     starts = [] if first_ms is None else [first_ms // 1000]
     if first_invoice is not None:
         starts.append(period_for_label(first_invoice, sub.anchor).start_s)
@@ -63,8 +64,8 @@ def build_roster(
     ``first_invoices``: each customer's earliest invoiced period (``Ledger.first_invoices``).
     """
     listed = set(subs.customers())
-    entries: list[tuple[str, Subscription | None]] = []
-    defaults: list[Subscription] = []
+    entries: list[tuple[str, Subscriber | None]] = []
+    defaults: list[Subscriber] = []
     notices: list[Notice] = []
     for cust in sorted(listed | set(first_ms)):
         sub = subs.subscription(cust)
@@ -82,8 +83,6 @@ def build_roster(
     return Roster(tuple(entries), tuple(defaults), tuple(notices))
 
 
-def not_subscribed(sub: Subscription, label: str) -> Notice:
+def not_subscribed(sub: Subscriber, label: str) -> Notice:
     """The notice for a period that ends before ``sub`` starts (nothing to invoice)."""
-    return Notice(
-        sub.customer, f"{label}: not invoiced, the subscription starts {iso_utc(sub.start_s)}"
-    )
+    return Notice(sub.id, f"{label}: not invoiced, the subscription starts {iso_utc(sub.start_s)}")

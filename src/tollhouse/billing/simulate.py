@@ -24,13 +24,9 @@ from pydantic import ValidationError
 from tollhouse.billing.invoice import BuildInput, InvoiceProblem, build_invoice
 from tollhouse.billing.ledger import Ledger
 from tollhouse.billing.periods import Period, period_for_label
-from tollhouse.billing.subscriptions import (
-    PlanChange,
-    Subscription,
-    SubscriptionSource,
-    segments,
-)
+from tollhouse.billing.subscriptions import SubscriptionSource, segments
 from tollhouse.config import Config, ConfigError, PlanConfig
+from tollhouse.subscriber import PlanChange, Subscriber
 
 __all__ = [
     "LineChange",
@@ -158,7 +154,7 @@ def _changes(cur: Mapping[str, Any], cand: Mapping[str, Any]) -> tuple[LineChang
     )
 
 
-def _not_billed(plans: Mapping[str, PlanConfig], sub: Subscription, p: Period) -> str | None:
+def _not_billed(plans: Mapping[str, PlanConfig], sub: Subscriber, p: Period) -> str | None:
     """Why ``bill`` would not price this period (as its gate says), or ``None``."""
     unknown = sorted({plan for plan, _, _ in segments(sub.changes, p)} - set(plans))
     if unknown:
@@ -169,18 +165,18 @@ def _not_billed(plans: Mapping[str, PlanConfig], sub: Subscription, p: Period) -
 
 
 def simulate_customer(
-    ledger: Ledger, plans: Mapping[str, PlanConfig], sub: Subscription, label: str, candidate: str
+    ledger: Ledger, plans: Mapping[str, PlanConfig], sub: Subscriber, label: str, candidate: str
 ) -> Simulation | InvoiceProblem:
     """Price ``sub``'s period ``label`` as it is and under ``candidate`` (a name in ``plans``)."""
     p: Period = period_for_label(label, sub.anchor)
-    issued, upto, prev = _upto(ledger, sub.customer, p.label)
+    issued, upto, prev = _upto(ledger, sub.id, p.label)
     current: dict[str, Any]
     if issued is not None:
         current = issued
     else:
         problem = _not_billed(plans, sub, p)
         if problem is not None:
-            return InvoiceProblem(sub.customer, problem)
+            return InvoiceProblem(sub.id, problem)
         built = build_invoice(ledger, BuildInput(plans, sub, p, upto, prev, "preview"))
         if isinstance(built, InvoiceProblem):
             return built
@@ -193,7 +189,7 @@ def simulate_customer(
         return cand
     doc = cand.document
     return Simulation(
-        sub.customer,
+        sub.id,
         p.label,
         str(current["plan"]),
         candidate,
@@ -207,7 +203,7 @@ def simulate_customer(
 
 
 def shadow_simulation(
-    ledger: Ledger, plans: Mapping[str, PlanConfig], sub: Subscription, label: str, plan: str
+    ledger: Ledger, plans: Mapping[str, PlanConfig], sub: Subscriber, label: str, plan: str
 ) -> Simulation | InvoiceProblem | None:
     """``plan``'s ``shadow_price:`` applied to the period: exactly ``simulate --plan <shadow>``.
 

@@ -1,15 +1,14 @@
 """Subscriptions from the entitlement store, plus the config file's static customers.
 
 The billing job is synchronous: :class:`StoreSubscriptions` reads the whole store once (one
-``asyncio.run``) into plain :class:`~tollhouse.billing.subscriptions.Subscription` values, then
-answers from memory. The store wins where it and the config file name the same customer.
+``asyncio.run``) into plain :class:`~tollhouse.subscriber.Subscriber` values, then answers from
+memory. The store wins where it and the config file name the same customer.
 
 Rules (``docs/billing.md``):
 
-* plan changes keep their effective times, truncated to the whole second (proration is by seconds);
-* the subscription starts on its anchor date (the store's "start date"): the first plan is in
-  effect from the anchor's midnight UTC when that precedes the first change (the customer's
-  creation time), so the first period is not prorated for the hours before the record was made;
+* the plan history is :func:`tollhouse.subscriber.plan_history`'s, the same the Check path's
+  directory builds: times truncated to the whole second, the first plan in effect from the
+  anchor's midnight UTC when that precedes the first change;
 * top-ups belong to the period that starts on their ``period`` date and add included units;
 * prepaid credit grants (all of them, voided and expired included) are read in the same pass, so
   the invoices apply them without another store read (:mod:`tollhouse.billing.invoice_credits`).
@@ -21,14 +20,9 @@ import asyncio
 import math
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from datetime import UTC, date, datetime
+from datetime import date
 
-from tollhouse.billing.subscriptions import (
-    ConfigSubscriptions,
-    PlanChange,
-    Subscription,
-    TopUp,
-)
+from tollhouse.billing.subscriptions import ConfigSubscriptions
 from tollhouse.config import Config
 from tollhouse.store.backend import Backend
 from tollhouse.store.credit_models import CreditGrant, grant_order
@@ -36,38 +30,29 @@ from tollhouse.store.credit_service import GRANT_SQL, grant_from_row
 from tollhouse.store.models import Customer
 from tollhouse.store.schema import open_store
 from tollhouse.store.service import StoreService
+from tollhouse.subscriber import Subscriber, TopUp, plan_history
 
-__all__ = ["StoreSubscriptions", "load_store_subscriptions", "midnight_s", "to_subscription"]
+__all__ = ["StoreSubscriptions", "load_store_subscriptions", "to_subscriber"]
 
 PAGE = 1000  # the service's largest page
 _TOPUPS_SQL = "SELECT customer, period, meter, units FROM topups ORDER BY customer, id"
 
 
-def midnight_s(d: date) -> int:
-    """Return 00:00 UTC of ``d`` in Unix seconds."""
-    return int(datetime(d.year, d.month, d.day, tzinfo=UTC).timestamp())
-
-
-def to_subscription(
+def to_subscriber(
     c: Customer, topups: Sequence[TopUp] = (), grants: Sequence[CreditGrant] = ()
-) -> Subscription:
+) -> Subscriber:
     """Turn a store customer (with its top-ups and credit grants) into a plain value."""
-    changes = [
-        PlanChange(pc.plan, math.floor(pc.effective_from))
-        for pc in sorted(c.plan_changes, key=lambda pc: pc.effective_from)
-    ]
-    if changes and c.anchor is not None:
-        start = midnight_s(c.anchor)
-        if start < changes[0].effective_from_s:
-            changes[0] = PlanChange(changes[0].plan, start)
-    return Subscription(
+    return Subscriber(
         c.id,
-        tuple(changes),
+        c.plan,
+        plan_history(((pc.plan, pc.effective_from) for pc in c.plan_changes), c.anchor),
         c.anchor,
         c.status,
         math.floor(c.status_since),
+        c.quota_overrides,
         tuple(topups),
-        grants=tuple(sorted(grants, key=grant_order)),
+        tuple(sorted(grants, key=grant_order)),
+        source="store",
     )
 
 
@@ -94,7 +79,7 @@ async def _load_grants(backend: Backend) -> dict[str, list[CreditGrant]]:
 
 async def load_store_subscriptions(
     backend: Backend, *, clock: Callable[[], float], timeout_s: float = 30.0
-) -> dict[str, Subscription]:
+) -> dict[str, Subscriber]:
     """Read every customer of the store (pages of 1000, by id) with its top-ups and grants.
 
     ``timeout_s`` bounds each read (all top-ups; all grants; each page of customers).
@@ -102,18 +87,18 @@ async def load_store_subscriptions(
     service = StoreService(backend, clock=clock)
     topups = await asyncio.wait_for(_load_topups(backend), timeout_s)
     grants = await asyncio.wait_for(_load_grants(backend), timeout_s)
-    out: dict[str, Subscription] = {}
+    out: dict[str, Subscriber] = {}
     after: str | None = None
     while True:
         page = await asyncio.wait_for(service.list_customers(after=after, limit=PAGE), timeout_s)
         for c in page:
-            out[c.id] = to_subscription(c, topups.get(c.id, ()), grants.get(c.id, ()))
+            out[c.id] = to_subscriber(c, topups.get(c.id, ()), grants.get(c.id, ()))
         if len(page) < PAGE:
             return out
         after = page[-1].id
 
 
-async def _load(url: str, clock: Callable[[], float], timeout_s: float) -> dict[str, Subscription]:
+async def _load(url: str, clock: Callable[[], float], timeout_s: float) -> dict[str, Subscriber]:
     backend = await asyncio.wait_for(open_store(url), timeout_s)
     try:
         return await load_store_subscriptions(backend, clock=clock, timeout_s=timeout_s)
@@ -140,10 +125,10 @@ class StoreSubscriptions:
     ) -> None:
         self._config = ConfigSubscriptions(cfg)
         self._cfg_customers = set(cfg.customers)
-        self._store: Mapping[str, Subscription] = asyncio.run(_load(store_url, clock, timeout_s))
+        self._store: Mapping[str, Subscriber] = asyncio.run(_load(store_url, clock, timeout_s))
 
     @classmethod
-    def from_loaded(cls, loaded: Mapping[str, Subscription], cfg: Config) -> StoreSubscriptions:
+    def from_loaded(cls, loaded: Mapping[str, Subscriber], cfg: Config) -> StoreSubscriptions:
         """Build from subscriptions already read by :func:`load_store_subscriptions`."""
         self = cls.__new__(cls)
         self._config = ConfigSubscriptions(cfg)
@@ -155,7 +140,7 @@ class StoreSubscriptions:
         """Return store and config customers, sorted, each once."""
         return sorted(set(self._store) | self._cfg_customers)
 
-    def subscription(self, customer: str) -> Subscription | None:
+    def subscription(self, customer: str) -> Subscriber | None:
         """Return the store's subscription, else the config's (``default_plan`` included)."""
         sub = self._store.get(customer)
         return sub if sub is not None else self._config.subscription(customer)

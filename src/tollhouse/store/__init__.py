@@ -1,7 +1,7 @@
 """The entitlement store: customers, subscriptions, API key hashes, overrides, top-ups, audit."""
 
 from tollhouse.store.backend import StoreUnavailable, connect_backend
-from tollhouse.store.directory import Directory, Entitlement
+from tollhouse.store.directory import Directory
 from tollhouse.store.models import (
     STATUSES,
     ApiKeyInfo,
@@ -23,7 +23,6 @@ __all__ = [
     "AuditEntry",
     "Customer",
     "Directory",
-    "Entitlement",
     "IssuedKey",
     "PlanChange",
     "SchemaError",

@@ -12,11 +12,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Callable, Collection, Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Collection
 from datetime import date
-from types import MappingProxyType
-from typing import Any, Literal
+from typing import Any, cast
 
 import psycopg
 
@@ -24,40 +22,17 @@ from tollhouse.config import StoreConfig
 from tollhouse.logs import get_logger
 from tollhouse.store import metrics as m
 from tollhouse.store.backend import Backend, StoreUnavailable, pg_conninfo
-from tollhouse.store.credit_models import CreditGrant
 from tollhouse.store.models import period_start
 from tollhouse.store.schema import SchemaError, open_store
 from tollhouse.store.service import NOTIFY_CHANNEL
 from tollhouse.store.snapshot import Snapshot, load_delta, load_full
+from tollhouse.subscriber import NO_UNITS, Status, Subscriber, TopUp, plan_history
 
-__all__ = ["Directory", "Entitlement"]
+__all__ = ["Directory"]
 
 log = get_logger(__name__)
-_EMPTY: Mapping[str, int] = MappingProxyType({})
 _FAILURES = (StoreUnavailable, psycopg.Error, OSError, TimeoutError)
 _STOP_DEADLINE_S = 5.0
-
-
-@dataclass(frozen=True, slots=True)
-class Entitlement:
-    """A customer's subscription as the Check path sees it, evaluated at lookup time."""
-
-    customer: str
-    plan: str  # the plan in effect now (future plan changes are not yet applied)
-    status: Literal["active", "past_due", "suspended", "cancelled"]
-    status_since: float
-    anchor: date | None
-    quota_overrides: Mapping[str, int]
-    topups: Mapping[str, int]  # meter -> extra units for the current period
-    plan_changes: tuple[tuple[str, float], ...]  # (plan, effective_from epoch s), for proration
-    credit_grants: tuple[CreditGrant, ...] = ()  # consumption order; filter with usable(now)
-    spend_cap: int | None = None  # the customer's own cap for the current period, minor units
-    recharge: tuple[int, int] | None = None  # auto-recharge (threshold, target), minor units
-
-    @property
-    def id(self) -> str:
-        """Return the customer id (as ``entitlements.Customer.id``)."""
-        return self.customer
 
 
 class Directory:
@@ -141,8 +116,8 @@ class Directory:
         """Change version of the snapshot in memory."""
         return self._snap.version
 
-    def customer(self, customer_id: str) -> Entitlement | None:
-        """Return the customer's entitlement now, or None if the store does not know it."""
+    def customer(self, customer_id: str) -> Subscriber | None:
+        """Return the customer's subscription now, or None if the store does not know it."""
         snap = self._snap
         rec = snap.customers.get(customer_id)
         if rec is None:
@@ -156,19 +131,21 @@ class Directory:
             plan = p
         credits = snap.credits
         caps = credits.caps.get(customer_id)
-        cap = caps.get(period_start(anchor, now).isoformat()) if caps else None
-        return Entitlement(
+        rows = snap.topups.get(customer_id)
+        start = period_start(anchor, now) if caps or rows else None  # only when needed: hot path
+        return Subscriber(
             customer_id,
             plan,
-            status,  # type: ignore[arg-type]
-            since,
+            plan_history(changes, anchor),
             anchor,
-            snap.overrides.get(customer_id, _EMPTY),
-            self._topups(customer_id, anchor, now),
-            changes,
+            cast(Status, status),
+            since,
+            snap.overrides.get(customer_id, NO_UNITS),
+            _topups(rows, start),
             credits.grants.get(customer_id, ()),
-            cap,
+            caps.get(start.isoformat()) if caps and start else None,
             credits.recharge.get(customer_id),
+            source="store",
         )
 
     def capped_customers(self) -> list[str]:
@@ -178,17 +155,6 @@ class Directory:
     def credit_seed(self, grant_id: str) -> int:
         """1/1000 minor units of a grant spent, as the store knew at load (flushed by replicas)."""
         return self._snap.credits.consumed.get(grant_id, 0)
-
-    def _topups(self, customer_id: str, anchor: date | None, now: float) -> Mapping[str, int]:
-        rows = self._snap.topups.get(customer_id)
-        if not rows:
-            return _EMPTY
-        key = period_start(anchor, now).isoformat()
-        out: dict[str, int] = {}
-        for period, meter, units in rows:
-            if period == key:
-                out[meter] = out.get(meter, 0) + units
-        return out
 
     async def customers_on(
         self, plans: Collection[str] | None, sample: int = 5
@@ -356,3 +322,11 @@ async def _cancel(task: asyncio.Task[None], deadline_s: float) -> None:
         log.warning("store.sync_stop_timeout", seconds=deadline_s)
     elif not task.cancelled() and task.exception() is not None:
         log.warning("store.sync_failed_on_stop", error=type(task.exception()).__name__)
+
+
+def _topups(rows: tuple[tuple[str, str, int], ...] | None, start: date | None) -> tuple[TopUp, ...]:
+    """The top-ups of the period that starts on ``start`` (the current one), as values."""
+    if not rows or start is None:
+        return ()
+    key = start.isoformat()
+    return tuple(TopUp(start, meter, units) for period, meter, units in rows if period == key)

@@ -71,7 +71,7 @@ class App:
         self.directory: Any = open_directory(cfg)
         lookup = self.directory.api_key_customer if self.directory is not None else None
         self.authn = Authenticator(cfg.auth, clock=clock, key_lookup=lookup)
-        self.limits = LimitsBuilder(self.state)
+        self.limits = LimitsBuilder()
         self.limiter: Any = None
         if needs_limiter(cfg):
             from tollhouse.quota import open_limiter

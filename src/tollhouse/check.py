@@ -104,7 +104,7 @@ class Checker:
         credits: CreditBook | None = None,
         spend_caps: SpendCaps | None = None,
         directory: CustomerSource | None = None,
-        limits_for: Callable[[Subscriber, PlanConfig], Limits] | None = None,
+        limits_for: Callable[[Catalog, Subscriber, PlanConfig], Limits] | None = None,
         clock: Callable[[], float] = time.time,
         past_due_grace_s: float = 7 * 86400,
         deadline_s: float = 0.15,
@@ -142,15 +142,17 @@ class Checker:
         plan = snap.plan(customer.plan)
         refusal = self._refusal(customer)
         if refusal is not None:
-            return self._with_limits(refusal, customer, plan)
+            return self._with_limits(refusal, snap, customer, plan)
         if plan is None:
             return unavailable("unknown_plan", f"plan {customer.plan!r} is not in the catalog")
         feature = self._entitle(snap, customer, req)
         if isinstance(feature, Deny):
-            return self._with_limits(feature, customer, plan)
+            return self._with_limits(feature, snap, customer, plan)
         meters = snap.config.features[feature].meters
         if not meters:  # a free feature (e.g. /v1/usage): no quota, nothing to bill
-            return self._answer(customer, feature, "", None, headers=self._standing(customer, plan))
+            return self._answer(
+                customer, feature, "", None, headers=self._standing(snap, customer, plan)
+            )
         return await self._charge(snap, customer, plan, feature, meters, req)
 
     async def _charge(
@@ -165,10 +167,12 @@ class Checker:
         """Spend cap, then quota and rate limits, then prepaid credit; then record and answer."""
         capped = self.spend_caps.blocked(cust.id) if self.spend_caps is not None else None
         if capped is not None:
-            return self._with_limits(self._capped(cust.id, capped), cust, plan)
+            return self._with_limits(self._capped(cust.id, capped), snap, cust, plan)
         admission: Admission | None = None
         if self.limiter is not None and self.limits_for is not None:
-            admitted = await self._admit(self.limiter, self.limits_for(cust, plan), cust, meters)
+            admitted = await self._admit(
+                self.limiter, self.limits_for(snap, cust, plan), cust, meters
+            )
             if isinstance(admitted, Deny):
                 return admitted
             admission = admitted
@@ -178,7 +182,7 @@ class Checker:
             paid = await self._spend_credit(cust, prices, feature, meters)
             if isinstance(paid, Deny):
                 self._undo(admission, None)
-                return self._with_limits(paid, cust, plan)
+                return self._with_limits(paid, snap, cust, plan)
             credit = paid
         return await self._record_and_answer(cust, feature, req, admission, credit)
 
@@ -218,15 +222,19 @@ class Checker:
             extra={"balance": got.balance // MILLI, "currency": prices.currency},
         )
 
-    def _standing(self, cust: Subscriber, plan: PlanConfig | None) -> Headers:
+    def _standing(self, snap: Catalog, cust: Subscriber, plan: PlanConfig | None) -> Headers:
         """RateLimit headers for an answer that spends nothing (the customer's plan is known)."""
         if self.limiter is None or self.limits_for is None or plan is None:
             return ()
-        return standing_headers(self.limiter, cust.id, self.limits_for(cust, plan), self.clock())
+        return standing_headers(
+            self.limiter, cust.id, self.limits_for(snap, cust, plan), self.clock()
+        )
 
-    def _with_limits(self, deny: Deny, cust: Subscriber, plan: PlanConfig | None) -> Deny:
+    def _with_limits(
+        self, deny: Deny, snap: Catalog, cust: Subscriber, plan: PlanConfig | None
+    ) -> Deny:
         """A 402 / 403 of a known customer also carries its RateLimit headers."""
-        headers = self._standing(cust, plan)
+        headers = self._standing(snap, cust, plan)
         return replace(deny, headers=deny.headers + headers) if headers else deny
 
     def _authn_deny(self, f: AuthnFailure) -> Deny:

@@ -193,7 +193,8 @@ def open_evaluators(app: Any) -> list[Any]:
         webhooks=app.webhooks,
         checker=app.checker,
         catalog=lambda: app.state.catalog,
-        limits_for=app.limits.for_customer,
+        # a background round: the catalog of the moment (the next round sees a reload)
+        limits_for=lambda cust, plan: app.limits.for_customer(app.state.catalog, cust, plan),
         clock=app.clock,
     )
     found = [

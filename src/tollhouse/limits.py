@@ -8,17 +8,15 @@ without meters), and the live quota counters that ``GET /v1/usage`` shows.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from tollhouse.config import Config, PlanConfig
-from tollhouse.quota import Limits, period_for
-from tollhouse.quota.limiter import Headers
-from tollhouse.quota.machinery import RateBuckets, format_headers, quota_items
-from tollhouse.quota.redis_state import share
+from tollhouse.quota import Limits
+from tollhouse.quota.limiter import Headers, Limiter
 from tollhouse.subscriber import Subscriber, TopUp
 
 if TYPE_CHECKING:
-    from tollhouse.check import State
+    from tollhouse.entitlements import Catalog
 
 __all__ = [
     "LimitsBuilder",
@@ -80,10 +78,12 @@ def limits_key(cust: Subscriber) -> tuple[object, ...]:
 
 
 class LimitsBuilder:
-    """``for_customer(customer, plan) -> quota.Limits``, cached by :func:`limits_key`."""
+    """``for_customer(catalog, customer, plan) -> quota.Limits``, cached by :func:`limits_key`.
 
-    def __init__(self, state: State, max_entries: int = 200_000) -> None:
-        self.state = state
+    The catalog is the request's snapshot, passed in: the limits never mix two config versions.
+    """
+
+    def __init__(self, max_entries: int = 200_000) -> None:
         self.max_entries = max_entries
         self.hits = 0
         self.misses = 0
@@ -94,9 +94,8 @@ class LimitsBuilder:
     def __len__(self) -> int:
         return len(self._cache)
 
-    def _sync_version(self) -> None:
+    def _sync_version(self, cat: Catalog) -> None:
         """A new catalog: plans and meters may have changed, so nothing cached is kept."""
-        cat = self.state.catalog
         if self._version != cat.version:
             self._cache.clear()
             self._req_meters = frozenset(
@@ -104,9 +103,9 @@ class LimitsBuilder:
             )
             self._version = cat.version
 
-    def for_customer(self, cust: Subscriber, plan: PlanConfig) -> Limits:
-        """The Limits object the limiter takes."""
-        self._sync_version()
+    def for_customer(self, catalog: Catalog, cust: Subscriber, plan: PlanConfig) -> Limits:
+        """The Limits object the limiter takes, for ``cust`` on ``plan`` of ``catalog``."""
+        self._sync_version(catalog)
         key = limits_key(cust)
         hit = self._cache.get(key)
         if hit is not None:
@@ -133,42 +132,18 @@ def _has_limits(limits: Limits) -> bool:
     return bool(limits.quotas) or limits.per_second is not None or limits.per_minute is not None
 
 
-def live_used(limiter: Any, customer: str, limits: Limits, now_s: float) -> dict[str, int]:
+def live_used(limiter: Limiter, customer: str, limits: Limits, now_s: float) -> dict[str, int]:
     """Units used per quota meter in the current period, from the counters the Check uses."""
     if not limits.quotas:
         return {}
     return {m: used for m, (used, _) in limiter.snapshot(customer, limits, now_s).items()}
 
 
-def standing_headers(limiter: Any, customer: str, limits: Limits, now_s: float) -> Headers:
-    """RateLimit headers of an answer that spends nothing: every quota and rate limit, as is.
-
-    Reads the limiter's counters (``snapshot``) and its rate buckets without taking a token.
-    Both limiters keep per-customer state in ``_customers`` with a ``rate`` (``RateBuckets``)
-    and, for Redis, split rate limits over ``replicas``; they offer no public read of the
-    buckets, so this reads that state (refilling a bucket to ``now_s`` is what ``admit`` does).
-    """
-    if not _has_limits(limits):
-        return ()
-    used = live_used(limiter, customer, limits, now_s)
-    state = getattr(limiter, "_customers", {}).get(customer)
-    period = state.period if state is not None else period_for(now_s, limits.anchor)
-    items = quota_items(list(limits.quotas), limits, lambda m: used.get(m, 0), period, now_s)
-    n = int(getattr(limiter, "replicas", 1))
-    ps, pm = share(limits.per_second, n), share(limits.per_minute, n)
-    if ps is not None or pm is not None:
-        rate = state.rate if state is not None else RateBuckets()
-        rate.refill(ps, pm, now_s)
-        items += rate.items(ps, pm)
-    return format_headers(items)
+def standing_headers(limiter: Limiter, customer: str, limits: Limits, now_s: float) -> Headers:
+    """RateLimit headers of an answer that spends nothing: every quota and rate limit, as is."""
+    return limiter.standing(customer, limits, now_s) if _has_limits(limits) else ()
 
 
-def refresh_quota_gauges(limiter: Any, now_s: float) -> None:
-    """Recompute the quota gauges now (called on each /metrics scrape).
-
-    The memory limiter publishes them only from ``admit``; its ``_publish`` is the body of that
-    refresh. The Redis limiter refreshes them from its own background tick.
-    """
-    publish = getattr(limiter, "_publish", None)
-    if callable(publish):
-        publish(now_s)
+def refresh_quota_gauges(limiter: Limiter, now_s: float) -> None:
+    """Recompute the quota gauges now (called on each /metrics scrape)."""
+    limiter.refresh_gauges(now_s)

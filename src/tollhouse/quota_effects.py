@@ -26,7 +26,7 @@ class QuotaEffects:
         plan = snap.plan(getattr(cust, "plan", ""))
         if plan is None or not hasattr(cust, "plan"):
             return None
-        return self._app.limits.for_customer(cust, plan)
+        return self._app.limits.for_customer(snap, cust, plan)
 
     def post_hoc_usage(self, record: Any) -> None:
         """Bytes/tokens meters known only from the access log count against quotas and credit."""

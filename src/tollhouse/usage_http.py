@@ -75,7 +75,7 @@ def live_counters(app: Any) -> Callable[[str], Mapping[str, int]]:
         plan = None if isinstance(cust, Deny) else snap.plan(cust.plan)
         if plan is None:
             return {}
-        return live_used(limiter, customer, app.limits.for_customer(cust, plan), app.clock())
+        return live_used(limiter, customer, app.limits.for_customer(snap, cust, plan), app.clock())
 
     return live
 

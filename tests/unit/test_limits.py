@@ -19,7 +19,7 @@ from tollhouse.entitlements import build_catalog
 from tollhouse.limits import LimitsBuilder, effective_quotas, needs_limiter
 from tollhouse.quota import open_limiter
 from tollhouse.store import Directory, StoreService, migrate, open_store
-from tollhouse.subscriber import TopUp
+from tollhouse.subscriber import Subscriber, TopUp
 
 ISS = "https://issuer.example"
 
@@ -68,7 +68,7 @@ async def _setup(tmp_path: Path) -> tuple[Checker, str, Any]:
     await authn.start()
     state = State(build_catalog(cfg))
     limiter = open_limiter("memory", clock=time.time, instance="t")
-    builder = LimitsBuilder(state)
+    builder = LimitsBuilder()
     checker = Checker(
         state, authn, limiter=limiter, limits_for=builder.for_customer, clock=time.time
     )
@@ -145,18 +145,25 @@ async def test_limits_cache_hits_for_store_entries_and_follows_changes(tmp_path:
     svc, directory = await _store_directory(tmp_path)
     try:
         cfg = parse_config({"plans": {"free": {"quotas": {"requests": 10}}}})
-        builder = LimitsBuilder(State(build_catalog(cfg)))
+        builder = LimitsBuilder()
+        cat = build_catalog(cfg)
         plan = cfg.plans["free"]
-        first = builder.for_customer(directory.customer("zed"), plan)
+
+        def zed() -> Subscriber:
+            sub = directory.customer("zed")
+            assert sub is not None
+            return sub
+
+        first = builder.for_customer(cat, zed(), plan)
         for _ in range(100):
-            assert builder.for_customer(directory.customer("zed"), plan) is first
+            assert builder.for_customer(cat, zed(), plan) is first
         assert (builder.hits, builder.misses, len(builder)) == (100, 1, 1)
         await svc.set_override("zed", "requests", 50, actor="t")
         await _until(lambda: directory.customer("zed").quota_overrides)  # type: ignore[union-attr]
-        assert builder.for_customer(directory.customer("zed"), plan).quotas == {"requests": 50}
+        assert builder.for_customer(cat, zed(), plan).quotas == {"requests": 50}
         await svc.add_topup("zed", "requests", 7, actor="t")
         await _until(lambda: directory.customer("zed").topups)  # type: ignore[union-attr]
-        assert builder.for_customer(directory.customer("zed"), plan).quotas == {"requests": 57}
+        assert builder.for_customer(cat, zed(), plan).quotas == {"requests": 57}
         assert len(builder) == 3
     finally:
         await directory.stop()
@@ -169,15 +176,15 @@ async def test_limits_cache_is_dropped_with_the_catalog(tmp_path: Path) -> None:
         {"plans": {"free": {"quotas": {"requests": 10}}}, "customers": {"bob": {"plan": "free"}}}
     )
     state = State(build_catalog(cfg, b"v1"))
-    builder = LimitsBuilder(state)
+    builder = LimitsBuilder()
     bob = state.catalog.customers["bob"]
-    assert builder.for_customer(bob, cfg.plans["free"]).quotas == {"requests": 10}
+    assert builder.for_customer(state.catalog, bob, cfg.plans["free"]).quotas == {"requests": 10}
     cfg2 = parse_config(
         {"plans": {"free": {"quotas": {"requests": 20}}}, "customers": {"bob": {"plan": "free"}}}
     )
     state.catalog = build_catalog(cfg2, b"v2")
     bob2 = state.catalog.customers["bob"]
-    assert builder.for_customer(bob2, cfg2.plans["free"]).quotas == {"requests": 20}
+    assert builder.for_customer(state.catalog, bob2, cfg2.plans["free"]).quotas == {"requests": 20}
     assert len(builder) == 1
 
 
@@ -215,7 +222,7 @@ async def test_answers_that_spend_nothing_carry_ratelimit_headers(tmp_path: Path
         state,
         authn,
         limiter=open_limiter("memory", clock=clock, instance="t"),
-        limits_for=LimitsBuilder(state).for_customer,
+        limits_for=LimitsBuilder().for_customer,
         clock=clock,
     )
     tok = devkeys.make_token(key, issuer=ISS, audience="api", subject="bob")

@@ -122,5 +122,11 @@ class Limiter(Protocol):
     def snapshot(self, customer: str, limits: Limits, now_s: float) -> dict[str, tuple[int, int]]:
         """Meter -> (used, limit) in the current period, for the customer-facing usage endpoint."""
 
+    def standing(self, customer: str, limits: Limits, now_s: float) -> Headers:
+        """RateLimit headers of an answer that spends nothing (402, 403, a free feature)."""
+
+    def refresh_gauges(self, now_s: float) -> None:
+        """Recompute the quota gauges now (on each /metrics scrape; Redis: its own tick)."""
+
     def customer_ids(self) -> list[str]:
         """The customers whose counters this replica holds now (for alert evaluation)."""

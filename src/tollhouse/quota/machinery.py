@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 
 from tollhouse.periods import Period
 from tollhouse.quota import metrics
@@ -176,3 +176,25 @@ def quota_items(
         reset = max(0, int(period.end_s - now_s + 0.999999))
         out.append((f"{m}/period", q, period.length_s, q - used(m), reset, unit))
     return out
+
+
+def standing_headers(
+    limits: Limits,
+    used: Mapping[str, tuple[int, int]],
+    period: Period,
+    rate: RateBuckets,
+    shares: tuple[int | None, int | None],
+    now_s: float,
+) -> Headers:
+    """RateLimit headers of an answer that spends nothing: every quota and rate limit, as is.
+
+    ``used``: the limiter's ``snapshot``; ``rate``: the customer's buckets (refilled to ``now_s``
+    as ``admit`` would, without taking a token); ``shares``: this replica's per-second and
+    per-minute limits.
+    """
+    items = quota_items(list(limits.quotas), limits, lambda m: used[m][0], period, now_s)
+    ps, pm = shares
+    if ps is not None or pm is not None:
+        rate.refill(ps, pm, now_s)
+        items += rate.items(ps, pm)
+    return format_headers(items)

@@ -13,8 +13,16 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from tollhouse.periods import Period, period_for, roll
-from tollhouse.quota.limiter import Admission, Limits, Ticket, claim_release
-from tollhouse.quota.machinery import GaugeBoard, allowed, denied, format_headers, quota_items
+from tollhouse.quota.limiter import Admission, Headers, Limits, Ticket, claim_release
+from tollhouse.quota.machinery import (
+    GaugeBoard,
+    RateBuckets,
+    allowed,
+    denied,
+    format_headers,
+    quota_items,
+    standing_headers,
+)
 from tollhouse.quota.persist import CounterSaver, CustomerCounts
 
 __all__ = ["MemoryLimiter"]
@@ -151,6 +159,20 @@ class MemoryLimiter:
         """Meter -> (used, limit) for every quota in ``limits``."""
         c = self._customer(customer, limits, now_s)
         return {m: (c.used.get(m, 0), q) for m, q in limits.quotas.items()}
+
+    def standing(self, customer: str, limits: Limits, now_s: float) -> Headers:
+        """RateLimit headers of every quota and rate limit, taking nothing."""
+        used = self.snapshot(customer, limits, now_s) if limits.quotas else {}
+        c = self._customers.get(customer)
+        period = c.period if c is not None else period_for(now_s, limits.anchor)
+        rate = c.rate if c is not None else RateBuckets()
+        return standing_headers(
+            limits, used, period, rate, (limits.per_second, limits.per_minute), now_s
+        )
+
+    def refresh_gauges(self, now_s: float) -> None:
+        """Publish the quota gauges (``admit`` publishes them too, at most once a second)."""
+        self._publish(now_s)
 
     def _publish(self, now_s: float) -> None:
         self._gauges.publish(

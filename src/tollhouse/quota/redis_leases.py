@@ -21,7 +21,15 @@ from tollhouse.logs import get_logger
 from tollhouse.periods import period_for, roll
 from tollhouse.quota import metrics
 from tollhouse.quota.limiter import Admission, Headers, Limits, Ticket, claim_release
-from tollhouse.quota.machinery import GaugeBoard, allowed, denied, format_headers, quota_items
+from tollhouse.quota.machinery import (
+    GaugeBoard,
+    RateBuckets,
+    allowed,
+    denied,
+    format_headers,
+    quota_items,
+    standing_headers,
+)
 from tollhouse.quota.redis_io import RETAIN_S, RedisIO, counter_key
 from tollhouse.quota.redis_state import Counter, CustomerState, share
 
@@ -424,6 +432,19 @@ class RedisLeaseLimiter:
     def customer_ids(self) -> list[str]:
         """The customers whose counters this replica holds now (for alert evaluation)."""
         return list(self._customers)
+
+    def standing(self, customer: str, limits: Limits, now_s: float) -> Headers:
+        """RateLimit headers of every quota and this replica's share of each rate limit."""
+        used = self.snapshot(customer, limits, now_s) if limits.quotas else {}
+        c = self._customers.get(customer)
+        period = c.period if c is not None else period_for(now_s, limits.anchor)
+        rate = c.rate if c is not None else RateBuckets()
+        n = self.replicas
+        shares = (share(limits.per_second, n), share(limits.per_minute, n))
+        return standing_headers(limits, used, period, rate, shares, now_s)
+
+    def refresh_gauges(self, now_s: float) -> None:
+        """Nothing to do: the background tick refreshes the gauges once a second."""
 
     def snapshot(self, customer: str, limits: Limits, now_s: float) -> dict[str, tuple[int, int]]:
         """Meter -> (used, limit); used counts other replicas' unspent leases as used."""

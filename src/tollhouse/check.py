@@ -66,6 +66,7 @@ class Recorder(Protocol):
         request_id: str,
         decision_id: str,
         degraded: bool = False,
+        units: Mapping[str, int] | None = None,
     ) -> UsageRecord:
         """A RESERVED record with a fresh usage id, for the request being admitted."""
         ...
@@ -184,7 +185,7 @@ class Checker:
                 self._undo(admission, None)
                 return self._with_limits(paid, snap, cust, plan)
             credit = paid
-        return await self._record_and_answer(cust, feature, req, admission, credit)
+        return await self._record_and_answer(snap, cust, feature, req, admission, credit)
 
     @staticmethod
     def _capped(cid: str, c: Capped) -> Deny:
@@ -364,6 +365,7 @@ class Checker:
 
     async def _record_and_answer(
         self,
+        snap: Catalog,
         cust: Subscriber,
         feature: str,
         req: RequestInfo,
@@ -382,6 +384,7 @@ class Checker:
                 request_id=req.request_id,
                 decision_id=decision_id,
                 degraded=bool(adm is not None and adm.degraded),
+                units=snap.request_units.get(feature),
             )
             try:  # a hung disk must not hang Envoy: the spool fails the wait at the deadline
                 await self.metering.reserve(rec, self.deadline_s)

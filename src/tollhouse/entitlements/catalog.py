@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 
 from tollhouse.config import Config, PlanConfig
 from tollhouse.entitlements.matcher import FeatureMatcher
+from tollhouse.metering.policy import Finalizer
 from tollhouse.subscriber import Subscriber
 
 if TYPE_CHECKING:
@@ -31,6 +32,8 @@ class Catalog:
     version: str
     # Prepaid plans' prices (plan -> ``tollhouse.credits.CreditPrices``); empty without any.
     credit_prices: dict[str, CreditPrices] = field(default_factory=dict)
+    # Units known at admission, per feature (1 per request-counted meter): the reservation's.
+    request_units: dict[str, dict[str, int]] = field(default_factory=dict)
 
     def plan(self, name: str) -> PlanConfig | None:
         """The plan called ``name``, if the catalog has it."""
@@ -54,4 +57,5 @@ def build_catalog(cfg: Config, raw: bytes = b"") -> Catalog:
         customers={cid: Subscriber.from_config(cid, c) for cid, c in cfg.customers.items()},
         version=hashlib.sha256(raw or cfg.model_dump_json().encode()).hexdigest()[:12],
         credit_prices=_credit_prices(cfg),
+        request_units={name: Finalizer(cfg).request_units(name) for name in cfg.features},
     )

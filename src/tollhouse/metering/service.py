@@ -8,7 +8,7 @@ import itertools
 import random
 import time
 from collections import Counter as Tally
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 from tollhouse.config import Config
@@ -62,7 +62,7 @@ def warn_restart_needed(old: Config, new: Config) -> None:
 
 
 def reservation(
-    fin: Finalizer,
+    units: Mapping[str, int],
     now: float,
     instance: str,
     *,
@@ -81,7 +81,7 @@ def reservation(
         customer=customer,
         plan=plan,
         feature=feature,
-        units=fin.request_units(feature),
+        units=units,
         method=method,
         path=path,
         request_id=request_id,
@@ -124,10 +124,15 @@ class ReservationBuilder:
         request_id: str,
         decision_id: str,
         degraded: bool = False,
+        units: Mapping[str, int] | None = None,
     ) -> UsageRecord:
-        """Build a RESERVED record with a fresh usage_id, the admission time and this instance."""
+        """Build a RESERVED record with a fresh usage_id, the admission time and this instance.
+
+        ``units``: the request's units from the Check's config snapshot; without it, from the
+        config metering was last reconfigured with.
+        """
         return reservation(
-            self._finalizer,
+            self._finalizer.request_units(feature) if units is None else units,
             self._clock(),
             self._instance,
             customer=customer,

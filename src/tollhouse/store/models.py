@@ -14,10 +14,10 @@ __all__ = [
     "AuditEntry",
     "Customer",
     "IssuedKey",
-    "PlanChange",
+    "PlanChangeRecord",
     "ServiceError",
     "Status",
-    "TopUp",
+    "TopUpRecord",
     "period_start",
 ]
 
@@ -39,8 +39,8 @@ class ServiceError(Exception):
 
 
 @dataclass(frozen=True, slots=True)
-class PlanChange:
-    """A plan that is in effect from ``effective_from`` (Unix s) until the next change."""
+class PlanChangeRecord:
+    """A plan-change row as the admin API shows it (``tollhouse.subscriber.PlanChange``: in use)."""
 
     plan: str
     effective_from: float
@@ -57,7 +57,12 @@ class PlanChange:
 
 @dataclass(frozen=True, slots=True)
 class Customer:
-    """A customer with its subscription (plan history, anchor, status) and quota overrides."""
+    """The store's customer account as the admin API reads and writes it (name, e-mail, ...).
+
+    Never passed down the Check path or to billing: those read a
+    :class:`tollhouse.subscriber.Subscriber` (built from this by
+    ``billing.store_subscriptions.to_subscriber``, or by the directory from its snapshot).
+    """
 
     id: str
     name: str
@@ -68,7 +73,7 @@ class Customer:
     anchor: date | None
     status: Status
     status_since: float
-    plan_changes: tuple[PlanChange, ...]
+    plan_changes: tuple[PlanChangeRecord, ...]
     quota_overrides: Mapping[str, int] = field(default_factory=dict)
     stripe_customer_id: str | None = None  # where `tollhouse export stripe` bills
 
@@ -120,8 +125,8 @@ class IssuedKey:
 
 
 @dataclass(frozen=True, slots=True)
-class TopUp:
-    """Extra units of a meter for one billing period (``period``: the period's start date)."""
+class TopUpRecord:
+    """A top-up row (``period``: the period's start date); ``subscriber.TopUp`` is in use."""
 
     id: int
     customer: str

@@ -27,10 +27,10 @@ from tollhouse.store.models import (
     AuditEntry,
     Customer,
     IssuedKey,
-    PlanChange,
+    PlanChangeRecord,
     ServiceError,
     Status,
-    TopUp,
+    TopUpRecord,
     period_start,
 )
 
@@ -108,7 +108,7 @@ class StoreService(CreditOps):
             )
             return [ApiKeyInfo(*r) for r in rows]
 
-    async def list_topups(self, customer_id: str) -> list[TopUp]:
+    async def list_topups(self, customer_id: str) -> list[TopUpRecord]:
         """Return the customer's top-ups, oldest first."""
         async with self.backend.transaction(readonly=True) as tx:
             await self._customer(tx, customer_id)
@@ -117,7 +117,7 @@ class StoreService(CreditOps):
                 " WHERE customer = ? ORDER BY id",
                 (customer_id,),
             )
-            return [TopUp(int(r[0]), r[1], r[2], int(r[3]), r[4], r[5]) for r in rows]
+            return [TopUpRecord(int(r[0]), r[1], r[2], int(r[3]), r[4], r[5]) for r in rows]
 
     async def audit_log(
         self, *, target: str | None = None, after_id: int = 0, limit: int = 100
@@ -338,7 +338,7 @@ class StoreService(CreditOps):
 
     async def add_topup(
         self, customer_id: str, meter: str, units: int, *, actor: str, period: str | None = None
-    ) -> TopUp:
+    ) -> TopUpRecord:
         """Add ``units`` to the customer's allowance of ``meter`` for one period (default now)."""
         self._check_meter(meter)
         if isinstance(units, bool) or units <= 0:
@@ -354,7 +354,7 @@ class StoreService(CreditOps):
                 " VALUES (?, ?, ?, ?, ?) RETURNING id",
                 (customer_id, meter, units, key, now),
             )
-            topup = TopUp(int(rows[0][0]), customer_id, meter, units, key, now)
+            topup = TopUpRecord(int(rows[0][0]), customer_id, meter, units, key, now)
             await self._record(tx, actor, "topup.add", customer_id, None, topup.to_json())
         return topup
 
@@ -378,7 +378,7 @@ class StoreService(CreditOps):
 
     async def _assemble(self, tx: Tx, r: Row) -> Customer:
         changes = tuple(
-            PlanChange(p, e, c)
+            PlanChangeRecord(p, e, c)
             for p, e, c in await tx.execute(
                 "SELECT plan, effective_from, created_at FROM plan_changes WHERE customer = ?"
                 " ORDER BY effective_from, id",

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-import calendar
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime
+from datetime import date
 from typing import Any, Literal
+
+from tollhouse.periods import period_for
 
 __all__ = [
     "STATUSES",
@@ -173,19 +174,10 @@ class AuditEntry:
 
 
 def period_start(anchor: date | None, at: float) -> date:
-    """Return the start (UTC date) of the monthly period containing ``at``.
+    """Return the start (UTC date) of the billing period containing ``at``.
 
     Periods start on the anchor's day of month (clamped to the month's last day); without an
-    anchor, on the 1st.
+    anchor, on the 1st. The boundaries are :mod:`tollhouse.periods`' (one implementation for
+    quotas, the store and invoices).
     """
-    now = datetime.fromtimestamp(at, UTC).date()
-    day = anchor.day if anchor is not None else 1
-
-    def start_in(year: int, month: int) -> date:
-        return date(year, month, min(day, calendar.monthrange(year, month)[1]))
-
-    candidate = start_in(now.year, now.month)
-    if candidate <= now:
-        return candidate
-    year, month = (now.year, now.month - 1) if now.month > 1 else (now.year - 1, 12)
-    return start_in(year, month)
+    return period_for(at, anchor).start.date()

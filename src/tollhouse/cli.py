@@ -158,7 +158,7 @@ def _no_password(url: str) -> str:
 
 
 def _data_sources(cfg: Config, *, spool: bool = False, ledger: bool = False) -> list[str]:
-    urls = [cfg.metering.meter]
+    urls = [cfg.metering.meter.url]
     if ledger:
         urls.append(cfg.billing.ledger)
     if spool:

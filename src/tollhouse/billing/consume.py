@@ -10,7 +10,7 @@ from pathlib import Path
 
 from tollhouse.billing.ledger import FailureHook, Ledger, LedgerRow
 from tollhouse.billing.metrics import RECORDS_CONSUMED
-from tollhouse.config import sqlite_path
+from tollhouse.config import MeterLocation
 from tollhouse.logs import get_logger
 from tollhouse.metering.meter_file import connect_ro, meter_ready, verify_rows
 
@@ -24,10 +24,10 @@ def _noop(_: str) -> None:
 
 
 def consume_sqlite_meter(
-    ledger: Ledger, meter_url: str, *, batch: int = 50_000, hook: FailureHook = _noop
+    ledger: Ledger, meter: MeterLocation, *, batch: int = 50_000, hook: FailureHook = _noop
 ) -> int:
     """Copy new rows of the SQLite meter into ``ledger``; return how many meter rows were read."""
-    path = sqlite_path(meter_url).resolve()
+    path = meter.sqlite_file().resolve()
     if not path.exists() or not _ready(path):
         log.warning("billing.meter_missing", meter=str(path))
         return 0
@@ -91,8 +91,8 @@ def _copy_generic(ledger: Ledger, path: Path, source: str, batch: int, hook: Fai
 class SqliteMeterTotals:
     """Billable units per meter straight from a SQLite meter (for ``GET /v1/usage``)."""
 
-    def __init__(self, meter_url: str) -> None:
-        self._path = sqlite_path(meter_url)
+    def __init__(self, meter: MeterLocation) -> None:
+        self._path = meter.sqlite_file()
 
     def __call__(self, customer: str, start_ms: int, end_ms: int) -> dict[str, int]:
         """Return ``{meter: units}`` admitted in ``[start_ms, end_ms)`` (blocking: use a thread)."""

@@ -17,7 +17,7 @@ from typing import Protocol
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
-from tollhouse.config import sqlite_path
+from tollhouse.config import MeterLocation
 from tollhouse.metering.schema import (
     FIELD_RECORD,
     FIELD_USAGE_ID,
@@ -151,10 +151,8 @@ class RedisStreamSink:
         await self._redis.aclose()
 
 
-def open_sink(url: str) -> MeterSink:
-    """Open the sink of a meter URL: ``sqlite:///path`` or ``redis://host:port/db``."""
-    if url.startswith("sqlite:///"):
-        return SqliteMeterSink(sqlite_path(url))
-    if url.startswith(("redis://", "rediss://")):
-        return RedisStreamSink(url)
-    raise ValueError(f"unsupported meter URL {url!r}: use sqlite:///path or redis://host:port/db")
+def open_sink(meter: MeterLocation) -> MeterSink:
+    """Open the sink of the meter: the SQLite file or the Redis stream."""
+    if meter.path is not None:
+        return SqliteMeterSink(meter.path)
+    return RedisStreamSink(meter.url)

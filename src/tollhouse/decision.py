@@ -9,9 +9,11 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-__all__ = ["Allow", "Decision", "Deny", "RequestInfo", "unavailable"]
+__all__ = ["USAGE_ID_KEY", "Allow", "Decision", "Deny", "RequestInfo", "unavailable"]
 
 Headers = tuple[tuple[str, str], ...]
+# The key of the usage id in an Allow's ``metadata`` (what the access log joins on).
+USAGE_ID_KEY = "usage_id"
 
 
 @dataclass(frozen=True, slots=True)

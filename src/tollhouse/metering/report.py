@@ -21,7 +21,7 @@ from tollhouse.metering.join import Join
 from tollhouse.metering.legacy import LEGACY_SPOOL_FILE
 from tollhouse.metering.meter_file import connect_ro, has_tables, meter_ready
 from tollhouse.metering.policy import Finalizer
-from tollhouse.metering.schema import FIELD_RECORD, STREAM_KEY, UsageRecord
+from tollhouse.metering.schema import FIELD_RECORD, SELECT_RECORDS_ADMITTED, STREAM_KEY, UsageRecord
 from tollhouse.metering.spool import Expand, expand_facts
 
 __all__ = [
@@ -67,10 +67,7 @@ def _read_sqlite(path: Path, since_ms: int, until_ms: int) -> list[bytes]:
     try:
         if not meter_ready(conn):  # the sink has not written its first batch yet
             return []
-        rows = conn.execute(
-            "SELECT record FROM usage WHERE admitted_at_ms >= ? AND admitted_at_ms < ?",
-            (since_ms, until_ms),
-        ).fetchall()
+        rows = conn.execute(SELECT_RECORDS_ADMITTED, (since_ms, until_ms)).fetchall()
     finally:
         conn.close()
     return [r[0] for r in rows]

@@ -21,6 +21,8 @@ from tollhouse.config import MeterLocation
 from tollhouse.metering.schema import (
     FIELD_RECORD,
     FIELD_USAGE_ID,
+    INSERT_UNITS,
+    INSERT_USAGE,
     METER_SQLITE_DDL,
     STREAM_KEY,
     UsageRecord,
@@ -82,15 +84,8 @@ class SqliteMeterSink:
         units = [(r.usage_id, m, n) for r in records for m, n in r.units.items()]
         try:
             conn.execute("BEGIN IMMEDIATE")
-            conn.executemany(
-                "INSERT OR IGNORE INTO usage (usage_id, customer, plan, feature, state, billable,"
-                " admitted_at_ms, finalized_at_ms, record) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                rows,
-            )
-            conn.executemany(
-                "INSERT OR IGNORE INTO usage_units (usage_id, meter, units) VALUES (?, ?, ?)",
-                units,
-            )
+            conn.executemany(INSERT_USAGE, rows)
+            conn.executemany(INSERT_UNITS, units)
             conn.execute("COMMIT")
         except sqlite3.Error:
             if conn.in_transaction:

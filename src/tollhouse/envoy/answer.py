@@ -16,6 +16,7 @@ from typing import Any
 
 from tollhouse.decision import Allow, Decision, Deny
 from tollhouse.metrics import CHECK_LATENCY, CHECKS
+from tollhouse.problems import PROBLEM_JSON
 
 __all__ = [
     "PROBLEM_CONTENT_TYPE",
@@ -25,7 +26,7 @@ __all__ = [
     "upstream_split",
 ]
 
-PROBLEM_CONTENT_TYPE = "application/problem+json"
+PROBLEM_CONTENT_TYPE = PROBLEM_JSON  # the one media type, from tollhouse.problems
 
 # The statuses Envoy forwards to the client on a deny; anything else is a bug and answers 503.
 _DENY_STATUSES = frozenset(

@@ -15,7 +15,6 @@ meter").
 from __future__ import annotations
 
 import sqlite3
-import urllib.parse
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -27,16 +26,14 @@ from tollhouse.metering.schema import (
     SELECT_UNITS_BETWEEN,
     UsageRecord,
 )
+from tollhouse.sqlite import connect_existing
 
 __all__ = ["METER_TABLES", "MeterCorrupt", "connect_ro", "has_tables", "meter_ready", "verify_rows"]
 
 
 def connect_ro(path: Path, *, busy_timeout_s: float = 10.0) -> sqlite3.Connection:
     """Open ``path`` read-only (never creates or changes it), usable from any thread."""
-    uri = "file:" + urllib.parse.quote(str(path.resolve())) + "?mode=ro"
-    return sqlite3.connect(
-        uri, uri=True, isolation_level=None, check_same_thread=False, timeout=busy_timeout_s
-    )
+    return connect_existing(path, timeout_s=busy_timeout_s)
 
 
 def has_tables(conn: sqlite3.Connection, *names: str) -> bool:

@@ -58,8 +58,8 @@ class SqliteMeterSink:
 
     def _connection(self) -> sqlite3.Connection:
         if self._conn is None:
-            conn = sqlite_connect(self.path)  # WAL, FULL: an ack must survive a power cut
-            conn.execute("PRAGMA busy_timeout=5000")  # the billing job reads concurrently
+            # WAL, FULL: an ack must survive a power cut; the billing job reads concurrently
+            conn = sqlite_connect(self.path, timeout_s=5.0)
             # one transaction: a reader sees either no tables or all of them (meter_file.py)
             conn.executescript(f"BEGIN IMMEDIATE;\n{METER_SQLITE_DDL}\nCOMMIT;")
             self._conn = conn

@@ -28,9 +28,9 @@ from tollhouse.config.catalog import (
     Rule,
     Tier,
 )
-from tollhouse.config.checks import fix_url, reference_problems
+from tollhouse.config.checks import reference_problems
 from tollhouse.config.export import ExportConfig, StripeExportConfig
-from tollhouse.config.locations import MeterLocation, sqlite_path
+from tollhouse.config.locations import MeterLocation, fix_url, sqlite_path
 from tollhouse.config.runtime import (
     AdminConfig,
     AuthzHttpConfig,

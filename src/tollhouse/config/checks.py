@@ -6,7 +6,6 @@ Each check returns ``(dotted path, problem)`` pairs; :class:`tollhouse.config.Co
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 from tollhouse.config.catalog import PlanConfig
@@ -15,7 +14,7 @@ from tollhouse.config.runtime import LISTENERS, listener_clashes
 if TYPE_CHECKING:
     from tollhouse.config import Config
 
-__all__ = ["fix_url", "reference_problems"]
+__all__ = ["reference_problems"]
 
 Problems = list[tuple[str, str]]
 
@@ -110,12 +109,3 @@ def _shadow_problems(cfg: Config, pname: str, shadow: str | None) -> Problems:
     if target.price is None:
         return [(where, f"plan {shadow!r} has no price")]
     return []
-
-
-def fix_url(url: str, base: Path) -> str:
-    """``sqlite:///./x.db`` and ``sqlite:///../x.db`` are relative to the config file's folder."""
-    prefix = "sqlite:///"
-    rest = url[len(prefix) :]
-    if url.startswith(prefix) and rest.startswith(("./", "../")):
-        return "sqlite://" + str((base / rest).resolve())
-    return url

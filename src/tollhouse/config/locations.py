@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-__all__ = ["MeterLocation", "no_password", "sqlite_path"]
+__all__ = ["MeterLocation", "fix_url", "no_password", "sqlite_path"]
 
 SQLITE_PREFIX = "sqlite:///"
 REDIS_PREFIXES = ("redis://", "rediss://")
@@ -30,6 +30,14 @@ def sqlite_path(url: str) -> Path:
     if not url.startswith(SQLITE_PREFIX) or len(url) == len(SQLITE_PREFIX):
         raise ValueError(f"not a sqlite:/// URL: {no_password(url)}")
     return Path(url[len("sqlite://") :])
+
+
+def fix_url(url: str, base: Path) -> str:
+    """``sqlite:///./x.db`` and ``sqlite:///../x.db`` are relative to the config file's folder."""
+    rest = url[len(SQLITE_PREFIX) :]
+    if url.startswith(SQLITE_PREFIX) and rest.startswith(("./", "../")):
+        return "sqlite://" + str((base / rest).resolve())
+    return url
 
 
 @dataclass(frozen=True)
@@ -67,10 +75,8 @@ class MeterLocation:
 
     def relative_to(self, base: Path) -> MeterLocation:
         """A ``sqlite:///./x.db`` or ``sqlite:///../x.db`` meter resolved against ``base``."""
-        rest = self.url[len(SQLITE_PREFIX) :]
-        if self.kind == "sqlite" and rest.startswith(("./", "../")):
-            return MeterLocation.sqlite((base / rest).resolve())
-        return self
+        url = fix_url(self.url, base)
+        return self if url == self.url else MeterLocation.parse(url)
 
     def __str__(self) -> str:
         return self.display

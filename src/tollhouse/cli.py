@@ -6,7 +6,6 @@ import argparse
 import asyncio
 import contextlib
 import logging
-import re
 import sqlite3
 import sys
 from datetime import UTC, datetime
@@ -14,7 +13,9 @@ from pathlib import Path
 from typing import Any
 
 from tollhouse.config import Config, ConfigError, load_config, sqlite_path
+from tollhouse.config.locations import no_password
 from tollhouse.logs import configure_logging
+from tollhouse.sqlite import connect_existing
 
 __all__ = ["EXIT_DATA", "build_parser", "main"]
 
@@ -118,9 +119,7 @@ def _sqlite_readable(url: str) -> bool:
     if not path.is_file():
         return True
     try:
-        with contextlib.closing(
-            sqlite3.connect(path.resolve().as_uri() + "?mode=ro", uri=True)
-        ) as conn:
+        with contextlib.closing(connect_existing(path)) as conn:
             return bool(conn.execute("PRAGMA quick_check(1)").fetchone() == ("ok",))
     except sqlite3.Error:
         return False
@@ -128,7 +127,7 @@ def _sqlite_readable(url: str) -> bool:
 
 def _data_error(command: str, e: BaseException, sources: list[str]) -> int:
     """One line naming what cannot be read (the corrupt SQLite file when one is), exit 3."""
-    what = ", ".join(_no_password(u) for u in _suspects(e, sources)) or "its data"
+    what = ", ".join(no_password(u) for u in _suspects(e, sources)) or "its data"
     reason = str(e).splitlines()[0] if str(e) else type(e).__name__
     print(f"tollhouse {command}: cannot read {what}: {reason}", file=sys.stderr)
     return EXIT_DATA
@@ -152,13 +151,8 @@ def _suspects(e: BaseException, sources: list[str]) -> list[str]:
     return sources
 
 
-def _no_password(url: str) -> str:
-    """``redis://user:secret@host`` -> ``redis://user:***@host`` (URLs end up in the output)."""
-    return re.sub(r"^([a-z][a-z0-9+.\-]*://[^/@:]*):[^/]*@", r"\1:***@", url)
-
-
 def _data_sources(cfg: Config, *, spool: bool = False, ledger: bool = False) -> list[str]:
-    urls = [cfg.metering.meter]
+    urls = [cfg.metering.meter.url]
     if ledger:
         urls.append(cfg.billing.ledger)
     if spool:

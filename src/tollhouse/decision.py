@@ -9,9 +9,13 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-__all__ = ["Allow", "Decision", "Deny", "RequestInfo", "unavailable"]
+from tollhouse.problems import problem_document
+
+__all__ = ["USAGE_ID_KEY", "Allow", "Decision", "Deny", "RequestInfo", "unavailable"]
 
 Headers = tuple[tuple[str, str], ...]
+# The key of the usage id in an Allow's ``metadata`` (what the access log joins on).
+USAGE_ID_KEY = "usage_id"
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,14 +58,7 @@ class Deny:
 
     def problem(self) -> dict[str, str | int]:
         """The problem+json document for the client."""
-        body: dict[str, str | int] = {
-            "type": f"https://tollhouse.dev/problems/{self.code}",
-            "title": self.title,
-            "status": self.status,
-            "code": self.code,
-        }
-        if self.detail:
-            body["detail"] = self.detail
+        body = problem_document(self.status, self.code, self.title, self.detail)
         body.update(self.extra)
         return body
 

@@ -58,7 +58,8 @@ def test_good_config_loads_and_resolves_paths(tmp_path: Path) -> None:
     cfg = load_config(f)
     assert cfg.auth.jwt[0].jwks_file == tmp_path / "keys/jwks.json"
     assert cfg.metering.spool == tmp_path / "spool"
-    assert cfg.metering.meter == f"sqlite://{tmp_path}/meter.db"
+    assert cfg.metering.meter.url == f"sqlite://{tmp_path}/meter.db"
+    assert cfg.metering.meter.path == tmp_path / "meter.db"
     assert cfg.features["search"].meters == ("requests",)
     assert cfg.meters["tokens"].source == "header:x-usage-tokens"
     assert str(cfg.plans["pro"].price.base_fee) == "49.00"  # type: ignore[union-attr]

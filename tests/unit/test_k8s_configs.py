@@ -157,10 +157,10 @@ def test_tollhouse_configmaps_load(
     assert set(cfg.plans) == {"free", "pro", "enterprise"}
     if build == "distributed":
         assert cfg.counters.startswith("redis://")
-        assert cfg.metering.meter.startswith("redis://")
+        assert cfg.metering.meter.kind == "redis"
     else:
         assert cfg.counters == "memory"
-        assert cfg.metering.meter.startswith("sqlite:///")
+        assert cfg.metering.meter.kind == "sqlite"
 
 
 def test_config_paths_match_the_pod_mounts(rendered: dict[str, list[Doc]]) -> None:

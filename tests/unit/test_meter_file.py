@@ -9,6 +9,7 @@ from pathlib import Path
 from tests.support.billing import record
 from tollhouse.billing.consume import SqliteMeterTotals, consume_sqlite_meter
 from tollhouse.billing.ledger import open_ledger
+from tollhouse.config import MeterLocation
 from tollhouse.metering.meter_file import connect_ro, meter_ready
 from tollhouse.metering.report import read_meter
 from tollhouse.metering.sinks import SqliteMeterSink
@@ -28,7 +29,7 @@ def test_a_meter_without_its_tables_reads_as_empty_not_as_an_error(tmp_path: Pat
     empty.touch()
     _half_created(half)
     for path in (empty, half):
-        url = f"sqlite:///{path}"
+        url = MeterLocation.sqlite(path)
         assert SqliteMeterTotals(url)("acme", 0, 2**62) == {}
         assert asyncio.run(read_meter(url, 0, 2**62)) == []
         ledger = open_ledger(f"sqlite:///{tmp_path}/ledger-{path.stem}.db")
@@ -53,4 +54,7 @@ def test_the_sink_creates_its_schema_in_one_transaction(tmp_path: Path) -> None:
         assert meter_ready(conn)
     finally:
         conn.close()
-    assert SqliteMeterTotals(f"sqlite:///{path}")("acme", 0, 2**62) == {"requests": 1, "tokens": 7}
+    assert SqliteMeterTotals(MeterLocation.sqlite(path))("acme", 0, 2**62) == {
+        "requests": 1,
+        "tokens": 7,
+    }

@@ -7,7 +7,7 @@ from pathlib import Path
 import redis.asyncio as aioredis
 
 from tests.servers import RedisServer
-from tollhouse.config import parse_config
+from tollhouse.config import MeterLocation, parse_config
 from tollhouse.metering import RedisStreamSink, Spool, SqliteMeterSink
 from tollhouse.metering.policy import Finalizer
 from tollhouse.metering.report import (
@@ -51,7 +51,7 @@ async def test_usage_report_sqlite_meter(tmp_path: Path) -> None:
     sink = SqliteMeterSink(tmp_path / "m.db")
     await sink.send(_RECORDS)
     await sink.close()
-    url = f"sqlite:///{tmp_path / 'm.db'}"
+    url = MeterLocation.sqlite(tmp_path / "m.db")
     rows = await usage_report(url, 0, 1000, None)
     assert rows == [
         UsageRow("acme", "egress", 1200, 2),
@@ -73,7 +73,7 @@ async def test_usage_report_redis_dedupes_redelivered_records(redis_server: Redi
     await sink.send(_RECORDS)
     await sink.send(_RECORDS[:2])
     await sink.close()
-    rows = await usage_report(redis_server.url, 0, 1000, "acme")
+    rows = await usage_report(MeterLocation.parse(redis_server.url), 0, 1000, "acme")
     assert rows == [UsageRow("acme", "egress", 1200, 2), UsageRow("acme", "requests", 2, 2)]
 
 
@@ -90,7 +90,7 @@ async def test_reconcile_joins_spool_and_meter(tmp_path: Path) -> None:
     await spool.reserve(_rec("a1", "acme", 100, UsageRecord.RESERVED, requests=1))
     await spool.expire(310, 400, fin)  # u1 and a1 -> UNCONFIRMED
     await spool.close()
-    got = await reconcile(tmp_path / "spool", f"sqlite:///{tmp_path / 'm.db'}", 0, 1000)
+    got = await reconcile(tmp_path / "spool", MeterLocation.sqlite(tmp_path / "m.db"), 0, 1000)
     assert got == ReconcileReport(
         reserved=1,
         confirmed=3,
@@ -108,5 +108,5 @@ async def test_report_on_a_meter_file_without_tables(tmp_path: Path) -> None:
 
     path = tmp_path / "meter.db"
     sqlite3.connect(path).close()
-    rows = await usage_report(f"sqlite://{path}", 0, 2**62, None)
+    rows = await usage_report(MeterLocation.sqlite(path), 0, 2**62, None)
     assert rows == []

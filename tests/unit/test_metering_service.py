@@ -10,7 +10,7 @@ from envoy.service.accesslog.v3 import als_pb2
 from google.protobuf import struct_pb2
 
 from tests.servers import free_port
-from tollhouse.config import Config, parse_config
+from tollhouse.config import Config, MeterLocation, parse_config
 from tollhouse.envoy.als import METADATA_NAMESPACE, AccessLogServicer
 from tollhouse.metering import Metering, RedisStreamSink
 from tollhouse.metering.report import UsageRow, reconcile, usage_report
@@ -85,7 +85,7 @@ async def test_admitted_equals_metered(tmp_path: Path) -> None:
     await _until(m, "unsent", 0)
     await _until(m, "RESERVED", 0)
     assert await m.stop(deadline_s=2)
-    url = f"sqlite:///{tmp_path / 'meter.db'}"
+    url = MeterLocation.sqlite(tmp_path / "meter.db")
     rows = await usage_report(url, 0, 2**62, None)
     rec = await reconcile(tmp_path / "spool", url, 0, 2**62)
     assert rows == [UsageRow("acme", "requests", 50, 50)]
@@ -108,5 +108,5 @@ async def test_stop_keeps_unsent_records_and_restart_delivers(tmp_path: Path) ->
     await second.start()
     await _until(second, "unsent", 0)
     await second.stop(deadline_s=1)
-    rows = await usage_report(f"sqlite:///{tmp_path / 'meter.db'}", 0, 2**62, "acme")
+    rows = await usage_report(MeterLocation.sqlite(tmp_path / "meter.db"), 0, 2**62, "acme")
     assert rows == [UsageRow("acme", "requests", 20, 20)]

@@ -12,7 +12,7 @@ import redis.asyncio as aioredis
 from prometheus_client import REGISTRY
 
 from tests.servers import RedisServer, free_port
-from tollhouse.config import parse_config
+from tollhouse.config import MeterLocation, parse_config
 from tollhouse.metering import Metering, RedisStreamSink, SinkError, SqliteMeterSink, open_sink
 from tollhouse.metering.schema import FIELD_RECORD, FIELD_USAGE_ID, STREAM_KEY, UsageRecord
 
@@ -49,8 +49,8 @@ async def test_sqlite_sink_dedupes_by_usage_id(tmp_path: Path) -> None:
 
 def test_open_sink_picks_the_kind_by_url(tmp_path: Path) -> None:
     """open_sink maps sqlite:/// and redis:// URLs to their sinks."""
-    assert isinstance(open_sink(f"sqlite:///{tmp_path}/m.db"), SqliteMeterSink)
-    assert isinstance(open_sink("redis://127.0.0.1:1/0"), RedisStreamSink)
+    assert isinstance(open_sink(MeterLocation.parse(f"sqlite:///{tmp_path}/m.db")), SqliteMeterSink)
+    assert isinstance(open_sink(MeterLocation.parse("redis://127.0.0.1:1/0")), RedisStreamSink)
 
 
 async def test_redis_sink_xadds_each_record(redis_server: RedisServer) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import sqlite3
 from pathlib import Path
 
-from tollhouse.config import Config, parse_config
+from tollhouse.config import Config, MeterLocation, parse_config
 from tollhouse.metering import LogEntry, Metering, SqliteMeterSink
 from tollhouse.metering.report import usage_report
 from tollhouse.metering.schema import UsageRecord
@@ -139,5 +139,5 @@ async def test_previous_spool_is_drained_on_first_start(tmp_path: Path) -> None:
     assert not (tmp_path / "spool" / "spool.db").exists()
     assert (tmp_path / "spool" / "spool.db.migrated").exists()
     assert (counts["RESERVED"], counts["unsent"]) == (0, 0)
-    rows = await usage_report(f"sqlite:///{tmp_path / 'meter.db'}", 0, 2**62, "acme")
+    rows = await usage_report(MeterLocation.sqlite(tmp_path / "meter.db"), 0, 2**62, "acme")
     assert [(r.meter, r.units) for r in rows] == [("requests", 4)]

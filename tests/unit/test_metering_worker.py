@@ -26,7 +26,7 @@ from envoy.service.auth.v3 import external_auth_pb2_grpc as ea_grpc
 from tests.servers import free_port
 from tollhouse import devkeys
 from tollhouse.app import App
-from tollhouse.config import load_config
+from tollhouse.config import MeterLocation, load_config
 from tollhouse.metering.factlog import FactLog, Written
 from tollhouse.metering.factlog_format import MAGIC, frame, segment_path
 from tollhouse.metering.facts import encode_access_log, encode_reserved
@@ -156,7 +156,7 @@ async def _send_log(app: App, *msgs: als_pb2.StreamAccessLogsMessage) -> None:
 
 
 def _meter(app: App) -> dict[str, list[UsageRecord]]:
-    path = Path(app.cfg.metering.meter.removeprefix("sqlite:///"))
+    path = app.cfg.metering.meter.sqlite_file()
     if not path.exists():
         return {}
     conn = sqlite3.connect(path, timeout=5)
@@ -300,7 +300,7 @@ async def test_reconcile_reads_a_worker_log_with_raw_access_log(tmp_path: Path) 
     await writer.reserve(rec)
     writer.access_log(_served(rec.usage_id, 1).SerializeToString())
     await writer.close()
-    meter = f"sqlite:///{tmp_path / 'm.db'}"
+    meter = MeterLocation.sqlite(tmp_path / "m.db")
     got = await reconcile(tmp_path / "spool", meter, 0, 1000, entries_of)
     assert (got.reserved, got.confirmed, got.unsent) == (0, 1, 1)
     blind = await reconcile(tmp_path / "spool", meter, 0, 1000)

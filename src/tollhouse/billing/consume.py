@@ -10,9 +10,15 @@ from pathlib import Path
 
 from tollhouse.billing.ledger import FailureHook, Ledger, LedgerRow
 from tollhouse.billing.metrics import RECORDS_CONSUMED
-from tollhouse.config import sqlite_path
+from tollhouse.config import MeterLocation
 from tollhouse.logs import get_logger
 from tollhouse.metering.meter_file import connect_ro, meter_ready, verify_rows
+from tollhouse.metering.schema import (
+    SELECT_DAILY_TOTALS,
+    SELECT_ROWS_AFTER,
+    SELECT_TOTALS,
+    SELECT_UNITS_BETWEEN,
+)
 
 __all__ = ["SqliteMeterTotals", "consume_sqlite_meter"]
 
@@ -24,10 +30,10 @@ def _noop(_: str) -> None:
 
 
 def consume_sqlite_meter(
-    ledger: Ledger, meter_url: str, *, batch: int = 50_000, hook: FailureHook = _noop
+    ledger: Ledger, meter: MeterLocation, *, batch: int = 50_000, hook: FailureHook = _noop
 ) -> int:
     """Copy new rows of the SQLite meter into ``ledger``; return how many meter rows were read."""
-    path = sqlite_path(meter_url).resolve()
+    path = meter.sqlite_file().resolve()
     if not path.exists() or not _ready(path):
         log.warning("billing.meter_missing", meter=str(path))
         return 0
@@ -55,21 +61,13 @@ def _copy_generic(ledger: Ledger, path: Path, source: str, batch: int, hook: Fai
     try:
         while True:
             last = ledger.get_cursor(source)
-            rows = meter.execute(
-                "SELECT id, usage_id, customer, admitted_at_ms, billable, record FROM usage"
-                " WHERE id > ? ORDER BY id LIMIT ?",
-                (last, batch),
-            ).fetchall()
+            rows = meter.execute(SELECT_ROWS_AFTER, (last, batch)).fetchall()
             if not rows:
                 return total
             top = int(rows[-1][0])
             verify_rows(meter, path, last, top)  # a damaged row: MeterCorrupt, nothing copied
             units: dict[str, list[tuple[str, int]]] = {}
-            for uid, m, u in meter.execute(
-                "SELECT uu.usage_id, uu.meter, uu.units FROM usage u JOIN usage_units uu"
-                " ON uu.usage_id = u.usage_id WHERE u.id > ? AND u.id <= ?",
-                (last, top),
-            ):
+            for uid, m, u in meter.execute(SELECT_UNITS_BETWEEN, (last, top)):
                 units.setdefault(str(uid), []).append((str(m), int(u)))
             out = [
                 LedgerRow(
@@ -91,8 +89,8 @@ def _copy_generic(ledger: Ledger, path: Path, source: str, batch: int, hook: Fai
 class SqliteMeterTotals:
     """Billable units per meter straight from a SQLite meter (for ``GET /v1/usage``)."""
 
-    def __init__(self, meter_url: str) -> None:
-        self._path = sqlite_path(meter_url)
+    def __init__(self, meter: MeterLocation) -> None:
+        self._path = meter.sqlite_file()
 
     def __call__(self, customer: str, start_ms: int, end_ms: int) -> dict[str, int]:
         """Return ``{meter: units}`` admitted in ``[start_ms, end_ms)`` (blocking: use a thread)."""
@@ -102,13 +100,7 @@ class SqliteMeterTotals:
         try:
             if not meter_ready(conn):  # the sink is creating the file: nothing metered yet
                 return {}
-            rows = conn.execute(
-                "SELECT uu.meter, SUM(uu.units) FROM usage u JOIN usage_units uu"
-                " ON uu.usage_id = u.usage_id WHERE u.customer = ? AND u.billable = 1"
-                " AND u.admitted_at_ms >= ? AND u.admitted_at_ms < ?"
-                " GROUP BY uu.meter ORDER BY uu.meter",
-                (customer, start_ms, end_ms),
-            ).fetchall()
+            rows = conn.execute(SELECT_TOTALS, (customer, start_ms, end_ms)).fetchall()
         finally:
             conn.close()
         return {str(m): int(u) for m, u in rows}
@@ -121,13 +113,7 @@ class SqliteMeterTotals:
         try:
             if not meter_ready(conn):
                 return []
-            rows = conn.execute(
-                "SELECT u.admitted_at_ms / 86400000 AS day, uu.meter, SUM(uu.units) FROM usage u"
-                " JOIN usage_units uu ON uu.usage_id = u.usage_id WHERE u.customer = ?"
-                " AND u.billable = 1 AND u.admitted_at_ms >= ? AND u.admitted_at_ms < ?"
-                " GROUP BY day, uu.meter ORDER BY day, uu.meter",
-                (customer, start_ms, end_ms),
-            ).fetchall()
+            rows = conn.execute(SELECT_DAILY_TOTALS, (customer, start_ms, end_ms)).fetchall()
         finally:
             conn.close()
         return [(int(d), str(m), int(u)) for d, m, u in rows]

@@ -91,9 +91,9 @@ class BillingResult:
 
 
 def _consume(cfg: Config, ledger: Ledger, opts: JobOptions) -> tuple[int, int]:
-    url = cfg.metering.meter
-    if url.startswith("sqlite:///"):
-        return consume_sqlite_meter(ledger, url, batch=opts.batch, hook=opts.hook), 0
+    meter = cfg.metering.meter
+    if meter.kind == "sqlite":
+        return consume_sqlite_meter(ledger, meter, batch=opts.batch, hook=opts.hook), 0
     return asyncio.run(_consume_redis(cfg, ledger, opts))
 
 
@@ -103,7 +103,7 @@ async def _consume_redis(cfg: Config, ledger: Ledger, opts: JobOptions) -> tuple
     from tollhouse.billing.consume_redis import RedisConsumer
 
     client = aioredis.from_url(
-        cfg.metering.meter,
+        cfg.metering.meter.url,
         socket_timeout=opts.redis_timeout_s,
         socket_connect_timeout=opts.redis_timeout_s,
     )

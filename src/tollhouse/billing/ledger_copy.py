@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import sqlite3
 import threading
-import urllib.parse
 from collections import deque
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -27,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 from tollhouse.billing.digest import sql_id_hash
 from tollhouse.metering.meter_file import verify_rows
+from tollhouse.sqlite import connect_existing, file_uri
 
 if TYPE_CHECKING:
     from tollhouse.billing.ledger import FailureHook, Ledger
@@ -70,9 +70,7 @@ class _Readers:
     def _conn(self) -> sqlite3.Connection:
         conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
         if conn is None:
-            conn = sqlite3.connect(
-                self._uri, uri=True, isolation_level=None, check_same_thread=False, timeout=10.0
-            )
+            conn = connect_existing(self._path, timeout_s=10.0)
             conn.execute("PRAGMA cache_size=-16384")
             conn.create_function("th_id_hash", 1, sql_id_hash, deterministic=True)
             self._local.conn = conn
@@ -115,7 +113,7 @@ def copy_sqlite_meter(
     if ledger.dialect != "sqlite":
         raise ValueError("copy_sqlite_meter needs a SQLite ledger")
     path = Path(meter_path).resolve()
-    uri = "file:" + urllib.parse.quote(str(path)) + "?mode=ro"
+    uri = file_uri(path)
     pool = _Readers(uri, path, readers)
     try:
         with _attached(ledger, uri):

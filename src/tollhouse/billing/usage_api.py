@@ -167,7 +167,7 @@ def meter_totals(cfg: Config) -> MeterTotals:
     """Usage totals per meter from the SQLite meter, or (Redis meter) ledger + stream tail."""
     from tollhouse.billing.consume import SqliteMeterTotals
 
-    if cfg.metering.meter.startswith("sqlite:///"):
+    if cfg.metering.meter.kind == "sqlite":
         return SqliteMeterTotals(cfg.metering.meter)
     return RedisMeterTotals(cfg)
 
@@ -184,7 +184,7 @@ class RedisMeterTotals:
 
     def __init__(self, cfg: Config, *, page: int = 1000, max_pages: int = 200) -> None:
         self._ledger_url = cfg.billing.ledger
-        self._meter_url = cfg.metering.meter
+        self._meter_url = cfg.metering.meter.url
         self._group = cfg.billing.consumer_group
         self._page, self._max_pages = page, max_pages
         self._lock = threading.Lock()

@@ -28,15 +28,15 @@ from tollhouse.config.catalog import (
     Rule,
     Tier,
 )
+from tollhouse.config.checks import reference_problems
 from tollhouse.config.export import ExportConfig, StripeExportConfig
+from tollhouse.config.locations import MeterLocation, fix_url, sqlite_path
 from tollhouse.config.runtime import (
-    LISTENERS,
     AdminConfig,
     AuthzHttpConfig,
     BillingConfig,
     MeteringConfig,
     StoreConfig,
-    listener_clashes,
 )
 from tollhouse.config.webhooks import WebhooksConfig
 
@@ -57,6 +57,7 @@ __all__ = [
     "FeatureConfig",
     "JwtIssuerConfig",
     "MeterConfig",
+    "MeterLocation",
     "MeterPrice",
     "MeteringConfig",
     "PlanConfig",
@@ -142,88 +143,10 @@ class Config(_Model):
 
     @model_validator(mode="after")
     def _references(self) -> Config:
-        problems: list[tuple[str, str]] = []
-        for fname, feat in self.features.items():
-            for i, m in enumerate(feat.meters):
-                if m not in self.meters:
-                    problems.append((f"features.{fname}.meters.{i}", f"unknown meter {m!r}"))
-        for pname, plan in self.plans.items():
-            for i, f in enumerate(plan.features):
-                if f not in self.features:
-                    problems.append((f"plans.{pname}.features.{i}", f"unknown feature {f!r}"))
-            for m in plan.quotas:
-                if m not in self.meters:
-                    problems.append((f"plans.{pname}.quotas.{m}", f"unknown meter {m!r}"))
-            if plan.price is not None:
-                for m in plan.price.meters:
-                    if m not in self.meters:
-                        problems.append((f"plans.{pname}.price.meters.{m}", f"unknown meter {m!r}"))
-            problems.extend(self._shadow_problems(pname, plan.shadow_price))
-            problems.extend(self._prepaid_problems(pname, plan))
-        for cname, cust in self.customers.items():
-            if cust.plan not in self.plans:
-                problems.append((f"customers.{cname}.plan", f"unknown plan {cust.plan!r}"))
-            for m in cust.quota_overrides:
-                if m not in self.meters:
-                    problems.append(
-                        (f"customers.{cname}.quota_overrides.{m}", f"unknown meter {m!r}")
-                    )
-        if self.export.stripe is not None:
-            problems += [
-                (f"export.stripe.meters.{m}", f"unknown meter {m!r}")
-                for m in self.export.stripe.meters
-                if m not in self.meters
-            ]
-        for i, key in enumerate(self.auth.api_keys.keys):
-            if key.customer not in self.customers and self.default_plan is None:
-                problems.append(
-                    (f"auth.api_keys.keys.{i}.customer", f"unknown customer {key.customer!r}")
-                )
-        if self.default_plan is not None and self.default_plan not in self.plans:
-            problems.append(("default_plan", f"unknown plan {self.default_plan!r}"))
-        problems.extend(self._listener_clashes())
-        problems.extend(self.alerts.problems(self.plans, self.meters))
-        if (self.alerts.any_quota or self.alerts.any_spend) and self.store is None:
-            problems.append(("alerts", "alert events go to the webhook outbox: set store.url"))
+        problems = reference_problems(self)
         if problems:
             raise ConfigError(problems)
         return self
-
-    def _prepaid_problems(self, pname: str, plan: PlanConfig) -> list[tuple[str, str]]:
-        """A prepaid plan charges fixed per-unit prices against credit kept in the store."""
-        if not plan.prepaid:
-            return []
-        where = f"plans.{pname}"
-        if self.store is None:
-            return [
-                (f"{where}.prepaid", "credit grants live in the entitlement store: set store.url")
-            ]
-        if plan.price is None:
-            return [(f"{where}.price", "a prepaid plan needs a price to charge against credit")]
-        return [
-            (
-                f"{where}.price.meters.{m}.model",
-                "a prepaid plan charges per_unit prices with nothing included",
-            )
-            for m, p in plan.price.meters.items()
-            if p.model != "per_unit" or p.included
-        ]
-
-    def _shadow_problems(self, pname: str, shadow: str | None) -> list[tuple[str, str]]:
-        where = f"plans.{pname}.shadow_price"
-        if shadow is None:
-            return []
-        if shadow == pname:
-            return [(where, "must name another plan, not the plan itself")]
-        target = self.plans.get(shadow)
-        if target is None:
-            return [(where, f"unknown plan {shadow!r}")]
-        if target.price is None:
-            return [(where, f"plan {shadow!r} has no price")]
-        return []
-
-    def _listener_clashes(self) -> list[tuple[str, str]]:
-        return listener_clashes({name: getattr(self, name) for name in LISTENERS})
 
 
 def _dotted(loc: tuple[int | str, ...]) -> str:
@@ -270,13 +193,13 @@ def _resolve_paths(cfg: Config, base: Path) -> Config:
     metering = cfg.metering.model_copy(
         update={
             "spool": fix(cfg.metering.spool) or cfg.metering.spool,
-            "meter": _fix_url(cfg.metering.meter, base),
+            "meter": cfg.metering.meter.relative_to(base),
         }
     )
     billing = cfg.billing.model_copy(
         update={
             "invoices_dir": fix(cfg.billing.invoices_dir),
-            "ledger": _fix_url(cfg.billing.ledger, base),
+            "ledger": fix_url(cfg.billing.ledger, base),
         }
     )
     return cfg.model_copy(
@@ -288,7 +211,7 @@ def _resolve_paths(cfg: Config, base: Path) -> Config:
             # the entitlement store URL and the admin token file
             "store": None
             if cfg.store is None
-            else cfg.store.model_copy(update={"url": _fix_url(cfg.store.url, base)}),
+            else cfg.store.model_copy(update={"url": fix_url(cfg.store.url, base)}),
             "admin": cfg.admin.model_copy(update={"token_file": fix(cfg.admin.token_file)}),
             "export": cfg.export
             if cfg.export.stripe is None
@@ -301,22 +224,6 @@ def _resolve_paths(cfg: Config, base: Path) -> Config:
             ),
         }
     )
-
-
-def _fix_url(url: str, base: Path) -> str:
-    """``sqlite:///./x.db`` and ``sqlite:///../x.db`` are relative to the config file's folder."""
-    prefix = "sqlite:///"
-    rest = url[len(prefix) :]
-    if url.startswith(prefix) and rest.startswith(("./", "../")):
-        return "sqlite://" + str((base / rest).resolve())
-    return url
-
-
-def sqlite_path(url: str) -> Path:
-    """The file of a ``sqlite:///...`` URL: ``sqlite:///var/x.db`` is ``/var/x.db``."""
-    if not url.startswith("sqlite:///"):
-        raise ValueError(f"not a sqlite:/// URL: {url}")
-    return Path(url[len("sqlite://") :])
 
 
 def load_config(path: str | Path, *, key_files: bool = False) -> Config:

@@ -5,11 +5,12 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_serializer, field_validator
 
 from tollhouse.config._base import _Model
+from tollhouse.config.locations import MeterLocation
 
 __all__ = [
     "LISTENERS",
@@ -68,7 +69,8 @@ class MeteringConfig(_Model):
 
     enabled: bool = True
     spool: Path = Path("tollhouse-spool")
-    meter: str = "sqlite:///./tollhouse-meter.db"
+    # parsed once: consumers read .kind / .path, never the string (tollhouse.config.locations)
+    meter: MeterLocation = MeterLocation.parse("sqlite:///./tollhouse-meter.db")
     unconfirmed_after_s: float = Field(default=300.0, gt=0)
     bill_unconfirmed: bool = True
     bill_upstream_5xx: bool = False
@@ -82,12 +84,18 @@ class MeteringConfig(_Model):
     # worker: a process `serve` starts decodes, joins and forwards; inline: all in one process
     process: Literal["worker", "inline"] = "worker"
 
-    @field_validator("meter")
+    @field_validator("meter", mode="before")
     @classmethod
-    def _url(cls, v: str) -> str:
-        if not re.match(r"^(sqlite:///.+|redis://.+)$", v):
-            raise ValueError("must be sqlite:///path or redis://host:port/db")
-        return v
+    def _url(cls, v: Any) -> Any:
+        if isinstance(v, str):
+            return MeterLocation.parse(v)
+        if isinstance(v, MeterLocation):
+            return v
+        raise ValueError("must be sqlite:///path or redis://host:port/db")
+
+    @field_serializer("meter")
+    def _meter_str(self, v: MeterLocation) -> str:
+        return v.url
 
 
 class BillingConfig(_Model):

@@ -33,6 +33,7 @@ from envoy.service.accesslog.v3 import als_pb2, als_pb2_grpc
 from google.protobuf.message import DecodeError
 
 from tollhouse.envoy.als_wire import Recovered, recover
+from tollhouse.envoy.metadata import METADATA_NAMESPACE, USAGE_ID_HEADER, USAGE_ID_KEYS
 from tollhouse.logs import get_logger
 from tollhouse.metering.metrics import ALS_ENTRIES, ALS_MALFORMED, ALS_MESSAGES
 from tollhouse.metering.policy import LogEntry
@@ -53,11 +54,6 @@ __all__ = [
 log = get_logger(__name__)
 
 SERVICE_NAME = "envoy.service.accesslog.v3.AccessLogService"
-METADATA_NAMESPACE = "envoy.filters.http.ext_authz"
-USAGE_ID_HEADER = "x-tollhouse-usage-id"
-# Where the usage id sits in the ext_authz metadata, in order: gRPC CheckResponse metadata, then
-# an HTTP authz response header turned into metadata (keyed by the header's name).
-_METADATA_KEYS = ("usage_id", USAGE_ID_HEADER)
 _USAGE_ID = re.compile(r"[0-9a-f]{32}")  # tollhouse.metering.spool.new_usage_id
 
 # Response flags meaning Envoy answered itself (or no upstream was reached): the entry voids.
@@ -130,7 +126,7 @@ def _usage_id(entry: al.HTTPAccessLogEntry, *, served: bool, from_header: bool) 
     meta = entry.common_properties.metadata.filter_metadata
     if METADATA_NAMESPACE in meta:
         fields = meta[METADATA_NAMESPACE].fields
-        for key in _METADATA_KEYS:
+        for key in USAGE_ID_KEYS:
             value = fields.get(key)
             if value is not None and value.WhichOneof("kind") == "string_value":
                 return _checked(str(value.string_value)) if value.string_value else None

@@ -16,18 +16,17 @@ from typing import Any
 
 from tollhouse.decision import Allow, Decision, Deny
 from tollhouse.metrics import CHECK_LATENCY, CHECKS
+from tollhouse.problems import PROBLEM_JSON
 
 __all__ = [
     "PROBLEM_CONTENT_TYPE",
     "DenyAnswer",
     "deny_answer",
-    "metadata_header",
     "observe",
     "upstream_split",
 ]
 
-PROBLEM_CONTENT_TYPE = "application/problem+json"
-METADATA_HEADER_PREFIX = "x-tollhouse-"
+PROBLEM_CONTENT_TYPE = PROBLEM_JSON  # the one media type, from tollhouse.problems
 
 # The statuses Envoy forwards to the client on a deny; anything else is a bug and answers 503.
 _DENY_STATUSES = frozenset(
@@ -100,15 +99,6 @@ def upstream_split(d: Allow) -> tuple[tuple[tuple[str, str], ...], tuple[str, ..
         tuple((n, v) for n, v in d.upstream_headers if v),
         tuple(n for n, v in d.upstream_headers if not v),
     )
-
-
-@lru_cache(maxsize=64)
-def metadata_header(key: str) -> str:
-    """The HTTP transport's header for a metadata key: ``usage_id`` -> ``x-tollhouse-usage-id``.
-
-    Envoy's ``dynamic_metadata_from_headers`` files it under the ext_authz namespace by this name.
-    """
-    return METADATA_HEADER_PREFIX + key.replace("_", "-")
 
 
 _ALLOWED = CHECKS.labels("allowed", "ok")

@@ -15,10 +15,10 @@ from google.rpc import code_pb2, status_pb2
 
 from tollhouse.decision import Allow, Decision, Deny, RequestInfo
 from tollhouse.envoy.answer import deny_answer, upstream_split
+from tollhouse.envoy.metadata import METADATA_NAMESPACE
 
 __all__ = ["METADATA_NAMESPACE", "decode_check", "encode_decision"]
 
-METADATA_NAMESPACE = "envoy.filters.http.ext_authz"
 _OVERWRITE = base_pb2.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD
 
 

@@ -21,7 +21,8 @@ from collections.abc import Sequence
 from http import HTTPStatus
 
 from tollhouse.decision import Allow, Decision, Deny, RequestInfo
-from tollhouse.envoy.answer import deny_answer, metadata_header, upstream_split
+from tollhouse.envoy.answer import deny_answer, upstream_split
+from tollhouse.envoy.metadata import metadata_header
 
 __all__ = ["BadRequest", "UnsafeHeader", "decode_request", "encode_decision"]
 

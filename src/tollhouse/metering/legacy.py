@@ -13,13 +13,13 @@ are not carried over.
 
 from __future__ import annotations
 
-import sqlite3
 from pathlib import Path
 
 from tollhouse.logs import get_logger
 from tollhouse.metering.facts import Fact, Final, Reserved, encode_final, encode_reserved
 from tollhouse.metering.metrics import FACTLOG_CORRUPT
 from tollhouse.metering.schema import UsageRecord
+from tollhouse.sqlite import connect_existing
 
 __all__ = ["LEGACY_SPOOL_FILE", "legacy_payloads", "read_legacy", "retire_legacy"]
 
@@ -39,9 +39,8 @@ def read_legacy(directory: Path) -> list[Fact] | None:
     path = directory / LEGACY_SPOOL_FILE
     if not path.exists():
         return None
-    conn = sqlite3.connect(f"file:{path}?mode=rw", uri=True)
+    conn = connect_existing(path, timeout_s=5.0, read_only=False)  # its journal may need recovery
     try:
-        conn.execute("PRAGMA busy_timeout=5000")
         has = conn.execute(
             "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'spool'"
         ).fetchone()

@@ -15,25 +15,25 @@ meter").
 from __future__ import annotations
 
 import sqlite3
-import urllib.parse
 from collections.abc import Mapping
 from pathlib import Path
 
 from google.protobuf.message import DecodeError
 
-from tollhouse.metering.schema import UsageRecord
+from tollhouse.metering.schema import (
+    METER_TABLES,
+    SELECT_ROWS_BETWEEN,
+    SELECT_UNITS_BETWEEN,
+    UsageRecord,
+)
+from tollhouse.sqlite import connect_existing
 
 __all__ = ["METER_TABLES", "MeterCorrupt", "connect_ro", "has_tables", "meter_ready", "verify_rows"]
-
-METER_TABLES = ("usage", "usage_units")
 
 
 def connect_ro(path: Path, *, busy_timeout_s: float = 10.0) -> sqlite3.Connection:
     """Open ``path`` read-only (never creates or changes it), usable from any thread."""
-    uri = "file:" + urllib.parse.quote(str(path.resolve())) + "?mode=ro"
-    return sqlite3.connect(
-        uri, uri=True, isolation_level=None, check_same_thread=False, timeout=busy_timeout_s
-    )
+    return connect_existing(path, timeout_s=busy_timeout_s)
 
 
 def has_tables(conn: sqlite3.Connection, *names: str) -> bool:
@@ -59,15 +59,7 @@ class MeterCorrupt(sqlite3.DatabaseError):
         self.path = path
 
 
-_UNITS = (
-    "SELECT uu.usage_id, uu.meter, uu.units FROM usage u JOIN usage_units uu"
-    " ON uu.usage_id = u.usage_id WHERE u.id > ? AND u.id <= ?"
-)
 _NAMES = ("usage_id", "customer", "admitted_at_ms", "billable")
-_ROWS = (
-    "SELECT id, usage_id, customer, admitted_at_ms, billable, record FROM usage"
-    " WHERE id > ? AND id <= ? ORDER BY id"
-)
 
 
 def verify_rows(conn: sqlite3.Connection, path: Path, last: int, top: int) -> int:
@@ -77,10 +69,12 @@ def verify_rows(conn: sqlite3.Connection, path: Path, last: int, top: int) -> in
     (``usage_units``), i.e. everything the ledger copies. Raises :class:`MeterCorrupt`.
     """
     units: dict[object, dict[object, object]] = {}
-    for uid, meter, n in conn.execute(_UNITS, (last, top)):
+    for uid, meter, n in conn.execute(SELECT_UNITS_BETWEEN, (last, top)):
         units.setdefault(uid, {})[meter] = n
     count = 0
-    for row_id, uid, customer, at_ms, billable, blob in conn.execute(_ROWS, (last, top)):
+    for row_id, uid, customer, at_ms, billable, blob in conn.execute(
+        SELECT_ROWS_BETWEEN, (last, top)
+    ):
         problem = _row_problem((uid, customer, at_ms, billable), blob, units.get(uid, {}))
         if problem is not None:
             raise MeterCorrupt(path, f"meter row {row_id} (usage id {uid!r}): {problem}")

@@ -14,14 +14,14 @@ from pathlib import Path
 
 import redis.asyncio as aioredis
 
-from tollhouse.config import Config, sqlite_path
+from tollhouse.config import Config, MeterLocation
 from tollhouse.metering.factlog import scan
 from tollhouse.metering.facts import decode_fact
 from tollhouse.metering.join import Join
 from tollhouse.metering.legacy import LEGACY_SPOOL_FILE
 from tollhouse.metering.meter_file import connect_ro, has_tables, meter_ready
 from tollhouse.metering.policy import Finalizer
-from tollhouse.metering.schema import FIELD_RECORD, STREAM_KEY, UsageRecord
+from tollhouse.metering.schema import FIELD_RECORD, SELECT_RECORDS_ADMITTED, STREAM_KEY, UsageRecord
 from tollhouse.metering.spool import Expand, expand_facts
 
 __all__ = [
@@ -67,10 +67,7 @@ def _read_sqlite(path: Path, since_ms: int, until_ms: int) -> list[bytes]:
     try:
         if not meter_ready(conn):  # the sink has not written its first batch yet
             return []
-        rows = conn.execute(
-            "SELECT record FROM usage WHERE admitted_at_ms >= ? AND admitted_at_ms < ?",
-            (since_ms, until_ms),
-        ).fetchall()
+        rows = conn.execute(SELECT_RECORDS_ADMITTED, (since_ms, until_ms)).fetchall()
     finally:
         conn.close()
     return [r[0] for r in rows]
@@ -98,12 +95,12 @@ async def _read_redis(url: str) -> list[bytes]:
         await r.aclose()
 
 
-async def read_meter(meter_url: str, since_ms: int, until_ms: int) -> list[UsageRecord]:
+async def read_meter(meter: MeterLocation, since_ms: int, until_ms: int) -> list[UsageRecord]:
     """Read final records admitted in ``[since_ms, until_ms)`` from the meter, one per id."""
-    if meter_url.startswith("sqlite:///"):
-        blobs = await asyncio.to_thread(_read_sqlite, sqlite_path(meter_url), since_ms, until_ms)
+    if meter.path is not None:
+        blobs = await asyncio.to_thread(_read_sqlite, meter.path, since_ms, until_ms)
     else:
-        blobs = await _read_redis(meter_url)  # a poison entry is skipped below
+        blobs = await _read_redis(meter.url)  # a poison entry is skipped below
     seen: dict[str, UsageRecord] = {}
     for blob in blobs:
         try:
@@ -128,10 +125,10 @@ def _aggregate(records: Sequence[UsageRecord], customer: str | None) -> list[Usa
 
 
 async def usage_report(
-    meter_url: str, since_ms: int, until_ms: int, customer: str | None
+    meter: MeterLocation, since_ms: int, until_ms: int, customer: str | None
 ) -> list[UsageRow]:
     """Billable units per customer and meter for the range, read from the meter."""
-    return _aggregate(await read_meter(meter_url, since_ms, until_ms), customer)
+    return _aggregate(await read_meter(meter, since_ms, until_ms), customer)
 
 
 def _read_legacy(path: Path, since_ms: int, until_ms: int) -> list[tuple[bool, bytes]]:
@@ -181,7 +178,7 @@ def _read_spool(
 
 async def reconcile(
     spool_dir: Path | str,
-    meter_url: str,
+    meter: MeterLocation,
     since_ms: int,
     until_ms: int,
     expand: Expand | None = None,
@@ -191,7 +188,7 @@ async def reconcile(
     ``expand`` decodes the raw access-log messages a metering worker's log holds
     (:func:`tollhouse.envoy.als.entries_of`); without it they are not read.
     """
-    metered = {r.usage_id: r for r in await read_meter(meter_url, since_ms, until_ms)}
+    metered = {r.usage_id: r for r in await read_meter(meter, since_ms, until_ms)}
     spooled = await asyncio.to_thread(_read_spool, Path(spool_dir), since_ms, until_ms, expand)
     states: dict[int, int] = defaultdict(int)
     unsent = 0
@@ -209,8 +206,8 @@ async def reconcile(
     billed: dict[str, int] = defaultdict(int)
     for rec in metered.values():
         if rec.billable:
-            for meter, n in rec.units.items():
-                billed[meter] += n
+            for name, n in rec.units.items():
+                billed[name] += n
     return ReconcileReport(
         reserved=states[UsageRecord.RESERVED],
         confirmed=states[UsageRecord.CONFIRMED],

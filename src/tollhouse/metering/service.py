@@ -50,7 +50,7 @@ _DONE_TTL_S = 3600.0  # how long Redis remembers a finalised usage id (late dupl
 def _remote_join(cfg: Config, sink: MeterSink | None) -> bool:
     """Join facts in Redis: ``join: redis``, or ``auto`` with a Redis meter and no test sink."""
     mode = cfg.metering.join
-    is_redis = cfg.metering.meter.startswith(("redis://", "rediss://"))
+    is_redis = cfg.metering.meter.kind == "redis"
     return mode == "redis" or (mode == "auto" and is_redis and sink is None)
 
 
@@ -216,7 +216,7 @@ class Metering(ReservationBuilder):
         if self.remote:
             grace = self._cfg.metering.unconfirmed_after_s
             self._rjoin = RedisJoin(
-                self._cfg.metering.meter,
+                self._cfg.metering.meter.url,
                 consumer=self._instance,
                 ttl_s=max(_DONE_TTL_S, 2 * grace),
                 void_ttl_s=min(grace, 60.0),
@@ -311,8 +311,7 @@ class Metering(ReservationBuilder):
     # ---- forwarding ------------------------------------------------------------------------
 
     def _meter_name(self) -> str:
-        url = self._cfg.metering.meter
-        return url.split("@")[-1] if url.startswith("redis") else url  # never log a password
+        return self._cfg.metering.meter.display  # never log a password
 
     async def _run(self) -> None:
         backoff = 0.0

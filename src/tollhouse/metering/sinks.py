@@ -17,10 +17,12 @@ from typing import Protocol
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
-from tollhouse.config import sqlite_path
+from tollhouse.config import MeterLocation
 from tollhouse.metering.schema import (
     FIELD_RECORD,
     FIELD_USAGE_ID,
+    INSERT_UNITS,
+    INSERT_USAGE,
     METER_SQLITE_DDL,
     STREAM_KEY,
     UsageRecord,
@@ -56,8 +58,8 @@ class SqliteMeterSink:
 
     def _connection(self) -> sqlite3.Connection:
         if self._conn is None:
-            conn = sqlite_connect(self.path)  # WAL, FULL: an ack must survive a power cut
-            conn.execute("PRAGMA busy_timeout=5000")  # the billing job reads concurrently
+            # WAL, FULL: an ack must survive a power cut; the billing job reads concurrently
+            conn = sqlite_connect(self.path, timeout_s=5.0)
             # one transaction: a reader sees either no tables or all of them (meter_file.py)
             conn.executescript(f"BEGIN IMMEDIATE;\n{METER_SQLITE_DDL}\nCOMMIT;")
             self._conn = conn
@@ -82,15 +84,8 @@ class SqliteMeterSink:
         units = [(r.usage_id, m, n) for r in records for m, n in r.units.items()]
         try:
             conn.execute("BEGIN IMMEDIATE")
-            conn.executemany(
-                "INSERT OR IGNORE INTO usage (usage_id, customer, plan, feature, state, billable,"
-                " admitted_at_ms, finalized_at_ms, record) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                rows,
-            )
-            conn.executemany(
-                "INSERT OR IGNORE INTO usage_units (usage_id, meter, units) VALUES (?, ?, ?)",
-                units,
-            )
+            conn.executemany(INSERT_USAGE, rows)
+            conn.executemany(INSERT_UNITS, units)
             conn.execute("COMMIT")
         except sqlite3.Error:
             if conn.in_transaction:
@@ -151,10 +146,8 @@ class RedisStreamSink:
         await self._redis.aclose()
 
 
-def open_sink(url: str) -> MeterSink:
-    """Open the sink of a meter URL: ``sqlite:///path`` or ``redis://host:port/db``."""
-    if url.startswith("sqlite:///"):
-        return SqliteMeterSink(sqlite_path(url))
-    if url.startswith(("redis://", "rediss://")):
-        return RedisStreamSink(url)
-    raise ValueError(f"unsupported meter URL {url!r}: use sqlite:///path or redis://host:port/db")
+def open_sink(meter: MeterLocation) -> MeterSink:
+    """Open the sink of the meter: the SQLite file or the Redis stream."""
+    if meter.path is not None:
+        return SqliteMeterSink(meter.path)
+    return RedisStreamSink(meter.url)

@@ -1,4 +1,11 @@
-"""Session fixtures: real Redis and PostgreSQL servers, started once on free ports."""
+"""Session fixtures (real Redis and PostgreSQL on free ports) and the test tiers.
+
+Tiers (one marker per test, see README "Development"): ``unit`` starts no server, ``component``
+starts Redis, PostgreSQL or a gRPC server, ``e2e`` starts Envoy, ``deploy`` checks the k8s
+manifests, the Dockerfile or the packaging. Modules that start something themselves say so with
+``pytestmark``; an unmarked test in tests/unit or tests/reliability is ``component`` when it
+takes a server fixture (or a PostgreSQL parameter of a ``*_url`` fixture), else ``unit``.
+"""
 
 from __future__ import annotations
 
@@ -32,3 +39,28 @@ def postgres_server() -> Iterator[PostgresServer]:
     server = PostgresServer(d).start()
     yield server
     server.stop()
+
+
+TIERS = ("unit", "component", "e2e", "deploy")
+_SERVER_FIXTURES = frozenset({"redis_server", "postgres_server"})
+_POSTGRES_PARAMS = frozenset({"postgres", "postgresql"})
+_DERIVED_DIRS = (Path(__file__).parent / "unit", Path(__file__).parent / "reliability")
+
+
+def _starts_a_server(item: pytest.Item) -> bool:
+    """Whether a test takes a Redis/PostgreSQL fixture, or a ``*_url`` fixture's PostgreSQL param."""
+    if _SERVER_FIXTURES & set(getattr(item, "fixturenames", ())):
+        return True
+    callspec = getattr(item, "callspec", None)
+    params = callspec.params if callspec is not None else {}
+    return any(k.endswith("_url") and v in _POSTGRES_PARAMS for k, v in params.items())
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Give an unmarked test in tests/unit or tests/reliability its tier: what it starts."""
+    for item in items:
+        if any(item.get_closest_marker(t) for t in TIERS):
+            continue
+        if not any(item.path.is_relative_to(d) for d in _DERIVED_DIRS):
+            continue  # tests/integration marks every module itself
+        item.add_marker("component" if _starts_a_server(item) else "unit")

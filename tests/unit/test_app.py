@@ -25,6 +25,8 @@ from tollhouse.config import load_config
 from tollhouse.metering.schema import UsageRecord
 from tollhouse.metrics import CONFIG_RELOADS
 
+pytestmark = pytest.mark.component  # starts tollhouse's gRPC server
+
 
 def _write(path: Path, doc: dict) -> None:  # type: ignore[type-arg]
     path.write_text(yaml.safe_dump(doc))

@@ -19,6 +19,9 @@ from tests.support.app import ISS, app_config, check, health, wait_for
 from tollhouse import devkeys
 from tollhouse.app import App
 from tollhouse.config import load_config
+import pytest
+
+pytestmark = pytest.mark.component  # starts tollhouse's gRPC server
 
 
 async def _readyz(app: App) -> tuple[int, dict[str, Any]]:

@@ -17,6 +17,9 @@ from tollhouse import devkeys
 from tollhouse.app import App
 from tollhouse.config import load_config
 from tollhouse.store import migrate
+import pytest
+
+pytestmark = pytest.mark.component  # starts tollhouse's gRPC server
 
 TOKEN = "adm-webhooks-token-0123456789abcdef"
 

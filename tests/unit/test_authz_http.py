@@ -22,6 +22,8 @@ from tollhouse import devkeys
 from tollhouse.app import App
 from tollhouse.config import load_config
 
+pytestmark = pytest.mark.component  # starts tollhouse's gRPC server
+
 ISS = "https://issuer.example"
 
 

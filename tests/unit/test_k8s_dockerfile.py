@@ -16,6 +16,9 @@ from pathlib import Path
 import yaml
 
 from tests.k8s_render import container, find, pod_spec, render
+import pytest
+
+pytestmark = pytest.mark.deploy  # the k8s manifests, the Dockerfile or the packaging
 
 ROOT = Path(__file__).resolve().parents[2]
 DOCKERFILE = ROOT / "Dockerfile"

@@ -6,6 +6,9 @@ import zipfile
 from pathlib import Path
 
 from tests.support.packaging import ROOT, build_wheel
+import pytest
+
+pytestmark = pytest.mark.deploy  # the k8s manifests, the Dockerfile or the packaging
 
 PACKAGE_DATA = {
     "tollhouse/demo/envoy/sidecar.yaml": ROOT / "envoy" / "sidecar.yaml",

@@ -12,6 +12,9 @@ import time
 from pathlib import Path
 
 from tests.servers import port_is_free
+import pytest
+
+pytestmark = pytest.mark.component  # starts redis-server and PostgreSQL
 
 _CHILD = """
 import sys

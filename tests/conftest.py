@@ -48,7 +48,7 @@ _DERIVED_DIRS = (Path(__file__).parent / "unit", Path(__file__).parent / "reliab
 
 
 def _starts_a_server(item: pytest.Item) -> bool:
-    """Whether a test takes a Redis/PostgreSQL fixture, or a ``*_url`` fixture's PostgreSQL param."""
+    """Whether a test takes a Redis/PostgreSQL fixture or a ``*_url`` fixture's PostgreSQL param."""
     if _SERVER_FIXTURES & set(getattr(item, "fixturenames", ())):
         return True
     callspec = getattr(item, "callspec", None)

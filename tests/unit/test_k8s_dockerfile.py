@@ -13,10 +13,10 @@ import sys
 import tomllib
 from pathlib import Path
 
+import pytest
 import yaml
 
 from tests.k8s_render import container, find, pod_spec, render
-import pytest
 
 pytestmark = pytest.mark.deploy  # the k8s manifests, the Dockerfile or the packaging
 

@@ -5,8 +5,9 @@ from __future__ import annotations
 import zipfile
 from pathlib import Path
 
-from tests.support.packaging import ROOT, build_wheel
 import pytest
+
+from tests.support.packaging import ROOT, build_wheel
 
 pytestmark = pytest.mark.deploy  # the k8s manifests, the Dockerfile or the packaging
 

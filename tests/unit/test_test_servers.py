@@ -11,8 +11,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from tests.servers import port_is_free
 import pytest
+
+from tests.servers import port_is_free
 
 pytestmark = pytest.mark.component  # starts redis-server and PostgreSQL
 

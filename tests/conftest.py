@@ -4,7 +4,8 @@ Tiers (one marker per test, see README "Development"): ``unit`` starts no server
 starts Redis, PostgreSQL or a gRPC server, ``e2e`` starts Envoy, ``deploy`` checks the k8s
 manifests, the Dockerfile or the packaging. Modules that start something themselves say so with
 ``pytestmark``; an unmarked test in tests/unit or tests/reliability is ``component`` when it
-takes a server fixture (or a PostgreSQL parameter of a ``*_url`` fixture), else ``unit``.
+takes a server fixture (or a fixture's PostgreSQL parameter), else ``unit``; a ``unit``
+test that requests a server at run time fails.
 """
 
 from __future__ import annotations
@@ -48,12 +49,12 @@ _DERIVED_DIRS = (Path(__file__).parent / "unit", Path(__file__).parent / "reliab
 
 
 def _starts_a_server(item: pytest.Item) -> bool:
-    """Whether a test takes a Redis/PostgreSQL fixture or a ``*_url`` fixture's PostgreSQL param."""
+    """Whether a test takes a Redis/PostgreSQL fixture or a fixture's PostgreSQL parameter."""
     if _SERVER_FIXTURES & set(getattr(item, "fixturenames", ())):
         return True
     callspec = getattr(item, "callspec", None)
     params = callspec.params if callspec is not None else {}
-    return any(k.endswith("_url") and v in _POSTGRES_PARAMS for k, v in params.items())
+    return any(isinstance(v, str) and v in _POSTGRES_PARAMS for v in params.values())
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -64,3 +65,12 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         if not any(item.path.is_relative_to(d) for d in _DERIVED_DIRS):
             continue  # tests/integration marks every module itself
         item.add_marker("component" if _starts_a_server(item) else "unit")
+
+
+@pytest.fixture(autouse=True)
+def _unit_starts_no_server(request: pytest.FixtureRequest) -> Iterator[None]:
+    """A ``unit`` test that took Redis or PostgreSQL (even via getfixturevalue) has a wrong tier."""
+    yield
+    started = _SERVER_FIXTURES & set(request.fixturenames)
+    if started and request.node.get_closest_marker("unit") is not None:
+        pytest.fail(f"marked unit but started {sorted(started)}: it is a component test")

@@ -55,4 +55,7 @@ def test_sigterm_of_the_test_process_stops_its_postgresql_and_redis() -> None:
     finally:
         if child.poll() is None:
             child.kill()
+            child.wait(10)
+        if child.stdout is not None:
+            child.stdout.close()
         shutil.rmtree(d, ignore_errors=True)

@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 ARGS   ?=
 
-.PHONY: venv sysdeps proto test lint typecheck unit demo bench bench-smoke clean fuzz soak
+.PHONY: venv sysdeps proto test lint typecheck unit component e2e deploy demo bench bench-smoke clean fuzz soak
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -43,8 +43,18 @@ typecheck: venv
 test: venv sysdeps lint typecheck
 	$(BIN)/pytest -q -p no:cacheprovider
 
+# The tiers (markers in tests/conftest.py): `make test` runs all of them.
 unit: venv
-	$(BIN)/pytest -q tests/unit
+	$(BIN)/pytest -q -p no:cacheprovider -m unit
+
+component: venv sysdeps
+	$(BIN)/pytest -q -p no:cacheprovider -m component
+
+e2e: venv sysdeps
+	$(BIN)/pytest -q -p no:cacheprovider -m e2e
+
+deploy: venv sysdeps
+	$(BIN)/pytest -q -p no:cacheprovider -m deploy
 
 # Keys, configs, logs, meter, ledger and invoices of the last demo run stay in demo-out/.
 demo: venv

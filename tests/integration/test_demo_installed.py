@@ -12,7 +12,7 @@ import pytest
 
 from tests.support.packaging import build_wheel
 
-pytestmark = pytest.mark.integration
+pytestmark = pytest.mark.deploy  # pip-installs the package (packaging), then runs its demo
 
 
 def test_demo_runs_from_the_built_wheel_outside_a_checkout(tmp_path: Path) -> None:

@@ -42,7 +42,7 @@ from tests.integration.harness import (
 from tests.servers import free_port
 from tollhouse.envoy.als import METADATA_NAMESPACE, SERVICE_NAME, USAGE_ID_HEADER
 
-pytestmark = pytest.mark.integration
+pytestmark = pytest.mark.e2e  # starts a real Envoy
 
 
 class _RelayEnvoy(Envoy):

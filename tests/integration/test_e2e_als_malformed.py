@@ -26,7 +26,7 @@ from tests.integration.harness import (
     wait_until,
 )
 
-pytestmark = pytest.mark.integration
+pytestmark = pytest.mark.e2e  # starts a real Envoy
 
 _OBS_TEXT = b"\xff\xfe"  # valid in an HTTP header value, never valid UTF-8
 

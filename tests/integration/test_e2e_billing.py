@@ -32,7 +32,7 @@ from tests.integration.harness import (
 from tollhouse.demo.reports import DemoContext, print_invoices, print_usage
 from tollhouse.demo.stack import find_binary
 
-pytestmark = pytest.mark.integration
+pytestmark = pytest.mark.e2e  # starts a real Envoy
 
 QUOTA, INCLUDED, UNIT = 100, 2, Decimal("0.01")
 SENT = {"hana": 7, "ivan": 3, "zed": 4}  # admitted search requests; zed: through default_plan

@@ -30,7 +30,7 @@ from tests.integration.harness import (
 from tests.servers import PostgresServer, RedisServer
 from tollhouse.demo.stack import find_binary
 
-pytestmark = pytest.mark.integration
+pytestmark = pytest.mark.e2e  # starts a real Envoy
 
 PAYG = {
     "features": ["search", "usage"],

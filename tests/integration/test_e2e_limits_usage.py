@@ -28,7 +28,7 @@ from tests.integration.harness import (
 )
 from tollhouse.demo.stack import find_binary
 
-pytestmark = pytest.mark.integration
+pytestmark = pytest.mark.e2e  # starts a real Envoy
 
 
 @dataclass(frozen=True)

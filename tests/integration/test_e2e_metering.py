@@ -34,7 +34,7 @@ from tests.integration.harness import (
 )
 from tests.servers import RedisServer
 
-pytestmark = pytest.mark.integration
+pytestmark = pytest.mark.e2e  # starts a real Envoy
 
 CONFIRMED = UsageRecord.CONFIRMED
 UNCONFIRMED = UsageRecord.UNCONFIRMED

@@ -22,7 +22,7 @@ from tests.integration.harness import (
 )
 from tests.servers import RedisServer
 
-pytestmark = pytest.mark.integration
+pytestmark = pytest.mark.e2e  # starts a real Envoy
 
 
 def _redis_metering(url: str) -> Any:

@@ -29,7 +29,7 @@ from tests.integration.harness import (
 )
 from tests.servers import RedisServer
 
-pytestmark = pytest.mark.integration
+pytestmark = pytest.mark.e2e  # starts a real Envoy
 
 PROBLEM = "application/problem+json"
 Q = 5  # the quota of the `q5` plan

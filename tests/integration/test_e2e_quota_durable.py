@@ -17,7 +17,7 @@ import pytest
 from tests.integration.harness import LocalStack, build_stack, wait_until
 from tests.servers import RedisServer
 
-pytestmark = pytest.mark.integration
+pytestmark = pytest.mark.e2e  # starts a real Envoy
 
 PROBLEM = "application/problem+json"
 

@@ -27,7 +27,7 @@ from tests.integration.harness import (
 from tests.servers import PostgresServer
 from tollhouse.demo.stack import find_binary
 
-pytestmark = pytest.mark.integration
+pytestmark = pytest.mark.e2e  # starts a real Envoy
 
 PROPAGATION_S = 1.0  # issue 4: a change reaches every replica within a second
 ROUND = 4  # consecutive requests: Envoy's round robin sends them to both replicas

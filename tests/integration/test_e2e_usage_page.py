@@ -31,7 +31,7 @@ from tests.integration.harness import (
 )
 from tollhouse.demo.stack import find_binary
 
-pytestmark = pytest.mark.integration
+pytestmark = pytest.mark.e2e  # starts a real Envoy
 
 CHROMIUM = "/usr/bin/chromium"  # Debian's package (Makefile sysdeps); playwright downloads none
 SENT = {"hana": 6, "ivan": 3}

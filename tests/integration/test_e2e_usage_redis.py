@@ -26,7 +26,7 @@ from tests.servers import RedisServer
 from tollhouse.demo.stack import find_binary
 from tollhouse.metering.schema import STREAM_KEY
 
-pytestmark = pytest.mark.integration
+pytestmark = pytest.mark.e2e  # starts a real Envoy
 
 SENT = 3
 

@@ -22,7 +22,7 @@ from tests.integration.harness import LocalStack, build_stack, http_request, wai
 from tests.servers import free_port
 from tollhouse.store import migrate
 
-pytestmark = pytest.mark.integration
+pytestmark = pytest.mark.e2e  # starts a real Envoy
 
 Q = 10
 

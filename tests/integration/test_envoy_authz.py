@@ -29,7 +29,7 @@ from tollhouse.devkeys import (
     unsigned_token,
 )
 
-pytestmark = pytest.mark.integration
+pytestmark = pytest.mark.e2e  # starts a real Envoy
 
 PROBLEM = "application/problem+json"
 

@@ -14,7 +14,7 @@ from tests.integration.harness import http_request
 from tollhouse.demo.stack import find_binary
 from tollhouse.demo.walkthrough import ADMIN_HEADER
 
-pytestmark = pytest.mark.integration
+pytestmark = pytest.mark.e2e  # starts a real Envoy
 
 
 def test_demo_tour_prints_table_and_exits_0(tmp_path: Path) -> None:

@@ -6,7 +6,7 @@ import pytest
 
 from tests.integration.harness import Envoy, Upstream, http_request, upstream_saw
 
-pytestmark = pytest.mark.integration
+pytestmark = pytest.mark.e2e  # starts a real Envoy
 
 
 def test_no_tollhouse_means_503_and_upstream_untouched(

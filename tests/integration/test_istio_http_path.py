@@ -28,7 +28,7 @@ from tests.integration.harness import (
 )
 from tollhouse.demo.stack import EnvoyProcess
 
-pytestmark = pytest.mark.integration
+pytestmark = pytest.mark.e2e  # starts a real Envoy
 
 
 def _istio_shape(text: str) -> str:

@@ -52,7 +52,7 @@ def _previous(d: datetime) -> datetime:
     return datetime(d.year - (d.month == 1), 12 if d.month == 1 else d.month - 1, 1, tzinfo=UTC)
 
 
-@pytest.mark.integration
+@pytest.mark.e2e  # starts a real Envoy
 def test_month_boundary_end_to_end(tmp_path: Path) -> None:
     """Requests just before and just after a month boundary land in their own month's invoice.
 

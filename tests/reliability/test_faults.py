@@ -19,7 +19,7 @@ import pytest
 from tests.integration.harness import wait_until, worker_pid
 from tests.reliability.rig import Load, fault_stack, verdict
 
-pytestmark = pytest.mark.integration
+pytestmark = pytest.mark.e2e  # starts a real Envoy
 
 THREADS = 4
 

@@ -45,7 +45,7 @@ from tests.reliability.rig import (
 from tests.servers import PostgresServer, RedisServer
 from tollhouse.demo.stack import find_binary
 
-pytestmark = pytest.mark.integration
+pytestmark = pytest.mark.e2e  # starts a real Envoy
 
 THREADS = 4
 BOB_QUOTA = 400  # leases halve as it is spent (200, 100, ...): bob asks Redis again soon

@@ -32,7 +32,7 @@ from tests.reliability.rig import (
     verdict,
 )
 
-pytestmark = pytest.mark.integration
+pytestmark = pytest.mark.e2e  # starts a real Envoy
 
 THREADS = 4
 

@@ -26,6 +26,8 @@ from tollhouse.envoy.als import (
 from tollhouse.metering import Metering, SqliteMeterSink
 from tollhouse.metering.schema import UsageRecord
 
+pytestmark = pytest.mark.component  # starts tollhouse's gRPC server
+
 
 def _metric(name: str, **labels: str) -> float:
     return REGISTRY.get_sample_value(name, labels) or 0.0

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -16,6 +15,7 @@ from envoy.service.auth.v3 import external_auth_pb2 as ea
 from envoy.service.auth.v3 import external_auth_pb2_grpc as ea_grpc
 from grpc_health.v1 import health_pb2
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+from prometheus_client import REGISTRY
 
 from tests.servers import free_port
 from tests.support.app import ISS, app_config, check, health, wait_for
@@ -24,6 +24,17 @@ from tollhouse.app import App
 from tollhouse.config import load_config
 from tollhouse.metering.schema import UsageRecord
 from tollhouse.metrics import CONFIG_RELOADS
+
+pytestmark = pytest.mark.component  # starts tollhouse's gRPC server
+
+
+def _jwks_failures(*results: str) -> float:
+    """Failed JWKS loads of the test issuer so far, for ``results`` (default: every failure)."""
+    return sum(
+        REGISTRY.get_sample_value("tollhouse_jwks_refreshes_total", {"issuer": ISS, "result": r})
+        or 0.0
+        for r in results or ("error", "timeout", "invalid")
+    )
 
 
 def _write(path: Path, doc: dict) -> None:  # type: ignore[type-arg]
@@ -101,10 +112,15 @@ async def test_unloaded_keys_mean_not_serving_and_503(tmp_path: Path) -> None:
     path = tmp_path / "tollhouse.yaml"
     dead = f"http://127.0.0.1:{free_port()}/jwks.json"
     _write(path, app_config(tmp_path, {"jwks_uri": dead, "jwks_timeout_s": 0.2}))
+    failed_before = _jwks_failures()
     app = App(path, load_config(path))
     await app.start()
     try:
-        await asyncio.sleep(0.5)
+
+        async def fetch_failed() -> bool:
+            return _jwks_failures() > failed_before
+
+        assert await wait_for(fetch_failed, timeout_s=5.0)
         assert await health(app) == health_pb2.HealthCheckResponse.NOT_SERVING
         async with (
             aiohttp.ClientSession() as s,
@@ -228,8 +244,13 @@ async def test_key_removed_from_jwks_file_is_refused_within_seconds(tmp_path: Pa
             return (await check(app, old, "/v1/search")).denied_response.status.code == 401
 
         assert await wait_for(old_refused, timeout_s=2.0)
+        invalid_before = _jwks_failures("invalid")
         jwks.write_text("{not json")
-        await asyncio.sleep(1.2)  # more than two polls: the garbage has been read and refused
+
+        async def garbage_refused() -> bool:
+            return _jwks_failures("invalid") > invalid_before
+
+        assert await wait_for(garbage_refused, timeout_s=5.0)
         assert (await check(app, new, "/v1/search")).HasField("ok_response")
         assert (await check(app, old, "/v1/search")).denied_response.status.code == 401
     finally:

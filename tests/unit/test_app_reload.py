@@ -24,6 +24,8 @@ from tollhouse.app import App
 from tollhouse.config import load_config
 from tollhouse.store import StoreService, migrate, open_store
 
+pytestmark = pytest.mark.component  # starts tollhouse's gRPC server
+
 Running = tuple[App, devkeys.DevKey, Path, StoreService]
 
 

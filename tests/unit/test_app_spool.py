@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import pytest
 import yaml
 from grpc_health.v1 import health_pb2
 
@@ -19,6 +20,8 @@ from tests.support.app import ISS, app_config, check, health, wait_for
 from tollhouse import devkeys
 from tollhouse.app import App
 from tollhouse.config import load_config
+
+pytestmark = pytest.mark.component  # starts tollhouse's gRPC server
 
 
 async def _readyz(app: App) -> tuple[int, dict[str, Any]]:

@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 import aiohttp
+import pytest
 import yaml
 from standardwebhooks import Webhook
 
@@ -17,6 +18,8 @@ from tollhouse import devkeys
 from tollhouse.app import App
 from tollhouse.config import load_config
 from tollhouse.store import migrate
+
+pytestmark = pytest.mark.component  # starts tollhouse's gRPC server
 
 TOKEN = "adm-webhooks-token-0123456789abcdef"
 

@@ -193,7 +193,10 @@ async def test_jwks_file_reloaded_when_mtime_changes(
     a = await started(AuthConfig(jwt=(cfg,)), clock)
     unchanged = {"issuer": A, "result": "unchanged"}
     before = REGISTRY.get_sample_value("tollhouse_jwks_refreshes_total", unchanged) or 0
-    await asyncio.sleep(0.2)
+    for _ in range(500):  # polled: a refresh is due every 0.05 s, but CI machines are busy
+        if (REGISTRY.get_sample_value("tollhouse_jwks_refreshes_total", unchanged) or 0) > before:
+            break
+        await asyncio.sleep(0.01)
     assert (REGISTRY.get_sample_value("tollhouse_jwks_refreshes_total", unchanged) or 0) > before
     write_jwks(f, rsa_key, ec_key)
     st = f.stat()
@@ -233,7 +236,10 @@ async def test_reconfigure_keeps_unchanged_key_sets(
     dropped = check(a, make_token(rsa_key, issuer=A, audience="api", subject="c", now=clock.now))
     assert isinstance(dropped, AuthnFailure)
     assert dropped.detail == "unknown issuer"
-    await asyncio.sleep(0.05)
+    for _ in range(300):  # polled: the dropped key set's refresh task stops on the loop
+        if kept._periodic is None:
+            break
+        await asyncio.sleep(0.01)
     assert kept._periodic is None
 
 

@@ -16,11 +16,14 @@ from typing import Any
 import httptools
 import pytest
 import yaml
+from prometheus_client import REGISTRY
 
 from tests.servers import free_port
 from tollhouse import devkeys
 from tollhouse.app import App
 from tollhouse.config import load_config
+
+pytestmark = pytest.mark.component  # starts tollhouse's gRPC server
 
 ISS = "https://issuer.example"
 
@@ -285,8 +288,12 @@ async def test_connections_past_the_limit_are_refused(tmp_path: Path) -> None:
     try:
         assert app.cfg.authz_http_listen is not None
         host, port = app.cfg.authz_http_listen.rsplit(":", 1)
+        before = REGISTRY.get_sample_value("tollhouse_authz_http_connections") or 0.0
         held = [await asyncio.open_connection(host, int(port)) for _ in range(2)]
-        await asyncio.sleep(0.05)
+        deadline = asyncio.get_running_loop().time() + 5
+        while (REGISTRY.get_sample_value("tollhouse_authz_http_connections") or 0.0) < before + 2:
+            assert asyncio.get_running_loop().time() < deadline, "the 2 connections never taken"
+            await asyncio.sleep(0.01)
         token = devkeys.make_token(key, issuer=ISS, audience="api", subject="acme")
         responses, closed = await _exchange(app, _get("/v1/search", token))
         for _, w in held:

@@ -127,7 +127,7 @@ def _run(args: list[str], timeout_s: float) -> subprocess.CompletedProcess[str]:
     )
 
 
-@pytest.mark.integration
+@pytest.mark.e2e  # starts a real Envoy
 def test_bench_run_smoke_produces_a_report(tmp_path: Path) -> None:
     """`bench.run --smoke` on A, C0, C and the -http pair writes requests, stats, ratios, bars."""
     assert shutil.which("wrk"), "wrk is missing: `make test` installs it (Debian wrk)"
@@ -167,7 +167,7 @@ def test_bench_run_smoke_produces_a_report(tmp_path: Path) -> None:
     assert "| C0-http " in format_tables(report)
 
 
-@pytest.mark.integration
+@pytest.mark.e2e  # starts a real Envoy
 def test_bench_check_smoke_produces_a_report(tmp_path: Path) -> None:
     """`bench.bench_check` with tiny counts reports µs per Check for each variant asked."""
     out = tmp_path / "check.json"

@@ -12,6 +12,8 @@ import yaml
 
 from tollhouse.demo.stack import EnvoyPorts, find_binary, render_envoy_config, sidecar_config_path
 
+pytestmark = pytest.mark.e2e  # runs the real Envoy binary on the shipped config
+
 SIDECAR = sidecar_config_path()
 HCM = "envoy.filters.network.http_connection_manager"
 

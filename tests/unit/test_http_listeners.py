@@ -25,6 +25,8 @@ from tests.servers import free_port, wait_port
 from tollhouse import devkeys
 from tollhouse.store import migrate
 
+pytestmark = pytest.mark.component  # runs `tollhouse serve` as a process
+
 ADMIN_TOKEN = "adm-Zq81-listener-token-0123456789abcdef"
 JWT_PREFIX = "eyJhbGciOiJSUzI1NiIsImtpZCI6InNlY3JldC1wcmVmaXgi"
 

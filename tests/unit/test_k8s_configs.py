@@ -18,6 +18,8 @@ from tests.k8s_render import Doc, container, find, render
 from tests.support.envoy import envoy_validate
 from tollhouse.config import load_config, parse_config
 
+pytestmark = pytest.mark.deploy  # the k8s manifests, the Dockerfile or the packaging
+
 ROOT = Path(__file__).resolve().parents[2]
 K8S = ROOT / "k8s"
 ENVOY = Path(sys.executable).parent / "envoy"

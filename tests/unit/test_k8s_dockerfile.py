@@ -13,9 +13,12 @@ import sys
 import tomllib
 from pathlib import Path
 
+import pytest
 import yaml
 
 from tests.k8s_render import container, find, pod_spec, render
+
+pytestmark = pytest.mark.deploy  # the k8s manifests, the Dockerfile or the packaging
 
 ROOT = Path(__file__).resolve().parents[2]
 DOCKERFILE = ROOT / "Dockerfile"

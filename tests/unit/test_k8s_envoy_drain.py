@@ -15,6 +15,8 @@ import yaml
 from tests.k8s_render import container, find, render
 from tests.servers import free_port, port_is_free, wait_port
 
+pytestmark = pytest.mark.deploy  # the k8s manifests, the Dockerfile or the packaging
+
 ROOT = Path(__file__).resolve().parents[2]
 ENVOY = Path(sys.executable).parent / "envoy"
 

@@ -19,6 +19,8 @@ import yaml
 from tests.k8s_render import Doc, container, find, pod_spec, render
 from tests.support.envoy import envoy_validate
 
+pytestmark = pytest.mark.deploy  # the k8s manifests, the Dockerfile or the packaging
+
 ROOT = Path(__file__).resolve().parents[2]
 ISTIO = ROOT / "k8s" / "overlays" / "istio"
 

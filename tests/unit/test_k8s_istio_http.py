@@ -15,6 +15,8 @@ import yaml
 
 from tests.k8s_render import Doc, find, render
 
+pytestmark = pytest.mark.deploy  # the k8s manifests, the Dockerfile or the packaging
+
 ROOT = Path(__file__).resolve().parents[2]
 OVERLAY = ROOT / "k8s" / "overlays" / "istio-http"
 IDENTITY = [

@@ -13,6 +13,8 @@ import yaml
 
 from tests.k8s_render import Doc, container, find, pod_spec, render, render_kubectl, render_minimal
 
+pytestmark = pytest.mark.deploy  # the k8s manifests, the Dockerfile or the packaging
+
 ROOT = Path(__file__).resolve().parents[2]
 K8S = ROOT / "k8s"
 OVERLAYS = {

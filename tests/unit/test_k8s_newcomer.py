@@ -25,6 +25,8 @@ from tollhouse.demo.httpd import http_request
 from tollhouse.demo.stack import http_status
 from tollhouse.devkeys import generate_rsa, jwks
 
+pytestmark = pytest.mark.deploy  # the k8s manifests, the Dockerfile or the packaging
+
 ROOT = Path(__file__).resolve().parents[2]
 K8S = ROOT / "k8s"
 TOLLHOUSE = Path(sys.executable).parent / "tollhouse"

@@ -144,6 +144,7 @@ async def test_redis_outage_loses_nothing(tmp_path: Path) -> None:
 
         await _wait(unsent_waiting, "failed sends while records pile up in the spool")
         server.start()  # same port, same dir: the appendonly file brings back what was acked
+        await r.aclose()  # its connection went with the killed server: close it, then reconnect
         r = aioredis.Redis.from_url(server.url, socket_timeout=2)
 
         async def all_sent() -> bool:

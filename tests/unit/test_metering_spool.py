@@ -199,6 +199,7 @@ def test_sigkill_loses_no_acknowledged_reservation(tmp_path: Path) -> None:
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     lines += proc.stdout.readlines()
+    proc.stdout.close()
     acked = [ln.strip() for ln in lines if ln.endswith("\n") and ln.strip()]
 
     async def check() -> list[str]:

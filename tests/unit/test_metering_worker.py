@@ -34,6 +34,8 @@ from tollhouse.metering.schema import UsageRecord
 from tollhouse.metering.tail import LogTail
 from tollhouse.metering.watermark import Watermark, WatermarkReader
 
+pytestmark = pytest.mark.component  # starts tollhouse's gRPC server
+
 ISS = "https://issuer.example"
 
 

@@ -15,6 +15,8 @@ from tollhouse import devkeys
 from tollhouse.app import App
 from tollhouse.config import ConfigError, load_config, parse_config
 
+pytestmark = pytest.mark.component  # starts tollhouse's gRPC server
+
 
 def _problems(doc: dict[str, object]) -> dict[str, str]:
     with pytest.raises(ConfigError) as e:

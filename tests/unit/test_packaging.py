@@ -5,7 +5,11 @@ from __future__ import annotations
 import zipfile
 from pathlib import Path
 
+import pytest
+
 from tests.support.packaging import ROOT, build_wheel
+
+pytestmark = pytest.mark.deploy  # the k8s manifests, the Dockerfile or the packaging
 
 PACKAGE_DATA = {
     "tollhouse/demo/envoy/sidecar.yaml": ROOT / "envoy" / "sidecar.yaml",

@@ -19,6 +19,8 @@ from tollhouse.quota import Limits
 from tollhouse.quota.limiter import Admission, Ticket
 from tollhouse.quota.redis_leases import RedisLeaseLimiter
 
+BACKOFF_S = 0.2  # the limiter's circuit after a failed call, short so warm() polls past it
+
 
 @pytest.fixture
 async def one(redis_server: RedisServer) -> AsyncIterator[RedisLeaseLimiter]:
@@ -234,20 +236,28 @@ async def test_redis_time_decides_the_period(one: RedisLeaseLimiter) -> None:
 async def warm(lim: RedisLeaseLimiter, c: str, lm: Limits) -> int:
     """Admit until this replica holds a lease, then let background refills settle."""
     allowed = 0
-    for _ in range(20):
+
+    async def leased() -> bool:
+        nonlocal allowed
         adm = await lim.admit(c, ["requests"], lm, time.time())
         allowed += adm.allowed
-        if adm.allowed and not adm.degraded:
-            break
-        await asyncio.sleep(1.1)  # a timeout under machine load opened the circuit: wait it out
-    await asyncio.sleep(0.3)
+        return adm.allowed and not adm.degraded
+
+    # A timeout under machine load opens the circuit (BACKOFF_S): polling waits it out.
+    await eventually(leased, timeout_s=20 * BACKOFF_S)
+    await eventually(lambda: _settled(lim))
     assert allowed
     return allowed
 
 
+async def _settled(lim: RedisLeaseLimiter) -> bool:
+    """No background refill of ``lim`` is still running."""
+    return not lim._tasks
+
+
 async def test_paused_redis_fail_closed(own_redis: RedisServer) -> None:
     """Redis paused mid-load: held leases are spent, then counters_unavailable; no admit blocks."""
-    lim = make(own_redis.url, "fc", lease_size=20, timeout_s=0.05)
+    lim = make(own_redis.url, "fc", lease_size=20, timeout_s=0.05, backoff_s=BACKOFF_S)
     await lim.start()
     c, lm = customer(), limits(10**6)
     try:
@@ -276,7 +286,7 @@ async def test_paused_redis_fail_closed(own_redis: RedisServer) -> None:
 
 async def test_paused_redis_local_policy_degrades(own_redis: RedisServer) -> None:
     """With on_counter_error local, admits continue on the local share, flagged degraded."""
-    lim = make(own_redis.url, "loc", lease_size=20, timeout_s=0.05)
+    lim = make(own_redis.url, "loc", lease_size=20, timeout_s=0.05, backoff_s=BACKOFF_S)
     await lim.start()
     c, lm = customer(), limits(100, on_counter_error="local")
     degraded = (

@@ -16,6 +16,8 @@ from tests.support.quota import SLACK_S, customer, granted, limits, make
 from tollhouse.quota import Limits
 from tollhouse.quota.redis_leases import RedisLeaseLimiter
 
+pytestmark = pytest.mark.component  # starts its own redis-server
+
 
 @pytest.fixture
 def volatile_redis() -> Iterator[RedisServer]:

@@ -25,6 +25,8 @@ from tests.servers import free_port, wait_port
 from tollhouse import devkeys
 from tollhouse.store import StoreService, migrate, open_store
 
+pytestmark = pytest.mark.component  # runs `tollhouse serve` as a process
+
 
 def _doc(tmp_path: Path, **extra: Any) -> dict[str, Any]:
     (tmp_path / "jwks.json").write_text(json.dumps(devkeys.jwks(devkeys.generate_ec("k1"))))

@@ -19,6 +19,8 @@ from tests.servers import free_port
 from tollhouse import devkeys
 from tollhouse.listeners import LISTENERS  # every address serve binds, metrics_listen too
 
+pytestmark = pytest.mark.component  # runs `tollhouse serve` as a process
+
 
 def _config(tmp_path: Path, *, jwks: bool = True) -> Path:
     if jwks:

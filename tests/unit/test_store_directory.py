@@ -7,12 +7,15 @@ from collections.abc import AsyncIterator
 from datetime import date
 from pathlib import Path
 
+import psycopg
 import pytest
 
 from tests.servers import PostgresServer
 from tests.support.store import T0, Clock, eventually, fresh_pg_url, make_service
 from tollhouse.config import StoreConfig
 from tollhouse.store import Directory, SchemaError, StoreService, hash_key
+from tollhouse.store.backend import pg_conninfo
+from tollhouse.store.service import NOTIFY_CHANNEL
 from tollhouse.subscriber import PlanChange, TopUp
 
 
@@ -93,6 +96,22 @@ async def test_sqlite_status_plan_overrides_topups(
     assert d.customer("nobody") is None
 
 
+async def _listeners_reach(url: str, n: int, within_s: float = 5.0) -> bool:
+    """Poll PostgreSQL until ``n`` sessions of this database sit in LISTEN on the store channel."""
+    sql = (
+        "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND query LIKE %s"
+    )
+    async with await psycopg.AsyncConnection.connect(pg_conninfo(url), autocommit=True) as conn:
+        deadline = asyncio.get_running_loop().time() + within_s
+        while True:
+            row = await (await conn.execute(sql, (f"LISTEN {NOTIFY_CHANNEL}%",))).fetchone()
+            if row is not None and row[0] >= n:
+                return True
+            if asyncio.get_running_loop().time() > deadline:
+                return False
+            await asyncio.sleep(0.02)
+
+
 async def test_pg_two_replicas_follow_notify(postgres_server: PostgresServer) -> None:
     """Two replicas sharing PostgreSQL see a key, its revocation and a suspension within 1 s."""
     url = fresh_pg_url(postgres_server)
@@ -105,7 +124,7 @@ async def test_pg_two_replicas_follow_notify(postgres_server: PostgresServer) ->
         await r.start()
     try:
         assert all(r.ready for r in replicas)
-        await asyncio.sleep(0.2)  # let both LISTEN
+        assert await _listeners_reach(url, 2)
         issued = await svc.issue_key("a", actor="cli")
         digest = hash_key(issued.key)
         for r in replicas:

@@ -11,7 +11,11 @@ import tempfile
 import time
 from pathlib import Path
 
+import pytest
+
 from tests.servers import port_is_free
+
+pytestmark = pytest.mark.component  # starts redis-server and PostgreSQL
 
 _CHILD = """
 import sys
@@ -51,4 +55,7 @@ def test_sigterm_of_the_test_process_stops_its_postgresql_and_redis() -> None:
     finally:
         if child.poll() is None:
             child.kill()
+            child.wait(10)
+        if child.stdout is not None:
+            child.stdout.close()
         shutil.rmtree(d, ignore_errors=True)

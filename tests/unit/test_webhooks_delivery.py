@@ -76,11 +76,14 @@ async def test_receiver_stopped_and_restarted_mid_delivery_loses_nothing(backend
     for i in range(8):
         await box.emit("invoice.issued", f"c{i}", f"inv-{i}", {"n": i})
     events = {d.event_id for d in await box.list_deliveries()}
-    async with running(_deliverer(backend)):
+    d = _deliverer(backend)
+    async with running(d):
         await eventually(lambda: len(set(rx.ids())) == 8)  # every one in flight, unanswered
+        attempted = d.attempted
         await rx.stop()
         rx.hang = False
-        await asyncio.sleep(0.3)  # a few failed attempts while nothing listens
+        # The 8 cut off end as failed attempts; at least one more fails while nothing listens.
+        await eventually(lambda: d.attempted >= attempted + len(events) + 1)
         await rx.start()
         await until_delivered(box)
     await rx.stop()

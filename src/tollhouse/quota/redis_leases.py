@@ -51,14 +51,16 @@ class RedisLeaseLimiter:
         timeout_s: float = 0.05,
         heartbeat_s: float = 1.0,
         recheck_s: float = 1.0,
+        backoff_s: float = 1.0,
     ) -> None:
+        """``backoff_s``: after a failed Redis call, how long no call is tried (the circuit)."""
         self._clock = clock
         self._instance = instance
         self._lease_size = max(1, lease_size)
         self._timeout_s = timeout_s
         self._heartbeat_s = heartbeat_s
         self._recheck_s = recheck_s
-        self._io = RedisIO(url, clock=clock, timeout_s=timeout_s)
+        self._io = RedisIO(url, clock=clock, timeout_s=timeout_s, backoff_s=backoff_s)
         self._customers: dict[str, CustomerState] = {}
         self._dirty: set[Counter] = set()
         self._tasks: set[asyncio.Task[None]] = set()

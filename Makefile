@@ -18,13 +18,15 @@ venv: $(STAMP)
 # Debian packages the tests need (CI runs as root on a fresh machine).
 # wrk and h2load (nghttp2-client) are for the benchmark, whose smoke run is part of the tests;
 # chromium is the headless browser the usage page's tests drive (playwright, no browser download).
+# gcc builds the slow-fsync LD_PRELOAD shim of tests/reliability/test_faults_fsync.py.
 sysdeps:
 	@if ! command -v redis-server >/dev/null || ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 \
 	    || ! command -v wrk >/dev/null || ! command -v h2load >/dev/null \
-	    || ! test -x /usr/bin/chromium || ! command -v faketime >/dev/null; then \
-	  echo "installing redis-server, postgresql, wrk, nghttp2-client, chromium and faketime"; \
+	    || ! test -x /usr/bin/chromium || ! command -v faketime >/dev/null \
+	    || ! command -v cc >/dev/null; then \
+	  echo "installing redis-server, postgresql, wrk, nghttp2-client, chromium, faketime and gcc"; \
 	  apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q \
-	    redis-server postgresql wrk nghttp2-client chromium faketime >/dev/null; \
+	    redis-server postgresql wrk nghttp2-client chromium faketime gcc libc6-dev >/dev/null; \
 	fi
 
 # Regenerate src/tollhouse/_pb from proto/ (checked in; tests verify it is fresh).

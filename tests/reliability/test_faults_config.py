@@ -24,7 +24,7 @@ from tests.integration.harness import LocalStack, wait_until
 from tests.reliability.rig import Load, fault_stack, verdict
 from tollhouse.keyhash import hash_api_key
 
-pytestmark = pytest.mark.integration
+pytestmark = pytest.mark.e2e  # starts a real Envoy
 
 THREADS = 4
 NEW = "initech"  # the customer the good write adds (plan pro, by API key)

@@ -24,7 +24,7 @@ import pytest
 from tests.integration.harness import LocalStack, wait_until
 from tests.reliability.rig import Load, fault_stack, verdict
 
-pytestmark = pytest.mark.integration
+pytestmark = pytest.mark.e2e  # starts a real Envoy
 
 THREADS = 4
 SLOW_MS = 400  # each fsync/fdatasync of serve, while slow: well past the 150 ms Check deadline

@@ -36,7 +36,7 @@ from tests.reliability.rig import CUSTOMERS, Load, fast_metering, verdict
 from tollhouse.demo.httpd import JwksServer
 from tollhouse.devkeys import generate_rsa, jwks
 
-pytestmark = pytest.mark.integration
+pytestmark = pytest.mark.e2e  # starts a real Envoy
 
 THREADS = 4
 SLOW_S = 3.0  # past serve's 2 s jwks_timeout_s

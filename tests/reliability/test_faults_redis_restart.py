@@ -40,7 +40,7 @@ from tests.reliability.invariant import WINDOWS, Outcome, Verdict
 from tests.reliability.rig import Load, fault_stack, judge, quiesce
 from tests.servers import RedisServer
 
-pytestmark = pytest.mark.integration
+pytestmark = pytest.mark.e2e  # starts a real Envoy
 
 THREADS = 2  # one for bob, one for globex: enough for every path, light on a shared machine
 OK_BEFORE = 20  # client 200s before the kill

@@ -22,7 +22,7 @@ from tollhouse.config import PlanConfig
 from tollhouse.credits.book import CreditBook, Shortfall, Spend
 from tollhouse.credits.prices import CreditPrices
 from tollhouse.credits.spend_caps import Capped, SpendCaps
-from tollhouse.decision import Allow, Decision, Deny, RequestInfo, unavailable
+from tollhouse.decision import USAGE_ID_KEY, Allow, Decision, Deny, RequestInfo, unavailable
 from tollhouse.entitlements import Catalog
 from tollhouse.limits import standing_headers
 from tollhouse.logs import get_logger
@@ -423,7 +423,7 @@ class Checker:
             "plan": cust.plan,
             "feature": feature,
             "decision_id": decision_id,
-            "usage_id": usage_id,
+            USAGE_ID_KEY: usage_id,
         }
         if adm is not None and adm.degraded:
             meta["degraded"] = True

@@ -147,7 +147,7 @@ class Pipeline:
 
     def _reservation(self, customer: str, request_id: str) -> UsageRecord:
         return reservation(
-            self.fin,
+            self.fin.request_units("search"),
             self.now,
             "stateful",
             customer=customer,

@@ -47,6 +47,7 @@ __all__ = [
     "fault_stack",
     "judge",
     "meter_records",
+    "on_redis",
     "quiesce",
     "run_bill",
     "settle",
@@ -60,6 +61,35 @@ def fast_metering(config: dict[str, Any], **extra: Any) -> dict[str, Any]:
     """1 s grace for unconfirmed records and a fast forwarder, so verdicts come quickly."""
     metering = {**config["metering"], "unconfirmed_after_s": 1, "flush_interval_ms": 50, **extra}
     return {**config, "metering": metering}
+
+
+def on_redis(url: str, bob_quota: int = 400) -> Callable[[dict[str, Any]], dict[str, Any]]:
+    """Meter (shared join) and quota counters on ``url``; pro fails closed, enterprise local.
+
+    ``bob_quota``: pro's quota; leases halve as it is spent (200, 100, ...), so bob asks Redis
+    again soon.
+    """
+
+    def edit(config: dict[str, Any]) -> dict[str, Any]:
+        plans = dict(config["plans"])
+        plans["pro"] = {
+            **plans["pro"],
+            "quotas": {"requests": bob_quota},
+            "on_counter_error": "fail_closed",
+        }
+        plans["enterprise"] = {
+            **plans["enterprise"],
+            "quotas": {"requests": 10**9},
+            "on_counter_error": "local",
+        }
+        return {
+            **config,
+            "plans": plans,
+            "counters": url,
+            "metering": {**config["metering"], "meter": url},
+        }
+
+    return edit
 
 
 class EnvTollhouse(LimitedTollhouse):

@@ -38,6 +38,7 @@ from tests.reliability.rig import (
     Load,
     bill_command,
     fault_stack,
+    on_redis,
     run_bill,
     settle,
     verdict,
@@ -49,31 +50,6 @@ pytestmark = pytest.mark.e2e  # starts a real Envoy
 
 THREADS = 4
 BOB_QUOTA = 400  # leases halve as it is spent (200, 100, ...): bob asks Redis again soon
-
-
-def _on_redis(url: str) -> Callable[[dict[str, Any]], dict[str, Any]]:
-    """Meter (shared join) and quota counters on ``url``; pro fails closed, enterprise local."""
-
-    def edit(config: dict[str, Any]) -> dict[str, Any]:
-        plans = dict(config["plans"])
-        plans["pro"] = {
-            **plans["pro"],
-            "quotas": {"requests": BOB_QUOTA},
-            "on_counter_error": "fail_closed",
-        }
-        plans["enterprise"] = {
-            **plans["enterprise"],
-            "quotas": {"requests": 10**9},
-            "on_counter_error": "local",
-        }
-        return {
-            **config,
-            "plans": plans,
-            "counters": url,
-            "metering": {**config["metering"], "meter": url},
-        }
-
-    return edit
 
 
 def _since(load: Load, start: int) -> list[Outcome]:
@@ -120,7 +96,7 @@ def test_redis_paused_fails_closed_or_degrades_and_bills_every_200_once(tmp_path
     """
     redis_srv = RedisServer(tmp_path / "redis").start()
     try:
-        with fault_stack(tmp_path / "stack", _on_redis(redis_srv.url)) as stack:
+        with fault_stack(tmp_path / "stack", on_redis(redis_srv.url, BOB_QUOTA)) as stack:
             with Load(stack, THREADS) as load:
                 load.ok_after(40, "200s before the pause")
                 redis_srv.pause()

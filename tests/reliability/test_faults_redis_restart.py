@@ -28,16 +28,14 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from tests.integration.harness import LocalStack, redis_stream_records, wait_until
 from tests.reliability.invariant import WINDOWS, Outcome, Verdict
-from tests.reliability.rig import Load, fault_stack, judge, quiesce
+from tests.reliability.rig import Load, fault_stack, judge, on_redis, quiesce
 from tests.servers import RedisServer
 
 pytestmark = pytest.mark.e2e  # starts a real Envoy
@@ -47,31 +45,6 @@ OK_BEFORE = 20  # client 200s before the kill
 STREAMED_BEFORE = 10  # records in the meter stream before the kill (the loss's lower bound)
 OK_AFTER = 20  # client 200s after the restart
 BOB_QUOTA = 400  # leases halve as it is spent: bob asks Redis again soon, and is refused
-
-
-def _on_redis(url: str) -> Callable[[dict[str, Any]], dict[str, Any]]:
-    """Meter (shared join) and quota counters on ``url``; pro fails closed, enterprise local."""
-
-    def edit(config: dict[str, Any]) -> dict[str, Any]:
-        plans = dict(config["plans"])
-        plans["pro"] = {
-            **plans["pro"],
-            "quotas": {"requests": BOB_QUOTA},
-            "on_counter_error": "fail_closed",
-        }
-        plans["enterprise"] = {
-            **plans["enterprise"],
-            "quotas": {"requests": 10**9},
-            "on_counter_error": "local",
-        }
-        return {
-            **config,
-            "plans": plans,
-            "counters": url,
-            "metering": {**config["metering"], "meter": url},
-        }
-
-    return edit
 
 
 class TimedLoad(Load):
@@ -152,7 +125,7 @@ def _streamed(url: str, ok: set[str]) -> set[str]:
 def _run(tmp: Path) -> EmptyRestart:
     redis_srv = RedisServer(tmp / "redis").start()
     try:
-        with fault_stack(tmp / "stack", _on_redis(redis_srv.url)) as stack:
+        with fault_stack(tmp / "stack", on_redis(redis_srv.url, BOB_QUOTA)) as stack:
             with TimedLoad(stack, THREADS) as load:
                 load.ok_after(OK_BEFORE, "200s before the kill")
                 streamed = wait_until(
